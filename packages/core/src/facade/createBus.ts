@@ -1,0 +1,186 @@
+import { Cause, Effect, Exit, Fiber, type ManagedRuntime, ManagedRuntime as Runtime, Stream } from "effect"
+import type { TransportCapabilities } from "../contracts/Capabilities.js"
+import type { StartPosition } from "../contracts/Cursor.js"
+import { type DeadLetter, OutboxStore } from "../contracts/OutboxStore.js"
+import { Transport } from "../contracts/Transport.js"
+import type { DeliveredEvent, EventInput } from "../envelope/Envelope.js"
+import { BusClosed } from "../errors/BusError.js"
+import { type BusOptions, busLayer, TransportSelection } from "../bus/busLayer.js"
+import type { TransportChoice } from "../config/BusConfig.js"
+import { type PublishReceipt, Publisher } from "../publisher/Publisher.js"
+import { type ConsumeRequest, Subscriber } from "../subscriber/Subscriber.js"
+import { EventQueue } from "./EventQueue.js"
+
+/**
+ * The Promise / AsyncIterable face of the bus, for applications that do not use Effect.
+ * Every method runs the Effect API underneath; errors are the same typed `BusError`
+ * instances, thrown.
+ *
+ * @module
+ */
+
+/** A live subscription: iterate it with `for await`, stop it with `close()` or `break`. */
+export interface Subscription extends AsyncIterable<DeliveredEvent>, AsyncDisposable {
+  /** Cursor of the last event this iterator yielded (`undefined` before the first). */
+  readonly cursor: string | undefined
+  /** Stops delivery and releases everything the subscription holds. */
+  close(): Promise<void>
+}
+
+/** A running consumer-group member. */
+export interface Consumer extends AsyncDisposable {
+  /** Settles when the consumer stops: resolves after `close()`, rejects on a fatal error. */
+  readonly done: Promise<void>
+  /** Stops after the handler in flight, if any, is interrupted; unacknowledged events are redelivered later. */
+  close(): Promise<void>
+}
+
+/** Subscription request of the facade. */
+export interface SubscribeOptions {
+  readonly tenant: string
+  readonly channel: string
+  /** A cursor, `"beginning"` or `"now"` (default). */
+  readonly from?: StartPosition
+}
+
+/** The bus. */
+export interface Bus extends AsyncDisposable {
+  /** Transport in use and why it was chosen. */
+  readonly selection: TransportChoice
+  /** What the transport in use can do. */
+  readonly capabilities: TransportCapabilities
+  /** Appends events inside the caller's transaction `tx`; delivered when it commits. */
+  publish(tx: unknown, events: EventInput | ReadonlyArray<EventInput>): Promise<PublishReceipt>
+  /** Events of one tenant channel after `from`, then live. */
+  subscribe(options: SubscribeOptions): Subscription
+  /** Runs `handler` for every event of a consumer group; a throw or rejection retries with backoff. */
+  consume(request: ConsumeRequest, handler: (event: DeliveredEvent, attempt: number) => Promise<void> | void): Consumer
+  /** Dead-lettered events, newest first. */
+  deadLetters(limit?: number): Promise<ReadonlyArray<DeadLetter>>
+  /** The Effect runtime behind the facade, for mixing in Effect code. */
+  readonly runtime: ManagedRuntime.ManagedRuntime<
+    Publisher | Subscriber | Transport | OutboxStore | TransportSelection,
+    unknown
+  >
+  /** Stops every subscription, consumer, relay and connection of this bus. */
+  close(): Promise<void>
+}
+
+/**
+ * Creates a bus: selects the transport (config, then `BUS_*` environment overrides),
+ * connects, and logs the choice once.
+ *
+ * @example
+ * ```ts
+ * const bus = await createBus({ outbox: outbox.layer, transports: { memory: memoryTransport() }, transport: "memory" })
+ * await outbox.transaction((tx) => bus.publish(tx, { tenant: "acme", channel: "orders", type: "order.paid", data: { id: 1 } }))
+ * for await (const event of bus.subscribe({ tenant: "acme", channel: "orders", from: "beginning" })) console.log(event)
+ * ```
+ */
+export const createBus = async (options: BusOptions): Promise<Bus> => {
+  const runtime = Runtime.make(busLayer(options))
+  let selection: TransportChoice
+  let capabilities: TransportCapabilities
+  try {
+    ;[selection, capabilities] = await runtime.runPromise(
+      Effect.all([TransportSelection.use((s) => Effect.succeed(s)), Transport.use((t) => Effect.succeed(t.capabilities))]),
+    )
+  } catch (error) {
+    await runtime.dispose()
+    throw error
+  }
+  const open = new Set<{ close(): Promise<void> }>()
+  let closed = false
+  const ensureOpen = () => {
+    if (closed) throw new BusClosed({ message: "the bus is closed" })
+  }
+
+  const subscribe = (request: SubscribeOptions): Subscription => {
+    ensureOpen()
+    const queue = new EventQueue<DeliveredEvent>()
+    const fiber = runtime.runFork(
+      Subscriber.use((s) => s.subscribe(request).pipe(Stream.runForEach((e) => Effect.sync(() => queue.push(e))))),
+    )
+    fiber.addObserver((exit) => {
+      if (Exit.isSuccess(exit) || Exit.hasInterrupts(exit)) queue.end()
+      else queue.fail(Exit.isFailure(exit) ? squash(exit.cause) : undefined)
+    })
+    let cursor: string | undefined
+    const close = async () => {
+      open.delete(subscription)
+      await Effect.runPromise(Fiber.interrupt(fiber))
+      queue.end()
+    }
+    const subscription: Subscription = {
+      get cursor() {
+        return cursor
+      },
+      close,
+      [Symbol.asyncDispose]: close,
+      [Symbol.asyncIterator]: () => {
+        const it = queue.iterator()
+        return {
+          next: async () => {
+            const r = await it.next()
+            if (!r.done) cursor = r.value.cursor
+            return r
+          },
+          return: async () => {
+            await close()
+            return { done: true, value: undefined }
+          },
+        }
+      },
+    }
+    open.add(subscription)
+    return subscription
+  }
+
+  const consume: Bus["consume"] = (request, handler) => {
+    ensureOpen()
+    const fiber = runtime.runFork(
+      Subscriber.use((s) =>
+        s.consume(request, (event, attempt) => Effect.tryPromise(async () => handler(event, attempt))),
+      ),
+    )
+    const done = new Promise<void>((resolve, reject) => {
+      fiber.addObserver((exit) => {
+        if (Exit.isSuccess(exit) || Exit.hasInterrupts(exit)) resolve()
+        else reject(squash(exit.cause))
+      })
+    })
+    // `done` is for callers who wait on it; an unobserved failure must not crash the process.
+    done.catch(() => {})
+    const close = async () => {
+      open.delete(consumer)
+      await Effect.runPromise(Fiber.interrupt(fiber))
+    }
+    const consumer: Consumer = { done, close, [Symbol.asyncDispose]: close }
+    open.add(consumer)
+    return consumer
+  }
+
+  const close = async () => {
+    if (closed) return
+    closed = true
+    await Promise.all([...open].map((o) => o.close()))
+    await runtime.dispose()
+  }
+
+  return {
+    selection,
+    capabilities,
+    publish: (tx, events) => {
+      ensureOpen()
+      return runtime.runPromise(Publisher.use((p) => p.publish(tx, events)))
+    },
+    subscribe,
+    consume,
+    deadLetters: (limit = 100) => runtime.runPromise(OutboxStore.use((s) => s.deadLetters(limit))),
+    runtime,
+    close,
+    [Symbol.asyncDispose]: close,
+  }
+}
+
+const squash = (cause: Cause.Cause<unknown>): unknown => Cause.squash(cause)

@@ -1,0 +1,68 @@
+/**
+ * @bus/core — the transport-agnostic contract of the @bus event bus: the event envelope,
+ * the naming rule, the Transport / OutboxStore / Publisher / Subscriber services, the
+ * relay, transport selection, the in-memory transport and the Promise facade.
+ *
+ * @packageDocumentation
+ */
+
+export { type BusOptions, busLayer, resolveSelection, TransportSelection } from "./bus/busLayer.js"
+export {
+  type BrokerName,
+  defaultNotifyRateThreshold,
+  type SelectionConfig,
+  selectionFromEnv,
+  selectTransport,
+  type TransportChoice,
+  type TransportName,
+} from "./config/BusConfig.js"
+export { capabilities, defaultCapabilities, type TransportCapabilities } from "./contracts/Capabilities.js"
+export { isSymbolicStart, type StartPosition } from "./contracts/Cursor.js"
+export {
+  type Address,
+  type DeadLetter,
+  type ForwardFailure,
+  type GroupClaim,
+  type LeasedEvent,
+  type OutboxPage,
+  OutboxStore,
+} from "./contracts/OutboxStore.js"
+export { type Delivery, type GroupRequest, type SubscribeRequest, Transport } from "./contracts/Transport.js"
+export { type CloudEvent, fromCloudEvent, toCloudEvent } from "./envelope/CloudEvent.js"
+export {
+  type DeliveredEvent,
+  decodeEnvelope,
+  defaultMaxPayloadBytes,
+  type Envelope,
+  EnvelopeSchema,
+  type EventInput,
+  encodedSize,
+  type Json,
+  makeEnvelope,
+} from "./envelope/Envelope.js"
+export { isUuidv7, uuidv7 } from "./envelope/uuidv7.js"
+export {
+  BusClosed,
+  type BusError,
+  ConfigError,
+  CursorInvalid,
+  HandlerFailed,
+  InvalidEvent,
+  InvalidName,
+  isBusError,
+  NotInTransaction,
+  PayloadTooLarge,
+  TransportFailure,
+  TransportUnavailable,
+} from "./errors/BusError.js"
+export { type Bus, type Consumer, createBus, type SubscribeOptions, type Subscription } from "./facade/createBus.js"
+export { MemoryOutbox, MemoryTransaction } from "./memory/MemoryOutbox.js"
+export { memoryBroker, memoryTransport } from "./memory/memoryTransports.js"
+export * as Metrics from "./metrics/metrics.js"
+export { checkAddress, checkName, maxNameLength, type NameField, validateName } from "./names/Name.js"
+export { dedupeById, defaultDedupeWindow } from "./outbox-transport/dedupe.js"
+export { type OutboxTransportOptions, outboxTransport } from "./outbox-transport/OutboxTransport.js"
+export { type PublisherOptions, type PublishReceipt, Publisher } from "./publisher/Publisher.js"
+export { type RelayBatchResult, type RelayOptions, relayBatch, runRelay } from "./relay/Relay.js"
+export { backoffDelay, cappedBackoff } from "./schedule/backoff.js"
+export { type ConsumeRequest, type Handler, Subscriber } from "./subscriber/Subscriber.js"

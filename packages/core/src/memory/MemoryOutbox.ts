@@ -1,0 +1,320 @@
+import { randomUUID } from "node:crypto"
+import { Effect, Layer, PubSub, Semaphore, Stream } from "effect"
+import type { DeliveredEvent, Envelope } from "../envelope/Envelope.js"
+import { CursorInvalid, NotInTransaction } from "../errors/BusError.js"
+import {
+  type Address,
+  type DeadLetter,
+  type ForwardFailure,
+  type GroupClaim,
+  type LeasedEvent,
+  OutboxStore,
+} from "../contracts/OutboxStore.js"
+
+/**
+ * The in-memory outbox: a faithful reference of the outbox contract for users' unit
+ * tests. Events published in a {@link MemoryTransaction} become visible on commit and
+ * vanish on rollback; cursors, relay leases, consumer groups, dead letters and
+ * retention behave as on Postgres. Nothing survives the process.
+ *
+ * @module
+ */
+
+/** A transaction of the in-memory outbox; pass it to `publish` as `tx`. */
+export class MemoryTransaction {
+  /** Events appended in this transaction, visible to nobody until commit. */
+  readonly pending: Array<Envelope> = []
+  #state: "open" | "committed" | "rolled-back" = "open"
+  constructor(readonly outbox: MemoryOutbox) {}
+  /** `open` until commit or rollback. */
+  get state(): "open" | "committed" | "rolled-back" {
+    return this.#state
+  }
+  /** Makes every appended event visible at once, in append order. */
+  commit(): void {
+    if (this.#state !== "open") throw new Error(`transaction already ${this.#state}`)
+    this.#state = "committed"
+    this.outbox.commitBatch(this.pending)
+  }
+  /** Discards every appended event. */
+  rollback(): void {
+    if (this.#state !== "open") throw new Error(`transaction already ${this.#state}`)
+    this.#state = "rolled-back"
+    this.pending.length = 0
+  }
+}
+
+interface Row {
+  readonly envelope: Envelope
+  readonly position: number
+  readonly committedAt: number
+  forwarded: boolean
+  leaseOwner: string | undefined
+  leaseUntil: number
+  attempts: number
+}
+
+interface GroupState {
+  cursor: string
+  readonly lock: Semaphore.Semaphore
+}
+
+const addressKey = (a: Address): string => `${a.tenant}\u0000${a.channel}`
+
+/**
+ * State of one in-memory outbox. Build one per test with {@link MemoryOutbox.make} and
+ * provide it with {@link MemoryOutbox.layer}.
+ */
+export class MemoryOutbox {
+  /** Changes with every new outbox, so cursors from another instance are recognised as foreign. */
+  readonly epoch = randomUUID().slice(0, 8)
+  readonly #rows: Array<Row> = []
+  readonly #byAddress = new Map<string, Array<Row>>()
+  readonly #groups = new Map<string, GroupState>()
+  readonly #deadLetters: Array<DeadLetter> = []
+  #position = 0
+  /** Lowest position still retained; cursors below it are expired. */
+  #retainedFrom = 0
+  readonly #changes = Effect.runSync(PubSub.unbounded<Address>())
+
+  /** A new, empty outbox. */
+  static make(): MemoryOutbox {
+    return new MemoryOutbox()
+  }
+
+  /** Runs `fn` in a transaction: committed when it resolves, rolled back when it throws. */
+  async transaction<A>(fn: (tx: MemoryTransaction) => Promise<A> | A): Promise<A> {
+    const tx = new MemoryTransaction(this)
+    try {
+      const result = await fn(tx)
+      tx.commit()
+      return result
+    } catch (error) {
+      if (tx.state === "open") tx.rollback()
+      throw error
+    }
+  }
+
+  /** Starts a transaction to commit or roll back by hand. */
+  begin(): MemoryTransaction {
+    return new MemoryTransaction(this)
+  }
+
+  /** @internal Called by {@link MemoryTransaction.commit}. */
+  commitBatch(events: ReadonlyArray<Envelope>): void {
+    const now = Date.now()
+    const touched = new Map<string, Address>()
+    for (const envelope of events) {
+      const row: Row = {
+        envelope,
+        position: ++this.#position,
+        committedAt: now,
+        forwarded: false,
+        leaseOwner: undefined,
+        leaseUntil: 0,
+        attempts: 0,
+      }
+      this.#rows.push(row)
+      const key = addressKey(envelope)
+      let list = this.#byAddress.get(key)
+      if (!list) {
+        list = []
+        this.#byAddress.set(key, list)
+      }
+      list.push(row)
+      touched.set(key, { tenant: envelope.tenant, channel: envelope.channel })
+    }
+    for (const address of touched.values()) Effect.runSync(PubSub.publish(this.#changes, address))
+  }
+
+  /** Every committed event, in commit order (for assertions in tests). */
+  committed(): ReadonlyArray<Envelope> {
+    return this.#rows.map((r) => r.envelope)
+  }
+
+  #cursor(position: number): string {
+    return `mem1:${this.epoch}:${position}`
+  }
+
+  #parseCursor(cursor: string): Effect.Effect<number, CursorInvalid> {
+    if (cursor === "beginning") return Effect.succeed(this.#retainedFrom)
+    const m = /^mem1:([0-9a-f]{8}):(\d+)$/.exec(cursor)
+    if (!m) {
+      return Effect.fail(
+        new CursorInvalid({ cursor, reason: "malformed", message: "not a cursor of the in-memory outbox" }),
+      )
+    }
+    if (m[1] !== this.epoch) {
+      return Effect.fail(
+        new CursorInvalid({ cursor, reason: "foreign", message: "cursor comes from another in-memory outbox" }),
+      )
+    }
+    const position = Number(m[2])
+    if (position > this.#position) {
+      return Effect.fail(new CursorInvalid({ cursor, reason: "malformed", message: "cursor is ahead of the outbox" }))
+    }
+    if (position < this.#retainedFrom) {
+      return Effect.fail(
+        new CursorInvalid({
+          cursor,
+          reason: "expired",
+          message: "cursor is older than the retained events; resume from the beginning or the head",
+        }),
+      )
+    }
+    return Effect.succeed(position)
+  }
+
+  #group(address: Address, group: string): GroupState {
+    const key = `${addressKey(address)}\u0000${group}`
+    let state = this.#groups.get(key)
+    if (!state) {
+      state = { cursor: "beginning", lock: Semaphore.makeUnsafe(1) }
+      this.#groups.set(key, state)
+    }
+    return state
+  }
+
+  /** The outbox contract over this state. */
+  readonly store: OutboxStore["Service"] = OutboxStore.of({
+    name: "memory",
+    append: (tx, events) =>
+      Effect.suspend(() => {
+        if (!(tx instanceof MemoryTransaction) || tx.outbox !== this) {
+          return Effect.fail(
+            new NotInTransaction({
+              message: "publish needs a MemoryTransaction of this outbox (outbox.transaction(async (tx) => …))",
+            }),
+          )
+        }
+        if (tx.state !== "open") {
+          return Effect.fail(new NotInTransaction({ message: `the transaction is already ${tx.state}` }))
+        }
+        tx.pending.push(...events)
+        return Effect.void
+      }),
+    read: (address, after, limit) =>
+      this.#parseCursor(after).pipe(
+        Effect.map((from) => {
+        const rows = this.#byAddress.get(addressKey(address)) ?? []
+        const events: Array<DeliveredEvent> = []
+        let next = from
+        let more = false
+        for (const row of rows) {
+          if (row.position <= from) continue
+          if (events.length >= limit) {
+            more = true
+            break
+          }
+          events.push({ ...row.envelope, cursor: this.#cursor(row.position) })
+          next = row.position
+        }
+        // An empty page still advances to the head, so the next read starts there.
+        if (!more) next = Math.max(next, this.#position)
+        return { events, next: this.#cursor(next), more }
+      })),
+    head: () => Effect.sync(() => this.#cursor(this.#position)),
+    changes: Stream.fromPubSub(this.#changes),
+    watch: () => Effect.void,
+    lease: (owner, limit, leaseMs) =>
+      Effect.sync(() => {
+        const now = Date.now()
+        const leased: Array<LeasedEvent> = []
+        for (const row of this.#rows) {
+          if (leased.length >= limit) break
+          if (row.forwarded || row.leaseUntil > now) continue
+          row.leaseOwner = owner
+          row.leaseUntil = now + leaseMs
+          row.attempts++
+          leased.push({ event: row.envelope, attempts: row.attempts })
+        }
+        return leased
+      }),
+    complete: (owner, ids) =>
+      Effect.sync(() => {
+        const wanted = new Set(ids)
+        for (const row of this.#rows) {
+          if (wanted.has(row.envelope.id) && row.leaseOwner === owner) {
+            row.forwarded = true
+            row.leaseOwner = undefined
+          }
+        }
+      }),
+    release: (owner, ids) =>
+      Effect.sync(() => {
+        const wanted = new Set(ids)
+        for (const row of this.#rows) {
+          if (wanted.has(row.envelope.id) && row.leaseOwner === owner) {
+            row.leaseOwner = undefined
+            row.leaseUntil = 0
+            row.attempts--
+          }
+        }
+      }),
+    fail: (owner, failures: ReadonlyArray<ForwardFailure>, maxAttempts) =>
+      Effect.sync(() => {
+        let parked = 0
+        const byId = new Map(failures.map((f) => [f.id, f]))
+        for (const row of this.#rows) {
+          const failure = byId.get(row.envelope.id)
+          if (!failure || row.leaseOwner !== owner) continue
+          row.leaseOwner = undefined
+          row.leaseUntil = 0
+          if (failure.park || row.attempts >= maxAttempts) {
+            // Parked rows count as done for the relay: they never block the rows behind them.
+            row.forwarded = true
+            parked++
+            this.#deadLetters.push({
+              event: row.envelope,
+              reason: failure.error,
+              source: "relay",
+              attempts: row.attempts,
+              at: new Date().toISOString(),
+            })
+          }
+        }
+        return { parked }
+      }),
+    backlog: Effect.sync(() => this.#rows.filter((r) => !r.forwarded).length),
+    claimGroup: (address, group) => {
+      const state = this.#group(address, group)
+      return Effect.gen(function* () {
+        yield* Effect.acquireRelease(Semaphore.take(state.lock, 1), () => Semaphore.release(state.lock, 1))
+        const claim: GroupClaim = {
+          cursor: state.cursor,
+          commit: (cursor) =>
+            Effect.sync(() => {
+              state.cursor = cursor
+            }),
+        }
+        return claim
+      })
+    },
+    deadLetter: (letter) =>
+      Effect.sync(() => {
+        this.#deadLetters.push(letter)
+      }),
+    deadLetters: (limit) => Effect.sync(() => this.#deadLetters.slice(-limit).reverse()),
+    prune: (olderThanMs, options) =>
+      Effect.sync(() => {
+        const cutoff = Date.now() - olderThanMs
+        let removed = 0
+        while (this.#rows.length > 0) {
+          const row = this.#rows[0]!
+          if (row.committedAt > cutoff || (options.keepUnforwarded && !row.forwarded)) break
+          this.#rows.shift()
+          const list = this.#byAddress.get(addressKey(row.envelope))
+          list?.shift()
+          this.#retainedFrom = row.position
+          removed++
+        }
+        return removed
+      }),
+  })
+
+  /** Provides this outbox as the {@link OutboxStore} service. */
+  get layer(): Layer.Layer<OutboxStore> {
+    return Layer.succeed(OutboxStore, this.store)
+  }
+}
+

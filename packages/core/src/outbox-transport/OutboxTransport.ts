@@ -1,0 +1,186 @@
+import { type Cause, Deferred, Effect, Layer, Option, PubSub, Queue, RcMap, Stream } from "effect"
+import { capabilities as makeCapabilities, type TransportCapabilities } from "../contracts/Capabilities.js"
+import { type Address, OutboxStore } from "../contracts/OutboxStore.js"
+import { type Delivery, type GroupRequest, type SubscribeRequest, Transport } from "../contracts/Transport.js"
+import type { DeliveredEvent } from "../envelope/Envelope.js"
+import { type BusError, TransportFailure } from "../errors/BusError.js"
+import { checkAddress, checkName } from "../names/Name.js"
+import { cappedBackoff } from "../schedule/backoff.js"
+import { dedupeById } from "./dedupe.js"
+
+/**
+ * A transport that delivers straight from an {@link OutboxStore}: Postgres
+ * LISTEN/NOTIFY and the in-memory transport are both this, over their own stores.
+ *
+ * Per address and process there is one shared *feed*: it reads the outbox from its
+ * cursor each time the store signals a change and fans the pages out in memory, so a
+ * thousand subscribers of one channel cost one query per change, and idle ones cost
+ * none. A new subscriber first joins the feed, then catches up from its own cursor;
+ * events seen on both paths are dropped by id, so the hand-over has no gap and no
+ * duplicate.
+ *
+ * @module
+ */
+
+/** Options of {@link outboxTransport}. */
+export interface OutboxTransportOptions {
+  /** Transport name as used in config. */
+  readonly name: string
+  /** Rows per outbox read (default 500). */
+  readonly pageSize?: number
+  /** Capability overrides. */
+  readonly capabilities?: Partial<Omit<TransportCapabilities, "name">>
+}
+
+type FeedItem = ReadonlyArray<DeliveredEvent> | BusError
+
+interface Feed {
+  readonly pubsub: PubSub.PubSub<FeedItem>
+}
+
+const keyOf = (a: Address): string => `${a.tenant}\u0000${a.channel}`
+const addressOf = (key: string): Address => {
+  const [tenant = "", channel = ""] = key.split("\u0000")
+  return { tenant, channel }
+}
+
+// Transient read failures (a dropped connection) are retried with capped backoff for
+// ever; the cursor is kept, so nothing is skipped when the store comes back.
+const readRetry = cappedBackoff("50 millis", "5 seconds")
+
+const retryable = (e: BusError): boolean => e.retryable
+
+/** Builds a {@link Transport} over the {@link OutboxStore} in context. */
+export const outboxTransport = (options: OutboxTransportOptions): Layer.Layer<Transport, never, OutboxStore> =>
+  Layer.effect(
+    Transport,
+    Effect.gen(function* () {
+      const store = yield* OutboxStore
+      const pageSize = options.pageSize ?? 500
+      const wakers = new Map<string, Queue.Queue<void>>()
+
+      const readWithRetry = (address: Address, cursor: string) =>
+        store.read(address, cursor, pageSize).pipe(Effect.retry({ schedule: readRetry, while: retryable }))
+
+      const feeds = yield* RcMap.make({
+        lookup: (key: string) =>
+          Effect.gen(function* () {
+            const address = addressOf(key)
+            yield* store.watch(address)
+            const pubsub = yield* Effect.acquireRelease(PubSub.unbounded<FeedItem>(), PubSub.shutdown)
+            // Capacity one, dropping: wake-ups that arrive during a read collapse into one more read.
+            const wake = yield* Queue.dropping<void>(1)
+            let cursor = yield* store.head(address)
+            const drain = Effect.gen(function* () {
+              for (;;) {
+                const page = yield* readWithRetry(address, cursor)
+                cursor = page.next
+                if (page.events.length > 0) yield* PubSub.publish(pubsub, page.events)
+                if (!page.more) return
+              }
+            })
+            yield* Queue.take(wake).pipe(
+              Effect.andThen(drain),
+              Effect.forever,
+              Effect.catch((error: BusError) => PubSub.publish(pubsub, error)),
+              Effect.forkScoped,
+            )
+            wakers.set(key, wake)
+            yield* Effect.addFinalizer(() => Effect.sync(() => wakers.delete(key)))
+            // The store's change stream is only followed while a feed exists, so a feed
+            // created now may have missed a wake-up: read once to start.
+            yield* Queue.offer(wake, undefined)
+            return { pubsub } satisfies Feed
+          }),
+      })
+
+      yield* store.changes.pipe(
+        Stream.runForEach((address) => {
+          const wake = wakers.get(keyOf(address))
+          return wake ? Queue.offer(wake, undefined) : Effect.void
+        }),
+        Effect.retry({ schedule: readRetry, while: retryable }),
+        Effect.catchCause((cause) => Effect.logError("outbox change stream ended", cause)),
+        Effect.forkScoped,
+      )
+
+      const subscribe = (request: SubscribeRequest): Stream.Stream<DeliveredEvent, BusError> =>
+        Stream.unwrap(
+          Effect.gen(function* () {
+            const address = yield* checkAddress(request)
+            const feed = yield* RcMap.get(feeds, keyOf(address))
+            // Join the live feed before catching up, so nothing committed in between is missed.
+            const subscription = yield* PubSub.subscribe(feed.pubsub)
+            const from = request.from ?? "now"
+            const start = from === "now" ? yield* store.head(address) : from
+            const catchUp = Stream.paginate(start, (cursor) =>
+              readWithRetry(address, cursor).pipe(
+                Effect.map((page) => [page.events, page.more ? Option.some(page.next) : Option.none()] as const),
+              ),
+            )
+            const live = Stream.fromSubscription(subscription).pipe(
+              Stream.mapEffect((item) => (Array.isArray(item) ? Effect.succeed(item) : Effect.fail(item as BusError))),
+              Stream.flattenIterable,
+            )
+            return Stream.concat(catchUp, live).pipe(dedupeById())
+          }),
+        )
+
+      const group = (request: GroupRequest): Stream.Stream<Delivery, BusError> =>
+        Stream.unwrap(
+          Effect.gen(function* () {
+            const address = yield* checkAddress(request)
+            const groupName = yield* checkName("group", request.group)
+            // One member of a group reads the outbox at a time, in order: the group's
+            // position is a single cursor, and it only moves past acknowledged events.
+            const claim = yield* store.claimGroup(address, groupName)
+            const deliveries = yield* Queue.bounded<Delivery, BusError | Cause.Done>(1)
+            const deliver = (event: DeliveredEvent) =>
+              Effect.gen(function* () {
+                for (let attempt = 1; ; attempt++) {
+                  const settled = yield* Deferred.make<number | "done">()
+                  const delivery: Delivery = {
+                    event,
+                    attempt,
+                    ack: claim.commit(event.cursor).pipe(Effect.andThen(Deferred.succeed(settled, "done"))),
+                    retry: (delayMs) => Deferred.succeed(settled, delayMs).pipe(Effect.asVoid),
+                    deadLetter: (reason) =>
+                      store
+                        .deadLetter({ event, reason, source: groupName, attempts: attempt, at: new Date().toISOString() })
+                        .pipe(
+                          Effect.andThen(claim.commit(event.cursor)),
+                          Effect.andThen(Deferred.succeed(settled, "done")),
+                        ),
+                    inProgress: Effect.void,
+                  }
+                  yield* Queue.offer(deliveries, delivery)
+                  const outcome = yield* Deferred.await(settled)
+                  if (outcome === "done") return
+                  yield* Effect.sleep(outcome)
+                }
+              })
+            yield* subscribe({ ...address, from: claim.cursor }).pipe(
+              Stream.runForEach(deliver),
+              Effect.catchCause((cause) => Queue.failCause(deliveries, cause)),
+              Effect.andThen(Queue.end(deliveries)),
+              Effect.forkScoped,
+            )
+            return Stream.fromQueue(deliveries)
+          }),
+        )
+
+      return Transport.of({
+        capabilities: makeCapabilities(options.name, options.capabilities),
+        subscribe,
+        group,
+        send: () =>
+          Effect.fail(
+            new TransportFailure({
+              transport: options.name,
+              retryable: false,
+              message: `${options.name} delivers straight from the outbox; it takes no relay`,
+            }),
+          ),
+      })
+    }),
+  )
