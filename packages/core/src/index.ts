@@ -55,14 +55,20 @@ export {
   TransportFailure,
   TransportUnavailable,
 } from "./errors/BusError.js"
-export { type Bus, type Consumer, createBus, type SubscribeOptions, type Subscription } from "./facade/createBus.js"
+export {
+  type Bus,
+  type Consumer,
+  createBus,
+  type SubscribeOptions,
+  type Subscription,
+} from "./facade/createBus.js"
 export { MemoryOutbox, MemoryTransaction } from "./memory/MemoryOutbox.js"
 export { memoryBroker, memoryTransport } from "./memory/memoryTransports.js"
 export * as Metrics from "./metrics/metrics.js"
 export { checkAddress, checkName, maxNameLength, type NameField, validateName } from "./names/Name.js"
 export { dedupeById, defaultDedupeWindow } from "./outbox-transport/dedupe.js"
 export { type OutboxTransportOptions, outboxTransport } from "./outbox-transport/OutboxTransport.js"
-export { type PublisherOptions, type PublishReceipt, Publisher } from "./publisher/Publisher.js"
+export { Publisher, type PublisherOptions, type PublishReceipt } from "./publisher/Publisher.js"
 export { type RelayBatchResult, type RelayOptions, relayBatch, runRelay } from "./relay/Relay.js"
 export { backoffDelay, cappedBackoff } from "./schedule/backoff.js"
 export { type ConsumeRequest, type Handler, Subscriber } from "./subscriber/Subscriber.js"

@@ -4,14 +4,25 @@ import { createBus, MemoryOutbox, memoryTransport } from "../src/index.js"
 describe("memory bus", () => {
   it("delivers committed, drops rolled back", async () => {
     const outbox = MemoryOutbox.make()
-    const bus = await createBus({ outbox: outbox.layer, transports: { memory: memoryTransport() }, transport: "memory", env: false })
+    const bus = await createBus({
+      outbox: outbox.layer,
+      transports: { memory: memoryTransport() },
+      transport: "memory",
+      env: false,
+    })
     const sub = bus.subscribe({ tenant: "acme", channel: "orders", from: "beginning" })
-    await outbox.transaction((tx) => bus.publish(tx, { tenant: "acme", channel: "orders", type: "a", data: { n: 1 } }))
-    await expect(outbox.transaction(async (tx) => {
-      await bus.publish(tx, { tenant: "acme", channel: "orders", type: "rolled", data: null })
-      throw new Error("boom")
-    })).rejects.toThrow("boom")
-    await outbox.transaction((tx) => bus.publish(tx, { tenant: "acme", channel: "orders", type: "b", data: { n: 2 } }))
+    await outbox.transaction((tx) =>
+      bus.publish(tx, { tenant: "acme", channel: "orders", type: "a", data: { n: 1 } }),
+    )
+    await expect(
+      outbox.transaction(async (tx) => {
+        await bus.publish(tx, { tenant: "acme", channel: "orders", type: "rolled", data: null })
+        throw new Error("boom")
+      }),
+    ).rejects.toThrow("boom")
+    await outbox.transaction((tx) =>
+      bus.publish(tx, { tenant: "acme", channel: "orders", type: "b", data: { n: 2 } }),
+    )
     const got: string[] = []
     for await (const e of sub) {
       got.push(e.type)

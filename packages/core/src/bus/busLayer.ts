@@ -1,5 +1,11 @@
 import { Context, Effect, Layer } from "effect"
-import { type SelectionConfig, selectionFromEnv, selectTransport, type TransportChoice, type TransportName } from "../config/BusConfig.js"
+import {
+  type SelectionConfig,
+  selectionFromEnv,
+  selectTransport,
+  type TransportChoice,
+  type TransportName,
+} from "../config/BusConfig.js"
 import type { OutboxStore } from "../contracts/OutboxStore.js"
 import { Transport } from "../contracts/Transport.js"
 import { type BusError, ConfigError } from "../errors/BusError.js"
@@ -69,7 +75,9 @@ export const busLayer = (
         }),
       )
       return Layer.mergeAll(
-        Publisher.layer({ ...(options.maxPayloadBytes !== undefined ? { maxPayloadBytes: options.maxPayloadBytes } : {}) }),
+        Publisher.layer({
+          ...(options.maxPayloadBytes !== undefined ? { maxPayloadBytes: options.maxPayloadBytes } : {}),
+        }),
         Subscriber.layer,
         relay,
         Layer.succeed(TransportSelection, choice),

@@ -70,7 +70,9 @@ export const selectTransport = (config: SelectionConfig): TransportChoice | Conf
     })
   }
   if (!brokerNames.includes(config.broker)) {
-    return new ConfigError({ message: `unknown broker ${JSON.stringify(config.broker)}; expected nats or redis-streams` })
+    return new ConfigError({
+      message: `unknown broker ${JSON.stringify(config.broker)}; expected nats or redis-streams`,
+    })
   }
   return {
     transport: config.broker,
@@ -81,7 +83,8 @@ export const selectTransport = (config: SelectionConfig): TransportChoice | Conf
 const parseRate = (name: string, raw: string | undefined): number | undefined | ConfigError => {
   if (raw === undefined || raw.trim() === "") return undefined
   const n = Number(raw)
-  if (!Number.isFinite(n) || n < 0) return new ConfigError({ message: `${name}=${JSON.stringify(raw)} is not a number ≥ 0` })
+  if (!Number.isFinite(n) || n < 0)
+    return new ConfigError({ message: `${name}=${JSON.stringify(raw)} is not a number ≥ 0` })
   return n
 }
 

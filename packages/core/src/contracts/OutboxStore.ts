@@ -74,11 +74,7 @@ export class OutboxStore extends Context.Service<
      */
     readonly append: (tx: unknown, events: ReadonlyArray<Envelope>) => Effect.Effect<void, BusError>
     /** Committed events of one address after `after` (`"beginning"` for the oldest retained), at most `limit`. */
-    readonly read: (
-      address: Address,
-      after: string,
-      limit: number,
-    ) => Effect.Effect<OutboxPage, BusError>
+    readonly read: (address: Address, after: string, limit: number) => Effect.Effect<OutboxPage, BusError>
     /** A cursor meaning "everything committed so far" for the address. */
     readonly head: (address: Address) => Effect.Effect<string, BusError>
     /**
@@ -111,10 +107,7 @@ export class OutboxStore extends Context.Service<
     /** Unforwarded rows waiting for a relay. */
     readonly backlog: Effect.Effect<number, BusError>
     /** Claims a consumer group's position for the life of the scope; waits while another process holds it. */
-    readonly claimGroup: (
-      address: Address,
-      group: string,
-    ) => Effect.Effect<GroupClaim, BusError, Scope.Scope>
+    readonly claimGroup: (address: Address, group: string) => Effect.Effect<GroupClaim, BusError, Scope.Scope>
     /** Parks an event a consumer group or relay gave up on. */
     readonly deadLetter: (letter: DeadLetter) => Effect.Effect<void, BusError>
     /** Dead-lettered events, newest first. */

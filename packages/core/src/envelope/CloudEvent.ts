@@ -63,13 +63,17 @@ const CloudEventSchema = Schema.Struct({
 })
 
 const decodeCloudEvent = Schema.decodeUnknownEffect(CloudEventSchema)
-const decodeHeaders = Schema.decodeUnknownEffect(Schema.fromJsonString(Schema.Record(Schema.String, Schema.String)))
+const decodeHeaders = Schema.decodeUnknownEffect(
+  Schema.fromJsonString(Schema.Record(Schema.String, Schema.String)),
+)
 
 /** CloudEvent → Envelope; fails with {@link InvalidEvent} when required attributes are missing. */
 export const fromCloudEvent = (u: unknown): Effect.Effect<Envelope, InvalidEvent | InvalidName> =>
   Effect.gen(function* () {
     const ce = yield* decodeCloudEvent(u).pipe(
-      Effect.mapError((e) => new InvalidEvent({ reason: "cloudevent", message: `not a @bus CloudEvent: ${e.message}` })),
+      Effect.mapError(
+        (e) => new InvalidEvent({ reason: "cloudevent", message: `not a @bus CloudEvent: ${e.message}` }),
+      ),
     )
     const { tenant, channel } = yield* checkAddress({ tenant: ce.bustenant, channel: ce.buschannel })
     const extra =
@@ -77,7 +81,11 @@ export const fromCloudEvent = (u: unknown): Effect.Effect<Envelope, InvalidEvent
         ? {}
         : yield* decodeHeaders(ce.busheaders).pipe(
             Effect.mapError(
-              (e) => new InvalidEvent({ reason: "cloudevent", message: `busheaders is not a JSON string map: ${e.message}` }),
+              (e) =>
+                new InvalidEvent({
+                  reason: "cloudevent",
+                  message: `busheaders is not a JSON string map: ${e.message}`,
+                }),
             ),
           )
     const headers: Record<string, string> = { ...extra }

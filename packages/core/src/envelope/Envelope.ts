@@ -129,7 +129,10 @@ export const makeEnvelope = (
       }
       for (const [k, v] of Object.entries(input.headers)) {
         if (typeof v !== "string") {
-          return yield* new InvalidEvent({ reason: "headers", message: `header ${JSON.stringify(k)} must be a string` })
+          return yield* new InvalidEvent({
+            reason: "headers",
+            message: `header ${JSON.stringify(k)} must be a string`,
+          })
         }
         headers[k] = v
       }
@@ -167,7 +170,9 @@ const decodeEnvelopeSchema = Schema.decodeUnknownEffect(EnvelopeSchema)
  */
 export const decodeEnvelope = (u: unknown): Effect.Effect<Envelope, InvalidEvent | InvalidName> =>
   decodeEnvelopeSchema(u).pipe(
-    Effect.mapError((e) => new InvalidEvent({ reason: "decode", message: `not a @bus envelope: ${e.message}` })),
+    Effect.mapError(
+      (e) => new InvalidEvent({ reason: "decode", message: `not a @bus envelope: ${e.message}` }),
+    ),
     Effect.tap((e) => checkAddress(e)),
     Effect.map((e) => e as Envelope),
   )

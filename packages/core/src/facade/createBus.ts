@@ -1,13 +1,13 @@
 import { Cause, Effect, Exit, Fiber, type ManagedRuntime, ManagedRuntime as Runtime, Stream } from "effect"
+import { type BusOptions, busLayer, TransportSelection } from "../bus/busLayer.js"
+import type { TransportChoice } from "../config/BusConfig.js"
 import type { TransportCapabilities } from "../contracts/Capabilities.js"
 import type { StartPosition } from "../contracts/Cursor.js"
 import { type DeadLetter, OutboxStore } from "../contracts/OutboxStore.js"
 import { Transport } from "../contracts/Transport.js"
 import type { DeliveredEvent, EventInput } from "../envelope/Envelope.js"
 import { BusClosed } from "../errors/BusError.js"
-import { type BusOptions, busLayer, TransportSelection } from "../bus/busLayer.js"
-import type { TransportChoice } from "../config/BusConfig.js"
-import { type PublishReceipt, Publisher } from "../publisher/Publisher.js"
+import { Publisher, type PublishReceipt } from "../publisher/Publisher.js"
 import { type ConsumeRequest, Subscriber } from "../subscriber/Subscriber.js"
 import { EventQueue } from "./EventQueue.js"
 
@@ -54,7 +54,10 @@ export interface Bus extends AsyncDisposable {
   /** Events of one tenant channel after `from`, then live. */
   subscribe(options: SubscribeOptions): Subscription
   /** Runs `handler` for every event of a consumer group; a throw or rejection retries with backoff. */
-  consume(request: ConsumeRequest, handler: (event: DeliveredEvent, attempt: number) => Promise<void> | void): Consumer
+  consume(
+    request: ConsumeRequest,
+    handler: (event: DeliveredEvent, attempt: number) => Promise<void> | void,
+  ): Consumer
   /** Dead-lettered events, newest first. */
   deadLetters(limit?: number): Promise<ReadonlyArray<DeadLetter>>
   /** The Effect runtime behind the facade, for mixing in Effect code. */
@@ -83,7 +86,10 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
   let capabilities: TransportCapabilities
   try {
     ;[selection, capabilities] = await runtime.runPromise(
-      Effect.all([TransportSelection.use((s) => Effect.succeed(s)), Transport.use((t) => Effect.succeed(t.capabilities))]),
+      Effect.all([
+        TransportSelection.use((s) => Effect.succeed(s)),
+        Transport.use((t) => Effect.succeed(t.capabilities)),
+      ]),
     )
   } catch (error) {
     await runtime.dispose()
@@ -99,7 +105,9 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
     ensureOpen()
     const queue = new EventQueue<DeliveredEvent>()
     const fiber = runtime.runFork(
-      Subscriber.use((s) => s.subscribe(request).pipe(Stream.runForEach((e) => Effect.sync(() => queue.push(e))))),
+      Subscriber.use((s) =>
+        s.subscribe(request).pipe(Stream.runForEach((e) => Effect.sync(() => queue.push(e)))),
+      ),
     )
     fiber.addObserver((exit) => {
       if (Exit.isSuccess(exit) || Exit.hasInterrupts(exit)) queue.end()

@@ -1,7 +1,5 @@
 import { randomUUID } from "node:crypto"
 import { Effect, Layer, PubSub, Semaphore, Stream } from "effect"
-import type { DeliveredEvent, Envelope } from "../envelope/Envelope.js"
-import { CursorInvalid, NotInTransaction } from "../errors/BusError.js"
 import {
   type Address,
   type DeadLetter,
@@ -10,6 +8,8 @@ import {
   type LeasedEvent,
   OutboxStore,
 } from "../contracts/OutboxStore.js"
+import type { DeliveredEvent, Envelope } from "../envelope/Envelope.js"
+import { CursorInvalid, NotInTransaction } from "../errors/BusError.js"
 
 /**
  * The in-memory outbox: a faithful reference of the outbox contract for users' unit
@@ -146,12 +146,18 @@ export class MemoryOutbox {
     }
     if (m[1] !== this.epoch) {
       return Effect.fail(
-        new CursorInvalid({ cursor, reason: "foreign", message: "cursor comes from another in-memory outbox" }),
+        new CursorInvalid({
+          cursor,
+          reason: "foreign",
+          message: "cursor comes from another in-memory outbox",
+        }),
       )
     }
     const position = Number(m[2])
     if (position > this.#position) {
-      return Effect.fail(new CursorInvalid({ cursor, reason: "malformed", message: "cursor is ahead of the outbox" }))
+      return Effect.fail(
+        new CursorInvalid({ cursor, reason: "malformed", message: "cursor is ahead of the outbox" }),
+      )
     }
     if (position < this.#retainedFrom) {
       return Effect.fail(
@@ -183,7 +189,8 @@ export class MemoryOutbox {
         if (!(tx instanceof MemoryTransaction) || tx.outbox !== this) {
           return Effect.fail(
             new NotInTransaction({
-              message: "publish needs a MemoryTransaction of this outbox (outbox.transaction(async (tx) => …))",
+              message:
+                "publish needs a MemoryTransaction of this outbox (outbox.transaction(async (tx) => …))",
             }),
           )
         }
@@ -196,23 +203,24 @@ export class MemoryOutbox {
     read: (address, after, limit) =>
       this.#parseCursor(after).pipe(
         Effect.map((from) => {
-        const rows = this.#byAddress.get(addressKey(address)) ?? []
-        const events: Array<DeliveredEvent> = []
-        let next = from
-        let more = false
-        for (const row of rows) {
-          if (row.position <= from) continue
-          if (events.length >= limit) {
-            more = true
-            break
+          const rows = this.#byAddress.get(addressKey(address)) ?? []
+          const events: Array<DeliveredEvent> = []
+          let next = from
+          let more = false
+          for (const row of rows) {
+            if (row.position <= from) continue
+            if (events.length >= limit) {
+              more = true
+              break
+            }
+            events.push({ ...row.envelope, cursor: this.#cursor(row.position) })
+            next = row.position
           }
-          events.push({ ...row.envelope, cursor: this.#cursor(row.position) })
-          next = row.position
-        }
-        // An empty page still advances to the head, so the next read starts there.
-        if (!more) next = Math.max(next, this.#position)
-        return { events, next: this.#cursor(next), more }
-      })),
+          // An empty page still advances to the head, so the next read starts there.
+          if (!more) next = Math.max(next, this.#position)
+          return { events, next: this.#cursor(next), more }
+        }),
+      ),
     head: () => Effect.sync(() => this.#cursor(this.#position)),
     changes: Stream.fromPubSub(this.#changes),
     watch: () => Effect.void,
@@ -317,4 +325,3 @@ export class MemoryOutbox {
     return Layer.succeed(OutboxStore, this.store)
   }
 }
-

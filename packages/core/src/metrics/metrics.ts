@@ -12,7 +12,9 @@ export const eventsPublished = Metric.counter("bus_events_published", { descript
 /** Events handed to subscribers and consumer handlers. */
 export const eventsDelivered = Metric.counter("bus_events_delivered", { description: "events delivered" })
 /** Events the relay forwarded to a broker. */
-export const relayForwarded = Metric.counter("bus_relay_forwarded", { description: "events forwarded by the relay" })
+export const relayForwarded = Metric.counter("bus_relay_forwarded", {
+  description: "events forwarded by the relay",
+})
 /** Failed relay sends (each retried later or parked). */
 export const relayFailures = Metric.counter("bus_relay_failures", { description: "failed relay sends" })
 /** Events parked in the dead-letter place, by the relay or a consumer group. */

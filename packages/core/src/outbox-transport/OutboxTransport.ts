@@ -51,7 +51,9 @@ const readRetry = cappedBackoff("50 millis", "5 seconds")
 const retryable = (e: BusError): boolean => e.retryable
 
 /** Builds a {@link Transport} over the {@link OutboxStore} in context. */
-export const outboxTransport = (options: OutboxTransportOptions): Layer.Layer<Transport, never, OutboxStore> =>
+export const outboxTransport = (
+  options: OutboxTransportOptions,
+): Layer.Layer<Transport, never, OutboxStore> =>
   Layer.effect(
     Transport,
     Effect.gen(function* () {
@@ -115,11 +117,15 @@ export const outboxTransport = (options: OutboxTransportOptions): Layer.Layer<Tr
             const start = from === "now" ? yield* store.head(address) : from
             const catchUp = Stream.paginate(start, (cursor) =>
               readWithRetry(address, cursor).pipe(
-                Effect.map((page) => [page.events, page.more ? Option.some(page.next) : Option.none()] as const),
+                Effect.map(
+                  (page) => [page.events, page.more ? Option.some(page.next) : Option.none()] as const,
+                ),
               ),
             )
             const live = Stream.fromSubscription(subscription).pipe(
-              Stream.mapEffect((item) => (Array.isArray(item) ? Effect.succeed(item) : Effect.fail(item as BusError))),
+              Stream.mapEffect((item) =>
+                Array.isArray(item) ? Effect.succeed(item) : Effect.fail(item as BusError),
+              ),
               Stream.flattenIterable,
             )
             return Stream.concat(catchUp, live).pipe(dedupeById())
@@ -146,7 +152,13 @@ export const outboxTransport = (options: OutboxTransportOptions): Layer.Layer<Tr
                     retry: (delayMs) => Deferred.succeed(settled, delayMs).pipe(Effect.asVoid),
                     deadLetter: (reason) =>
                       store
-                        .deadLetter({ event, reason, source: groupName, attempts: attempt, at: new Date().toISOString() })
+                        .deadLetter({
+                          event,
+                          reason,
+                          source: groupName,
+                          attempts: attempt,
+                          at: new Date().toISOString(),
+                        })
                         .pipe(
                           Effect.andThen(claim.commit(event.cursor)),
                           Effect.andThen(Deferred.succeed(settled, "done")),

@@ -35,7 +35,9 @@ export class Publisher extends Context.Service<
   }
 >()("@bus/core/Publisher") {
   /** The publisher over the outbox and transport in context. */
-  static readonly layer = (options: PublisherOptions = {}): Layer.Layer<Publisher, never, OutboxStore | Transport> =>
+  static readonly layer = (
+    options: PublisherOptions = {},
+  ): Layer.Layer<Publisher, never, OutboxStore | Transport> =>
     Layer.effect(
       Publisher,
       Effect.gen(function* () {

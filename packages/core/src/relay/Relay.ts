@@ -48,7 +48,8 @@ const resolve = (options: RelayOptions) => ({
   concurrency: options.concurrency ?? 8,
 })
 
-const describe = (error: unknown): string => (isBusError(error) ? `${error._tag}: ${error.message}` : String(error))
+const describe = (error: unknown): string =>
+  isBusError(error) ? `${error._tag}: ${error.message}` : String(error)
 
 /** Leases one batch, forwards it and settles every row. */
 export const relayBatch = (
@@ -103,13 +104,17 @@ const relayBatchWith = (o: ReturnType<typeof resolve>) =>
     )
     if (forwarded.length > 0) yield* store.complete(o.owner, forwarded)
     if (untried.length > 0) yield* store.release(o.owner, untried)
-    const { parked } = failures.length > 0 ? yield* store.fail(o.owner, failures, o.maxAttempts) : { parked: 0 }
+    const { parked } =
+      failures.length > 0 ? yield* store.fail(o.owner, failures, o.maxAttempts) : { parked: 0 }
     const attrs = { transport: transport.capabilities.name }
     yield* Metric.update(Metric.withAttributes(relayForwarded, attrs), forwarded.length)
     yield* Metric.update(Metric.withAttributes(relayFailures, attrs), failures.length)
     yield* Metric.update(Metric.withAttributes(deadLettered, { source: "relay" }), parked)
     if (failures.length > 0) {
-      yield* Effect.logWarning(`relay: ${failures.length} send(s) failed, ${parked} parked`, failures[0]?.error)
+      yield* Effect.logWarning(
+        `relay: ${failures.length} send(s) failed, ${parked} parked`,
+        failures[0]?.error,
+      )
     }
     return { leased: leased.length, forwarded: forwarded.length, failed: failures.length, parked }
   }).pipe(Effect.withSpan("bus.relay.batch"))
@@ -141,7 +146,11 @@ export const runRelay = (options: RelayOptions = {}): Effect.Effect<never, never
       yield* Effect.raceFirst(
         Effect.sleep(idleMs),
         // A failing change stream must not cut the pause short, or the loop would spin.
-        store.changes.pipe(Stream.take(1), Stream.runDrain, Effect.catch(() => Effect.never)),
+        store.changes.pipe(
+          Stream.take(1),
+          Stream.runDrain,
+          Effect.catch(() => Effect.never),
+        ),
       )
     }
   })

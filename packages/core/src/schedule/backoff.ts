@@ -5,9 +5,14 @@ import { Duration, Effect, Schedule } from "effect"
  * bus uses for reconnects, failed reads and relay sends. Jitter keeps a fleet of
  * processes that lost the same server from reconnecting in lockstep.
  */
-export const cappedBackoff = (initial: Duration.Input, max: Duration.Input): Schedule.Schedule<Duration.Duration> =>
+export const cappedBackoff = (
+  initial: Duration.Input,
+  max: Duration.Input,
+): Schedule.Schedule<Duration.Duration> =>
   Schedule.exponential(initial, 2).pipe(
-    Schedule.modifyDelay(({ duration }) => Effect.succeed(Duration.min(duration, Duration.fromInputUnsafe(max)))),
+    Schedule.modifyDelay(({ duration }) =>
+      Effect.succeed(Duration.min(duration, Duration.fromInputUnsafe(max))),
+    ),
     Schedule.jittered,
   )
 

@@ -31,7 +31,10 @@ export interface ConsumeRequest {
 }
 
 /** A handler for `consume`: fails (or throws, in the Promise facade) to ask for a retry. */
-export type Handler<E = unknown, R = never> = (event: DeliveredEvent, attempt: number) => Effect.Effect<void, E, R>
+export type Handler<E = unknown, R = never> = (
+  event: DeliveredEvent,
+  attempt: number,
+) => Effect.Effect<void, E, R>
 
 /** How many handled ids a consumer remembers, to drop a redelivery of an already-acknowledged event. */
 const handledWindow = 10_000
@@ -43,7 +46,10 @@ export class Subscriber extends Context.Service<
     /** Events of one address after `from`, then live. */
     readonly subscribe: (request: SubscribeRequest) => Stream.Stream<DeliveredEvent, BusError>
     /** Runs `handler` for every event of the group until interrupted or the transport fails for good. */
-    readonly consume: <E, R>(request: ConsumeRequest, handler: Handler<E, R>) => Effect.Effect<void, BusError, R>
+    readonly consume: <E, R>(
+      request: ConsumeRequest,
+      handler: Handler<E, R>,
+    ) => Effect.Effect<void, BusError, R>
   }
 >()("@bus/core/Subscriber") {
   /** The subscriber over the transport in context. */
@@ -57,7 +63,9 @@ export class Subscriber extends Context.Service<
         Stream.unwrap(
           checkAddress(request).pipe(
             Effect.map((address) =>
-              transport.subscribe({ ...address, from: request.from ?? "now" }).pipe(Stream.tap(() => Metric.update(delivered, 1))),
+              transport
+                .subscribe({ ...address, from: request.from ?? "now" })
+                .pipe(Stream.tap(() => Metric.update(delivered, 1))),
             ),
           ),
         )
@@ -100,7 +108,9 @@ export class Subscriber extends Context.Service<
               }
               yield* Metric.update(handlerRetries, 1)
               yield* delivery.retry(backoffDelay(attempt, initial, cap))
-            }).pipe(Effect.withSpan("bus.consume", { attributes: { "messaging.consumer.group.name": group } }))
+            }).pipe(
+              Effect.withSpan("bus.consume", { attributes: { "messaging.consumer.group.name": group } }),
+            )
 
           yield* transport
             .group({ ...address, group, maxInFlight: concurrency })
