@@ -54,6 +54,12 @@ export const selectTransport = (config: SelectionConfig): TransportChoice | Conf
     }
     return { transport, reason: `transport is set to ${transport}` }
   }
+  // Checked even below the threshold, so a typo surfaces at deploy time rather than at the flip.
+  if (config.broker !== undefined && !brokerNames.includes(config.broker)) {
+    return new ConfigError({
+      message: `unknown broker ${JSON.stringify(config.broker)}; expected nats or redis-streams`,
+    })
+  }
   const threshold = config.notifyRateThreshold ?? defaultNotifyRateThreshold
   if (!(threshold > 0)) return new ConfigError({ message: "notifyRateThreshold must be a positive number" })
   const rate = config.notifyRate ?? 0
@@ -67,11 +73,6 @@ export const selectTransport = (config: SelectionConfig): TransportChoice | Conf
   if (config.broker === undefined) {
     return new ConfigError({
       message: `auto: notifyRate ${rate}/s reaches notifyRateThreshold ${threshold}/s but no broker is configured (set broker or BUS_BROKER to nats or redis-streams)`,
-    })
-  }
-  if (!brokerNames.includes(config.broker)) {
-    return new ConfigError({
-      message: `unknown broker ${JSON.stringify(config.broker)}; expected nats or redis-streams`,
     })
   }
   return {

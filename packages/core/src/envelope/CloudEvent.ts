@@ -2,6 +2,7 @@ import { Effect, Schema } from "effect"
 import { InvalidEvent, type InvalidName } from "../errors/BusError.js"
 import { checkAddress } from "../names/Name.js"
 import type { Envelope, Json } from "./Envelope.js"
+import { isUuidv7 } from "./uuidv7.js"
 
 /**
  * Mapping between the envelope and CloudEvents 1.0 structured JSON. Tenant and channel
@@ -75,6 +76,12 @@ export const fromCloudEvent = (u: unknown): Effect.Effect<Envelope, InvalidEvent
         (e) => new InvalidEvent({ reason: "cloudevent", message: `not a @bus CloudEvent: ${e.message}` }),
       ),
     )
+    if (!isUuidv7(ce.id)) {
+      return yield* new InvalidEvent({
+        reason: "cloudevent",
+        message: `id ${JSON.stringify(ce.id)} is not a lower-case UUIDv7`,
+      })
+    }
     const { tenant, channel } = yield* checkAddress({ tenant: ce.bustenant, channel: ce.buschannel })
     const extra =
       ce.busheaders === undefined

@@ -173,6 +173,16 @@ export const decodeEnvelope = (u: unknown): Effect.Effect<Envelope, InvalidEvent
     Effect.mapError(
       (e) => new InvalidEvent({ reason: "decode", message: `not a @bus envelope: ${e.message}` }),
     ),
+    Effect.tap((e) =>
+      isUuidv7(e.id)
+        ? Effect.void
+        : Effect.fail(
+            new InvalidEvent({
+              reason: "decode",
+              message: `not a @bus envelope: id ${JSON.stringify(e.id)} is not a lower-case UUIDv7`,
+            }),
+          ),
+    ),
     Effect.tap((e) => checkAddress(e)),
     Effect.map((e) => e as Envelope),
   )

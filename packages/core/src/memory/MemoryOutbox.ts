@@ -228,9 +228,18 @@ export class MemoryOutbox {
       Effect.sync(() => {
         const now = Date.now()
         const leased: Array<LeasedEvent> = []
+        const busy = new Set<string>()
         for (const row of this.#rows) {
           if (leased.length >= limit) break
-          if (row.forwarded || row.leaseUntil > now) continue
+          if (row.forwarded) continue
+          // A channel with a row under a live lease is skipped whole: handing its later rows
+          // to another relay would let them overtake the leased ones on the broker.
+          const key = addressKey(row.envelope)
+          if (busy.has(key)) continue
+          if (row.leaseUntil > now) {
+            busy.add(key)
+            continue
+          }
           row.leaseOwner = owner
           row.leaseUntil = now + leaseMs
           row.attempts++

@@ -23,6 +23,15 @@ export const maxNameLength = 64
 const allowed = /^[A-Za-z0-9_-]+$/
 const allowedStart = /^[A-Za-z0-9]/
 
+/** `String(value)` for an error message, without throwing on objects that have no usable `toString`. */
+const show = (value: unknown): string => {
+  try {
+    return String(value)
+  } catch {
+    return Object.prototype.toString.call(value)
+  }
+}
+
 /** What a name is used as; it appears in errors so the caller knows which argument was wrong. */
 export type NameField = "tenant" | "channel" | "group"
 
@@ -33,7 +42,7 @@ export const validateName = (field: NameField, value: unknown): InvalidName | st
   if (typeof value !== "string") {
     return new InvalidName({
       field,
-      value: String(value),
+      value: show(value),
       rule: "not-a-string",
       message: `${field} must be a string, got ${typeof value}`,
     })

@@ -1,4 +1,16 @@
-import { type Cause, Deferred, Effect, Layer, Option, PubSub, Queue, RcMap, Stream } from "effect"
+import {
+  type Cause,
+  Deferred,
+  Effect,
+  Layer,
+  Option,
+  PubSub,
+  Queue,
+  RcMap,
+  type Scope,
+  Semaphore,
+  Stream,
+} from "effect"
 import { capabilities as makeCapabilities, type TransportCapabilities } from "../contracts/Capabilities.js"
 import { type Address, OutboxStore } from "../contracts/OutboxStore.js"
 import { type Delivery, type GroupRequest, type SubscribeRequest, Transport } from "../contracts/Transport.js"
@@ -35,7 +47,11 @@ export interface OutboxTransportOptions {
 type FeedItem = ReadonlyArray<DeliveredEvent> | BusError
 
 interface Feed {
-  readonly pubsub: PubSub.PubSub<FeedItem>
+  /**
+   * Subscribes after bringing the feed up to the head, so the feed never publishes to
+   * this subscriber anything committed before it joined.
+   */
+  readonly join: Effect.Effect<PubSub.Subscription<FeedItem>, BusError, Scope.Scope>
 }
 
 const keyOf = (a: Address): string => `${a.tenant}\u0000${a.channel}`
@@ -81,8 +97,10 @@ export const outboxTransport = (
                 if (!page.more) return
               }
             })
+            // Reads and joins take turns, so a joining subscriber sees the feed at a known place.
+            const lock = yield* Semaphore.make(1)
             yield* Queue.take(wake).pipe(
-              Effect.andThen(drain),
+              Effect.andThen(Semaphore.withPermit(lock)(drain)),
               Effect.forever,
               Effect.catch((error: BusError) => PubSub.publish(pubsub, error)),
               Effect.forkScoped,
@@ -92,7 +110,8 @@ export const outboxTransport = (
             // The store's change stream is only followed while a feed exists, so a feed
             // created now may have missed a wake-up: read once to start.
             yield* Queue.offer(wake, undefined)
-            return { pubsub } satisfies Feed
+            const join = Semaphore.withPermit(lock)(drain.pipe(Effect.andThen(PubSub.subscribe(pubsub))))
+            return { join } satisfies Feed
           }),
       })
 
@@ -112,7 +131,7 @@ export const outboxTransport = (
             const address = yield* checkAddress(request)
             const feed = yield* RcMap.get(feeds, keyOf(address))
             // Join the live feed before catching up, so nothing committed in between is missed.
-            const subscription = yield* PubSub.subscribe(feed.pubsub)
+            const subscription = yield* feed.join
             const from = request.from ?? "now"
             const start = from === "now" ? yield* store.head(address) : from
             const catchUp = Stream.paginate(start, (cursor) =>

@@ -79,6 +79,7 @@ const relayBatchWith = (o: ReturnType<typeof resolve>) =>
     const forwarded: Array<string> = []
     const failures: Array<ForwardFailure> = []
     const untried: Array<string> = []
+    let unavailable = 0
     yield* Effect.forEach(
       [...byAddress.values()],
       (rows) =>
@@ -92,6 +93,13 @@ const relayBatchWith = (o: ReturnType<typeof resolve>) =>
             }
             const error = exit.cause.reasons.find((r) => r._tag === "Fail")
             const failure = error?._tag === "Fail" ? error.error : exit.cause
+            if (isBusError(failure) && failure._tag === "TransportUnavailable") {
+              // The broker is down, not this row: hand the channel back without counting an
+              // attempt, so an outage never walks rows towards the dead-letter place.
+              for (const rest of rows.slice(i)) untried.push(rest.event.id)
+              unavailable++
+              return
+            }
             const park = isBusError(failure) && !failure.retryable
             failures.push({ id: row.event.id, error: describe(failure), park })
             if (!park) {
@@ -116,7 +124,14 @@ const relayBatchWith = (o: ReturnType<typeof resolve>) =>
         failures[0]?.error,
       )
     }
-    return { leased: leased.length, forwarded: forwarded.length, failed: failures.length, parked }
+    if (unavailable > 0)
+      yield* Effect.logWarning(`relay: broker unavailable; ${untried.length} row(s) handed back`)
+    return {
+      leased: leased.length,
+      forwarded: forwarded.length,
+      failed: failures.length + unavailable,
+      parked,
+    }
   }).pipe(Effect.withSpan("bus.relay.batch"))
 
 /**
@@ -133,6 +148,12 @@ export const runRelay = (options: RelayOptions = {}): Effect.Effect<never, never
       const exit = yield* Effect.exit(relayBatchWith(o))
       if (Exit.isFailure(exit)) {
         yield* Effect.logWarning("relay: batch failed; backing off", exit.cause)
+        idleMs = Math.min(o.maxIdleMs * 5, Math.max(idleMs * 2, 100))
+        yield* Effect.sleep(idleMs)
+        continue
+      }
+      if (exit.value.failed > 0 && exit.value.forwarded === 0) {
+        // Nothing went through (broker down, or only failing rows): back off, growing.
         idleMs = Math.min(o.maxIdleMs * 5, Math.max(idleMs * 2, 100))
         yield* Effect.sleep(idleMs)
         continue

@@ -1,0 +1,345 @@
+import { Effect, Fiber, Layer, Stream } from "effect"
+import { describe, expect, it } from "vitest"
+import {
+  type BusError,
+  type DeliveredEvent,
+  type Envelope,
+  MemoryOutbox,
+  OutboxStore,
+  relayBatch,
+  runRelay,
+  Transport,
+  TransportFailure,
+  TransportUnavailable,
+} from "../src/index.js"
+import {
+  collectInto,
+  events,
+  indices,
+  instrumentedBroker,
+  instrumentedStore,
+  quiet,
+  waitFor,
+  waitForEffect,
+} from "./support.js"
+
+/** An outbox, a memory broker in front of its own store, and counters around both. */
+const setup = (
+  options: {
+    readonly before?: Parameters<typeof instrumentedBroker>[1]
+    readonly failLease?: () => BusError | undefined
+  } = {},
+) => {
+  const outbox = MemoryOutbox.make()
+  const brokerOutbox = MemoryOutbox.make()
+  const broker = instrumentedBroker(brokerOutbox, options.before)
+  const store = instrumentedStore(
+    outbox,
+    options.failLease === undefined ? {} : { failLease: options.failLease },
+  )
+  const layer = Layer.merge(broker.layer, store.layer)
+  const provide = <A, E>(self: Effect.Effect<A, E, OutboxStore | Transport>) =>
+    Effect.runPromise(quiet(Effect.provide(self, layer)))
+  return { outbox, brokerOutbox, sends: broker.log, store: store.log, provide }
+}
+
+const ids = (list: ReadonlyArray<Envelope>) => list.map((e) => e.id)
+const backlog = OutboxStore.use((s) => s.backlog)
+const backlogIsZero = backlog.pipe(Effect.map((n) => n === 0))
+
+/** Events of (tenant, channel) as the broker's subscribers see them, from the beginning. */
+const brokerSubscriber = (tenant: string, channel: string) =>
+  Effect.gen(function* () {
+    const t = yield* Transport
+    return yield* collectInto(t.subscribe({ tenant, channel, from: "beginning" }))
+  })
+
+/** Adjacent pairs of the broker's order that go backwards, e.g. "5 before 3" (first few). */
+const inversions = (order: ReadonlyArray<number>): Array<string> =>
+  order.flatMap((v, k) => (k > 0 && v < order[k - 1]! ? [`${order[k - 1]} before ${v}`] : [])).slice(0, 5)
+
+describe("relay: two relays over one outbox", () => {
+  it("forward 2,000 events: broker subscribers see each exactly once and the backlog reaches 0", async () => {
+    const { outbox, brokerOutbox, sends, store, provide } = setup({
+      // A yield per send, so the two relays really interleave.
+      before: () => Effect.yieldNow,
+    })
+    const channels = Array.from({ length: 40 }, (_, k) => `ch-${k}`)
+    const published: Array<Envelope> = []
+    // Transactions of 1 to 5 events, spread over forty channels (more than one batch covers,
+    // so each relay always finds work).
+    for (let n = 0; published.length < 2_000; n++) {
+      const size = Math.min(1 + (n % 5), 2_000 - published.length)
+      const batch = Array.from(
+        { length: size },
+        (_, k) => events("t", channels[(n + k) % channels.length]!, 1, published.length + k)[0]!,
+      )
+      outbox.commitBatch(batch)
+      published.push(...batch)
+    }
+    await provide(
+      Effect.gen(function* () {
+        const subscribers = yield* Effect.forEach(channels, (c) => brokerSubscriber("t", c))
+        const r1 = yield* runRelay({ owner: "relay-1", batchSize: 20 }).pipe(Effect.forkChild)
+        const r2 = yield* runRelay({ owner: "relay-2", batchSize: 20 }).pipe(Effect.forkChild)
+        yield* waitForEffect(backlogIsZero, 20_000, "backlog 0")
+        const seen = () => subscribers.flatMap((s) => s.items)
+        yield* waitFor(() => seen().length >= 2_000, 10_000, "2,000 events at the broker's subscribers")
+        yield* Effect.sleep(50) // anything extra would show up now
+        yield* Fiber.interrupt(r1)
+        yield* Fiber.interrupt(r2)
+
+        const delivered = seen()
+        expect(delivered).toHaveLength(2_000)
+        expect(new Set(delivered.map((e) => e.id)).size).toBe(2_000)
+        expect(new Set(delivered.map((e) => e.id))).toEqual(new Set(ids(published)))
+        expect(brokerOutbox.committed()).toHaveLength(2_000)
+        expect(yield* backlog).toBe(0)
+        // Leases kept the relays apart: no event was even sent twice.
+        expect(sends.total).toBe(2_000)
+        // Both relays took part.
+        expect(store.completedBy.get("relay-1") ?? 0).toBeGreaterThan(0)
+        expect(store.completedBy.get("relay-2") ?? 0).toBeGreaterThan(0)
+        expect((store.completedBy.get("relay-1") ?? 0) + (store.completedBy.get("relay-2") ?? 0)).toBe(2_000)
+      }),
+    )
+  })
+
+  it("one relay keeps each channel's order on the broker", async () => {
+    const { outbox, brokerOutbox, provide } = setup({
+      before: () => Effect.sleep(Math.floor(Math.random() * 3)),
+    })
+    for (let i = 0; i < 60; i++) outbox.commitBatch(events("t", "a", 3, 3 * i))
+    await provide(
+      Effect.gen(function* () {
+        const r = yield* runRelay({ owner: "solo", batchSize: 5 }).pipe(Effect.forkChild)
+        yield* waitForEffect(backlogIsZero, 10_000)
+        yield* Fiber.interrupt(r)
+      }),
+    )
+    expect(indices(brokerOutbox.committed())).toEqual(Array.from({ length: 180 }, (_, i) => i))
+  })
+
+  // Fails on the current code. MemoryOutbox.lease hands relay B the next rows of a
+  // channel while relay A still holds earlier rows of the same channel, so with any send
+  // latency the two relays interleave one channel and the broker stores a producer
+  // transaction's events out of order (design invariant 4). See the report.
+  it("two relays keep each channel's order on the broker (events of one transaction stay in order)", async () => {
+    const { outbox, brokerOutbox, provide } = setup({
+      before: () => Effect.sleep(Math.floor(Math.random() * 3)),
+    })
+    for (let i = 0; i < 60; i++) outbox.commitBatch(events("t", "a", 3, 3 * i))
+    await provide(
+      Effect.gen(function* () {
+        const r1 = yield* runRelay({ owner: "relay-1", batchSize: 5 }).pipe(Effect.forkChild)
+        const r2 = yield* runRelay({ owner: "relay-2", batchSize: 5 }).pipe(Effect.forkChild)
+        yield* waitForEffect(backlogIsZero, 10_000)
+        yield* Fiber.interrupt(r1)
+        yield* Fiber.interrupt(r2)
+      }),
+    )
+    expect(inversions(indices(brokerOutbox.committed()))).toEqual([])
+    expect(indices(brokerOutbox.committed())).toEqual(Array.from({ length: 180 }, (_, i) => i))
+  })
+})
+
+describe("relay: a poison row", () => {
+  const poisonSetup = (error: () => TransportFailure | TransportUnavailable) => {
+    let poison = ""
+    const s = setup({ before: (e) => (e.id === poison ? error() : undefined) })
+    const a = events("t", "a", 5)
+    poison = a[1]!.id
+    s.outbox.commitBatch(a)
+    s.outbox.commitBatch(events("t", "b", 3, 100))
+    return { ...s, a, poison }
+  }
+  const retryable = () => new TransportFailure({ transport: "broker", retryable: true, message: "rejected" })
+
+  it("is retried without blocking other channels, later events included; its own channel waits behind it", async () => {
+    const { outbox, brokerOutbox, sends, a, poison, provide } = poisonSetup(retryable)
+    await provide(
+      Effect.gen(function* () {
+        const r = yield* runRelay({ owner: "r", maxAttempts: 1_000_000, maxIdleMs: 50 }).pipe(
+          Effect.forkChild,
+        )
+        yield* waitFor(() => brokerOutbox.committed().length === 4, 5_000, "first events forwarded")
+        // Later events, on another channel and on a new one, keep flowing while the poison row retries.
+        outbox.commitBatch(events("t", "b", 2, 103))
+        outbox.commitBatch(events("t", "c", 2, 200))
+        yield* waitFor(() => brokerOutbox.committed().length === 8, 5_000, "later events forwarded")
+        yield* waitFor(() => (sends.attempts.get(poison) ?? 0) >= 3, 5_000, "poison retried")
+        yield* Fiber.interrupt(r)
+      }),
+    )
+    const forwarded = brokerOutbox.committed()
+    expect(forwarded.filter((e) => e.channel === "b").map((e) => (e.data as { i: number }).i)).toEqual([
+      100, 101, 102, 103, 104,
+    ])
+    expect(forwarded.filter((e) => e.channel === "c")).toHaveLength(2)
+    // Channel a: the row before the poison went out; the rows after it wait, so nothing overtakes it.
+    expect(forwarded.filter((e) => e.channel === "a").map((e) => e.id)).toEqual([a[0]!.id])
+    expect(sends.attempts.get(a[2]!.id)).toBeUndefined()
+  })
+
+  it("is parked in dead letters after maxAttempts, then the rest of its channel flows in order", async () => {
+    const { brokerOutbox, sends, a, poison, provide } = poisonSetup(retryable)
+    await provide(
+      Effect.gen(function* () {
+        const r = yield* runRelay({ owner: "r", maxAttempts: 3 }).pipe(Effect.forkChild)
+        yield* waitForEffect(backlogIsZero, 5_000)
+        yield* Fiber.interrupt(r)
+        const letters = yield* OutboxStore.use((s) => s.deadLetters(10))
+        expect(letters).toHaveLength(1)
+        expect(letters[0]).toMatchObject({ source: "relay", attempts: 3 })
+        expect(letters[0]!.event.id).toBe(poison)
+        expect(letters[0]!.reason).toContain("TransportFailure")
+      }),
+    )
+    expect(sends.attempts.get(poison)).toBe(3)
+    expect(
+      brokerOutbox
+        .committed()
+        .filter((e) => e.channel === "a")
+        .map((e) => e.id),
+    ).toEqual([a[0]!, a[2]!, a[3]!, a[4]!].map((e) => e.id))
+    expect(brokerOutbox.committed()).toHaveLength(7)
+  })
+
+  it("relayBatch counts attempts per lease and parks on the maxAttempts-th failure", async () => {
+    const { store, poison, provide } = poisonSetup(retryable)
+    const results = await provide(Effect.forEach([1, 2, 3], () => relayBatch({ owner: "r", maxAttempts: 3 })))
+    expect(results.map((r) => r.parked)).toEqual([0, 0, 1])
+    expect(results.map((r) => r.failed)).toEqual([1, 1, 1])
+    expect(results[0]).toMatchObject({ leased: 8, forwarded: 4 }) // a0 and b*; a2..a4 released untried
+    const attemptsOfPoison = store.leases.map((rows) => rows.find((r) => r.event.id === poison)?.attempts)
+    expect(attemptsOfPoison).toEqual([1, 2, 3])
+    // Rows released untried do not count an attempt.
+    const later = store.leases[2]!.filter((r) => r.event.id !== poison)
+    expect(later.every((r) => r.attempts === 1)).toBe(true)
+  })
+
+  it("a non-retryable send error parks the row at once and the rest of the batch goes through", async () => {
+    const { brokerOutbox, sends, poison, provide } = poisonSetup(
+      () =>
+        new TransportFailure({ transport: "broker", retryable: false, message: "message rejected for good" }),
+    )
+    const result = await provide(relayBatch({ owner: "r", maxAttempts: 10 }))
+    expect(result).toEqual({ leased: 8, forwarded: 7, failed: 1, parked: 1 })
+    expect(sends.attempts.get(poison)).toBe(1)
+    expect(brokerOutbox.committed()).toHaveLength(7)
+    const letters = await provide(OutboxStore.use((s) => s.deadLetters(10)))
+    expect(letters.map((l) => [l.event.id, l.attempts])).toEqual([[poison, 1]])
+    expect(await provide(backlog)).toBe(0)
+  })
+
+  // Fails on the current code. A row that failed is handed back with no delay
+  // (MemoryOutbox.fail sets leaseUntil = 0) and runRelay polls again after 10 ms, so
+  // every head-of-channel row burns its maxAttempts in ~100 ms of a broker outage and is
+  // dead-lettered although nothing is wrong with it. See the report.
+  it("a broker outage of one second dead-letters nothing; everything goes out once the broker is back", async () => {
+    let down = true
+    const { outbox, brokerOutbox, provide } = setup({
+      before: () =>
+        down ? new TransportUnavailable({ transport: "broker", message: "connection refused" }) : undefined,
+    })
+    outbox.commitBatch(events("t", "a", 5))
+    outbox.commitBatch(events("t", "b", 5, 100))
+    await provide(
+      Effect.gen(function* () {
+        const r = yield* runRelay({ owner: "r" }).pipe(Effect.forkChild)
+        yield* Effect.sleep(1_000)
+        down = false
+        yield* waitForEffect(backlogIsZero, 10_000)
+        yield* Fiber.interrupt(r)
+        const letters = yield* OutboxStore.use((s) => s.deadLetters(100))
+        expect(
+          letters.map((l) => `${l.event.channel}/${(l.event.data as { i: number }).i}: ${l.reason}`),
+        ).toEqual([])
+      }),
+    )
+    expect(brokerOutbox.committed()).toHaveLength(10)
+  })
+})
+
+describe("relay: interrupted mid-batch", () => {
+  it("after the lease expires another relay forwards the rows and the broker holds no duplicates", async () => {
+    let stall = true
+    const { outbox, brokerOutbox, sends, provide } = setup({
+      // The first relay stalls on the fifth event of the batch, as if killed mid-send.
+      before: (e) => (stall && (e.data as { i: number }).i === 4 ? Effect.never : undefined),
+    })
+    const published = events("t", "a", 10)
+    outbox.commitBatch(published)
+    await provide(
+      Effect.gen(function* () {
+        const first = yield* relayBatch({ owner: "dying", leaseMs: 300 }).pipe(Effect.forkChild)
+        yield* waitFor(() => sends.total === 5, 2_000, "four sends and a stall")
+        yield* Fiber.interrupt(first)
+        stall = false
+        // Four events reached the broker but the lease was never completed.
+        expect(brokerOutbox.committed()).toHaveLength(4)
+        expect(yield* backlog).toBe(10)
+        // While the lease lives, another relay gets nothing.
+        expect(yield* relayBatch({ owner: "heir", leaseMs: 300 })).toMatchObject({ leased: 0 })
+        yield* Effect.sleep(350)
+        const result = yield* relayBatch({ owner: "heir", leaseMs: 300 })
+        expect(result).toEqual({ leased: 10, forwarded: 10, failed: 0, parked: 0 })
+        expect(yield* backlog).toBe(0)
+        // The broker's subscribers see each event once, in order.
+        const t = yield* Transport
+        const seen = yield* t
+          .subscribe({ tenant: "t", channel: "a", from: "beginning" })
+          .pipe(Stream.take(10), Stream.runCollect)
+        expect(seen.map((e: DeliveredEvent) => e.id)).toEqual(ids(published))
+      }),
+    )
+    // The first four were sent twice; the broker dropped the repeats by id.
+    expect([...sends.attempts.values()].filter((n) => n === 2)).toHaveLength(5) // four sent + the stalled one
+    expect(brokerOutbox.committed().map((e) => e.id)).toEqual(ids(published))
+  })
+})
+
+describe("relay: idle", () => {
+  it("an idle relay does not spin: few lease calls over one second", async () => {
+    const { store, provide } = setup()
+    await provide(
+      Effect.gen(function* () {
+        const r = yield* runRelay({ owner: "idle" }).pipe(Effect.forkChild)
+        yield* Effect.sleep(1_000)
+        yield* Fiber.interrupt(r)
+      }),
+    )
+    expect(store.leaseCalls).toBeGreaterThan(0)
+    expect(store.leaseCalls).toBeLessThanOrEqual(20)
+  })
+
+  it("a commit cuts the idle pause short", async () => {
+    const { outbox, brokerOutbox, provide } = setup()
+    await provide(
+      Effect.gen(function* () {
+        const r = yield* runRelay({ owner: "idle", maxIdleMs: 5_000 }).pipe(Effect.forkChild)
+        yield* Effect.sleep(1_500) // long enough for the pause to have grown past 1 s
+        const start = Date.now()
+        outbox.commitBatch(events("t", "a", 1))
+        yield* waitFor(() => brokerOutbox.committed().length === 1, 2_000)
+        expect(Date.now() - start).toBeLessThan(200)
+        yield* Fiber.interrupt(r)
+      }),
+    )
+  })
+
+  it("a store that is down is retried with a growing pause, not in a loop", async () => {
+    const { store, provide } = setup({
+      failLease: () => new TransportUnavailable({ transport: "postgres", message: "connection refused" }),
+    })
+    await provide(
+      Effect.gen(function* () {
+        const r = yield* runRelay({ owner: "r" }).pipe(Effect.forkChild)
+        yield* Effect.sleep(1_000)
+        yield* Fiber.interrupt(r)
+      }),
+    )
+    expect(store.leaseCalls).toBeGreaterThan(1)
+    expect(store.leaseCalls).toBeLessThanOrEqual(10)
+  })
+})
