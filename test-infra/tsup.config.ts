@@ -1,7 +1,13 @@
 import { defineConfig } from "tsup"
 
 export default defineConfig({
-  entry: ["src/index.ts"],
+  // One entry per package.json export; the global setup is loaded by vitest in its main process,
+  // so it must not drag the server code (and pg) in with it.
+  entry: {
+    index: "src/index.ts",
+    "global-setup": "src/servers/global-setup.ts",
+    "conformance/index": "src/conformance/index.ts",
+  },
   format: ["esm"],
   dts: true,
   sourcemap: true,

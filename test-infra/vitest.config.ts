@@ -4,6 +4,8 @@ export default defineConfig({
   test: {
     include: ["test/**/*.test.ts"],
     pool: "forks",
+    // Reaps servers a crashed worker left behind; other packages use the built "@bus/test-infra/global-setup".
+    globalSetup: ["./src/servers/global-setup.ts"],
     testTimeout: 60_000,
     hookTimeout: 120_000,
   },

@@ -4,6 +4,9 @@ export default defineConfig({
   test: {
     include: ["test/**/*.test.ts"],
     pool: "forks",
+    // Each test file starts its own redis-server; the machine has two cores shared by several runs.
+    maxWorkers: 1,
+    globalSetup: ["@bus/test-infra/global-setup"],
     testTimeout: 60_000,
     hookTimeout: 120_000,
   },
