@@ -1,0 +1,27 @@
+/**
+ * @bus/test-infra: real servers for tests and benchmarks. Postgres, Redis, NATS and a NATS JetStream
+ * cluster run as local processes on free loopback ports, with fault injection (kill, pause, restart,
+ * dropped connections) and cleanup on every exit path. The vitest global setup that reaps what
+ * crashed workers leave behind is the `@bus/test-infra/global-setup` entry.
+ *
+ * @packageDocumentation
+ */
+
+export { MissingBinaryError } from "./servers/find-executable.js"
+export { NATS_URL_ENV, startNats } from "./servers/nats.js"
+export { NATS_CLUSTER_URL_ENV, startNatsCluster } from "./servers/nats-cluster.js"
+export { PG_URL_ENV, startPostgres } from "./servers/postgres.js"
+export { PG_OS_USER_ENV } from "./servers/postgres-os-user.js"
+export { REDIS_URL_ENV, startRedis } from "./servers/redis.js"
+export { RUN_DIR_ENV } from "./servers/run-dir.js"
+export { resolveServerMode, SERVER_MODE_ENV, type TestServerMode } from "./servers/server-mode.js"
+export { ServerStartError } from "./servers/server-start-error.js"
+export type {
+  NatsClusterHandle,
+  PostgresHandle,
+  ServerHandle,
+  StartNatsClusterOptions,
+  StartPostgresOptions,
+  StartRedisOptions,
+  TerminateConnectionsFilter,
+} from "./servers/types.js"
