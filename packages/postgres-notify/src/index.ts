@@ -1,0 +1,51 @@
+/**
+ * @bus/postgres-notify — the Postgres outbox (schema, migrations, transactional append,
+ * snapshot-safe reads) and LISTEN/NOTIFY wake-ups for the @bus event bus.
+ *
+ * @packageDocumentation
+ */
+
+export { fromPgError, isConnectionError, transportName } from "./errors.js"
+export type { NotifyHealth } from "./listener/health.js"
+export type { NotifyMode } from "./outbox/append.js"
+export {
+  addressChannel,
+  decodePayload,
+  encodePayload,
+  relayChannel,
+} from "./outbox/channels.js"
+export {
+  type Cursor,
+  decodeCursor,
+  emptySnapshot,
+  encodeCursor,
+  isExpired,
+  isVisible,
+  type Position,
+  parsePgSnapshot,
+  type Snapshot,
+} from "./outbox/cursor.js"
+export type { PostgresOutboxOptions } from "./outbox/options.js"
+export {
+  createPostgresOutboxStore,
+  makePostgresOutboxStore,
+  PostgresOutbox,
+  type PostgresOutboxHandle,
+  type PostgresOutboxService,
+  postgresOutboxLayer,
+} from "./outbox/PostgresOutboxStore.js"
+export { maxPageSize } from "./outbox/read.js"
+export { defaultSchema, validateSchemaName } from "./schema/identifier.js"
+export {
+  type MigrateOptions,
+  type MigrateResult,
+  migrate,
+  migrateEffect,
+  migrationSql,
+  rotateEpoch,
+} from "./schema/migrate.js"
+export { latestVersion, type Migration, migrations } from "./schema/migrations.js"
+export type { TransactionAdapter } from "./sql/adapter.js"
+export { ensureInTransaction, isPgClient, isPgPool, pgAdapter } from "./sql/adapters/pg.js"
+export { isPostgresJs, postgresJsAdapter } from "./sql/adapters/postgresjs.js"
+export type { QueryResultLike, SqlExecutor } from "./sql/executor.js"

@@ -1,0 +1,37 @@
+/**
+ * What the listener reports about itself, readable at any time from the store.
+ *
+ * @module
+ */
+
+/** State of LISTEN/NOTIFY delivery for one store. */
+export interface NotifyHealth {
+  /**
+   * `healthy`: the self-probe's NOTIFY came back. `degraded`: it did not (pgbouncer in
+   * transaction mode, a replica, LISTEN refused) and wake-ups come from the faster
+   * fallback poll. `starting`: no probe has finished yet. `disabled`: the store was
+   * built with `listen: false`.
+   */
+  readonly notify: "starting" | "healthy" | "degraded" | "disabled"
+  /** Why the state is not `healthy`, in words an operator can act on. */
+  readonly reason: string | undefined
+  /** The LISTEN connection is currently up. */
+  readonly connected: boolean
+  /** Successful connections so far (the first one included). */
+  readonly connects: number
+  /** Connections lost so far. */
+  readonly disconnects: number
+  /** Failed connection attempts so far. */
+  readonly failedAttempts: number
+  /** Notifications received on watched channels. */
+  readonly notifications: number
+  /** Notifications on our channels whose payload was not ours (they woke every address of that channel). */
+  readonly malformedNotifications: number
+  /** Channels currently LISTENed (watched addresses, plus the relay channel when watched). */
+  readonly channels: number
+  /** Last connection or probe error. */
+  readonly lastError: string | undefined
+  /** Fallback polls run so far, and the interval now in force (0: off). */
+  readonly polls: number
+  readonly pollIntervalMs: number
+}

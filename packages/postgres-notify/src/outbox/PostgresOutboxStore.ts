@@ -1,0 +1,224 @@
+import { type Address, type BusError, ConfigError, checkAddress, type Envelope, OutboxStore } from "@bus/core"
+import { Cause, Context, Effect, Exit, Layer, Scope, type Stream } from "effect"
+import pg from "pg"
+import { transportName } from "../errors.js"
+import type { NotifyHealth } from "../listener/health.js"
+import { makeWakeUps } from "../listener/WakeUps.js"
+import { schemaName } from "../schema/identifier.js"
+import { migrateEffect } from "../schema/migrate.js"
+import { pgAdapter } from "../sql/adapters/pg.js"
+import { postgresJsAdapter } from "../sql/adapters/postgresjs.js"
+import { runQuery, type SqlExecutor } from "../sql/executor.js"
+import { append, wakeUpsFor } from "./append.js"
+import { claimGroup } from "./groups.js"
+import { type PostgresOutboxOptions, resolveOptions } from "./options.js"
+import { makeQueries } from "./queries.js"
+import { head, read } from "./read.js"
+import { relayOps } from "./relay.js"
+
+/**
+ * The Postgres implementation of the core {@link OutboxStore}: transactional append,
+ * snapshot-safe reads, wake-ups from one LISTEN connection with a fallback poll, relay
+ * leases, consumer-group positions, dead letters and retention.
+ *
+ * @module
+ */
+
+/** The core outbox contract, as a type an interface can extend. */
+export type OutboxStoreService = OutboxStore["Service"]
+
+/** The Postgres outbox: the core contract plus what only Postgres has. */
+export interface PostgresOutboxService extends OutboxStoreService {
+  /** Schema of the outbox tables. */
+  readonly schema: string
+  /** The outbox epoch at start (cursors carry it; see `rotateEpoch`). */
+  readonly epoch: string
+  /** The pool the store reads with (the caller's when one was passed). */
+  readonly pool: pg.Pool
+  /** LISTEN/NOTIFY state, counters and the poll interval in force. */
+  readonly health: Effect.Effect<NotifyHealth>
+  /** Same as {@link PostgresOutboxService.health}, synchronously. */
+  readonly healthNow: () => NotifyHealth
+  /**
+   * Sends wake-ups for `addresses` outside any transaction: for producers that let the
+   * SDK own the commit (after-commit batched NOTIFY, with `notify: "none"` on the store).
+   */
+  readonly wake: (
+    addresses: ReadonlyArray<Address>,
+    options?: { readonly relay?: boolean },
+  ) => Effect.Effect<void, BusError>
+  /** LISTENs on the relay channel for the life of the scope, so {@link PostgresOutboxService.relayWakeups} fire. */
+  readonly watchRelay: Effect.Effect<void, never, Scope.Scope>
+  /** Emits when producers committed rows a relay should forward (and after every reconnect). */
+  readonly relayWakeups: Stream.Stream<void>
+}
+
+/** Service tag of the Postgres outbox, for code that needs its Postgres-only parts. */
+export class PostgresOutbox extends Context.Service<PostgresOutbox, PostgresOutboxService>()(
+  "@bus/postgres-notify/PostgresOutbox",
+) {}
+
+const listenerClientConfig = (
+  options: PostgresOutboxOptions,
+  pool: pg.Pool,
+  applicationName: string,
+): pg.ClientConfig => {
+  // A pool carries its connection settings in `options`; pool-only fields are ignored by Client.
+  const base: pg.ClientConfig = options.connectionString
+    ? { connectionString: options.connectionString }
+    : { ...((pool as unknown as { options?: pg.ClientConfig }).options ?? {}) }
+  return {
+    ...base,
+    application_name: applicationName,
+    keepAlive: true,
+    connectionTimeoutMillis: base.connectionTimeoutMillis || 10_000,
+  }
+}
+
+/** Builds the store in the current scope; closing the scope closes every connection, timer and fiber it opened. */
+export const makePostgresOutboxStore = (
+  options: PostgresOutboxOptions,
+): Effect.Effect<PostgresOutboxService, BusError, Scope.Scope> =>
+  Effect.gen(function* () {
+    const o = resolveOptions(options)
+    const schema = yield* Effect.try({
+      try: () => schemaName(o.schema),
+      catch: (e) => (e instanceof ConfigError ? e : new ConfigError({ message: String(e) })),
+    })
+    if (!options.pool && !options.connectionString) {
+      return yield* new ConfigError({ message: "the Postgres outbox needs a connectionString or a pool" })
+    }
+    const queries = makeQueries(schema.quoted)
+
+    const pool =
+      options.pool ??
+      (yield* Effect.acquireRelease(
+        Effect.sync(() => {
+          const p = new pg.Pool({
+            connectionString: options.connectionString,
+            application_name: o.applicationName,
+            max: o.poolSize,
+          })
+          // An idle pooled connection dropped by the server must not crash the process.
+          p.on("error", () => {})
+          return p
+        }),
+        (p) => Effect.promise(() => p.end().catch(() => {})),
+      ))
+    const executor: SqlExecutor = { query: (text, params = []) => pool.query(text, [...params]) }
+
+    if (o.migrate) yield* migrateEffect({ pool, schema: schema.name })
+    const metaRows = yield* runQuery(executor, "loading the outbox meta row", queries.meta)
+    const meta = metaRows[0]
+    if (meta === undefined) {
+      return yield* new ConfigError({
+        message: `schema ${schema.name} has no outbox meta row; run migrate()`,
+      })
+    }
+    const epoch = String(meta.epoch)
+    const adapters = [...(options.adapters ?? []), pgAdapter, postgresJsAdapter]
+    const relay = relayOps(executor, queries, o.pruneBatchSize)
+
+    const wakeUps = yield* makeWakeUps({
+      schema: schema.name,
+      executor,
+      queries,
+      listener: o.listen
+        ? {
+            client: listenerClientConfig(options, pool, o.listenerApplicationName),
+            probeTimeoutMs: o.probeTimeoutMs,
+            reprobeIntervalMs: 30_000,
+            initialDelayMs: o.reconnectInitialDelayMs,
+            maxDelayMs: o.reconnectMaxDelayMs,
+          }
+        : undefined,
+      pollIntervalMs: o.pollIntervalMs,
+      degradedPollIntervalMs: o.degradedPollIntervalMs,
+    })
+
+    const wake = (
+      addresses: ReadonlyArray<Address>,
+      wakeOptions: { readonly relay?: boolean } = {},
+    ): Effect.Effect<void, BusError> =>
+      Effect.gen(function* () {
+        const checked = yield* Effect.forEach(addresses, (a) => checkAddress(a))
+        const { channels, payloads } = wakeUpsFor(
+          schema.name,
+          wakeOptions.relay ? "both" : "addresses",
+          checked,
+        )
+        if (channels.length > 0) yield* wakeUps.sendNotify(channels, payloads)
+      })
+
+    const service: PostgresOutboxService = {
+      name: transportName,
+      schema: schema.name,
+      epoch,
+      pool,
+      append: (tx: unknown, events: ReadonlyArray<Envelope>) =>
+        append({ adapters, schema: schema.name, sql: queries.append, notify: o.notify, tx, events }),
+      read: (address, after, limit) => read(executor, queries, address, after, limit),
+      head: (address) => head(executor, queries, address),
+      changes: wakeUps.changes,
+      watch: wakeUps.watch,
+      lease: relay.lease,
+      complete: relay.complete,
+      release: relay.release,
+      fail: relay.fail,
+      backlog: relay.backlog,
+      claimGroup: (address, group) => claimGroup(executor, queries, o.groupLeaseMs, address, group),
+      deadLetter: relay.deadLetter,
+      deadLetters: relay.deadLetters,
+      prune: relay.prune,
+      health: Effect.sync(wakeUps.health),
+      healthNow: wakeUps.health,
+      wake,
+      watchRelay: wakeUps.watchRelay,
+      relayWakeups: wakeUps.relayWakeups,
+    }
+    return service
+  })
+
+/**
+ * Layer providing the Postgres outbox both as the core {@link OutboxStore} and as
+ * {@link PostgresOutbox}. Connections, the listener and the poll live as long as the layer.
+ */
+export const postgresOutboxLayer = (
+  options: PostgresOutboxOptions,
+): Layer.Layer<OutboxStore | PostgresOutbox, BusError> =>
+  Layer.effectContext(
+    Effect.map(makePostgresOutboxStore(options), (service) =>
+      Context.make(OutboxStore, service).pipe(Context.add(PostgresOutbox, service)),
+    ),
+  )
+
+/** A store built outside Effect, with the means to close it. */
+export interface PostgresOutboxHandle {
+  readonly store: PostgresOutboxService
+  /** LISTEN/NOTIFY state (see {@link NotifyHealth}). */
+  readonly health: () => NotifyHealth
+  /** Closes the listener, the poll and (when the store created it) the pool. Idempotent. */
+  readonly close: () => Promise<void>
+}
+
+/** Promise form of {@link makePostgresOutboxStore} for code that does not use Effect. */
+export const createPostgresOutboxStore = async (
+  options: PostgresOutboxOptions,
+): Promise<PostgresOutboxHandle> => {
+  const scope = Effect.runSync(Scope.make())
+  const exit = await Effect.runPromiseExit(Scope.provide(makePostgresOutboxStore(options), scope))
+  if (Exit.isFailure(exit)) {
+    await Effect.runPromise(Scope.close(scope, Exit.void))
+    throw Cause.squash(exit.cause)
+  }
+  const store = exit.value
+  let closing: Promise<void> | undefined
+  return {
+    store,
+    health: store.healthNow,
+    close: () => {
+      closing ??= Effect.runPromise(Scope.close(scope, Exit.void))
+      return closing
+    },
+  }
+}

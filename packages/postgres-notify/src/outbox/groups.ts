@@ -1,0 +1,92 @@
+import { randomUUID } from "node:crypto"
+import { hostname } from "node:os"
+import {
+  type Address,
+  type BusError,
+  checkAddress,
+  checkName,
+  type GroupClaim,
+  TransportFailure,
+} from "@bus/core"
+import { Effect, type Scope } from "effect"
+import { transportName } from "../errors.js"
+import { runQuery, type SqlExecutor } from "../sql/executor.js"
+import type { OutboxQueries } from "./queries.js"
+
+/**
+ * Consumer-group positions: one row per (tenant, channel, group) holding the
+ * acknowledged cursor and the member that may move it. A member holds the row by a
+ * lease it renews while its scope is open; when the process dies the lease runs out
+ * and a waiting member takes over from the last committed cursor.
+ *
+ * @module
+ */
+
+/** Claims a group's position for the life of the scope, waiting while another member holds it. */
+export const claimGroup = (
+  executor: SqlExecutor,
+  q: OutboxQueries,
+  leaseMs: number,
+  address: Address,
+  group: string,
+): Effect.Effect<GroupClaim, BusError, Scope.Scope> =>
+  Effect.gen(function* () {
+    const { tenant, channel } = yield* checkAddress(address)
+    const name = yield* checkName("group", group)
+    const owner = `${hostname()}:${process.pid}:${randomUUID()}`
+    const key = [tenant, channel, name, owner]
+    const retryMs = Math.min(1_000, Math.max(50, Math.floor(leaseMs / 5)))
+
+    // Each attempt is one short uninterruptible statement that registers the release
+    // when it wins, so closing the scope while waiting never leaves a claim behind.
+    const attempt = Effect.uninterruptible(
+      runQuery(executor, "claimGroup", q.claimGroup, [...key, leaseMs]).pipe(
+        Effect.tap((rows) =>
+          rows.length === 0
+            ? Effect.void
+            : Effect.addFinalizer(() =>
+                runQuery(executor, "releaseGroup", q.releaseGroup, key).pipe(Effect.ignore),
+              ),
+        ),
+      ),
+    )
+    let cursor: string | undefined
+    while (cursor === undefined) {
+      const rows = yield* attempt
+      if (rows.length > 0) cursor = String(rows[0]!.cursor)
+      else yield* Effect.sleep(retryMs)
+    }
+
+    let lost = false
+    const lostError = () =>
+      new TransportFailure({
+        transport: transportName,
+        retryable: false,
+        message: `consumer group ${name} of ${tenant}/${channel}: this member lost its claim (lease expired and another member took over)`,
+      })
+    // Renew at a third of the lease, so two renewals may fail before another member can take over.
+    yield* runQuery(executor, "renewGroup", q.renewGroup, [...key, leaseMs]).pipe(
+      Effect.flatMap((rows) => {
+        if (rows.length > 0) return Effect.void
+        lost = true
+        return Effect.logWarning(lostError().message)
+      }),
+      Effect.catch((e: BusError) => Effect.logDebug(`group lease renewal failed: ${e.message}`)),
+      Effect.andThen(Effect.sleep(Math.max(10, Math.floor(leaseMs / 3)))),
+      Effect.repeat({ while: () => !lost }),
+      Effect.delay(Math.max(10, Math.floor(leaseMs / 3))),
+      Effect.forkScoped,
+    )
+
+    const commit = (next: string): Effect.Effect<void, BusError> =>
+      lost
+        ? Effect.fail(lostError())
+        : runQuery(executor, "commitGroup", q.commitGroup, [...key, next]).pipe(
+            Effect.flatMap((rows) => {
+              if (rows.length > 0) return Effect.void
+              lost = true
+              return Effect.fail(lostError())
+            }),
+          )
+    return { cursor, commit }
+  })

@@ -1,0 +1,71 @@
+import type pg from "pg"
+import type { TransactionAdapter } from "../sql/adapter.js"
+import type { NotifyMode } from "./append.js"
+
+/**
+ * Options of the Postgres outbox store, with their defaults.
+ *
+ * @module
+ */
+
+/** Options of {@link makePostgresOutboxStore} / {@link createPostgresOutboxStore}. */
+export interface PostgresOutboxOptions {
+  /** Connection string for the store's own pool and its LISTEN connection. */
+  readonly connectionString?: string
+  /**
+   * A pool to use for reads, relay and group queries instead of creating one (it is
+   * not closed by the store). The LISTEN connection is still a separate client, built
+   * from the pool's connection settings.
+   */
+  readonly pool?: pg.Pool
+  /** Schema of the outbox tables (default `bus`). */
+  readonly schema?: string
+  /** `application_name` of the store's pool connections (default `bus`). */
+  readonly applicationName?: string
+  /** `application_name` of the LISTEN connection (default `bus-listener`). */
+  readonly listenerApplicationName?: string
+  /** Size of the pool the store creates (default 10). */
+  readonly poolSize?: number
+  /** Run {@link migrate} at start (default `true`; safe from many processes at once). */
+  readonly migrate?: boolean
+  /**
+   * Whom an append wakes at commit: `addresses` (subscribers, default), `relay` (a
+   * broker relay only), `both`, or `none` (the SDK sends wake-ups after commit itself).
+   */
+  readonly notify?: NotifyMode
+  /** Open the LISTEN connection (default `true`). Producer-only processes may turn it off. */
+  readonly listen?: boolean
+  /** Fallback poll interval while NOTIFY is healthy (default 10 000 ms; 0 disables). */
+  readonly pollIntervalMs?: number
+  /** Poll interval while NOTIFY is degraded or `listen` is off (default 1 000 ms). */
+  readonly degradedPollIntervalMs?: number
+  /** How long the start-up self-probe waits for its own NOTIFY (default 2 000 ms). */
+  readonly probeTimeoutMs?: number
+  /** First LISTEN reconnect delay (default 100 ms); doubles up to `reconnectMaxDelayMs` (default 10 000 ms), jittered. */
+  readonly reconnectInitialDelayMs?: number
+  readonly reconnectMaxDelayMs?: number
+  /** Lease of a consumer group's claim, renewed at a third of it (default 15 000 ms). */
+  readonly groupLeaseMs?: number
+  /** Rows deleted per prune statement (default 5 000). */
+  readonly pruneBatchSize?: number
+  /** Extra transaction adapters, tried before the built-in `pg` adapter. */
+  readonly adapters?: ReadonlyArray<TransactionAdapter>
+}
+
+/** Options with every default applied. */
+export const resolveOptions = (o: PostgresOutboxOptions) => ({
+  schema: o.schema ?? "bus",
+  applicationName: o.applicationName ?? "bus",
+  listenerApplicationName: o.listenerApplicationName ?? "bus-listener",
+  poolSize: o.poolSize ?? 10,
+  migrate: o.migrate ?? true,
+  notify: o.notify ?? ("addresses" as NotifyMode),
+  listen: o.listen ?? true,
+  pollIntervalMs: Math.max(0, o.pollIntervalMs ?? 10_000),
+  degradedPollIntervalMs: Math.max(0, o.degradedPollIntervalMs ?? 1_000),
+  probeTimeoutMs: Math.max(1, o.probeTimeoutMs ?? 2_000),
+  reconnectInitialDelayMs: Math.max(1, o.reconnectInitialDelayMs ?? 100),
+  reconnectMaxDelayMs: Math.max(1, o.reconnectMaxDelayMs ?? 10_000),
+  groupLeaseMs: Math.max(30, o.groupLeaseMs ?? 15_000),
+  pruneBatchSize: Math.max(1, o.pruneBatchSize ?? 5_000),
+})

@@ -1,0 +1,210 @@
+/**
+ * The SQL of the outbox, built once per store for its (already validated and quoted)
+ * schema. Every statement that must see one consistent state is a single statement,
+ * so it runs in one snapshot even on an autocommit pool connection.
+ *
+ * @module
+ */
+
+const eventColumns = "o.xid, o.seq, o.id, o.type, o.data, o.headers, o.event_time"
+
+/**
+ * Branch of a read: rows of the address matching `where`, in read order, at most $3.
+ * Each branch is an index range scan on (tenant, channel, xid, seq).
+ */
+const branch = (S: string, phase: 0 | 1, where: string): string =>
+  `(SELECT ${phase} AS phase, ${eventColumns} FROM ${S}.outbox o
+     WHERE o.tenant = $1 AND o.channel = $2 AND ${where}
+     ORDER BY o.xid, o.seq LIMIT $3)`
+
+// Rows not visible in the base snapshot ($4 = xmax, $5 = xip): committed after it.
+const afterBase = (S: string): ReadonlyArray<string> => [
+  branch(S, 1, "o.xid >= $4::xid8"),
+  branch(S, 1, "o.xid = ANY($5::xid8[])"),
+]
+
+// Rest of a paged delta: invisible in `from` ($6 xmax, $7 xip), visible in `to` ($8 xmax,
+// $9 xip), after the last delivered position ($10 xid, $11 seq).
+const restOfDelta = (S: string): ReadonlyArray<string> => {
+  const inTo = "o.xid < $8::xid8 AND o.xid <> ALL($9::xid8[]) AND (o.xid, o.seq) > ($10::xid8, $11::bigint)"
+  return [
+    branch(S, 0, `o.xid = ANY($7::xid8[]) AND ${inTo}`),
+    branch(S, 0, `o.xid >= greatest($6::xid8, $10::xid8) AND ${inTo}`),
+  ]
+}
+
+// Meta and the statement's own snapshot come back on every row (and on one row when
+// there are no events), so cursor checks and the next cursor share the read's snapshot.
+const readSql = (S: string, branches: ReadonlyArray<string>): string => `
+SELECT m.epoch::text AS epoch, m.prune_xid::text AS prune_xid, m.prune_seq::text AS prune_seq,
+       pg_current_snapshot()::text AS snapshot,
+       r.phase, r.xid::text AS xid, r.seq::text AS seq, r.id::text AS id,
+       r.type, r.data, r.headers, r.event_time
+FROM ${S}.meta m
+LEFT JOIN LATERAL (
+  SELECT * FROM (${branches.join("\n    UNION ALL\n    ")}) u
+  ORDER BY u.phase, u.xid, u.seq LIMIT $3
+) r ON true
+ORDER BY r.phase, r.xid, r.seq`
+
+/** Every statement of one store. */
+export interface OutboxQueries {
+  readonly readSteady: string
+  readonly readPaging: string
+  readonly head: string
+  readonly meta: string
+  readonly append: string
+  readonly notify: string
+  readonly lease: string
+  readonly complete: string
+  readonly release: string
+  readonly fail: string
+  readonly backlog: string
+  readonly deadLetter: string
+  readonly deadLetters: string
+  readonly prune: string
+  readonly claimGroup: string
+  readonly renewGroup: string
+  readonly commitGroup: string
+  readonly releaseGroup: string
+  readonly changedAddresses: string
+}
+
+/** Builds the statements for quoted schema `S`. */
+export const makeQueries = (S: string): OutboxQueries => ({
+  readSteady: readSql(S, afterBase(S)),
+  readPaging: readSql(S, [...restOfDelta(S), ...afterBase(S)]),
+
+  head: `SELECT epoch::text AS epoch, pg_current_snapshot()::text AS snapshot FROM ${S}.meta`,
+  meta: `SELECT epoch::text AS epoch, schema_version FROM ${S}.meta`,
+
+  // One statement: the batch insert and the coalesced wake-ups. Postgres delivers each
+  // distinct (channel, payload) once per transaction, whatever the number of calls.
+  // Parameters are declared text / text[] so every driver sends them as they are
+  // (postgres.js would JSON-encode a string bound to a jsonb parameter again).
+  append: `
+WITH inserted AS (
+  INSERT INTO ${S}.outbox (id, tenant, channel, type, data, headers, event_time)
+  SELECT (e.v->>'id')::uuid, e.v->>'tenant', e.v->>'channel', e.v->>'type',
+         e.v->'data', e.v->'headers', (e.v->>'time')::timestamptz
+  FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS e(v, n)
+  ORDER BY e.n
+  ON CONFLICT (id) DO NOTHING
+  RETURNING 1
+)
+SELECT (SELECT count(*) FROM inserted)::int AS inserted,
+       (SELECT count(*) FROM (SELECT pg_notify(n.c, n.p) FROM unnest($2::text[], $3::text[]) AS n(c, p)) x)::int AS notified`,
+
+  notify: `SELECT count(*)::int AS notified FROM (SELECT pg_notify(n.c, n.p) FROM unnest($1::text[], $2::text[]) AS n(c, p)) x`,
+
+  lease: `
+WITH picked AS (
+  SELECT id FROM ${S}.outbox
+  WHERE forwarded_at IS NULL AND parked_at IS NULL AND (lease_until IS NULL OR lease_until < clock_timestamp())
+  ORDER BY seq
+  LIMIT $2
+  FOR UPDATE SKIP LOCKED
+)
+UPDATE ${S}.outbox o
+SET lease_owner = $1, lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond', attempts = o.attempts + 1
+FROM picked WHERE o.id = picked.id
+RETURNING o.seq::text AS seq, o.id::text AS id, o.tenant, o.channel, o.type, o.data, o.headers, o.event_time, o.attempts`,
+
+  complete: `
+UPDATE ${S}.outbox SET forwarded_at = now(), lease_owner = NULL, lease_until = NULL, last_error = NULL
+WHERE id = ANY($2::uuid[]) AND lease_owner = $1 AND forwarded_at IS NULL`,
+
+  release: `
+UPDATE ${S}.outbox SET lease_owner = NULL, lease_until = NULL, attempts = greatest(attempts - 1, 0)
+WHERE id = ANY($2::uuid[]) AND lease_owner = $1 AND forwarded_at IS NULL AND parked_at IS NULL`,
+
+  // Rows over the attempt budget, or marked park, leave the relay's queue for good and
+  // get a dead-letter copy; the outbox row stays readable by outbox subscribers.
+  fail: `
+WITH f AS (
+  SELECT * FROM unnest($2::uuid[], $3::text[], $4::boolean[]) AS f(id, error, park)
+), settled AS (
+  UPDATE ${S}.outbox o
+  SET lease_owner = NULL, lease_until = NULL, last_error = f.error,
+      parked_at = CASE WHEN f.park OR o.attempts >= $5::int THEN now() END
+  FROM f
+  WHERE o.id = f.id AND o.lease_owner = $1 AND o.forwarded_at IS NULL AND o.parked_at IS NULL
+  RETURNING o.id, o.tenant, o.channel, o.type, o.data, o.headers, o.event_time, o.attempts, o.parked_at, f.error
+), parked AS (
+  INSERT INTO ${S}.dead_letters (event_id, tenant, channel, type, data, headers, event_time, reason, source, attempts)
+  SELECT id, tenant, channel, type, data, headers, event_time, error, 'relay', attempts
+  FROM settled WHERE parked_at IS NOT NULL
+  RETURNING 1
+)
+SELECT count(*)::int AS parked FROM parked`,
+
+  backlog: `SELECT count(*)::bigint::text AS n FROM ${S}.outbox WHERE forwarded_at IS NULL AND parked_at IS NULL`,
+
+  deadLetter: `
+INSERT INTO ${S}.dead_letters (event_id, tenant, channel, type, data, headers, event_time, reason, source, attempts, at)
+VALUES ($1::uuid, $2, $3, $4, $5::jsonb, $6::jsonb, $7::timestamptz, $8, $9, $10::int, coalesce($11::timestamptz, now()))`,
+
+  deadLetters: `
+SELECT event_id::text AS id, tenant, channel, type, data, headers, event_time, reason, source, attempts, at
+FROM ${S}.dead_letters ORDER BY at DESC, seq DESC LIMIT $1`,
+
+  // Deletes old rows, never of a transaction that a running one could still be behind
+  // (xid below the deleting statement's own xmin), and raises the retention watermark
+  // in the same statement, so a reader sees both or neither.
+  prune: `
+WITH doomed AS (
+  SELECT id FROM ${S}.outbox
+  WHERE event_time < now() - $1::bigint * interval '1 millisecond'
+    AND xid < pg_snapshot_xmin(pg_current_snapshot())
+    AND (NOT $2::boolean OR forwarded_at IS NOT NULL OR parked_at IS NOT NULL)
+  LIMIT $3
+  FOR UPDATE SKIP LOCKED
+), deleted AS (
+  DELETE FROM ${S}.outbox o USING doomed WHERE o.id = doomed.id RETURNING o.xid, o.seq
+), top AS (
+  SELECT xid, seq FROM deleted ORDER BY xid DESC, seq DESC LIMIT 1
+), raised AS (
+  UPDATE ${S}.meta m SET prune_xid = top.xid, prune_seq = top.seq, pruned_at = now()
+  FROM top WHERE m.prune_xid IS NULL OR (top.xid, top.seq) > (m.prune_xid, m.prune_seq)
+  RETURNING 1
+)
+SELECT (SELECT count(*) FROM deleted)::int AS deleted, (SELECT count(*) FROM raised)::int AS raised`,
+
+  // Takes the group if it is free, ours, or its holder's lease ran out.
+  claimGroup: `
+INSERT INTO ${S}.consumer_groups AS g (tenant, channel, group_name, owner, lease_until)
+VALUES ($1, $2, $3, $4, clock_timestamp() + $5::bigint * interval '1 millisecond')
+ON CONFLICT (tenant, channel, group_name) DO UPDATE
+SET owner = EXCLUDED.owner, lease_until = EXCLUDED.lease_until, updated_at = now()
+WHERE g.owner IS NULL OR g.owner = EXCLUDED.owner OR g.lease_until IS NULL OR g.lease_until < clock_timestamp()
+RETURNING g.cursor`,
+
+  renewGroup: `
+UPDATE ${S}.consumer_groups SET lease_until = clock_timestamp() + $5::bigint * interval '1 millisecond'
+WHERE tenant = $1 AND channel = $2 AND group_name = $3 AND owner = $4
+RETURNING 1`,
+
+  commitGroup: `
+UPDATE ${S}.consumer_groups SET cursor = $5, updated_at = now()
+WHERE tenant = $1 AND channel = $2 AND group_name = $3 AND owner = $4
+RETURNING 1`,
+
+  releaseGroup: `
+UPDATE ${S}.consumer_groups SET owner = NULL, lease_until = NULL, updated_at = now()
+WHERE tenant = $1 AND channel = $2 AND group_name = $3 AND owner = $4`,
+
+  // The fallback poll: which watched addresses have rows committed since snapshot
+  // ($3 xmax, $4 xip)? One statement per process, one index probe per address.
+  changedAddresses: `
+SELECT pg_current_snapshot()::text AS snapshot, w.tenant, w.channel
+FROM (SELECT 1) one
+LEFT JOIN LATERAL (
+  SELECT w.tenant, w.channel FROM unnest($1::text[], $2::text[]) AS w(tenant, channel)
+  -- Two index probes per address. Scalar sub-selects with LIMIT stay correlated: the
+  -- planner cannot hash them into one scan of every address's recent rows.
+  WHERE coalesce((SELECT true FROM ${S}.outbox o
+                  WHERE o.tenant = w.tenant AND o.channel = w.channel AND o.xid >= $3::xid8 LIMIT 1), false)
+     OR coalesce((SELECT true FROM ${S}.outbox o
+                  WHERE o.tenant = w.tenant AND o.channel = w.channel AND o.xid = ANY($4::xid8[]) LIMIT 1), false)
+) w ON true`,
+})

@@ -1,0 +1,35 @@
+import { Effect } from "effect"
+import { fromPgError } from "../errors.js"
+
+/**
+ * The one thing the outbox needs from a database driver: run a parameterised statement
+ * and get its rows. Every driver adapter (pg today; postgres.js, Prisma, Drizzle,
+ * Kysely, Effect SqlClient later) reduces the caller's transaction to this.
+ *
+ * @module
+ */
+
+/** Rows of one statement, as plain objects keyed by column name. */
+export interface QueryResultLike {
+  readonly rows: ReadonlyArray<Record<string, unknown>>
+}
+
+/**
+ * A connection (or transaction) that runs one statement with `$1…$n` parameters.
+ * Parameters are strings, numbers, booleans, null or arrays of those.
+ */
+export interface SqlExecutor {
+  readonly query: (text: string, params?: ReadonlyArray<unknown>) => Promise<QueryResultLike>
+}
+
+/** Runs one statement, mapping driver failures to the @bus error family; `what` names the operation in errors. */
+export const runQuery = (
+  executor: SqlExecutor,
+  what: string,
+  text: string,
+  params: ReadonlyArray<unknown> = [],
+): Effect.Effect<ReadonlyArray<Record<string, unknown>>, ReturnType<typeof fromPgError>> =>
+  Effect.tryPromise({
+    try: () => executor.query(text, params),
+    catch: (cause) => fromPgError(what, cause),
+  }).pipe(Effect.map((result) => result.rows))
