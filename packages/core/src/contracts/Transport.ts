@@ -3,7 +3,7 @@ import type { DeliveredEvent, Envelope } from "../envelope/Envelope.js"
 import type { BusError } from "../errors/BusError.js"
 import type { TransportCapabilities } from "./Capabilities.js"
 import type { StartPosition } from "./Cursor.js"
-import type { Address } from "./OutboxStore.js"
+import type { Address, DeadLetter } from "./OutboxStore.js"
 
 /**
  * The delivery contract every transport implements: live delivery with catch-up from a
@@ -44,6 +44,11 @@ export class Transport extends Context.Service<
   Transport,
   {
     readonly capabilities: TransportCapabilities
+    /**
+     * A cursor meaning "everything delivered so far" for the address. Subscribing from it
+     * misses nothing published afterwards; `from: "now"` resolves through this.
+     */
+    readonly head: (address: Address) => Effect.Effect<string, BusError>
     /** Committed events of one address after `from`, then live, for as long as the stream is consumed. */
     readonly subscribe: (request: SubscribeRequest) => Stream.Stream<DeliveredEvent, BusError>
     /** Deliveries for one member of a consumer group; the stream ends when the consumer stops. */
@@ -53,5 +58,7 @@ export class Transport extends Context.Service<
      * sending the same event twice stores it once (broker transports only).
      */
     readonly send: (event: Envelope) => Effect.Effect<void, BusError>
+    /** Events consumer groups of this transport dead-lettered, newest first (relay dead letters live in the outbox). */
+    readonly deadLetters: (limit: number) => Effect.Effect<ReadonlyArray<DeadLetter>, BusError>
   }
 >()("@bus/core/Transport") {}

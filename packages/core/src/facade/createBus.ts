@@ -21,6 +21,12 @@ import { EventQueue } from "./EventQueue.js"
 
 /** A live subscription: iterate it with `for await`, stop it with `close()` or `break`. */
 export interface Subscription extends AsyncIterable<DeliveredEvent>, AsyncDisposable {
+  /**
+   * Resolves with the cursor the subscription starts after, once that position is fixed
+   * (for `from: "now"`, the head at subscribe time). Events published after `ready`
+   * resolves are delivered; rejects if the subscription cannot start.
+   */
+  readonly ready: Promise<string>
   /** Cursor of the last event this iterator yielded (`undefined` before the first). */
   readonly cursor: string | undefined
   /** Stops delivery and releases everything the subscription holds. */
@@ -53,6 +59,8 @@ export interface Bus extends AsyncDisposable {
   publish(tx: unknown, events: EventInput | ReadonlyArray<EventInput>): Promise<PublishReceipt>
   /** Events of one tenant channel after `from`, then live. */
   subscribe(options: SubscribeOptions): Subscription
+  /** The cursor `from: "now"` would start after on this address: everything delivered so far. */
+  head(address: { readonly tenant: string; readonly channel: string }): Promise<string>
   /** Runs `handler` for every event of a consumer group; a throw or rejection retries with backoff. */
   consume(
     request: ConsumeRequest,
@@ -104,14 +112,36 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
   const subscribe = (request: SubscribeOptions): Subscription => {
     ensureOpen()
     const queue = new EventQueue<DeliveredEvent>()
+    let markReady: (cursor: string) => void = () => {}
+    let failReady: (error: unknown) => void = () => {}
+    const ready = new Promise<string>((resolve, reject) => {
+      markReady = resolve
+      failReady = reject
+    })
+    // Only for callers who await it; an unobserved start failure also ends the iterator.
+    ready.catch(() => {})
     const fiber = runtime.runFork(
-      Subscriber.use((s) =>
-        s.subscribe(request).pipe(Stream.runForEach((e) => Effect.sync(() => queue.push(e)))),
-      ),
+      Effect.gen(function* () {
+        const transport = yield* Transport
+        const subscriber = yield* Subscriber
+        const from = request.from ?? "now"
+        // "now" is fixed here, before any event is read, so `ready` marks a definite position.
+        const start = from === "now" ? yield* transport.head(request) : from
+        markReady(start)
+        yield* subscriber
+          .subscribe({ ...request, from: start })
+          .pipe(Stream.runForEach((e) => Effect.sync(() => queue.push(e))))
+      }),
     )
     fiber.addObserver((exit) => {
-      if (Exit.isSuccess(exit) || Exit.hasInterrupts(exit)) queue.end()
-      else queue.fail(Exit.isFailure(exit) ? squash(exit.cause) : undefined)
+      if (Exit.isSuccess(exit) || Exit.hasInterrupts(exit)) {
+        failReady(new BusClosed({ message: "the subscription closed before it started" }))
+        queue.end()
+      } else {
+        const error = squash(exit.cause)
+        failReady(error)
+        queue.fail(error)
+      }
     })
     let cursor: string | undefined
     const close = async () => {
@@ -120,6 +150,7 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
       queue.end()
     }
     const subscription: Subscription = {
+      ready,
       get cursor() {
         return cursor
       },
@@ -183,8 +214,23 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
       return runtime.runPromise(Publisher.use((p) => p.publish(tx, events)))
     },
     subscribe,
+    head: (address) => {
+      ensureOpen()
+      return runtime.runPromise(Transport.use((t) => t.head(address)))
+    },
     consume,
-    deadLetters: (limit = 100) => runtime.runPromise(OutboxStore.use((s) => s.deadLetters(limit))),
+    deadLetters: (limit = 100) =>
+      runtime.runPromise(
+        Effect.gen(function* () {
+          const store = yield* OutboxStore
+          const transport = yield* Transport
+          const fromOutbox = yield* store.deadLetters(limit)
+          // Outbox transports keep consumer dead letters in the outbox too; brokers keep their own.
+          if (!transport.capabilities.needsRelay) return fromOutbox
+          const fromTransport = yield* transport.deadLetters(limit)
+          return [...fromOutbox, ...fromTransport].sort((a, b) => b.at.localeCompare(a.at)).slice(0, limit)
+        }),
+      ),
     runtime,
     close,
     [Symbol.asyncDispose]: close,

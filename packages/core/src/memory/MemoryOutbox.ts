@@ -296,7 +296,10 @@ export class MemoryOutbox {
     claimGroup: (address, group) => {
       const state = this.#group(address, group)
       return Effect.gen(function* () {
-        yield* Effect.acquireRelease(Semaphore.take(state.lock, 1), () => Semaphore.release(state.lock, 1))
+        // Interruptible: a member waiting for the group must still stop when its consumer is closed.
+        yield* Effect.acquireRelease(Effect.interruptible(Semaphore.take(state.lock, 1)), () =>
+          Semaphore.release(state.lock, 1),
+        )
         const claim: GroupClaim = {
           cursor: state.cursor,
           commit: (cursor) =>

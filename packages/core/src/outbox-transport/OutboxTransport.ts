@@ -202,8 +202,10 @@ export const outboxTransport = (
 
       return Transport.of({
         capabilities: makeCapabilities(options.name, options.capabilities),
+        head: (address) => checkAddress(address).pipe(Effect.flatMap(store.head)),
         subscribe,
         group,
+        deadLetters: (limit) => store.deadLetters(limit),
         send: () =>
           Effect.fail(
             new TransportFailure({
