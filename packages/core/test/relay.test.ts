@@ -261,22 +261,44 @@ describe("relay: a poison row", () => {
   })
 })
 
-describe("relay: interrupted mid-batch", () => {
-  it("after the lease expires another relay forwards the rows and the broker holds no duplicates", async () => {
+describe("relay: stopped or killed mid-batch", () => {
+  it("a relay interrupted mid-batch settles at once: sent rows completed, the rest handed back", async () => {
     let stall = true
     const { outbox, brokerOutbox, sends, provide } = setup({
-      // The first relay stalls on the fifth event of the batch, as if killed mid-send.
+      // The first relay stalls on the fifth event of the batch.
       before: (e) => (stall && (e.data as { i: number }).i === 4 ? Effect.never : undefined),
     })
     const published = events("t", "a", 10)
     outbox.commitBatch(published)
     await provide(
       Effect.gen(function* () {
-        const first = yield* relayBatch({ owner: "dying", leaseMs: 300 }).pipe(Effect.forkChild)
+        const first = yield* relayBatch({ owner: "stopping", leaseMs: 60_000 }).pipe(Effect.forkChild)
         yield* waitFor(() => sends.total === 5, 2_000, "four sends and a stall")
         yield* Fiber.interrupt(first)
         stall = false
-        // Four events reached the broker but the lease was never completed.
+        expect(brokerOutbox.committed()).toHaveLength(4)
+        // The four sent rows are done; the other six are leasable now, not after 60 s.
+        expect(yield* backlog).toBe(6)
+        const result = yield* relayBatch({ owner: "heir" })
+        expect(result).toEqual({ leased: 6, forwarded: 6, failed: 0, parked: 0 })
+        expect(yield* backlog).toBe(0)
+      }),
+    )
+    expect(brokerOutbox.committed().map((e) => e.id)).toEqual(ids(published))
+  })
+
+  it("after a killed relay's lease expires another relay forwards the rows and the broker holds no duplicates", async () => {
+    const { outbox, brokerOutbox, sends, provide } = setup()
+    const published = events("t", "a", 10)
+    outbox.commitBatch(published)
+    await provide(
+      Effect.gen(function* () {
+        // A killed process runs no finalizer: it leased, sent four, and never settled.
+        const store = yield* OutboxStore
+        const transport = yield* Transport
+        const leased = yield* store.lease("killed", 10, 300)
+        expect(leased).toHaveLength(10)
+        for (const row of leased.slice(0, 4)) yield* transport.send(row.event)
         expect(brokerOutbox.committed()).toHaveLength(4)
         expect(yield* backlog).toBe(10)
         // While the lease lives, another relay gets nothing.
@@ -294,7 +316,7 @@ describe("relay: interrupted mid-batch", () => {
       }),
     )
     // The first four were sent twice; the broker dropped the repeats by id.
-    expect([...sends.attempts.values()].filter((n) => n === 2)).toHaveLength(5) // four sent + the stalled one
+    expect([...sends.attempts.values()].filter((n) => n === 2)).toHaveLength(4)
     expect(brokerOutbox.committed().map((e) => e.id)).toEqual(ids(published))
   })
 })

@@ -109,6 +109,18 @@ const relayBatchWith = (o: ReturnType<typeof resolve>) =>
           }
         }),
       { concurrency: o.concurrency, discard: true },
+    ).pipe(
+      // A relay stopped mid-batch (its bus closing) settles what it can at once, so other
+      // relays need not wait out the lease. A killed process runs no finalizer: then the
+      // lease expires and another relay re-sends, and the broker drops the repeats by id.
+      Effect.onInterrupt(() => {
+        const sent = new Set(forwarded)
+        const unsent = leased.map((r) => r.event.id).filter((id) => !sent.has(id))
+        return Effect.all([
+          forwarded.length > 0 ? store.complete(o.owner, forwarded) : Effect.void,
+          unsent.length > 0 ? store.release(o.owner, unsent) : Effect.void,
+        ]).pipe(Effect.ignore)
+      }),
     )
     if (forwarded.length > 0) yield* store.complete(o.owner, forwarded)
     if (untried.length > 0) yield* store.release(o.owner, untried)

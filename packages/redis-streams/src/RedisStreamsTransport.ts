@@ -1,0 +1,124 @@
+import {
+  type BusError,
+  ConfigError,
+  capabilities,
+  checkAddress,
+  defaultMaxPayloadBytes,
+  type Envelope,
+  OutboxStore,
+  PayloadTooLarge,
+  Transport,
+  TransportUnavailable,
+} from "@bus/core"
+import { Effect, Layer } from "effect"
+import { Redis } from "ioredis"
+import { encodeEntry } from "./codec.js"
+import { closeConnection, command, connectionLosses, runScript, transportName } from "./connection.js"
+import { listDeadLetters } from "./deadLetters.js"
+import { groupMember } from "./group.js"
+import { channelKeys } from "./keys.js"
+import { type RedisStreamsOptions, resolveOptions } from "./options.js"
+import { sendScript } from "./scripts.js"
+import { makeSubscribe } from "./subscribe.js"
+
+/**
+ * The Redis Streams transport: one stream per tenant channel, filled by the core relay
+ * from the outbox with an idempotent script, read by subscriptions (XREAD) and consumer
+ * groups (XREADGROUP with claims, retries and a dead-letter stream).
+ *
+ * @module
+ */
+
+/** What `redisStreamsTransport` declares about itself. */
+export const redisStreamsCapabilities = capabilities(transportName, {
+  needsRelay: true,
+  dedupesSends: true,
+  consumerGroups: true,
+  replay: true,
+  ordering: "per-transaction",
+  maxPayloadBytes: defaultMaxPayloadBytes,
+})
+
+/**
+ * The Redis Streams transport as a Layer. Connections are opened when the layer is built
+ * (it fails with `TransportUnavailable` when the server does not answer within
+ * `connectTimeoutMs`) and closed when its scope closes; a `client` you pass is used but
+ * never closed.
+ *
+ * @example
+ * ```ts
+ * const bus = await createBus({
+ *   outbox: postgresOutbox({ ... }),
+ *   transports: { "redis-streams": redisStreamsTransport({ url: "redis://127.0.0.1:6379" }) },
+ *   transport: "redis-streams",
+ * })
+ * ```
+ */
+export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.Layer<Transport, BusError> =>
+  Layer.effect(
+    Transport,
+    Effect.gen(function* () {
+      const config = resolveOptions(options)
+      if (config instanceof ConfigError) return yield* config
+      const main =
+        config.client ??
+        (yield* Effect.acquireRelease(
+          Effect.sync(() => {
+            const conn = new Redis(config.url, {
+              connectionName: config.connectionName,
+              maxRetriesPerRequest: null,
+              connectTimeout: config.connectTimeoutMs,
+            })
+            conn.on("error", () => {})
+            return conn
+          }),
+          closeConnection,
+        ))
+      yield* command("PING", () => main.ping()).pipe(
+        Effect.timeoutOrElse({
+          duration: config.connectTimeoutMs,
+          orElse: () =>
+            Effect.fail(
+              new TransportUnavailable({
+                transport: transportName,
+                message: `no answer from Redis within ${config.connectTimeoutMs} ms`,
+              }),
+            ),
+        }),
+      )
+      const store = yield* Effect.serviceOption(OutboxStore)
+      const mainLosses = yield* connectionLosses(main)
+      const { head, subscribe } = yield* makeSubscribe(main, config, store)
+      const maxLen = config.maxLen ?? 0
+
+      const send = (event: Envelope): Effect.Effect<void, BusError> =>
+        Effect.gen(function* () {
+          const address = yield* checkAddress(event)
+          const keys = channelKeys(config.keyPrefix, address)
+          const entry = encodeEntry(event)
+          const bytes = Buffer.byteLength(entry.envelope, "utf8")
+          if (bytes > redisStreamsCapabilities.maxPayloadBytes) {
+            return yield* new PayloadTooLarge({
+              bytes,
+              limit: redisStreamsCapabilities.maxPayloadBytes,
+              message: `event ${event.id} is ${bytes} bytes encoded; redis-streams carries at most ${redisStreamsCapabilities.maxPayloadBytes}`,
+            })
+          }
+          yield* runScript(
+            main,
+            sendScript,
+            [keys.stream, keys.dedupe(event.id)],
+            [config.dedupeTtlMs, maxLen, entry.id, entry.envelope],
+          )
+        })
+
+      return Transport.of({
+        capabilities: redisStreamsCapabilities,
+        head,
+        subscribe,
+        group: (request) => groupMember({ main, config, mainLosses }, request),
+        send,
+        deadLetters: (limit) => listDeadLetters(main, config.keyPrefix, limit),
+      })
+    }),
+  )

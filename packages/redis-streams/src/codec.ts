@@ -1,0 +1,67 @@
+import { type Address, type DeliveredEvent, decodeEnvelope, type Envelope } from "@bus/core"
+import { Effect } from "effect"
+import { fieldOf, type RawEntry } from "./connection.js"
+import { toCursor } from "./keys.js"
+
+/**
+ * How an event is stored in a stream entry, and read back.
+ *
+ * An entry has two fields: `id` (the event id, for operators reading the stream) and
+ * `envelope` (the envelope as compact JSON, exactly what the outbox stored). Entries are
+ * untrusted on the way back: anything else another writer put into the stream is
+ * skipped with a warning, never delivered.
+ *
+ * @module
+ */
+
+/** The entry fields of an event: `[name, value, …]` for XADD. */
+export const encodeEntry = (event: Envelope): { readonly id: string; readonly envelope: string } => ({
+  id: event.id,
+  envelope: JSON.stringify({
+    id: event.id,
+    tenant: event.tenant,
+    channel: event.channel,
+    type: event.type,
+    data: event.data,
+    headers: event.headers,
+    time: event.time,
+  }),
+})
+
+/** Why an entry is not a deliverable event of `address`, or the event. */
+export const decodeEntry = (address: Address, entry: RawEntry): Effect.Effect<DeliveredEvent, string> =>
+  Effect.gen(function* () {
+    const raw = fieldOf(entry, "envelope")
+    if (raw === undefined) return yield* Effect.fail("no envelope field")
+    let json: unknown
+    try {
+      json = JSON.parse(raw)
+    } catch {
+      return yield* Effect.fail("the envelope field is not JSON")
+    }
+    const envelope = yield* decodeEnvelope(json).pipe(Effect.mapError((e) => e.message))
+    if (envelope.tenant !== address.tenant || envelope.channel !== address.channel) {
+      return yield* Effect.fail(
+        `the envelope belongs to ${envelope.tenant}/${envelope.channel}, not to this stream's ${address.tenant}/${address.channel}`,
+      )
+    }
+    const idField = fieldOf(entry, "id")
+    if (idField !== undefined && idField !== envelope.id) {
+      return yield* Effect.fail("the id field does not match the envelope's id")
+    }
+    return { ...envelope, cursor: toCursor(entry.id) }
+  })
+
+/** Decodes an entry for delivery; a malformed one is logged and yields `undefined`. */
+export const decodeOrSkip = (
+  address: Address,
+  stream: string,
+  entry: RawEntry,
+): Effect.Effect<DeliveredEvent | undefined> =>
+  decodeEntry(address, entry).pipe(
+    Effect.catch((reason) =>
+      Effect.logWarning(`redis-streams: skipping malformed entry ${entry.id} of ${stream}: ${reason}`).pipe(
+        Effect.as(undefined),
+      ),
+    ),
+  )

@@ -1,0 +1,204 @@
+import { type BusError, backoffDelay, isBusError, TransportFailure, TransportUnavailable } from "@bus/core"
+import { Effect, type Scope } from "effect"
+import type { Redis } from "ioredis"
+import type { LuaScript } from "./scripts.js"
+
+/**
+ * Connections, commands and error mapping of the Redis Streams transport.
+ *
+ * @module
+ */
+
+export const transportName = "redis-streams"
+
+/**
+ * Reply errors after which the same command can succeed later: the server is loading,
+ * busy with a script, out of memory, a replica, or a cluster is failing over.
+ */
+const retryableReplies = new Set([
+  "LOADING",
+  "BUSY",
+  "TRYAGAIN",
+  "CLUSTERDOWN",
+  "MASTERDOWN",
+  "OOM",
+  "READONLY",
+  "NOREPLICAS",
+  "UNBLOCKED",
+])
+
+const isReplyError = (error: unknown): error is Error =>
+  error instanceof Error && (error.name === "ReplyError" || error.constructor?.name === "ReplyError")
+
+/** Maps what ioredis throws to the bus error family: reply errors to `TransportFailure`, the rest to `TransportUnavailable`. */
+export const toBusError = (error: unknown, what: string): BusError => {
+  if (isBusError(error)) return error
+  const message = error instanceof Error ? error.message : String(error)
+  if (isReplyError(error)) {
+    const code = message.split(" ", 1)[0] ?? ""
+    return new TransportFailure({
+      transport: transportName,
+      retryable: retryableReplies.has(code),
+      message: `${what}: ${message}`,
+      cause: error,
+    })
+  }
+  return new TransportUnavailable({ transport: transportName, message: `${what}: ${message}`, cause: error })
+}
+
+/** True when the error says the consumer group (or its stream) does not exist. */
+export const isNoGroup = (error: BusError): boolean => error.message.includes("NOGROUP")
+
+/** Runs one command promise, failing with a {@link BusError}. */
+export const command = <A>(what: string, run: () => Promise<A>): Effect.Effect<A, BusError> =>
+  Effect.tryPromise({ try: run, catch: (e) => toBusError(e, what) })
+
+/** Runs a Lua script with EVALSHA, loading it with EVAL when the server does not know it (yet). */
+export const runScript = (
+  conn: Redis,
+  script: LuaScript,
+  keys: ReadonlyArray<string>,
+  args: ReadonlyArray<string | number>,
+): Effect.Effect<unknown, BusError> =>
+  command(`${script.name} script`, async () => {
+    try {
+      return await conn.evalsha(script.sha, keys.length, ...keys, ...args)
+    } catch (error) {
+      if (error instanceof Error && error.message.startsWith("NOSCRIPT")) {
+        return await conn.eval(script.lua, keys.length, ...keys, ...args)
+      }
+      throw error
+    }
+  })
+
+/** Delay before retry `failures` (1-based) of a transient failure: 50 ms doubling to 2 s, with jitter. */
+export const transientDelay = (failures: number): number => {
+  const base = backoffDelay(failures, 50, 2_000)
+  return Math.round(base / 2 + Math.random() * (base / 2))
+}
+
+/** Retries `effect` while it fails with a retryable error, with capped backoff, for ever. */
+export const retryTransient = <A, R>(
+  effect: Effect.Effect<A, BusError, R>,
+  what: string,
+): Effect.Effect<A, BusError, R> =>
+  Effect.gen(function* () {
+    for (let failures = 1; ; failures++) {
+      const result = yield* effect.pipe(
+        Effect.map((value) => ({ ok: true as const, value })),
+        Effect.catch((error: BusError) => Effect.succeed({ ok: false as const, error })),
+      )
+      if (result.ok) return result.value
+      if (!result.error.retryable) return yield* Effect.fail(result.error)
+      if (failures === 1 || failures % 20 === 0) {
+        yield* Effect.logWarning(
+          `redis-streams: ${what} failed (attempt ${failures}); retrying`,
+          result.error.message,
+        )
+      }
+      yield* Effect.sleep(transientDelay(failures))
+    }
+  })
+
+/**
+ * A connection this transport owns, duplicated from `base` (same server, credentials and
+ * TLS): commands wait through reconnects instead of failing after a number of retries,
+ * and replies use RESP2 shapes. Closed when the scope closes. Blocking reads always run
+ * on such a connection, never on the shared one. A command in flight when the connection
+ * drops is sent again after the reconnect.
+ */
+export const ownedConnection = (base: Redis, name: string): Effect.Effect<Redis, never, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      const conn = base.duplicate({
+        connectionName: name,
+        lazyConnect: false,
+        maxRetriesPerRequest: null,
+        enableOfflineQueue: true,
+        // Without it, ioredis drops the commands in flight when the connection drops and
+        // their promises never settle (with maxRetriesPerRequest null): reads would hang.
+        autoResendUnfulfilledCommands: true,
+        commandTimeout: undefined,
+        protocol: 2,
+      })
+      // Errors surface through the commands that fail; without a listener ioredis prints them.
+      conn.on("error", () => {})
+      return conn
+    }),
+    (conn) => Effect.sync(() => conn.disconnect()),
+  )
+
+/** Closes a connection: QUIT when it is up (pending replies are delivered), then a hard disconnect. */
+export const closeConnection = (conn: Redis): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    if (conn.status === "end") return Effect.void
+    const quit =
+      conn.status === "ready"
+        ? Effect.tryPromise(() => conn.quit()).pipe(Effect.timeout("2 seconds"), Effect.ignore)
+        : Effect.void
+    return quit.pipe(Effect.ensuring(Effect.sync(() => conn.disconnect())))
+  })
+
+/** A stream entry as Redis returns it: its id and its flat field/value list. */
+export interface RawEntry {
+  readonly id: string
+  readonly fields: ReadonlyArray<string>
+}
+
+const asEntry = (u: unknown): RawEntry | undefined => {
+  if (!Array.isArray(u) || typeof u[0] !== "string") return undefined
+  const fields = Array.isArray(u[1]) ? u[1].map((f: unknown) => String(f)) : []
+  return { id: u[0], fields }
+}
+
+/** Entries of an XRANGE reply (or any list of `[id, fields]`). */
+export const parseEntries = (reply: unknown): Array<RawEntry> => {
+  if (!Array.isArray(reply)) return []
+  const out: Array<RawEntry> = []
+  for (const item of reply) {
+    const entry = asEntry(item)
+    if (entry) out.push(entry)
+  }
+  return out
+}
+
+/**
+ * Entries of an XREAD / XREADGROUP reply for one stream, in either shape ioredis may
+ * return: RESP2 `[[key, entries]]` or RESP3 flattened `[key, entries]`; `null` on timeout.
+ */
+export const parseReadReply = (reply: unknown): Array<RawEntry> => {
+  if (!Array.isArray(reply) || reply.length === 0) return []
+  if (typeof reply[0] === "string") return parseEntries(reply[1])
+  const out: Array<RawEntry> = []
+  for (const streamReply of reply) {
+    if (Array.isArray(streamReply)) out.push(...parseEntries(streamReply[1]))
+  }
+  return out
+}
+
+/** A field of an entry, or undefined. */
+export const fieldOf = (entry: RawEntry, name: string): string | undefined => {
+  for (let i = 0; i + 1 < entry.fields.length; i += 2)
+    if (entry.fields[i] === name) return entry.fields[i + 1]
+  return undefined
+}
+
+/**
+ * Counts the times `conn` lost its connection, for the life of the scope: a reply lost
+ * with a connection (the entries an XREADGROUP assigned, a claim) is noticed by comparing
+ * the count before and after.
+ */
+export const connectionLosses = (
+  conn: Redis,
+): Effect.Effect<{ readonly count: number }, never, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.sync(() => {
+      const counter = { count: 0 }
+      const onClose = () => {
+        counter.count++
+      }
+      conn.on("close", onClose)
+      return { counter, onClose }
+    }),
+    ({ onClose }) => Effect.sync(() => conn.off("close", onClose)),
+  ).pipe(Effect.map(({ counter }) => counter))

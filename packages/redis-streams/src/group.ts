@@ -1,0 +1,448 @@
+import { randomUUID } from "node:crypto"
+import { hostname } from "node:os"
+import { type BusError, checkAddress, checkName, type Delivery, type GroupRequest } from "@bus/core"
+import { type Cause, Effect, Queue, Semaphore, Stream } from "effect"
+import type { Redis } from "ioredis"
+import { decodeEntry } from "./codec.js"
+import {
+  command,
+  connectionLosses,
+  isNoGroup,
+  ownedConnection,
+  parseReadReply,
+  type RawEntry,
+  retryTransient,
+  runScript,
+  transientDelay,
+} from "./connection.js"
+import { type ChannelKeys, channelKeys, type StreamId } from "./keys.js"
+import type { ResolvedOptions } from "./options.js"
+import {
+  autoclaimScript,
+  cleanupScript,
+  deadLetterScript,
+  reclaimScript,
+  retireScript,
+  touchScript,
+} from "./scripts.js"
+
+/**
+ * Consumer groups on Redis Streams.
+ *
+ * Each member is one Redis consumer with a unique name. It reads with `XREADGROUP …
+ * BLOCK` on a connection of its own, never holding more than `maxInFlight` unsettled
+ * entries. While it holds an entry (handed to the handler, queued, or waiting for a
+ * retry) it renews the entry's idle time every third of `claimIdleMs` (XCLAIM to itself
+ * with JUSTID, which counts no delivery), so another member never claims an entry that
+ * is still being handled. Entries of a member that died stop being renewed; after
+ * `claimIdleMs` the next member to run XAUTOCLAIM takes them over, and the delivery count
+ * Redis keeps becomes `attempt`. A member that stops cleanly hands its unsettled entries
+ * back at once (idle time set far in the past), so the others claim them without
+ * waiting.
+ *
+ * `retry(delay)`: Redis has no delayed redelivery. The entry stays pending for this
+ * member (renewed, so nobody else takes it) and, after the delay, the member claims it
+ * to itself again (XCLAIM, one more delivery) and hands it to the handler. The entry
+ * keeps its in-flight slot meanwhile, so with `maxInFlight` 1 later events wait behind a
+ * retrying one, as on the in-memory transport. If the member dies while waiting, the
+ * entry is claimed by another member like any other.
+ *
+ * `deadLetter(reason)`: one script adds the entry (with reason, group, attempts) to the
+ * channel's dead-letter stream and acknowledges it; the stream is listed in the
+ * dead-letter index that the transport's `deadLetters` reads.
+ *
+ * @module
+ */
+
+/** A member's own state for one entry it holds. */
+interface Held {
+  /** Set once ack / retry / deadLetter ran for the current delivery. */
+  settled: boolean
+}
+
+/** Idle time that hands an entry back: far over any `claimIdleMs`. */
+const handBackIdleMs = 1_000_000_000_000
+
+interface Claimed {
+  readonly entry: RawEntry
+  readonly deliveries: number
+}
+
+const parseClaimed = (reply: unknown): Array<Claimed> => {
+  if (!Array.isArray(reply)) return []
+  const out: Array<Claimed> = []
+  for (const row of reply) {
+    if (!Array.isArray(row) || typeof row[0] !== "string") continue
+    const fields = Array.isArray(row[1]) ? row[1].map((f: unknown) => String(f)) : []
+    out.push({ entry: { id: row[0], fields }, deliveries: Number(row[2] ?? 1) || 1 })
+  }
+  return out
+}
+
+/** Creates the group (at the start of the stream, creating the stream) unless it exists. */
+export const ensureGroup = (main: Redis, stream: string, group: string): Effect.Effect<void, BusError> =>
+  command("XGROUP CREATE", () => main.call("XGROUP", "CREATE", stream, group, "0", "MKSTREAM")).pipe(
+    Effect.asVoid,
+    Effect.catch((error: BusError) =>
+      error.message.includes("BUSYGROUP") ? Effect.void : Effect.fail(error),
+    ),
+  )
+
+/** Everything a group member needs from the transport. */
+export interface GroupContext {
+  readonly main: Redis
+  readonly config: ResolvedOptions
+  /** How often the shared connection was lost (one listener for the whole transport). */
+  readonly mainLosses: { readonly count: number }
+}
+
+/** One member of a consumer group: a stream of deliveries that ends when it is no longer consumed. */
+export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.Stream<Delivery, BusError> =>
+  Stream.unwrap(
+    Effect.gen(function* () {
+      const { main, config } = ctx
+      const address = yield* checkAddress(request)
+      const group = yield* checkName("group", request.group)
+      const keys: ChannelKeys = channelKeys(config.keyPrefix, address)
+      const stream = keys.stream
+      const maxInFlight = Math.max(1, Math.floor(request.maxInFlight) || 1)
+      const consumer = `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`
+      const heartbeatMs = Math.max(50, Math.floor(config.claimIdleMs / 3))
+      const claimEveryMs = Math.max(50, Math.min(5_000, Math.floor(config.claimIdleMs / 2)))
+
+      yield* retryTransient(ensureGroup(main, stream, group), `creating group ${group} on ${stream}`)
+      const conn = yield* ownedConnection(main, `${config.connectionName}-group`)
+      // A reply lost with a dropped connection (entries XREADGROUP or a claim assigned to
+      // this member) is recovered by reading the member's own pending entries again.
+      const losses = [yield* connectionLosses(conn), ctx.mainLosses]
+      const lossCount = () => losses.reduce((n, l) => n + l.count, 0)
+      const scope = yield* Effect.scope
+      const deliveries = yield* Queue.unbounded<Delivery, BusError | Cause.Done>()
+      const permits = yield* Semaphore.make(maxInFlight)
+      /** Entries this member holds and has not settled for good: in the queue, at the handler, or waiting for a retry. */
+      const held = new Map<StreamId, Held>()
+
+      const script = (s: Parameters<typeof runScript>[1], args: ReadonlyArray<string | number>) =>
+        runScript(main, s, [stream], [group, consumer, ...args])
+
+      /** Drops an entry from the member's hands and frees its in-flight slot. */
+      const finish = (id: StreamId) =>
+        Effect.suspend(() => (held.delete(id) ? Semaphore.release(permits, 1) : Effect.void))
+
+      const recreateGroupOn = <A>(effect: Effect.Effect<A, BusError>, fallback: A) =>
+        effect.pipe(
+          Effect.catch((error: BusError) =>
+            isNoGroup(error)
+              ? Effect.logWarning(
+                  `redis-streams: group ${group} of ${stream} is gone (server restarted without persistence?); creating it again at the start of the stream`,
+                ).pipe(
+                  Effect.andThen(retryTransient(ensureGroup(main, stream, group), "re-creating the group")),
+                  Effect.as(fallback),
+                )
+              : Effect.fail(error),
+          ),
+        )
+
+      const deadLetterEntry = (id: StreamId, reason: string, attempts: number) =>
+        Effect.gen(function* () {
+          // Listed first (idempotent), so `deadLetters` finds every dead-letter stream.
+          yield* retryTransient(
+            command("SADD", () => main.call("SADD", keys.deadLetterIndex, keys.deadLetter)),
+            "indexing the dead-letter stream",
+          )
+          yield* retryTransient(
+            recreateGroupOn(
+              runScript(
+                main,
+                deadLetterScript,
+                [stream, keys.deadLetter],
+                [group, id, reason, attempts, new Date().toISOString(), consumer],
+              ),
+              0,
+            ),
+            "dead-lettering an entry",
+          )
+          yield* finish(id)
+        })
+
+      /** Hands one claimed entry to the handler (its in-flight slot is already taken). */
+      const deliver = (entry: RawEntry, attempt: number): Effect.Effect<void, BusError> =>
+        Effect.gen(function* () {
+          const state: Held = { settled: false }
+          held.set(entry.id, state)
+          const decoded = yield* decodeEntry(address, entry).pipe(
+            Effect.map((event) => ({ event, reason: undefined })),
+            Effect.catch((reason: string) => Effect.succeed({ event: undefined, reason })),
+          )
+          if (decoded.event === undefined) {
+            yield* Effect.logWarning(
+              `redis-streams: dead-lettering malformed entry ${entry.id} of ${stream}: ${decoded.reason}`,
+            )
+            return yield* deadLetterEntry(entry.id, `malformed entry: ${decoded.reason}`, attempt)
+          }
+          const event = decoded.event
+          const once = (effect: Effect.Effect<void, BusError>) =>
+            Effect.suspend(() => {
+              if (state.settled || held.get(entry.id) !== state) return Effect.void
+              state.settled = true
+              return effect
+            })
+          const delivery: Delivery = {
+            event,
+            attempt,
+            ack: once(
+              retryTransient(
+                recreateGroupOn(
+                  command("XACK", () => main.call("XACK", stream, group, entry.id)),
+                  0,
+                ),
+                "acknowledging an entry",
+              ).pipe(Effect.andThen(finish(entry.id))),
+            ),
+            retry: (delayMs) =>
+              once(
+                Effect.sleep(Math.max(0, delayMs)).pipe(
+                  Effect.andThen(redeliver(entry.id)),
+                  Effect.catchCause((cause) => Queue.failCause(deliveries, cause)),
+                  Effect.forkIn(scope),
+                  Effect.asVoid,
+                ),
+              ),
+            deadLetter: (reason) => once(deadLetterEntry(entry.id, reason, attempt)),
+            inProgress: Effect.suspend(() =>
+              held.get(entry.id) === state && !state.settled
+                ? retryTransient(recreateGroupOn(script(touchScript, [0, entry.id]), []), "renewing an entry")
+                : Effect.void,
+            ).pipe(Effect.asVoid),
+          }
+          yield* Queue.offer(deliveries, delivery)
+        })
+
+      /** After a retry delay: claims the entry to this member again (one more delivery) and hands it over. */
+      const redeliver = (id: StreamId): Effect.Effect<void, BusError> =>
+        Effect.gen(function* () {
+          const claimed = parseClaimed(
+            yield* retryTransient(
+              recreateGroupOn(script(reclaimScript, [id]), []),
+              "claiming an entry for a retry",
+            ),
+          )
+          const again = claimed[0]
+          // Gone (trimmed, or the group was lost) or taken over by another member: not ours to deliver.
+          if (again === undefined) return yield* finish(id)
+          yield* deliver(again.entry, again.deliveries)
+        })
+
+      /**
+       * Delivers, in id order, every entry pending for this very consumer that it does not
+       * hold: entries a read assigned whose reply was lost when a connection dropped (and
+       * which ioredis's resent read then skipped). `fresh` are entries a read has just
+       * returned: delivered as they are, in their place in the order; the others are
+       * claimed back (one more delivery). `takeSlot` / `giveBack` manage in-flight slots.
+       */
+      const deliverOwnPending = (
+        fresh: ReadonlyArray<RawEntry>,
+        takeSlot: Effect.Effect<void>,
+        giveBack: Effect.Effect<void>,
+      ) =>
+        Effect.gen(function* () {
+          const reply = yield* command("XPENDING", () =>
+            main.call("XPENDING", stream, group, "-", "+", 1_000, consumer),
+          )
+          const byId = new Map(fresh.map((e) => [e.id, e]))
+          const ids = (Array.isArray(reply) ? reply : [])
+            .map((row) => (Array.isArray(row) ? String(row[0]) : ""))
+            .filter((id) => id !== "" && !held.has(id))
+          for (const id of ids) {
+            yield* takeSlot
+            const entry = byId.get(id)
+            if (entry !== undefined) {
+              byId.delete(id)
+              yield* deliver(entry, 1)
+              continue
+            }
+            const again = parseClaimed(yield* script(reclaimScript, [id]))[0]
+            if (again === undefined) yield* giveBack
+            else yield* deliver(again.entry, again.deliveries)
+          }
+          for (const entry of byId.values()) {
+            if (held.has(entry.id)) continue
+            yield* takeSlot
+            yield* deliver(entry, 1)
+          }
+        })
+
+      const recoverOwnPending = deliverOwnPending(
+        [],
+        Semaphore.take(permits, 1),
+        Semaphore.release(permits, 1),
+      )
+
+      let claimStart: StreamId = "0-0"
+      let nextClaimAt = 0
+
+      /** One round of the read loop: take free slots, claim stuck entries, then read new ones. */
+      const readRound = Effect.gen(function* () {
+        const lossesAtStart = lossCount()
+        yield* Semaphore.take(permits, 1)
+        let slots = 1
+        while (slots < maxInFlight && (yield* Semaphore.takeIfAvailable(permits, 1))) slots++
+        let used = 0
+        const use = (entry: RawEntry, attempt: number) =>
+          Effect.suspend(() => {
+            used++
+            return deliver(entry, attempt)
+          })
+        yield* Effect.gen(function* () {
+          let scanning = false
+          if (Date.now() >= nextClaimAt) {
+            const reply = yield* script(autoclaimScript, [config.claimIdleMs, claimStart, slots])
+            const [next, rows] = Array.isArray(reply) ? reply : []
+            claimStart = typeof next === "string" ? next : "0-0"
+            scanning = claimStart !== "0-0"
+            if (!scanning) nextClaimAt = Date.now() + claimEveryMs
+            for (const { entry, deliveries: count } of parseClaimed(rows)) {
+              // XAUTOCLAIM may return entries this member holds (it was slow to renew them):
+              // they are still being handled here, so they are not delivered twice.
+              if (held.has(entry.id)) continue
+              yield* use(entry, count)
+            }
+          }
+          if (used >= slots) return
+          const block = scanning ? [] : ["BLOCK", config.blockMs]
+          const reply = yield* command("XREADGROUP", () =>
+            conn.call(
+              "XREADGROUP",
+              "GROUP",
+              group,
+              consumer,
+              "COUNT",
+              slots - used,
+              ...block,
+              "STREAMS",
+              stream,
+              ">",
+            ),
+          )
+          const entries = parseReadReply(reply)
+          if (lossCount() === lossesAtStart) {
+            for (const entry of entries) yield* use(entry, 1)
+            return
+          }
+          // A connection dropped during this round: ioredis sent the read again, and the
+          // entries the first one assigned may be pending here without a reply. Deliver all
+          // of this member's pending entries in order, so none overtakes an earlier one.
+          yield* deliverOwnPending(
+            entries,
+            Effect.suspend(() => {
+              if (used < slots) {
+                used++
+                return Effect.void
+              }
+              return Semaphore.take(permits, 1)
+            }),
+            Semaphore.release(permits, 1),
+          )
+        }).pipe(Effect.ensuring(Effect.suspend(() => Semaphore.release(permits, Math.max(0, slots - used)))))
+      })
+
+      const readLoop = Effect.gen(function* () {
+        let failures = 0
+        let recover = true
+        let seenLosses = lossCount()
+        for (;;) {
+          const error = yield* Effect.gen(function* () {
+            if (lossCount() !== seenLosses) recover = true
+            if (recover) {
+              seenLosses = lossCount()
+              yield* recoverOwnPending
+              recover = false
+            }
+            yield* readRound
+          }).pipe(
+            Effect.as(undefined),
+            Effect.catch((e: BusError) => Effect.succeed(e)),
+          )
+          if (error === undefined) {
+            failures = 0
+            continue
+          }
+          recover = true
+          if (isNoGroup(error)) {
+            yield* Effect.logWarning(
+              `redis-streams: group ${group} of ${stream} is gone (server restarted without persistence?); creating it again at the start of the stream`,
+            )
+            yield* retryTransient(ensureGroup(main, stream, group), "re-creating the group")
+            continue
+          }
+          if (!error.retryable) return yield* Effect.fail(error)
+          failures++
+          if (failures === 1 || failures % 20 === 0) {
+            yield* Effect.logWarning(
+              `redis-streams: group ${group} read on ${stream} failed; retrying`,
+              error.message,
+            )
+          }
+          yield* Effect.sleep(transientDelay(failures))
+        }
+      })
+
+      /** Renews held entries so no other member claims them, and deletes long-idle empty consumers. */
+      const maintenance = Effect.gen(function* () {
+        let nextCleanupAt = Date.now() + Math.min(config.consumerIdleMs, 60_000)
+        for (;;) {
+          yield* Effect.sleep(heartbeatMs)
+          const ids = [...held.keys()]
+          if (ids.length > 0) {
+            const kept = yield* script(touchScript, [0, ...ids]).pipe(
+              Effect.map((reply) => new Set(Array.isArray(reply) ? reply.map(String) : [])),
+              Effect.catch((error: BusError) =>
+                Effect.logDebug("redis-streams: renewing held entries failed", error.message).pipe(
+                  Effect.as(undefined),
+                ),
+              ),
+            )
+            const lost = kept === undefined ? [] : ids.filter((id) => !kept.has(id) && held.has(id))
+            if (lost.length > 0) {
+              yield* Effect.logWarning(
+                `redis-streams: ${lost.length} entr${lost.length === 1 ? "y" : "ies"} of ${stream} held by ${consumer} ${lost.length === 1 ? "was" : "were"} claimed by another member of ${group} (this member was unresponsive for over claimIdleMs); they may be handled twice`,
+              )
+            }
+          }
+          if (Date.now() >= nextCleanupAt) {
+            nextCleanupAt = Date.now() + Math.min(config.consumerIdleMs, 60_000)
+            yield* runScript(main, cleanupScript, [stream], [group, config.consumerIdleMs, consumer]).pipe(
+              Effect.catch((error: BusError) =>
+                Effect.logDebug("redis-streams: consumer cleanup failed", error.message),
+              ),
+            )
+          }
+        }
+      })
+
+      // Runs after the loops below are interrupted (finalizers run in reverse order): hand
+      // back what this member still holds, then leave the group if nothing is pending.
+      yield* Effect.addFinalizer(() =>
+        Effect.gen(function* () {
+          const ids = [...held.keys()]
+          held.clear()
+          if (ids.length > 0) yield* script(touchScript, [handBackIdleMs, ...ids])
+          yield* runScript(main, retireScript, [stream], [group, consumer])
+        }).pipe(
+          Effect.timeout("2 seconds"),
+          Effect.catchCause((cause) =>
+            Effect.logDebug(
+              "redis-streams: leaving the group cleanly failed; entries are claimed after claimIdleMs",
+              cause,
+            ),
+          ),
+        ),
+      )
+      yield* readLoop.pipe(
+        Effect.catchCause((cause) => Queue.failCause(deliveries, cause)),
+        Effect.forkScoped,
+      )
+      yield* maintenance.pipe(Effect.forkScoped)
+      return Stream.fromQueue(deliveries)
+    }),
+  )
