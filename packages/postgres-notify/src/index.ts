@@ -8,6 +8,7 @@
 export { fromPgError, isConnectionError, transportName } from "./errors.js"
 export type { NotifyHealth } from "./listener/health.js"
 export type { NotifyMode } from "./outbox/append.js"
+export type { NotifyBatcher, TransactionOptions } from "./outbox/batched.js"
 export {
   addressChannel,
   decodePayload,
@@ -27,14 +28,35 @@ export {
 } from "./outbox/cursor.js"
 export type { PostgresOutboxOptions } from "./outbox/options.js"
 export {
+  builtinAdapters,
   createPostgresOutboxStore,
+  createTransactionRunner,
   makePostgresOutboxStore,
   PostgresOutbox,
   type PostgresOutboxHandle,
   type PostgresOutboxService,
   postgresOutboxLayer,
+  relayWakeupAddress,
 } from "./outbox/PostgresOutboxStore.js"
 export { maxPageSize } from "./outbox/read.js"
+export {
+  defaultRetentionIntervalMs,
+  defaultRetentionMaxAgeMs,
+  type RetentionOptions,
+  type RetentionStatus,
+} from "./outbox/retention.js"
+export {
+  notifyModeFor,
+  type PostgresNotify,
+  type PostgresNotifyOptions,
+  postgresNotify,
+} from "./postgresNotify.js"
+export {
+  type PressureOptions,
+  type PressureSnapshot,
+  pressureMetrics,
+  pressureSql,
+} from "./pressure/monitor.js"
 export { defaultSchema, validateSchemaName } from "./schema/identifier.js"
 export {
   type MigrateOptions,
@@ -46,6 +68,10 @@ export {
 } from "./schema/migrate.js"
 export { latestVersion, type Migration, migrations } from "./schema/migrations.js"
 export type { TransactionAdapter } from "./sql/adapter.js"
+export { drizzleAdapter, isDrizzle } from "./sql/adapters/drizzle.js"
+export { effectSqlAdapter, isEffectSqlClient } from "./sql/adapters/effectSql.js"
+export { isKysely, kyselyAdapter } from "./sql/adapters/kysely.js"
 export { ensureInTransaction, isPgClient, isPgPool, pgAdapter } from "./sql/adapters/pg.js"
 export { isPostgresJs, postgresJsAdapter } from "./sql/adapters/postgresjs.js"
+export { isPrisma, prismaAdapter } from "./sql/adapters/prisma.js"
 export type { QueryResultLike, SqlExecutor } from "./sql/executor.js"

@@ -8,6 +8,7 @@ import {
   isVisible,
   parsePgSnapshot,
 } from "../src/index.js"
+import { seal } from "./support/db.js"
 
 const epoch = "0123456789abcdef0123456789abcdef"
 
@@ -41,7 +42,7 @@ describe("snapshot cursors", () => {
       epoch,
       at: parsePgSnapshot("1000000:1000050:1000000,1000020,1000049"),
     })
-    expect(text.length).toBeLessThan(60)
+    expect(text.length).toBeLessThan(70)
   })
 
   it("decides visibility as Postgres does", () => {
@@ -78,9 +79,14 @@ describe("snapshot cursors", () => {
     expect(decodeCursor("mem1:abc:1")).toMatchObject({ reason: "foreign" })
     expect(decodeCursor("nats1:stream:5")).toMatchObject({ reason: "foreign" })
     expect(decodeCursor("hello")).toMatchObject({ reason: "malformed" })
-    expect(decodeCursor(`pg1:${epoch}:zzzzzzzzzzzzzz.0`)).toMatchObject({ reason: "malformed" })
+    expect(decodeCursor(seal(`pg1:${epoch}:zzzzzzzzzzzzzz.0`))).toMatchObject({ reason: "malformed" })
+    expect(decodeCursor(`pg1:${epoch}:1.1`)).toMatchObject({ reason: "malformed" }) // no check
+    expect(decodeCursor(seal(`pg1:${epoch}:1.1`))).toMatchObject({ kind: "steady" })
+    expect(decodeCursor(`${seal(`pg1:${epoch}:1.1`)}0`)).toMatchObject({ reason: "malformed" })
     expect(
-      decodeCursor(`pg1:${epoch}:1.1.${Array.from({ length: 100_001 }, (_, i) => i.toString(36)).join(",")}`),
+      decodeCursor(
+        seal(`pg1:${epoch}:1.1.${Array.from({ length: 100_001 }, (_, i) => i.toString(36)).join(",")}`),
+      ),
     ).toMatchObject({
       reason: "malformed",
     })

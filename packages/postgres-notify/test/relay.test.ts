@@ -41,30 +41,159 @@ afterAll(async () => {
 })
 
 describe("relay leases", () => {
-  it("leases in outbox order, skips live leases, re-leases expired ones with a higher attempt count", async () => {
+  it("leases in outbox order, skips addresses under a live lease, re-leases expired ones with a higher attempt count", async () => {
     const s = await store()
     const events = await seed(s, 5)
-    expect(await run(s.backlog)).toBe(5)
+    const invoices = [event("acme", "invoices", { i: 0 }), event("acme", "invoices", { i: 1 })]
+    await inTransaction(db.pool, (c) => run(s.append(c, invoices)))
+    expect(await run(s.backlog)).toBe(7)
     const first = await run(s.lease("r1", 3, 200))
     expect(first.map((l) => l.event.id)).toEqual(events.slice(0, 3).map((e) => e.id))
     expect(first.every((l) => l.attempts === 1)).toBe(true)
     expect(first[0]!.event).toEqual(events[0])
+    // acme/orders is with r1: its later rows must not go to another relay and overtake.
     const second = await run(s.lease("r2", 10, 200))
-    expect(second.map((l) => l.event.id)).toEqual(events.slice(3).map((e) => e.id))
+    expect(second.map((l) => l.event.id)).toEqual(invoices.map((e) => e.id))
     expect(await run(s.lease("r3", 10, 200))).toHaveLength(0)
     await new Promise((r) => setTimeout(r, 250))
     const again = await run(s.lease("r3", 10, 10_000))
-    expect(again).toHaveLength(5)
-    expect(again.every((l) => l.attempts === 2)).toBe(true)
+    expect(again.map((l) => [l.event.id, l.attempts])).toEqual([
+      ...events.slice(0, 3).map((e) => [e.id, 2]),
+      ...events.slice(3).map((e) => [e.id, 1]),
+      ...invoices.map((e) => [e.id, 2]),
+    ])
   })
 
-  it("never hands one row to two concurrent relays", async () => {
+  it("skips an address whose oldest unforwarded row another transaction holds locked", async () => {
     const s = await store()
-    await seed(s, 200)
-    const batches = await Promise.all(Array.from({ length: 6 }, (_, i) => run(s.lease(`r${i}`, 40, 10_000))))
-    const ids = batches.flat().map((l) => l.event.id)
-    expect(ids).toHaveLength(200)
-    expect(new Set(ids).size).toBe(200)
+    const events = await seed(s, 3)
+    const other = event("acme", "invoices")
+    await inTransaction(db.pool, (c) => run(s.append(c, [other])))
+    const locker = await db.pool.connect()
+    try {
+      await locker.query("BEGIN")
+      await locker.query(`SELECT 1 FROM "${s.schema}".outbox WHERE id = $1 FOR UPDATE`, [events[0]!.id])
+      // Row 0 is locked (as by a relay settling it right now): rows 1 and 2 must wait for it.
+      const leased = await run(s.lease("r1", 10, 10_000))
+      expect(leased.map((l) => l.event.id)).toEqual([other.id])
+      await locker.query("COMMIT")
+    } finally {
+      locker.release()
+    }
+    const rest = await run(s.lease("r2", 10, 10_000))
+    expect(rest.map((l) => l.event.id)).toEqual(events.map((e) => e.id))
+  })
+
+  it("keeps per-address order across several concurrent relays (leases, failures, releases)", async () => {
+    const s = await store()
+    const addresses = ["a", "b", "c", "d"].map((channel) => ({ tenant: "acme", channel }))
+    const expected = new Map<string, Array<string>>(addresses.map((a) => [a.channel, []]))
+    // 30 producer transactions of 1-8 events each, addresses interleaved.
+    for (let t = 0; t < 30; t++) {
+      const batch = Array.from({ length: 1 + (t % 8) }, (_, i) => {
+        const a = addresses[(t * 7 + i * 3) % addresses.length]!
+        return event(a.tenant, a.channel, { t, i })
+      })
+      for (const e of batch) expected.get(e.channel)!.push(e.id)
+      await inTransaction(db.pool, (c) => run(s.append(c, batch)))
+    }
+    const total = [...expected.values()].reduce((n, ids) => n + ids.length, 0)
+    // What the broker saw, per address, in arrival order (re-sends after a failure included).
+    const broker = new Map<string, Array<string>>(addresses.map((a) => [a.channel, []]))
+    const forwarded = new Set<string>()
+    let rng = 42
+    const random = () => {
+      rng = (rng * 1103515245 + 12345) % 2147483648
+      return rng / 2147483648
+    }
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+    let overlaps = 0
+    const inFlight = new Map<string, string>()
+    const relay = async (owner: string) => {
+      let idle = 0
+      while (forwarded.size < total && idle < 400) {
+        const leased = await run(s.lease(owner, 1 + Math.floor(random() * 6), 60_000))
+        if (leased.length === 0) {
+          idle++
+          await sleep(2)
+          continue
+        }
+        idle = 0
+        const byAddress = new Map<string, Array<(typeof leased)[number]>>()
+        for (const l of leased) {
+          const list = byAddress.get(l.event.channel) ?? []
+          list.push(l)
+          byAddress.set(l.event.channel, list)
+        }
+        const done: Array<string> = []
+        const failed: Array<{ id: string; error: string; park: boolean }> = []
+        const untried: Array<string> = []
+        await Promise.all(
+          [...byAddress.entries()].map(async ([channel, rows]) => {
+            const holder = inFlight.get(channel)
+            if (holder !== undefined && holder !== owner) overlaps++
+            inFlight.set(channel, owner)
+            for (let i = 0; i < rows.length; i++) {
+              await sleep(Math.floor(random() * 3))
+              if (random() < 0.05) {
+                // The broker refused this one: retry it later, hand back the rest untried.
+                failed.push({ id: rows[i]!.event.id, error: "nope", park: false })
+                untried.push(...rows.slice(i + 1).map((r) => r.event.id))
+                break
+              }
+              broker.get(channel)!.push(rows[i]!.event.id)
+              done.push(rows[i]!.event.id)
+            }
+            if (inFlight.get(channel) === owner) inFlight.delete(channel)
+          }),
+        )
+        await run(s.complete(owner, done))
+        for (const id of done) forwarded.add(id)
+        await run(s.release(owner, untried))
+        await run(s.fail(owner, failed, 1_000))
+      }
+    }
+    await Promise.all(["r1", "r2", "r3", "r4", "r5"].map(relay))
+    expect(forwarded.size).toBe(total)
+    expect(overlaps).toBe(0)
+    for (const a of addresses) {
+      // Every event once, in the producer's order: no later row overtook an earlier one.
+      expect(broker.get(a.channel)).toEqual(expected.get(a.channel))
+    }
+  })
+
+  it("never hands one row, or one address, to two concurrent relays", async () => {
+    const s = await store()
+    const events = Array.from({ length: 200 }, (_, i) => event("acme", `ch${i % 10}`, { i }))
+    await inTransaction(db.pool, (c) => run(s.append(c, events)))
+    let leased = 0
+    for (let round = 0; round < 20 && leased < 200; round++) {
+      const batches = await Promise.all(
+        Array.from({ length: 6 }, (_, i) => run(s.lease(`r${round}-${i}`, 40, 10_000))),
+      )
+      const ids = batches.flat().map((l) => l.event.id)
+      expect(new Set(ids).size).toBe(ids.length)
+      leased += ids.length
+      // Within one round, each address went to one relay only.
+      const perAddress = new Map<string, Set<number>>()
+      batches.forEach((batch, i) => {
+        for (const l of batch) {
+          const set = perAddress.get(l.event.channel) ?? new Set<number>()
+          set.add(i)
+          perAddress.set(l.event.channel, set)
+        }
+      })
+      for (const set of perAddress.values()) expect(set.size).toBe(1)
+      for (const [i, batch] of batches.entries())
+        await run(
+          s.complete(
+            `r${round}-${i}`,
+            batch.map((l) => l.event.id),
+          ),
+        )
+    }
+    expect(leased).toBe(200)
+    expect(await run(s.backlog)).toBe(0)
   })
 
   it("completes only the owner's leases; release gives rows back without counting an attempt", async () => {
@@ -103,6 +232,9 @@ describe("relay leases", () => {
     // A failure reported by a relay that no longer owns the lease changes nothing.
     expect((await run(s.fail("intruder", [{ id: events[2]!.id, error: "x", park: true }], 1))).parked).toBe(0)
     expect(await run(s.backlog)).toBe(2)
+    // Row 2 is still leased to r1, which holds its address; a relay hands such rows back.
+    expect(await run(s.lease("r2", 10, 10_000))).toHaveLength(0)
+    await run(s.release("r1", [events[2]!.id]))
     for (let attempt = 2; attempt <= 3; attempt++) {
       const leased = await run(s.lease("r1", 1, 10_000))
       expect(leased.map((l) => [l.event.id, l.attempts])).toEqual([[events[0]!.id, attempt]])

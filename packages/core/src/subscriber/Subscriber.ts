@@ -5,7 +5,7 @@ import type { DeliveredEvent } from "../envelope/Envelope.js"
 import type { BusError } from "../errors/BusError.js"
 import { deadLettered, eventsDelivered, handlerRetries } from "../metrics/metrics.js"
 import { checkAddress, checkName } from "../names/Name.js"
-import { backoffDelay } from "../schedule/backoff.js"
+import { backoffDelay, cappedBackoff } from "../schedule/backoff.js"
 
 /**
  * Consuming: `subscribe` for a stream of events from a cursor, `consume` for a consumer
@@ -84,15 +84,22 @@ export class Subscriber extends Context.Service<
             if (handled.size > handledWindow) handled.delete(handled.values().next().value as string)
           }
 
+          // An ack lost to a dropped connection is retried rather than ending the consumer;
+          // if the consumer dies anyway, the event is redelivered and deduplicated.
+          const ack = (delivery: Delivery) =>
+            delivery.ack.pipe(
+              Effect.retry({ schedule: cappedBackoff("50 millis", "2 seconds"), while: (e) => e.retryable }),
+            )
+
           const handle = (delivery: Delivery) =>
             Effect.gen(function* () {
               const { event, attempt } = delivery
               // A redelivery of an event this consumer already acknowledged (an ack lost in
               // a reconnect) is acknowledged again without running the handler twice.
-              if (handled.has(event.id)) return yield* delivery.ack
+              if (handled.has(event.id)) return yield* ack(delivery)
               const exit = yield* Effect.exit(handler(event, attempt))
               if (exit._tag === "Success") {
-                yield* delivery.ack
+                yield* ack(delivery)
                 remember(event.id)
                 yield* Metric.update(delivered, 1)
                 return

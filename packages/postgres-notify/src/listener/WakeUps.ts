@@ -1,6 +1,7 @@
 import { type Address, type BusError, checkAddress } from "@bus/core"
 import { Effect, PubSub, Queue, type Scope, Stream } from "effect"
 import type pg from "pg"
+import { notifyParam } from "../outbox/append.js"
 import { addressChannel, decodePayload, relayChannel } from "../outbox/channels.js"
 import { parsePgSnapshot, type Snapshot } from "../outbox/cursor.js"
 import type { OutboxQueries } from "../outbox/queries.js"
@@ -44,6 +45,8 @@ export interface WakeUps {
   /** NOTIFY through the store's pool, outside any transaction. */
   readonly sendNotify: (channels: Array<string>, payloads: Array<string>) => Effect.Effect<void, BusError>
   readonly health: () => NotifyHealth
+  /** NOTIFY channels of the addresses watched now. */
+  readonly watchedChannels: () => ReadonlyArray<string>
 }
 
 const keyOf = (a: Address): string => `${a.tenant}\u0000${a.channel}`
@@ -90,7 +93,7 @@ export const makeWakeUps = (config: WakeUpsConfig): Effect.Effect<WakeUps, never
     }
 
     const sendNotify = (channels: Array<string>, payloads: Array<string>) =>
-      runQuery(executor, "notify", queries.notify, [channels, payloads]).pipe(Effect.asVoid)
+      runQuery(executor, "notify", queries.notify, [notifyParam(channels, payloads)]).pipe(Effect.asVoid)
 
     // Nudges the poll loop when the NOTIFY state changes, so a degraded listener gets the
     // short interval at once, and a disabled poll needs no timer at all.
@@ -233,5 +236,6 @@ export const makeWakeUps = (config: WakeUpsConfig): Effect.Effect<WakeUps, never
       watchRelay,
       sendNotify,
       health,
+      watchedChannels: () => [...watched.keys()],
     }
   })

@@ -1,20 +1,33 @@
 import { type Address, type BusError, ConfigError, checkAddress, type Envelope, OutboxStore } from "@bus/core"
-import { Cause, Context, Effect, Exit, Layer, Scope, type Stream } from "effect"
+import { Cause, Context, Effect, Exit, Layer, Scope, Stream } from "effect"
 import pg from "pg"
 import { transportName } from "../errors.js"
 import type { NotifyHealth } from "../listener/health.js"
 import { makeWakeUps } from "../listener/WakeUps.js"
+import { makePressureMonitor, type PressureSnapshot } from "../pressure/monitor.js"
 import { schemaName } from "../schema/identifier.js"
 import { migrateEffect } from "../schema/migrate.js"
+import { drizzleAdapter } from "../sql/adapters/drizzle.js"
+import { effectSqlAdapter } from "../sql/adapters/effectSql.js"
+import { kyselyAdapter } from "../sql/adapters/kysely.js"
 import { pgAdapter } from "../sql/adapters/pg.js"
 import { postgresJsAdapter } from "../sql/adapters/postgresjs.js"
+import { prismaAdapter } from "../sql/adapters/prisma.js"
 import { runQuery, type SqlExecutor } from "../sql/executor.js"
-import { append, wakeUpsFor } from "./append.js"
+import { append, type NotifyMode, wakeUpsFor } from "./append.js"
+import {
+  type DeferredTransactions,
+  deferAddresses,
+  makeNotifyBatcher,
+  runTransaction,
+  type TransactionOptions,
+} from "./batched.js"
 import { claimGroup } from "./groups.js"
 import { type PostgresOutboxOptions, resolveOptions } from "./options.js"
 import { makeQueries } from "./queries.js"
 import { head, read } from "./read.js"
 import { relayOps } from "./relay.js"
+import { makeRetentionJob, type RetentionStatus } from "./retention.js"
 
 /**
  * The Postgres implementation of the core {@link OutboxStore}: transactional append,
@@ -23,6 +36,22 @@ import { relayOps } from "./relay.js"
  *
  * @module
  */
+
+/**
+ * The address `changes` emits when relays should look for rows to forward (a relay
+ * wake-up; see the `watchRelay` option). No subscription can have it: both names are empty.
+ */
+export const relayWakeupAddress: Address = Object.freeze({ tenant: "", channel: "" })
+
+/** The built-in transaction adapters, in the order they are tried (after `options.adapters`). */
+export const builtinAdapters = [
+  effectSqlAdapter,
+  drizzleAdapter,
+  kyselyAdapter,
+  prismaAdapter,
+  pgAdapter,
+  postgresJsAdapter,
+] as const
 
 /** The core outbox contract, as a type an interface can extend. */
 export type OutboxStoreService = OutboxStore["Service"]
@@ -39,6 +68,8 @@ export interface PostgresOutboxService extends OutboxStoreService {
   readonly health: Effect.Effect<NotifyHealth>
   /** Same as {@link PostgresOutboxService.health}, synchronously. */
   readonly healthNow: () => NotifyHealth
+  /** NOTIFY channels of the addresses this store watches now (for diagnostics and tests). */
+  readonly watchedChannels: () => ReadonlyArray<string>
   /**
    * Sends wake-ups for `addresses` outside any transaction: for producers that let the
    * SDK own the commit (after-commit batched NOTIFY, with `notify: "none"` on the store).
@@ -51,6 +82,23 @@ export interface PostgresOutboxService extends OutboxStoreService {
   readonly watchRelay: Effect.Effect<void, never, Scope.Scope>
   /** Emits when producers committed rows a relay should forward (and after every reconnect). */
   readonly relayWakeups: Stream.Stream<void>
+  /** Whom appends wake at commit (the `notify` option). */
+  readonly notify: NotifyMode
+  /**
+   * After-commit batched mode: runs `fn` in `BEGIN … COMMIT` on a pooled connection (the
+   * store's pool unless `options.pool`), with `fn` publishing through the client it gets.
+   * Those appends send no NOTIFY inside the transaction; after COMMIT their addresses get
+   * one NOTIFY per `batchWindowMs` window, sent outside any producer transaction.
+   */
+  readonly transaction: <A>(fn: (tx: pg.PoolClient) => Promise<A>, options?: TransactionOptions) => Promise<A>
+  /** Sends the pending batched NOTIFYs now instead of at the end of the window. */
+  readonly flushNotify: Effect.Effect<void>
+  /** NOTIFY pressure: the last sample of the monitor (see {@link PressureSnapshot}). */
+  readonly pressure: () => PressureSnapshot
+  /** Takes a pressure sample now. */
+  readonly samplePressure: Effect.Effect<PressureSnapshot, BusError>
+  /** What the retention job has done (`enabled: false` when it is off). */
+  readonly retention: () => RetentionStatus
 }
 
 /** Service tag of the Postgres outbox, for code that needs its Postgres-only parts. */
@@ -116,8 +164,13 @@ export const makePostgresOutboxStore = (
       })
     }
     const epoch = String(meta.epoch)
-    const adapters = [...(options.adapters ?? []), pgAdapter, postgresJsAdapter]
+    const adapters = [...(options.adapters ?? []), ...builtinAdapters]
     const relay = relayOps(executor, queries, o.pruneBatchSize)
+    const monitor = yield* makePressureMonitor({
+      executor,
+      schema: schema.name,
+      options: o.pressure ?? { intervalMs: 0 },
+    })
 
     const wakeUps = yield* makeWakeUps({
       schema: schema.name,
@@ -147,8 +200,39 @@ export const makePostgresOutboxStore = (
           wakeOptions.relay ? "both" : "addresses",
           checked,
         )
-        if (channels.length > 0) yield* wakeUps.sendNotify(channels, payloads)
+        if (channels.length > 0) {
+          yield* wakeUps.sendNotify(channels, payloads)
+          monitor.count()
+        }
       })
+
+    // After-commit batched NOTIFY: one statement per window, whom the store's mode names
+    // (addresses when the mode is "none": the SDK owns these commits, so it wakes them).
+    const batchMode: NotifyMode = o.notify === "none" ? "addresses" : o.notify
+    const batcher = yield* makeNotifyBatcher({
+      windowMs: o.batchWindowMs,
+      send: (addresses) => {
+        const { channels, payloads } = wakeUpsFor(schema.name, batchMode, addresses)
+        if (channels.length === 0) return Effect.void
+        return wakeUps
+          .sendNotify(channels, payloads)
+          .pipe(Effect.tap(() => Effect.sync(() => monitor.count())))
+      },
+    })
+    const deferred: DeferredTransactions = new WeakMap()
+
+    // Broker deployments: relays hear producers' relay NOTIFYs through `changes`.
+    let changes: Stream.Stream<Address> = wakeUps.changes
+    if (o.watchRelay && o.listen) {
+      yield* wakeUps.watchRelay
+      changes = Stream.merge(wakeUps.changes, wakeUps.relayWakeups.pipe(Stream.map(() => relayWakeupAddress)))
+    }
+
+    const retention = yield* makeRetentionJob({
+      options: o.retention,
+      defaultKeepUnforwarded: o.notify === "relay" || o.notify === "both",
+      prune: relay.prune,
+    })
 
     const service: PostgresOutboxService = {
       name: transportName,
@@ -156,10 +240,20 @@ export const makePostgresOutboxStore = (
       epoch,
       pool,
       append: (tx: unknown, events: ReadonlyArray<Envelope>) =>
-        append({ adapters, schema: schema.name, sql: queries.append, notify: o.notify, tx, events }),
+        append({
+          adapters,
+          schema: schema.name,
+          sql: queries.append,
+          notify: o.notify,
+          // A transaction the SDK runs (batched mode) sends its wake-ups after COMMIT instead.
+          deferNotify: (checked) => deferAddresses(deferred, tx, checked),
+          tx,
+          events,
+          onNotified: () => monitor.count(),
+        }),
       read: (address, after, limit) => read(executor, queries, address, after, limit),
       head: (address) => head(executor, queries, address),
-      changes: wakeUps.changes,
+      changes,
       watch: wakeUps.watch,
       lease: relay.lease,
       complete: relay.complete,
@@ -172,9 +266,16 @@ export const makePostgresOutboxStore = (
       prune: relay.prune,
       health: Effect.sync(wakeUps.health),
       healthNow: wakeUps.health,
+      watchedChannels: wakeUps.watchedChannels,
       wake,
       watchRelay: wakeUps.watchRelay,
       relayWakeups: wakeUps.relayWakeups,
+      notify: o.notify,
+      transaction: (fn, txOptions) => runTransaction(txOptions?.pool ?? pool, deferred, batcher, fn),
+      flushNotify: batcher.flush,
+      pressure: monitor.snapshot,
+      samplePressure: monitor.sample,
+      retention,
     }
     return service
   })
@@ -197,6 +298,10 @@ export interface PostgresOutboxHandle {
   readonly store: PostgresOutboxService
   /** LISTEN/NOTIFY state (see {@link NotifyHealth}). */
   readonly health: () => NotifyHealth
+  /** NOTIFY pressure (see {@link PressureSnapshot}). */
+  readonly pressure: () => PressureSnapshot
+  /** After-commit batched mode (see {@link PostgresOutboxService.transaction}). */
+  readonly transaction: <A>(fn: (tx: pg.PoolClient) => Promise<A>, options?: TransactionOptions) => Promise<A>
   /** Closes the listener, the poll and (when the store created it) the pool. Idempotent. */
   readonly close: () => Promise<void>
 }
@@ -216,9 +321,21 @@ export const createPostgresOutboxStore = async (
   return {
     store,
     health: store.healthNow,
+    pressure: store.pressure,
+    transaction: store.transaction,
     close: () => {
       closing ??= Effect.runPromise(Scope.close(scope, Exit.void))
       return closing
     },
   }
 }
+
+/**
+ * The after-commit batched mode as a function: `const transaction = createTransactionRunner(store)`,
+ * then `await transaction(async (tx) => { …; await bus.publish(tx, event) })`. The SDK owns
+ * BEGIN / COMMIT on a connection of `options.pool` (default: the store's pool).
+ */
+export const createTransactionRunner =
+  (store: PostgresOutboxService | PostgresOutboxHandle, options: TransactionOptions = {}) =>
+  <A>(fn: (tx: pg.PoolClient) => Promise<A>): Promise<A> =>
+    store.transaction(fn, options)

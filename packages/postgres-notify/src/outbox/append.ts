@@ -101,6 +101,10 @@ export const wakeUpsFor = (
   return { channels, payloads }
 }
 
+/** The NOTIFY parameter of the append and notify statements: a JSON array of [channel, payload] pairs. */
+export const notifyParam = (channels: ReadonlyArray<string>, payloads: ReadonlyArray<string>): string =>
+  JSON.stringify(channels.map((c, i) => [c, payloads[i] ?? ""]))
+
 /** Appends `events` through `tx`: validate all, then one statement (insert + NOTIFY). */
 export const append = (options: {
   readonly adapters: ReadonlyArray<TransactionAdapter>
@@ -109,6 +113,13 @@ export const append = (options: {
   readonly notify: NotifyMode
   readonly tx: unknown
   readonly events: ReadonlyArray<Envelope>
+  /** Called after an append that sent wake-ups inside the caller's transaction (the pressure monitor counts them). */
+  readonly onNotified?: (() => void) | undefined
+  /**
+   * Called with the validated events once the transaction is open; true means the SDK owns
+   * this transaction and sends its wake-ups after COMMIT, so the append sends none.
+   */
+  readonly deferNotify?: ((events: ReadonlyArray<Envelope>) => boolean) | undefined
 }): Effect.Effect<void, BusError> =>
   Effect.gen(function* () {
     if (!Array.isArray(options.events)) {
@@ -117,6 +128,11 @@ export const append = (options: {
     const events = yield* Effect.forEach(options.events, (e, i) => checkEvent(e, i))
     const executor = yield* openTransaction(options.adapters, options.tx)
     if (events.length === 0) return
-    const { channels, payloads } = wakeUpsFor(options.schema, options.notify, events)
-    yield* runQuery(executor, "append", options.sql, [JSON.stringify(events), channels, payloads])
+    const mode = options.deferNotify?.(events) ? "none" : options.notify
+    const { channels, payloads } = wakeUpsFor(options.schema, mode, events)
+    yield* runQuery(executor, "append", options.sql, [
+      JSON.stringify(events),
+      notifyParam(channels, payloads),
+    ])
+    if (channels.length > 0) options.onNotified?.()
   })

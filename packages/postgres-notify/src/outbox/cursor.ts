@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto"
 import { CursorInvalid } from "@bus/core"
 
 /**
@@ -19,9 +20,13 @@ import { CursorInvalid } from "@bus/core"
  *
  * Encoding (opaque to users, stable for this package version):
  *
- *   pg1:<epoch>:<snap>                          steady
- *   pg1:<epoch>:<snap from>:<snap to>:<xid>.<seq>  paging
+ *   pg1:<epoch>:<snap>:<check>                            steady
+ *   pg1:<epoch>:<snap from>:<snap to>:<xid>.<seq>:<check>  paging
  *   snap = <xmin>.<xmax-xmin>[.<xip-xmin>,…]     all numbers base 36
+ *
+ * `check` is 8 hex digits of a SHA-256 of everything before it: a cursor that was cut,
+ * extended or edited (every base-36 edit of a number is another valid number) is refused
+ * as malformed instead of resuming somewhere else. It is not a signature.
  *
  * `epoch` is the outbox's identity (32 hex digits): a cursor from another database, a
  * recreated schema or a restored backup (after `rotateEpoch`) is refused as foreign.
@@ -82,11 +87,16 @@ const encodeSnapshot = (s: Snapshot): string => {
   return s.xip.length === 0 ? head : `${head}.${s.xip.map((x) => b36(x - s.xmin)).join(",")}`
 }
 
+const checkOf = (body: string): string => createHash("sha256").update(body).digest("hex").slice(0, 8)
+
 /** Encodes a cursor; see the module comment for the format. */
-export const encodeCursor = (cursor: Cursor): string =>
-  cursor.kind === "steady"
-    ? `pg1:${cursor.epoch}:${encodeSnapshot(cursor.at)}`
-    : `pg1:${cursor.epoch}:${encodeSnapshot(cursor.from)}:${encodeSnapshot(cursor.to)}:${b36(cursor.last.xid)}.${b36(cursor.last.seq)}`
+export const encodeCursor = (cursor: Cursor): string => {
+  const body =
+    cursor.kind === "steady"
+      ? `pg1:${cursor.epoch}:${encodeSnapshot(cursor.at)}`
+      : `pg1:${cursor.epoch}:${encodeSnapshot(cursor.from)}:${encodeSnapshot(cursor.to)}:${b36(cursor.last.xid)}.${b36(cursor.last.seq)}`
+  return `${body}:${checkOf(body)}`
+}
 
 const parseB36 = (text: string): bigint | undefined => {
   if (!/^[0-9a-z]{1,13}$/.test(text)) return undefined
@@ -134,8 +144,10 @@ export const decodeCursor = (text: string): Cursor | CursorInvalid => {
     }
     return invalid(shown, "malformed", `cursor ${JSON.stringify(shown)} is not a Postgres outbox cursor`)
   }
-  const parts = text.split(":")
   const malformed = invalid(shown, "malformed", `cursor ${JSON.stringify(shown)} is malformed`)
+  const cut = text.lastIndexOf(":")
+  if (cut < 0 || text.slice(cut + 1) !== checkOf(text.slice(0, cut))) return malformed
+  const parts = text.slice(0, cut).split(":")
   const epoch = parts[1]
   if (epoch === undefined || !/^[0-9a-f]{32}$/.test(epoch)) return malformed
   if (parts.length === 3) {

@@ -3,6 +3,7 @@ import { hostname } from "node:os"
 import {
   type Address,
   type BusError,
+  cappedBackoff,
   checkAddress,
   checkName,
   type GroupClaim,
@@ -32,6 +33,13 @@ export const claimGroup = (
 ): Effect.Effect<GroupClaim, BusError, Scope.Scope> =>
   Effect.gen(function* () {
     const { tenant, channel } = yield* checkAddress(address)
+    // A dropped connection or a restarting server must not end the member: claims and
+    // commits are retried (the commit's UPDATE still checks that this member holds the
+    // group, so a retry after a takeover fails as it should).
+    const transient = {
+      schedule: cappedBackoff("50 millis", "2 seconds"),
+      while: (e: BusError) => e.retryable,
+    }
     const name = yield* checkName("group", group)
     const owner = `${hostname()}:${process.pid}:${randomUUID()}`
     const key = [tenant, channel, name, owner]
@@ -41,6 +49,7 @@ export const claimGroup = (
     // when it wins, so closing the scope while waiting never leaves a claim behind.
     const attempt = Effect.uninterruptible(
       runQuery(executor, "claimGroup", q.claimGroup, [...key, leaseMs]).pipe(
+        Effect.retry(transient),
         Effect.tap((rows) =>
           rows.length === 0
             ? Effect.void
@@ -82,6 +91,7 @@ export const claimGroup = (
       lost
         ? Effect.fail(lostError())
         : runQuery(executor, "commitGroup", q.commitGroup, [...key, next]).pipe(
+            Effect.retry(transient),
             Effect.flatMap((rows) => {
               if (rows.length > 0) return Effect.void
               lost = true

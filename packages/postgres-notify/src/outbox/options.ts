@@ -1,6 +1,8 @@
 import type pg from "pg"
+import type { PressureOptions } from "../pressure/monitor.js"
 import type { TransactionAdapter } from "../sql/adapter.js"
 import type { NotifyMode } from "./append.js"
+import type { RetentionOptions } from "./retention.js"
 
 /**
  * Options of the Postgres outbox store, with their defaults.
@@ -48,8 +50,23 @@ export interface PostgresOutboxOptions {
   readonly groupLeaseMs?: number
   /** Rows deleted per prune statement (default 5 000). */
   readonly pruneBatchSize?: number
-  /** Extra transaction adapters, tried before the built-in `pg` adapter. */
+  /** Extra transaction adapters, tried before the built-in ones. */
   readonly adapters?: ReadonlyArray<TransactionAdapter>
+  /**
+   * Window of the after-commit batched NOTIFY used by `transaction(fn)` (default 10 ms):
+   * every address committed within one window gets one NOTIFY, sent after the window.
+   */
+  readonly batchWindowMs?: number
+  /** The NOTIFY-pressure monitor (default on, sampling every 5 s); `false` turns it off. */
+  readonly pressure?: PressureOptions | false
+  /** The scheduled retention job; off unless given (`true` for the defaults: 7 days, hourly). */
+  readonly retention?: RetentionOptions | boolean
+  /**
+   * LISTEN on the relay channel for the store's life and signal relay wake-ups on
+   * `changes` (as {@link relayWakeupAddress}), so the core relay forwards without waiting
+   * for its idle poll. Default: true when `notify` is `relay` or `both` and `listen` is on.
+   */
+  readonly watchRelay?: boolean
 }
 
 /** Options with every default applied. */
@@ -68,4 +85,8 @@ export const resolveOptions = (o: PostgresOutboxOptions) => ({
   reconnectMaxDelayMs: Math.max(1, o.reconnectMaxDelayMs ?? 10_000),
   groupLeaseMs: Math.max(30, o.groupLeaseMs ?? 15_000),
   pruneBatchSize: Math.max(1, o.pruneBatchSize ?? 5_000),
+  batchWindowMs: Math.max(0, o.batchWindowMs ?? 10),
+  pressure: o.pressure === false ? undefined : (o.pressure ?? {}),
+  retention: o.retention === true ? {} : o.retention === false ? undefined : o.retention,
+  watchRelay: o.watchRelay ?? ((o.listen ?? true) && (o.notify === "relay" || o.notify === "both")),
 })

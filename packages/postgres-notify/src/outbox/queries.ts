@@ -93,17 +93,43 @@ WITH inserted AS (
   RETURNING 1
 )
 SELECT (SELECT count(*) FROM inserted)::int AS inserted,
-       (SELECT count(*) FROM (SELECT pg_notify(n.c, n.p) FROM unnest($2::text[], $3::text[]) AS n(c, p)) x)::int AS notified`,
+       (SELECT count(*) FROM (SELECT pg_notify(n.v->>0, n.v->>1) FROM jsonb_array_elements($2::text::jsonb) AS n(v)) x)::int AS notified`,
 
-  notify: `SELECT count(*)::int AS notified FROM (SELECT pg_notify(n.c, n.p) FROM unnest($1::text[], $2::text[]) AS n(c, p)) x`,
+  // Wake-ups as a JSON array of [channel, payload] pairs: text parameters only, so every
+  // driver (Prisma, Effect's own protocol, Kysely, …) binds them the same way.
+  notify: `SELECT count(*)::int AS notified FROM (SELECT pg_notify(n.v->>0, n.v->>1) FROM jsonb_array_elements($1::text::jsonb) AS n(v)) x`,
 
+  // Per-address order across relays: an address is leased by one relay at a time, from
+  // its oldest unforwarded row on. An address with any row under a live lease is skipped
+  // whole; rows another transaction holds locked (a relay leasing or settling right now)
+  // are skipped with every later row of their address, so a later row never goes to
+  // one relay while an earlier one is with another (or about to be).
   lease: `
-WITH picked AS (
-  SELECT id FROM ${S}.outbox
-  WHERE forwarded_at IS NULL AND parked_at IS NULL AND (lease_until IS NULL OR lease_until < clock_timestamp())
-  ORDER BY seq
+WITH t AS MATERIALIZED (
+  SELECT clock_timestamp() AS now
+), busy AS MATERIALIZED (
+  SELECT DISTINCT o.tenant, o.channel FROM ${S}.outbox o, t
+  WHERE o.forwarded_at IS NULL AND o.parked_at IS NULL AND o.lease_until >= t.now
+), candidates AS MATERIALIZED (
+  SELECT o.id, o.tenant, o.channel, o.seq FROM ${S}.outbox o, t
+  WHERE o.forwarded_at IS NULL AND o.parked_at IS NULL
+    AND (o.lease_until IS NULL OR o.lease_until < t.now)
+    AND NOT EXISTS (SELECT 1 FROM busy b WHERE b.tenant = o.tenant AND b.channel = o.channel)
+  ORDER BY o.seq
   LIMIT $2
-  FOR UPDATE SKIP LOCKED
+), locked AS MATERIALIZED (
+  -- Rechecked on the newest row version: a row leased or settled since this statement's
+  -- snapshot drops out here, and with it the rest of its address.
+  SELECT o.id FROM ${S}.outbox o, t
+  WHERE o.id IN (SELECT id FROM candidates)
+    AND o.forwarded_at IS NULL AND o.parked_at IS NULL
+    AND (o.lease_until IS NULL OR o.lease_until < t.now)
+  FOR UPDATE OF o SKIP LOCKED
+), picked AS (
+  SELECT id FROM (
+    SELECT c.id, bool_and(l.id IS NOT NULL) OVER (PARTITION BY c.tenant, c.channel ORDER BY c.seq) AS unbroken
+    FROM candidates c LEFT JOIN locked l ON l.id = c.id
+  ) x WHERE unbroken
 )
 UPDATE ${S}.outbox o
 SET lease_owner = $1, lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond', attempts = o.attempts + 1

@@ -20,6 +20,8 @@ export interface QueryResultLike {
  */
 export interface SqlExecutor {
   readonly query: (text: string, params?: ReadonlyArray<unknown>) => Promise<QueryResultLike>
+  /** Effect-native form, preferred when present (runs in the calling fiber, interruptible). */
+  readonly run?: (text: string, params: ReadonlyArray<unknown>) => Effect.Effect<QueryResultLike, unknown>
 }
 
 /** Runs one statement, mapping driver failures to the @bus error family; `what` names the operation in errors. */
@@ -29,7 +31,10 @@ export const runQuery = (
   text: string,
   params: ReadonlyArray<unknown> = [],
 ): Effect.Effect<ReadonlyArray<Record<string, unknown>>, ReturnType<typeof fromPgError>> =>
-  Effect.tryPromise({
-    try: () => executor.query(text, params),
-    catch: (cause) => fromPgError(what, cause),
-  }).pipe(Effect.map((result) => result.rows))
+  (executor.run
+    ? executor.run(text, params).pipe(Effect.mapError((cause) => fromPgError(what, cause)))
+    : Effect.tryPromise({
+        try: () => executor.query(text, params),
+        catch: (cause) => fromPgError(what, cause),
+      })
+  ).pipe(Effect.map((result) => result.rows))

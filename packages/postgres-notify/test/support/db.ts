@@ -1,4 +1,4 @@
-import { randomBytes } from "node:crypto"
+import { createHash, randomBytes } from "node:crypto"
 import type { Envelope } from "@bus/core"
 import { makeEnvelope } from "@bus/core"
 import { type PostgresHandle, startPostgres } from "@bus/test-infra"
@@ -88,3 +88,7 @@ export const eventually = async <A>(
     await new Promise((r) => setTimeout(r, 25))
   }
 }
+
+/** Adds the integrity check a cursor body needs, so a test can reach the structural checks behind it. */
+export const seal = (body: string): string =>
+  `${body}:${createHash("sha256").update(body).digest("hex").slice(0, 8)}`
