@@ -1,0 +1,199 @@
+import {
+  type BusError,
+  ConfigError,
+  capabilities,
+  checkAddress,
+  type Envelope,
+  OutboxStore,
+  Transport,
+  TransportFailure,
+  TransportUnavailable,
+} from "@bus/core"
+import { type JetStreamClient, jetstream, jetstreamManager } from "@nats-io/jetstream"
+import { connect } from "@nats-io/transport-node"
+import { Cause, Effect, Layer } from "effect"
+import { type ConnectionWatch, watchConnection } from "./connection.js"
+import { readDeadLetters } from "./deadLetters.js"
+import { toBusError } from "./errors.js"
+import { makeGroup } from "./group.js"
+import { type NatsTransportOptions, type ResolvedOptions, resolveOptions } from "./options.js"
+import { ensureStreams } from "./stream.js"
+import { subjectOf } from "./subjects.js"
+import { makeSubscribe } from "./subscribe.js"
+import { encodeEnvelope, headerBytes, headerReserveBytes, traceHeadersOf } from "./wire.js"
+
+/**
+ * The NATS JetStream transport as an Effect Layer.
+ *
+ * @module
+ */
+
+/** max_payload when the server does not say (its default). */
+const defaultServerMaxPayload = 1024 * 1024
+
+/** How long a send keeps retrying an unreachable server before the relay sees a failure. */
+const sendRetryBudgetMs = 10_000
+
+const openConnection = (options: NatsTransportOptions) =>
+  Effect.acquireRelease(
+    Effect.tryPromise({
+      try: () =>
+        connect({
+          name: "@bus/nats",
+          maxReconnectAttempts: -1,
+          reconnectTimeWait: 250,
+          reconnectJitter: 250,
+          pingInterval: 20_000,
+          maxPingOut: 3,
+          ...options.connectOptions,
+          servers:
+            options.servers === undefined
+              ? "127.0.0.1:4222"
+              : [options.servers]
+                  .flat()
+                  .flatMap((s) => s.split(","))
+                  .map((s) => s.trim())
+                  .filter((s) => s.length > 0),
+        }),
+      catch: (e) => toBusError(e, "connect"),
+    }),
+    (nc) =>
+      Effect.promise(async () => {
+        if (nc.isClosed()) return
+        // Drain flushes what is buffered (acks, naks of a stopping consumer) before closing.
+        let timer: ReturnType<typeof setTimeout> | undefined
+        await Promise.race([
+          nc.drain().catch(() => {}),
+          new Promise<void>((resolve) => {
+            timer = setTimeout(resolve, 5_000)
+          }),
+        ]).finally(() => clearTimeout(timer))
+        if (!nc.isClosed()) await nc.close().catch(() => {})
+      }),
+  )
+
+/** `send`: one JetStream publish with `Nats-Msg-Id` = event id. */
+const makeSend = (
+  conn: ConnectionWatch,
+  js: JetStreamClient,
+  o: ResolvedOptions,
+  serverMaxPayload: number,
+) => {
+  const send = (event: Envelope): Effect.Effect<void, BusError> =>
+    Effect.gen(function* () {
+      const address = yield* checkAddress(event)
+      const subject = subjectOf(o.prefix, address)
+      const payload = encodeEnvelope(event)
+      const total = payload.byteLength + headerBytes(event)
+      if (total > serverMaxPayload) {
+        return yield* new TransportFailure({
+          transport: "nats",
+          retryable: false,
+          message: `nats: event ${event.id} is ${total} bytes with headers; the server's max_payload is ${serverMaxPayload}`,
+        })
+      }
+      const headers = traceHeadersOf(event)
+      const started = Date.now()
+      for (let attempt = 1; ; attempt++) {
+        const exit = yield* Effect.exit(
+          Effect.tryPromise({
+            try: () =>
+              js.publish(subject, payload, {
+                msgID: event.id,
+                timeout: o.requestTimeoutMs,
+                ...(headers === undefined ? {} : { headers }),
+              }),
+            catch: (e) => toBusError(e, `publish ${event.id} to ${subject}`),
+          }).pipe(
+            Effect.raceFirst(
+              // A publish in flight when the connection dropped may never be answered: send it again.
+              conn.nextReconnect.pipe(
+                Effect.andThen(
+                  Effect.fail(
+                    new TransportUnavailable({
+                      transport: "nats",
+                      message: `nats: reconnected while publishing ${event.id}`,
+                    }),
+                  ),
+                ),
+              ),
+            ),
+          ),
+        )
+        if (exit._tag === "Success") {
+          if (exit.value.stream !== o.streamName) {
+            yield* Effect.logWarning(
+              `nats: ${subject} is stored by stream ${exit.value.stream}, not ${o.streamName}; subscriptions read ${o.streamName}`,
+            )
+          }
+          return
+        }
+        const busError = toBusError(Cause.squash(exit.cause), `publish ${event.id}`)
+        // A stream leader election or a reconnect takes seconds; ride it out here rather than
+        // burning the relay's attempts (a re-send is harmless: the stream drops it by id).
+        if (!busError.retryable || conn.closed() || Date.now() - started > sendRetryBudgetMs) {
+          return yield* Effect.fail(busError)
+        }
+        yield* Effect.sleep(Math.min(1_000, 25 * 2 ** attempt))
+      }
+    })
+  return send
+}
+
+/**
+ * The NATS JetStream transport. Events reach it through the relay (`needsRelay`), which
+ * publishes each committed outbox row with `Nats-Msg-Id` = event id, so a row sent twice
+ * is stored once within the stream's duplicate window.
+ *
+ * Provide it to `createBus` under `transports: { nats: natsTransport({ servers }) }`. When
+ * an outbox is in context (as in `createBus`), `head` and `"now"` are measured against the
+ * outbox, so a subscription leaves out events committed before it that the relay sends
+ * later. Consumer groups dead-letter to `<prefix>.dlq.<tenant>.<channel>` (stream
+ * `<name>_DLQ`), which `deadLetters` reads back.
+ *
+ * The connection it opens is drained and closed when the layer is released; a
+ * `connection` you pass is left open.
+ */
+export const natsTransport = (options: NatsTransportOptions = {}): Layer.Layer<Transport, BusError> =>
+  Layer.effect(
+    Transport,
+    Effect.gen(function* () {
+      const o = resolveOptions(options)
+      if (o instanceof ConfigError) return yield* o
+      const store = yield* Effect.serviceOption(OutboxStore)
+      const nc = options.connection ?? (yield* openConnection(options))
+      if (nc.isClosed()) {
+        return yield* new TransportUnavailable({
+          transport: "nats",
+          message: "nats: the connection is closed",
+        })
+      }
+      const jsm = yield* Effect.tryPromise({
+        try: () => jetstreamManager(nc, { timeout: o.requestTimeoutMs }),
+        catch: (e) => toBusError(e, "JetStream is not available on this server (start it with -js)"),
+      })
+      const js = jsm.jetstream()
+      yield* ensureStreams(jsm, o)
+      const serverMaxPayload = nc.info?.max_payload ?? defaultServerMaxPayload
+      const maxPayloadBytes = serverMaxPayload - headerReserveBytes
+      const conn = yield* watchConnection(nc)
+      // Ordered consumers are cheap to create again: time their requests out sooner, so that
+      // after a node loss they come back soon after the election rather than a timeout later.
+      const jsOrdered = jetstream(nc, { timeout: Math.min(o.requestTimeoutMs, 2_000) })
+      const { head, subscribe } = makeSubscribe({ js: jsOrdered, jsm, o, store, conn })
+      return Transport.of({
+        capabilities: capabilities("nats", {
+          needsRelay: true,
+          dedupesSends: true,
+          consumerGroups: true,
+          replay: true,
+          maxPayloadBytes,
+        }),
+        head,
+        subscribe,
+        group: makeGroup({ js, jsm, o, maxPayloadBytes: serverMaxPayload - 512, conn }),
+        send: makeSend(conn, js, o, serverMaxPayload),
+        deadLetters: (limit) => readDeadLetters(jsm, js, o, limit),
+      })
+    }),
+  )

@@ -1,0 +1,68 @@
+import { type BusError, isBusError, TransportFailure, TransportUnavailable } from "@bus/core"
+import { JetStreamApiError, JetStreamError } from "@nats-io/jetstream"
+import {
+  ClosedConnectionError,
+  ConnectionError,
+  DrainingConnectionError,
+  InvalidArgumentError,
+  NoRespondersError,
+  RequestError,
+  TimeoutError,
+} from "@nats-io/transport-node"
+
+/**
+ * Maps what the NATS client throws to the bus error family: `TransportUnavailable`
+ * when the server cannot be reached or did not answer in time (retrying later helps),
+ * `TransportFailure` when it answered with an error (retryable or not by its kind).
+ *
+ * @module
+ */
+
+const transport = "nats"
+
+/** JetStream API error codes (`err_code`) that no retry can fix. */
+const permanentApiCodes = new Set([
+  10054, // message size exceeds maximum allowed
+  10058, // stream name already in use with a different configuration
+  10052, // stream subjects overlap
+  10065, // stream configuration invalid / subjects overlap with an existing stream
+])
+
+const describe = (error: unknown): string => (error instanceof Error ? error.message : String(error))
+
+/** Wraps any failure of a NATS call; `what` says which call, for the message. */
+export const toBusError = (error: unknown, what: string): BusError => {
+  if (isBusError(error)) return error
+  const message = `nats: ${what}: ${describe(error)}`
+  if (
+    error instanceof TimeoutError ||
+    error instanceof ConnectionError ||
+    error instanceof ClosedConnectionError ||
+    error instanceof DrainingConnectionError ||
+    error instanceof NoRespondersError ||
+    (error instanceof RequestError && error.isNoResponders())
+  ) {
+    return new TransportUnavailable({ transport, message, cause: error })
+  }
+  if (error instanceof InvalidArgumentError) {
+    // e.g. "max_payload size exceeded": the same message fails the same way.
+    return new TransportFailure({ transport, message, retryable: false, cause: error })
+  }
+  if (error instanceof JetStreamApiError) {
+    const retryable = error.status >= 500 || !(permanentApiCodes.has(error.code) || error.status === 400)
+    return new TransportFailure({ transport, message, retryable, cause: error })
+  }
+  if (error instanceof Error && error.name === "JetStreamNotEnabled") {
+    // No responders on a JetStream subject: the stream leader is being elected or the
+    // server is starting. The same server answers once it is back.
+    return new TransportUnavailable({ transport, message, cause: error })
+  }
+  if (error instanceof JetStreamError) {
+    // Status errors of pulls (408, 409, 503) and "heartbeats missed": not reachable right now.
+    return new TransportUnavailable({ transport, message, cause: error })
+  }
+  return new TransportFailure({ transport, message, retryable: true, cause: error })
+}
+
+/** True for failures where retrying the same call later can help. */
+export const isRetryable = (error: BusError): boolean => error.retryable

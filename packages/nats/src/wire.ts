@@ -1,0 +1,118 @@
+import {
+  type Address,
+  type BusError,
+  cappedBackoff,
+  type DeliveredEvent,
+  decodeEnvelope,
+  type Envelope,
+} from "@bus/core"
+import { type MsgHdrs, headers as natsHeaders } from "@nats-io/transport-node"
+import { Effect } from "effect"
+import { encodeCursor } from "./cursor.js"
+
+/**
+ * What goes on the wire: the envelope as compact JSON (the same bytes the outbox
+ * measures), `Nats-Msg-Id` = event id, and the W3C trace headers copied into NATS
+ * headers so tracing tools see them without parsing the body.
+ *
+ * @module
+ */
+
+const encoder = new TextEncoder()
+const decoder = new TextDecoder("utf-8", { fatal: true })
+
+/** Bytes kept free of the server's `max_payload` for NATS headers (Nats-Msg-Id, traceparent, tracestate). */
+export const headerReserveBytes = 1024
+
+/** Trace headers carried as NATS headers too, with their longest accepted value. */
+const traceHeaders: ReadonlyArray<readonly [string, number]> = [
+  ["traceparent", 128],
+  ["tracestate", 512],
+]
+const printable = /^[\x20-\x7e]*$/
+
+/** The envelope's JSON bytes, fields in their canonical order. */
+export const encodeEnvelope = (event: Envelope): Uint8Array =>
+  encoder.encode(
+    JSON.stringify({
+      id: event.id,
+      tenant: event.tenant,
+      channel: event.channel,
+      type: event.type,
+      data: event.data,
+      headers: event.headers,
+      time: event.time,
+    }),
+  )
+
+/** NATS headers for an event: trace context only (the id travels as `msgID`). */
+export const traceHeadersOf = (event: Envelope): MsgHdrs | undefined => {
+  let h: MsgHdrs | undefined
+  for (const [name, max] of traceHeaders) {
+    const value = event.headers[name]
+    // Only well-formed single-line values: a header value must never smuggle a CR/LF.
+    if (value === undefined || value.length === 0 || value.length > max || !printable.test(value)) continue
+    h ??= natsHeaders()
+    h.set(name, value)
+  }
+  return h
+}
+
+/** Upper bound of the encoded NATS header block for an event with `traceHeadersOf`. */
+export const headerBytes = (event: Envelope): number => {
+  let n = "NATS/1.0\r\n".length + `Nats-Msg-Id: ${event.id}\r\n`.length + 2
+  for (const [name, max] of traceHeaders) {
+    const value = event.headers[name]
+    if (value !== undefined && value.length > 0 && value.length <= max && printable.test(value)) {
+      n += name.length + 2 + value.length + 2
+    }
+  }
+  return n
+}
+
+/**
+ * Decodes a stored message into a delivered event, or explains why it is not one of
+ * ours: not UTF-8 JSON, not an envelope, or an envelope naming another address than
+ * its subject (which would otherwise let a writer on one subject reach another tenant).
+ */
+export const decodeMessage = (
+  data: Uint8Array,
+  seq: number,
+  address: Address,
+): Effect.Effect<DeliveredEvent, string> =>
+  Effect.gen(function* () {
+    let json: unknown
+    try {
+      json = JSON.parse(decoder.decode(data))
+    } catch (e) {
+      return yield* Effect.fail(`not UTF-8 JSON (${e instanceof Error ? e.message : String(e)})`)
+    }
+    const envelope = yield* decodeEnvelope(json).pipe(Effect.mapError((e) => e.message))
+    if (envelope.tenant !== address.tenant || envelope.channel !== address.channel) {
+      return yield* Effect.fail(
+        `envelope is for ${envelope.tenant}/${envelope.channel}, not ${address.tenant}/${address.channel}`,
+      )
+    }
+    return { ...envelope, cursor: encodeCursor(seq) }
+  })
+
+/** Retries `effect` with capped, jittered backoff for as long as its error is retryable. */
+export const retryWhileRetryable = <A, R>(
+  effect: Effect.Effect<A, BusError, R>,
+  what: string,
+  max: `${number} millis` | `${number} seconds` = "5 seconds",
+): Effect.Effect<A, BusError, R> =>
+  Effect.suspend(() => {
+    let failures = 0
+    return effect.pipe(
+      Effect.tapError((e) => {
+        if (!e.retryable) return Effect.void
+        failures++
+        // Quiet for a blip; loud when it lasts (about 5 s, then every ~2 minutes).
+        return failures === 5 || failures % 30 === 0
+          ? Effect.logWarning(`nats: ${what} keeps failing (${failures} attempts), retrying: ${e.message}`)
+          : Effect.logDebug(`nats: ${what} failed, retrying: ${e.message}`)
+      }),
+      Effect.retry({ schedule: cappedBackoff("50 millis", max), while: (e) => e.retryable }),
+    )
+  })

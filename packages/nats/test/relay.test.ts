@@ -1,0 +1,141 @@
+import { createBus, type DeliveredEvent, MemoryOutbox } from "@bus/core"
+import { type ServerHandle, startNats } from "@bus/test-infra"
+import { afterAll, beforeAll, expect, it } from "vitest"
+import { natsTransport } from "../src/index.js"
+import { KillableRelay, plainConnection, storedIds, uniqueName, waitFor } from "./support.js"
+
+let server: ServerHandle
+
+beforeAll(async () => {
+  server = await startNats()
+})
+
+afterAll(async () => {
+  await server?.stop()
+})
+
+it("a relay killed mid-batch and restarted re-sends the batch: the stream stores every event once, handlers see each once", async () => {
+  const outbox = MemoryOutbox.make()
+  const relay = new KillableRelay(outbox, { servers: server.url }, { leaseMs: 1_000, batchSize: 100 })
+  const bus = await createBus({
+    outbox: outbox.layer,
+    transports: { nats: natsTransport({ servers: server.url }) },
+    transport: "nats",
+    env: false,
+    relay: false,
+  })
+  const nc = await plainConnection(server.url)
+  try {
+    await relay.start()
+    const tenant = uniqueName("t")
+    const channel = uniqueName("c")
+    const subscribed: Array<DeliveredEvent> = []
+    const handled: Array<string> = []
+    const sub = bus.subscribe({ tenant, channel, from: "beginning" })
+    const reading = (async () => {
+      for await (const e of sub) subscribed.push(e)
+    })()
+    const consumer = bus.consume({ tenant, channel, group: "g" }, (e) => {
+      handled.push(e.id)
+    })
+
+    // Armed before the commit: the relay's first batch holds all 50 rows, and dies after 20 sends.
+    const killed = relay.killMidBatch(20)
+    const { ids } = await outbox.transaction((tx) =>
+      bus.publish(
+        tx,
+        Array.from({ length: 50 }, (_, seq) => ({
+          tenant,
+          channel,
+          type: "relay.kill",
+          data: { tx: "t0", seq },
+        })),
+      ),
+    )
+    await killed
+    await waitFor(
+      () => handled.length >= 50 && subscribed.length >= 50,
+      30_000,
+      () => `all 50 (handled ${handled.length})`,
+    )
+    await waitFor(
+      async () => (await bus.runtime.runPromise(outbox.store.backlog)) === 0,
+      10_000,
+      "an empty backlog",
+    )
+
+    const stored = await storedIds(nc, "BUS", `bus.${tenant}.${channel}`)
+    const duplicatesInStream = stored.count - new Set(stored.ids).size
+    console.log(
+      `nats fault "relay killed mid-batch (relayBatch)": sent=${ids.length} stored=${stored.count} resent=${relay.resends} delivered=${new Set(handled).size} duplicates=${handled.length - new Set(handled).size} duplicates in stream=${duplicatesInStream}`,
+    )
+    expect(relay.kills).toBe(1)
+    expect(relay.resends, "the restarted relay re-sent what the killed one had sent").toBe(20)
+    expect(stored.count).toBe(50)
+    expect(new Set(stored.ids)).toEqual(new Set(ids))
+    expect(handled).toEqual(ids)
+    expect(subscribed.map((e) => e.id)).toEqual(ids)
+    await consumer.close()
+    await sub.close()
+    await reading
+  } finally {
+    await bus.close()
+    await relay.stop()
+    await nc.close()
+  }
+})
+
+it('"now" leaves out events committed before it that the relay sends later, and keeps everything committed after `ready`', async () => {
+  const outbox = MemoryOutbox.make()
+  const relay = new KillableRelay(outbox, { servers: server.url }, { leaseMs: 1_000 })
+  const bus = await createBus({
+    outbox: outbox.layer,
+    transports: { nats: natsTransport({ servers: server.url }) },
+    transport: "nats",
+    env: false,
+    relay: false,
+  })
+  try {
+    const tenant = uniqueName("t")
+    const channel = uniqueName("c")
+    const publish = (tx: string, n: number) =>
+      outbox.transaction((t) =>
+        bus.publish(
+          t,
+          Array.from({ length: n }, (_, seq) => ({ tenant, channel, type: "now.test", data: { tx, seq } })),
+        ),
+      )
+    // Committed before subscribe(), still in the outbox: no relay runs yet.
+    const before = (await publish("before", 5)).ids
+    const sub = bus.subscribe({ tenant, channel, from: "now" })
+    const start = await sub.ready
+    expect(start).toMatch(/^nats1:\d+\+\d+\+/)
+    const after = (await publish("after", 5)).ids
+    const got: Array<DeliveredEvent> = []
+    const reading = (async () => {
+      for await (const e of sub) got.push(e)
+    })()
+    // The relay now sends the old events first, then the new ones.
+    await relay.start()
+    await waitFor(() => after.every((id) => got.some((e) => e.id === id)), 15_000, "the events after ready")
+    const sentinel = (await publish("sentinel", 1)).ids[0]!
+    await waitFor(() => got.some((e) => e.id === sentinel), 15_000, "the sentinel")
+    console.log(
+      `nats "now" with a lagging relay: before=${before.length} (delivered ${got.filter((e) => before.includes(e.id)).length}) after=${after.length} (delivered ${got.filter((e) => after.includes(e.id)).length})`,
+    )
+    expect(got.map((e) => e.id)).toEqual([...after, sentinel])
+    // A resumed subscription from a delivered (plain) cursor reads on from there.
+    const resumed = bus.subscribe({ tenant, channel, from: got[1]!.cursor })
+    const rest: Array<string> = []
+    for await (const e of resumed) {
+      rest.push(e.id)
+      if (rest.length === 4) break
+    }
+    expect(rest).toEqual([...after.slice(2), sentinel])
+    await sub.close()
+    await reading
+  } finally {
+    await bus.close()
+    await relay.stop()
+  }
+})

@@ -1,0 +1,254 @@
+import { randomBytes } from "node:crypto"
+import { createServer, type Server, Socket } from "node:net"
+import { setTimeout as delay } from "node:timers/promises"
+import {
+  type BusError,
+  type Envelope,
+  type MemoryOutbox,
+  OutboxStore,
+  type RelayOptions,
+  runRelay,
+  Transport,
+} from "@bus/core"
+import { jetstreamManager } from "@nats-io/jetstream"
+import { connect, type NatsConnection } from "@nats-io/transport-node"
+import { Effect, Fiber, Layer, ManagedRuntime } from "effect"
+import { type NatsTransportOptions, natsTransport } from "../src/index.js"
+
+/** Polls `predicate` until it holds (2 ms growing to 50 ms), failing after `timeoutMs` with `what`. */
+export async function waitFor(
+  predicate: () => boolean | Promise<boolean>,
+  timeoutMs: number,
+  what: string | (() => string) = "condition",
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  let interval = 2
+  for (;;) {
+    if (await predicate()) return
+    if (Date.now() >= deadline) {
+      throw new Error(
+        `timed out after ${timeoutMs} ms waiting for ${typeof what === "function" ? what() : what}`,
+      )
+    }
+    await delay(interval)
+    interval = Math.min(50, interval * 2)
+  }
+}
+
+/** A name that passes the naming rule, unique per call. */
+export const uniqueName = (prefix = "t"): string => `${prefix}${randomBytes(6).toString("hex")}`
+
+/**
+ * A TCP proxy in front of a server, so a test can drop every client connection (as a
+ * network failure would) while the server stays up: NATS 2.9 has no API to kick a client.
+ */
+export class TcpProxy {
+  readonly #server: Server
+  readonly #sockets = new Set<Socket>()
+  #port = 0
+  dropped = 0
+  private constructor(
+    readonly target: { readonly host: string; readonly port: number },
+    server: Server,
+  ) {
+    this.#server = server
+  }
+
+  /** Starts a proxy on a free loopback port in front of `url` (`nats://host:port`). */
+  static async start(url: string): Promise<TcpProxy> {
+    const u = new URL(url)
+    const target = { host: u.hostname, port: Number(u.port) }
+    const server = createServer()
+    const proxy = new TcpProxy(target, server)
+    server.on("connection", (client) => proxy.#pipe(client))
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject)
+      server.listen(0, "127.0.0.1", () => resolve())
+    })
+    const address = server.address()
+    proxy.#port = typeof address === "object" && address !== null ? address.port : 0
+    return proxy
+  }
+
+  /** The URL clients connect to. */
+  get url(): string {
+    return `nats://127.0.0.1:${this.#port}`
+  }
+
+  #pipe(client: Socket): void {
+    const upstream = new Socket()
+    // No Nagle: small protocol writes (an ack, then the next pull) must not wait ~40 ms
+    // for the peer's delayed ACK, or the proxy itself would throttle delivery.
+    client.setNoDelay(true)
+    upstream.setNoDelay(true)
+    this.#sockets.add(client)
+    this.#sockets.add(upstream)
+    const close = () => {
+      client.destroy()
+      upstream.destroy()
+      this.#sockets.delete(client)
+      this.#sockets.delete(upstream)
+    }
+    client.on("error", close).on("close", close)
+    upstream.on("error", close).on("close", close)
+    upstream.connect(this.target.port, this.target.host, () => {
+      client.pipe(upstream)
+      upstream.pipe(client)
+    })
+  }
+
+  /** Drops every proxied connection at once (both ends reset); resolves when they are gone. */
+  async dropAll(): Promise<number> {
+    const sockets = [...this.#sockets]
+    for (const s of sockets) s.resetAndDestroy()
+    this.dropped += sockets.length / 2
+    await waitFor(() => sockets.every((s) => s.destroyed), 5_000, "proxied sockets to close")
+    return sockets.length / 2
+  }
+
+  /** Stops listening and drops everything. */
+  async close(): Promise<void> {
+    for (const s of this.#sockets) s.destroy()
+    this.#sockets.clear()
+    await new Promise<void>((resolve) => this.#server.close(() => resolve()))
+  }
+}
+
+/** A plain client connection for assertions and fault setup, closed by the caller. */
+export const plainConnection = (servers: string | ReadonlyArray<string>): Promise<NatsConnection> =>
+  connect({ servers: [servers].flat(), maxReconnectAttempts: -1, reconnectTimeWait: 200 })
+
+/** Messages stored in `stream` under `subject`, and the ids they carry (one entry per message). */
+export async function storedIds(
+  nc: NatsConnection,
+  stream: string,
+  subject: string,
+): Promise<{ readonly count: number; readonly ids: ReadonlyArray<string> }> {
+  const jsm = await jetstreamManager(nc)
+  const js = jsm.jetstream()
+  const info = await jsm.streams.info(stream, { subjects_filter: subject })
+  const count = info.state.subjects?.[subject] ?? 0
+  if (count === 0) return { count, ids: [] }
+  const consumer = await js.consumers.get(stream, { filter_subjects: subject })
+  const ids: Array<string> = []
+  const messages = await consumer.fetch({ max_messages: count, expires: 5_000 })
+  for await (const m of messages) {
+    ids.push((m.json() as Envelope).id)
+    if (ids.length >= count) break
+  }
+  await consumer.delete().catch(() => {})
+  return { count, ids }
+}
+
+/**
+ * A relay that runs outside any bus, over `outbox`, that a test can kill in the middle
+ * of a batch and start again. `killMidBatch(k)` waits for a batch of more than `k` rows,
+ * lets the relay send `k` of them, then freezes its next send (as a process that died
+ * there would: the batch is never completed, its leases stay until they expire),
+ * interrupts it, and starts a fresh relay, which re-sends those `k` rows later.
+ *
+ * The core relay settles its batch when it is interrupted (a bus closing); a killed
+ * process runs no finalizer, so the killed relay's settle calls are dropped here before
+ * they reach the outbox: its rows stay leased until the lease expires.
+ */
+export class KillableRelay {
+  readonly #runtime: ManagedRuntime.ManagedRuntime<OutboxStore | Transport, BusError>
+  readonly #options: RelayOptions
+  #fiber: Fiber.Fiber<never, unknown> | undefined
+  #armed: { readonly after: number; readonly resolve: () => void } | undefined
+  #batch = { leased: 0, sent: 0 }
+  #generation = 0
+  readonly #dead = new Set<string>()
+  readonly #sent = new Set<string>()
+  /** Sends that reached the transport. */
+  sends = 0
+  /** Sends of an event id sent before (what the broker must drop). */
+  resends = 0
+  kills = 0
+
+  constructor(outbox: MemoryOutbox, transport: NatsTransportOptions, options: RelayOptions = {}) {
+    const self = this
+    const hooked = Layer.effect(
+      Transport,
+      Effect.gen(function* () {
+        const inner = yield* Transport
+        return Transport.of({
+          ...inner,
+          send: (e: Envelope) => self.#beforeSend(e).pipe(Effect.andThen(inner.send(e))),
+        })
+      }),
+    ).pipe(Layer.provide(natsTransport(transport)))
+    const alive = <A>(owner: string, effect: Effect.Effect<A, BusError>, dead: A) =>
+      Effect.suspend(() => (self.#dead.has(owner) ? Effect.succeed(dead) : effect))
+    const store = Layer.succeed(
+      OutboxStore,
+      OutboxStore.of({
+        ...outbox.store,
+        complete: (owner, ids) => alive(owner, outbox.store.complete(owner, ids), undefined),
+        release: (owner, ids) => alive(owner, outbox.store.release(owner, ids), undefined),
+        fail: (owner, failures, max) => alive(owner, outbox.store.fail(owner, failures, max), { parked: 0 }),
+        lease: (owner, limit, leaseMs) =>
+          outbox.store.lease(owner, limit, leaseMs).pipe(
+            Effect.tap((rows) =>
+              Effect.sync(() => {
+                self.#batch = { leased: rows.length, sent: 0 }
+              }),
+            ),
+          ),
+      }),
+    )
+    this.#runtime = ManagedRuntime.make(Layer.merge(hooked, store))
+    this.#options = options
+  }
+
+  #beforeSend(e: Envelope): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      const armed = this.#armed
+      if (armed !== undefined && this.#batch.sent >= armed.after && this.#batch.leased > armed.after) {
+        this.#armed = undefined
+        armed.resolve()
+        return Effect.never
+      }
+      this.#batch.sent++
+      this.sends++
+      if (this.#sent.has(e.id)) this.resends++
+      this.#sent.add(e.id)
+      return Effect.void
+    })
+  }
+
+  #owner(): string {
+    return `killable-relay-${this.#generation}`
+  }
+
+  #run(): void {
+    this.#fiber = this.#runtime.runFork(runRelay({ ...this.#options, owner: this.#owner() }))
+  }
+
+  /** Starts relaying. */
+  async start(): Promise<void> {
+    await this.#runtime.runPromise(Effect.void)
+    this.#run()
+  }
+
+  /** Kills the relay after `after` sends of a batch of more rows, then starts a new one. */
+  async killMidBatch(after = 3): Promise<void> {
+    await new Promise<void>((resolve) => {
+      this.#armed = { after, resolve }
+    })
+    const fiber = this.#fiber
+    this.#dead.add(this.#owner())
+    if (fiber !== undefined) await this.#runtime.runPromise(Fiber.interrupt(fiber))
+    this.kills++
+    this.#generation++
+    this.#run()
+  }
+
+  /** Stops the relay and its connection. */
+  async stop(): Promise<void> {
+    const fiber = this.#fiber
+    this.#fiber = undefined
+    if (fiber !== undefined) await this.#runtime.runPromise(Fiber.interrupt(fiber)).catch(() => {})
+    await this.#runtime.dispose()
+  }
+}
