@@ -23,11 +23,18 @@ export {
   type DeadLetter,
   type ForwardFailure,
   type GroupClaim,
+  type GroupKey,
   type LeasedEvent,
   type OutboxPage,
   OutboxStore,
 } from "./contracts/OutboxStore.js"
-export { type Delivery, type GroupRequest, type SubscribeRequest, Transport } from "./contracts/Transport.js"
+export {
+  type Delivery,
+  type GroupRequest,
+  type SendMeta,
+  type SubscribeRequest,
+  Transport,
+} from "./contracts/Transport.js"
 export { type CloudEvent, fromCloudEvent, toCloudEvent } from "./envelope/CloudEvent.js"
 export {
   type DeliveredEvent,
@@ -62,10 +69,28 @@ export {
   type SubscribeOptions,
   type Subscription,
 } from "./facade/createBus.js"
+export {
+  flipCursorExpired,
+  frontierSeparator,
+  notCoveredBy,
+  outboxCursorOf,
+  splitCursor,
+  withFrontier,
+} from "./flip/flip.js"
 export { MemoryOutbox, MemoryTransaction } from "./memory/MemoryOutbox.js"
 export { memoryBroker, memoryTransport } from "./memory/memoryTransports.js"
 export * as Metrics from "./metrics/metrics.js"
 export { checkAddress, checkName, maxNameLength, type NameField, validateName } from "./names/Name.js"
+export {
+  ageOf,
+  destinationOf,
+  type MessagingOperation,
+  messageAttributes,
+  messagingAttributes,
+  producerLinks,
+  producerSpanOf,
+  traceparentOf,
+} from "./observability/telemetry.js"
 export { dedupeById, defaultDedupeWindow } from "./outbox-transport/dedupe.js"
 export { type OutboxTransportOptions, outboxTransport } from "./outbox-transport/OutboxTransport.js"
 export { Publisher, type PublisherOptions, type PublishReceipt } from "./publisher/Publisher.js"

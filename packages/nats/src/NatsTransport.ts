@@ -5,6 +5,7 @@ import {
   checkAddress,
   type Envelope,
   OutboxStore,
+  type SendMeta,
   Transport,
   TransportFailure,
   TransportUnavailable,
@@ -79,12 +80,12 @@ const makeSend = (
   o: ResolvedOptions,
   serverMaxPayload: number,
 ) => {
-  const send = (event: Envelope): Effect.Effect<void, BusError> =>
+  const send = (event: Envelope, meta?: SendMeta): Effect.Effect<void, BusError> =>
     Effect.gen(function* () {
       const address = yield* checkAddress(event)
       const subject = subjectOf(o.prefix, address)
       const payload = encodeEnvelope(event)
-      const total = payload.byteLength + headerBytes(event)
+      const total = payload.byteLength + headerBytes(event, meta)
       if (total > serverMaxPayload) {
         return yield* new TransportFailure({
           transport: "nats",
@@ -92,7 +93,7 @@ const makeSend = (
           message: `nats: event ${event.id} is ${total} bytes with headers; the server's max_payload is ${serverMaxPayload}`,
         })
       }
-      const headers = traceHeadersOf(event)
+      const headers = traceHeadersOf(event, meta)
       const started = Date.now()
       for (let attempt = 1; ; attempt++) {
         const exit = yield* Effect.exit(

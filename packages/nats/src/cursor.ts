@@ -1,4 +1,4 @@
-import { CursorInvalid } from "@bus/core"
+import { CursorInvalid, splitCursor } from "@bus/core"
 
 /**
  * NATS cursors. A delivered event's cursor is `nats1:<stream sequence>`: the JetStream
@@ -49,7 +49,8 @@ const invalid = (cursor: string): CursorInvalid => {
 /** Reads a cursor back, or says why it cannot be read. */
 export const parseCursor = (cursor: string): ParsedCursor | CursorInvalid => {
   if (typeof cursor !== "string" || !cursor.startsWith(prefix)) return invalid(String(cursor))
-  const rest = cursor.slice(prefix.length)
+  // A delivered event's cursor may carry an outbox frontier after "~" (docs/flip.md).
+  const rest = splitCursor(cursor).base.slice(prefix.length)
   const p = plain.exec(rest)
   if (p !== null) return { seq: Number(p[1]) }
   const a = anchored.exec(rest)

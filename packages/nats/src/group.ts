@@ -26,7 +26,7 @@ import type { ConnectionWatch } from "./connection.js"
 import { toBusError } from "./errors.js"
 import type { ResolvedOptions } from "./options.js"
 import { deadLetterSubjectOf, durableName, subjectOf } from "./subjects.js"
-import { decodeMessage, retryWhileRetryable } from "./wire.js"
+import { decodeMessage, positionOfMessage, retryWhileRetryable } from "./wire.js"
 
 /**
  * Consumer groups: one durable JetStream consumer per (tenant, channel, group) with
@@ -290,14 +290,17 @@ export const makeGroup =
 
         const onMessage = (h: Held) =>
           Effect.gen(function* () {
-            const decoded = yield* Effect.exit(decodeMessage(h.msg.data, h.msg.seq, address))
+            const decoded = yield* Effect.exit(decodeMessage(h.msg.data, h.msg.seq, address, h.msg.headers))
             if (decoded._tag === "Failure") {
               yield* Effect.logWarning(
                 `nats: group ${group} terminated malformed message ${subject}#${h.msg.seq}: ${String(Cause.squash(decoded.cause))}`,
               )
               return yield* settle(h, (m) => m.term())
             }
-            yield* Queue.offer(deliveries, toDelivery(h, decoded.value))
+            yield* Queue.offer(deliveries, {
+              ...toDelivery(h, decoded.value),
+              position: positionOfMessage(h.msg.headers),
+            })
           })
 
         /** One pull of up to `n` messages; permits it did not use are returned when it ends. */

@@ -5,7 +5,10 @@ import {
   CursorInvalid,
   checkAddress,
   type DeliveredEvent,
+  flipCursorExpired,
+  notCoveredBy,
   type OutboxStore,
+  outboxCursorOf,
   type SubscribeRequest,
 } from "@bus/core"
 import { DeliverPolicy, type JetStreamClient, type JetStreamManager, type JsMsg } from "@nats-io/jetstream"
@@ -15,7 +18,7 @@ import { encodeCursor, encodeHeadCursor, parseCursor } from "./cursor.js"
 import { toBusError } from "./errors.js"
 import type { ResolvedOptions } from "./options.js"
 import { subjectOf } from "./subjects.js"
-import { decodeMessage, retryWhileRetryable } from "./wire.js"
+import { decodeMessage, positionOfMessage, retryWhileRetryable } from "./wire.js"
 
 /**
  * Subscriptions: an ordered (ephemeral, unacknowledged) JetStream consumer filtered to
@@ -39,8 +42,11 @@ export interface SubscribeDeps {
 /** Where the ordered consumer starts. */
 type Start = { readonly seq: number }
 
-/** Decides, per stream message, whether a subscription from a head cursor delivers it. */
-type Classify = (event: DeliveredEvent) => Effect.Effect<boolean, BusError>
+/**
+ * Decides, per stream message, whether a subscription delivers it: from a head cursor, or
+ * from an outbox cursor after a flip (by the outbox position the relay stored with it).
+ */
+type Classify = (event: DeliveredEvent, position: string | undefined) => Effect.Effect<boolean, BusError>
 
 const streamState = (deps: SubscribeDeps) =>
   retryWhileRetryable(
@@ -124,6 +130,21 @@ const resolveStart = (
 ): Effect.Effect<{ readonly start: Start; readonly classify?: Classify }, BusError> =>
   Effect.gen(function* () {
     if (from === "beginning") return { start: { seq: 1 } }
+    // After a flip: an outbox cursor (or another broker's cursor carrying its outbox frontier).
+    // The stream holds every event the relay forwarded with its outbox position: read it from
+    // the start and skip exactly what the cursor covers.
+    const outboxCursor =
+      from === "now" || !(parseCursor(from) instanceof CursorInvalid)
+        ? undefined
+        : outboxCursorOf(deps.store, from)
+    if (outboxCursor !== undefined && Option.isSome(deps.store)) {
+      const state = yield* streamState(deps)
+      if (state.first_seq > 1 || state.num_deleted > 0) {
+        return yield* flipCursorExpired(from, `stream ${deps.o.streamName}`)
+      }
+      const keep = notCoveredBy(deps.store.value, outboxCursor)
+      return { start: { seq: 1 }, classify: (_event, position) => Effect.succeed(keep(position)) }
+    }
     const cursor = from === "now" ? yield* head(address) : from
     const parsed = parseCursor(cursor)
     if (parsed instanceof CursorInvalid) return yield* parsed
@@ -170,13 +191,14 @@ const orderedMessages = (
           Effect.gen(function* () {
             const seq = m.seq
             start = { seq: seq + 1 }
-            const decoded = yield* Effect.exit(decodeMessage(m.data, seq, address))
+            const decoded = yield* Effect.exit(decodeMessage(m.data, seq, address, m.headers))
             if (decoded._tag === "Failure") {
               const reason = Cause.squash(decoded.cause)
               yield* Effect.logWarning(`nats: skipped malformed message ${subject}#${seq}: ${String(reason)}`)
               return
             }
-            if (classify !== undefined && !(yield* classify(decoded.value))) return
+            if (classify !== undefined && !(yield* classify(decoded.value, positionOfMessage(m.headers))))
+              return
             failures = 0
             yield* Queue.offer(queue, decoded.value)
           })

@@ -5,6 +5,8 @@ import {
   type DeliveredEvent,
   decodeEnvelope,
   type Envelope,
+  type SendMeta,
+  withFrontier,
 } from "@bus/core"
 import { type MsgHdrs, headers as natsHeaders } from "@nats-io/transport-node"
 import { Effect } from "effect"
@@ -45,8 +47,27 @@ export const encodeEnvelope = (event: Envelope): Uint8Array =>
     }),
   )
 
-/** NATS headers for an event: trace context only (the id travels as `msgID`). */
-export const traceHeadersOf = (event: Envelope): MsgHdrs | undefined => {
+/** Header with the event's outbox position, stored by the relay (cursors across a flip, docs/flip.md). */
+export const positionHeader = "Bus-Outbox-Position"
+/** Header with the event's outbox frontier, appended to its cursor after `~` (docs/flip.md). */
+export const frontierHeader = "Bus-Outbox-Frontier"
+/** Longest position or frontier carried (the relay keeps them far shorter). */
+const maxOutboxHeader = 256
+
+const outboxHeaders = (meta: SendMeta | undefined): ReadonlyArray<readonly [string, string]> => {
+  const out: Array<readonly [string, string]> = []
+  for (const [name, value] of [
+    [positionHeader, meta?.position],
+    [frontierHeader, meta?.frontier],
+  ] as const) {
+    if (value !== undefined && value.length > 0 && value.length <= maxOutboxHeader && printable.test(value))
+      out.push([name, value])
+  }
+  return out
+}
+
+/** NATS headers for an event: trace context, and the relay's outbox position and frontier (the id travels as `msgID`). */
+export const traceHeadersOf = (event: Envelope, meta?: SendMeta): MsgHdrs | undefined => {
   let h: MsgHdrs | undefined
   for (const [name, max] of traceHeaders) {
     const value = event.headers[name]
@@ -55,12 +76,21 @@ export const traceHeadersOf = (event: Envelope): MsgHdrs | undefined => {
     h ??= natsHeaders()
     h.set(name, value)
   }
+  for (const [name, value] of outboxHeaders(meta)) {
+    h ??= natsHeaders()
+    h.set(name, value)
+  }
   return h
 }
 
+/** The outbox position the relay stored with a message, if any. */
+export const positionOfMessage = (headers: MsgHdrs | undefined): string | undefined =>
+  headers?.get(positionHeader) || undefined
+
 /** Upper bound of the encoded NATS header block for an event with `traceHeadersOf`. */
-export const headerBytes = (event: Envelope): number => {
+export const headerBytes = (event: Envelope, meta?: SendMeta): number => {
   let n = "NATS/1.0\r\n".length + `Nats-Msg-Id: ${event.id}\r\n`.length + 2
+  for (const [name, value] of outboxHeaders(meta)) n += name.length + 2 + value.length + 2
   for (const [name, max] of traceHeaders) {
     const value = event.headers[name]
     if (value !== undefined && value.length > 0 && value.length <= max && printable.test(value)) {
@@ -79,6 +109,7 @@ export const decodeMessage = (
   data: Uint8Array,
   seq: number,
   address: Address,
+  headers?: MsgHdrs,
 ): Effect.Effect<DeliveredEvent, string> =>
   Effect.gen(function* () {
     let json: unknown
@@ -93,7 +124,7 @@ export const decodeMessage = (
         `envelope is for ${envelope.tenant}/${envelope.channel}, not ${address.tenant}/${address.channel}`,
       )
     }
-    return { ...envelope, cursor: encodeCursor(seq) }
+    return { ...envelope, cursor: withFrontier(encodeCursor(seq), headers?.get(frontierHeader) || undefined) }
   })
 
 /** Retries `effect` with capped, jittered backoff for as long as its error is retryable. */

@@ -88,7 +88,11 @@ export const postgresNotify = (options: PostgresNotifyOptions = {}): PostgresNot
     if (!(choice instanceof ConfigError)) selected = choice.transport
   }
   const notify = options.notify ?? notifyModeFor(selected)
-  const outbox = postgresOutboxLayer({ ...storeOptions, notify })
+  // The transport in the pool's application_name, so operators see which transport each
+  // process runs (`bus status` lists them from pg_stat_activity).
+  const applicationName =
+    storeOptions.applicationName ?? (selected === undefined ? "bus" : `bus (${selected})`)
+  const outbox = postgresOutboxLayer({ ...storeOptions, applicationName, notify })
   const transport = outboxTransport({
     name: transportName,
     ...(pageSize !== undefined ? { pageSize } : {}),

@@ -152,6 +152,8 @@ describe("after-commit batched NOTIFY", () => {
     await eventually(() => (got.length === 1 ? true : undefined), 5_000)
     const latency = Date.now() - started
     expect(got[0]!.id).toBe(e.id)
+    // The counter listens on a connection of its own: its copy of the NOTIFY may land a moment later.
+    await eventually(() => (notes.of(A) >= 1 ? true : undefined), 5_000)
     expect(notes.of(A)).toBe(1)
     expect(latency).toBeLessThan(2_000)
     console.log(`[batched] commit → delivery ${latency} ms with a 10 ms window`)

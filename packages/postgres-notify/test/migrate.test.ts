@@ -32,12 +32,13 @@ const tables = async (schema: string) =>
 describe("migrate", () => {
   it("creates the schema once and is a no-op after", async () => {
     const first = await migrate({ connectionString: db.url, schema: "bus" })
-    expect(first).toMatchObject({ schema: "bus", applied: [1], version: latestVersion })
+    expect(first).toMatchObject({ schema: "bus", applied: [1, 2], version: latestVersion })
     const second = await migrate({ pool: db.pool, schema: "bus" })
     expect(second).toMatchObject({ applied: [], version: latestVersion, epoch: first.epoch })
     expect(await tables("bus")).toEqual([
       "consumer_groups",
       "dead_letters",
+      "group_inbox",
       "meta",
       "outbox",
       "schema_migrations",

@@ -7,6 +7,7 @@ import {
   type Envelope,
   OutboxStore,
   PayloadTooLarge,
+  type SendMeta,
   Transport,
   TransportUnavailable,
 } from "@bus/core"
@@ -91,7 +92,7 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
       const { head, subscribe } = yield* makeSubscribe(main, config, store)
       const maxLen = config.maxLen ?? 0
 
-      const send = (event: Envelope): Effect.Effect<void, BusError> =>
+      const send = (event: Envelope, meta?: SendMeta): Effect.Effect<void, BusError> =>
         Effect.gen(function* () {
           const address = yield* checkAddress(event)
           const keys = channelKeys(config.keyPrefix, address)
@@ -108,7 +109,14 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
             main,
             sendScript,
             [keys.stream, keys.dedupe(event.id)],
-            [config.dedupeTtlMs, maxLen, entry.id, entry.envelope],
+            [
+              config.dedupeTtlMs,
+              maxLen,
+              entry.id,
+              entry.envelope,
+              meta?.position ?? "",
+              meta?.frontier ?? "",
+            ],
           )
         })
 

@@ -1,4 +1,4 @@
-import { type Address, type DeliveredEvent, decodeEnvelope, type Envelope } from "@bus/core"
+import { type Address, type DeliveredEvent, decodeEnvelope, type Envelope, withFrontier } from "@bus/core"
 import { Effect } from "effect"
 import { fieldOf, type RawEntry } from "./connection.js"
 import { toCursor } from "./keys.js"
@@ -7,7 +7,9 @@ import { toCursor } from "./keys.js"
  * How an event is stored in a stream entry, and read back.
  *
  * An entry has two fields: `id` (the event id, for operators reading the stream) and
- * `envelope` (the envelope as compact JSON, exactly what the outbox stored). Entries are
+ * `envelope` (the envelope as compact JSON, exactly what the outbox stored), and, when the
+ * relay passed them, `pos` (the event's outbox position) and `front` (an outbox frontier
+ * that the event's cursor carries after `~`; see docs/flip.md). Entries are
  * untrusted on the way back: anything else another writer put into the stream is
  * skipped with a warning, never delivered.
  *
@@ -49,8 +51,11 @@ export const decodeEntry = (address: Address, entry: RawEntry): Effect.Effect<De
     if (idField !== undefined && idField !== envelope.id) {
       return yield* Effect.fail("the id field does not match the envelope's id")
     }
-    return { ...envelope, cursor: toCursor(entry.id) }
+    return { ...envelope, cursor: withFrontier(toCursor(entry.id), fieldOf(entry, "front")) }
   })
+
+/** The outbox position the relay stored with an entry, if any. */
+export const positionOf = (entry: RawEntry): string | undefined => fieldOf(entry, "pos")
 
 /** Decodes an entry for delivery; a malformed one is logged and yields `undefined`. */
 export const decodeOrSkip = (

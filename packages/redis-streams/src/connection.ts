@@ -1,5 +1,12 @@
-import { type BusError, backoffDelay, isBusError, TransportFailure, TransportUnavailable } from "@bus/core"
-import { Effect, type Scope } from "effect"
+import {
+  type BusError,
+  backoffDelay,
+  isBusError,
+  Metrics,
+  TransportFailure,
+  TransportUnavailable,
+} from "@bus/core"
+import { Effect, Metric, type Scope } from "effect"
 import type { Redis } from "ioredis"
 import type { LuaScript } from "./scripts.js"
 
@@ -197,8 +204,18 @@ export const connectionLosses = (
       const onClose = () => {
         counter.count++
       }
+      const onReconnecting = () => {
+        Effect.runSync(Metric.update(reconnectsMetric, 1))
+      }
       conn.on("close", onClose)
-      return { counter, onClose }
+      conn.on("reconnecting", onReconnecting)
+      return { counter, onClose, onReconnecting }
     }),
-    ({ onClose }) => Effect.sync(() => conn.off("close", onClose)),
+    ({ onClose, onReconnecting }) =>
+      Effect.sync(() => {
+        conn.off("close", onClose)
+        conn.off("reconnecting", onReconnecting)
+      }),
   ).pipe(Effect.map(({ counter }) => counter))
+
+const reconnectsMetric = Metric.withAttributes(Metrics.reconnects, { transport: transportName })

@@ -3,7 +3,7 @@ import { hostname } from "node:os"
 import { type BusError, checkAddress, checkName, type Delivery, type GroupRequest } from "@bus/core"
 import { type Cause, Effect, Queue, Semaphore, Stream } from "effect"
 import type { Redis } from "ioredis"
-import { decodeEntry } from "./codec.js"
+import { decodeEntry, positionOf } from "./codec.js"
 import {
   command,
   connectionLosses,
@@ -190,6 +190,7 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
           const delivery: Delivery = {
             event,
             attempt,
+            position: positionOf(entry),
             ack: once(
               retryTransient(
                 recreateGroupOn(

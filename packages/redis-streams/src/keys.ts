@@ -1,4 +1,4 @@
-import { type Address, CursorInvalid } from "@bus/core"
+import { type Address, CursorInvalid, splitCursor } from "@bus/core"
 
 /**
  * Key layout and cursors of the Redis Streams transport.
@@ -113,7 +113,8 @@ export const parseCursor = (cursor: string): ParsedCursor | CursorInvalid => {
         : `cursor ${JSON.stringify(cursor)} is not a redis-streams cursor ("redis1:<ms>-<seq>")`,
     })
   }
-  const rest = cursor.slice(cursorPrefix.length)
+  // A delivered event's cursor may carry an outbox frontier (`~…`, docs/flip.md): not ours to read.
+  const rest = splitCursor(cursor).base.slice(cursorPrefix.length)
   const m = anchored.exec(rest)
   const id = m ? m[1]! : rest
   if (!isStreamId(id)) {

@@ -27,20 +27,36 @@ const script = (name: string, lua: string): LuaScript => ({
 
 /**
  * Idempotent append, keyed by event id. KEYS: stream, dedupe key. ARGV: dedupe TTL in
- * ms, MAXLEN (`0` for none), event id, encoded envelope. Returns `{added, entryId}`:
- * `added` is 0 when the event was already appended (the entry id is then the first one).
+ * ms, MAXLEN (`0` for none), event id, encoded envelope, then optionally the event's
+ * outbox position and frontier (fields `pos` and `front`, for cursors across a transport
+ * flip). Returns `{added, entryId}`: `added` is 0 when the event was already appended
+ * (the entry id is then the first one).
  */
 export const sendScript = script(
   "send",
   `
 local existing = redis.call('GET', KEYS[2])
 if existing then return {0, existing} end
-local id
+local args = {KEYS[1]}
 if ARGV[2] ~= '0' then
-  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'id', ARGV[3], 'envelope', ARGV[4])
-else
-  id = redis.call('XADD', KEYS[1], '*', 'id', ARGV[3], 'envelope', ARGV[4])
+  table.insert(args, 'MAXLEN')
+  table.insert(args, '~')
+  table.insert(args, ARGV[2])
 end
+table.insert(args, '*')
+table.insert(args, 'id')
+table.insert(args, ARGV[3])
+table.insert(args, 'envelope')
+table.insert(args, ARGV[4])
+if ARGV[5] and ARGV[5] ~= '' then
+  table.insert(args, 'pos')
+  table.insert(args, ARGV[5])
+end
+if ARGV[6] and ARGV[6] ~= '' then
+  table.insert(args, 'front')
+  table.insert(args, ARGV[6])
+end
+local id = redis.call('XADD', unpack(args))
 redis.call('SET', KEYS[2], id, 'PX', ARGV[1])
 return {1, id}
 `,

@@ -5,12 +5,15 @@ import {
   checkAddress,
   type DeliveredEvent,
   dedupeById,
+  flipCursorExpired,
+  notCoveredBy,
   type OutboxStore,
+  outboxCursorOf,
   type SubscribeRequest,
 } from "@bus/core"
 import { Effect, Option, PubSub, RcMap, type Scope, Stream } from "effect"
 import type { Redis } from "ioredis"
-import { decodeOrSkip } from "./codec.js"
+import { decodeOrSkip, positionOf } from "./codec.js"
 import {
   command,
   ownedConnection,
@@ -36,10 +39,11 @@ import { positionScript } from "./scripts.js"
  * @module
  */
 
-/** An entry read from a stream: its id, and its event unless it was malformed. */
+/** An entry read from a stream: its id, its event unless it was malformed, and its outbox position. */
 interface Item {
   readonly id: StreamId
   readonly event: DeliveredEvent | undefined
+  readonly position: string | undefined
 }
 
 type FeedMessage = ReadonlyArray<Item> | BusError
@@ -86,7 +90,9 @@ export const entriesLostAfter = (position: StreamPosition, cursor: StreamId): bo
 
 const decodeAll = (address: Address, stream: string, entries: ReadonlyArray<RawEntry>) =>
   Effect.forEach(entries, (entry) =>
-    decodeOrSkip(address, stream, entry).pipe(Effect.map((event): Item => ({ id: entry.id, event }))),
+    decodeOrSkip(address, stream, entry).pipe(
+      Effect.map((event): Item => ({ id: entry.id, event, position: positionOf(entry) })),
+    ),
   )
 
 /** The outbox and its head cursor when a "now" subscription started. */
@@ -253,8 +259,26 @@ export const makeSubscribe = (
           const from = request.from ?? "now"
           let start: StreamId
           let nowFilter: ((event: DeliveredEvent) => Effect.Effect<boolean>) | undefined
+          let keep: ((position: string | undefined) => boolean) | undefined
+          // After a flip: an outbox cursor (or another broker's cursor with its outbox
+          // frontier). The stream holds every event the relay forwarded, each with its outbox
+          // position: read it from the start and skip exactly what the cursor covers.
+          const outboxCursor =
+            from === "now" || from === "beginning" || !(parseCursor(from) instanceof CursorInvalid)
+              ? undefined
+              : outboxCursorOf(store, from)
           if (from === "beginning") start = "0-0"
-          else {
+          else if (outboxCursor !== undefined && Option.isSome(store)) {
+            const position = yield* retryTransient(
+              streamPosition(main, stream),
+              "reading the stream position",
+            )
+            if (position.trimmed || position.maxDeleted !== "0-0") {
+              return yield* flipCursorExpired(from, `stream ${stream}`)
+            }
+            start = "0-0"
+            keep = notCoveredBy(store.value, outboxCursor)
+          } else {
             const cursor = from === "now" ? yield* head(address) : from
             const parsed = parseCursor(cursor)
             if (parsed instanceof CursorInvalid) return yield* parsed
@@ -310,7 +334,7 @@ export const makeSubscribe = (
             Stream.filter((item) => {
               if (compareStreamIds(item.id, last) <= 0) return false
               last = item.id
-              return item.event !== undefined
+              return item.event !== undefined && (keep === undefined || keep(item.position))
             }),
             Stream.map((item) => item.event!),
           )

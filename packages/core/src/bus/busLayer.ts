@@ -40,6 +40,13 @@ export interface BusOptions extends SelectionConfig {
   readonly relay?: RelayOptions | false
   /** Largest encoded event `publish` accepts (default 1 MiB, or the transport's limit when lower). */
   readonly maxPayloadBytes?: number
+  /**
+   * A layer that installs a tracer and/or metrics exporter for everything the bus runs
+   * (publish, relay, consumers): for example Effect's OTLP exporter
+   * (`Otlp.layerJson({ baseUrl }).pipe(Layer.provide(FetchHttpClient.layer))` from
+   * `effect/observability` and `effect/http`). See docs/observability.md.
+   */
+  readonly telemetry?: Layer.Layer<never, never, never>
 }
 
 /** Resolves configuration and environment to a transport choice. */
@@ -51,6 +58,14 @@ export const resolveSelection = (options: BusOptions): TransportChoice | ConfigE
 
 /** Builds the bus layer; fails with `ConfigError` when the selected transport is not provided. */
 export const busLayer = (
+  options: BusOptions,
+): Layer.Layer<Publisher | Subscriber | Transport | OutboxStore | TransportSelection, BusError> => {
+  const layer = busLayerWithout(options)
+  // Built inside the telemetry layer, so the relay and every fiber the bus forks use its tracer.
+  return options.telemetry === undefined ? layer : layer.pipe(Layer.provideMerge(options.telemetry))
+}
+
+const busLayerWithout = (
   options: BusOptions,
 ): Layer.Layer<Publisher | Subscriber | Transport | OutboxStore | TransportSelection, BusError> =>
   Layer.unwrap(

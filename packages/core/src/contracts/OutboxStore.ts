@@ -33,6 +33,24 @@ export interface LeasedEvent {
   readonly event: Envelope
   /** Delivery attempts so far, including this one. */
   readonly attempts: number
+  /**
+   * The event's place in the outbox, in the store's own opaque form. A broker stores it with
+   * the event, so that a subscriber resuming from an outbox cursor after a transport flip
+   * skips exactly the events that cursor covers ({@link OutboxStore}'s `covers`).
+   */
+  readonly position?: string
+  /**
+   * An outbox cursor that covers only events of this address that reach the broker at or
+   * before this one (forwarded earlier, or earlier in this batch), when the relay sends the
+   * batch in lease order. A broker appends it to the cursor of this event (`~frontier`), so
+   * a subscriber flipped back to the outbox resumes from it with no gap.
+   */
+  readonly frontier?: string
+}
+
+/** A consumer group of one address: the key of its inbox. */
+export interface GroupKey extends Address {
+  readonly group: string
 }
 
 /** Outcome of a failed forward, reported back by the relay. */
@@ -57,8 +75,11 @@ export interface DeadLetter {
 export interface GroupClaim {
   /** Cursor to resume from, or `"beginning"` for a group that never acknowledged anything. */
   readonly cursor: string
-  /** Store the group's position after an acknowledged event. */
-  readonly commit: (cursor: string) => Effect.Effect<void, BusError>
+  /**
+   * Store the group's position after an acknowledged event; with `handled`, record that
+   * event id in the group's inbox in the same write (see {@link OutboxStore}'s `handled`).
+   */
+  readonly commit: (cursor: string, handled?: string) => Effect.Effect<void, BusError>
 }
 
 /** The outbox contract. */
@@ -113,9 +134,39 @@ export class OutboxStore extends Context.Service<
     /** Dead-lettered events, newest first. */
     readonly deadLetters: (limit: number) => Effect.Effect<ReadonlyArray<DeadLetter>, BusError>
     /**
+     * True when `cursor` is a cursor of this outbox (its format and, where it has one, its
+     * epoch). Broker transports use it to recognise an outbox cursor after a transport flip.
+     */
+    readonly ownsCursor: (cursor: string) => boolean
+    /**
+     * Whether the event at `position` (a {@link LeasedEvent} position) is covered by
+     * `cursor`, i.e. was delivered before it by a subscription reading this outbox. Pure: no
+     * query. `undefined` when the two cannot be compared (another outbox or epoch, or not
+     * this store's formats).
+     */
+    readonly covers: (cursor: string, position: string) => boolean | undefined
+    /**
+     * The group's inbox: which of `ids` the group has handled (on any transport). Together
+     * with {@link OutboxStore}'s `markHandled` it lets a group move between transports
+     * without running a handler twice for one event.
+     */
+    readonly handled: (
+      key: GroupKey,
+      ids: ReadonlyArray<string>,
+    ) => Effect.Effect<ReadonlySet<string>, BusError>
+    /** Records `ids` as handled by the group (idempotent). */
+    readonly markHandled: (key: GroupKey, ids: ReadonlyArray<string>) => Effect.Effect<void, BusError>
+    /**
+     * The outbox cursor the group last committed on an outbox transport (every event it
+     * covers was handled or dead-lettered by the group), or `undefined` for a group that
+     * never committed one. Read only: it does not claim the group.
+     */
+    readonly groupCursor: (key: GroupKey) => Effect.Effect<string | undefined, BusError>
+    /**
      * Deletes rows committed more than `olderThanMs` ago; with `keepUnforwarded` (a broker
      * transport is in use) rows the relay has not forwarded yet are kept. Cursors older
-     * than the pruned rows then fail with `CursorInvalid` reason `expired`. Returns how many.
+     * than the pruned rows then fail with `CursorInvalid` reason `expired`. Inbox entries of
+     * events handled more than `olderThanMs` ago go with them. Returns how many outbox rows.
      */
     readonly prune: (
       olderThanMs: number,

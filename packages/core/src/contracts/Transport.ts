@@ -24,6 +24,12 @@ export interface GroupRequest extends Address {
   readonly maxInFlight: number
 }
 
+/** What the relay passes along with an event: where it sits in the outbox (see `LeasedEvent`). */
+export interface SendMeta {
+  readonly position?: string | undefined
+  readonly frontier?: string | undefined
+}
+
 /** One delivery to a consumer group member. Exactly one of `ack` / `retry` / `deadLetter` should run. */
 export interface Delivery {
   readonly event: DeliveredEvent
@@ -37,6 +43,14 @@ export interface Delivery {
   readonly deadLetter: (reason: string) => Effect.Effect<void, BusError>
   /** Tell the transport a slow handler is still working so it does not redeliver yet. */
   readonly inProgress: Effect.Effect<void, BusError>
+  /** The event's outbox position, when the transport carries it (brokers fed by the relay). */
+  readonly position?: string | undefined
+  /**
+   * True when the transport itself skips events the group's inbox lists and its `ack` and
+   * `deadLetter` record the event there (the outbox transports). Otherwise the consumer
+   * loop does both around the handler.
+   */
+  readonly inbox?: boolean | undefined
 }
 
 /** The transport contract. */
@@ -55,9 +69,10 @@ export class Transport extends Context.Service<
     readonly group: (request: GroupRequest) => Stream.Stream<Delivery, BusError>
     /**
      * Accepts one committed event from the relay. Must be idempotent by `event.id`:
-     * sending the same event twice stores it once (broker transports only).
+     * sending the same event twice stores it once (broker transports only). A broker that
+     * stores `meta` with the event supports cursors across a transport flip (docs/flip.md).
      */
-    readonly send: (event: Envelope) => Effect.Effect<void, BusError>
+    readonly send: (event: Envelope, meta?: SendMeta) => Effect.Effect<void, BusError>
     /** Events consumer groups of this transport dead-lettered, newest first (relay dead letters live in the outbox). */
     readonly deadLetters: (limit: number) => Effect.Effect<ReadonlyArray<DeadLetter>, BusError>
   }

@@ -37,7 +37,11 @@ export interface Subscription extends AsyncIterable<DeliveredEvent>, AsyncDispos
 export interface Consumer extends AsyncDisposable {
   /** Settles when the consumer stops: resolves after `close()`, rejects on a fatal error. */
   readonly done: Promise<void>
-  /** Stops after the handler in flight, if any, is interrupted; unacknowledged events are redelivered later. */
+  /**
+   * Stops. A handler in flight may finish and have its event acknowledged for up to
+   * `stopGraceMs` (default 1 s); after that it is interrupted, and its event is delivered
+   * again later.
+   */
   close(): Promise<void>
 }
 

@@ -57,6 +57,8 @@ interface Row {
 interface GroupState {
   cursor: string
   readonly lock: Semaphore.Semaphore
+  /** Handled event ids and when, oldest first: the group's inbox. */
+  readonly inbox: Map<string, number>
 }
 
 const addressKey = (a: Address): string => `${a.tenant}\u0000${a.channel}`
@@ -171,11 +173,49 @@ export class MemoryOutbox {
     return Effect.succeed(position)
   }
 
+  /** `[epoch, position]` of a cursor or position of this store's format (any epoch). */
+  static #parts(text: string): readonly [string, number] | undefined {
+    const m = /^mem1:([0-9a-f]{8}):(\d+)$/.exec(text)
+    return m ? [m[1]!, Number(m[2])] : undefined
+  }
+
+  /**
+   * Frontiers of leased rows (see `LeasedEvent.frontier`). Rows of one address go to the
+   * broker in lease order; the frontier of row k covers positions below the first row of its
+   * address that is still unforwarded and not sent yet once k is: later rows of the batch,
+   * rows left out of it, and (when the scan stopped at the limit) anything after the scan.
+   */
+  #frontiers(leased: ReadonlyArray<Row>, scannedTo: number | undefined): Map<Row, string> {
+    const out = new Map<Row, string>()
+    const picked = new Set(leased)
+    const byAddress = new Map<string, Array<Row>>()
+    for (const row of leased) {
+      const key = addressKey(row.envelope)
+      const list = byAddress.get(key) ?? []
+      list.push(row)
+      byAddress.set(key, list)
+    }
+    for (const [key, rows] of byAddress) {
+      let rest = scannedTo ?? Number.POSITIVE_INFINITY
+      for (const row of this.#byAddress.get(key) ?? []) {
+        if (!row.forwarded && !picked.has(row) && row.position < rest) rest = row.position
+      }
+      let next = rest
+      for (let i = rows.length - 1; i >= 0; i--) {
+        const row = rows[i]!
+        const below = Math.min(next, this.#position + 1) - 1
+        out.set(row, this.#cursor(below))
+        next = Math.min(next, row.position)
+      }
+    }
+    return out
+  }
+
   #group(address: Address, group: string): GroupState {
     const key = `${addressKey(address)}\u0000${group}`
     let state = this.#groups.get(key)
     if (!state) {
-      state = { cursor: "beginning", lock: Semaphore.makeUnsafe(1) }
+      state = { cursor: "beginning", lock: Semaphore.makeUnsafe(1), inbox: new Map() }
       this.#groups.set(key, state)
     }
     return state
@@ -227,10 +267,15 @@ export class MemoryOutbox {
     lease: (owner, limit, leaseMs) =>
       Effect.sync(() => {
         const now = Date.now()
-        const leased: Array<LeasedEvent> = []
+        const leased: Array<Row> = []
         const busy = new Set<string>()
+        let scannedTo: number | undefined
         for (const row of this.#rows) {
-          if (leased.length >= limit) break
+          if (leased.length >= limit) {
+            // Rows from here on were not looked at: the frontiers stop below them.
+            scannedTo = row.position
+            break
+          }
           if (row.forwarded) continue
           // A channel with a row under a live lease is skipped whole: handing its later rows
           // to another relay would let them overtake the leased ones on the broker.
@@ -243,9 +288,17 @@ export class MemoryOutbox {
           row.leaseOwner = owner
           row.leaseUntil = now + leaseMs
           row.attempts++
-          leased.push({ event: row.envelope, attempts: row.attempts })
+          leased.push(row)
         }
-        return leased
+        const frontiers = this.#frontiers(leased, scannedTo)
+        return leased.map(
+          (row): LeasedEvent => ({
+            event: row.envelope,
+            attempts: row.attempts,
+            position: this.#cursor(row.position),
+            frontier: frontiers.get(row)!,
+          }),
+        )
       }),
     complete: (owner, ids) =>
       Effect.sync(() => {
@@ -302,14 +355,38 @@ export class MemoryOutbox {
         )
         const claim: GroupClaim = {
           cursor: state.cursor,
-          commit: (cursor) =>
+          commit: (cursor, handled) =>
             Effect.sync(() => {
               state.cursor = cursor
+              if (handled !== undefined) state.inbox.set(handled, Date.now())
             }),
         }
         return claim
       })
     },
+    ownsCursor: (cursor) => MemoryOutbox.#parts(cursor)?.[0] === this.epoch,
+    covers: (cursor, position) => {
+      const c = MemoryOutbox.#parts(cursor)
+      const p = MemoryOutbox.#parts(position)
+      if (c === undefined || p === undefined || c[0] !== this.epoch || p[0] !== this.epoch) return undefined
+      return p[1] <= c[1]
+    },
+    handled: (key, ids) =>
+      Effect.sync(() => {
+        const inbox = this.#group(key, key.group).inbox
+        return new Set(ids.filter((id) => inbox.has(id)))
+      }),
+    markHandled: (key, ids) =>
+      Effect.sync(() => {
+        const inbox = this.#group(key, key.group).inbox
+        const now = Date.now()
+        for (const id of ids) if (!inbox.has(id)) inbox.set(id, now)
+      }),
+    groupCursor: (key) =>
+      Effect.sync(() => {
+        const cursor = this.#groups.get(`${addressKey(key)}\u0000${key.group}`)?.cursor
+        return cursor === undefined || cursor === "beginning" ? undefined : cursor
+      }),
     deadLetter: (letter) =>
       Effect.sync(() => {
         this.#deadLetters.push(letter)
@@ -327,6 +404,12 @@ export class MemoryOutbox {
           list?.shift()
           this.#retainedFrom = row.position
           removed++
+        }
+        for (const state of this.#groups.values()) {
+          for (const [id, at] of state.inbox) {
+            if (at > cutoff) break
+            state.inbox.delete(id)
+          }
         }
         return removed
       }),

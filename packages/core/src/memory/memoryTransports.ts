@@ -1,6 +1,8 @@
-import { Effect, Layer } from "effect"
-import type { OutboxStore } from "../contracts/OutboxStore.js"
-import { Transport } from "../contracts/Transport.js"
+import { Effect, Layer, Option, Stream } from "effect"
+import { OutboxStore } from "../contracts/OutboxStore.js"
+import { type SendMeta, Transport } from "../contracts/Transport.js"
+import type { DeliveredEvent } from "../envelope/Envelope.js"
+import { notCoveredBy, outboxCursorOf, splitCursor, withFrontier } from "../flip/flip.js"
 import { outboxTransport } from "../outbox-transport/OutboxTransport.js"
 import { MemoryOutbox } from "./MemoryOutbox.js"
 
@@ -17,26 +19,72 @@ import { MemoryOutbox } from "./MemoryOutbox.js"
 export const memoryTransport = (): Layer.Layer<Transport, never, OutboxStore> =>
   outboxTransport({ name: "memory", capabilities: { needsRelay: false } })
 
+/** What a broker outbox stored with each event: kept per broker, like a real broker's stream. */
+const stored = new WeakMap<
+  MemoryOutbox,
+  { readonly sent: Set<string>; readonly meta: Map<string, SendMeta> }
+>()
+
 /**
  * An in-memory broker: a stand-in for NATS or Redis in unit tests of relay setups.
  * Events reach it only through the relay; it drops repeated sends of one event id, as
- * JetStream does with `Nats-Msg-Id`.
+ * JetStream does with `Nats-Msg-Id`. Like the real brokers it keeps each event's outbox
+ * position and frontier, so cursors survive a flip between it and the outbox transport
+ * (docs/flip.md): an outbox cursor resumes here without gap or duplicate, and its own
+ * cursors carry the outbox frontier (`mem1:…~mem1:…`).
  */
 export const memoryBroker = (broker: MemoryOutbox = MemoryOutbox.make()): Layer.Layer<Transport> =>
   Layer.effect(
     Transport,
     Effect.gen(function* () {
       const inner = yield* Transport
-      const sent = new Set<string>()
+      // The application's outbox (not the broker's own store), when the bus provides one.
+      const outbox = yield* Effect.serviceOption(OutboxStore)
+      let state = stored.get(broker)
+      if (state === undefined) {
+        state = { sent: new Set(), meta: new Map() }
+        stored.set(broker, state)
+      }
+      const { sent, meta } = state
+      const decorate = (event: DeliveredEvent): DeliveredEvent => {
+        const frontier = meta.get(event.id)?.frontier
+        return frontier === undefined ? event : { ...event, cursor: withFrontier(event.cursor, frontier) }
+      }
       return Transport.of({
         ...inner,
         capabilities: { ...inner.capabilities, name: "memory-broker", needsRelay: true, dedupesSends: true },
-        send: (event) =>
+        subscribe: (request) => {
+          const from = request.from ?? "now"
+          if (from === "now" || from === "beginning")
+            return inner.subscribe(request).pipe(Stream.map(decorate))
+          const { base } = splitCursor(from)
+          if (broker.store.ownsCursor(base)) {
+            return inner.subscribe({ ...request, from: base }).pipe(Stream.map(decorate))
+          }
+          const cursor = outboxCursorOf(outbox, from)
+          if (cursor === undefined || Option.isNone(outbox)) return inner.subscribe(request)
+          const keep = notCoveredBy(outbox.value, cursor)
+          return inner.subscribe({ ...request, from: "beginning" }).pipe(
+            Stream.filter((event) => keep(meta.get(event.id)?.position)),
+            Stream.map(decorate),
+          )
+        },
+        group: (request) =>
+          inner.group(request).pipe(
+            Stream.map((delivery) => ({
+              ...delivery,
+              event: decorate(delivery.event),
+              position: meta.get(delivery.event.id)?.position,
+              inbox: false,
+            })),
+          ),
+        send: (event, m) =>
           Effect.sync(() => {
             if (sent.has(event.id)) return
             sent.add(event.id)
+            meta.set(event.id, m ?? {})
             broker.commitBatch([event])
           }),
       })
     }),
-  ).pipe(Layer.provide(outboxTransport({ name: "memory-broker" })), Layer.provide(broker.layer))
+  ).pipe(Layer.provide(outboxTransport({ name: "memory-broker" }).pipe(Layer.provide(broker.layer))))

@@ -2,7 +2,8 @@ import { Metric } from "effect"
 
 /**
  * The bus's metrics, recorded through Effect's Metric module so any Effect metrics
- * exporter (OpenTelemetry included) picks them up. Each carries a `transport` attribute.
+ * exporter (OpenTelemetry included, see docs/observability.md) picks them up. Most carry a
+ * `transport` attribute.
  *
  * @module
  */
@@ -21,3 +22,28 @@ export const relayFailures = Metric.counter("bus_relay_failures", { description:
 export const deadLettered = Metric.counter("bus_dead_lettered", { description: "events dead-lettered" })
 /** Handler failures that will be retried. */
 export const handlerRetries = Metric.counter("bus_handler_retries", { description: "handler retries" })
+
+/** Milliseconds from publish (the event's `time`) to delivery to a subscriber or handler. */
+export const deliveryLag = Metric.histogram("bus_delivery_lag_ms", {
+  description: "milliseconds from publish to delivery (subscriber or handler)",
+  boundaries: Metric.exponentialBoundaries({ start: 1, factor: 2, count: 18 }),
+})
+/** Milliseconds from publish to the relay's send to the broker. */
+export const relayLag = Metric.histogram("bus_relay_lag_ms", {
+  description: "milliseconds from publish to the relay's send",
+  boundaries: Metric.exponentialBoundaries({ start: 1, factor: 2, count: 18 }),
+})
+/** Connections a transport or store lost and opened again (LISTEN connection, broker connections). */
+export const reconnects = Metric.counter("bus_reconnects", { description: "connections lost and re-opened" })
+/** Outbox pages read to catch a subscription or group up from its cursor (not the live feed). */
+export const catchUpReads = Metric.counter("bus_catchup_reads", {
+  description: "outbox reads that caught a subscription up from its cursor",
+})
+/** Fallback polls that found changes a notification did not announce (or that arrived late). */
+export const fallbackPollHits = Metric.counter("bus_fallback_poll_hits", {
+  description: "fallback polls that found changed addresses",
+})
+/** Group deliveries acknowledged without running the handler: the group's inbox listed them as handled. */
+export const inboxSkipped = Metric.counter("bus_inbox_skipped", {
+  description: "group deliveries skipped because the group had handled them (after a flip or a lost ack)",
+})

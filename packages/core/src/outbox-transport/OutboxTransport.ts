@@ -3,6 +3,7 @@ import {
   Deferred,
   Effect,
   Layer,
+  Metric,
   Option,
   PubSub,
   Queue,
@@ -16,9 +17,11 @@ import { type Address, OutboxStore } from "../contracts/OutboxStore.js"
 import { type Delivery, type GroupRequest, type SubscribeRequest, Transport } from "../contracts/Transport.js"
 import type { DeliveredEvent } from "../envelope/Envelope.js"
 import { type BusError, TransportFailure } from "../errors/BusError.js"
+import { splitCursor } from "../flip/flip.js"
+import { catchUpReads, inboxSkipped } from "../metrics/metrics.js"
 import { checkAddress, checkName } from "../names/Name.js"
 import { cappedBackoff } from "../schedule/backoff.js"
-import { dedupeById } from "./dedupe.js"
+import { defaultDedupeWindow } from "./dedupe.js"
 
 /**
  * A transport that delivers straight from an {@link OutboxStore}: Postgres
@@ -66,6 +69,30 @@ const readRetry = cappedBackoff("50 millis", "5 seconds")
 
 const retryable = (e: BusError): boolean => e.retryable
 
+const emptySet: ReadonlySet<string> = new Set()
+
+/** Drops events whose id an earlier page of the stream held (bounded window, oldest first out). */
+const dedupePages =
+  (window: number = defaultDedupeWindow) =>
+  <A extends { readonly events: ReadonlyArray<DeliveredEvent> }, E, R>(
+    self: Stream.Stream<A, E, R>,
+  ): Stream.Stream<A, E, R> =>
+    Stream.suspend(() => {
+      const seen = new Set<string>()
+      return self.pipe(
+        Stream.map((page) => {
+          const events = page.events.filter((event) => {
+            if (seen.has(event.id)) return false
+            seen.add(event.id)
+            if (seen.size > window) seen.delete(seen.values().next().value as string)
+            return true
+          })
+          return events.length === page.events.length ? page : { ...page, events }
+        }),
+        Stream.filter((page) => page.events.length > 0),
+      )
+    })
+
 /** Builds a {@link Transport} over the {@link OutboxStore} in context. */
 export const outboxTransport = (
   options: OutboxTransportOptions,
@@ -75,6 +102,8 @@ export const outboxTransport = (
     Effect.gen(function* () {
       const store = yield* OutboxStore
       const pageSize = options.pageSize ?? 500
+      const catchUpCounter = Metric.withAttributes(catchUpReads, { transport: options.name })
+      const skippedCounter = Metric.withAttributes(inboxSkipped, { transport: options.name })
       const wakers = new Map<string, Queue.Queue<void>>()
 
       const readWithRetry = (address: Address, cursor: string) =>
@@ -125,30 +154,70 @@ export const outboxTransport = (
         Effect.forkScoped,
       )
 
-      const subscribe = (request: SubscribeRequest): Stream.Stream<DeliveredEvent, BusError> =>
+      /** A page of events, and whether it came from the live feed (committed after the stream joined it). */
+      interface Page {
+        readonly events: ReadonlyArray<DeliveredEvent>
+        readonly live: boolean
+      }
+
+      /**
+       * Where to read from: a cursor of this outbox as it is; another transport's cursor
+       * that carries an outbox frontier (`redis1:…~pg1:…`, after a flip back to the outbox)
+       * resumes from that frontier. Anything else goes to the store, which refuses it.
+       */
+      const startOf = (from: string): string => {
+        if (from === "now" || from === "beginning" || store.ownsCursor(from)) return from
+        const { frontier } = splitCursor(from)
+        return frontier !== undefined && store.ownsCursor(frontier) ? frontier : from
+      }
+
+      /**
+       * Pages of an address after `from`: catch-up pages read from the store, then the live
+       * feed's pages, with repeats of an event id (the overlap of the two) dropped.
+       */
+      const pages = (address: Address, from: string): Stream.Stream<Page, BusError> =>
         Stream.unwrap(
           Effect.gen(function* () {
-            const address = yield* checkAddress(request)
             const feed = yield* RcMap.get(feeds, keyOf(address))
             // Join the live feed before catching up, so nothing committed in between is missed.
             const subscription = yield* feed.join
-            const from = request.from ?? "now"
-            const start = from === "now" ? yield* store.head(address) : from
+            const start = from === "now" ? yield* store.head(address) : startOf(from)
             const catchUp = Stream.paginate(start, (cursor) =>
               readWithRetry(address, cursor).pipe(
+                Effect.tap(() => Metric.update(catchUpCounter, 1)),
                 Effect.map(
-                  (page) => [page.events, page.more ? Option.some(page.next) : Option.none()] as const,
+                  (page) =>
+                    [
+                      [{ events: page.events, live: false } satisfies Page],
+                      page.more ? Option.some(page.next) : Option.none(),
+                    ] as const,
                 ),
               ),
             )
             const live = Stream.fromSubscription(subscription).pipe(
               Stream.mapEffect((item) =>
-                Array.isArray(item) ? Effect.succeed(item) : Effect.fail(item as BusError),
+                Array.isArray(item)
+                  ? Effect.succeed({
+                      events: item as ReadonlyArray<DeliveredEvent>,
+                      live: true,
+                    } satisfies Page)
+                  : Effect.fail(item as BusError),
               ),
-              Stream.flattenIterable,
             )
-            return Stream.concat(catchUp, live).pipe(dedupeById())
+            return Stream.concat(catchUp, live).pipe(dedupePages())
           }),
+        )
+
+      const subscribe = (request: SubscribeRequest): Stream.Stream<DeliveredEvent, BusError> =>
+        Stream.unwrap(
+          checkAddress(request).pipe(
+            Effect.map((address) =>
+              pages(address, request.from ?? "now").pipe(
+                Stream.map((page) => page.events),
+                Stream.flattenIterable,
+              ),
+            ),
+          ),
         )
 
       const group = (request: GroupRequest): Stream.Stream<Delivery, BusError> =>
@@ -156,6 +225,7 @@ export const outboxTransport = (
           Effect.gen(function* () {
             const address = yield* checkAddress(request)
             const groupName = yield* checkName("group", request.group)
+            const key = { ...address, group: groupName }
             // One member of a group reads the outbox at a time, in order: the group's
             // position is a single cursor, and it only moves past acknowledged events.
             const claim = yield* store.claimGroup(address, groupName)
@@ -167,7 +237,11 @@ export const outboxTransport = (
                   const delivery: Delivery = {
                     event,
                     attempt,
-                    ack: claim.commit(event.cursor).pipe(Effect.andThen(Deferred.succeed(settled, "done"))),
+                    inbox: true,
+                    // The position and the inbox entry in one write.
+                    ack: claim
+                      .commit(event.cursor, event.id)
+                      .pipe(Effect.andThen(Deferred.succeed(settled, "done"))),
                     retry: (delayMs) => Deferred.succeed(settled, delayMs).pipe(Effect.asVoid),
                     deadLetter: (reason) =>
                       store
@@ -179,7 +253,7 @@ export const outboxTransport = (
                           at: new Date().toISOString(),
                         })
                         .pipe(
-                          Effect.andThen(claim.commit(event.cursor)),
+                          Effect.andThen(claim.commit(event.cursor, event.id)),
                           Effect.andThen(Deferred.succeed(settled, "done")),
                         ),
                     inProgress: Effect.void,
@@ -190,8 +264,33 @@ export const outboxTransport = (
                   yield* Effect.sleep(outcome)
                 }
               })
-            yield* subscribe({ ...address, from: claim.cursor }).pipe(
-              Stream.runForEach(deliver),
+            // Catch-up pages (events committed before this member joined the feed) may hold
+            // events the group handled already: on another transport before a flip, or by a
+            // member whose ack was lost. One inbox lookup per page finds them; they are
+            // skipped, and the position moves past them. Live events are new to the group.
+            const onPage = (page: Page) =>
+              Effect.gen(function* () {
+                const ids = page.events.map((e) => e.id)
+                const done =
+                  page.live || ids.length === 0
+                    ? emptySet
+                    : yield* store
+                        .handled(key, ids)
+                        .pipe(Effect.retry({ schedule: readRetry, while: retryable }))
+                let skippedCursor: string | undefined
+                for (const event of page.events) {
+                  if (done.has(event.id)) {
+                    skippedCursor = event.cursor
+                    yield* Metric.update(skippedCounter, 1)
+                    continue
+                  }
+                  skippedCursor = undefined
+                  yield* deliver(event)
+                }
+                if (skippedCursor !== undefined) yield* claim.commit(skippedCursor)
+              })
+            yield* pages(address, claim.cursor).pipe(
+              Stream.runForEach(onPage),
               Effect.catchCause((cause) => Queue.failCause(deliveries, cause)),
               Effect.andThen(Queue.end(deliveries)),
               Effect.forkScoped,

@@ -1,9 +1,10 @@
-import { Context, Effect, Layer, Metric } from "effect"
+import { Context, Effect, Layer, Metric, Option } from "effect"
 import { OutboxStore } from "../contracts/OutboxStore.js"
 import { Transport } from "../contracts/Transport.js"
 import { defaultMaxPayloadBytes, type EventInput, makeEnvelope } from "../envelope/Envelope.js"
 import type { BusError } from "../errors/BusError.js"
 import { eventsPublished } from "../metrics/metrics.js"
+import { destinationOf, traceparentOf } from "../observability/telemetry.js"
 
 /**
  * Publishing: validate every event, then append them all to the outbox inside the
@@ -47,20 +48,57 @@ export class Publisher extends Context.Service<
           options.maxPayloadBytes ?? defaultMaxPayloadBytes,
           transport.capabilities.maxPayloadBytes,
         )
-        const publish = Effect.fn("bus.publish")(function* (
-          tx: unknown,
-          input: EventInput | ReadonlyArray<EventInput>,
-        ) {
+        const system = transport.capabilities.name
+        const publish = (tx: unknown, input: EventInput | ReadonlyArray<EventInput>) => {
           const inputs: ReadonlyArray<EventInput> = Array.isArray(input) ? input : [input as EventInput]
-          const now = new Date()
-          const envelopes = yield* Effect.forEach(inputs, (e) => makeEnvelope(e, { maxPayloadBytes, now }))
-          yield* store.append(tx, envelopes)
-          yield* Metric.update(
-            Metric.withAttributes(eventsPublished, { transport: transport.capabilities.name }),
-            envelopes.length,
+          const channels = new Set(inputs.map((e) => (typeof e?.channel === "string" ? e.channel : "")))
+          const channel = channels.size === 1 ? [...channels][0]! : ""
+          return Effect.gen(function* () {
+            const span = yield* Effect.currentSpan.pipe(Effect.option)
+            // The caller has a span: carry the publish span's context to consumers in the
+            // envelope (an event that already names its own traceparent keeps it).
+            const traceparent =
+              Option.isSome(span) && Option.isSome(span.value.parent) ? traceparentOf(span.value) : undefined
+            const traced =
+              traceparent === undefined
+                ? inputs
+                : inputs.map((e) =>
+                    typeof e === "object" &&
+                    e !== null &&
+                    (e.headers === undefined ||
+                      (typeof e.headers === "object" &&
+                        e.headers !== null &&
+                        !Array.isArray(e.headers) &&
+                        e.headers.traceparent === undefined))
+                      ? { ...e, headers: { ...e.headers, traceparent } }
+                      : e,
+                  )
+            const now = new Date()
+            const envelopes = yield* Effect.forEach(traced, (e) => makeEnvelope(e, { maxPayloadBytes, now }))
+            yield* store.append(tx, envelopes)
+            if (Option.isSome(span)) {
+              const first = envelopes[0]
+              if (first !== undefined)
+                span.value.attribute("messaging.destination.name", destinationOf(first))
+              if (envelopes.length === 1) span.value.attribute("messaging.message.id", first!.id)
+              else span.value.attribute("messaging.batch.message_count", envelopes.length)
+            }
+            yield* Metric.update(
+              Metric.withAttributes(eventsPublished, { transport: system }),
+              envelopes.length,
+            )
+            return { ids: envelopes.map((e) => e.id) } satisfies PublishReceipt
+          }).pipe(
+            Effect.withSpan(channel === "" ? "publish" : `publish ${channel}`, {
+              kind: "producer",
+              attributes: {
+                "messaging.system": system,
+                "messaging.operation.type": "send",
+                "messaging.operation.name": "publish",
+              },
+            }),
           )
-          return { ids: envelopes.map((e) => e.id) } satisfies PublishReceipt
-        })
+        }
         return Publisher.of({ publish })
       }),
     )

@@ -3,7 +3,8 @@ import { Effect, Exit, Metric, Stream } from "effect"
 import { type ForwardFailure, type LeasedEvent, OutboxStore } from "../contracts/OutboxStore.js"
 import { Transport } from "../contracts/Transport.js"
 import { type BusError, isBusError } from "../errors/BusError.js"
-import { deadLettered, relayFailures, relayForwarded } from "../metrics/metrics.js"
+import { deadLettered, relayFailures, relayForwarded, relayLag } from "../metrics/metrics.js"
+import { ageOf, messageAttributes, messagingAttributes, producerLinks } from "../observability/telemetry.js"
 
 /**
  * The relay: forwards committed outbox rows to a broker transport, written once for
@@ -69,6 +70,23 @@ const relayBatchWith = (o: ReturnType<typeof resolve>) =>
 
     // Per channel, in outbox order: a failure stops that channel's remaining rows for
     // this batch, so a later event never overtakes an earlier one on the broker.
+    const system = transport.capabilities.name
+    const lag = Metric.withAttributes(relayLag, { transport: system })
+    // One span per send, linked to the producer's span (the event's traceparent).
+    const send = (row: LeasedEvent) =>
+      transport.send(row.event, { position: row.position, frontier: row.frontier }).pipe(
+        Effect.tap(() => Metric.update(lag, ageOf(row.event))),
+        Effect.withSpan(`send ${row.event.channel}`, {
+          kind: "producer",
+          links: producerLinks([row.event]),
+          attributes: messagingAttributes(
+            system,
+            row.event,
+            { type: "send", name: "relay" },
+            { ...messageAttributes(row.event), "bus.relay.attempt": row.attempts },
+          ),
+        }),
+      )
     const byAddress = new Map<string, Array<LeasedEvent>>()
     for (const row of leased) {
       const key = `${row.event.tenant}\u0000${row.event.channel}`
@@ -86,7 +104,7 @@ const relayBatchWith = (o: ReturnType<typeof resolve>) =>
         Effect.gen(function* () {
           for (let i = 0; i < rows.length; i++) {
             const row = rows[i]!
-            const exit = yield* Effect.exit(transport.send(row.event))
+            const exit = yield* Effect.exit(send(row))
             if (Exit.isSuccess(exit)) {
               forwarded.push(row.event.id)
               continue

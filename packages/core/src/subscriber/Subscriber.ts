@@ -1,15 +1,33 @@
-import { Cause, Context, Effect, Layer, Metric, Stream } from "effect"
+import { Cause, Context, Effect, Exit, Fiber, Layer, Metric, Option, Stream } from "effect"
+import { type GroupKey, OutboxStore } from "../contracts/OutboxStore.js"
 import type { Delivery, SubscribeRequest } from "../contracts/Transport.js"
 import { Transport } from "../contracts/Transport.js"
 import type { DeliveredEvent } from "../envelope/Envelope.js"
 import type { BusError } from "../errors/BusError.js"
-import { deadLettered, eventsDelivered, handlerRetries } from "../metrics/metrics.js"
+import {
+  deadLettered,
+  deliveryLag,
+  eventsDelivered,
+  handlerRetries,
+  inboxSkipped,
+} from "../metrics/metrics.js"
 import { checkAddress, checkName } from "../names/Name.js"
+import { ageOf, messageAttributes, messagingAttributes, producerLinks } from "../observability/telemetry.js"
 import { backoffDelay, cappedBackoff } from "../schedule/backoff.js"
 
 /**
  * Consuming: `subscribe` for a stream of events from a cursor, `consume` for a consumer
  * group with acknowledgements, bounded retries with backoff and a dead-letter place.
+ *
+ * Every group keeps an *inbox* of the event ids it handled, in the outbox store, so a
+ * group never runs its handler twice for one event when it moves between transports (a
+ * flip) or when an acknowledgement was lost. On the outbox transports the transport reads
+ * and writes the inbox itself (one lookup per catch-up page, the write in the same
+ * statement as the position). On brokers this loop does it: it records each handled id
+ * before the broker's ack, and looks an event up only when it could have been handled
+ * before this member started (its outbox position is older than the member's start, or the
+ * broker redelivers it); events the group's last outbox cursor covers are skipped without
+ * a lookup. See docs/flip.md.
  *
  * @module
  */
@@ -28,6 +46,13 @@ export interface ConsumeRequest {
   readonly initialBackoffMs?: number
   /** Retry delay cap in ms (default 30 000). */
   readonly maxBackoffMs?: number
+  /**
+   * When the consumer stops (closed, or the bus closes), how long a handler already running
+   * may take to finish and have its event acknowledged, in ms (default 1 000). A handler that
+   * finishes in time is not run again for that event by the next member; one that does not
+   * is interrupted, and its event is delivered again.
+   */
+  readonly stopGraceMs?: number
 }
 
 /** A handler for `consume`: fails (or throws, in the Promise facade) to ask for a retry. */
@@ -52,12 +77,17 @@ export class Subscriber extends Context.Service<
     ) => Effect.Effect<void, BusError, R>
   }
 >()("@bus/core/Subscriber") {
-  /** The subscriber over the transport in context. */
+  /** The subscriber over the transport (and, when present, the outbox) in context. */
   static readonly layer: Layer.Layer<Subscriber, never, Transport> = Layer.effect(
     Subscriber,
     Effect.gen(function* () {
       const transport = yield* Transport
-      const delivered = Metric.withAttributes(eventsDelivered, { transport: transport.capabilities.name })
+      const storeOption = yield* Effect.serviceOption(OutboxStore)
+      const store = Option.getOrUndefined(storeOption)
+      const system = transport.capabilities.name
+      const delivered = Metric.withAttributes(eventsDelivered, { transport: system })
+      const lag = Metric.withAttributes(deliveryLag, { transport: system })
+      const skipped = Metric.withAttributes(inboxSkipped, { transport: system })
 
       const subscribe = (request: SubscribeRequest) =>
         Stream.unwrap(
@@ -65,7 +95,11 @@ export class Subscriber extends Context.Service<
             Effect.map((address) =>
               transport
                 .subscribe({ ...address, from: request.from ?? "now" })
-                .pipe(Stream.tap(() => Metric.update(delivered, 1))),
+                .pipe(
+                  Stream.tap((event) =>
+                    Effect.andThen(Metric.update(delivered, 1), Metric.update(lag, ageOf(event))),
+                  ),
+                ),
             ),
           ),
         )
@@ -78,18 +112,57 @@ export class Subscriber extends Context.Service<
           const maxAttempts = Math.max(1, request.maxAttempts ?? 5)
           const initial = request.initialBackoffMs ?? 200
           const cap = request.maxBackoffMs ?? 30_000
+          const key: GroupKey = { ...address, group }
           const handled = new Set<string>()
           const remember = (id: string) => {
             handled.add(id)
             if (handled.size > handledWindow) handled.delete(handled.values().next().value as string)
           }
+          const transient = {
+            schedule: cappedBackoff("50 millis", "2 seconds"),
+            while: (e: BusError) => e.retryable,
+          }
+
+          // Where the group stood on the outbox transports, and "now" as this member starts:
+          // read lazily, only by transports whose deliveries the loop checks itself.
+          let bounds: { readonly groupCursor: string | undefined; readonly start: string } | undefined
+          const boundsOf = (s: OutboxStore["Service"]) =>
+            bounds !== undefined
+              ? Effect.succeed(bounds)
+              : Effect.all([s.groupCursor(key), s.head(address)]).pipe(
+                  Effect.retry(transient),
+                  Effect.map(([groupCursor, start]) => {
+                    bounds = { groupCursor, start }
+                    return bounds
+                  }),
+                )
+
+          /** True when the group already handled this event (on this or another transport). */
+          const handledBefore = (delivery: Delivery): Effect.Effect<boolean, BusError> => {
+            if (delivery.inbox === true || store === undefined) return Effect.succeed(false)
+            const { event, position } = delivery
+            return Effect.gen(function* () {
+              const b = yield* boundsOf(store)
+              if (position !== undefined) {
+                // Covered by the group's outbox cursor: handled before a flip to this broker.
+                if (b.groupCursor !== undefined && store.covers(b.groupCursor, position) === true) return true
+                // Committed after this member started and delivered for the first time: no
+                // earlier member can have handled it, so no lookup is needed.
+                if (delivery.attempt <= 1 && store.covers(b.start, position) === false) return false
+              }
+              const found = yield* store.handled(key, [event.id]).pipe(Effect.retry(transient))
+              return found.has(event.id)
+            })
+          }
+
+          const mark = (delivery: Delivery) =>
+            delivery.inbox === true || store === undefined
+              ? Effect.void
+              : store.markHandled(key, [delivery.event.id]).pipe(Effect.retry(transient))
 
           // An ack lost to a dropped connection is retried rather than ending the consumer;
           // if the consumer dies anyway, the event is redelivered and deduplicated.
-          const ack = (delivery: Delivery) =>
-            delivery.ack.pipe(
-              Effect.retry({ schedule: cappedBackoff("50 millis", "2 seconds"), while: (e) => e.retryable }),
-            )
+          const ack = (delivery: Delivery) => delivery.ack.pipe(Effect.retry(transient))
 
           const handle = (delivery: Delivery) =>
             Effect.gen(function* () {
@@ -97,11 +170,36 @@ export class Subscriber extends Context.Service<
               // A redelivery of an event this consumer already acknowledged (an ack lost in
               // a reconnect) is acknowledged again without running the handler twice.
               if (handled.has(event.id)) return yield* ack(delivery)
-              const exit = yield* Effect.exit(handler(event, attempt))
+              if (yield* handledBefore(delivery)) {
+                yield* ack(delivery)
+                remember(event.id)
+                yield* Metric.update(skipped, 1)
+                return
+              }
+              const exit = yield* Effect.exit(
+                handler(event, attempt).pipe(
+                  Effect.withSpan(`process ${event.channel}`, {
+                    kind: "consumer",
+                    links: producerLinks([event]),
+                    attributes: messagingAttributes(
+                      system,
+                      event,
+                      { type: "process", name: "process" },
+                      {
+                        ...messageAttributes(event),
+                        "messaging.consumer.group.name": group,
+                        "bus.delivery.attempt": attempt,
+                      },
+                    ),
+                  }),
+                ),
+              )
               if (exit._tag === "Success") {
+                yield* mark(delivery)
                 yield* ack(delivery)
                 remember(event.id)
                 yield* Metric.update(delivered, 1)
+                yield* Metric.update(lag, ageOf(event))
                 return
               }
               if (Cause.hasInterruptsOnly(exit.cause)) return yield* Effect.interrupt
@@ -109,19 +207,33 @@ export class Subscriber extends Context.Service<
               if (attempt >= maxAttempts) {
                 yield* Effect.logWarning(`dead-lettering event ${event.id} after ${attempt} attempts`)
                 yield* delivery.deadLetter(reason)
+                yield* mark(delivery)
                 remember(event.id)
                 yield* Metric.update(Metric.withAttributes(deadLettered, { source: group }), 1)
                 return
               }
               yield* Metric.update(handlerRetries, 1)
               yield* delivery.retry(backoffDelay(attempt, initial, cap))
-            }).pipe(
-              Effect.withSpan("bus.consume", { attributes: { "messaging.consumer.group.name": group } }),
+            })
+
+          // A stop lets the handler in flight finish and settle its event, for up to
+          // `stopGraceMs`: its side effects happened, so its event must not come again.
+          const graceMs = Math.max(0, request.stopGraceMs ?? 1_000)
+          const handleGracefully = (delivery: Delivery) =>
+            Effect.uninterruptibleMask((restore) =>
+              Effect.gen(function* () {
+                const fiber = yield* Effect.forkChild(restore(handle(delivery)))
+                const exit = yield* Effect.exit(restore(Fiber.await(fiber)))
+                if (Exit.isSuccess(exit)) return yield* exit.value
+                const late = yield* Fiber.await(fiber).pipe(Effect.timeout(graceMs), Effect.option)
+                if (Option.isNone(late)) yield* Fiber.interrupt(fiber)
+                return yield* Effect.interrupt
+              }),
             )
 
           yield* transport
             .group({ ...address, group, maxInFlight: concurrency })
-            .pipe(Stream.mapEffect(handle, { concurrency }), Stream.runDrain)
+            .pipe(Stream.mapEffect(handleGracefully, { concurrency }), Stream.runDrain)
         })
 
       return Subscriber.of({ subscribe, consume })

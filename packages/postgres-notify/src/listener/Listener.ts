@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto"
-import { type BusError, backoffDelay } from "@bus/core"
-import { Deferred, Effect, Exit, type Scope } from "effect"
+import { type BusError, backoffDelay, Metrics } from "@bus/core"
+import { Deferred, Effect, Exit, Metric, type Scope } from "effect"
 import pg from "pg"
 import { isConnectionError } from "../errors.js"
 import { probeChannel } from "../outbox/channels.js"
@@ -226,6 +226,9 @@ export const makeListener = (config: ListenerConfig): Effect.Effect<Listener, ne
         current = client
         state.connected = true
         state.connects++
+        if (state.connects > 1) {
+          yield* Metric.update(Metric.withAttributes(Metrics.reconnects, { transport: "postgres-notify" }), 1)
+        }
         onConnected()
         const channels = [...refs.keys()]
         if (channels.length > 0) {

@@ -1,5 +1,5 @@
-import { type Address, type BusError, checkAddress } from "@bus/core"
-import { Effect, PubSub, Queue, type Scope, Stream } from "effect"
+import { type Address, type BusError, checkAddress, Metrics } from "@bus/core"
+import { Effect, Metric, PubSub, Queue, type Scope, Stream } from "effect"
 import type pg from "pg"
 import { notifyParam } from "../outbox/append.js"
 import { addressChannel, decodePayload, relayChannel } from "../outbox/channels.js"
@@ -145,9 +145,17 @@ export const makeWakeUps = (config: WakeUpsConfig): Effect.Effect<WakeUps, never
       polls++
       const first = rows[0]
       if (first) pollSnapshot = parsePgSnapshot(String(first.snapshot))
+      let hits = 0
       for (const row of rows) {
         if (row.tenant === null || row.tenant === undefined) continue
+        hits++
         PubSub.publishUnsafe(changesHub, { tenant: String(row.tenant), channel: String(row.channel) })
+      }
+      if (hits > 0) {
+        yield* Metric.update(
+          Metric.withAttributes(Metrics.fallbackPollHits, { transport: "postgres-notify" }),
+          hits,
+        )
       }
       // Relays have no address: a tick is their wake-up (they lease and find out).
       if (relayWatchers > 0) PubSub.publishUnsafe(relayHub, undefined)

@@ -1,4 +1,12 @@
-import { type Address, type BusError, ConfigError, checkAddress, type Envelope, OutboxStore } from "@bus/core"
+import {
+  type Address,
+  type BusError,
+  ConfigError,
+  CursorInvalid,
+  checkAddress,
+  type Envelope,
+  OutboxStore,
+} from "@bus/core"
 import { Cause, Context, Effect, Exit, Layer, Scope, Stream } from "effect"
 import pg from "pg"
 import { transportName } from "../errors.js"
@@ -22,10 +30,11 @@ import {
   runTransaction,
   type TransactionOptions,
 } from "./batched.js"
+import { coversPosition, decodeCursor, decodePosition } from "./cursor.js"
 import { claimGroup } from "./groups.js"
 import { type PostgresOutboxOptions, resolveOptions } from "./options.js"
 import { makeQueries } from "./queries.js"
-import { head, read } from "./read.js"
+import { compactEpoch, head, read } from "./read.js"
 import { relayOps } from "./relay.js"
 import { makeRetentionJob, type RetentionStatus } from "./retention.js"
 
@@ -234,6 +243,18 @@ export const makePostgresOutboxStore = (
       prune: relay.prune,
     })
 
+    const ownEpoch = compactEpoch(epoch)
+    const ownsCursor = (cursor: string): boolean => {
+      const decoded = decodeCursor(cursor)
+      return !(decoded instanceof CursorInvalid) && decoded.epoch === ownEpoch
+    }
+    const covers = (cursor: string, position: string): boolean | undefined => {
+      const decoded = decodeCursor(cursor)
+      const at = decodePosition(position)
+      if (decoded instanceof CursorInvalid || at === undefined || decoded.epoch !== at.epoch) return undefined
+      return coversPosition(decoded, at.position)
+    }
+
     const service: PostgresOutboxService = {
       name: transportName,
       schema: schema.name,
@@ -261,6 +282,11 @@ export const makePostgresOutboxStore = (
       fail: relay.fail,
       backlog: relay.backlog,
       claimGroup: (address, group) => claimGroup(executor, queries, o.groupLeaseMs, address, group),
+      ownsCursor,
+      covers,
+      handled: relay.handled,
+      markHandled: relay.markHandled,
+      groupCursor: relay.groupCursor,
       deadLetter: relay.deadLetter,
       deadLetters: relay.deadLetters,
       prune: relay.prune,

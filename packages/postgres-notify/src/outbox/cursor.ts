@@ -188,3 +188,42 @@ export const isExpired = (cursor: Cursor, pruned: Position | undefined): boolean
   // of the delta already delivered (visible in `to`, at or before `last`).
   return !(pruned.xid < cursor.to.xmin && comparePosition(pruned, cursor.last) <= 0)
 }
+
+/**
+ * An event's outbox position as relayed events carry it to a broker:
+ * `pg1p:<epoch>:<xid>.<seq>` (base 36). Opaque to everyone but this module.
+ */
+export const encodePosition = (epoch: string, position: Position): string =>
+  `pg1p:${epoch}:${b36(position.xid)}.${b36(position.seq)}`
+
+/** Reads a position back; `undefined` for anything else. */
+export const decodePosition = (
+  text: string,
+): { readonly epoch: string; readonly position: Position } | undefined => {
+  const m = /^pg1p:([0-9a-f]{32}):([0-9a-z]{1,13})\.([0-9a-z]{1,13})$/.exec(text)
+  if (m === null) return undefined
+  const xid = parseB36(m[2]!)
+  const seq = parseB36(m[3]!)
+  return xid === undefined || seq === undefined ? undefined : { epoch: m[1]!, position: { xid, seq } }
+}
+
+/**
+ * Whether a reader at `cursor` has delivered the row at `position`: the row is visible in
+ * the cursor's snapshot, or (paging) inside the part of the delta it already delivered.
+ */
+export const coversPosition = (cursor: Cursor, position: Position): boolean =>
+  cursor.kind === "steady"
+    ? isVisible(position.xid, cursor.at)
+    : isVisible(position.xid, cursor.from) ||
+      (isVisible(position.xid, cursor.to) && comparePosition(position, cursor.last) <= 0)
+
+/**
+ * The part of snapshot `s` below transaction `bound`: visible exactly where `s` sees a
+ * transaction and its id is below `bound` (`s` itself when `bound` is past `s.xmax`).
+ */
+export const snapshotBelow = (s: Snapshot, bound: bigint): Snapshot => {
+  if (bound >= s.xmax) return s
+  const xmax = bound
+  const xmin = s.xmin < bound ? s.xmin : bound
+  return { xmin, xmax, xip: s.xip.filter((x) => x >= xmin && x < xmax) }
+}

@@ -87,10 +87,10 @@ export const claimGroup = (
       Effect.forkScoped,
     )
 
-    const commit = (next: string): Effect.Effect<void, BusError> =>
+    const commit = (next: string, handled?: string): Effect.Effect<void, BusError> =>
       lost
         ? Effect.fail(lostError())
-        : runQuery(executor, "commitGroup", q.commitGroup, [...key, next]).pipe(
+        : runQuery(executor, "commitGroup", q.commitGroup, [...key, next, handled ?? null]).pipe(
             Effect.retry(transient),
             Effect.flatMap((rows) => {
               if (rows.length > 0) return Effect.void

@@ -66,6 +66,10 @@ export interface OutboxQueries {
   readonly claimGroup: string
   readonly renewGroup: string
   readonly commitGroup: string
+  readonly groupCursor: string
+  readonly handled: string
+  readonly markHandled: string
+  readonly pruneInbox: string
   readonly releaseGroup: string
   readonly changedAddresses: string
 }
@@ -104,6 +108,12 @@ SELECT (SELECT count(*) FROM inserted)::int AS inserted,
   // whole; rows another transaction holds locked (a relay leasing or settling right now)
   // are skipped with every later row of their address, so a later row never goes to
   // one relay while an earlier one is with another (or about to be).
+  //
+  // Rows are taken in (xid, seq) order, so every unforwarded row left out sorts after the
+  // last candidate. Besides the leased rows (kind 1) the statement returns the candidates it
+  // left out (kind 2) and one row (kind 3) with its own snapshot, the epoch, the number of
+  // candidates and the last candidate's xid: enough to give each leased row the outbox
+  // frontier it carries to the broker (relay.ts).
   lease: `
 WITH t AS MATERIALIZED (
   SELECT clock_timestamp() AS now
@@ -111,11 +121,11 @@ WITH t AS MATERIALIZED (
   SELECT DISTINCT o.tenant, o.channel FROM ${S}.outbox o, t
   WHERE o.forwarded_at IS NULL AND o.parked_at IS NULL AND o.lease_until >= t.now
 ), candidates AS MATERIALIZED (
-  SELECT o.id, o.tenant, o.channel, o.seq FROM ${S}.outbox o, t
+  SELECT o.id, o.tenant, o.channel, o.xid, o.seq FROM ${S}.outbox o, t
   WHERE o.forwarded_at IS NULL AND o.parked_at IS NULL
     AND (o.lease_until IS NULL OR o.lease_until < t.now)
     AND NOT EXISTS (SELECT 1 FROM busy b WHERE b.tenant = o.tenant AND b.channel = o.channel)
-  ORDER BY o.seq
+  ORDER BY o.xid, o.seq
   LIMIT $2
 ), locked AS MATERIALIZED (
   -- Rechecked on the newest row version: a row leased or settled since this statement's
@@ -125,16 +135,28 @@ WITH t AS MATERIALIZED (
     AND o.forwarded_at IS NULL AND o.parked_at IS NULL
     AND (o.lease_until IS NULL OR o.lease_until < t.now)
   FOR UPDATE OF o SKIP LOCKED
-), picked AS (
+), picked AS MATERIALIZED (
   SELECT id FROM (
-    SELECT c.id, bool_and(l.id IS NOT NULL) OVER (PARTITION BY c.tenant, c.channel ORDER BY c.seq) AS unbroken
+    SELECT c.id, bool_and(l.id IS NOT NULL) OVER (PARTITION BY c.tenant, c.channel ORDER BY c.xid, c.seq) AS unbroken
     FROM candidates c LEFT JOIN locked l ON l.id = c.id
   ) x WHERE unbroken
+), leased AS (
+  UPDATE ${S}.outbox o
+  SET lease_owner = $1, lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond', attempts = o.attempts + 1
+  FROM picked WHERE o.id = picked.id
+  RETURNING o.xid, o.seq, o.id, o.tenant, o.channel, o.type, o.data, o.headers, o.event_time, o.attempts
 )
-UPDATE ${S}.outbox o
-SET lease_owner = $1, lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond', attempts = o.attempts + 1
-FROM picked WHERE o.id = picked.id
-RETURNING o.seq::text AS seq, o.id::text AS id, o.tenant, o.channel, o.type, o.data, o.headers, o.event_time, o.attempts`,
+SELECT 1 AS kind, l.xid::text AS xid, l.seq::text AS seq, l.id::text AS id, l.tenant, l.channel, l.type,
+       l.data, l.headers, l.event_time, l.attempts, NULL::text AS snapshot, NULL::text AS epoch, NULL::int AS candidates
+FROM leased l
+UNION ALL
+SELECT 2, c.xid::text, c.seq::text, c.id::text, c.tenant, c.channel, NULL::text,
+       NULL::jsonb, NULL::jsonb, NULL::timestamptz, NULL::int, NULL::text, NULL::text, NULL::int
+FROM candidates c WHERE NOT EXISTS (SELECT 1 FROM picked p WHERE p.id = c.id)
+UNION ALL
+SELECT 3, (SELECT c.xid::text FROM candidates c ORDER BY c.xid DESC, c.seq DESC LIMIT 1), NULL::text, NULL::text,
+       NULL::text, NULL::text, NULL::text, NULL::jsonb, NULL::jsonb, NULL::timestamptz, NULL::int,
+       pg_current_snapshot()::text, (SELECT m.epoch::text FROM ${S}.meta m), (SELECT count(*)::int FROM candidates)`,
 
   complete: `
 UPDATE ${S}.outbox SET forwarded_at = now(), lease_owner = NULL, lease_until = NULL, last_error = NULL
@@ -210,10 +232,44 @@ UPDATE ${S}.consumer_groups SET lease_until = clock_timestamp() + $5::bigint * i
 WHERE tenant = $1 AND channel = $2 AND group_name = $3 AND owner = $4
 RETURNING 1`,
 
+  // The position and, when $6 names an event, its inbox entry in one statement.
   commitGroup: `
-UPDATE ${S}.consumer_groups SET cursor = $5, updated_at = now()
-WHERE tenant = $1 AND channel = $2 AND group_name = $3 AND owner = $4
-RETURNING 1`,
+WITH c AS (
+  UPDATE ${S}.consumer_groups SET cursor = $5, updated_at = now()
+  WHERE tenant = $1 AND channel = $2 AND group_name = $3 AND owner = $4
+  RETURNING 1
+), m AS (
+  INSERT INTO ${S}.group_inbox (tenant, channel, group_name, event_id)
+  SELECT $1, $2, $3, $6::text::uuid FROM c WHERE $6::text IS NOT NULL
+  ON CONFLICT DO NOTHING
+  RETURNING 1
+)
+SELECT 1 AS committed FROM c`,
+
+  groupCursor: `SELECT cursor FROM ${S}.consumer_groups WHERE tenant = $1 AND channel = $2 AND group_name = $3`,
+
+  handled: `
+SELECT event_id::text AS id FROM ${S}.group_inbox
+WHERE tenant = $1 AND channel = $2 AND group_name = $3 AND event_id = ANY($4::uuid[])`,
+
+  // Written after a broker handler succeeded and before the broker's ack. Committed
+  // without waiting for the WAL flush (synchronous_commit off, for this statement only): a
+  // group's ack must not cost the database an fsync. A database crash can lose the last
+  // few hundred milliseconds of entries; the only effect is that those events could be
+  // handled again after a later flip.
+  markHandled: `
+INSERT INTO ${S}.group_inbox (tenant, channel, group_name, event_id)
+SELECT $1, $2, $3, i.id FROM unnest($4::uuid[]) AS i(id), (SELECT set_config('synchronous_commit', 'off', true)) s
+ON CONFLICT DO NOTHING`,
+
+  pruneInbox: `
+WITH d AS (
+  DELETE FROM ${S}.group_inbox WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM ${S}.group_inbox WHERE handled_at < now() - $1::bigint * interval '1 millisecond' LIMIT $2
+  ))
+  RETURNING 1
+)
+SELECT count(*)::int AS deleted FROM d`,
 
   releaseGroup: `
 UPDATE ${S}.consumer_groups SET owner = NULL, lease_until = NULL, updated_at = now()

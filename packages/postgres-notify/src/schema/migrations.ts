@@ -92,8 +92,31 @@ CREATE TABLE ${S}.meta (
 INSERT INTO ${S}.meta (schema_version) VALUES (1);
 `
 
+const v2 = (S: string): string => `
+-- Relays lease unforwarded rows in (xid, seq) order, so that every unforwarded row a
+-- lease leaves out sorts after the ones it took: that bounds the outbox frontier each
+-- relayed event carries (cursors across a transport flip, docs/flip.md).
+DROP INDEX ${S}.outbox_unforwarded;
+CREATE INDEX outbox_unforwarded ON ${S}.outbox (xid, seq) WHERE forwarded_at IS NULL AND parked_at IS NULL;
+
+-- Each consumer group's inbox: the events it handled, on any transport. A group that moves
+-- between transports (a flip) skips what it handled before; entries go with retention.
+CREATE TABLE ${S}.group_inbox (
+  tenant text NOT NULL,
+  channel text NOT NULL,
+  group_name text NOT NULL,
+  event_id uuid NOT NULL,
+  handled_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (tenant, channel, group_name, event_id)
+);
+CREATE INDEX group_inbox_handled_at ON ${S}.group_inbox USING brin (handled_at);
+`
+
 /** Every migration, oldest first. */
-export const migrations: ReadonlyArray<Migration> = [{ version: 1, name: "outbox", sql: v1 }]
+export const migrations: ReadonlyArray<Migration> = [
+  { version: 1, name: "outbox", sql: v1 },
+  { version: 2, name: "flip", sql: v2 },
+]
 
 /** The schema version this build of the package reads and writes. */
 export const latestVersion: number = migrations[migrations.length - 1]!.version

@@ -1,0 +1,185 @@
+import { parseArgs } from "node:util"
+import { migrate, validateSchemaName } from "@bus/postgres-notify"
+import { brokerUrls } from "./brokers.js"
+import { CliError, checkPostgresUrl, postgresError, redact } from "./errors.js"
+import { collectStatus, formatStatus } from "./status.js"
+import { type Out, styles, useColour } from "./style.js"
+import { tail } from "./tail.js"
+
+/**
+ * The `bus` command line.
+ *
+ * @module
+ */
+
+export const usage = `usage: bus <command> [options]
+
+commands
+  migrate                       apply the outbox schema (idempotent, safe to run from many processes)
+  status                        transport in use and why, NOTIFY health and pressure, backlog,
+                                relay lag, dead letters, consumer groups, recommended transport
+  tail <tenant> <channel>       print a channel's events as they arrive (tail -f)
+
+options
+  --url <postgres://…>          the application's database (default: $DATABASE_URL)
+  --schema <name>               outbox schema (default: bus)
+  --json                        machine-readable output (status: one object; tail: one event per line)
+  status:
+    --window <seconds>          history the notify rate is measured over (default 10)
+    --threshold <n>             notifying commits/s to compare with (default: $BUS_NOTIFY_RATE_THRESHOLD or 1000)
+  tail:
+    --from <cursor|now|beginning>  where to start (default now)
+    --transport <name>          postgres-notify | nats | redis-streams (default: what BUS_* selects)
+    --count <n>                 stop after n events
+  brokers (tail, and broker dead letters in status):
+    --redis-url <redis://…>     default: $REDIS_URL
+    --nats-url <nats://…>       default: $NATS_URL
+
+The transport is selected exactly as the bus does it: BUS_TRANSPORT, BUS_NOTIFY_RATE,
+BUS_NOTIFY_RATE_THRESHOLD, BUS_BROKER. See docs/flip.md.`
+
+/** Where the command writes, what it reads, and how it is stopped (tests pass their own). */
+export interface Io {
+  readonly out: Out
+  readonly err: Out
+  readonly env: Readonly<Record<string, string | undefined>>
+  /** Resolves when the user asks to stop (Ctrl-C). */
+  readonly interrupted: Promise<void>
+}
+
+const number = (name: string, raw: string | undefined, min: number): number | undefined => {
+  if (raw === undefined) return undefined
+  const n = Number(raw)
+  if (!Number.isFinite(n) || n < min)
+    throw new CliError(`--${name} must be a number ≥ ${min}, got ${JSON.stringify(raw)}`, 2)
+  return n
+}
+
+/** Runs one command; resolves with the exit code. */
+export const main = async (argv: ReadonlyArray<string>, io: Io): Promise<number> => {
+  try {
+    return await run(argv, io)
+  } catch (error) {
+    const s = styles(useColour(io.err, io.env))
+    if (error instanceof CliError) {
+      io.err.write(`${s.red("bus:")} ${error.message}\n`)
+      if (error.code === 2) io.err.write(s.dim("run `bus --help` for usage\n"))
+      return error.code
+    }
+    io.err.write(`${s.red("bus:")} ${error instanceof Error ? error.message : String(error)}\n`)
+    return 1
+  }
+}
+
+const run = async (argv: ReadonlyArray<string>, io: Io): Promise<number> => {
+  let parsed: ReturnType<typeof parse>
+  try {
+    parsed = parse(argv)
+  } catch (error) {
+    throw new CliError(error instanceof Error ? error.message : String(error), 2)
+  }
+  const { positionals, values } = parsed
+  const command = positionals[0]
+  if (values.help === true || command === undefined || command === "help") {
+    io.out.write(`${usage}\n`)
+    return command === undefined && values.help !== true ? 2 : 0
+  }
+  const schema = values.schema ?? "bus"
+  const validSchema = validateSchemaName(schema)
+  if (typeof validSchema !== "string") throw new CliError(validSchema.message, 2)
+  const url = () => checkPostgresUrl(values.url ?? io.env.DATABASE_URL)
+  const brokers = () => brokerUrls({ redisUrl: values["redis-url"], natsUrl: values["nats-url"] }, io.env)
+
+  switch (command) {
+    case "migrate": {
+      if (positionals.length > 1) throw new CliError("bus migrate takes no arguments", 2)
+      const target = url()
+      const result = await migrate({ connectionString: target, schema, applicationName: "bus-cli" }).catch(
+        (error: unknown) => {
+          throw postgresError((error as { cause?: unknown }).cause ?? error, target, schema)
+        },
+      )
+      if (values.json === true) io.out.write(`${JSON.stringify(result)}\n`)
+      else {
+        io.out.write(
+          result.applied.length > 0
+            ? `schema ${result.schema} on ${redact(target)}: applied ${result.applied.join(", ")}; now at version ${result.version}\n`
+            : `schema ${result.schema} on ${redact(target)}: already at version ${result.version}\n`,
+        )
+      }
+      return 0
+    }
+    case "status": {
+      if (positionals.length > 1) throw new CliError("bus status takes no arguments", 2)
+      const report = await collectStatus({
+        url: url(),
+        schema,
+        windowSeconds: number("window", values.window, 1) ?? 10,
+        threshold: number("threshold", values.threshold, 1),
+        env: io.env,
+        brokers: brokers(),
+      })
+      io.out.write(
+        values.json === true
+          ? `${JSON.stringify(report, null, 2)}\n`
+          : `${formatStatus(report, styles(useColour(io.out, io.env)))}\n`,
+      )
+      return 0
+    }
+    case "tail": {
+      const [, tenant, channel, ...rest] = positionals
+      if (tenant === undefined || channel === undefined || rest.length > 0) {
+        throw new CliError("usage: bus tail <tenant> <channel> [--from cursor|now|beginning]", 2)
+      }
+      const transport = values.transport
+      if (
+        transport !== undefined &&
+        !["postgres-notify", "nats", "redis-streams", "auto"].includes(transport)
+      ) {
+        throw new CliError(
+          `--transport must be postgres-notify, nats, redis-streams or auto, not ${JSON.stringify(transport)}`,
+          2,
+        )
+      }
+      await tail({
+        url: url(),
+        schema,
+        tenant,
+        channel,
+        from: values.from ?? "now",
+        transport,
+        json: values.json === true,
+        count: number("count", values.count, 1),
+        env: io.env,
+        brokers: brokers(),
+        out: io.out,
+        err: io.err,
+        styles: styles(useColour(io.out, io.env)),
+        stop: io.interrupted,
+      })
+      return 0
+    }
+    default:
+      throw new CliError(`unknown command ${JSON.stringify(command)}`, 2)
+  }
+}
+
+const parse = (argv: ReadonlyArray<string>) =>
+  parseArgs({
+    args: [...argv],
+    allowPositionals: true,
+    strict: true,
+    options: {
+      url: { type: "string" },
+      schema: { type: "string" },
+      json: { type: "boolean" },
+      window: { type: "string" },
+      threshold: { type: "string" },
+      from: { type: "string" },
+      transport: { type: "string" },
+      count: { type: "string" },
+      "redis-url": { type: "string" },
+      "nats-url": { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+  })

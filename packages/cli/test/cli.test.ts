@@ -1,0 +1,292 @@
+import { spawn } from "node:child_process"
+import { fileURLToPath } from "node:url"
+import { type Bus, createBus, type Transport } from "@bus/core"
+import { postgresNotify } from "@bus/postgres-notify"
+import { redisStreamsTransport } from "@bus/redis-streams"
+import { type PostgresHandle, type ServerHandle, startPostgres, startRedis } from "@bus/test-infra"
+import { Layer as L, type Layer, References } from "effect"
+import pg from "pg"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+
+/**
+ * The `bus` command as a user runs it: a child process against a real Postgres (and Redis).
+ */
+
+const bin = fileURLToPath(new URL("../dist/bus.js", import.meta.url))
+// biome-ignore lint/suspicious/noControlCharactersInRegex: looks for colour codes
+const ansi = /\u001b\[/
+
+let postgres: PostgresHandle
+let redis: ServerHandle
+
+interface Result {
+  readonly code: number | null
+  readonly stdout: string
+  readonly stderr: string
+}
+
+const bus = (
+  args: ReadonlyArray<string>,
+  env: Record<string, string> = {},
+  timeoutMs = 30_000,
+): Promise<Result> =>
+  new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [bin, ...args], {
+      env: { PATH: process.env.PATH ?? "", DATABASE_URL: postgres.url, ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+    })
+    let stdout = ""
+    let stderr = ""
+    child.stdout.on("data", (d: Buffer) => {
+      stdout += d.toString()
+    })
+    child.stderr.on("data", (d: Buffer) => {
+      stderr += d.toString()
+    })
+    const timer = setTimeout(() => {
+      child.kill("SIGKILL")
+      reject(new Error(`bus ${args.join(" ")} did not finish in ${timeoutMs} ms: ${stderr}`))
+    }, timeoutMs)
+    child.once("exit", (code) => {
+      clearTimeout(timer)
+      resolve({ code, stdout, stderr })
+    })
+  })
+
+const quiet = L.succeed(References.MinimumLogLevel, "None") as Layer.Layer<never>
+
+/** An application bus on `transport`, as the app would build it. */
+const appBus = (transport: "postgres-notify" | "redis-streams", schema = "bus"): Promise<Bus> => {
+  const p = postgresNotify({
+    connectionString: postgres.url,
+    schema,
+    pressure: false,
+    env: false,
+    selection: { transport },
+  })
+  return createBus({
+    outbox: p.outbox,
+    transports: {
+      "postgres-notify": p.transport,
+      "redis-streams": redisStreamsTransport({ url: redis.url }) as Layer.Layer<Transport, never>,
+    },
+    transport,
+    env: false,
+    relay: { maxIdleMs: 50 },
+    telemetry: quiet,
+  })
+}
+
+const publish = async (b: Bus, n: number, channel = "orders", tenant = "acme") => {
+  const client = new pg.Client({ connectionString: postgres.url })
+  await client.connect()
+  try {
+    const ids: Array<string> = []
+    for (let i = 0; i < n; i++) {
+      await client.query("BEGIN")
+      ids.push(...(await b.publish(client, { tenant, channel, type: "order.paid", data: { i } })).ids)
+      await client.query("COMMIT")
+    }
+    return ids
+  } finally {
+    await client.end()
+  }
+}
+
+beforeAll(async () => {
+  ;[postgres, redis] = await Promise.all([startPostgres(), startRedis()])
+})
+
+afterAll(async () => {
+  await Promise.all([postgres?.stop(), redis?.stop()])
+})
+
+describe("bus migrate", () => {
+  it("says what to do before the schema exists, then applies it once", async () => {
+    const before = await bus(["status"])
+    expect(before.code).toBe(1)
+    expect(before.stderr).toMatch(/no schema "bus".*bus migrate/)
+    const tailBefore = await bus(["tail", "acme", "orders"])
+    expect(tailBefore.code).toBe(1)
+    expect(tailBefore.stderr).toMatch(/bus migrate/)
+
+    const first = await bus(["migrate"])
+    expect(first.code).toBe(0)
+    expect(first.stdout).toMatch(/applied 1, 2; now at version 2/)
+    expect(first.stdout).not.toContain(new URL(postgres.url).password)
+    const again = await bus(["migrate", "--json"])
+    expect(JSON.parse(again.stdout)).toMatchObject({ schema: "bus", applied: [], version: 2 })
+  })
+
+  it("explains bad URLs and unreachable or refusing servers", async () => {
+    const u = new URL(postgres.url)
+    const cases: Array<[Array<string>, number, RegExp]> = [
+      [["status", "--url", "not a url"], 2, /not a database URL/],
+      [["status", "--url", "mysql://root@localhost/db"], 2, /not a Postgres URL/],
+      [
+        ["migrate", "--url", "postgres://bus:x@127.0.0.1:1/db"],
+        1,
+        /cannot reach Postgres at 127\.0\.0\.1:1\/db: connection refused/,
+      ],
+      [
+        ["status", "--url", `postgres://bus:wrong@${u.host}/bus_test`],
+        1,
+        /refused the login: password authentication failed/,
+      ],
+      [
+        ["status", "--url", `postgres://bus:${u.password}@${u.host}/nope`],
+        1,
+        /database "nope" does not exist/,
+      ],
+      [["status", "--url", "postgres://bus@host.invalid/db"], 1, /host name does not resolve/],
+      [["status", "--schema", "Robert'); DROP"], 2, /schema must match/],
+      [["frob"], 2, /unknown command "frob"/],
+    ]
+    for (const [args, code, message] of cases) {
+      const r = await bus(args, { DATABASE_URL: "" })
+      expect(r.code, args.join(" ")).toBe(code)
+      expect(r.stderr, args.join(" ")).toMatch(message)
+      expect(r.stderr).not.toContain("wrong@")
+    }
+    const none = await bus(["status"], { DATABASE_URL: "" })
+    expect(none.code).toBe(2)
+    expect(none.stderr).toMatch(/no database URL: pass --url .* or set DATABASE_URL/)
+  })
+})
+
+describe("bus status", () => {
+  it("reports the running transport, NOTIFY health and pressure, groups, and a recommendation", async () => {
+    const app = await appBus("postgres-notify")
+    const handled: Array<string> = []
+    const consumer = app.consume({ tenant: "acme", channel: "status", group: "mailer" }, (e) => {
+      handled.push(e.id)
+    })
+    try {
+      const ids = await publish(app, 40, "status")
+      while (handled.length < ids.length) await new Promise((r) => setTimeout(r, 20))
+      const json = await bus(["status", "--json"])
+      expect(json.code, json.stderr).toBe(0)
+      const report = JSON.parse(json.stdout)
+      expect(report.schema).toMatchObject({ name: "bus", version: 2, expected: 2 })
+      expect(report.transport.configured).toMatchObject({ transport: "postgres-notify" })
+      expect(report.transport.running).toEqual(
+        expect.arrayContaining([expect.objectContaining({ transport: "postgres-notify" })]),
+      )
+      expect(report.transport.listeners).toBeGreaterThanOrEqual(1)
+      expect(report.notify.state).toBe("healthy")
+      expect(report.pressure.notifyingCommitsPerSecond).toBeGreaterThan(0)
+      expect(report.pressure.threshold).toBe(1000)
+      expect(report.pressure.notifyCommitLockWaits).toBe(0)
+      expect(report.groups).toEqual(
+        expect.arrayContaining([
+          expect.objectContaining({ channel: "status", group: "mailer", position: "outbox", held: true }),
+        ]),
+      )
+      expect(report.recommendation).toMatchObject({ transport: "postgres-notify", level: "ok" })
+
+      // A threshold the measured rate passes: the recommendation is the broker.
+      const over = JSON.parse(
+        (await bus(["status", "--json", "--threshold", "1"], { BUS_BROKER: "redis-streams" })).stdout,
+      )
+      expect(over.recommendation).toMatchObject({ transport: "redis-streams", level: "act" })
+
+      // Human output: a table, plain when piped, coloured when asked for.
+      const human = await bus(["status"])
+      expect(human.stdout).toMatch(/notifying commits\/s/)
+      expect(human.stdout).toMatch(/self-probe\s+healthy/)
+      expect(human.stdout).toMatch(/recommended: postgres-notify/)
+      expect(human.stdout).not.toMatch(ansi)
+      expect((await bus(["status"], { FORCE_COLOR: "1" })).stdout).toMatch(ansi)
+    } finally {
+      await consumer.close()
+      await app.close()
+    }
+  })
+
+  it("on a broker: shows it running, the relay lag and the broker's dead letters", async () => {
+    const app = await appBus("redis-streams")
+    try {
+      const ids = await publish(app, 10, "relayed")
+      const r = await bus(["status", "--json"], { BUS_TRANSPORT: "redis-streams", REDIS_URL: redis.url })
+      expect(r.code, r.stderr).toBe(0)
+      const report = JSON.parse(r.stdout)
+      expect(report.transport.configured).toMatchObject({ transport: "redis-streams" })
+      expect(report.transport.running).toEqual(
+        expect.arrayContaining([expect.objectContaining({ transport: "redis-streams" })]),
+      )
+      expect(report.outbox.relayLagMs).toBeTypeOf("number")
+      expect(report.deadLetters.broker).toMatchObject({ transport: "redis-streams", count: 0 })
+      expect(ids).toHaveLength(10)
+    } finally {
+      await app.close()
+    }
+  })
+})
+
+describe("bus tail", () => {
+  it("prints a channel's events: plain when piped, coloured on request, JSON with --json, resumable", async () => {
+    const app = await appBus("postgres-notify")
+    try {
+      const ids = await publish(app, 5, "tailed")
+      const plain = await bus(["tail", "acme", "tailed", "--from", "beginning", "--count", "3"])
+      expect(plain.code, plain.stderr).toBe(0)
+      const lines = plain.stdout.trim().split("\n")
+      expect(lines).toHaveLength(3)
+      expect(lines[0]).toContain("order.paid")
+      expect(lines[0]).toContain(ids[0])
+      expect(lines[0]).toContain('{"i":0}')
+      expect(plain.stdout).not.toMatch(ansi)
+      const resume = /--from (\S+)/.exec(plain.stderr)?.[1]
+      expect(resume).toMatch(/^pg1:/)
+
+      const json = await bus(["tail", "acme", "tailed", "--from", resume!, "--count", "2", "--json"])
+      const events = json.stdout
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l))
+      expect(events.map((e) => e.id)).toEqual(ids.slice(3, 5))
+      expect(events[0].cursor).toMatch(/^pg1:/)
+
+      const coloured = await bus(["tail", "acme", "tailed", "--from", "beginning", "--count", "1"], {
+        FORCE_COLOR: "1",
+      })
+      expect(coloured.stdout).toMatch(ansi)
+
+      // Live: a tail from "now" prints what is published after it started.
+      const live = bus(["tail", "acme", "tailed", "--count", "2"])
+      await new Promise((r) => setTimeout(r, 1_500))
+      const later = await publish(app, 2, "tailed")
+      const liveResult = await live
+      expect(liveResult.stdout).toContain(later[0])
+      expect(liveResult.stdout).toContain(later[1])
+    } finally {
+      await app.close()
+    }
+  })
+
+  it("tails through a broker, and explains bad input", async () => {
+    const app = await appBus("redis-streams")
+    try {
+      const ids = await publish(app, 3, "brokered")
+      const r = await bus(["tail", "acme", "brokered", "--from", "beginning", "--count", "3"], {
+        BUS_TRANSPORT: "redis-streams",
+        REDIS_URL: redis.url,
+      })
+      expect(r.code, r.stderr).toBe(0)
+      for (const id of ids) expect(r.stdout).toContain(id)
+      expect(r.stderr).toMatch(/--from redis1:/)
+
+      const noUrl = await bus(["tail", "acme", "brokered"], { BUS_TRANSPORT: "redis-streams" })
+      expect(noUrl.code).toBe(2)
+      expect(noUrl.stderr).toMatch(/needs a Redis URL/)
+      const badCursor = await bus(["tail", "acme", "brokered", "--from", "pg1:nonsense"])
+      expect(badCursor.code).toBe(1)
+      expect(badCursor.stderr).toMatch(/cannot start from "pg1:nonsense"/)
+      const badName = await bus(["tail", "ac me", "orders", "--count", "1"])
+      expect(badName.code).toBe(1)
+      expect(badName.stderr).toMatch(/InvalidName/)
+    } finally {
+      await app.close()
+    }
+  })
+})
