@@ -75,10 +75,11 @@ describe("startNatsCluster", () => {
 
     await node.kill()
     // Only a client that happened to be connected to the killed node has to reconnect first.
-    await vi.waitFor(() => js.publish("r3.created", "follower down"), { timeout: 10_000, interval: 100 })
-    const read = await (await jetstreamManager(nc)).streams.getMessage("ORDERS_R3", {
-      last_by_subj: "r3.created",
-    })
+    await eventually(() => js.publish("r3.created", "follower down"))
+    // JetStream API requests can time out while the cluster re-routes; retry until one answers.
+    const read = await eventually(async () =>
+      (await jetstreamManager(nc)).streams.getMessage("ORDERS_R3", { last_by_subj: "r3.created" }),
+    )
     expect(read?.string()).toBe("follower down")
 
     await node.restart()
@@ -94,7 +95,7 @@ describe("startNatsCluster", () => {
   })
 
   it("elects a new stream leader when the leader is SIGKILLed, loses nothing, and the old leader rejoins", async () => {
-    const before = await streamInfo()
+    const before = await eventually(streamInfo)
     const leader = before.cluster?.leader
     if (leader === undefined) throw new Error("the stream has a leader")
     const node = nodeNamed(leader)
