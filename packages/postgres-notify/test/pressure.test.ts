@@ -66,21 +66,24 @@ describe("NOTIFY-pressure monitor", () => {
       migrate: false,
       listen: false,
       pollIntervalMs: 0,
-      pressure: { intervalMs: 500, notifyRateThreshold: 60, warnAt: 0.8 },
+      // A low threshold keeps the test independent of how fast a loaded machine commits.
+      pressure: { intervalMs: 500, notifyRateThreshold: 30, warnAt: 0.8 },
     })
-    // Below the threshold: 20/s is a third of it, no warning.
-    await notifyAt(s, 20, 1_600)
+    // Below the threshold: 5/s is a sixth of it, no warning.
+    await notifyAt(s, 5, 1_600)
     await sleep(600)
     const calm = s.pressure()
     expect(calm.level).toBe("ok")
     expect(logs.filter((l) => l.includes("BUS_TRANSPORT"))).toHaveLength(0)
 
-    // Near it: 55/s is over 80 % of 60.
-    const sent = await notifyAt(s, 55, 2_200)
+    // Over 80 % of it: aim at 45/s; the assertions use the rate actually achieved.
+    const sent = await notifyAt(s, 45, 2_200)
+    const achieved = sent / 2.2
     const hot = s.pressure()
     console.log(`[pressure] sent ${sent} notifying commits in 2.2 s; monitor said ${JSON.stringify(hot)}`)
-    expect(hot.notifyingCommitsPerSecond).toBeGreaterThan(35)
-    expect(hot.notifyingCommitsPerSecond).toBeLessThan(75)
+    expect(achieved).toBeGreaterThan(24)
+    expect(hot.notifyingCommitsPerSecond).toBeGreaterThan(achieved * 0.6)
+    expect(hot.notifyingCommitsPerSecond).toBeLessThan(achieved * 1.5)
     expect(hot.level === "near-threshold" || hot.level === "over-threshold").toBe(true)
     expect(hot.databaseCommitsPerSecond).toBeGreaterThan(0)
     expect(hot.notificationQueueUsage).toBeGreaterThanOrEqual(0)
