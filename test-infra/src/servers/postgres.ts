@@ -77,7 +77,10 @@ export async function startPostgres(options: StartPostgresOptions = {}): Promise
           String(port),
           "-k",
           socketDir,
-          ...Object.entries(SETTINGS).flatMap(([name, value]) => ["-c", `${name}=${value}`]),
+          ...Object.entries({ ...SETTINGS, ...options.settings }).flatMap(([name, value]) => [
+            "-c",
+            `${name}=${value}`,
+          ]),
         ],
         env,
         runAs,

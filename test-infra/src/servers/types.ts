@@ -69,6 +69,12 @@ export interface StartPostgresOptions {
   readonly binaries?: "embedded" | "local"
   /** Database the URL points at; created at start. Defaults to `bus_test`. */
   readonly database?: string
+  /**
+   * Server settings passed as `-c name=value`, over the test defaults (which turn `fsync` and
+   * `full_page_writes` off). Benchmarks pass `{ fsync: "on", full_page_writes: "on" }` to
+   * measure commits as a production server makes them.
+   */
+  readonly settings?: Readonly<Record<string, string>>
 }
 
 /** Options for `startRedis`. */
