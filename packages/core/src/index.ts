@@ -31,8 +31,11 @@ export {
 export {
   type Delivery,
   type GroupRequest,
+  type SendItem,
   type SendMeta,
+  type SendOutcome,
   type SubscribeRequest,
+  sendEach,
   Transport,
 } from "./contracts/Transport.js"
 export { type CloudEvent, fromCloudEvent, toCloudEvent } from "./envelope/CloudEvent.js"

@@ -8,6 +8,7 @@ import {
   makeEnvelope,
   memoryBroker,
   OutboxStore,
+  sendEach,
   Transport,
 } from "../src/index.js"
 
@@ -99,19 +100,17 @@ export const instrumentedBroker = (
     Transport,
     Effect.gen(function* () {
       const inner = yield* Transport
-      return Transport.of({
-        ...inner,
-        send: (event) =>
-          Effect.suspend(() => {
-            const attempt = (log.attempts.get(event.id) ?? 0) + 1
-            log.attempts.set(event.id, attempt)
-            log.total++
-            const hook = before(event, attempt)
-            if (hook === undefined) return inner.send(event)
-            if (Effect.isEffect(hook)) return Effect.andThen(hook, inner.send(event))
-            return Effect.fail(hook)
-          }),
-      })
+      const send = (event: Envelope) =>
+        Effect.suspend(() => {
+          const attempt = (log.attempts.get(event.id) ?? 0) + 1
+          log.attempts.set(event.id, attempt)
+          log.total++
+          const hook = before(event, attempt)
+          if (hook === undefined) return inner.send(event)
+          if (Effect.isEffect(hook)) return Effect.andThen(hook, inner.send(event))
+          return Effect.fail(hook)
+        })
+      return Transport.of({ ...inner, send, sendAll: sendEach(send) })
     }),
   ).pipe(Layer.provide(memoryBroker(brokerOutbox)))
   return { layer, log }

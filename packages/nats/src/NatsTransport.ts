@@ -5,7 +5,9 @@ import {
   checkAddress,
   type Envelope,
   OutboxStore,
+  type SendItem,
   type SendMeta,
+  type SendOutcome,
   Transport,
   TransportFailure,
   TransportUnavailable,
@@ -73,7 +75,7 @@ const openConnection = (options: NatsTransportOptions) =>
       }),
   )
 
-/** `send`: one JetStream publish with `Nats-Msg-Id` = event id. */
+/** `send`: one JetStream publish with `Nats-Msg-Id` = event id; `sendAll`: a pipelined run of them. */
 const makeSend = (
   conn: ConnectionWatch,
   js: JetStreamClient,
@@ -138,7 +140,107 @@ const makeSend = (
         yield* Effect.sleep(Math.min(1_000, 25 * 2 ** attempt))
       }
     })
-  return send
+  /**
+   * `sendAll`: every publish written at once on the one connection (so the server stores
+   * them in this order), then the acks awaited together: one round trip for the lot. The
+   * prefix up to the first failed ack counts as sent. A failure retryable within the budget
+   * sends the rest again from the failed one: events after it that did land are dropped by
+   * `Nats-Msg-Id`, but then sit before the re-sent one in the stream — a rare reorder, only
+   * when one publish of a run fails while a later one succeeds (an ack lost to a timeout).
+   */
+  const sendAll = (
+    items: ReadonlyArray<SendItem>,
+    onSent?: (sent: number) => void,
+  ): Effect.Effect<SendOutcome> =>
+    Effect.gen(function* () {
+      let done = 0
+      const started = Date.now()
+      for (let attempt = 1; ; attempt++) {
+        const prepared: Array<{
+          readonly subject: string
+          readonly payload: Uint8Array
+          readonly id: string
+          readonly headers: ReturnType<typeof traceHeadersOf>
+        }> = []
+        let invalid: BusError | undefined
+        for (let i = done; i < items.length; i++) {
+          const { event, meta } = items[i]!
+          const checked = yield* Effect.exit(checkAddress(event))
+          if (checked._tag === "Failure") {
+            invalid = toBusError(Cause.squash(checked.cause), `publish ${event.id}`)
+            break
+          }
+          const subject = subjectOf(o.prefix, checked.value)
+          const payload = encodeEnvelope(event)
+          const total = payload.byteLength + headerBytes(event, meta)
+          if (total > serverMaxPayload) {
+            invalid = new TransportFailure({
+              transport: "nats",
+              retryable: false,
+              message: `nats: event ${event.id} is ${total} bytes with headers; the server's max_payload is ${serverMaxPayload}`,
+            })
+            break
+          }
+          prepared.push({ subject, payload, id: event.id, headers: traceHeadersOf(event, meta) })
+        }
+        const results: Array<BusError | true | undefined> = new Array(prepared.length)
+        let prefix = 0
+        let foreign: string | undefined
+        const advance = () => {
+          const before = prefix
+          while (prefix < prepared.length && results[prefix] === true) prefix++
+          if (prefix > before) onSent?.(done + prefix)
+        }
+        // js.publish writes its request before its first await: called in a loop, the
+        // messages leave in order.
+        const acks = prepared.map((p, i) =>
+          js
+            .publish(p.subject, p.payload, {
+              msgID: p.id,
+              timeout: o.requestTimeoutMs,
+              ...(p.headers === undefined ? {} : { headers: p.headers }),
+            })
+            .then(
+              (ack) => {
+                results[i] = true
+                if (ack.stream !== o.streamName) foreign = `${p.subject} is stored by stream ${ack.stream}`
+                advance()
+              },
+              (e) => {
+                results[i] = toBusError(e, `publish ${p.id} to ${p.subject}`)
+              },
+            ),
+        )
+        yield* Effect.promise(() => Promise.all(acks)).pipe(
+          // Publishes in flight when the connection dropped may never be answered: send them again.
+          Effect.raceFirst(conn.nextReconnect),
+        )
+        if (foreign !== undefined) {
+          yield* Effect.logWarning(
+            `nats: ${foreign}, not ${o.streamName}; subscriptions read ${o.streamName}`,
+          )
+        }
+        done += prefix
+        if (prefix === prepared.length) {
+          return invalid === undefined ? { sent: done } : { sent: done, error: invalid }
+        }
+        const failed = results[prefix]
+        const busError =
+          failed !== undefined && failed !== true
+            ? failed
+            : new TransportUnavailable({
+                transport: "nats",
+                message: `nats: reconnected while publishing ${prepared[prefix]!.id}`,
+              })
+        // A stream leader election or a reconnect takes seconds; ride it out here rather than
+        // burning the relay's attempts (a re-send is harmless: the stream drops it by id).
+        if (!busError.retryable || conn.closed() || Date.now() - started > sendRetryBudgetMs) {
+          return { sent: done, error: busError }
+        }
+        yield* Effect.sleep(Math.min(1_000, 25 * 2 ** attempt))
+      }
+    })
+  return { send, sendAll }
 }
 
 /**
@@ -193,7 +295,7 @@ export const natsTransport = (options: NatsTransportOptions = {}): Layer.Layer<T
         head,
         subscribe,
         group: makeGroup({ js, jsm, o, maxPayloadBytes: serverMaxPayload - 512, conn }),
-        send: makeSend(conn, js, o, serverMaxPayload),
+        ...makeSend(conn, js, o, serverMaxPayload),
         deadLetters: (limit) => readDeadLetters(jsm, js, o, limit),
       })
     }),

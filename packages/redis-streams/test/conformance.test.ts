@@ -1,5 +1,5 @@
 import { setTimeout as delay } from "node:timers/promises"
-import { createBus, MemoryOutbox, runRelay, Transport } from "@bus/core"
+import { createBus, type Envelope, MemoryOutbox, runRelay, sendEach, Transport } from "@bus/core"
 import { type ServerHandle, startRedis } from "@bus/test-infra"
 import { runConformanceSuite } from "@bus/test-infra/conformance"
 import { Effect, Layer, ManagedRuntime } from "effect"
@@ -34,19 +34,17 @@ const startRelay = (owner: string): RelayProcess => {
     Transport,
     Effect.gen(function* () {
       const inner = yield* Transport
-      return Transport.of({
-        ...inner,
-        send: (event) =>
-          inner.send(event).pipe(
-            Effect.andThen(
-              Effect.suspend(() => {
-                if (!armed.value) return Effect.void
-                armed.hung = true
-                return Effect.never
-              }),
-            ),
+      const send = (event: Envelope) =>
+        inner.send(event).pipe(
+          Effect.andThen(
+            Effect.suspend(() => {
+              if (!armed.value) return Effect.void
+              armed.hung = true
+              return Effect.never
+            }),
           ),
-      })
+        )
+      return Transport.of({ ...inner, send, sendAll: sendEach(send) })
     }),
   ).pipe(Layer.provide(redisStreamsTransport(options())))
   const runtime = ManagedRuntime.make(Layer.merge(transport, outbox.layer))

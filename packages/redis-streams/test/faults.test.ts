@@ -1,5 +1,13 @@
 import { setTimeout as delay } from "node:timers/promises"
-import { type DeliveredEvent, MemoryOutbox, OutboxStore, runRelay, Transport } from "@bus/core"
+import {
+  type DeliveredEvent,
+  type Envelope,
+  MemoryOutbox,
+  OutboxStore,
+  runRelay,
+  sendEach,
+  Transport,
+} from "@bus/core"
 import { type ServerHandle, startRedis } from "@bus/test-infra"
 import { Effect, Layer, ManagedRuntime } from "effect"
 import { Redis } from "ioredis"
@@ -294,13 +302,11 @@ describe("fault scenarios", () => {
         Transport,
         Effect.gen(function* () {
           const inner = yield* Transport
-          return Transport.of({
-            ...inner,
-            send: (event) =>
-              inner
-                .send(event)
-                .pipe(Effect.andThen(Effect.suspend(() => (++sends >= 137 ? Effect.never : Effect.void)))),
-          })
+          const send = (event: Envelope) =>
+            inner
+              .send(event)
+              .pipe(Effect.andThen(Effect.suspend(() => (++sends >= 137 ? Effect.never : Effect.void))))
+          return Transport.of({ ...inner, send, sendAll: sendEach(send) })
         }),
       ).pipe(Layer.provide(redisStreamsTransport(options)))
       const relay1 = ManagedRuntime.make(Layer.merge(hanging, outbox.layer))

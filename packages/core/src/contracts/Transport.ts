@@ -1,4 +1,4 @@
-import { Context, type Effect, type Stream } from "effect"
+import { Context, Effect, type Stream } from "effect"
 import type { DeliveredEvent, Envelope } from "../envelope/Envelope.js"
 import type { BusError } from "../errors/BusError.js"
 import type { TransportCapabilities } from "./Capabilities.js"
@@ -29,6 +29,43 @@ export interface SendMeta {
   readonly position?: string | undefined
   readonly frontier?: string | undefined
 }
+
+/** One event handed to {@link Transport}'s `sendAll`, with what the relay knows of its place in the outbox. */
+export interface SendItem {
+  readonly event: Envelope
+  readonly meta?: SendMeta | undefined
+}
+
+/**
+ * What `sendAll` did: the first `sent` items are stored on the broker. When `error` is set,
+ * item `sent` failed with it and the items after it count as not sent (some of them may
+ * have landed anyway: sending them again is harmless, the broker drops repeats by id).
+ */
+export interface SendOutcome {
+  readonly sent: number
+  readonly error?: BusError | undefined
+}
+
+/**
+ * `sendAll` for a transport that can only send one event at a time: each event after the
+ * previous one was stored, stopping at the first failure.
+ */
+export const sendEach =
+  (send: (event: Envelope, meta?: SendMeta) => Effect.Effect<void, BusError>) =>
+  (items: ReadonlyArray<SendItem>, onSent?: (sent: number) => void): Effect.Effect<SendOutcome> =>
+    Effect.gen(function* () {
+      for (let i = 0; i < items.length; i++) {
+        const item = items[i]!
+        const exit = yield* Effect.exit(send(item.event, item.meta))
+        if (exit._tag === "Failure") {
+          const reason = exit.cause.reasons.find((r) => r._tag === "Fail")
+          if (reason === undefined || reason._tag !== "Fail") return yield* Effect.failCause(exit.cause)
+          return { sent: i, error: reason.error }
+        }
+        onSent?.(i + 1)
+      }
+      return { sent: items.length }
+    }).pipe(Effect.orDie)
 
 /** One delivery to a consumer group member. Exactly one of `ack` / `retry` / `deadLetter` should run. */
 export interface Delivery {
@@ -73,6 +110,18 @@ export class Transport extends Context.Service<
      * stores `meta` with the event supports cursors across a transport flip (docs/flip.md).
      */
     readonly send: (event: Envelope, meta?: SendMeta) => Effect.Effect<void, BusError>
+    /**
+     * Accepts the relay's events of one address, in order, with `send`'s guarantees for each,
+     * and says how many went through ({@link SendOutcome}): the items before the first
+     * failure are on the broker, in this order. Brokers pipeline them (one round trip for the
+     * lot rather than one per event); the relay forwards only through this method.
+     * `onSent`, when given, hears the length of the stored prefix as it grows, so a relay
+     * interrupted mid-run still knows which events are on the broker.
+     */
+    readonly sendAll: (
+      items: ReadonlyArray<SendItem>,
+      onSent?: (sent: number) => void,
+    ) => Effect.Effect<SendOutcome>
     /** Events consumer groups of this transport dead-lettered, newest first (relay dead letters live in the outbox). */
     readonly deadLetters: (limit: number) => Effect.Effect<ReadonlyArray<DeadLetter>, BusError>
   }

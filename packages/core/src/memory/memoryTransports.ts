@@ -1,6 +1,6 @@
 import { Effect, Layer, Option, Stream } from "effect"
 import { OutboxStore } from "../contracts/OutboxStore.js"
-import { type SendMeta, Transport } from "../contracts/Transport.js"
+import { type SendItem, type SendMeta, Transport } from "../contracts/Transport.js"
 import type { DeliveredEvent } from "../envelope/Envelope.js"
 import { notCoveredBy, outboxCursorOf, splitCursor, withFrontier } from "../flip/flip.js"
 import { outboxTransport } from "../outbox-transport/OutboxTransport.js"
@@ -50,6 +50,17 @@ export const memoryBroker = (broker: MemoryOutbox = MemoryOutbox.make()): Layer.
         const frontier = meta.get(event.id)?.frontier
         return frontier === undefined ? event : { ...event, cursor: withFrontier(event.cursor, frontier) }
       }
+      // One in-memory commit for the lot, repeats of an id dropped.
+      const accept = (items: ReadonlyArray<SendItem>): void => {
+        const fresh: Array<SendItem["event"]> = []
+        for (const { event, meta: m } of items) {
+          if (sent.has(event.id)) continue
+          sent.add(event.id)
+          meta.set(event.id, m ?? {})
+          fresh.push(event)
+        }
+        if (fresh.length > 0) broker.commitBatch(fresh)
+      }
       return Transport.of({
         ...inner,
         capabilities: { ...inner.capabilities, name: "memory-broker", needsRelay: true, dedupesSends: true },
@@ -78,12 +89,12 @@ export const memoryBroker = (broker: MemoryOutbox = MemoryOutbox.make()): Layer.
               inbox: false,
             })),
           ),
-        send: (event, m) =>
+        send: (event, m) => Effect.sync(() => accept([{ event, meta: m }])),
+        sendAll: (items, onSent) =>
           Effect.sync(() => {
-            if (sent.has(event.id)) return
-            sent.add(event.id)
-            meta.set(event.id, m ?? {})
-            broker.commitBatch([event])
+            accept(items)
+            onSent?.(items.length)
+            return { sent: items.length }
           }),
       })
     }),

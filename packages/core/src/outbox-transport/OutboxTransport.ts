@@ -299,20 +299,19 @@ export const outboxTransport = (
           }),
         )
 
+      const noRelay = new TransportFailure({
+        transport: options.name,
+        retryable: false,
+        message: `${options.name} delivers straight from the outbox; it takes no relay`,
+      })
       return Transport.of({
         capabilities: makeCapabilities(options.name, options.capabilities),
         head: (address) => checkAddress(address).pipe(Effect.flatMap(store.head)),
         subscribe,
         group,
         deadLetters: (limit) => store.deadLetters(limit),
-        send: () =>
-          Effect.fail(
-            new TransportFailure({
-              transport: options.name,
-              retryable: false,
-              message: `${options.name} delivers straight from the outbox; it takes no relay`,
-            }),
-          ),
+        send: () => Effect.fail(noRelay),
+        sendAll: (items) => Effect.succeed(items.length === 0 ? { sent: 0 } : { sent: 0, error: noRelay }),
       })
     }),
   )

@@ -72,21 +72,34 @@ const relayBatchWith = (o: ReturnType<typeof resolve>) =>
     // this batch, so a later event never overtakes an earlier one on the broker.
     const system = transport.capabilities.name
     const lag = Metric.withAttributes(relayLag, { transport: system })
-    // One span per send, linked to the producer's span (the event's traceparent).
-    const send = (row: LeasedEvent) =>
-      transport.send(row.event, { position: row.position, frontier: row.frontier }).pipe(
-        Effect.tap(() => Metric.update(lag, ageOf(row.event))),
-        Effect.withSpan(`send ${row.event.channel}`, {
-          kind: "producer",
-          links: producerLinks([row.event]),
-          attributes: messagingAttributes(
-            system,
-            row.event,
-            { type: "send", name: "relay" },
-            { ...messageAttributes(row.event), "bus.relay.attempt": row.attempts },
+    // One span per address run, linked to every producer's span (the events' traceparents).
+    const sendRun = (rows: ReadonlyArray<LeasedEvent>, onSent: (sent: number) => void) =>
+      transport
+        .sendAll(
+          rows.map((row) => ({ event: row.event, meta: { position: row.position, frontier: row.frontier } })),
+          onSent,
+        )
+        .pipe(
+          Effect.tap((outcome) =>
+            Effect.forEach(rows.slice(0, outcome.sent), (row) => Metric.update(lag, ageOf(row.event)), {
+              discard: true,
+            }),
           ),
-        }),
-      )
+          Effect.withSpan(`send ${rows[0]!.event.channel}`, {
+            kind: "producer",
+            links: producerLinks(rows.map((row) => row.event)),
+            attributes: messagingAttributes(
+              system,
+              rows[0]!.event,
+              { type: "send", name: "relay" },
+              {
+                ...messageAttributes(rows[0]!.event),
+                "messaging.batch.message_count": rows.length,
+                "bus.relay.attempt": rows[0]!.attempts,
+              },
+            ),
+          }),
+        )
     const byAddress = new Map<string, Array<LeasedEvent>>()
     for (const row of leased) {
       const key = `${row.event.tenant}\u0000${row.event.channel}`
@@ -102,28 +115,38 @@ const relayBatchWith = (o: ReturnType<typeof resolve>) =>
       [...byAddress.values()],
       (rows) =>
         Effect.gen(function* () {
-          for (let i = 0; i < rows.length; i++) {
-            const row = rows[i]!
-            const exit = yield* Effect.exit(send(row))
-            if (Exit.isSuccess(exit)) {
-              forwarded.push(row.event.id)
-              continue
+          // The whole run in one pipelined send; the rows before the first failure went
+          // through, in order. After a parked row the next ones go in a new run.
+          let start = 0
+          while (start < rows.length) {
+            const run = rows.slice(start)
+            // Rows join `forwarded` as the broker confirms them, so an interrupted relay
+            // completes what it knows went through.
+            let confirmed = 0
+            const confirm = (sent: number) => {
+              for (; confirmed < Math.min(sent, run.length); confirmed++)
+                forwarded.push(run[confirmed]!.event.id)
             }
-            const error = exit.cause.reasons.find((r) => r._tag === "Fail")
-            const failure = error?._tag === "Fail" ? error.error : exit.cause
-            if (isBusError(failure) && failure._tag === "TransportUnavailable") {
+            const outcome = yield* sendRun(run, confirm)
+            confirm(outcome.sent)
+            if (outcome.error === undefined || outcome.sent >= run.length) return
+            const i = start + outcome.sent
+            const row = rows[i]!
+            const failure = outcome.error
+            if (failure._tag === "TransportUnavailable") {
               // The broker is down, not this row: hand the channel back without counting an
               // attempt, so an outage never walks rows towards the dead-letter place.
               for (const rest of rows.slice(i)) untried.push(rest.event.id)
               unavailable++
               return
             }
-            const park = isBusError(failure) && !failure.retryable
+            const park = !failure.retryable
             failures.push({ id: row.event.id, error: describe(failure), park })
             if (!park) {
               for (const rest of rows.slice(i + 1)) untried.push(rest.event.id)
               return
             }
+            start = i + 1
           }
         }),
       { concurrency: o.concurrency, discard: true },

@@ -118,32 +118,38 @@ SELECT (SELECT count(*) FROM inserted)::int AS inserted,
 WITH t AS MATERIALIZED (
   SELECT clock_timestamp() AS now
 ), busy AS MATERIALIZED (
-  SELECT DISTINCT o.tenant, o.channel FROM ${S}.outbox o, t
-  WHERE o.forwarded_at IS NULL AND o.parked_at IS NULL AND o.lease_until >= t.now
+  -- Only rows under a lease carry lease_until, and the partial index outbox_leased (v3)
+  -- lists just those: a batch or so per relay, whatever the backlog.
+  SELECT DISTINCT o.tenant, o.channel FROM ${S}.outbox o
+  WHERE o.forwarded_at IS NULL AND o.parked_at IS NULL AND o.lease_until IS NOT NULL
+    AND o.lease_until >= (SELECT now FROM t)
 ), candidates AS MATERIALIZED (
-  SELECT o.id, o.tenant, o.channel, o.xid, o.seq FROM ${S}.outbox o, t
+  -- The partial index outbox_unforwarded in (xid, seq) order, stopped at the limit. The
+  -- busy addresses are a filter (a hashed sub-plan), not a join: as an anti-join the planner
+  -- would estimate that it removes every row and sort the whole backlog instead.
+  SELECT o.id, o.tenant, o.channel, o.xid, o.seq FROM ${S}.outbox o
   WHERE o.forwarded_at IS NULL AND o.parked_at IS NULL
-    AND (o.lease_until IS NULL OR o.lease_until < t.now)
-    AND NOT EXISTS (SELECT 1 FROM busy b WHERE b.tenant = o.tenant AND b.channel = o.channel)
+    AND (o.lease_until IS NULL OR o.lease_until < (SELECT now FROM t))
+    AND (o.tenant, o.channel) NOT IN (SELECT b.tenant, b.channel FROM busy b)
   ORDER BY o.xid, o.seq
   LIMIT $2
 ), locked AS MATERIALIZED (
   -- Rechecked on the newest row version: a row leased or settled since this statement's
   -- snapshot drops out here, and with it the rest of its address.
-  SELECT o.id FROM ${S}.outbox o, t
+  SELECT o.id FROM ${S}.outbox o
   WHERE o.id IN (SELECT id FROM candidates)
     AND o.forwarded_at IS NULL AND o.parked_at IS NULL
-    AND (o.lease_until IS NULL OR o.lease_until < t.now)
+    AND (o.lease_until IS NULL OR o.lease_until < (SELECT now FROM t))
   FOR UPDATE OF o SKIP LOCKED
 ), picked AS MATERIALIZED (
   SELECT id FROM (
-    SELECT c.id, bool_and(l.id IS NOT NULL) OVER (PARTITION BY c.tenant, c.channel ORDER BY c.xid, c.seq) AS unbroken
-    FROM candidates c LEFT JOIN locked l ON l.id = c.id
+    SELECT c.id, bool_and(c.id IN (SELECT l.id FROM locked l)) OVER (PARTITION BY c.tenant, c.channel ORDER BY c.xid, c.seq) AS unbroken
+    FROM candidates c
   ) x WHERE unbroken
 ), leased AS (
   UPDATE ${S}.outbox o
   SET lease_owner = $1, lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond', attempts = o.attempts + 1
-  FROM picked WHERE o.id = picked.id
+  WHERE o.id IN (SELECT id FROM picked)
   RETURNING o.xid, o.seq, o.id, o.tenant, o.channel, o.type, o.data, o.headers, o.event_time, o.attempts
 )
 SELECT 1 AS kind, l.xid::text AS xid, l.seq::text AS seq, l.id::text AS id, l.tenant, l.channel, l.type,
@@ -152,7 +158,7 @@ FROM leased l
 UNION ALL
 SELECT 2, c.xid::text, c.seq::text, c.id::text, c.tenant, c.channel, NULL::text,
        NULL::jsonb, NULL::jsonb, NULL::timestamptz, NULL::int, NULL::text, NULL::text, NULL::int
-FROM candidates c WHERE NOT EXISTS (SELECT 1 FROM picked p WHERE p.id = c.id)
+FROM candidates c WHERE c.id NOT IN (SELECT p.id FROM picked p)
 UNION ALL
 SELECT 3, (SELECT c.xid::text FROM candidates c ORDER BY c.xid DESC, c.seq DESC LIMIT 1), NULL::text, NULL::text,
        NULL::text, NULL::text, NULL::text, NULL::jsonb, NULL::jsonb, NULL::timestamptz, NULL::int,

@@ -112,10 +112,19 @@ CREATE TABLE ${S}.group_inbox (
 CREATE INDEX group_inbox_handled_at ON ${S}.group_inbox USING brin (handled_at);
 `
 
+const v3 = (S: string): string => `
+-- Relay leases find the addresses under a live lease through this index alone: only rows
+-- under a lease (or whose relay died holding one) have lease_until set, a batch or so per
+-- relay, so the lease statement no longer reads the whole backlog to find them.
+CREATE INDEX outbox_leased ON ${S}.outbox (tenant, channel, lease_until)
+  WHERE forwarded_at IS NULL AND parked_at IS NULL AND lease_until IS NOT NULL;
+`
+
 /** Every migration, oldest first. */
 export const migrations: ReadonlyArray<Migration> = [
   { version: 1, name: "outbox", sql: v1 },
   { version: 2, name: "flip", sql: v2 },
+  { version: 3, name: "lease index", sql: v3 },
 ]
 
 /** The schema version this build of the package reads and writes. */
