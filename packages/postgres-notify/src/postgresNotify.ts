@@ -56,14 +56,16 @@ export interface PostgresNotify {
 
 /**
  * The NOTIFY mode for a selected transport: `addresses` for postgres-notify (and the
- * memory transport), `relay` for a broker. An invalid selection gets `both`, which is
+ * memory transport); `none` for a broker, because escaping NOTIFY's commit lock is the
+ * reason to run one — the relay polls the outbox instead (at once after a full batch,
+ * backing off to its `maxIdleMs` when idle). An invalid selection gets `both`, which is
  * correct for either (the bus itself then refuses to start with the selection's error).
  */
 export const notifyModeFor = (selected: TransportName | undefined): NotifyMode =>
   selected === undefined
     ? "both"
     : selected === "nats" || selected === "redis-streams"
-      ? "relay"
+      ? "none"
       : "addresses"
 
 /**
@@ -92,7 +94,23 @@ export const postgresNotify = (options: PostgresNotifyOptions = {}): PostgresNot
   // process runs (`bus status` lists them from pg_stat_activity).
   const applicationName =
     storeOptions.applicationName ?? (selected === undefined ? "bus" : `bus (${selected})`)
-  const outbox = postgresOutboxLayer({ ...storeOptions, applicationName, notify })
+  // With a broker the relay marks rows forwarded; retention must never delete a row it
+  // has not forwarded yet, whatever the notify mode.
+  const broker = selected === "nats" || selected === "redis-streams"
+  const retention =
+    broker && storeOptions.retention !== undefined && storeOptions.retention !== false
+      ? {
+          ...(storeOptions.retention === true ? {} : storeOptions.retention),
+          keepUnforwarded:
+            (storeOptions.retention === true ? undefined : storeOptions.retention.keepUnforwarded) ?? true,
+        }
+      : storeOptions.retention
+  const outbox = postgresOutboxLayer({
+    ...storeOptions,
+    ...(retention !== undefined ? { retention } : {}),
+    applicationName,
+    notify,
+  })
   const transport = outboxTransport({
     name: transportName,
     ...(pageSize !== undefined ? { pageSize } : {}),

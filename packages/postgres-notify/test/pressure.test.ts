@@ -214,7 +214,7 @@ describe("postgresNotify()", () => {
     expect(postgresNotify({ connectionString: db.url, env: false }).notify).toBe("addresses")
     expect(
       postgresNotify({ connectionString: db.url, env: false, selection: { transport: "nats" } }).notify,
-    ).toBe("relay")
+    ).toBe("none")
     const auto = {
       transport: "auto",
       notifyRate: 5_000,
@@ -222,7 +222,7 @@ describe("postgresNotify()", () => {
       broker: "redis-streams",
     } as const
     expect(postgresNotify({ connectionString: db.url, env: false, selection: auto })).toMatchObject({
-      notify: "relay",
+      notify: "none",
       selected: "redis-streams",
     })
     expect(
@@ -231,7 +231,7 @@ describe("postgresNotify()", () => {
         env: { BUS_TRANSPORT: "nats" },
         selection: { transport: "auto" },
       }).notify,
-    ).toBe("relay")
+    ).toBe("none")
     expect(
       postgresNotify({ connectionString: db.url, env: { BUS_NOTIFY_RATE: "10" }, selection: auto }).notify,
     ).toBe("addresses")
