@@ -1,4 +1,5 @@
 import { CursorInvalid, splitCursor } from "@bus/core"
+import { isOutboxFrontier } from "./frontier.js"
 
 /**
  * NATS cursors. A delivered event's cursor is `nats1:<stream sequence>`: the JetStream
@@ -9,6 +10,11 @@ import { CursorInvalid, splitCursor } from "@bus/core"
  * `nats1:<sequence>+<ms>+<outbox head>`, the stream's last sequence, the time and the
  * outbox's head cursor when it was taken. A subscription from it leaves out events the
  * outbox committed before that head but the relay had not sent yet (see `subscribe`).
+ *
+ * A delivered event's cursor may carry the outbox frontier the relay stored with it, after
+ * `~` (`nats1:<sequence>~<outbox cursor>`, docs/flip.md). The frontier must be a well-formed
+ * outbox cursor (see `isOutboxFrontier`): a cursor with a damaged one is refused as
+ * `malformed`, as a damaged sequence is.
  *
  * A cursor names a position in one stream; cursors of other transports (`pg1:`, `mem1:`)
  * are refused as `foreign`.
@@ -50,7 +56,15 @@ const invalid = (cursor: string): CursorInvalid => {
 export const parseCursor = (cursor: string): ParsedCursor | CursorInvalid => {
   if (typeof cursor !== "string" || !cursor.startsWith(prefix)) return invalid(String(cursor))
   // A delivered event's cursor may carry an outbox frontier after "~" (docs/flip.md).
-  const rest = splitCursor(cursor).base.slice(prefix.length)
+  const { base, frontier } = splitCursor(cursor)
+  if (frontier !== undefined && !isOutboxFrontier(frontier)) {
+    return new CursorInvalid({
+      cursor,
+      reason: "malformed",
+      message: `cursor ${JSON.stringify(cursor)} carries a damaged outbox frontier after "~" (nats1:<sequence>~<outbox cursor>)`,
+    })
+  }
+  const rest = base.slice(prefix.length)
   const p = plain.exec(rest)
   if (p !== null) return { seq: Number(p[1]) }
   const a = anchored.exec(rest)

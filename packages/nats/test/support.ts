@@ -8,6 +8,7 @@ import {
   OutboxStore,
   type RelayOptions,
   runRelay,
+  type SendMeta,
   sendEach,
   Transport,
 } from "@bus/core"
@@ -173,9 +174,9 @@ export class KillableRelay {
       Transport,
       Effect.gen(function* () {
         const inner = yield* Transport
-        // Without the outbox meta, as before: the conformance suite's garbage-cursor check
-        // does not expect a frontier on the cursor.
-        const send = (e: Envelope) => self.#beforeSend(e).pipe(Effect.andThen(inner.send(e)))
+        // With the relay's outbox meta, as a real relay sends it: cursors carry the frontier.
+        const send = (e: Envelope, meta?: SendMeta) =>
+          self.#beforeSend(e).pipe(Effect.andThen(inner.send(e, meta)))
         return Transport.of({ ...inner, send, sendAll: sendEach(send) })
       }),
     ).pipe(Layer.provide(natsTransport(transport)))

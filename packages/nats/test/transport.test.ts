@@ -6,6 +6,8 @@ import {
   type Envelope,
   MemoryOutbox,
   makeEnvelope,
+  type SendItem,
+  type SendOutcome,
   Transport,
 } from "@bus/core"
 import { type ServerHandle, startNats } from "@bus/test-infra"
@@ -126,6 +128,116 @@ describe("send", () => {
     }))
 })
 
+/** `sendAll` until every item is stored, resuming from the stored prefix as the relay does. */
+const sendAllUntilDone = async (rt: Runtime, t: Transport["Service"], items: ReadonlyArray<SendItem>) => {
+  const outcomes: Array<SendOutcome> = []
+  for (let done = 0, rounds = 0; done < items.length; rounds++) {
+    if (rounds > 20) throw new Error(`sendAll made no progress: ${JSON.stringify(outcomes)}`)
+    const outcome = await rt.runPromise(t.sendAll(items.slice(done)))
+    outcomes.push(outcome)
+    done += outcome.sent
+  }
+  return outcomes
+}
+
+describe("sendAll (pipelined)", () => {
+  it("stores a batch of 200 events of one address in order, with their outbox meta, in one call", async () =>
+    withTransport({}, async (rt, t) => {
+      const tenant = uniqueName("t")
+      const channel = uniqueName("c")
+      const items = Array.from({ length: 200 }, (_, i) => ({
+        event: envelope(tenant, channel, { i }),
+        meta: { position: `mem1:abcdefab:${i + 1}`, frontier: `mem1:abcdefab:${i}` },
+      }))
+      const heard: Array<number> = []
+      const outcome = await rt.runPromise(t.sendAll(items, (n) => heard.push(n)))
+      expect(outcome).toEqual({ sent: 200 })
+      expect(heard.at(-1)).toBe(200)
+      expect(heard).toEqual([...heard].sort((a, b) => a - b))
+      const stored = await storedIds(nc, "BUS", `bus.${tenant}.${channel}`)
+      expect(stored.ids).toEqual(items.map((x) => x.event.id))
+      // Sent again: nothing new (Nats-Msg-Id).
+      expect(await rt.runPromise(t.sendAll(items))).toEqual({ sent: 200 })
+      expect((await storedIds(nc, "BUS", `bus.${tenant}.${channel}`)).count).toBe(200)
+      // The cursors carry the frontiers the relay passed.
+      const sub = new Collected(rt, t.subscribe({ tenant, channel, from: "beginning" }))
+      await waitFor(() => sub.events.length >= 200, 10_000, "the batch")
+      expect(sub.events[7]!.cursor).toMatch(/^nats1:\d+~mem1:abcdefab:7$/)
+      await sub.stop(rt)
+    }))
+
+  it("stops at an event over max_payload: sent = its index, a non-retryable error, nothing after it stored", async () =>
+    withTransport({}, async (rt, t) => {
+      const tenant = uniqueName("t")
+      const channel = uniqueName("c")
+      const items = Array.from({ length: 20 }, (_, i) => ({
+        event:
+          i === 12
+            ? { ...envelope(tenant, channel), data: "x".repeat(1024 * 1024) }
+            : envelope(tenant, channel, { i }),
+      }))
+      const heard: Array<number> = []
+      const outcome = await rt.runPromise(t.sendAll(items, (n) => heard.push(n)))
+      expect(outcome.sent).toBe(12)
+      expect(outcome.error).toMatchObject({ _tag: "TransportFailure", retryable: false })
+      expect(heard.at(-1)).toBe(12)
+      const stored = await storedIds(nc, "BUS", `bus.${tenant}.${channel}`)
+      expect(stored.ids).toEqual(items.slice(0, 12).map((x) => x.event.id))
+      // The relay parks the big one and goes on with the rest: each stored once, in order.
+      const rest = [...items.slice(0, 12), ...items.slice(13)]
+      expect(await rt.runPromise(t.sendAll(rest))).toEqual({ sent: 19 })
+      expect((await storedIds(nc, "BUS", `bus.${tenant}.${channel}`)).ids).toEqual(
+        rest.map((x) => x.event.id),
+      )
+    }))
+
+  it("a server restart in the middle of a large sendAll: after resuming from `sent`, every event stored once, in order", async () => {
+    const own = await startNats()
+    let check: NatsConnection | undefined
+    try {
+      const rt = ManagedRuntime.make(natsTransport({ servers: own.url }))
+      try {
+        const t = await rt.runPromise(Transport.use((t) => Effect.succeed(t)))
+        const tenant = uniqueName("t")
+        const channel = uniqueName("c")
+        const items = Array.from({ length: 10_000 }, (_, i) => ({
+          event: envelope(tenant, channel, { i, pad: "p".repeat(1024) }),
+        }))
+        // The restart starts from the first acks, while the rest are still in flight.
+        let atRestart: number | undefined
+        let restarted: Promise<void> | undefined
+        const first = rt.runPromise(
+          t.sendAll(items, (n) => {
+            if (restarted !== undefined) return
+            atRestart = n
+            restarted = own.restart()
+          }),
+        )
+        await waitFor(() => restarted !== undefined, 10_000, "the first acks")
+        await restarted
+        const outcome = await first
+        const outcomes = [outcome]
+        if (outcome.sent < items.length) {
+          outcomes.push(...(await sendAllUntilDone(rt, t, items.slice(outcome.sent))))
+        }
+        console.log(
+          `nats sendAll across a restart: ${atRestart} stored before it; sent per call ${JSON.stringify(outcomes.map((o) => o.sent))}`,
+        )
+        expect(atRestart, "the restart came in the middle of the batch").toBeLessThan(items.length)
+        check = await plainConnection(own.url)
+        const stored = await storedIds(check, "BUS", `bus.${tenant}.${channel}`)
+        expect(stored.count).toBe(items.length)
+        expect(stored.ids).toEqual(items.map((x) => x.event.id))
+      } finally {
+        await rt.dispose()
+      }
+    } finally {
+      await check?.close()
+      await own.stop()
+    }
+  }, 60_000)
+})
+
 describe("stream setup", () => {
   it("creates the stream with an explicit duplicate window, and adopts an existing one changing only safe fields", async () => {
     const prefix = uniqueName("p")
@@ -213,12 +325,26 @@ describe("subscribe", () => {
         ["pg1:abc", "foreign"],
         ["mem1:abcdefab:1", "foreign"],
         ["nats1:999999999", "foreign"],
+        // A delivered cursor's outbox frontier (after "~") is checked too.
+        [`${all.events[1]!.cursor}~mem1:abcdefab:5x`, "malformed"],
+        [`${all.events[1]!.cursor}~`, "malformed"],
+        [`${all.events[1]!.cursor}~garbage`, "malformed"],
+        [`${all.events[1]!.cursor}~nats1:3`, "malformed"],
+        [`${all.events[1]!.cursor}~pg1:${"a".repeat(32)}:1.2:0badc0de`, "malformed"],
       ] as const) {
         const bad = new Collected(rt, t.subscribe({ tenant, channel, from: cursor }))
         await waitFor(() => bad.error !== undefined, 10_000, `the refusal of ${cursor}`)
         expect(bad.error, cursor).toMatchObject({ _tag: "CursorInvalid", reason })
       }
-      for (const c of [all, now, mid]) await c.stop(rt)
+      // A well-formed frontier, even of an outbox not in context, leaves the cursor usable.
+      const framed = new Collected(
+        rt,
+        t.subscribe({ tenant, channel, from: `${all.events[1]!.cursor}~mem1:abcdefab:5` }),
+      )
+      await waitFor(() => framed.events.length >= 6 || framed.error !== undefined, 10_000, "framed")
+      expect(framed.error).toBeUndefined()
+      expect(framed.ids).toEqual(want.slice(2))
+      for (const c of [all, now, mid, framed]) await c.stop(rt)
     }))
 })
 

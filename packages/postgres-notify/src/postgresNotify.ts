@@ -62,11 +62,7 @@ export interface PostgresNotify {
  * correct for either (the bus itself then refuses to start with the selection's error).
  */
 export const notifyModeFor = (selected: TransportName | undefined): NotifyMode =>
-  selected === undefined
-    ? "both"
-    : selected === "nats" || selected === "redis-streams"
-      ? "none"
-      : "addresses"
+  selected === undefined ? "both" : selected === "nats" || selected === "redis-streams" ? "none" : "addresses"
 
 /**
  * Builds the outbox and transport layers for `createBus`:

@@ -1,4 +1,5 @@
 import { type Address, CursorInvalid, splitCursor } from "@bus/core"
+import { isOutboxFrontier } from "./frontier.js"
 
 /**
  * Key layout and cursors of the Redis Streams transport.
@@ -113,8 +114,17 @@ export const parseCursor = (cursor: string): ParsedCursor | CursorInvalid => {
         : `cursor ${JSON.stringify(cursor)} is not a redis-streams cursor ("redis1:<ms>-<seq>")`,
     })
   }
-  // A delivered event's cursor may carry an outbox frontier (`~…`, docs/flip.md): not ours to read.
-  const rest = splitCursor(cursor).base.slice(cursorPrefix.length)
+  // A delivered event's cursor may carry an outbox frontier (`~…`, docs/flip.md): not ours
+  // to resume from, but a damaged one makes the cursor malformed.
+  const { base, frontier } = splitCursor(cursor)
+  if (frontier !== undefined && !isOutboxFrontier(frontier)) {
+    return new CursorInvalid({
+      cursor,
+      reason: "malformed",
+      message: `cursor ${JSON.stringify(cursor)} carries a damaged outbox frontier after "~" ("redis1:<ms>-<seq>~<outbox cursor>")`,
+    })
+  }
+  const rest = base.slice(cursorPrefix.length)
   const m = anchored.exec(rest)
   const id = m ? m[1]! : rest
   if (!isStreamId(id)) {

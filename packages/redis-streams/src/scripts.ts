@@ -173,11 +173,15 @@ local args = {'XADD', KEYS[2], '*', 'entry', ARGV[2], 'group', ARGV[1], 'reason'
   'attempts', ARGV[4], 'at', ARGV[5], 'consumer', ARGV[6]}
 if e[1] then
   local f = e[1][2]
-  local id, envelope
+  -- An event entry: id and envelope once each, and the relay's pos / front (flip meta).
+  local id, envelope, other
   for i = 1, #f, 2 do
-    if f[i] == 'id' then id = f[i + 1] elseif f[i] == 'envelope' then envelope = f[i + 1] end
+    local k = f[i]
+    if k == 'id' and not id then id = f[i + 1]
+    elseif k == 'envelope' and not envelope then envelope = f[i + 1]
+    elseif k ~= 'pos' and k ~= 'front' then other = true end
   end
-  if id and envelope and #f == 4 then
+  if id and envelope and not other then
     args[#args + 1] = 'id'
     args[#args + 1] = id
     args[#args + 1] = 'envelope'

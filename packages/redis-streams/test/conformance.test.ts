@@ -1,5 +1,13 @@
 import { setTimeout as delay } from "node:timers/promises"
-import { createBus, type Envelope, MemoryOutbox, runRelay, sendEach, Transport } from "@bus/core"
+import {
+  createBus,
+  type Envelope,
+  MemoryOutbox,
+  runRelay,
+  type SendMeta,
+  sendEach,
+  Transport,
+} from "@bus/core"
 import { type ServerHandle, startRedis } from "@bus/test-infra"
 import { runConformanceSuite } from "@bus/test-infra/conformance"
 import { Effect, Layer, ManagedRuntime } from "effect"
@@ -34,8 +42,8 @@ const startRelay = (owner: string): RelayProcess => {
     Transport,
     Effect.gen(function* () {
       const inner = yield* Transport
-      const send = (event: Envelope) =>
-        inner.send(event).pipe(
+      const send = (event: Envelope, meta?: SendMeta) =>
+        inner.send(event, meta).pipe(
           Effect.andThen(
             Effect.suspend(() => {
               if (!armed.value) return Effect.void

@@ -5,6 +5,7 @@ import {
   MemoryOutbox,
   OutboxStore,
   runRelay,
+  type SendMeta,
   sendEach,
   Transport,
 } from "@bus/core"
@@ -302,9 +303,9 @@ describe("fault scenarios", () => {
         Transport,
         Effect.gen(function* () {
           const inner = yield* Transport
-          const send = (event: Envelope) =>
+          const send = (event: Envelope, meta?: SendMeta) =>
             inner
-              .send(event)
+              .send(event, meta)
               .pipe(Effect.andThen(Effect.suspend(() => (++sends >= 137 ? Effect.never : Effect.void))))
           return Transport.of({ ...inner, send, sendAll: sendEach(send) })
         }),

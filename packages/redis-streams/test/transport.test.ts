@@ -6,6 +6,8 @@ import {
   MemoryOutbox,
   makeEnvelope,
   OutboxStore,
+  type SendItem,
+  type SendOutcome,
   Transport,
 } from "@bus/core"
 import { type ServerHandle, startRedis } from "@bus/test-infra"
@@ -96,10 +98,18 @@ describe("keys and cursors", () => {
       "redis1:99999999999999999999-0",
       "redis1:1-0+x+y",
       "redis1:1-0+12+",
+      // A delivered cursor's outbox frontier (after "~") is checked too.
+      "redis1:1-0~mem1:abcdefab:5x",
+      "redis1:1-0~",
+      "redis1:1-0~garbage",
+      "redis1:1-0~nats1:3",
+      `redis1:1-0~pg1:${"a".repeat(32)}:1.2:0badc0de`,
     ]) {
       const r = parseCursor(bad)
       expect(r instanceof CursorInvalid && r.reason, bad).toBe("malformed")
     }
+    // A well-formed frontier, of any outbox, leaves the cursor as it is.
+    expect(parseCursor("redis1:1-0~mem1:abcdefab:5")).toEqual({ id: "1-0" })
     const foreign = parseCursor("mem1:abcdef01:3")
     expect(foreign instanceof CursorInvalid && foreign.reason).toBe("foreign")
     expect(compareStreamIds("9-0", "10-0")).toBeLessThan(0)
@@ -199,6 +209,159 @@ describe("send", () => {
       await r.close()
     }
   })
+})
+
+/** Items of one address carrying `{ i }` (and `pad` bytes of padding), with outbox meta. */
+const sendItems = (a: { tenant: string; channel: string }, n: number, pad = 0): Array<SendItem> =>
+  Array.from({ length: n }, (_, i) => ({
+    event: envelope(a, "test.step", { i, pad: "p".repeat(pad) }),
+    meta: { position: `mem1:abcdefab:${i + 1}`, frontier: `mem1:abcdefab:${i}` },
+  }))
+
+/** `sendAll` until every item is stored, resuming from the stored prefix as the relay does. */
+const sendAllUntilDone = async (
+  run: (effect: Effect.Effect<SendOutcome, never, Transport>) => Promise<SendOutcome>,
+  items: ReadonlyArray<SendItem>,
+): Promise<Array<SendOutcome>> => {
+  const outcomes: Array<SendOutcome> = []
+  for (let done = 0; done < items.length; ) {
+    if (outcomes.length > 20) throw new Error(`sendAll made no progress: ${JSON.stringify(outcomes)}`)
+    const outcome = await run(Transport.use((t) => t.sendAll(items.slice(done))))
+    outcomes.push(outcome)
+    done += outcome.sent
+  }
+  return outcomes
+}
+
+describe("sendAll (pipelined)", () => {
+  it("stores a batch of 200 events of one address in order, with their outbox meta, in one call", async () => {
+    const r = new Resources()
+    try {
+      const t = transportRuntime(r)
+      const redis = r.redis(server.url)
+      const a = uniqueAddress()
+      const items = sendItems(a, 200)
+      const heard: Array<number> = []
+      expect(await t.run(Transport.use((t) => t.sendAll(items, (n) => heard.push(n))))).toEqual({ sent: 200 })
+      expect(heard.at(-1)).toBe(200)
+      const { stream } = channelKeys("bus", a)
+      expect(await streamEventIds(redis, stream)).toEqual(items.map((x) => x.event.id))
+      const entries = (await redis.xrange(stream, "-", "+")) as Array<[string, Array<string>]>
+      expect(entries[7]![1]).toEqual(
+        expect.arrayContaining(["pos", "mem1:abcdefab:8", "front", "mem1:abcdefab:7"]),
+      )
+      // Sent again: nothing new (dedupe keys).
+      expect(await t.run(Transport.use((t) => t.sendAll(items)))).toEqual({ sent: 200 })
+      expect(await redis.xlen(stream)).toBe(200)
+    } finally {
+      await r.close()
+    }
+  })
+
+  it("stops at a payload over the limit: sent = its index, PayloadTooLarge, nothing after it stored", async () => {
+    const r = new Resources()
+    try {
+      const t = transportRuntime(r)
+      const redis = r.redis(server.url)
+      const a = uniqueAddress()
+      const items = sendItems(a, 20)
+      items[12] = { event: { ...items[12]!.event, data: "x".repeat(2 * 1024 * 1024) } }
+      const outcome = await t.run(Transport.use((t) => t.sendAll(items)))
+      expect(outcome.sent).toBe(12)
+      expect(outcome.error).toMatchObject({ _tag: "PayloadTooLarge", retryable: false })
+      const { stream } = channelKeys("bus", a)
+      expect(await streamEventIds(redis, stream)).toEqual(items.slice(0, 12).map((x) => x.event.id))
+    } finally {
+      await r.close()
+    }
+  })
+
+  it("a script failing in the middle of the pipeline (WRONGTYPE): sent = its index; the retry stores nothing twice", async () => {
+    const r = new Resources()
+    try {
+      const t = transportRuntime(r)
+      const redis = r.redis(server.url)
+      const a = uniqueAddress()
+      const keys = channelKeys("bus", a)
+      const items = sendItems(a, 20)
+      // Item 12's dedupe marker is a hash: its script fails on GET, the others run.
+      await redis.hset(keys.dedupe(items[12]!.event.id), "x", "1")
+      const heard: Array<number> = []
+      const outcome = await t.run(Transport.use((t) => t.sendAll(items, (n) => heard.push(n))))
+      expect(outcome.sent).toBe(12)
+      expect(outcome.error).toMatchObject({ _tag: "TransportFailure" })
+      expect(String((outcome.error as { message?: string }).message)).toContain("WRONGTYPE")
+      expect(heard.at(-1)).toBe(12)
+      // Scripts after the failed one ran (pipelined), as the contract allows ("may have landed").
+      const landed = await streamEventIds(redis, keys.stream)
+      expect(landed).toEqual([...items.slice(0, 12), ...items.slice(13)].map((x) => x.event.id))
+      // Fixed, the relay sends from `sent` again: the later ones are dropped as repeats, so
+      // every event is stored once; the failed one lands after them (the documented reorder).
+      await redis.del(keys.dedupe(items[12]!.event.id))
+      expect(await t.run(Transport.use((t) => t.sendAll(items.slice(12))))).toEqual({ sent: 8 })
+      const ids = await streamEventIds(redis, keys.stream)
+      expect(ids).toHaveLength(20)
+      expect(new Set(ids).size).toBe(20)
+      expect(ids.at(-1)).toBe(items[12]!.event.id)
+    } finally {
+      await r.close()
+    }
+  })
+
+  it("NOSCRIPT: with the script cache flushed before a sendAll, the script is loaded again and each event stored once", async () => {
+    const r = new Resources()
+    try {
+      const t = transportRuntime(r)
+      const redis = r.redis(server.url)
+      const a = uniqueAddress()
+      const items = sendItems(a, 50)
+      // The transport is up (its scripts loaded), then the server forgets them.
+      expect(await t.run(Transport.use((t) => t.sendAll(items.slice(0, 1))))).toEqual({ sent: 1 })
+      await redis.script("FLUSH")
+      expect(await t.run(Transport.use((t) => t.sendAll(items)))).toEqual({ sent: 50 })
+      const { stream } = channelKeys("bus", a)
+      expect(await streamEventIds(redis, stream)).toEqual(items.map((x) => x.event.id))
+    } finally {
+      await r.close()
+    }
+  })
+
+  it("the connection killed (CLIENT KILL) in the middle of a large pipeline: after resuming from `sent`, each event once, in order", async () => {
+    const r = new Resources()
+    try {
+      const connectionName = uniqueName("killme")
+      const t = transportRuntime(r, { connectionName })
+      const redis = r.redis(server.url)
+      const a = uniqueAddress()
+      const items = sendItems(a, 10_000, 1024)
+      const { stream } = channelKeys("bus", a)
+      const run = (effect: Effect.Effect<SendOutcome, never, Transport>) => t.run(effect)
+      const first = run(Transport.use((t) => t.sendAll(items)))
+      // The replies come back together: kill the connection once Redis has run some of the scripts.
+      let atKill = 0
+      await waitFor(
+        async () => {
+          atKill = await redis.xlen(stream)
+          return atKill > 0
+        },
+        10_000,
+        "the first entries",
+      )
+      const kills = Number(await redis.call("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes"))
+      const outcome = await first
+      const outcomes = [outcome]
+      if (outcome.sent < items.length)
+        outcomes.push(...(await sendAllUntilDone(run, items.slice(outcome.sent))))
+      console.log(
+        `redis sendAll across CLIENT KILL: ${kills} connections killed after ${atKill} stored; sent per call ${JSON.stringify(outcomes.map((o) => o.sent))}`,
+      )
+      expect(kills).toBeGreaterThan(0)
+      expect(atKill).toBeLessThan(items.length)
+      expect(await streamEventIds(redis, stream)).toEqual(items.map((x) => x.event.id))
+    } finally {
+      await r.close()
+    }
+  }, 60_000)
 })
 
 describe("subscribe", () => {
@@ -322,7 +485,9 @@ describe("consumer groups", () => {
       const group = uniqueName("g")
       const [e1, e2] = [envelope(a, "ok"), envelope(a, "poison")]
       await t.send(e1!)
-      await t.send(e2!)
+      // With the relay's outbox meta (entry fields pos / front): still a dead letter with its envelope.
+      const meta = { position: "mem1:abcdefab:2", frontier: "mem1:abcdefab:1" }
+      await t.run(Transport.use((tr) => tr.send(e2!, meta)))
       const m = t.member({ ...a, group, maxInFlight: 2 })
       await waitFor(() => m.deliveries.length >= 2, 5_000, "two deliveries")
       const [d1, d2] = m.deliveries
