@@ -80,6 +80,7 @@ export {
   splitCursor,
   withFrontier,
 } from "./flip/flip.js"
+export { isOutboxFrontier } from "./flip/frontier.js"
 export { MemoryOutbox, MemoryTransaction } from "./memory/MemoryOutbox.js"
 export { memoryBroker, memoryTransport } from "./memory/memoryTransports.js"
 export * as Metrics from "./metrics/metrics.js"

@@ -1,5 +1,4 @@
-import { CursorInvalid, splitCursor } from "@bus/core"
-import { isOutboxFrontier } from "./frontier.js"
+import { CursorInvalid, isOutboxFrontier, splitCursor } from "@bus/core"
 
 /**
  * NATS cursors. A delivered event's cursor is `nats1:<stream sequence>`: the JetStream

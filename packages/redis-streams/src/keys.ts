@@ -1,5 +1,4 @@
-import { type Address, CursorInvalid, splitCursor } from "@bus/core"
-import { isOutboxFrontier } from "./frontier.js"
+import { type Address, CursorInvalid, isOutboxFrontier, splitCursor } from "@bus/core"
 
 /**
  * Key layout and cursors of the Redis Streams transport.

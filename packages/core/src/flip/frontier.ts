@@ -15,7 +15,9 @@ import { createHash } from "node:crypto"
  * a frontier from another epoch is well-formed, the broker resumes from its own part and
  * leaves the frontier alone.
  *
- * The same rules are in `@bus/redis-streams` (`src/frontier.ts`): keep them together.
+ * Both broker transports parse their cursors with this one check. It knows the cursor
+ * grammar of each outbox store shipped in this repository; a new store's cursors pass the
+ * generic rule until its grammar is added here.
  *
  * @module
  */
