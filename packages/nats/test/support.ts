@@ -1,6 +1,5 @@
-import { randomBytes } from "node:crypto"
+
 import { createServer, type Server, Socket } from "node:net"
-import { setTimeout as delay } from "node:timers/promises"
 import {
   type BusError,
   type Envelope,
@@ -12,33 +11,14 @@ import {
   sendEach,
   Transport,
 } from "@bus/core"
+// The same polling and naming helpers the conformance suite uses.
+import { uniqueName, waitFor } from "@bus/test-infra/conformance"
 import { jetstreamManager } from "@nats-io/jetstream"
 import { connect, type NatsConnection } from "@nats-io/transport-node"
 import { Effect, Fiber, Layer, ManagedRuntime } from "effect"
 import { type NatsTransportOptions, natsTransport } from "../src/index.js"
 
-/** Polls `predicate` until it holds (2 ms growing to 50 ms), failing after `timeoutMs` with `what`. */
-export async function waitFor(
-  predicate: () => boolean | Promise<boolean>,
-  timeoutMs: number,
-  what: string | (() => string) = "condition",
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  let interval = 2
-  for (;;) {
-    if (await predicate()) return
-    if (Date.now() >= deadline) {
-      throw new Error(
-        `timed out after ${timeoutMs} ms waiting for ${typeof what === "function" ? what() : what}`,
-      )
-    }
-    await delay(interval)
-    interval = Math.min(50, interval * 2)
-  }
-}
-
-/** A name that passes the naming rule, unique per call. */
-export const uniqueName = (prefix = "t"): string => `${prefix}${randomBytes(6).toString("hex")}`
+export { uniqueName, waitFor }
 
 /**
  * A TCP proxy in front of a server, so a test can drop every client connection (as a

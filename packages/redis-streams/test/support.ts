@@ -1,5 +1,4 @@
-import { randomBytes } from "node:crypto"
-import { setTimeout as delay } from "node:timers/promises"
+
 import {
   type Bus,
   createBus,
@@ -8,31 +7,12 @@ import {
   type MemoryOutbox,
   type RelayOptions,
 } from "@bus/core"
+// The same polling and naming helpers the conformance suite uses.
+import { uniqueName, waitFor } from "@bus/test-infra/conformance"
 import { Redis } from "ioredis"
 import { type RedisStreamsOptions, redisStreamsTransport } from "../src/index.js"
 
-/** Polls `predicate` (2 ms growing to 50 ms) until it holds; fails after `timeoutMs` naming `what`. */
-export async function waitFor(
-  predicate: () => boolean | Promise<boolean>,
-  timeoutMs: number,
-  what: string | (() => string),
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs
-  let interval = 2
-  for (;;) {
-    if (await predicate()) return
-    if (Date.now() >= deadline) {
-      throw new Error(
-        `timed out after ${timeoutMs} ms waiting for ${typeof what === "function" ? what() : what}`,
-      )
-    }
-    await delay(interval)
-    interval = Math.min(50, interval * 2)
-  }
-}
-
-/** A name that passes the core naming rule and is unique to this call. */
-export const uniqueName = (prefix = "t"): string => `${prefix}${randomBytes(6).toString("hex")}`
+export { uniqueName, waitFor }
 
 export interface Address {
   readonly tenant: string
