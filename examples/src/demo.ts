@@ -134,6 +134,9 @@ const main = async (): Promise<number> => {
   }
 
   console.log(`\n  Dashboard: ${demo.url}\n`)
+  // The operator's view of the same database, from a second terminal (the URL lives as long as the demo).
+  console.log(`  Operators: pnpm bus status --url '${demo.databaseUrl}'`)
+  console.log(`             pnpm bus tail demo runs --url '${demo.databaseUrl}'\n`)
   console.log(
     `  Try: the "Kill listener" button (or --kill-listener-every 10), a second browser tab, ` +
       `${args.transport === undefined ? "--transport nats, " : ""}Ctrl-C to stop.\n`,
