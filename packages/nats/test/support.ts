@@ -1,4 +1,3 @@
-
 import { createServer, type Server, Socket } from "node:net"
 import {
   type BusError,
