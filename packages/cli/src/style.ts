@@ -36,6 +36,7 @@ export const styles = (colour: boolean) => {
   }
 }
 
+/** The colour functions in use: real ones on a TTY, identity functions when piped. */
 export type Styles = ReturnType<typeof styles>
 
 // biome-ignore lint/suspicious/noControlCharactersInRegex: strips SGR sequences to measure width

@@ -66,6 +66,7 @@ export interface StreamPosition {
   readonly maxDeleted: StreamId
 }
 
+/** The stream's last and first entry ids and whether it was ever trimmed, read atomically (where "now" is, and whether a replay can be complete). */
 export const streamPosition = (main: Redis, stream: string): Effect.Effect<StreamPosition, BusError> =>
   runScript(main, positionScript, [stream], []).pipe(
     Effect.map((reply) => {

@@ -36,7 +36,9 @@ export interface RetentionStatus {
   readonly lastError: string | undefined
 }
 
+/** Default age after which the retention job deletes outbox rows: 7 days. */
 export const defaultRetentionMaxAgeMs = 7 * 24 * 60 * 60 * 1000
+/** Default interval between retention runs: 1 hour. */
 export const defaultRetentionIntervalMs = 60 * 60 * 1000
 
 /** Starts the job in the current scope (or only reports it disabled). */
