@@ -126,11 +126,20 @@ export const makeListener = (config: ListenerConfig): Effect.Effect<Listener, ne
     const listenFailed = (error: unknown): Effect.Effect<void> =>
       isConnectionError(error) ? Effect.void : degrade(`LISTEN failed: ${messageOf(error)}`)
 
-    const issue = (client: pg.Client, sql: string): Promise<unknown> =>
-      client.query(sql).then(
-        () => undefined,
-        (error: unknown) => error,
+    // Statements on the one LISTEN connection run strictly one after another, chained here
+    // rather than left to pg's internal queue (deprecated, and gone in pg 9): a later
+    // UNLISTEN can never overtake its LISTEN, and no query is issued while one is in flight.
+    const tails = new WeakMap<pg.Client, Promise<unknown>>()
+    const issue = (client: pg.Client, sql: string): Promise<unknown> => {
+      const next = (tails.get(client) ?? Promise.resolve()).then(() =>
+        client.query(sql).then(
+          () => undefined,
+          (error: unknown) => error,
+        ),
       )
+      tails.set(client, next)
+      return next
+    }
 
     const listen = (channel: string): Effect.Effect<void, never, Scope.Scope> =>
       Effect.gen(function* () {
