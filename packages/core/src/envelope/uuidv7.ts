@@ -7,7 +7,11 @@ import { randomFillSync } from "node:crypto"
  */
 let lastMs = -1
 let counter = 0
-const bytes = new Uint8Array(16)
+const bytes = Buffer.alloc(16)
+// Randomness is drawn from the CSPRNG in blocks: one randomFillSync per 256 ids instead
+// of one per id (the call costs microseconds, a slice of a block nanoseconds).
+const pool = Buffer.alloc(16 * 256)
+let poolOffset = pool.length
 
 /** A new UUIDv7 string, lower-case with hyphens. */
 export const uuidv7 = (now: number = Date.now()): string => {
@@ -24,7 +28,12 @@ export const uuidv7 = (now: number = Date.now()): string => {
     counter = 0
   }
   lastMs = ms
-  randomFillSync(bytes)
+  if (poolOffset === pool.length) {
+    randomFillSync(pool)
+    poolOffset = 0
+  }
+  pool.copy(bytes, 0, poolOffset, poolOffset + 16)
+  poolOffset += 16
   bytes[0] = Math.floor(ms / 2 ** 40) & 0xff
   bytes[1] = Math.floor(ms / 2 ** 32) & 0xff
   bytes[2] = (ms >>> 24) & 0xff
@@ -34,7 +43,7 @@ export const uuidv7 = (now: number = Date.now()): string => {
   bytes[6] = 0x70 | ((counter >>> 8) & 0x0f)
   bytes[7] = counter & 0xff
   bytes[8] = 0x80 | (bytes[8]! & 0x3f)
-  const hex = Buffer.from(bytes).toString("hex")
+  const hex = bytes.toString("hex")
   return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`
 }
 
