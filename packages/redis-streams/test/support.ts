@@ -6,49 +6,23 @@ import {
   type MemoryOutbox,
   type RelayOptions,
 } from "@bus/core"
-// The same polling and naming helpers the conformance suite uses.
-import { uniqueName, waitFor } from "@bus/test-infra/conformance"
+// The same polling, naming and counting helpers the conformance suite uses.
+import {
+  type Address,
+  orderViolations,
+  Tally,
+  uniqueAddress,
+  uniqueName,
+  waitFor,
+} from "@bus/test-infra/conformance"
 import { Redis } from "ioredis"
 import { type RedisStreamsOptions, redisStreamsTransport } from "../src/index.js"
 
-export { uniqueName, waitFor }
-
-export interface Address {
-  readonly tenant: string
-  readonly channel: string
-}
-
-export const uniqueAddress = (): Address => ({ tenant: uniqueName("t"), channel: uniqueName("c") })
+export { type Address, orderViolations, Tally, uniqueAddress, uniqueName, waitFor }
 
 /** `n` events of one transaction carrying `{ tx, seq }`. */
 export const txEvents = (a: Address, tx: string, n: number, type = "test.step"): Array<EventInput> =>
   Array.from({ length: n }, (_, seq) => ({ ...a, type, data: { tx, seq } }))
-
-/** Counts how often each id was seen. */
-export class Tally {
-  readonly counts = new Map<string, number>()
-  readonly events: Array<DeliveredEvent> = []
-  add(e: DeliveredEvent): void {
-    this.counts.set(e.id, (this.counts.get(e.id) ?? 0) + 1)
-    this.events.push(e)
-  }
-  has(id: string): boolean {
-    return this.counts.has(id)
-  }
-  hasAll(ids: Iterable<string>): boolean {
-    for (const id of ids) if (!this.counts.has(id)) return false
-    return true
-  }
-  missing(ids: Iterable<string>): Array<string> {
-    return [...ids].filter((id) => !this.counts.has(id))
-  }
-  get duplicates(): Array<string> {
-    return [...this.counts].filter(([, n]) => n > 1).map(([id]) => id)
-  }
-  get distinct(): number {
-    return this.counts.size
-  }
-}
 
 /** Everything a test opens, closed newest first in `close()` (call it in `finally`). */
 export class Resources {
@@ -133,18 +107,4 @@ export const duplicatesOf = (ids: ReadonlyArray<string>): Array<string> => {
     seen.add(id)
   }
   return [...dup]
-}
-
-/** Places where events of one transaction (`{ tx, seq }` data) arrived out of order. */
-export const orderViolations = (events: ReadonlyArray<DeliveredEvent>): Array<string> => {
-  const last = new Map<string, number>()
-  const bad: Array<string> = []
-  for (const e of events) {
-    const data = e.data as { tx?: unknown; seq?: unknown } | null
-    if (typeof data?.tx !== "string" || typeof data.seq !== "number") continue
-    const prev = last.get(data.tx)
-    if (prev !== undefined && data.seq <= prev) bad.push(`${data.tx}: seq ${data.seq} after ${prev}`)
-    last.set(data.tx, data.seq)
-  }
-  return bad
 }
