@@ -7,6 +7,7 @@ import { type Bus, createBus, type DeliveredEvent, type TransportName } from "@b
 import { postgresNotify } from "@bus/postgres-notify"
 import { Layer, References } from "effect"
 import pg from "pg"
+import { expect } from "vitest"
 
 /**
  * The flip under load, across processes: `app.mjs` is the application (producers and a
@@ -413,3 +414,25 @@ export const describeReport = (r: FlipReport): string =>
         `  ${o.consumer.padEnd(32)} sent=${o.committed} delivered=${o.delivered} lost=${o.lost} duplicates=${o.duplicates} (across flips: ${o.duplicatesAcross.join("/")}) gaps=${o.gaps} resumed-behind=${o.carriedOver.join("/")}`,
     ),
   ].join("\n")
+
+/**
+ * What every flip must show, whichever broker: only `changedVariable` differs between the
+ * runs, ≥ 10,000 events committed, nothing rolled back seen, no subscriber event lost or
+ * skipped, no repeat into the broker (the outbox cursor is exact there), only the repeats
+ * the broker's frontier allows on the way back (docs/flip.md), and no group loss or repeat.
+ */
+export const expectFlipGuarantees = (report: FlipReport, changedVariable: string): void => {
+  expect(report.envDifferences).toEqual([changedVariable])
+  expect(report.committed).toBeGreaterThanOrEqual(10_000)
+  expect(report.uncommittedSeen).toBe(0)
+  for (const s of report.subscribers) {
+    expect(s.lost, s.consumer).toBe(0)
+    expect(s.gaps, s.consumer).toBe(0)
+    expect(s.duplicatesAcross[0], s.consumer).toBe(0)
+    expect(s.duplicates, s.consumer).toBe(s.duplicatesAcross.reduce((a, b) => a + b, 0))
+  }
+  for (const g of report.groups) {
+    expect(g.lost, g.consumer).toBe(0)
+    expect(g.duplicates, g.consumer).toBe(0)
+  }
+}
