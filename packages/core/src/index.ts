@@ -47,6 +47,7 @@ export {
   EnvelopeSchema,
   type EventInput,
   encodedSize,
+  envelopeToJson,
   type Json,
   makeEnvelope,
 } from "./envelope/Envelope.js"

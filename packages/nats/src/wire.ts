@@ -5,6 +5,7 @@ import {
   type DeliveredEvent,
   decodeEnvelope,
   type Envelope,
+  envelopeToJson,
   type SendMeta,
   withFrontier,
 } from "@bus/core"
@@ -34,18 +35,7 @@ const traceHeaders: ReadonlyArray<readonly [string, number]> = [
 const printable = /^[\x20-\x7e]*$/
 
 /** The envelope's JSON bytes, fields in their canonical order. */
-export const encodeEnvelope = (event: Envelope): Uint8Array =>
-  encoder.encode(
-    JSON.stringify({
-      id: event.id,
-      tenant: event.tenant,
-      channel: event.channel,
-      type: event.type,
-      data: event.data,
-      headers: event.headers,
-      time: event.time,
-    }),
-  )
+export const encodeEnvelope = (event: Envelope): Uint8Array => encoder.encode(envelopeToJson(event))
 
 /** Header with the event's outbox position, stored by the relay (cursors across a flip, docs/flip.md). */
 export const positionHeader = "Bus-Outbox-Position"

@@ -1,4 +1,11 @@
-import { type Address, type DeliveredEvent, decodeEnvelope, type Envelope, withFrontier } from "@bus/core"
+import {
+  type Address,
+  type DeliveredEvent,
+  decodeEnvelope,
+  type Envelope,
+  envelopeToJson,
+  withFrontier,
+} from "@bus/core"
 import { Effect } from "effect"
 import { fieldOf, type RawEntry } from "./connection.js"
 import { toCursor } from "./keys.js"
@@ -19,15 +26,7 @@ import { toCursor } from "./keys.js"
 /** The entry fields of an event: `[name, value, …]` for XADD. */
 export const encodeEntry = (event: Envelope): { readonly id: string; readonly envelope: string } => ({
   id: event.id,
-  envelope: JSON.stringify({
-    id: event.id,
-    tenant: event.tenant,
-    channel: event.channel,
-    type: event.type,
-    data: event.data,
-    headers: event.headers,
-    time: event.time,
-  }),
+  envelope: envelopeToJson(event),
 })
 
 /** Why an entry is not a deliverable event of `address`, or the event. */

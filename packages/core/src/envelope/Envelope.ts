@@ -94,8 +94,23 @@ const findNonJson = (value: unknown, path: string, seen: Set<object>): string | 
   }
 }
 
+/**
+ * The envelope as every transport stores it: compact JSON of exactly the stored fields in
+ * their canonical order (a delivered event's `cursor` is not part of it).
+ */
+export const envelopeToJson = (envelope: Envelope): string =>
+  JSON.stringify({
+    id: envelope.id,
+    tenant: envelope.tenant,
+    channel: envelope.channel,
+    type: envelope.type,
+    data: envelope.data,
+    headers: envelope.headers,
+    time: envelope.time,
+  })
+
 /** Byte length of the envelope as every transport stores it (compact JSON, UTF-8). */
-export const encodedSize = (envelope: Envelope): number => Buffer.byteLength(JSON.stringify(envelope), "utf8")
+export const encodedSize = (envelope: Envelope): number => Buffer.byteLength(envelopeToJson(envelope), "utf8")
 
 /**
  * Validates a producer's input and builds its envelope: names checked, data proven to be
