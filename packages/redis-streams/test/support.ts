@@ -1,11 +1,4 @@
-import {
-  type Bus,
-  createBus,
-  type DeliveredEvent,
-  type EventInput,
-  type MemoryOutbox,
-  type RelayOptions,
-} from "@bus/core"
+import { type Bus, createBus, type EventInput, type MemoryOutbox, type RelayOptions } from "@bus/core"
 // The same polling, naming and counting helpers the conformance suite uses.
 import {
   type Address,
