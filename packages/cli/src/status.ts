@@ -12,9 +12,9 @@ import {
   pressureSql,
 } from "@bus/postgres-notify"
 import { Effect, Exit, Layer, ManagedRuntime, Option, References } from "effect"
-import pg from "pg"
 import { type BrokerUrls, brokerTransport } from "./brokers.js"
 import { CliError, postgresError, redact } from "./errors.js"
+import { openOutboxClient } from "./outboxClient.js"
 import { count, duration, type Styles, table } from "./style.js"
 
 /**
@@ -128,17 +128,7 @@ const iso = (u: unknown): string | undefined =>
 export const collectStatus = async (options: StatusOptions): Promise<StatusReport> => {
   const { url, schema } = options
   const S = `"${schema}"`
-  const client = new pg.Client({
-    connectionString: url,
-    application_name: "bus-cli",
-    connectionTimeoutMillis: 5_000,
-  })
-  client.on("error", () => {})
-  try {
-    await client.connect()
-  } catch (error) {
-    throw postgresError(error, url, schema)
-  }
+  const client = await openOutboxClient(url, schema)
   try {
     const q = async (text: string, params: ReadonlyArray<unknown> = []) => {
       try {
@@ -149,12 +139,6 @@ export const collectStatus = async (options: StatusOptions): Promise<StatusRepor
     }
     const started = Date.now()
     const [server] = await q("SELECT current_setting('server_version') AS version")
-    const hasSchema = await q("SELECT 1 FROM pg_namespace WHERE nspname = $1", [schema])
-    if (hasSchema.length === 0) {
-      throw new CliError(
-        `Postgres at ${redact(url)} has no schema "${schema}": run \`bus migrate --schema ${schema}\` first (or pass the schema your application uses with --schema)`,
-      )
-    }
     const [meta] = await q(`SELECT schema_version, epoch::text AS epoch FROM ${S}.meta`)
     const version = Number(meta?.schema_version ?? 0)
     if (version < latestVersion) {

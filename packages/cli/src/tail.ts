@@ -11,9 +11,9 @@ import {
 } from "@bus/core"
 import { postgresNotify } from "@bus/postgres-notify"
 import { Layer as L, type Layer, References } from "effect"
-import pg from "pg"
 import { type BrokerUrls, brokerTransport } from "./brokers.js"
 import { CliError, postgresError } from "./errors.js"
+import { openOutboxClient } from "./outboxClient.js"
 import type { Out, Styles } from "./style.js"
 
 /**
@@ -141,18 +141,8 @@ export const tail = async (o: TailOptions): Promise<void> => {
 
 /** Connects once to check the URL, the server and the schema, with messages an operator can act on. */
 export const checkOutbox = async (url: string, schema: string): Promise<void> => {
-  const client = new pg.Client({
-    connectionString: url,
-    application_name: "bus-cli",
-    connectionTimeoutMillis: 5_000,
-  })
-  client.on("error", () => {})
+  const client = await openOutboxClient(url, schema)
   try {
-    await client.connect()
-    const found = await client.query("SELECT 1 FROM pg_namespace WHERE nspname = $1", [schema])
-    if (found.rowCount === 0) {
-      throw new CliError(`Postgres has no schema "${schema}": run \`bus migrate --schema ${schema}\` first`)
-    }
     await client.query(`SELECT epoch FROM "${schema}".meta`)
   } catch (error) {
     throw postgresError(error, url, schema)
