@@ -10,6 +10,7 @@
 export { MissingBinaryError } from "./servers/find-executable.js"
 export { NATS_URL_ENV, startNats } from "./servers/nats.js"
 export { NATS_CLUSTER_URL_ENV, startNatsCluster } from "./servers/nats-cluster.js"
+export { pauseFor } from "./servers/pause-for.js"
 export { PG_URL_ENV, startPostgres } from "./servers/postgres.js"
 export { PG_OS_USER_ENV } from "./servers/postgres-os-user.js"
 export { REDIS_URL_ENV, startRedis } from "./servers/redis.js"

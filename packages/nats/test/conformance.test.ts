@@ -1,6 +1,5 @@
-import { setTimeout as delay } from "node:timers/promises"
 import { createBus, MemoryOutbox } from "@bus/core"
-import { type ServerHandle, startNats } from "@bus/test-infra"
+import { pauseFor, type ServerHandle, startNats } from "@bus/test-infra"
 import { runConformanceSuite } from "@bus/test-infra/conformance"
 import { type NatsTransportOptions, natsTransport } from "../src/index.js"
 import { KillableRelay, TcpProxy } from "./support.js"
@@ -49,14 +48,7 @@ runConformanceSuite({
       await proxy!.dropAll()
     },
     restartServer: () => server!.restart(),
-    pauseServer: async (ms) => {
-      await server!.pause()
-      try {
-        await delay(ms)
-      } finally {
-        await server!.resume()
-      }
-    },
+    pauseServer: (ms) => pauseFor(server!, ms),
   },
   extraFaults: {
     "relay killed mid-batch": () => relay!.killMidBatch(3),

@@ -1,7 +1,6 @@
 import { randomBytes } from "node:crypto"
-import { setTimeout as delay } from "node:timers/promises"
 import { type Bus, createBus } from "@bus/core"
-import { type PostgresHandle, startPostgres } from "@bus/test-infra"
+import { type PostgresHandle, pauseFor, startPostgres } from "@bus/test-infra"
 import { runConformanceSuite } from "@bus/test-infra/conformance"
 import { Effect, type ManagedRuntime } from "effect"
 import pg from "pg"
@@ -95,14 +94,7 @@ runConformanceSuite({
       await server!.terminateConnections({ applicationName: poolName })
     },
     restartServer: () => server!.restart(),
-    pauseServer: async (ms) => {
-      await server!.pause()
-      try {
-        await delay(ms)
-      } finally {
-        await server!.resume()
-      }
-    },
+    pauseServer: (ms) => pauseFor(server!, ms),
   },
   extraFaults: {
     // Anyone who can connect can NOTIFY our channels: garbage there must not break delivery.

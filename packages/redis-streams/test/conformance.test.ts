@@ -1,4 +1,3 @@
-import { setTimeout as delay } from "node:timers/promises"
 import {
   createBus,
   type Envelope,
@@ -8,7 +7,7 @@ import {
   sendEach,
   Transport,
 } from "@bus/core"
-import { type ServerHandle, startRedis } from "@bus/test-infra"
+import { pauseFor, type ServerHandle, startRedis } from "@bus/test-infra"
 import { runConformanceSuite } from "@bus/test-infra/conformance"
 import { Effect, Layer, ManagedRuntime } from "effect"
 import { Redis } from "ioredis"
@@ -105,15 +104,7 @@ runConformanceSuite({
       await waitFor(async () => (await admin!.ping().catch(() => "")) === "PONG", 30_000, "Redis back")
       await recommendedPersistence()
     },
-    pauseServer: async (ms) => {
-      await server!.pause()
-      try {
-        // The fault itself lasts `ms`: this is its duration, not a wait for a condition.
-        await delay(ms)
-      } finally {
-        await server!.resume()
-      }
-    },
+    pauseServer: (ms) => pauseFor(server!, ms),
   },
   extraFaults: {
     "relay killed mid-batch, then restarted": async () => {
