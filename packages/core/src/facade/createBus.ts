@@ -142,7 +142,7 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
         failReady(new BusClosed({ message: "the subscription closed before it started" }))
         queue.end()
       } else {
-        const error = squash(exit.cause)
+        const error = Cause.squash(exit.cause)
         failReady(error)
         queue.fail(error)
       }
@@ -189,7 +189,7 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
     const done = new Promise<void>((resolve, reject) => {
       fiber.addObserver((exit) => {
         if (Exit.isSuccess(exit) || Exit.hasInterrupts(exit)) resolve()
-        else reject(squash(exit.cause))
+        else reject(Cause.squash(exit.cause))
       })
     })
     // `done` is for callers who wait on it; an unobserved failure must not crash the process.
@@ -240,5 +240,3 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
     [Symbol.asyncDispose]: close,
   }
 }
-
-const squash = (cause: Cause.Cause<unknown>): unknown => Cause.squash(cause)
