@@ -21,12 +21,15 @@ export { isSymbolicStart, type StartPosition } from "./contracts/Cursor.js"
 export {
   type Address,
   type DeadLetter,
-  type ForwardFailure,
   type GroupClaim,
   type GroupKey,
-  type LeasedEvent,
   type OutboxPage,
   OutboxStore,
+  type RelayClaim,
+  type RelayedEvent,
+  type RelayLog,
+  type RelayPage,
+  type RelayState,
 } from "./contracts/OutboxStore.js"
 export {
   type Delivery,

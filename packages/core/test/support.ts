@@ -3,7 +3,8 @@ import {
   type BusError,
   type Envelope,
   type EventInput,
-  type LeasedEvent,
+  type RelayClaim,
+  type RelayLog,
   type MemoryOutbox,
   makeEnvelope,
   memoryBroker,
@@ -118,57 +119,85 @@ export const instrumentedBroker = (
 
 /** Counters of what a wrapped outbox store was asked to do. */
 export interface StoreLog {
-  leaseCalls: number
+  /** Relay reads (partition or address pages). */
+  relayReads: number
   readCalls: number
-  readonly leasedBy: Map<string, number>
-  readonly completedBy: Map<string, number>
-  readonly leases: Array<ReadonlyArray<LeasedEvent>>
+  /** Positions stored per relay owner. */
+  readonly commitsBy: Map<string, number>
+  /** Partitions claimed per relay owner. */
+  readonly claimsBy: Map<string, Set<number>>
+  /** Owners that are "killed": their stores, renewals and releases never reach the store. */
+  readonly dead: Set<string>
 }
 
 /**
- * The outbox store of `outbox` with counters around `lease`, `complete` and `read`;
- * `failLease` makes every lease call fail (a store that is down); `changesDelayMs`
- * delivers each change signal late, as a NOTIFY that is still in flight.
+ * The outbox store of `outbox` with counters around the relay's side and `read`;
+ * `failRelay` makes every relay read fail (a store that is down); `changesDelayMs`
+ * delivers each change signal late, as a NOTIFY that is still in flight. Owners added to
+ * `log.dead` behave as a killed process: nothing they store or release arrives.
  */
 export const instrumentedStore = (
   outbox: MemoryOutbox,
-  options: { readonly failLease?: () => BusError | undefined; readonly changesDelayMs?: number } = {},
+  options: { readonly failRelay?: () => BusError | undefined; readonly changesDelayMs?: number } = {},
 ): { readonly layer: Layer.Layer<OutboxStore>; readonly log: StoreLog } => {
   const log: StoreLog = {
-    leaseCalls: 0,
+    relayReads: 0,
     readCalls: 0,
-    leasedBy: new Map(),
-    completedBy: new Map(),
-    leases: [],
+    commitsBy: new Map(),
+    claimsBy: new Map(),
+    dead: new Set(),
   }
   const inner = outbox.store
+  const alive = <A>(owner: string, effect: Effect.Effect<A, BusError>, dead: A) =>
+    Effect.suspend(() => (log.dead.has(owner) ? Effect.succeed(dead) : effect))
+  const relay: RelayLog = {
+    ...inner.relay,
+    claim: (partition, owner, leaseMs) =>
+      Effect.suspend(() =>
+        log.dead.has(owner) ? Effect.succeed(undefined) : inner.relay.claim(partition, owner, leaseMs),
+      ).pipe(
+        Effect.map((claim) => {
+          if (claim === undefined) return undefined
+          const set = log.claimsBy.get(owner) ?? new Set()
+          set.add(partition)
+          log.claimsBy.set(owner, set)
+          return {
+            ...claim,
+            commit: (state) =>
+              alive(
+                owner,
+                claim
+                  .commit(state)
+                  .pipe(
+                    Effect.tap(() =>
+                      Effect.sync(() => log.commitsBy.set(owner, (log.commitsBy.get(owner) ?? 0) + 1)),
+                    ),
+                  ),
+                true,
+              ),
+            renew: alive(owner, claim.renew, true),
+          } satisfies RelayClaim
+        }),
+      ),
+    release: (partition, owner) => alive(owner, inner.relay.release(partition, owner), undefined),
+    heartbeat: (owner, leaseMs) => alive(owner, inner.relay.heartbeat(owner, leaseMs), 1),
+    read: (partition, after, limit, address) =>
+      Effect.suspend(() => {
+        log.relayReads++
+        const error = options.failRelay?.()
+        if (error !== undefined) return Effect.fail(error)
+        return inner.relay.read(partition, after, limit, address)
+      }),
+  }
   const layer = Layer.succeed(
     OutboxStore,
     OutboxStore.of({
       ...inner,
+      relay,
       changes:
         options.changesDelayMs === undefined
           ? inner.changes
           : inner.changes.pipe(Stream.tap(() => Effect.sleep(options.changesDelayMs!))),
-      lease: (owner, limit, leaseMs) =>
-        Effect.suspend(() => {
-          log.leaseCalls++
-          const error = options.failLease?.()
-          if (error !== undefined) return Effect.fail(error)
-          return inner.lease(owner, limit, leaseMs).pipe(
-            Effect.tap((rows) =>
-              Effect.sync(() => {
-                log.leases.push(rows)
-                log.leasedBy.set(owner, (log.leasedBy.get(owner) ?? 0) + rows.length)
-              }),
-            ),
-          )
-        }),
-      complete: (owner, ids) =>
-        Effect.suspend(() => {
-          log.completedBy.set(owner, (log.completedBy.get(owner) ?? 0) + ids.length)
-          return inner.complete(owner, ids)
-        }),
       read: (address, after, limit) =>
         Effect.suspend(() => {
           log.readCalls++

@@ -28,37 +28,111 @@ export interface OutboxPage {
   readonly more: boolean
 }
 
-/** A row a relay has leased for forwarding. */
-export interface LeasedEvent {
+/** A committed row as the relay reads it: the event and where it sits in the outbox. */
+export interface RelayedEvent {
   readonly event: Envelope
-  /** Delivery attempts so far, including this one. */
-  readonly attempts: number
   /**
    * The event's place in the outbox, in the store's own opaque form. A broker stores it with
    * the event, so that a subscriber resuming from an outbox cursor after a transport flip
    * skips exactly the events that cursor covers ({@link OutboxStore}'s `covers`).
    */
-  readonly position?: string
+  readonly position: string
   /**
    * An outbox cursor that covers only events of this address that reach the broker at or
-   * before this one (forwarded earlier, or earlier in this batch), when the relay sends the
-   * batch in lease order. A broker appends it to the cursor of this event (`~frontier`), so
-   * a subscriber flipped back to the outbox resumes from it with no gap.
+   * before this one (the relay sends each address's rows in read order). A broker appends it
+   * to the cursor of this event (`~frontier`), so a subscriber flipped back to the outbox
+   * resumes from it with no gap.
    */
-  readonly frontier?: string
+  readonly frontier: string
+}
+
+/** One page of a relay read: rows in read order after a relay position. */
+export interface RelayPage {
+  readonly rows: ReadonlyArray<RelayedEvent>
+  /** Position after this page; valid even when `rows` is empty. */
+  readonly next: string
+  /** True when the page was cut at `limit`: more rows follow at once. */
+  readonly more: boolean
+}
+
+/**
+ * What a relay stores for one partition, once per batch: `position` covers every row of the
+ * partition that is on the broker (or parked), except that addresses in `ahead` have been
+ * forwarded further, up to their own position (fairness: a quiet address is served past a
+ * busy one's backlog). Positions are the store's opaque cursors.
+ */
+export interface RelayState {
+  readonly position: string
+  readonly ahead: Readonly<Record<string, string>>
+}
+
+/** A partition held by one relay: its stored state and the means to move it. */
+export interface RelayClaim {
+  readonly partition: number
+  readonly state: RelayState
+  /**
+   * Stores a new state and renews the lease. `false` when the lease was lost to another
+   * relay (this one stalled past its lease): the caller must stop relaying the partition.
+   */
+  readonly commit: (state: RelayState) => Effect.Effect<boolean, BusError>
+  /** Renews the lease without moving the position; `false` when it was lost. */
+  readonly renew: Effect.Effect<boolean, BusError>
+}
+
+/**
+ * The relay's side of the outbox: a log read by position, never a queue of row states.
+ * Addresses are spread over a fixed number of partitions; each partition is relayed by one
+ * relay at a time (a lease it renews) from a position stored once per batch, so producers'
+ * rows are never updated by the relay and several processes share the partitions.
+ */
+export interface RelayLog {
+  /** Number of partitions (fixed per outbox). */
+  readonly partitions: number
+  /** The partition of an address (the same in every process that shares the store). */
+  readonly partitionOf: (address: Address) => Effect.Effect<number, BusError>
+  /**
+   * Registers `owner` as a live relay for `leaseMs` and returns how many relays are live
+   * (used to take a fair share of the partitions).
+   */
+  readonly heartbeat: (owner: string, leaseMs: number) => Effect.Effect<number, BusError>
+  /** Takes partition `partition` for `owner` when it is free, already ours, or its lease ran out. */
+  readonly claim: (
+    partition: number,
+    owner: string,
+    leaseMs: number,
+  ) => Effect.Effect<RelayClaim | undefined, BusError>
+  /** Gives a partition up (its lease ends now), for a relay that holds more than its share or stops. */
+  readonly release: (partition: number, owner: string) => Effect.Effect<void, BusError>
+  /** Partitions held by live relays other than `owner`. */
+  readonly heldByOthers: (owner: string) => Effect.Effect<ReadonlyArray<number>, BusError>
+  /**
+   * Committed rows after `after`, in read order, at most `limit`: of the whole partition, or of
+   * one `address` of it. Snapshot-safe like subscriber reads (design invariant 3).
+   */
+  readonly read: (
+    partition: number,
+    after: string,
+    limit: number,
+    address?: Address,
+  ) => Effect.Effect<RelayPage, BusError>
+  /**
+   * Addresses of the partition that may have rows `after` does not cover, in address order,
+   * starting after `from`, at most `limit` (`complete` when the list reached the end). It
+   * finds a quiet address behind a busy one's backlog without reading that backlog.
+   */
+  readonly pending: (
+    partition: number,
+    after: string,
+    from: Address | undefined,
+    limit: number,
+  ) => Effect.Effect<{ readonly addresses: ReadonlyArray<Address>; readonly complete: boolean }, BusError>
+  /** Rows no relay position covers yet, over all partitions (an upper bound). */
+  readonly backlog: Effect.Effect<number, BusError>
 }
 
 /** A consumer group of one address: the key of its inbox. */
 export interface GroupKey extends Address {
   readonly group: string
-}
-
-/** Outcome of a failed forward, reported back by the relay. */
-export interface ForwardFailure {
-  readonly id: string
-  readonly error: string
-  /** Park the row in the dead-letter place now instead of retrying it. */
-  readonly park: boolean
 }
 
 /** A dead-lettered event and why it was parked. */
@@ -109,24 +183,8 @@ export class OutboxStore extends Context.Service<
      * (the Postgres store LISTENs on the address's channel). Idle addresses cost nothing.
      */
     readonly watch: (address: Address) => Effect.Effect<void, BusError, Scope.Scope>
-    /** Leases up to `limit` unforwarded rows for `leaseMs` to relay `owner` (rows leased by a live relay are skipped). */
-    readonly lease: (
-      owner: string,
-      limit: number,
-      leaseMs: number,
-    ) => Effect.Effect<ReadonlyArray<LeasedEvent>, BusError>
-    /** Marks leased rows as forwarded. */
-    readonly complete: (owner: string, ids: ReadonlyArray<string>) => Effect.Effect<void, BusError>
-    /** Returns leased rows that were not attempted (an earlier event of their channel failed), without counting an attempt. */
-    readonly release: (owner: string, ids: ReadonlyArray<string>) => Effect.Effect<void, BusError>
-    /** Returns leased rows after a failed forward; rows over `maxAttempts` or marked `park` move to dead letters. */
-    readonly fail: (
-      owner: string,
-      failures: ReadonlyArray<ForwardFailure>,
-      maxAttempts: number,
-    ) => Effect.Effect<{ readonly parked: number }, BusError>
-    /** Unforwarded rows waiting for a relay. */
-    readonly backlog: Effect.Effect<number, BusError>
+    /** The relay's side: the outbox read as a partitioned log (see {@link RelayLog}). */
+    readonly relay: RelayLog
     /** Claims a consumer group's position for the life of the scope; waits while another process holds it. */
     readonly claimGroup: (address: Address, group: string) => Effect.Effect<GroupClaim, BusError, Scope.Scope>
     /** Parks an event a consumer group or relay gave up on. */
@@ -139,7 +197,7 @@ export class OutboxStore extends Context.Service<
      */
     readonly ownsCursor: (cursor: string) => boolean
     /**
-     * Whether the event at `position` (a {@link LeasedEvent} position) is covered by
+     * Whether the event at `position` (a {@link RelayedEvent} position) is covered by
      * `cursor`, i.e. was delivered before it by a subscription reading this outbox. Pure: no
      * query. `undefined` when the two cannot be compared (another outbox or epoch, or not
      * this store's formats).
@@ -167,6 +225,7 @@ export class OutboxStore extends Context.Service<
      * transport is in use) rows the relay has not forwarded yet are kept. Cursors older
      * than the pruned rows then fail with `CursorInvalid` reason `expired`. Inbox entries of
      * events handled more than `olderThanMs` ago go with them. Returns how many outbox rows.
+     * With `keepUnforwarded`, "forwarded" means covered by its partition's relay position.
      */
     readonly prune: (
       olderThanMs: number,

@@ -24,7 +24,7 @@ export interface GroupRequest extends Address {
   readonly maxInFlight: number
 }
 
-/** What the relay passes along with an event: where it sits in the outbox (see `LeasedEvent`). */
+/** What the relay passes along with an event: where it sits in the outbox (see `RelayedEvent`). */
 export interface SendMeta {
   readonly position?: string | undefined
   readonly frontier?: string | undefined

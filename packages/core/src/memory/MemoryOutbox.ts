@@ -3,10 +3,12 @@ import { Effect, Layer, PubSub, Semaphore, Stream } from "effect"
 import {
   type Address,
   type DeadLetter,
-  type ForwardFailure,
   type GroupClaim,
-  type LeasedEvent,
   OutboxStore,
+  type RelayClaim,
+  type RelayedEvent,
+  type RelayLog,
+  type RelayState,
 } from "../contracts/OutboxStore.js"
 import type { DeliveredEvent, Envelope } from "../envelope/Envelope.js"
 import { CursorInvalid, NotInTransaction } from "../errors/BusError.js"
@@ -14,7 +16,7 @@ import { CursorInvalid, NotInTransaction } from "../errors/BusError.js"
 /**
  * The in-memory outbox: a faithful reference of the outbox contract for users' unit
  * tests. Events published in a {@link MemoryTransaction} become visible on commit and
- * vanish on rollback; cursors, relay leases, consumer groups, dead letters and
+ * vanish on rollback; cursors, relay partitions, consumer groups, dead letters and
  * retention behave as on Postgres. Nothing survives the process.
  *
  * @module
@@ -48,10 +50,24 @@ interface Row {
   readonly envelope: Envelope
   readonly position: number
   readonly committedAt: number
-  forwarded: boolean
-  leaseOwner: string | undefined
+  readonly partition: number
+}
+
+interface PartitionRow {
+  state: RelayState
+  owner: string | undefined
   leaseUntil: number
-  attempts: number
+}
+
+/** FNV-1a over the address: the partition of an address, the same in every process. */
+const partitionOf = (a: Address, partitions: number): number => {
+  let h = 0x811c9dc5
+  const text = `${a.tenant}/${a.channel}`
+  for (let i = 0; i < text.length; i++) {
+    h ^= text.charCodeAt(i)
+    h = Math.imul(h, 0x01000193)
+  }
+  return (h >>> 0) % partitions
 }
 
 interface GroupState {
@@ -74,10 +90,22 @@ export class MemoryOutbox {
   readonly #byAddress = new Map<string, Array<Row>>()
   readonly #groups = new Map<string, GroupState>()
   readonly #deadLetters: Array<DeadLetter> = []
+  /** Relay partitions (see `RelayLog`); 4, so tests see addresses spread over several. */
+  readonly partitions = 4
+  readonly #partitions: Array<PartitionRow>
+  readonly #relays = new Map<string, number>()
   #position = 0
   /** Lowest position still retained; cursors below it are expired. */
   #retainedFrom = 0
   readonly #changes = Effect.runSync(PubSub.unbounded<Address>())
+
+  constructor() {
+    this.#partitions = Array.from({ length: this.partitions }, () => ({
+      state: { position: this.#cursor(0), ahead: {} },
+      owner: undefined,
+      leaseUntil: 0,
+    }))
+  }
 
   /** A new, empty outbox. */
   static make(): MemoryOutbox {
@@ -111,10 +139,7 @@ export class MemoryOutbox {
         envelope,
         position: ++this.#position,
         committedAt: now,
-        forwarded: false,
-        leaseOwner: undefined,
-        leaseUntil: 0,
-        attempts: 0,
+        partition: partitionOf(envelope, this.partitions),
       }
       this.#rows.push(row)
       const key = addressKey(envelope)
@@ -179,36 +204,114 @@ export class MemoryOutbox {
     return m ? [m[1]!, Number(m[2])] : undefined
   }
 
-  /**
-   * Frontiers of leased rows (see `LeasedEvent.frontier`). Rows of one address go to the
-   * broker in lease order; the frontier of row k covers positions below the first row of its
-   * address that is still unforwarded and not sent yet once k is: later rows of the batch,
-   * rows left out of it, and (when the scan stopped at the limit) anything after the scan.
-   */
-  #frontiers(leased: ReadonlyArray<Row>, scannedTo: number | undefined): Map<Row, string> {
-    const out = new Map<Row, string>()
-    const picked = new Set(leased)
-    const byAddress = new Map<string, Array<Row>>()
-    for (const row of leased) {
-      const key = addressKey(row.envelope)
-      const list = byAddress.get(key) ?? []
-      list.push(row)
-      byAddress.set(key, list)
+  /** Whether the row is covered by its partition's relay positions (forwarded or parked). */
+  #relayed(row: Row): boolean {
+    const state = this.#partitions[row.partition]!.state
+    const at = (cursor: string | undefined) =>
+      cursor === undefined ? 0 : (MemoryOutbox.#parts(cursor)?.[1] ?? 0)
+    return (
+      row.position <=
+      Math.max(at(state.position), at(state.ahead[`${row.envelope.tenant}/${row.envelope.channel}`]))
+    )
+  }
+
+  #claim(partition: number, owner: string): RelayClaim {
+    const row = this.#partitions[partition]!
+    const held = (leaseMs: number) => {
+      if (row.owner !== owner) return false
+      row.leaseUntil = Date.now() + leaseMs
+      return true
     }
-    for (const [key, rows] of byAddress) {
-      let rest = scannedTo ?? Number.POSITIVE_INFINITY
-      for (const row of this.#byAddress.get(key) ?? []) {
-        if (!row.forwarded && !picked.has(row) && row.position < rest) rest = row.position
-      }
-      let next = rest
-      for (let i = rows.length - 1; i >= 0; i--) {
-        const row = rows[i]!
-        const below = Math.min(next, this.#position + 1) - 1
-        out.set(row, this.#cursor(below))
-        next = Math.min(next, row.position)
-      }
+    const leaseMs = row.leaseUntil - Date.now()
+    return {
+      partition,
+      state: row.state,
+      commit: (state) =>
+        Effect.sync(() => {
+          if (!held(leaseMs)) return false
+          row.state = state
+          return true
+        }),
+      renew: Effect.sync(() => held(leaseMs)),
     }
-    return out
+  }
+
+  /** The relay's side of the contract over this state. */
+  readonly #relay: RelayLog = {
+    partitions: this.partitions,
+    partitionOf: (address) => Effect.succeed(partitionOf(address, this.partitions)),
+    heartbeat: (owner, leaseMs) =>
+      Effect.sync(() => {
+        const now = Date.now()
+        this.#relays.set(owner, now + leaseMs)
+        for (const [name, until] of this.#relays) if (until < now) this.#relays.delete(name)
+        return this.#relays.size
+      }),
+    claim: (partition, owner, leaseMs) =>
+      Effect.sync(() => {
+        const row = this.#partitions[partition]
+        if (row === undefined) return undefined
+        const now = Date.now()
+        if (row.owner !== undefined && row.owner !== owner && row.leaseUntil >= now) return undefined
+        row.owner = owner
+        row.leaseUntil = now + leaseMs
+        return this.#claim(partition, owner)
+      }),
+    release: (partition, owner) =>
+      Effect.sync(() => {
+        const row = this.#partitions[partition]
+        if (row?.owner === owner) {
+          row.owner = undefined
+          row.leaseUntil = 0
+        }
+      }),
+    heldByOthers: (owner) =>
+      Effect.sync(() => {
+        const now = Date.now()
+        return this.#partitions.flatMap((row, i) =>
+          row.owner !== undefined && row.owner !== owner && row.leaseUntil >= now ? [i] : [],
+        )
+      }),
+    read: (partition, after, limit, address) =>
+      this.#parseCursor(after).pipe(
+        Effect.map((from) => {
+          const source = address === undefined ? this.#rows : (this.#byAddress.get(addressKey(address)) ?? [])
+          const rows: Array<RelayedEvent> = []
+          let next = from
+          let more = false
+          for (const row of source) {
+            if (row.position <= from || row.partition !== partition) continue
+            if (rows.length >= limit) {
+              more = true
+              break
+            }
+            // Positions are in commit order, so the row's own cursor covers exactly the rows
+            // of its address read before it.
+            const cursor = this.#cursor(row.position)
+            rows.push({ event: row.envelope, position: cursor, frontier: cursor })
+            next = row.position
+          }
+          if (!more) next = Math.max(next, this.#position)
+          return { rows, next: this.#cursor(next), more }
+        }),
+      ),
+    pending: (partition, after, from, limit) =>
+      this.#parseCursor(after).pipe(
+        Effect.map((position) => {
+          const start = from === undefined ? "" : addressKey(from)
+          const keys = [...this.#byAddress.keys()].filter((k) => k > start).sort()
+          const addresses: Array<Address> = []
+          for (const key of keys) {
+            const rows = this.#byAddress.get(key)!
+            const last = rows[rows.length - 1]
+            if (last === undefined || last.partition !== partition || last.position <= position) continue
+            if (addresses.length >= limit) return { addresses, complete: false }
+            addresses.push({ tenant: last.envelope.tenant, channel: last.envelope.channel })
+          }
+          return { addresses, complete: true }
+        }),
+      ),
+    backlog: Effect.sync(() => this.#rows.filter((row) => !this.#relayed(row)).length),
   }
 
   #group(address: Address, group: string): GroupState {
@@ -264,88 +367,7 @@ export class MemoryOutbox {
     head: () => Effect.sync(() => this.#cursor(this.#position)),
     changes: Stream.fromPubSub(this.#changes),
     watch: () => Effect.void,
-    lease: (owner, limit, leaseMs) =>
-      Effect.sync(() => {
-        const now = Date.now()
-        const leased: Array<Row> = []
-        const busy = new Set<string>()
-        let scannedTo: number | undefined
-        for (const row of this.#rows) {
-          if (leased.length >= limit) {
-            // Rows from here on were not looked at: the frontiers stop below them.
-            scannedTo = row.position
-            break
-          }
-          if (row.forwarded) continue
-          // A channel with a row under a live lease is skipped whole: handing its later rows
-          // to another relay would let them overtake the leased ones on the broker.
-          const key = addressKey(row.envelope)
-          if (busy.has(key)) continue
-          if (row.leaseUntil > now) {
-            busy.add(key)
-            continue
-          }
-          row.leaseOwner = owner
-          row.leaseUntil = now + leaseMs
-          row.attempts++
-          leased.push(row)
-        }
-        const frontiers = this.#frontiers(leased, scannedTo)
-        return leased.map(
-          (row): LeasedEvent => ({
-            event: row.envelope,
-            attempts: row.attempts,
-            position: this.#cursor(row.position),
-            frontier: frontiers.get(row)!,
-          }),
-        )
-      }),
-    complete: (owner, ids) =>
-      Effect.sync(() => {
-        const wanted = new Set(ids)
-        for (const row of this.#rows) {
-          if (wanted.has(row.envelope.id) && row.leaseOwner === owner) {
-            row.forwarded = true
-            row.leaseOwner = undefined
-          }
-        }
-      }),
-    release: (owner, ids) =>
-      Effect.sync(() => {
-        const wanted = new Set(ids)
-        for (const row of this.#rows) {
-          if (wanted.has(row.envelope.id) && row.leaseOwner === owner) {
-            row.leaseOwner = undefined
-            row.leaseUntil = 0
-            row.attempts--
-          }
-        }
-      }),
-    fail: (owner, failures: ReadonlyArray<ForwardFailure>, maxAttempts) =>
-      Effect.sync(() => {
-        let parked = 0
-        const byId = new Map(failures.map((f) => [f.id, f]))
-        for (const row of this.#rows) {
-          const failure = byId.get(row.envelope.id)
-          if (!failure || row.leaseOwner !== owner) continue
-          row.leaseOwner = undefined
-          row.leaseUntil = 0
-          if (failure.park || row.attempts >= maxAttempts) {
-            // Parked rows count as done for the relay: they never block the rows behind them.
-            row.forwarded = true
-            parked++
-            this.#deadLetters.push({
-              event: row.envelope,
-              reason: failure.error,
-              source: "relay",
-              attempts: row.attempts,
-              at: new Date().toISOString(),
-            })
-          }
-        }
-        return { parked }
-      }),
-    backlog: Effect.sync(() => this.#rows.filter((r) => !r.forwarded).length),
+    relay: this.#relay,
     claimGroup: (address, group) => {
       const state = this.#group(address, group)
       return Effect.gen(function* () {
@@ -398,7 +420,7 @@ export class MemoryOutbox {
         let removed = 0
         while (this.#rows.length > 0) {
           const row = this.#rows[0]!
-          if (row.committedAt > cutoff || (options.keepUnforwarded && !row.forwarded)) break
+          if (row.committedAt > cutoff || (options.keepUnforwarded && !this.#relayed(row))) break
           this.#rows.shift()
           const list = this.#byAddress.get(addressKey(row.envelope))
           list?.shift()

@@ -1,6 +1,12 @@
 import { randomUUID } from "node:crypto"
-import { Effect, Exit, Metric, Stream } from "effect"
-import { type ForwardFailure, type LeasedEvent, OutboxStore } from "../contracts/OutboxStore.js"
+import { Deferred, Effect, Exit, Fiber, Metric, Stream } from "effect"
+import {
+  type Address,
+  OutboxStore,
+  type RelayClaim,
+  type RelayedEvent,
+  type RelayState,
+} from "../contracts/OutboxStore.js"
 import { Transport } from "../contracts/Transport.js"
 import { type BusError, isBusError } from "../errors/BusError.js"
 import { deadLettered, relayFailures, relayForwarded, relayLag } from "../metrics/metrics.js"
@@ -8,224 +14,550 @@ import { ageOf, messageAttributes, messagingAttributes, producerLinks } from "..
 
 /**
  * The relay: forwards committed outbox rows to a broker transport, written once for
- * every broker. Rows are leased (so several relays share one outbox without sending a
- * row twice while its lease lives), sent with the event id as the broker's dedupe key,
- * then marked forwarded. A relay killed mid-batch leaves leases that expire; the next
- * relay re-sends those rows and the broker drops the duplicates by id.
+ * every broker.
+ *
+ * It reads the outbox as a log, never as a queue of row states. Addresses are spread over
+ * the store's partitions; each partition is held by one relay at a time (a lease it renews
+ * with every batch), read by the same snapshot-safe position subscribers use, in large
+ * pages, and its position is stored once per batch. No producer row is ever updated, so a
+ * batch costs one read and one small write whatever its size.
+ *
+ * Fairness. A partition read in log order serves a quiet address only after every row
+ * committed before its event, so one tenant's bulk import would hold back the rest. When a
+ * page comes back full (the relay is behind), the relay also runs a fairness round: it asks
+ * the store which addresses of the partition have rows past the position (an index walk,
+ * not a read of the backlog) and forwards a few rows of each from that address's own
+ * position, kept in `ahead` beside the partition's. A row covered by either position has
+ * been forwarded; the log round skips what a fairness round already sent, and `ahead` is
+ * dropped once a log round reaches the head.
+ *
+ * Failures. The broker dedupes by event id, so a relay that dies between sending and
+ * storing its position costs repeated sends, never a repeated event; the next owner of the
+ * partition resumes from the stored position. A row the broker refuses for good (or after
+ * `maxAttempts` retryable refusals) is parked in the dead-letter place and the relay moves
+ * on. A broker that is down stops the round without moving the position, and the relay
+ * backs off with jitter.
  *
  * @module
  */
 
-/** Options of {@link relayBatch} and {@link runRelay}. */
+/** Options of {@link runRelay} and {@link relayBatch}. */
 export interface RelayOptions {
-  /** This relay's lease owner name (default: random per process). */
+  /** This relay's name in partition leases (default: random per process). */
   readonly owner?: string
-  /** Rows leased per batch (default 200). */
+  /** Rows read per page of a partition (default 2,000). */
   readonly batchSize?: number
-  /** How long a lease lives before another relay may take the row (default 30 s). */
+  /** How long a partition lease lives without renewal; a dead relay's partitions are taken over after it (default 5 s). */
   readonly leaseMs?: number
-  /** Send attempts before a row is parked as a dead letter (default 10). */
+  /** Sends of one event refused with a retryable error before it is parked as a dead letter (default 10). */
   readonly maxAttempts?: number
-  /** Longest idle wait between polls when the outbox is empty (default 200 ms: one cheap indexed query, 5/s, per idle relay). */
+  /** Longest wait between reads of an idle partition: the safety net behind wake-ups (default 1 s). */
   readonly maxIdleMs?: number
-  /** Channels sent to at once; events of one channel are always sent in order (default 8). */
+  /** Addresses sent to at once within a batch; events of one address are always sent in order (default 8). */
   readonly concurrency?: number
+  /** Least time between two fairness rounds of a partition that is behind (default 100 ms). */
+  readonly fairnessIntervalMs?: number
+  /** Addresses a fairness round serves at most (default 256). */
+  readonly fairnessAddresses?: number
+  /** Most rows per address in a fairness round; a round sends about `batchSize` rows in all (default 200). */
+  readonly fairnessRows?: number
+  /** Relay only these partitions (default: a fair share of all, balanced with the other live relays). */
+  readonly partitions?: ReadonlyArray<number>
 }
 
-/** What one batch did. */
+/** What one {@link relayBatch} call did. */
 export interface RelayBatchResult {
-  readonly leased: number
+  /** Rows read from the outbox. */
+  readonly read: number
   readonly forwarded: number
+  /** Rows whose send failed and will be tried again. */
   readonly failed: number
   readonly parked: number
 }
 
 const resolve = (options: RelayOptions) => ({
   owner: options.owner ?? `relay-${randomUUID().slice(0, 8)}`,
-  batchSize: options.batchSize ?? 200,
-  leaseMs: options.leaseMs ?? 30_000,
-  maxAttempts: options.maxAttempts ?? 10,
-  // Short: with a broker, producers send no NOTIFY, so the relay's poll is its wake-up.
-  maxIdleMs: options.maxIdleMs ?? 200,
-  concurrency: options.concurrency ?? 8,
+  batchSize: Math.max(1, Math.floor(options.batchSize ?? 2_000)),
+  leaseMs: Math.max(100, options.leaseMs ?? 5_000),
+  maxAttempts: Math.max(1, options.maxAttempts ?? 10),
+  maxIdleMs: Math.max(1, options.maxIdleMs ?? 1_000),
+  concurrency: Math.max(1, options.concurrency ?? 8),
+  fairnessIntervalMs: Math.max(0, options.fairnessIntervalMs ?? 100),
+  fairnessAddresses: Math.max(1, options.fairnessAddresses ?? 256),
+  fairnessRows: Math.max(1, options.fairnessRows ?? 200),
+  partitions: options.partitions,
 })
+
+type Resolved = ReturnType<typeof resolve>
+
+/** The most addresses a partition keeps positions of beside its own (bounds the stored state). */
+const maxAhead = 1_000
 
 const describe = (error: unknown): string =>
   isBusError(error) ? `${error._tag}: ${error.message}` : String(error)
 
-/** Leases one batch, forwards it and settles every row. */
+const keyOf = (a: Address): string => `${a.tenant}/${a.channel}`
+
+/** What sending some rows did. */
+interface Forwarded {
+  readonly forwarded: number
+  readonly parked: number
+  /** Rows not sent (an earlier row of their address failed, or the broker is down). */
+  readonly failed: number
+  readonly unavailable: boolean
+}
+
+/** One partition as its relay holds it in memory. */
+interface PartitionState {
+  position: string
+  ahead: Map<string, string>
+  /** Retryable refusals per event id; cleared whenever the position passes them. */
+  readonly attempts: Map<string, number>
+  /** Where the last fairness round's address walk stopped. */
+  resumeAt: Address | undefined
+  lastFairness: number
+}
+
+const stateOf = (claim: RelayClaim): PartitionState => ({
+  position: claim.state.position,
+  ahead: new Map(Object.entries(claim.state.ahead)),
+  attempts: new Map(),
+  resumeAt: undefined,
+  lastFairness: 0,
+})
+
+const toStored = (s: PartitionState): RelayState => ({
+  position: s.position,
+  ahead: Object.fromEntries(s.ahead),
+})
+
+/** Sends rows in order per address (addresses in parallel); parks what the broker refuses for good. */
+const forward = (o: Resolved, s: PartitionState, rows: ReadonlyArray<RelayedEvent>) =>
+  Effect.gen(function* () {
+    const store = yield* OutboxStore
+    const transport = yield* Transport
+    if (rows.length === 0)
+      return { forwarded: 0, parked: 0, failed: 0, unavailable: false } satisfies Forwarded
+    const system = transport.capabilities.name
+    const lag = Metric.withAttributes(relayLag, { transport: system })
+    const byAddress = new Map<string, Array<RelayedEvent>>()
+    for (const row of rows) {
+      const key = keyOf(row.event)
+      const list = byAddress.get(key)
+      if (list === undefined) byAddress.set(key, [row])
+      else list.push(row)
+    }
+    let forwarded = 0
+    let parked = 0
+    let failed = 0
+    let unavailable = false
+    // One span per address run, linked to every producer's span (the events' traceparents).
+    const sendRun = (run: ReadonlyArray<RelayedEvent>) =>
+      transport
+        .sendAll(
+          run.map((row) => ({ event: row.event, meta: { position: row.position, frontier: row.frontier } })),
+        )
+        .pipe(
+          Effect.withSpan(`send ${run[0]!.event.channel}`, {
+            kind: "producer",
+            links: producerLinks(run.map((row) => row.event)),
+            attributes: messagingAttributes(
+              system,
+              run[0]!.event,
+              { type: "send", name: "relay" },
+              { ...messageAttributes(run[0]!.event), "messaging.batch.message_count": run.length },
+            ),
+          }),
+        )
+    yield* Effect.forEach(
+      byAddress.values(),
+      (list) =>
+        Effect.gen(function* () {
+          let start = 0
+          while (start < list.length && !unavailable) {
+            const run = list.slice(start)
+            const outcome = yield* sendRun(run)
+            const sent = Math.min(outcome.sent, run.length)
+            forwarded += sent
+            for (let i = 0; i < sent; i++) yield* Metric.update(lag, ageOf(run[i]!.event))
+            if (outcome.error === undefined || sent >= run.length) return
+            const row = run[sent]!
+            const error = outcome.error
+            if (error._tag === "TransportUnavailable") {
+              // The broker is down, not this row: no attempt is counted, so an outage never
+              // walks rows towards the dead-letter place.
+              unavailable = true
+              failed += run.length - sent
+              return
+            }
+            const attempts = (s.attempts.get(row.event.id) ?? 0) + 1
+            if (error.retryable && attempts < o.maxAttempts) {
+              s.attempts.set(row.event.id, attempts)
+              failed += run.length - sent
+              yield* Effect.logWarning(
+                `relay: send of ${row.event.id} failed (attempt ${attempts})`,
+                describe(error),
+              )
+              return
+            }
+            // Refused for good: park it and go on with the rows behind it.
+            yield* store.deadLetter({
+              event: row.event,
+              reason: describe(error),
+              source: "relay",
+              attempts,
+              at: new Date().toISOString(),
+            })
+            s.attempts.delete(row.event.id)
+            parked++
+            yield* Effect.logWarning(
+              `relay: parked ${row.event.id} after ${attempts} attempt(s)`,
+              describe(error),
+            )
+            start += sent + 1
+          }
+        }),
+      { concurrency: o.concurrency, discard: true },
+    )
+    const attrs = { transport: system }
+    yield* Metric.update(Metric.withAttributes(relayForwarded, attrs), forwarded)
+    if (failed > 0) yield* Metric.update(Metric.withAttributes(relayFailures, attrs), 1)
+    if (parked > 0) yield* Metric.update(Metric.withAttributes(deadLettered, { source: "relay" }), parked)
+    return { forwarded, parked, failed, unavailable } satisfies Forwarded
+  })
+
+/** What one round of a partition did. */
+interface Round {
+  readonly read: number
+  readonly forwarded: number
+  readonly parked: number
+  readonly failed: number
+  readonly unavailable: boolean
+  /** The page was full: more rows wait right now. */
+  readonly more: boolean
+  readonly changed: boolean
+}
+
+/**
+ * A log round: the next page of the partition after its position, minus what fairness
+ * rounds already sent. The position moves only when every row of the page went through.
+ */
+const logRound = (o: Resolved, partition: number, s: PartitionState) =>
+  Effect.gen(function* () {
+    const store = yield* OutboxStore
+    const page = yield* store.relay.read(partition, s.position, o.batchSize)
+    const todo =
+      s.ahead.size === 0
+        ? page.rows
+        : page.rows.filter((row) => {
+            const ahead = s.ahead.get(keyOf(row.event))
+            return ahead === undefined || store.covers(ahead, row.position) !== true
+          })
+    const outcome = yield* forward(o, s, todo)
+    const ok = outcome.failed === 0
+    if (ok) {
+      s.position = page.next
+      s.attempts.clear()
+      // At the head every address is caught up to the same position.
+      if (!page.more) s.ahead.clear()
+    }
+    return {
+      read: page.rows.length,
+      ...outcome,
+      more: page.more,
+      changed: ok && (page.rows.length > 0 || page.next !== s.position),
+    } satisfies Round
+  })
+
+/**
+ * A fairness round: a few rows of every address of the partition with rows past the
+ * position, each from its own position, so a quiet address is never stuck behind a busy
+ * one's backlog for more than a round.
+ */
+const fairnessRound = (o: Resolved, partition: number, s: PartitionState) =>
+  Effect.gen(function* () {
+    const store = yield* OutboxStore
+    const pending = yield* store.relay.pending(partition, s.position, s.resumeAt, o.fairnessAddresses)
+    s.resumeAt = pending.complete ? undefined : pending.addresses[pending.addresses.length - 1]
+    // A round stays about one batch in size, so it ends (and its position is stored) soon.
+    const rowsEach = Math.max(
+      1,
+      Math.min(o.fairnessRows, Math.floor(o.batchSize / Math.max(1, pending.addresses.length))),
+    )
+    let read = 0
+    let forwarded = 0
+    let parked = 0
+    let failed = 0
+    let unavailable = false
+    let changed = false
+    yield* Effect.forEach(
+      pending.addresses,
+      (address) =>
+        Effect.gen(function* () {
+          if (unavailable) return
+          const key = keyOf(address)
+          const from = s.ahead.get(key)
+          if (from === undefined && s.ahead.size >= maxAhead) return
+          const page = yield* store.relay.read(partition, from ?? s.position, rowsEach, address)
+          read += page.rows.length
+          // Rows a log round sent since this address's own position was stored.
+          const todo =
+            from === undefined
+              ? page.rows
+              : page.rows.filter((r) => store.covers(s.position, r.position) !== true)
+          const outcome = yield* forward(o, s, todo)
+          forwarded += outcome.forwarded
+          parked += outcome.parked
+          failed += outcome.failed
+          if (outcome.unavailable) unavailable = true
+          if (outcome.failed === 0 && page.rows.length > 0) {
+            s.ahead.set(key, page.next)
+            changed = true
+          }
+        }),
+      { concurrency: o.concurrency, discard: true },
+    )
+    return { read, forwarded, parked, failed, unavailable, more: false, changed } satisfies Round
+  })
+
+/** A wake-up signal shared by the partitions of one relay, fed by the store's `changes`. */
+interface Signal {
+  /** Waits up to `ms`; true when a wake-up ended the wait. */
+  readonly wait: (ms: number) => Effect.Effect<boolean>
+}
+
+const makeSignal = Effect.gen(function* () {
+  const store = yield* OutboxStore
+  let gate = Deferred.makeUnsafe<void>()
+  const fire = () => {
+    const fired = gate
+    gate = Deferred.makeUnsafe<void>()
+    Deferred.doneUnsafe(fired, Exit.void)
+  }
+  // A failing change stream must not end the wake-ups: retry it after a pause.
+  yield* store.changes.pipe(
+    Stream.runForEach(() => Effect.sync(fire)),
+    Effect.catch(() => Effect.sleep(1_000)),
+    Effect.forever,
+    Effect.forkScoped,
+  )
+  const signal: Signal = {
+    wait: (ms) =>
+      Effect.suspend(() =>
+        Effect.raceFirst(Effect.as(Effect.sleep(ms), false), Effect.as(Deferred.await(gate), true)),
+      ),
+  }
+  return signal
+})
+
+/**
+ * Relays one held partition until its lease is lost (or the fiber is interrupted).
+ *
+ * Wake-ups. Producers in broker mode send no NOTIFY inside their transaction; the store
+ * signals an append (in this process at once, from other processes by a NOTIFY sent after
+ * the append, outside the producer's transaction). The append is not committed yet when the
+ * signal arrives, so after a wake-up that finds nothing the relay looks again 1, 2, 4, 8 and
+ * 16 ms later before it falls back to waiting.
+ */
+const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: () => boolean) =>
+  Effect.scoped(
+    Effect.gen(function* () {
+      const s = stateOf(claim)
+      const partition = claim.partition
+      let idleMs = 0
+      let burst = 0
+      let backoffMs = 0
+      // The lease is renewed beside the rounds, so a long round (a slow broker) never lets
+      // it run out under a relay that is still sending.
+      let lost = false
+      yield* claim.renew.pipe(
+        Effect.catch(() => Effect.succeed(true)),
+        Effect.tap((held) =>
+          Effect.sync(() => {
+            if (!held) lost = true
+          }),
+        ),
+        Effect.delay(o.leaseMs / 3),
+        Effect.forever,
+        Effect.forkScoped,
+      )
+      // A partition handed to another relay stops between rounds, its position stored, so the
+      // next owner resends nothing.
+      while (!stopping()) {
+        if (lost) {
+          yield* Effect.logWarning(`relay: lost partition ${partition} to another relay`)
+          return
+        }
+        const exit = yield* Effect.exit(
+          Effect.gen(function* () {
+            const log = yield* logRound(o, partition, s)
+            let round: Round = log
+            if (log.more && !log.unavailable && Date.now() - s.lastFairness >= o.fairnessIntervalMs) {
+              s.lastFairness = Date.now()
+              const fair = yield* fairnessRound(o, partition, s)
+              round = {
+                ...fair,
+                read: log.read + fair.read,
+                forwarded: log.forwarded + fair.forwarded,
+                more: true,
+                changed: log.changed || fair.changed,
+              }
+            }
+            return round
+          }),
+        )
+        if (Exit.isFailure(exit)) {
+          backoffMs = Math.min(o.maxIdleMs * 5, Math.max(backoffMs * 2, 100))
+          yield* Effect.logWarning(
+            `relay: partition ${partition} failed; retrying in ${backoffMs} ms`,
+            exit.cause,
+          )
+          yield* Effect.sleep(backoffMs * (0.5 + Math.random()))
+          continue
+        }
+        const round = exit.value
+        if (round.changed && !(yield* claim.commit(toStored(s)))) {
+          yield* Effect.logWarning(`relay: lost partition ${partition} to another relay`)
+          return
+        }
+        if (round.unavailable || round.failed > 0) {
+          // The position could not move (a broker outage, or a row refused with a retryable
+          // error until it is parked): back off, growing, with jitter so a fleet does not
+          // retry in step. Rows sent meanwhile are sent again and dropped by the broker.
+          backoffMs = Math.min(o.maxIdleMs * 5, Math.max(backoffMs * 2, 100))
+          if (round.unavailable)
+            yield* Effect.logWarning(`relay: broker unavailable; retrying in ~${backoffMs} ms`)
+          yield* Effect.sleep(backoffMs * (0.5 + Math.random()))
+          continue
+        }
+        backoffMs = 0
+        if (round.more) continue
+        if (round.read > 0) {
+          idleMs = 0
+          burst = 0
+          continue
+        }
+        // Nothing to read. After a wake-up, look again soon: the append that signalled may
+        // commit a moment later.
+        if (burst > 0 && burst <= 16) {
+          yield* Effect.sleep(burst)
+          burst *= 2
+          continue
+        }
+        idleMs = Math.min(o.maxIdleMs, Math.max(10, idleMs * 2))
+        const woke = yield* signal.wait(idleMs)
+        burst = woke ? 1 : 0
+        if (woke) idleMs = 0
+      }
+    }),
+  )
+
+/**
+ * Runs the relay until interrupted: keeps a fair share of the store's partitions (the
+ * partitions divided by the live relays, rounded up), takes over partitions whose relay
+ * stopped renewing its lease, gives extra ones back when relays join, and relays each
+ * partition it holds in its own fiber.
+ */
+export const runRelay = (options: RelayOptions = {}): Effect.Effect<never, never, OutboxStore | Transport> =>
+  Effect.scoped(
+    Effect.gen(function* () {
+      const o = resolve(options)
+      const store = yield* OutboxStore
+      const signal = yield* makeSignal
+      const held = new Map<number, { readonly fiber: Fiber.Fiber<void, never>; stop: boolean }>()
+      const all = o.partitions ?? Array.from({ length: store.relay.partitions }, (_, i) => i)
+      const context = yield* Effect.context<OutboxStore | Transport>()
+      // Gives a partition back: its relay finishes the round in progress and stores its
+      // position (bounded by the lease), then the lease ends at once for the next owner.
+      const release = (partition: number, graceMs: number) =>
+        Effect.gen(function* () {
+          const entry = held.get(partition)
+          held.delete(partition)
+          if (entry !== undefined) {
+            entry.stop = true
+            yield* Fiber.await(entry.fiber).pipe(
+              Effect.timeout(graceMs),
+              Effect.catch(() => Fiber.interrupt(entry.fiber)),
+            )
+          }
+          yield* store.relay.release(partition, o.owner).pipe(Effect.ignore)
+        })
+      // Closing the bus does not wait for rounds: what was sent and not stored is sent again
+      // by the next owner and dropped by the broker.
+      yield* Effect.addFinalizer(() =>
+        Effect.forEach([...held.keys()], (p) => release(p, 0), { concurrency: "unbounded", discard: true }),
+      )
+      let backoffMs = 0
+      for (;;) {
+        const exit = yield* Effect.exit(
+          Effect.gen(function* () {
+            for (const [partition, entry] of held) {
+              if (entry.fiber.pollUnsafe() !== undefined) held.delete(partition)
+            }
+            const live = yield* store.relay.heartbeat(o.owner, o.leaseMs)
+            const share = o.partitions !== undefined ? all.length : Math.ceil(all.length / Math.max(1, live))
+            // Give back what is over the share, so a relay that joins gets partitions.
+            for (const partition of [...held.keys()].slice(share)) yield* release(partition, o.leaseMs * 3)
+            if (held.size >= share) return
+            const taken = new Set(yield* store.relay.heldByOthers(o.owner))
+            for (const partition of all) {
+              if (held.size >= share) break
+              if (held.has(partition) || taken.has(partition)) continue
+              const claim = yield* store.relay.claim(partition, o.owner, o.leaseMs)
+              if (claim === undefined) continue
+              const entry = { stop: false } as { fiber: Fiber.Fiber<void, never>; stop: boolean }
+              const fiber = yield* runPartition(o, claim, signal, () => entry.stop).pipe(
+                Effect.catchCause((cause) =>
+                  Effect.logWarning(`relay: partition ${partition} stopped`, cause),
+                ),
+                Effect.provideContext(context),
+                Effect.forkScoped,
+              )
+              entry.fiber = fiber
+              held.set(partition, entry)
+            }
+          }),
+        )
+        if (Exit.isFailure(exit)) {
+          backoffMs = Math.min(o.leaseMs / 3, Math.max(backoffMs * 2, 100))
+          yield* Effect.logWarning("relay: partition membership failed; retrying", exit.cause)
+        } else backoffMs = 0
+        // Renew membership well within the lease, so others never see this relay as gone.
+        yield* Effect.sleep(backoffMs > 0 ? backoffMs * (0.5 + Math.random()) : o.leaseMs / 3)
+      }
+    }),
+  ) as Effect.Effect<never, never, OutboxStore | Transport>
+
+/**
+ * Relays every partition once, until each has nothing more to read or a send failed: for
+ * tests and scripts that forward on demand instead of running {@link runRelay}. Takes and
+ * releases each partition's lease.
+ */
 export const relayBatch = (
   options: RelayOptions = {},
 ): Effect.Effect<RelayBatchResult, BusError, OutboxStore | Transport> =>
   Effect.gen(function* () {
     const o = resolve(options)
-    return yield* relayBatchWith(o)
-  })
-
-const relayBatchWith = (o: ReturnType<typeof resolve>) =>
-  Effect.gen(function* () {
     const store = yield* OutboxStore
-    const transport = yield* Transport
-    const leased = yield* store.lease(o.owner, o.batchSize, o.leaseMs)
-    if (leased.length === 0) return { leased: 0, forwarded: 0, failed: 0, parked: 0 }
-
-    // Per channel, in outbox order: a failure stops that channel's remaining rows for
-    // this batch, so a later event never overtakes an earlier one on the broker.
-    const system = transport.capabilities.name
-    const lag = Metric.withAttributes(relayLag, { transport: system })
-    // One span per address run, linked to every producer's span (the events' traceparents).
-    const sendRun = (rows: ReadonlyArray<LeasedEvent>, onSent: (sent: number) => void) =>
-      transport
-        .sendAll(
-          rows.map((row) => ({ event: row.event, meta: { position: row.position, frontier: row.frontier } })),
-          onSent,
-        )
-        .pipe(
-          Effect.tap((outcome) =>
-            Effect.forEach(rows.slice(0, outcome.sent), (row) => Metric.update(lag, ageOf(row.event)), {
-              discard: true,
-            }),
-          ),
-          Effect.withSpan(`send ${rows[0]!.event.channel}`, {
-            kind: "producer",
-            links: producerLinks(rows.map((row) => row.event)),
-            attributes: messagingAttributes(
-              system,
-              rows[0]!.event,
-              { type: "send", name: "relay" },
-              {
-                ...messageAttributes(rows[0]!.event),
-                "messaging.batch.message_count": rows.length,
-                "bus.relay.attempt": rows[0]!.attempts,
-              },
-            ),
-          }),
-        )
-    const byAddress = new Map<string, Array<LeasedEvent>>()
-    for (const row of leased) {
-      const key = `${row.event.tenant}\u0000${row.event.channel}`
-      const list = byAddress.get(key) ?? []
-      list.push(row)
-      byAddress.set(key, list)
+    let read = 0
+    let forwarded = 0
+    let failed = 0
+    let parked = 0
+    const all = o.partitions ?? Array.from({ length: store.relay.partitions }, (_, i) => i)
+    for (const partition of all) {
+      const claim = yield* store.relay.claim(partition, o.owner, o.leaseMs)
+      if (claim === undefined) continue
+      const s = stateOf(claim)
+      for (;;) {
+        const round = yield* logRound(o, partition, s)
+        read += round.read
+        forwarded += round.forwarded
+        failed += round.failed
+        parked += round.parked
+        if (round.changed) yield* claim.commit(toStored(s))
+        if (!round.more || round.failed > 0) break
+      }
+      yield* store.relay.release(partition, o.owner)
     }
-    const forwarded: Array<string> = []
-    const failures: Array<ForwardFailure> = []
-    const untried: Array<string> = []
-    let unavailable = 0
-    yield* Effect.forEach(
-      [...byAddress.values()],
-      (rows) =>
-        Effect.gen(function* () {
-          // The whole run in one pipelined send; the rows before the first failure went
-          // through, in order. After a parked row the next ones go in a new run.
-          let start = 0
-          while (start < rows.length) {
-            const run = rows.slice(start)
-            // Rows join `forwarded` as the broker confirms them, so an interrupted relay
-            // completes what it knows went through.
-            let confirmed = 0
-            const confirm = (sent: number) => {
-              for (; confirmed < Math.min(sent, run.length); confirmed++)
-                forwarded.push(run[confirmed]!.event.id)
-            }
-            const outcome = yield* sendRun(run, confirm)
-            confirm(outcome.sent)
-            if (outcome.error === undefined || outcome.sent >= run.length) return
-            const i = start + outcome.sent
-            const row = rows[i]!
-            const failure = outcome.error
-            if (failure._tag === "TransportUnavailable") {
-              // The broker is down, not this row: hand the channel back without counting an
-              // attempt, so an outage never walks rows towards the dead-letter place.
-              for (const rest of rows.slice(i)) untried.push(rest.event.id)
-              unavailable++
-              return
-            }
-            const park = !failure.retryable
-            failures.push({ id: row.event.id, error: describe(failure), park })
-            if (!park) {
-              for (const rest of rows.slice(i + 1)) untried.push(rest.event.id)
-              return
-            }
-            start = i + 1
-          }
-        }),
-      { concurrency: o.concurrency, discard: true },
-    ).pipe(
-      // A relay stopped mid-batch (its bus closing) settles what it can at once, so other
-      // relays need not wait out the lease. A killed process runs no finalizer: then the
-      // lease expires and another relay re-sends, and the broker drops the repeats by id.
-      Effect.onInterrupt(() => {
-        const sent = new Set(forwarded)
-        const unsent = leased.map((r) => r.event.id).filter((id) => !sent.has(id))
-        return Effect.all([
-          forwarded.length > 0 ? store.complete(o.owner, forwarded) : Effect.void,
-          unsent.length > 0 ? store.release(o.owner, unsent) : Effect.void,
-        ]).pipe(Effect.ignore)
-      }),
-    )
-    if (forwarded.length > 0) yield* store.complete(o.owner, forwarded)
-    if (untried.length > 0) yield* store.release(o.owner, untried)
-    const { parked } =
-      failures.length > 0 ? yield* store.fail(o.owner, failures, o.maxAttempts) : { parked: 0 }
-    const attrs = { transport: transport.capabilities.name }
-    yield* Metric.update(Metric.withAttributes(relayForwarded, attrs), forwarded.length)
-    yield* Metric.update(Metric.withAttributes(relayFailures, attrs), failures.length)
-    yield* Metric.update(Metric.withAttributes(deadLettered, { source: "relay" }), parked)
-    if (failures.length > 0) {
-      yield* Effect.logWarning(
-        `relay: ${failures.length} send(s) failed, ${parked} parked`,
-        failures[0]?.error,
-      )
-    }
-    if (unavailable > 0)
-      yield* Effect.logWarning(`relay: broker unavailable; ${untried.length} row(s) handed back`)
-    return {
-      leased: leased.length,
-      forwarded: forwarded.length,
-      failed: failures.length + unavailable,
-      parked,
-    }
+    return { read, forwarded, failed, parked }
   }).pipe(Effect.withSpan("bus.relay.batch"))
-
-/**
- * Runs the relay until interrupted. A full batch is followed at once by the next; an
- * empty outbox is polled with a growing pause (up to `maxIdleMs`) that a change signal
- * from the store cuts short, so an idle relay neither spins nor lags.
- */
-export const runRelay = (options: RelayOptions = {}): Effect.Effect<never, never, OutboxStore | Transport> =>
-  Effect.gen(function* () {
-    const o = resolve(options)
-    const store = yield* OutboxStore
-    let idleMs = 10
-    for (;;) {
-      const exit = yield* Effect.exit(relayBatchWith(o))
-      if (Exit.isFailure(exit)) {
-        yield* Effect.logWarning("relay: batch failed; backing off", exit.cause)
-        idleMs = Math.min(o.maxIdleMs * 5, Math.max(idleMs * 2, 100))
-        yield* Effect.sleep(idleMs)
-        continue
-      }
-      if (exit.value.failed > 0 && exit.value.forwarded === 0) {
-        // Nothing went through (broker down, or only failing rows): back off, growing.
-        idleMs = Math.min(o.maxIdleMs * 5, Math.max(idleMs * 2, 100))
-        yield* Effect.sleep(idleMs)
-        continue
-      }
-      if (exit.value.leased >= o.batchSize) {
-        idleMs = 10
-        continue
-      }
-      if (exit.value.leased > 0) idleMs = 10
-      else idleMs = Math.min(o.maxIdleMs, idleMs * 2)
-      yield* Effect.raceFirst(
-        Effect.sleep(idleMs),
-        // A failing change stream must not cut the pause short, or the loop would spin.
-        store.changes.pipe(
-          Stream.take(1),
-          Stream.runDrain,
-          Effect.catch(() => Effect.never),
-        ),
-      )
-    }
-  })

@@ -7,7 +7,7 @@ import {
   type Envelope,
   OutboxStore,
 } from "@bus/core"
-import { Cause, Context, Effect, Exit, Layer, Scope, Stream } from "effect"
+import { Cause, Context, Effect, Exit, Layer, PubSub, Scope, Stream } from "effect"
 import pg from "pg"
 import { transportName } from "../errors.js"
 import type { NotifyHealth } from "../listener/health.js"
@@ -15,6 +15,7 @@ import { makeWakeUps } from "../listener/WakeUps.js"
 import { makePressureMonitor, type PressureSnapshot } from "../pressure/monitor.js"
 import { schemaName } from "../schema/identifier.js"
 import { migrateEffect } from "../schema/migrate.js"
+import { latestVersion } from "../schema/migrations.js"
 import { drizzleAdapter } from "../sql/adapters/drizzle.js"
 import { effectSqlAdapter } from "../sql/adapters/effectSql.js"
 import { kyselyAdapter } from "../sql/adapters/kysely.js"
@@ -36,12 +37,14 @@ import { type PostgresOutboxOptions, resolveOptions } from "./options.js"
 import { makeQueries } from "./queries.js"
 import { compactEpoch, head, read } from "./read.js"
 import { relayOps } from "./relay.js"
+import { makeRelayLog } from "./relayLog.js"
+import { makeRelayQueries } from "./relayQueries.js"
 import { makeRetentionJob, type RetentionStatus } from "./retention.js"
 
 /**
  * The Postgres implementation of the core {@link OutboxStore}: transactional append,
- * snapshot-safe reads, wake-ups from one LISTEN connection with a fallback poll, relay
- * leases, consumer-group positions, dead letters and retention.
+ * snapshot-safe reads, wake-ups from one LISTEN connection with a fallback poll, the
+ * relay's partitioned log, consumer-group positions, dead letters and retention.
  *
  * @module
  */
@@ -173,6 +176,18 @@ export const makePostgresOutboxStore = (
       })
     }
     const epoch = String(meta.epoch)
+    if (Number(meta.schema_version) < latestVersion) {
+      return yield* new ConfigError({
+        message: `schema ${schema.name} is at version ${String(meta.schema_version)}; this package needs ${latestVersion}: run migrate() (bus migrate)`,
+      })
+    }
+    const partitionRows = yield* runQuery(
+      executor,
+      "loading the relay partitions",
+      `SELECT relay_partitions FROM ${schema.quoted}.meta`,
+    )
+    const partitions = Number(partitionRows[0]?.relay_partitions)
+    const relayLog = makeRelayLog(executor, makeRelayQueries(schema.quoted, partitions), partitions)
     const adapters = [...(options.adapters ?? []), ...builtinAdapters]
     const relay = relayOps(executor, queries, o.pruneBatchSize)
     const monitor = yield* makePressureMonitor({
@@ -230,11 +245,25 @@ export const makePostgresOutboxStore = (
     })
     const deferred: DeferredTransactions = new WeakMap()
 
+    // A relay in this process hears this process's appends at once, whatever the notify
+    // mode: in broker mode producers send no NOTIFY inside their transaction (the commit
+    // lock the flip escapes), so this is the relay's wake-up. Appends in one tick share one
+    // signal; the relay looks again a few times as the append's transaction commits.
+    const appended = yield* Effect.acquireRelease(PubSub.sliding<Address>(16), PubSub.shutdown)
+    let signalling = false
+    const signalAppend = () => {
+      if (signalling) return
+      signalling = true
+      queueMicrotask(() => {
+        signalling = false
+        PubSub.publishUnsafe(appended, relayWakeupAddress)
+      })
+    }
     // Broker deployments: relays hear producers' relay NOTIFYs through `changes`.
-    let changes: Stream.Stream<Address> = wakeUps.changes
+    let changes: Stream.Stream<Address> = Stream.merge(wakeUps.changes, Stream.fromPubSub(appended))
     if (o.watchRelay && o.listen) {
       yield* wakeUps.watchRelay
-      changes = Stream.merge(wakeUps.changes, wakeUps.relayWakeups.pipe(Stream.map(() => relayWakeupAddress)))
+      changes = Stream.merge(changes, wakeUps.relayWakeups.pipe(Stream.map(() => relayWakeupAddress)))
     }
 
     const retention = yield* makeRetentionJob({
@@ -271,16 +300,12 @@ export const makePostgresOutboxStore = (
           tx,
           events,
           onNotified: () => monitor.count(),
-        }),
+        }).pipe(Effect.tap(() => Effect.sync(signalAppend))),
       read: (address, after, limit) => read(executor, queries, address, after, limit),
       head: (address) => head(executor, queries, address),
       changes,
       watch: wakeUps.watch,
-      lease: relay.lease,
-      complete: relay.complete,
-      release: relay.release,
-      fail: relay.fail,
-      backlog: relay.backlog,
+      relay: relayLog,
       claimGroup: (address, group) => claimGroup(executor, queries, o.groupLeaseMs, address, group),
       ownsCursor,
       covers,

@@ -55,11 +55,6 @@ export interface OutboxQueries {
   readonly meta: string
   readonly append: string
   readonly notify: string
-  readonly lease: string
-  readonly complete: string
-  readonly release: string
-  readonly fail: string
-  readonly backlog: string
   readonly deadLetter: string
   readonly deadLetters: string
   readonly prune: string
@@ -103,97 +98,6 @@ SELECT (SELECT count(*) FROM inserted)::int AS inserted,
   // driver (Prisma, Effect's own protocol, Kysely, …) binds them the same way.
   notify: `SELECT count(*)::int AS notified FROM (SELECT pg_notify(n.v->>0, n.v->>1) FROM jsonb_array_elements($1::text::jsonb) AS n(v)) x`,
 
-  // Per-address order across relays: an address is leased by one relay at a time, from
-  // its oldest unforwarded row on. An address with any row under a live lease is skipped
-  // whole; rows another transaction holds locked (a relay leasing or settling right now)
-  // are skipped with every later row of their address, so a later row never goes to
-  // one relay while an earlier one is with another (or about to be).
-  //
-  // Rows are taken in (xid, seq) order, so every unforwarded row left out sorts after the
-  // last candidate. Besides the leased rows (kind 1) the statement returns the candidates it
-  // left out (kind 2) and one row (kind 3) with its own snapshot, the epoch, the number of
-  // candidates and the last candidate's xid: enough to give each leased row the outbox
-  // frontier it carries to the broker (relay.ts).
-  lease: `
-WITH t AS MATERIALIZED (
-  SELECT clock_timestamp() AS now
-), busy AS MATERIALIZED (
-  -- Only rows under a lease carry lease_until, and the partial index outbox_leased (v3)
-  -- lists just those: a batch or so per relay, whatever the backlog.
-  SELECT DISTINCT o.tenant, o.channel FROM ${S}.outbox o
-  WHERE o.forwarded_at IS NULL AND o.parked_at IS NULL AND o.lease_until IS NOT NULL
-    AND o.lease_until >= (SELECT now FROM t)
-), candidates AS MATERIALIZED (
-  -- The partial index outbox_unforwarded in (xid, seq) order, stopped at the limit. The
-  -- busy addresses are a filter (a hashed sub-plan), not a join: as an anti-join the planner
-  -- would estimate that it removes every row and sort the whole backlog instead.
-  SELECT o.id, o.tenant, o.channel, o.xid, o.seq FROM ${S}.outbox o
-  WHERE o.forwarded_at IS NULL AND o.parked_at IS NULL
-    AND (o.lease_until IS NULL OR o.lease_until < (SELECT now FROM t))
-    AND (o.tenant, o.channel) NOT IN (SELECT b.tenant, b.channel FROM busy b)
-  ORDER BY o.xid, o.seq
-  LIMIT $2
-), locked AS MATERIALIZED (
-  -- Rechecked on the newest row version: a row leased or settled since this statement's
-  -- snapshot drops out here, and with it the rest of its address.
-  SELECT o.id FROM ${S}.outbox o
-  WHERE o.id IN (SELECT id FROM candidates)
-    AND o.forwarded_at IS NULL AND o.parked_at IS NULL
-    AND (o.lease_until IS NULL OR o.lease_until < (SELECT now FROM t))
-  FOR UPDATE OF o SKIP LOCKED
-), picked AS MATERIALIZED (
-  SELECT id FROM (
-    SELECT c.id, bool_and(c.id IN (SELECT l.id FROM locked l)) OVER (PARTITION BY c.tenant, c.channel ORDER BY c.xid, c.seq) AS unbroken
-    FROM candidates c
-  ) x WHERE unbroken
-), leased AS (
-  UPDATE ${S}.outbox o
-  SET lease_owner = $1, lease_until = clock_timestamp() + $3::bigint * interval '1 millisecond', attempts = o.attempts + 1
-  WHERE o.id IN (SELECT id FROM picked)
-  RETURNING o.xid, o.seq, o.id, o.tenant, o.channel, o.type, o.data, o.headers, o.event_time, o.attempts
-)
-SELECT 1 AS kind, l.xid::text AS xid, l.seq::text AS seq, l.id::text AS id, l.tenant, l.channel, l.type,
-       l.data, l.headers, l.event_time, l.attempts, NULL::text AS snapshot, NULL::text AS epoch, NULL::int AS candidates
-FROM leased l
-UNION ALL
-SELECT 2, c.xid::text, c.seq::text, c.id::text, c.tenant, c.channel, NULL::text,
-       NULL::jsonb, NULL::jsonb, NULL::timestamptz, NULL::int, NULL::text, NULL::text, NULL::int
-FROM candidates c WHERE c.id NOT IN (SELECT p.id FROM picked p)
-UNION ALL
-SELECT 3, (SELECT c.xid::text FROM candidates c ORDER BY c.xid DESC, c.seq DESC LIMIT 1), NULL::text, NULL::text,
-       NULL::text, NULL::text, NULL::text, NULL::jsonb, NULL::jsonb, NULL::timestamptz, NULL::int,
-       pg_current_snapshot()::text, (SELECT m.epoch::text FROM ${S}.meta m), (SELECT count(*)::int FROM candidates)`,
-
-  complete: `
-UPDATE ${S}.outbox SET forwarded_at = now(), lease_owner = NULL, lease_until = NULL, last_error = NULL
-WHERE id = ANY($2::uuid[]) AND lease_owner = $1 AND forwarded_at IS NULL`,
-
-  release: `
-UPDATE ${S}.outbox SET lease_owner = NULL, lease_until = NULL, attempts = greatest(attempts - 1, 0)
-WHERE id = ANY($2::uuid[]) AND lease_owner = $1 AND forwarded_at IS NULL AND parked_at IS NULL`,
-
-  // Rows over the attempt budget, or marked park, leave the relay's queue for good and
-  // get a dead-letter copy; the outbox row stays readable by outbox subscribers.
-  fail: `
-WITH f AS (
-  SELECT * FROM unnest($2::uuid[], $3::text[], $4::boolean[]) AS f(id, error, park)
-), settled AS (
-  UPDATE ${S}.outbox o
-  SET lease_owner = NULL, lease_until = NULL, last_error = f.error,
-      parked_at = CASE WHEN f.park OR o.attempts >= $5::int THEN now() END
-  FROM f
-  WHERE o.id = f.id AND o.lease_owner = $1 AND o.forwarded_at IS NULL AND o.parked_at IS NULL
-  RETURNING o.id, o.tenant, o.channel, o.type, o.data, o.headers, o.event_time, o.attempts, o.parked_at, f.error
-), parked AS (
-  INSERT INTO ${S}.dead_letters (event_id, tenant, channel, type, data, headers, event_time, reason, source, attempts)
-  SELECT id, tenant, channel, type, data, headers, event_time, error, 'relay', attempts
-  FROM settled WHERE parked_at IS NOT NULL
-  RETURNING 1
-)
-SELECT count(*)::int AS parked FROM parked`,
-
-  backlog: `SELECT count(*)::bigint::text AS n FROM ${S}.outbox WHERE forwarded_at IS NULL AND parked_at IS NULL`,
-
   deadLetter: `
 INSERT INTO ${S}.dead_letters (event_id, tenant, channel, type, data, headers, event_time, reason, source, attempts, at)
 VALUES ($1::uuid, $2, $3, $4, $5::jsonb, $6::jsonb, $7::timestamptz, $8, $9, $10::int, coalesce($11::timestamptz, now()))`,
@@ -210,7 +114,10 @@ WITH doomed AS (
   SELECT id FROM ${S}.outbox
   WHERE event_time < now() - $1::bigint * interval '1 millisecond'
     AND xid < pg_snapshot_xmin(pg_current_snapshot())
-    AND (NOT $2::boolean OR forwarded_at IS NOT NULL OR parked_at IS NOT NULL)
+    AND (NOT $2::boolean OR forwarded_at IS NOT NULL OR parked_at IS NOT NULL
+         -- broker mode: only rows their partition's relay position covers (schema v4)
+         OR pg_visible_in_snapshot(xid, (SELECT rp.covered FROM ${S}.relay_partitions rp
+              WHERE rp.partition = ${S}.relay_partition(tenant, channel, (SELECT m.relay_partitions FROM ${S}.meta m)))))
   LIMIT $3
   FOR UPDATE SKIP LOCKED
 ), deleted AS (

@@ -120,11 +120,70 @@ CREATE INDEX outbox_leased ON ${S}.outbox (tenant, channel, lease_until)
   WHERE forwarded_at IS NULL AND parked_at IS NULL AND lease_until IS NOT NULL;
 `
 
+/** Relay partitions of a new outbox (fixed per outbox: the relay index is built on it). */
+export const relayPartitions = 8
+
+const v4 = (S: string): string => `
+-- The relay reads the outbox as a log: per partition of addresses, by the same
+-- snapshot-safe position subscribers use, storing one position per batch. Producers' rows
+-- are never updated again; the v1-v3 lease columns stay only for rows relayed before.
+
+-- An address's partition. hashtext is immutable, so the relay index can be built on it;
+-- names never hold '/', so tenant || '/' || channel is one-to-one.
+CREATE FUNCTION ${S}.relay_partition(tenant text, channel text, partitions integer) RETURNS integer
+  LANGUAGE sql IMMUTABLE PARALLEL SAFE
+  AS $$ SELECT (hashtext(tenant || '/' || channel) & 2147483647) % partitions $$;
+
+ALTER TABLE ${S}.meta ADD COLUMN relay_partitions integer NOT NULL DEFAULT ${relayPartitions};
+
+-- The relay's reads: one partition's rows in (xid, seq) order. It replaces the two
+-- partial indexes of the row-state relay, which every append had to maintain.
+CREATE INDEX outbox_relay ON ${S}.outbox (${S}.relay_partition(tenant, channel, ${relayPartitions}), xid, seq);
+DROP INDEX ${S}.outbox_unforwarded;
+DROP INDEX ${S}.outbox_leased;
+
+-- One row per partition: its position (an outbox cursor), addresses served ahead of it
+-- (fairness), and the relay holding it. covered is the snapshot part of the position:
+-- every row visible in it was forwarded (retention keeps the rest in broker mode).
+CREATE TABLE ${S}.relay_partitions (
+  partition integer PRIMARY KEY,
+  position text,
+  covered pg_snapshot NOT NULL,
+  ahead jsonb NOT NULL DEFAULT '{}'::jsonb,
+  owner text,
+  lease_until timestamptz,
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Live relays, so each takes a fair share of the partitions.
+CREATE TABLE ${S}.relay_members (
+  owner text PRIMARY KEY,
+  seen_until timestamptz NOT NULL
+);
+
+-- Where each partition starts: below its oldest row a v3 relay had not forwarded or
+-- parked yet, or everything so far when there is none. Rows past that which a v3 relay
+-- did forward are skipped by the relay's read (forwarded_at / parked_at), so an upgrade
+-- neither loses nor re-sends a row.
+INSERT INTO ${S}.relay_partitions (partition, covered)
+SELECT p, CASE WHEN b IS NULL THEN pg_current_snapshot() ELSE (
+         SELECT format('%s:%s:%s', least(pg_snapshot_xmin(s), b), b,
+                       coalesce((SELECT string_agg(x::text, ',' ORDER BY x) FROM pg_snapshot_xip(s) x WHERE x < b), ''))::pg_snapshot
+         FROM (SELECT pg_current_snapshot() AS s) cur) END
+FROM generate_series(0, ${relayPartitions} - 1) p
+LEFT JOIN LATERAL (
+  SELECT min(o.xid) AS b FROM ${S}.outbox o
+  WHERE ${S}.relay_partition(o.tenant, o.channel, ${relayPartitions}) = p
+    AND o.forwarded_at IS NULL AND o.parked_at IS NULL
+) first ON true;
+`
+
 /** Every migration, oldest first. */
 export const migrations: ReadonlyArray<Migration> = [
   { version: 1, name: "outbox", sql: v1 },
   { version: 2, name: "flip", sql: v2 },
   { version: 3, name: "lease index", sql: v3 },
+  { version: 4, name: "log relay", sql: v4 },
 ]
 
 /** The schema version this build of the package reads and writes. */

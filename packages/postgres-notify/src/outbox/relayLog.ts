@@ -1,0 +1,209 @@
+import {
+  type Address,
+  type BusError,
+  CursorInvalid,
+  checkAddress,
+  type RelayClaim,
+  type RelayedEvent,
+  type RelayLog,
+  type RelayPage,
+  type RelayState,
+} from "@bus/core"
+import { Effect } from "effect"
+import { runQuery, type SqlExecutor } from "../sql/executor.js"
+import {
+  type Cursor,
+  decodeCursor,
+  encodeCursor,
+  encodePosition,
+  isExpired,
+  type Position,
+  parsePgSnapshot,
+  type Snapshot,
+} from "./cursor.js"
+import { maxPageSize } from "./read.js"
+import { envelopeOf } from "./relay.js"
+import type { RelayQueries } from "./relayQueries.js"
+
+/**
+ * The relay's side of the Postgres outbox (schema v4): partitions of addresses read as a
+ * log by the snapshot-safe cursor subscribers use, one stored position per partition, and
+ * partition leases in `relay_partitions`. Producers' rows are never touched.
+ *
+ * @module
+ */
+
+const xids = (s: Snapshot): Array<string> => s.xip.map(String)
+
+/** The text form of `pg_snapshot`: every row visible in it is covered. */
+const snapshotText = (s: Snapshot): string => `${s.xmin}:${s.xmax}:${s.xip.join(",")}`
+
+/** The snapshot part of a relay position: rows visible in it are covered whatever the paging. */
+const coveredOf = (c: Cursor): Snapshot => (c.kind === "steady" ? c.at : c.from)
+
+const compactEpoch = (uuid: string): string => uuid.replaceAll("-", "").toLowerCase()
+
+/** The relay log over the store's pool. */
+export const makeRelayLog = (
+  executor: SqlExecutor,
+  q: RelayQueries,
+  partitions: number,
+): RelayLog => {
+  // A relay's own position is not a user's cursor: it is always read with the current epoch
+  // (the snapshot is of this database either way), and one older than retention restarts
+  // from the oldest retained row, loudly, instead of failing for ever.
+  const position = (text: string, epoch: string): Cursor => {
+    const decoded = decodeCursor(text)
+    if (decoded instanceof CursorInvalid) {
+      const at = /^\d+:\d+:[\d,]*$/.test(text) ? parsePgSnapshot(text) : { xmin: 0n, xmax: 0n, xip: [] }
+      return { kind: "steady", epoch, at }
+    }
+    return { ...decoded, epoch }
+  }
+
+  const read = (
+    partition: number,
+    after: string,
+    limit: number,
+    address?: Address,
+  ): Effect.Effect<RelayPage, BusError> =>
+    Effect.gen(function* () {
+      const scope: Array<unknown> = []
+      if (address !== undefined) {
+        const a = yield* checkAddress(address)
+        scope.push(a.tenant, a.channel)
+      } else scope.push(partition)
+      const size = Math.min(maxPageSize, Math.max(1, Math.floor(limit)))
+      let cursor = position(after, "")
+      const paging = cursor.kind === "paging"
+      const base = cursor.kind === "steady" ? cursor.at : cursor.to
+      const params: Array<unknown> = [...scope, size + 1, String(base.xmax), xids(base)]
+      if (cursor.kind === "paging") {
+        params.push(
+          String(cursor.from.xmax),
+          xids(cursor.from),
+          String(cursor.to.xmax),
+          xids(cursor.to),
+          String(cursor.last.xid),
+          String(cursor.last.seq),
+        )
+      }
+      const sql =
+        address === undefined
+          ? paging
+            ? q.readPartitionPaging
+            : q.readPartitionSteady
+          : paging
+            ? q.readAddressPaging
+            : q.readAddressSteady
+      const rows = yield* runQuery(executor, "relay read", sql, params)
+      const first = rows[0]
+      if (first === undefined) return yield* Effect.die(new Error("outbox meta row is missing"))
+      const epoch = compactEpoch(String(first.epoch))
+      const now = parsePgSnapshot(String(first.snapshot))
+      cursor = { ...cursor, epoch }
+      const pruned: Position | undefined =
+        first.prune_xid === null || first.prune_xid === undefined
+          ? undefined
+          : { xid: BigInt(String(first.prune_xid)), seq: BigInt(String(first.prune_seq)) }
+      if (isExpired(cursor, pruned)) {
+        // Retention removed rows this relay had not forwarded: only possible when the outbox
+        // ran without a broker (retention then keeps nothing for the relay). Say so and go on
+        // from what is left; those events were delivered by the outbox transport, not the broker.
+        yield* Effect.logWarning(
+          `relay: partition ${partition}: retention pruned rows past the relay's position; forwarding from the oldest retained row`,
+        )
+        return yield* read(partition, snapshotText({ xmin: 0n, xmax: 0n, xip: [] }), limit, address)
+      }
+      const found = rows.filter((r) => r.id !== null && r.id !== undefined)
+      const more = found.length > size
+      const page = more ? found.slice(0, size) : found
+      const head: Cursor = { kind: "steady", epoch, at: now }
+      const events: Array<RelayedEvent> = page.map((r, i) => {
+        const last: Position = { xid: BigInt(String(r.xid)), seq: BigInt(String(r.seq)) }
+        // The read position after this row: it covers, of this row's address, exactly the
+        // rows forwarded before it, so it is the row's frontier too.
+        const after: Cursor =
+          !more && i === page.length - 1
+            ? head
+            : Number(r.phase) === 0 && cursor.kind === "paging"
+              ? { kind: "paging", epoch, from: cursor.from, to: cursor.to, last }
+              : { kind: "paging", epoch, from: base, to: now, last }
+        return { event: envelopeOf(r), position: encodePosition(epoch, last), frontier: encodeCursor(after) }
+      })
+      const next = more ? events[events.length - 1]!.frontier : encodeCursor(head)
+      return { rows: events, next, more }
+    })
+
+  const claim = (
+    partition: number,
+    owner: string,
+    leaseMs: number,
+  ): Effect.Effect<RelayClaim | undefined, BusError> =>
+    Effect.gen(function* () {
+      const ms = Math.max(1, Math.floor(leaseMs))
+      const rows = yield* runQuery(executor, "relay claim", q.claim, [partition, owner, ms])
+      const row = rows[0]
+      if (row === undefined) return undefined
+      const epoch = compactEpoch(String(row.epoch))
+      const stored =
+        row.position === null || row.position === undefined ? String(row.covered) : String(row.position)
+      const ahead: Record<string, string> = {}
+      if (typeof row.ahead === "object" && row.ahead !== null) {
+        for (const [k, v] of Object.entries(row.ahead)) if (typeof v === "string") ahead[k] = v
+      }
+      const state: RelayState = { position: encodeCursor(position(stored, epoch)), ahead }
+      const held = (r: ReadonlyArray<Record<string, unknown>>) => r.length > 0
+      return {
+        partition,
+        state,
+        commit: (next: RelayState) =>
+          runQuery(executor, "relay commit", q.commit, [
+            partition,
+            owner,
+            next.position,
+            snapshotText(coveredOf(position(next.position, epoch))),
+            JSON.stringify(next.ahead),
+            ms,
+          ]).pipe(Effect.map(held)),
+        renew: runQuery(executor, "relay renew", q.renew, [partition, owner, ms]).pipe(Effect.map(held)),
+      } satisfies RelayClaim
+    })
+
+  return {
+    partitions,
+    partitionOf: (address) =>
+      checkAddress(address).pipe(
+        Effect.flatMap((a) => runQuery(executor, "relay partition", q.partitionOf, [a.tenant, a.channel])),
+        Effect.map((rows) => Number(rows[0]?.partition)),
+      ),
+    heartbeat: (owner, leaseMs) =>
+      runQuery(executor, "relay heartbeat", q.heartbeat, [owner, Math.max(1, Math.floor(leaseMs))]).pipe(
+        Effect.map((rows) => Number(rows[0]?.live ?? 1)),
+      ),
+    claim,
+    release: (partition, owner) =>
+      runQuery(executor, "relay release", q.release, [partition, owner]).pipe(Effect.asVoid),
+    heldByOthers: (owner) =>
+      runQuery(executor, "relay partitions", q.heldByOthers, [owner]).pipe(
+        Effect.map((rows) => rows.map((r) => Number(r.partition))),
+      ),
+    read,
+    pending: (partition, after, from, limit) =>
+      Effect.gen(function* () {
+        const covered = coveredOf(position(after, ""))
+        const n = Math.max(1, Math.floor(limit))
+        const rows = yield* runQuery(executor, "relay pending", q.pending, [
+          partition,
+          from?.tenant ?? "",
+          from?.channel ?? "",
+          String(covered.xmax),
+          xids(covered),
+          n + 1,
+        ])
+        const addresses = rows.slice(0, n).map((r) => ({ tenant: String(r.tenant), channel: String(r.channel) }))
+        return { addresses, complete: rows.length <= n }
+      }),
+    backlog: runQuery(executor, "relay backlog", q.backlog).pipe(Effect.map((rows) => Number(rows[0]?.n ?? 0))),
+  }
+}
