@@ -148,7 +148,7 @@ it("R3 stream on a 3-node cluster: the stream leader, which the bus is connected
         `every committed event (handler missing ${handled.missing(confirmed).length}, subscriber missing ${subscribed.missing(confirmed).length} of ${confirmed.size})`,
     )
     await waitFor(
-      async () => (await b.runtime.runPromise(outbox.store.backlog)) === 0,
+      async () => (await b.runtime.runPromise(outbox.store.relay.backlog)) === 0,
       30_000,
       "the relay's backlog",
     )

@@ -59,7 +59,7 @@ it("a relay killed mid-batch and restarted re-sends the batch: the stream stores
       () => `all 50 (handled ${handled.length})`,
     )
     await waitFor(
-      async () => (await bus.runtime.runPromise(outbox.store.backlog)) === 0,
+      async () => (await bus.runtime.runPromise(outbox.store.relay.backlog)) === 0,
       10_000,
       "an empty backlog",
     )

@@ -4,6 +4,8 @@ import {
   type Envelope,
   type MemoryOutbox,
   OutboxStore,
+  type RelayClaim,
+  type RelayLog,
   type RelayOptions,
   runRelay,
   type SendMeta,
@@ -123,21 +125,24 @@ export async function storedIds(
 
 /**
  * A relay that runs outside any bus, over `outbox`, that a test can kill in the middle
- * of a batch and start again. `killMidBatch(k)` waits for a batch of more than `k` rows,
+ * of a batch and start again. `killMidBatch(k)` waits for a page of more than `k` rows,
  * lets the relay send `k` of them, then freezes its next send (as a process that died
- * there would: the batch is never completed, its leases stay until they expire),
- * interrupts it, and starts a fresh relay, which re-sends those `k` rows later.
+ * there would: the page's position is never stored, its partition lease stays until it
+ * runs out), interrupts it, and starts a fresh relay, which takes the partition over once
+ * the lease (`leaseMs`) has run out and re-sends those `k` rows.
  *
- * The core relay settles its batch when it is interrupted (a bus closing); a killed
- * process runs no finalizer, so the killed relay's settle calls are dropped here before
- * they reach the outbox: its rows stay leased until the lease expires.
+ * The core relay gives its partitions back when it is interrupted (a bus closing); a
+ * killed process runs no finalizer, so everything the killed relay's owner would still
+ * tell the store (a stored position, a lease renewal or release, a heartbeat) is dropped
+ * here before it reaches the outbox, as in core's `instrumentedStore`.
  */
 export class KillableRelay {
   readonly #runtime: ManagedRuntime.ManagedRuntime<OutboxStore | Transport, BusError>
   readonly #options: RelayOptions
   #fiber: Fiber.Fiber<never, unknown> | undefined
   #armed: { readonly after: number; readonly resolve: () => void } | undefined
-  #batch = { leased: 0, sent: 0 }
+  /** The last non-empty page read and how many of its rows were sent since. */
+  #batch = { read: 0, sent: 0 }
   #generation = 0
   readonly #dead = new Set<string>()
   readonly #sent = new Set<string>()
@@ -159,25 +164,38 @@ export class KillableRelay {
         return Transport.of({ ...inner, send, sendAll: sendEach(send) })
       }),
     ).pipe(Layer.provide(natsTransport(transport)))
+    // A dead owner's calls succeed without reaching the store: it never learns it died.
     const alive = <A>(owner: string, effect: Effect.Effect<A, BusError>, dead: A) =>
       Effect.suspend(() => (self.#dead.has(owner) ? Effect.succeed(dead) : effect))
-    const store = Layer.succeed(
-      OutboxStore,
-      OutboxStore.of({
-        ...outbox.store,
-        complete: (owner, ids) => alive(owner, outbox.store.complete(owner, ids), undefined),
-        release: (owner, ids) => alive(owner, outbox.store.release(owner, ids), undefined),
-        fail: (owner, failures, max) => alive(owner, outbox.store.fail(owner, failures, max), { parked: 0 }),
-        lease: (owner, limit, leaseMs) =>
-          outbox.store.lease(owner, limit, leaseMs).pipe(
-            Effect.tap((rows) =>
-              Effect.sync(() => {
-                self.#batch = { leased: rows.length, sent: 0 }
-              }),
-            ),
+    const inner = outbox.store.relay
+    const relay: RelayLog = {
+      ...inner,
+      claim: (partition, owner, leaseMs) =>
+        alive(owner, inner.claim(partition, owner, leaseMs), undefined).pipe(
+          Effect.map((claim) =>
+            claim === undefined
+              ? undefined
+              : ({
+                  ...claim,
+                  commit: (state) => alive(owner, claim.commit(state), true),
+                  renew: alive(owner, claim.renew, true),
+                } satisfies RelayClaim),
           ),
-      }),
-    )
+        ),
+      release: (partition, owner) => alive(owner, inner.release(partition, owner), undefined),
+      heartbeat: (owner, leaseMs) => alive(owner, inner.heartbeat(owner, leaseMs), 1),
+      // Empty pages (idle partitions, which the relay reads concurrently) leave the count of
+      // the page being sent alone.
+      read: (partition, after, limit, address) =>
+        inner.read(partition, after, limit, address).pipe(
+          Effect.tap((page) =>
+            Effect.sync(() => {
+              if (page.rows.length > 0) self.#batch = { read: page.rows.length, sent: 0 }
+            }),
+          ),
+        ),
+    }
+    const store = Layer.succeed(OutboxStore, OutboxStore.of({ ...outbox.store, relay }))
     this.#runtime = ManagedRuntime.make(Layer.merge(hooked, store))
     this.#options = options
   }
@@ -185,7 +203,7 @@ export class KillableRelay {
   #beforeSend(e: Envelope): Effect.Effect<void> {
     return Effect.suspend(() => {
       const armed = this.#armed
-      if (armed !== undefined && this.#batch.sent >= armed.after && this.#batch.leased > armed.after) {
+      if (armed !== undefined && this.#batch.sent >= armed.after && this.#batch.read > armed.after) {
         this.#armed = undefined
         armed.resolve()
         return Effect.never
