@@ -1,4 +1,4 @@
-import type { DeliveredEvent, Envelope, LeasedEvent } from "@bus/core"
+import type { DeliveredEvent, Envelope, RelayedEvent } from "@bus/core"
 import { Effect } from "effect"
 import type pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
@@ -94,6 +94,21 @@ const readAll = async (s: PostgresOutboxService, channel: string, from = "beginn
   }
 }
 
+/** Reads every relay partition a page at a time from its stored start, as the relay does. */
+const relayReader = (s: PostgresOutboxService) => {
+  const at = new Map<number, string>()
+  return async (limit: number): Promise<Array<RelayedEvent>> => {
+    const out: Array<RelayedEvent> = []
+    for (let p = 0; p < s.relay.partitions; p++) {
+      if (!at.has(p)) at.set(p, (await run(s.relay.claim(p, "reader", 60_000)))!.state.position)
+      const page = await run(s.relay.read(p, at.get(p)!, limit))
+      at.set(p, page.next)
+      out.push(...page.rows)
+    }
+    return out
+  }
+}
+
 describe("outbox positions and frontiers", () => {
   it("a reader's cursor covers exactly the positions of the events it delivered", async () => {
     const s = await store()
@@ -117,18 +132,13 @@ describe("outbox positions and frontiers", () => {
       cursors.set(channel, list)
     }
     await finish()
-    // Lease everything (several batches) to learn every row's position.
-    const positions: Array<LeasedEvent> = []
+    // Read every partition as the relay does (several pages) to learn every row's position.
+    const relay = relayReader(s)
+    const positions: Array<RelayedEvent> = []
     for (;;) {
-      const batch = await run(s.lease("r", 5, 60_000))
+      const batch = await relay(5)
       if (batch.length === 0) break
       positions.push(...batch)
-      await run(
-        s.complete(
-          "r",
-          batch.map((l) => l.event.id),
-        ),
-      )
     }
     expect(positions.length).toBeGreaterThan(40)
     let checked = 0
@@ -152,17 +162,11 @@ describe("outbox positions and frontiers", () => {
     const finish = await churn(s, 30, 11)
     // A relay in small batches while producers go on committing out of order; the broker
     // is a list per channel in arrival order.
-    const broker = new Map<string, Array<LeasedEvent>>(channels.map((c) => [c, []]))
+    const broker = new Map<string, Array<RelayedEvent>>(channels.map((c) => [c, []]))
+    const relay = relayReader(s)
     const relayOnce = async (limit: number) => {
-      const batch = await run(s.lease("r", limit, 60_000))
+      const batch = await relay(limit)
       for (const l of batch) broker.get(l.event.channel)!.push(l)
-      if (batch.length > 0)
-        await run(
-          s.complete(
-            "r",
-            batch.map((l) => l.event.id),
-          ),
-        )
       return batch.length
     }
     const more = await churn(s, 10, 13)

@@ -269,8 +269,11 @@ describe("cursor errors", () => {
     await publish(s, [event("acme", "orders"), event("acme", "orders")])
     expect(await run(s.prune(60_000, { keepUnforwarded: false }))).toBe(0)
     await new Promise((r) => setTimeout(r, 20))
-    const [leased] = await run(s.lease("relay-1", 1, 10_000))
-    await run(s.complete("relay-1", [leased!.event.id]))
+    // The relay forwards the first event: its partition's position now covers it.
+    const [first] = (await run(s.read(address, "beginning", 1))).events
+    const partition = await run(s.relay.partitionOf(address))
+    const claim = (await run(s.relay.claim(partition, "relay-1", 10_000)))!
+    await run(claim.commit({ position: first!.cursor, ahead: {} }))
     expect(await run(s.prune(0, { keepUnforwarded: true }))).toBe(1)
     expect((await run(s.read(address, "beginning", 10))).events).toHaveLength(1)
   })

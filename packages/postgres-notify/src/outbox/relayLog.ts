@@ -35,8 +35,13 @@ import type { RelayQueries } from "./relayQueries.js"
 
 const xids = (s: Snapshot): Array<string> => s.xip.map(String)
 
-/** The text form of `pg_snapshot`: every row visible in it is covered. */
-const snapshotText = (s: Snapshot): string => `${s.xmin}:${s.xmax}:${s.xip.join(",")}`
+/**
+ * The text form of `pg_snapshot`: every row visible in it is covered. Postgres refuses
+ * transaction id 0, so the empty snapshot (nothing covered) is written as 1:1: (transaction
+ * ids below 3 are never assigned to a write).
+ */
+const snapshotText = (s: Snapshot): string =>
+  s.xmax === 0n ? "1:1:" : `${s.xmin === 0n ? 1n : s.xmin}:${s.xmax}:${s.xip.join(",")}`
 
 /** The snapshot part of a relay position: rows visible in it are covered whatever the paging. */
 const coveredOf = (c: Cursor): Snapshot => (c.kind === "steady" ? c.at : c.from)
@@ -44,11 +49,7 @@ const coveredOf = (c: Cursor): Snapshot => (c.kind === "steady" ? c.at : c.from)
 const compactEpoch = (uuid: string): string => uuid.replaceAll("-", "").toLowerCase()
 
 /** The relay log over the store's pool. */
-export const makeRelayLog = (
-  executor: SqlExecutor,
-  q: RelayQueries,
-  partitions: number,
-): RelayLog => {
+export const makeRelayLog = (executor: SqlExecutor, q: RelayQueries, partitions: number): RelayLog => {
   // A relay's own position is not a user's cursor: it is always read with the current epoch
   // (the snapshot is of this database either way), and one older than retention restarts
   // from the oldest retained row, loudly, instead of failing for ever.
@@ -60,6 +61,23 @@ export const makeRelayLog = (
     }
     return { ...decoded, epoch }
   }
+
+  // A relay that is behind checks, at most once a minute, that the outbox's statistics know
+  // its size, and refreshes them if not (a bulk load before autovacuum ran): with stale
+  // statistics every page would sort the whole backlog instead of reading an index range.
+  let statisticsCheckedAt = 0
+  const refreshStatistics = Effect.gen(function* () {
+    if (Date.now() - statisticsCheckedAt < 60_000) return
+    statisticsCheckedAt = Date.now()
+    const stale = yield* runQuery(executor, "relay statistics", q.staleStatistics)
+    if (stale[0]?.stale !== true) return
+    yield* Effect.logInfo("relay: the outbox's statistics are stale (bulk load?); running ANALYZE")
+    yield* runQuery(executor, "relay analyze", q.analyze).pipe(
+      Effect.catch((e) =>
+        Effect.logWarning("relay: ANALYZE failed; relay reads may be slow until autovacuum runs", e),
+      ),
+    )
+  })
 
   const read = (
     partition: number,
@@ -117,6 +135,7 @@ export const makeRelayLog = (
       }
       const found = rows.filter((r) => r.id !== null && r.id !== undefined)
       const more = found.length > size
+      if (more) yield* refreshStatistics
       const page = more ? found.slice(0, size) : found
       const head: Cursor = { kind: "steady", epoch, at: now }
       const events: Array<RelayedEvent> = page.map((r, i) => {
@@ -201,9 +220,13 @@ export const makeRelayLog = (
           xids(covered),
           n + 1,
         ])
-        const addresses = rows.slice(0, n).map((r) => ({ tenant: String(r.tenant), channel: String(r.channel) }))
+        const addresses = rows
+          .slice(0, n)
+          .map((r) => ({ tenant: String(r.tenant), channel: String(r.channel) }))
         return { addresses, complete: rows.length <= n }
       }),
-    backlog: runQuery(executor, "relay backlog", q.backlog).pipe(Effect.map((rows) => Number(rows[0]?.n ?? 0))),
+    backlog: runQuery(executor, "relay backlog", q.backlog).pipe(
+      Effect.map((rows) => Number(rows[0]?.n ?? 0)),
+    ),
   }
 }

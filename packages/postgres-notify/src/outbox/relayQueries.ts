@@ -24,6 +24,8 @@ export interface RelayQueries {
   readonly heartbeat: string
   readonly heldByOthers: string
   readonly backlog: string
+  readonly staleStatistics: string
+  readonly analyze: string
 }
 
 const partitionExpr = (S: string, N: number, alias: string) =>
@@ -135,6 +137,14 @@ FROM ${S}.relay_members`,
     heldByOthers: `
 SELECT partition FROM ${S}.relay_partitions
 WHERE owner IS NOT NULL AND owner <> $1 AND lease_until >= clock_timestamp()`,
+
+    // Statistics older than a fifth of the table (a bulk load autovacuum has not caught up
+    // with): the planner would think the backlog is a few rows and sort all of it per page.
+    staleStatistics: `
+SELECT coalesce(s.n_mod_since_analyze > greatest(10000, c.reltuples * 0.2), true) AS stale
+FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+WHERE c.oid = '${S}.outbox'::regclass`,
+    analyze: `ANALYZE ${S}.outbox`,
 
     // Rows past each partition's covered snapshot: an upper bound (rows sent ahead of the
     // position count too), read as one index range per partition.
