@@ -34,7 +34,7 @@ const store = async (schema?: string): Promise<{ s: PostgresOutboxService; schem
   const h = await createPostgresOutboxStore({
     pool: db.pool,
     schema: name,
-    migrate: schema === undefined ? true : false,
+    migrate: schema === undefined,
     listen: false,
     pollIntervalMs: 0,
   })
@@ -67,19 +67,17 @@ const broker = (s: PostgresOutboxService, hook: Hook = () => undefined, dead: Se
   const relay: RelayLog = {
     ...s.relay,
     claim: (p, owner, leaseMs) =>
-      s.relay
-        .claim(p, owner, leaseMs)
-        .pipe(
-          Effect.map((c) =>
-            c === undefined
-              ? undefined
-              : {
-                  ...c,
-                  commit: (st) => alive(owner, c.commit(st), true),
-                  renew: alive(owner, c.renew, true),
-                },
-          ),
+      s.relay.claim(p, owner, leaseMs).pipe(
+        Effect.map((c) =>
+          c === undefined
+            ? undefined
+            : {
+                ...c,
+                commit: (st) => alive(owner, c.commit(st), true),
+                renew: alive(owner, c.renew, true),
+              },
         ),
+      ),
     release: (p, owner) => alive(owner, s.relay.release(p, owner), undefined),
     heartbeat: (owner, ms) => alive(owner, s.relay.heartbeat(owner, ms), 1),
   }
@@ -106,7 +104,12 @@ const startRelay = (b: ReturnType<typeof broker>, options: Parameters<typeof run
       yield* Fiber.interrupt(f)
     }),
   )
-  return { stop: async () => (await stop(), await done) }
+  return {
+    stop: async () => {
+      await stop()
+      await done
+    },
+  }
 }
 
 const relayedIds = (b: ReturnType<typeof broker>) => b.brokerOutbox.committed().map((e) => e.id)
