@@ -12,7 +12,7 @@ import { runConformanceSuite } from "@bus/test-infra/conformance"
 import { Effect, Layer, ManagedRuntime } from "effect"
 import { Redis } from "ioredis"
 import { type RedisStreamsOptions, redisStreamsTransport } from "../src/index.js"
-import { waitFor } from "./support.js"
+import { killableStore, waitFor } from "./support.js"
 
 // One outbox for the whole run, as one database serves every process: each bus the
 // suite makes is another "process" over it.
@@ -24,13 +24,15 @@ const options = (): RedisStreamsOptions => ({ url: server!.url, blockMs: 500, cl
 
 /**
  * The relay runs as a process of its own (the buses are made with `relay: false`), one
- * at a time, as the core relay needs for per-channel order: several relays over one
- * outbox interleave the transactions of a channel, and a relay stopped mid-batch (a
- * bus closing) leaves its leases to expire first (see the report of issue 6). The
- * relay can be told to hang after its next send, so the fault below kills it mid-batch.
+ * at a time, as a deployment with a dedicated relay process would. The relay can be told
+ * to hang after its next send, so the fault below kills it mid-batch: its store is then
+ * cut off (`killableStore`), so, as for a process that died, its partitions stay leased
+ * until the lease runs out and the next relay resumes from their stored positions.
  */
 interface RelayProcess {
   readonly armed: { value: boolean; hung: boolean }
+  /** Kills the relay: nothing more of it reaches the outbox, then its runtime is disposed. */
+  kill(): Promise<void>
   dispose(): Promise<void>
 }
 let relay: RelayProcess | undefined
@@ -54,11 +56,19 @@ const startRelay = (owner: string): RelayProcess => {
       return Transport.of({ ...inner, send, sendAll: sendEach(send) })
     }),
   ).pipe(Layer.provide(redisStreamsTransport(options())))
-  const runtime = ManagedRuntime.make(Layer.merge(transport, outbox.layer))
-  // A batch leases every waiting row, so a killed batch never splits a transaction; short
-  // leases, so a killed relay's rows are taken over within seconds.
+  const store = killableStore(outbox)
+  const runtime = ManagedRuntime.make(Layer.merge(transport, store.layer))
+  // Pages large enough to hold every waiting row, so a killed page never splits a
+  // transaction; short leases, so a killed relay's partitions are taken over within seconds.
   runtime.runFork(runRelay({ owner, batchSize: 100_000, leaseMs: 2_000, maxIdleMs: 100 }))
-  return { armed, dispose: () => runtime.dispose() }
+  return {
+    armed,
+    kill: () => {
+      store.kill()
+      return runtime.dispose()
+    },
+    dispose: () => runtime.dispose(),
+  }
 }
 
 /**
@@ -114,11 +124,12 @@ runConformanceSuite({
         await waitFor(
           () => killed.armed.hung,
           60_000,
-          "the relay to be mid-batch (one send done, the rest leased)",
+          "the relay to be mid-batch (one send done, the page's position not stored)",
         )
       } finally {
-        // Killed: its fiber is interrupted mid-batch and its connections dropped; its leases stay.
-        await killed.dispose()
+        // Killed: its fiber is interrupted mid-batch and its connections dropped; its
+        // partition leases stay until they run out.
+        await killed.kill()
       }
       relay = startRelay("relay-2")
     },

@@ -1,4 +1,14 @@
-import { type Bus, createBus, type EventInput, type MemoryOutbox, type RelayOptions } from "@bus/core"
+import {
+  type Bus,
+  type BusError,
+  createBus,
+  type EventInput,
+  type MemoryOutbox,
+  OutboxStore,
+  type RelayClaim,
+  type RelayLog,
+  type RelayOptions,
+} from "@bus/core"
 // The same polling, naming and counting helpers the conformance suite uses.
 import {
   type Address,
@@ -8,6 +18,7 @@ import {
   uniqueName,
   waitFor,
 } from "@bus/test-infra/conformance"
+import { Effect, Layer } from "effect"
 import { Redis } from "ioredis"
 import { type RedisStreamsOptions, redisStreamsTransport } from "../src/index.js"
 
@@ -100,4 +111,43 @@ export const duplicatesOf = (ids: ReadonlyArray<string>): Array<string> => {
     seen.add(id)
   }
   return [...dup]
+}
+
+/**
+ * The outbox store of `outbox` for one relay process that a test can kill. After `kill()`
+ * nothing that process would still tell the store arrives (a stored position, a lease
+ * renewal or release on interruption, a heartbeat), as for a process that died: the
+ * interrupted relay runs its finalizers, but its partitions stay leased until the lease
+ * runs out. The dead relay is never told (its calls succeed), as in core's test support.
+ */
+export const killableStore = (
+  outbox: MemoryOutbox,
+): { readonly layer: Layer.Layer<OutboxStore>; readonly kill: () => void } => {
+  let dead = false
+  const alive = <A>(effect: Effect.Effect<A, BusError>, ifDead: A) =>
+    Effect.suspend(() => (dead ? Effect.succeed(ifDead) : effect))
+  const inner = outbox.store.relay
+  const relay: RelayLog = {
+    ...inner,
+    claim: (partition, owner, leaseMs) =>
+      alive(inner.claim(partition, owner, leaseMs), undefined).pipe(
+        Effect.map((claim) =>
+          claim === undefined
+            ? undefined
+            : ({
+                ...claim,
+                commit: (state) => alive(claim.commit(state), true),
+                renew: alive(claim.renew, true),
+              } satisfies RelayClaim),
+        ),
+      ),
+    release: (partition, owner) => alive(inner.release(partition, owner), undefined),
+    heartbeat: (owner, leaseMs) => alive(inner.heartbeat(owner, leaseMs), 1),
+  }
+  return {
+    layer: Layer.succeed(OutboxStore, OutboxStore.of({ ...outbox.store, relay })),
+    kill: () => {
+      dead = true
+    },
+  }
 }
