@@ -200,6 +200,25 @@ describe("the relay reads the outbox as a log", () => {
 })
 
 describe("partitions", () => {
+  it("the process computes an address's partition exactly as relay_partition() in the database", async () => {
+    const { s, schema } = await store()
+    const names: Array<[string, string]> = [
+      ["a", "b"],
+      ["acme", "orders"],
+      ["x".repeat(64), "y".repeat(64)],
+    ]
+    for (let i = 0; i < 500; i++) names.push([`tenant-${i}`, `ch_${(i * 7919) % 1000}`])
+    const fromDb = await rows(
+      `SELECT "${schema}".relay_partition(t, c, $3) AS p FROM unnest($1::text[], $2::text[]) AS n(t, c)`,
+      [names.map((n) => n[0]), names.map((n) => n[1]), s.relay.partitions],
+    )
+    const local = await Promise.all(
+      names.map(([tenant, channel]) => run(s.relay.partitionOf({ tenant, channel }))),
+    )
+    expect(local).toEqual(fromDb.map((r) => r.p))
+    expect(new Set(local).size).toBe(s.relay.partitions)
+  })
+
   it("a relay that dies holding partitions loses them after its lease; another relay resumes from the stored positions", async () => {
     const { s, schema } = await store()
     const dead = new Set<string>()

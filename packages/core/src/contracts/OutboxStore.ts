@@ -128,6 +128,12 @@ export interface RelayLog {
   ) => Effect.Effect<{ readonly addresses: ReadonlyArray<Address>; readonly complete: boolean }, BusError>
   /** Rows no relay position covers yet, over all partitions (an upper bound). */
   readonly backlog: Effect.Effect<number, BusError>
+  /**
+   * Partitions that may have new rows: appended in this process (emitted at once, before the
+   * transaction commits: the relay looks again shortly after), or `-1` for "any" (a wake-up
+   * from another process). Coarse and possibly early; the relay's idle poll is the safety net.
+   */
+  readonly wakeups: Stream.Stream<number>
 }
 
 /** A consumer group of one address: the key of its inbox. */

@@ -98,6 +98,7 @@ export class MemoryOutbox {
   /** Lowest position still retained; cursors below it are expired. */
   #retainedFrom = 0
   readonly #changes = Effect.runSync(PubSub.unbounded<Address>())
+  readonly #relayWakeups = Effect.runSync(PubSub.sliding<number>(64))
 
   constructor() {
     this.#partitions = Array.from({ length: this.partitions }, () => ({
@@ -152,6 +153,8 @@ export class MemoryOutbox {
       touched.set(key, { tenant: envelope.tenant, channel: envelope.channel })
     }
     for (const address of touched.values()) Effect.runSync(PubSub.publish(this.#changes, address))
+    for (const partition of new Set([...touched.values()].map((a) => partitionOf(a, this.partitions))))
+      PubSub.publishUnsafe(this.#relayWakeups, partition)
   }
 
   /** Every committed event, in commit order (for assertions in tests). */
@@ -312,6 +315,7 @@ export class MemoryOutbox {
         }),
       ),
     backlog: Effect.sync(() => this.#rows.filter((row) => !this.#relayed(row)).length),
+    wakeups: Stream.fromPubSub(this.#relayWakeups),
   }
 
   #group(address: Address, group: string): GroupState {

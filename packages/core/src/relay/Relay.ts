@@ -320,31 +320,46 @@ const fairnessRound = (o: Resolved, partition: number, s: PartitionState) =>
     return { read, forwarded, parked, failed, unavailable, more: false, changed } satisfies Round
   })
 
-/** A wake-up signal shared by the partitions of one relay, fed by the store's `changes`. */
+/** Wake-ups of the partitions of one relay, fed by the store's `relay.wakeups`. */
 interface Signal {
-  /** Waits up to `ms`; true when a wake-up ended the wait. */
-  readonly wait: (ms: number) => Effect.Effect<boolean>
+  /** Waits up to `ms` for a wake-up of `partition`; true when one ended the wait. */
+  readonly wait: (partition: number, ms: number) => Effect.Effect<boolean>
 }
 
 const makeSignal = Effect.gen(function* () {
   const store = yield* OutboxStore
-  let gate = Deferred.makeUnsafe<void>()
-  const fire = () => {
-    const fired = gate
-    gate = Deferred.makeUnsafe<void>()
-    Deferred.doneUnsafe(fired, Exit.void)
+  const gates = new Map<number, Deferred.Deferred<void>>()
+  const gate = (partition: number) => {
+    let g = gates.get(partition)
+    if (g === undefined) {
+      g = Deferred.makeUnsafe<void>()
+      gates.set(partition, g)
+    }
+    return g
   }
-  // A failing change stream must not end the wake-ups: retry it after a pause.
-  yield* store.changes.pipe(
-    Stream.runForEach(() => Effect.sync(fire)),
+  const fire = (partition: number) => {
+    const targets = partition < 0 ? [...gates.keys()] : [partition]
+    for (const p of targets) {
+      const g = gates.get(p)
+      if (g === undefined) continue
+      gates.delete(p)
+      Deferred.doneUnsafe(g, Exit.void)
+    }
+  }
+  // A failing wake-up stream must not end the wake-ups: retry it after a pause.
+  yield* store.relay.wakeups.pipe(
+    Stream.runForEach((partition) => Effect.sync(() => fire(partition))),
     Effect.catch(() => Effect.sleep(1_000)),
     Effect.forever,
     Effect.forkScoped,
   )
   const signal: Signal = {
-    wait: (ms) =>
+    wait: (partition, ms) =>
       Effect.suspend(() =>
-        Effect.raceFirst(Effect.as(Effect.sleep(ms), false), Effect.as(Deferred.await(gate), true)),
+        Effect.raceFirst(
+          Effect.as(Effect.sleep(ms), false),
+          Effect.as(Deferred.await(gate(partition)), true),
+        ),
       ),
   }
   return signal
@@ -354,10 +369,10 @@ const makeSignal = Effect.gen(function* () {
  * Relays one held partition until its lease is lost (or the fiber is interrupted).
  *
  * Wake-ups. Producers in broker mode send no NOTIFY inside their transaction; the store
- * signals an append (in this process at once, from other processes by a NOTIFY sent after
- * the append, outside the producer's transaction). The append is not committed yet when the
- * signal arrives, so after a wake-up that finds nothing the relay looks again 1, 2, 4, 8 and
- * 16 ms later before it falls back to waiting.
+ * signals the partitions of its own appends at once (`relay.wakeups`), and other processes'
+ * through a NOTIFY outside any producer transaction where the store offers one. The append
+ * is not committed yet when the signal arrives, so after a wake-up that finds nothing the
+ * relay looks again 1, 2, 4, 8 and 16 ms later before it falls back to waiting.
  */
 const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: () => boolean) =>
   Effect.scoped(
@@ -445,7 +460,7 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
           continue
         }
         idleMs = Math.min(o.maxIdleMs, Math.max(10, idleMs * 2))
-        const woke = yield* signal.wait(idleMs)
+        const woke = yield* signal.wait(partition, idleMs)
         burst = woke ? 1 : 0
         if (woke) idleMs = 0
       }

@@ -33,6 +33,7 @@ import {
 } from "./batched.js"
 import { coversPosition, decodeCursor, decodePosition } from "./cursor.js"
 import { claimGroup } from "./groups.js"
+import { relayPartitionOf } from "./hashtext.js"
 import { type PostgresOutboxOptions, resolveOptions } from "./options.js"
 import { makeQueries } from "./queries.js"
 import { compactEpoch, head, read } from "./read.js"
@@ -248,22 +249,27 @@ export const makePostgresOutboxStore = (
     // A relay in this process hears this process's appends at once, whatever the notify
     // mode: in broker mode producers send no NOTIFY inside their transaction (the commit
     // lock the flip escapes), so this is the relay's wake-up. Appends in one tick share one
-    // signal; the relay looks again a few times as the append's transaction commits.
-    const appended = yield* Effect.acquireRelease(PubSub.sliding<Address>(16), PubSub.shutdown)
-    let signalling = false
-    const signalAppend = () => {
-      if (signalling) return
-      signalling = true
+    // signal per partition; the relay looks again a few times as their transactions commit.
+    const relayWakeups = yield* Effect.acquireRelease(PubSub.sliding<number>(64), PubSub.shutdown)
+    let signalled: Set<number> | undefined
+    const signalAppend = (events: ReadonlyArray<Envelope>) => {
+      const first = signalled === undefined
+      signalled ??= new Set()
+      for (const e of events) signalled.add(relayPartitionOf(e.tenant, e.channel, partitions))
+      if (!first) return
       queueMicrotask(() => {
-        signalling = false
-        PubSub.publishUnsafe(appended, relayWakeupAddress)
+        const list = signalled ?? new Set<number>()
+        signalled = undefined
+        for (const partition of list) PubSub.publishUnsafe(relayWakeups, partition)
       })
     }
     // Broker deployments: relays hear producers' relay NOTIFYs through `changes`.
-    let changes: Stream.Stream<Address> = Stream.merge(wakeUps.changes, Stream.fromPubSub(appended))
+    let changes: Stream.Stream<Address> = wakeUps.changes
+    let relayWakeupStream: Stream.Stream<number> = Stream.fromPubSub(relayWakeups)
     if (o.watchRelay && o.listen) {
       yield* wakeUps.watchRelay
-      changes = Stream.merge(changes, wakeUps.relayWakeups.pipe(Stream.map(() => relayWakeupAddress)))
+      changes = Stream.merge(wakeUps.changes, wakeUps.relayWakeups.pipe(Stream.map(() => relayWakeupAddress)))
+      relayWakeupStream = Stream.merge(relayWakeupStream, wakeUps.relayWakeups.pipe(Stream.map(() => -1)))
     }
 
     const retention = yield* makeRetentionJob({
@@ -300,12 +306,12 @@ export const makePostgresOutboxStore = (
           tx,
           events,
           onNotified: () => monitor.count(),
-        }).pipe(Effect.tap(() => Effect.sync(signalAppend))),
+        }).pipe(Effect.tap(() => Effect.sync(() => signalAppend(events)))),
       read: (address, after, limit) => read(executor, queries, address, after, limit),
       head: (address) => head(executor, queries, address),
       changes,
       watch: wakeUps.watch,
-      relay: relayLog,
+      relay: { ...relayLog, wakeups: relayWakeupStream },
       claimGroup: (address, group) => claimGroup(executor, queries, o.groupLeaseMs, address, group),
       ownsCursor,
       covers,

@@ -21,6 +21,7 @@ import {
   parsePgSnapshot,
   type Snapshot,
 } from "./cursor.js"
+import { relayPartitionOf } from "./hashtext.js"
 import { maxPageSize } from "./read.js"
 import { envelopeOf } from "./relay.js"
 import type { RelayQueries } from "./relayQueries.js"
@@ -49,7 +50,11 @@ const coveredOf = (c: Cursor): Snapshot => (c.kind === "steady" ? c.at : c.from)
 const compactEpoch = (uuid: string): string => uuid.replaceAll("-", "").toLowerCase()
 
 /** The relay log over the store's pool. */
-export const makeRelayLog = (executor: SqlExecutor, q: RelayQueries, partitions: number): RelayLog => {
+export const makeRelayLog = (
+  executor: SqlExecutor,
+  q: RelayQueries,
+  partitions: number,
+): Omit<RelayLog, "wakeups"> => {
   // A relay's own position is not a user's cursor: it is always read with the current epoch
   // (the snapshot is of this database either way), and one older than retention restarts
   // from the oldest retained row, loudly, instead of failing for ever.
@@ -189,13 +194,10 @@ export const makeRelayLog = (executor: SqlExecutor, q: RelayQueries, partitions:
       } satisfies RelayClaim
     })
 
-  return {
+  const log: Omit<RelayLog, "wakeups"> = {
     partitions,
     partitionOf: (address) =>
-      checkAddress(address).pipe(
-        Effect.flatMap((a) => runQuery(executor, "relay partition", q.partitionOf, [a.tenant, a.channel])),
-        Effect.map((rows) => Number(rows[0]?.partition)),
-      ),
+      checkAddress(address).pipe(Effect.map((a) => relayPartitionOf(a.tenant, a.channel, partitions))),
     heartbeat: (owner, leaseMs) =>
       runQuery(executor, "relay heartbeat", q.heartbeat, [owner, Math.max(1, Math.floor(leaseMs))]).pipe(
         Effect.map((rows) => Number(rows[0]?.live ?? 1)),
@@ -229,4 +231,5 @@ export const makeRelayLog = (executor: SqlExecutor, q: RelayQueries, partitions:
       Effect.map((rows) => Number(rows[0]?.n ?? 0)),
     ),
   }
+  return log
 }

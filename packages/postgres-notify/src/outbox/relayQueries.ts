@@ -16,7 +16,6 @@ export interface RelayQueries {
   readonly readAddressSteady: string
   readonly readAddressPaging: string
   readonly pending: string
-  readonly partitionOf: string
   readonly claim: string
   readonly commit: string
   readonly renew: string
@@ -96,8 +95,6 @@ WHERE ${partitionExpr(S, N, "a")} = $1::int
   AND (EXISTS (SELECT 1 FROM ${S}.outbox o WHERE o.tenant = a.tenant AND o.channel = a.channel AND o.xid >= $4::xid8)
     OR EXISTS (SELECT 1 FROM ${S}.outbox o WHERE o.tenant = a.tenant AND o.channel = a.channel AND o.xid = ANY($5::xid8[])))
 LIMIT $6`,
-
-    partitionOf: `SELECT ${S}.relay_partition($1::text, $2::text, ${N}) AS partition`,
 
     // Free, ours, or its holder stopped renewing: then it is ours until lease_until.
     claim: `
