@@ -29,7 +29,10 @@ import { run } from "./support/run.js"
 let db: TestDb
 const closers: Array<() => Promise<void>> = []
 
-const store = async (schema?: string): Promise<{ s: PostgresOutboxService; schema: string }> => {
+const store = async (
+  schema?: string,
+  options: Partial<Parameters<typeof createPostgresOutboxStore>[0]> = {},
+): Promise<{ s: PostgresOutboxService; schema: string }> => {
   const name = schema ?? (await db.freshSchema())
   const h = await createPostgresOutboxStore({
     pool: db.pool,
@@ -37,6 +40,7 @@ const store = async (schema?: string): Promise<{ s: PostgresOutboxService; schem
     migrate: schema === undefined,
     listen: false,
     pollIntervalMs: 0,
+    ...options,
   })
   closers.push(h.close)
   return { s: h.store, schema: name }
@@ -196,6 +200,37 @@ describe("the relay reads the outbox as a log", () => {
     await eventually(() => (relayedIds(b).length === 4 ? true : undefined), 10_000)
     await relay.stop()
     expect(await rows(`SELECT count(*)::int AS n FROM "${schema}".dead_letters`)).toEqual([{ n: 1 }])
+  })
+})
+
+describe("wake-ups without the commit lock", () => {
+  it("a relay wakes on its own process's append, and on another process's with relayWake notify, long before its poll", async () => {
+    const { s, schema } = await store(undefined, { notify: "none" })
+    // Another process: its own store (pool, listener) on the same outbox, producing only.
+    const other = await store(schema, { notify: "none", relayWake: "notify" })
+    const relayStore = await store(schema, { notify: "none", listen: true, watchRelay: true })
+    void s
+    const b = broker(relayStore.s)
+    const relay = startRelay(b, { owner: "r", maxIdleMs: 10_000 })
+    // Let the partitions' idle pauses grow past a second.
+    await new Promise((r) => setTimeout(r, 2_500))
+    const viaProcess = event("acme", "orders", { i: 0 })
+    let start = Date.now()
+    await inTransaction(db.pool, (tx) => run(relayStore.s.append(tx, [viaProcess])))
+    await eventually(() => (relayedIds(b).includes(viaProcess.id) ? true : undefined), 15_000)
+    const processMs = Date.now() - start
+    const viaNotify = event("beta", "orders", { i: 0 })
+    start = Date.now()
+    await inTransaction(db.pool, (tx) => run(other.s.append(tx, [viaNotify])))
+    await eventually(() => (relayedIds(b).includes(viaNotify.id) ? true : undefined), 15_000)
+    const notifyMs = Date.now() - start
+    await relay.stop()
+    // The poll would have taken up to 10 s.
+    expect(processMs).toBeLessThan(1_000)
+    expect(notifyMs).toBeLessThan(1_000)
+    console.info(
+      `relay wake-up: same process ${processMs} ms, other process (relayWake notify) ${notifyMs} ms`,
+    )
   })
 })
 

@@ -7,7 +7,7 @@ import {
   type Envelope,
   OutboxStore,
 } from "@bus/core"
-import { Cause, Context, Effect, Exit, Layer, PubSub, Scope, Stream } from "effect"
+import { Cause, Context, Effect, Exit, Fiber, Layer, PubSub, Scope, Stream } from "effect"
 import pg from "pg"
 import { transportName } from "../errors.js"
 import type { NotifyHealth } from "../listener/health.js"
@@ -31,6 +31,7 @@ import {
   runTransaction,
   type TransactionOptions,
 } from "./batched.js"
+import { relayChannel, relayPayload } from "./channels.js"
 import { coversPosition, decodeCursor, decodePosition } from "./cursor.js"
 import { claimGroup } from "./groups.js"
 import { relayPartitionOf } from "./hashtext.js"
@@ -262,6 +263,35 @@ export const makePostgresOutboxStore = (
         signalled = undefined
         for (const partition of list) PubSub.publishUnsafe(relayWakeups, partition)
       })
+      if (o.relayWake === "notify" && o.notify !== "relay" && o.notify !== "both") wakeOtherRelays()
+    }
+    // relayWake "notify": one relay NOTIFY in flight per process, the next one after it and
+    // after relayWakeIntervalMs; appends meanwhile share it.
+    let wakeInFlight = false
+    let wakeAgain = false
+    let wakeFiber: Fiber.Fiber<void> | undefined
+    yield* Effect.addFinalizer(() => (wakeFiber === undefined ? Effect.void : Fiber.interrupt(wakeFiber)))
+    const wakeOtherRelays = (): void => {
+      if (wakeInFlight) {
+        wakeAgain = true
+        return
+      }
+      wakeInFlight = true
+      wakeFiber = Effect.runFork(
+        wakeUps.sendNotify([relayChannel(schema.name)], [relayPayload]).pipe(
+          Effect.ignore,
+          Effect.andThen(Effect.sleep(o.relayWakeIntervalMs)),
+          Effect.ensuring(
+            Effect.sync(() => {
+              wakeInFlight = false
+              if (wakeAgain) {
+                wakeAgain = false
+                wakeOtherRelays()
+              }
+            }),
+          ),
+        ),
+      )
     }
     // Broker deployments: relays hear producers' relay NOTIFYs through `changes`.
     let changes: Stream.Stream<Address> = wakeUps.changes

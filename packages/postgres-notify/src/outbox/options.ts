@@ -63,10 +63,23 @@ export interface PostgresOutboxOptions {
   readonly retention?: RetentionOptions | boolean
   /**
    * LISTEN on the relay channel for the store's life and signal relay wake-ups on
-   * `changes` (as {@link relayWakeupAddress}), so the core relay forwards without waiting
-   * for its idle poll. Default: true when `notify` is `relay` or `both` and `listen` is on.
+   * `changes` (as {@link relayWakeupAddress}) and `relay.wakeups`, so the core relay forwards
+   * without waiting for its idle poll. Default: true when `listen` is on and `notify` is
+   * `relay` or `both`, or `relayWake` is `notify`.
    */
   readonly watchRelay?: boolean
+  /**
+   * How appends wake relays when producers send no relay NOTIFY in their transaction (the
+   * broker default, `notify: "none"`). `process` (default): only a relay in this process,
+   * at once, at no cost. `notify`: also relays in other processes, by one small NOTIFY on the
+   * relay channel sent after the append on a pooled connection, outside the producer's
+   * transaction (so it takes no commit lock inside it), single-flight and at most one per
+   * `relayWakeIntervalMs` per process. Use it when producers and relays run in different
+   * processes (a fleet); otherwise their events wait for the relay's poll (`maxIdleMs`).
+   */
+  readonly relayWake?: "process" | "notify"
+  /** Least time between two relay NOTIFYs of `relayWake: "notify"` (default 5 ms). */
+  readonly relayWakeIntervalMs?: number
 }
 
 /** Options with every default applied. */
@@ -88,5 +101,9 @@ export const resolveOptions = (o: PostgresOutboxOptions) => ({
   batchWindowMs: Math.max(0, o.batchWindowMs ?? 10),
   pressure: o.pressure === false ? undefined : (o.pressure ?? {}),
   retention: o.retention === true ? {} : o.retention === false ? undefined : o.retention,
-  watchRelay: o.watchRelay ?? ((o.listen ?? true) && (o.notify === "relay" || o.notify === "both")),
+  watchRelay:
+    o.watchRelay ??
+    ((o.listen ?? true) && (o.notify === "relay" || o.notify === "both" || o.relayWake === "notify")),
+  relayWake: o.relayWake ?? "process",
+  relayWakeIntervalMs: Math.max(0, o.relayWakeIntervalMs ?? 5),
 })
