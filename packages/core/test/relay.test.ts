@@ -80,8 +80,8 @@ describe("relay: two relays over one outbox", () => {
     await provide(
       Effect.gen(function* () {
         const subscribers = yield* Effect.forEach(channels, (c) => brokerSubscriber("t", c))
-        const r1 = yield* runRelay({ owner: "relay-1", batchSize: 20, leaseMs: 300 }).pipe(Effect.forkChild)
-        const r2 = yield* runRelay({ owner: "relay-2", batchSize: 20, leaseMs: 300 }).pipe(Effect.forkChild)
+        const r1 = yield* runRelay({ owner: "relay-1", batchSize: 20, leaseMs: 1_000 }).pipe(Effect.forkChild)
+        const r2 = yield* runRelay({ owner: "relay-2", batchSize: 20, leaseMs: 1_000 }).pipe(Effect.forkChild)
         yield* waitForEffect(backlogIsZero, 20_000, "backlog 0")
         const seen = () => subscribers.flatMap((s) => s.items)
         yield* waitFor(() => seen().length >= 2_000, 10_000, "2,000 events at the broker's subscribers")
@@ -237,6 +237,35 @@ describe("relay: a poison row", () => {
       }),
     )
     expect(brokerOutbox.committed()).toHaveLength(10)
+  })
+})
+
+describe("relay: an outage in the middle of a batch", () => {
+  it("rows that reached the broker before the outage are not sent again after it", async () => {
+    let down = false
+    const { outbox, brokerOutbox, sends, provide } = setup({
+      before: (e) => {
+        if ((e.data as { i: number }).i === 5 && sends.total < 7) down = true
+        return down
+          ? new TransportUnavailable({ transport: "broker", message: "connection refused" })
+          : undefined
+      },
+    })
+    const published = events("t", "a", 10)
+    outbox.commitBatch(published)
+    await provide(
+      Effect.gen(function* () {
+        const r = yield* runRelay({ owner: "r", maxIdleMs: 50 }).pipe(Effect.forkChild)
+        yield* waitFor(() => brokerOutbox.committed().length === 5, 5_000, "five before the outage")
+        yield* Effect.sleep(500)
+        down = false
+        yield* waitForEffect(backlogIsZero, 10_000)
+        yield* Fiber.interrupt(r)
+      }),
+    )
+    expect(brokerOutbox.committed().map((e) => e.id)).toEqual(ids(published))
+    // The first five went once; the sixth was tried during the outage and again after it.
+    expect(published.slice(0, 5).map((e) => sends.attempts.get(e.id))).toEqual([1, 1, 1, 1, 1])
   })
 })
 

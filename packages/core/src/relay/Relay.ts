@@ -105,6 +105,10 @@ interface Forwarded {
   /** Rows not sent (an earlier row of their address failed, or the broker is down). */
   readonly failed: number
   readonly unavailable: boolean
+  /** Addresses (`tenant/channel`) with rows that did not go through. */
+  readonly leftBehind: ReadonlySet<string>
+  /** Of those, each one's last row on the broker or parked, when it got that far. */
+  readonly doneThrough: ReadonlyMap<string, RelayedEvent>
 }
 
 /** One partition as its relay holds it in memory. */
@@ -137,7 +141,14 @@ const forward = (o: Resolved, s: PartitionState, rows: ReadonlyArray<RelayedEven
     const store = yield* OutboxStore
     const transport = yield* Transport
     if (rows.length === 0)
-      return { forwarded: 0, parked: 0, failed: 0, unavailable: false } satisfies Forwarded
+      return {
+        forwarded: 0,
+        parked: 0,
+        failed: 0,
+        unavailable: false,
+        leftBehind: new Set(),
+        doneThrough: new Map(),
+      } satisfies Forwarded
     const system = transport.capabilities.name
     const lag = Metric.withAttributes(relayLag, { transport: system })
     const byAddress = new Map<string, Array<RelayedEvent>>()
@@ -151,6 +162,8 @@ const forward = (o: Resolved, s: PartitionState, rows: ReadonlyArray<RelayedEven
     let parked = 0
     let failed = 0
     let unavailable = false
+    const doneThrough = new Map<string, RelayedEvent>()
+    const leftBehindKeys = new Set<string>()
     // One span per address run, linked to every producer's span (the events' traceparents).
     const sendRun = (run: ReadonlyArray<RelayedEvent>) =>
       transport
@@ -170,30 +183,41 @@ const forward = (o: Resolved, s: PartitionState, rows: ReadonlyArray<RelayedEven
           }),
         )
     yield* Effect.forEach(
-      byAddress.values(),
-      (list) =>
+      byAddress,
+      ([key, list]) =>
         Effect.gen(function* () {
           let start = 0
-          while (start < list.length && !unavailable) {
+          // Rows of an address that did not all go through: remember how far it got, so the
+          // next round resends only the rest (the partition's position cannot move).
+          const leftBehind = (unsent: number) => {
+            failed += unsent
+            leftBehindKeys.add(key)
+            if (start > 0) doneThrough.set(key, list[start - 1]!)
+          }
+          while (start < list.length) {
+            if (unavailable) return leftBehind(list.length - start)
             const run = list.slice(start)
             const outcome = yield* sendRun(run)
             const sent = Math.min(outcome.sent, run.length)
             forwarded += sent
+            start += sent
             for (let i = 0; i < sent; i++) yield* Metric.update(lag, ageOf(run[i]!.event))
-            if (outcome.error === undefined || sent >= run.length) return
+            if (outcome.error === undefined || sent >= run.length) {
+              if (start < list.length) continue
+              return
+            }
             const row = run[sent]!
             const error = outcome.error
             if (error._tag === "TransportUnavailable") {
               // The broker is down, not this row: no attempt is counted, so an outage never
               // walks rows towards the dead-letter place.
               unavailable = true
-              failed += run.length - sent
-              return
+              return leftBehind(list.length - start)
             }
             const attempts = (s.attempts.get(row.event.id) ?? 0) + 1
             if (error.retryable && attempts < o.maxAttempts) {
               s.attempts.set(row.event.id, attempts)
-              failed += run.length - sent
+              leftBehind(list.length - start)
               yield* Effect.logWarning(
                 `relay: send of ${row.event.id} failed (attempt ${attempts})`,
                 describe(error),
@@ -214,7 +238,7 @@ const forward = (o: Resolved, s: PartitionState, rows: ReadonlyArray<RelayedEven
               `relay: parked ${row.event.id} after ${attempts} attempt(s)`,
               describe(error),
             )
-            start += sent + 1
+            start += 1
           }
         }),
       { concurrency: o.concurrency, discard: true },
@@ -223,7 +247,14 @@ const forward = (o: Resolved, s: PartitionState, rows: ReadonlyArray<RelayedEven
     yield* Metric.update(Metric.withAttributes(relayForwarded, attrs), forwarded)
     if (failed > 0) yield* Metric.update(Metric.withAttributes(relayFailures, attrs), 1)
     if (parked > 0) yield* Metric.update(Metric.withAttributes(deadLettered, { source: "relay" }), parked)
-    return { forwarded, parked, failed, unavailable } satisfies Forwarded
+    return {
+      forwarded,
+      parked,
+      failed,
+      unavailable,
+      leftBehind: leftBehindKeys,
+      doneThrough,
+    } satisfies Forwarded
   })
 
 /** What one round of a partition did. */
@@ -255,17 +286,34 @@ const logRound = (o: Resolved, partition: number, s: PartitionState) =>
           })
     const outcome = yield* forward(o, s, todo)
     const ok = outcome.failed === 0
+    let served = false
     if (ok) {
       s.position = page.next
       s.attempts.clear()
       // At the head every address is caught up to the same position.
       if (!page.more) s.ahead.clear()
+    } else {
+      // The position stays; the addresses that did go through (all or part of their rows)
+      // are served ahead of it up to their last row on the broker, whose frontier covers of
+      // that address exactly what was sent. Only the rest is sent again after the outage.
+      const through = new Map<string, RelayedEvent>()
+      for (const row of todo) {
+        const key = keyOf(row.event)
+        if (!outcome.leftBehind.has(key)) through.set(key, row)
+      }
+      for (const [key, row] of outcome.doneThrough) through.set(key, row)
+      for (const [key, row] of through) {
+        if (s.ahead.has(key) || s.ahead.size < maxAhead) {
+          s.ahead.set(key, row.frontier)
+          served = true
+        }
+      }
     }
     return {
       read: page.rows.length,
       ...outcome,
       more: page.more,
-      changed: ok && (page.rows.length > 0 || page.next !== s.position),
+      changed: (ok && page.rows.length > 0) || served,
     } satisfies Round
   })
 
@@ -312,6 +360,9 @@ const fairnessRound = (o: Resolved, partition: number, s: PartitionState) =>
           if (outcome.unavailable) unavailable = true
           if (outcome.failed === 0 && page.rows.length > 0) {
             s.ahead.set(key, page.next)
+            changed = true
+          } else if (outcome.doneThrough.has(key)) {
+            s.ahead.set(key, outcome.doneThrough.get(key)!.frontier)
             changed = true
           }
         }),
