@@ -21,8 +21,8 @@ import { count, duration, type Styles, table } from "./style.js"
  * `bus status`: what an operator needs to know about one outbox. Which transport is
  * configured and which the running processes use, whether LISTEN/NOTIFY works (a
  * self-probe), how close notifying commits are to the threshold where NOTIFY's commit lock
- * starts to serialise writes, the outbox backlog and relay lag, dead letters, consumer
- * groups, and the transport this suggests. Every figure comes from the database (and, when
+ * starts to serialise writes, the outbox backlog and relay lag, who relays which partition
+ * (schema v4), dead letters, consumer groups, and the transport this suggests. Every figure comes from the database (and, when
  * given, the broker); nothing has to run inside the application.
  *
  * @module
@@ -83,13 +83,32 @@ export interface StatusReport {
   readonly outbox: {
     readonly rowsEstimate: number
     readonly oldestEventAt: string | undefined
+    /**
+     * Rows no relay position covers: the store's `relay.backlog` (an upper bound: rows a
+     * fairness round sent ahead of their partition's position count too), counted up to a cap.
+     */
     readonly unforwarded: number
     /** True when `unforwarded` stopped counting at its cap. */
     readonly unforwardedCapped: boolean
+    /** Commit time of the oldest row no relay position covers. */
     readonly oldestUnforwardedAt: string | undefined
     /** Age of the oldest event the relay has not forwarded (meaningful while a broker is in use). */
     readonly relayLagMs: number | undefined
-    readonly lastForwardedAt: string | undefined
+  }
+  /** The relay's partitions (`relay_partitions`) and the relays sharing them. */
+  readonly relay: {
+    /** Relays that renewed their membership within their lease (`relay_members`). */
+    readonly live: number
+    readonly partitions: ReadonlyArray<{
+      readonly partition: number
+      /** The relay that holds or last held it; `undefined` once released. */
+      readonly owner: string | undefined
+      readonly leaseUntil: string | undefined
+      /** The lease is running: `owner` relays the partition now. */
+      readonly held: boolean
+      /** When a relay last claimed it or stored its position. */
+      readonly updatedAt: string | undefined
+    }>
   }
   readonly deadLetters: {
     readonly outbox: number
@@ -145,6 +164,13 @@ export const collectStatus = async (options: StatusOptions): Promise<StatusRepor
       throw new CliError(
         `the outbox in schema "${schema}" is at version ${version}; this bus expects ${latestVersion}: run \`bus migrate\``,
       )
+    }
+    // The partition count is written into the relay index's expression: the queries below
+    // repeat it as a literal, so the planner reads each partition as one index range.
+    const [partitionCount] = await q(`SELECT relay_partitions FROM ${S}.meta`)
+    const partitions = Number(partitionCount?.relay_partitions)
+    if (!Number.isSafeInteger(partitions) || partitions < 1) {
+      throw new CliError(`the outbox in schema "${schema}" has no valid relay partition count`)
     }
     const commitsBefore = await q(
       "SELECT xact_commit::text AS n FROM pg_stat_database WHERE datname = current_database()",
@@ -208,15 +234,29 @@ export const collectStatus = async (options: StatusOptions): Promise<StatusRepor
        FROM pg_class c WHERE c.oid = $1::regclass`,
       [`${S}.outbox`],
     )
+    // The store's relay backlog (rows past each partition's covered snapshot; rows a v3
+    // relay forwarded or parked are done), counted per partition up to the cap: without a
+    // relay (postgres-notify) every row of a large outbox would be counted otherwise.
+    const uncovered = `${S}.relay_partition(o.tenant, o.channel, ${partitions}) = rp.partition
+           AND o.xid >= pg_snapshot_xmin(rp.covered) AND NOT pg_visible_in_snapshot(o.xid, rp.covered)
+           AND o.forwarded_at IS NULL AND o.parked_at IS NULL`
     const [unforwarded] = await q(
-      `SELECT count(*)::int AS n FROM (SELECT 1 FROM ${S}.outbox
-         WHERE forwarded_at IS NULL AND parked_at IS NULL LIMIT ${unforwardedCap + 1}) x`,
+      `SELECT coalesce(sum(c.n), 0)::int AS n FROM ${S}.relay_partitions rp CROSS JOIN LATERAL (
+         SELECT count(*) AS n FROM (SELECT 1 FROM ${S}.outbox o WHERE ${uncovered} LIMIT ${unforwardedCap + 1}) x
+       ) c`,
     )
+    // The first uncovered row of each partition, in the relay's (xid, seq) order.
     const [oldestUnforwarded] = await q(
-      `SELECT event_time FROM ${S}.outbox WHERE forwarded_at IS NULL AND parked_at IS NULL ORDER BY xid, seq LIMIT 1`,
+      `SELECT min(f.event_time) AS event_time FROM ${S}.relay_partitions rp CROSS JOIN LATERAL (
+         SELECT o.event_time FROM ${S}.outbox o WHERE ${uncovered} ORDER BY o.xid, o.seq LIMIT 1
+       ) f`,
     )
-    const [lastForward] = await q(
-      `SELECT max(forwarded_at) AS at FROM ${S}.outbox WHERE event_time >= now() - interval '1 hour'`,
+    const relayPartitions = await q(
+      `SELECT partition, owner, lease_until, coalesce(lease_until >= clock_timestamp(), false) AS held, updated_at
+       FROM ${S}.relay_partitions ORDER BY partition`,
+    )
+    const [liveRelays] = await q(
+      `SELECT count(*)::int AS n FROM ${S}.relay_members WHERE seen_until >= clock_timestamp()`,
     )
     const [dead] = await q(`SELECT count(*)::int AS n, max(at) AS last FROM ${S}.dead_letters`)
     const bySource = await q(
@@ -316,7 +356,16 @@ export const collectStatus = async (options: StatusOptions): Promise<StatusRepor
             : oldestUnforwardedAt === undefined
               ? 0
               : Date.now() - Date.parse(oldestUnforwardedAt),
-        lastForwardedAt: iso(lastForward?.at),
+      },
+      relay: {
+        live: Number(liveRelays?.n ?? 0),
+        partitions: relayPartitions.map((p) => ({
+          partition: Number(p.partition),
+          owner: p.owner === null || p.owner === undefined ? undefined : String(p.owner),
+          leaseUntil: iso(p.lease_until),
+          held: p.held === true,
+          updatedAt: iso(p.updated_at),
+        })),
       },
       deadLetters: {
         outbox: Number(dead?.n ?? 0),
@@ -505,8 +554,40 @@ export const formatStatus = (r: StatusReport, s: Styles): string => {
         ? s.dim("– (no broker in use: postgres-notify reads the outbox itself)")
         : duration(o.relayLagMs),
     ],
-    ["last forwarded", ago(o.lastForwardedAt)],
   ])
+  out.push("")
+  out.push(s.bold("relay partitions"))
+  const rp = r.relay
+  const heldBy = new Map<string, number>()
+  let lapsed = 0
+  for (const p of rp.partitions) {
+    if (p.held && p.owner !== undefined) heldBy.set(p.owner, (heldBy.get(p.owner) ?? 0) + 1)
+    else if (p.owner !== undefined) lapsed++
+  }
+  const free = rp.partitions.length - lapsed - [...heldBy.values()].reduce((a, b) => a + b, 0)
+  const summary = [...heldBy].map(([owner, n]) => `${n} held by ${owner}`)
+  // A lease that ran out under an owner: that relay stopped renewing (died or stalled) and a
+  // live relay takes the partition over; until then its rows wait.
+  if (lapsed > 0) summary.push(s.yellow(`${lapsed} with a lease that ran out`))
+  if (free > 0) summary.push(heldBy.size === 0 ? s.dim(`${free} free`) : s.yellow(`${free} free`))
+  out.push(`  ${rp.partitions.length} partitions · ${rp.live} live relay(s) · ${summary.join(" · ")}`)
+  // One line per partition once any relay ever held one (postgres-notify alone runs none).
+  if (heldBy.size > 0 || lapsed > 0) {
+    out.push(
+      table(
+        rp.partitions.map((p) => [
+          `  ${p.partition}`,
+          p.owner ?? s.dim("none"),
+          p.held
+            ? `lease ${duration(Math.max(0, Date.parse(p.leaseUntil!) - Date.now()))} left`
+            : p.owner !== undefined
+              ? s.yellow(`lease ran out ${ago(p.leaseUntil)}`)
+              : s.dim("free"),
+          `claimed or position stored ${ago(p.updatedAt)}`,
+        ]),
+      ),
+    )
+  }
   out.push("")
   const d = r.deadLetters
   const dead: Array<readonly [string, string]> = [

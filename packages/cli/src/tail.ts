@@ -106,14 +106,20 @@ export const tail = async (o: TailOptions): Promise<void> => {
       ? new CliError(`cannot start the ${choice.transport} transport: ${error.message}`)
       : error
   }
-  o.err.write(
-    o.styles.dim(`tailing ${o.tenant}/${o.channel} on ${choice.transport} from ${o.from} (Ctrl-C to stop)\n`),
-  )
   let cursor: string | undefined
   let printed = 0
   const subscription = bus.subscribe({ tenant: o.tenant, channel: o.channel, from: o.from })
   try {
-    await Promise.race([subscription.ready, o.stop])
+    const started = await Promise.race([subscription.ready.then(() => true), o.stop.then(() => false)])
+    // Said once the start is fixed ("now" resolved to a cursor): every event committed after
+    // this line appears, so a script can wait for it before it publishes.
+    if (started) {
+      o.err.write(
+        o.styles.dim(
+          `tailing ${o.tenant}/${o.channel} on ${choice.transport} from ${o.from} (Ctrl-C to stop)\n`,
+        ),
+      )
+    }
     const reading = (async () => {
       for await (const event of subscription) {
         o.out.write(`${formatEvent(event, o.styles, o.json)}\n`)

@@ -1,6 +1,6 @@
 import { spawn } from "node:child_process"
 import { fileURLToPath } from "node:url"
-import { type Bus, createBus, type Transport } from "@bus/core"
+import { type Bus, createBus, OutboxStore, type Transport } from "@bus/core"
 import { latestVersion, postgresNotify } from "@bus/postgres-notify"
 import { redisStreamsTransport } from "@bus/redis-streams"
 import { type PostgresHandle, type ServerHandle, startPostgres, startRedis } from "@bus/test-infra"
@@ -29,6 +29,8 @@ const bus = (
   args: ReadonlyArray<string>,
   env: Record<string, string> = {},
   timeoutMs = 30_000,
+  /** Called with everything written to stderr so far, as it arrives. */
+  onStderr?: (stderr: string) => void,
 ): Promise<Result> =>
   new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [bin, ...args], {
@@ -42,6 +44,7 @@ const bus = (
     })
     child.stderr.on("data", (d: Buffer) => {
       stderr += d.toString()
+      onStderr?.(stderr)
     })
     const timer = setTimeout(() => {
       child.kill("SIGKILL")
@@ -56,7 +59,11 @@ const bus = (
 const quiet = L.succeed(References.MinimumLogLevel, "None") as Layer.Layer<never>
 
 /** An application bus on `transport`, as the app would build it. */
-const appBus = (transport: "postgres-notify" | "redis-streams", schema = "bus"): Promise<Bus> => {
+const appBus = (
+  transport: "postgres-notify" | "redis-streams",
+  schema = "bus",
+  relay: { readonly maxIdleMs: number } | false = { maxIdleMs: 50 },
+): Promise<Bus> => {
   const p = postgresNotify({
     connectionString: postgres.url,
     schema,
@@ -72,7 +79,7 @@ const appBus = (transport: "postgres-notify" | "redis-streams", schema = "bus"):
     },
     transport,
     env: false,
-    relay: { maxIdleMs: 50 },
+    relay,
     telemetry: quiet,
   })
 }
@@ -204,22 +211,77 @@ describe("bus status", () => {
     }
   })
 
-  it("on a broker: shows it running, the relay lag and the broker's dead letters", async () => {
+  it("on a broker: shows it running, the relay lag, who holds the relay partitions, and the broker's dead letters", async () => {
+    const backlog = (b: Bus) => b.runtime.runPromise(OutboxStore.use((s) => s.relay.backlog))
+    const brokerEnv = { BUS_TRANSPORT: "redis-streams", REDIS_URL: redis.url }
     const app = await appBus("redis-streams")
     try {
       const ids = await publish(app, 10, "relayed")
-      const r = await bus(["status", "--json"], { BUS_TRANSPORT: "redis-streams", REDIS_URL: redis.url })
+      expect(ids).toHaveLength(10)
+      // The relay forwards everything (the earlier tests' rows too), then status shows it caught up.
+      const deadline = Date.now() + 20_000
+      while ((await backlog(app)) > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+      expect(await backlog(app)).toBe(0)
+      const r = await bus(["status", "--json"], brokerEnv)
       expect(r.code, r.stderr).toBe(0)
       const report = JSON.parse(r.stdout)
       expect(report.transport.configured).toMatchObject({ transport: "redis-streams" })
       expect(report.transport.running).toEqual(
         expect.arrayContaining([expect.objectContaining({ transport: "redis-streams" })]),
       )
-      expect(report.outbox.relayLagMs).toBeTypeOf("number")
+      expect(report.outbox).toMatchObject({ unforwarded: 0, unforwardedCapped: false, relayLagMs: 0 })
       expect(report.deadLetters.broker).toMatchObject({ transport: "redis-streams", count: 0 })
-      expect(ids).toHaveLength(10)
+      // The app's relay is the only one: it holds every partition under a running lease.
+      expect(report.relay.live).toBe(1)
+      const partitions = report.relay.partitions as Array<{
+        partition: number
+        owner?: string
+        held: boolean
+        leaseUntil?: string
+      }>
+      expect(partitions.map((p) => p.partition)).toEqual(partitions.map((_, i) => i))
+      expect(partitions.length).toBeGreaterThan(1)
+      const owners = new Set(partitions.map((p) => p.owner))
+      expect(owners.size).toBe(1)
+      expect([...owners][0]).toMatch(/^relay-/)
+      expect(partitions.every((p) => p.held && Date.parse(p.leaseUntil!) > Date.now() - 1_000)).toBe(true)
+      const human = await bus(["status"], brokerEnv)
+      expect(human.stdout).toContain(`${partitions.length} held by ${[...owners][0]}`)
     } finally {
       await app.close()
+    }
+
+    // With no relay running, rows wait: status counts what the store's relay backlog counts,
+    // and the closed relay gave its partitions back (its membership lapses with its lease).
+    const writer = await appBus("redis-streams", "bus", false)
+    try {
+      await publish(writer, 7, "waiting")
+      expect(await backlog(writer)).toBe(7)
+      const report = JSON.parse((await bus(["status", "--json"], brokerEnv)).stdout)
+      expect(report.outbox.unforwarded).toBe(7)
+      expect(report.outbox.relayLagMs).toBeGreaterThan(0)
+      expect(
+        report.relay.partitions.every(
+          (p: { held: boolean; owner?: string }) => !p.held && p.owner === undefined,
+        ),
+      ).toBe(true)
+    } finally {
+      await writer.close()
+    }
+
+    // A relay that died holding partition 0 leaves its name and a lease that ran out.
+    const client = new pg.Client({ connectionString: postgres.url })
+    await client.connect()
+    try {
+      await client.query(
+        "UPDATE bus.relay_partitions SET owner = 'relay-gone', lease_until = now() - interval '3 seconds' WHERE partition = 0",
+      )
+      const report = JSON.parse((await bus(["status", "--json"], brokerEnv)).stdout)
+      expect(report.relay.partitions[0]).toMatchObject({ partition: 0, owner: "relay-gone", held: false })
+      const human = await bus(["status"], brokerEnv)
+      expect(human.stdout).toMatch(/\n\s+0\s+relay-gone\s+lease ran out \d/)
+    } finally {
+      await client.end()
     }
   })
 })
@@ -253,9 +315,16 @@ describe("bus tail", () => {
       })
       expect(coloured.stdout).toMatch(ansi)
 
-      // Live: a tail from "now" prints what is published after it started.
-      const live = bus(["tail", "acme", "tailed", "--count", "2"])
-      await new Promise((r) => setTimeout(r, 1_500))
+      // Live: a tail from "now" prints what is published after it started (it says so once
+      // its start is fixed; a process start can take seconds on a loaded machine).
+      let started = () => {}
+      const tailing = new Promise<void>((resolve) => {
+        started = resolve
+      })
+      const live = bus(["tail", "acme", "tailed", "--count", "2"], {}, 30_000, (stderr) => {
+        if (stderr.includes("tailing acme/tailed")) started()
+      })
+      await Promise.race([tailing, live])
       const later = await publish(app, 2, "tailed")
       const liveResult = await live
       expect(liveResult.stdout).toContain(later[0])
