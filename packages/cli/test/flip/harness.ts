@@ -379,24 +379,34 @@ const readBroker = async (
   const out = new Map<string, Array<string>>()
   try {
     for (const a of addresses) {
-      const expected = Number(
+      // Rows the relay's stored position of the address's partition covers (schema v4: rows
+      // visible in the partition's covered snapshot; forwarded_at only for rows a v3 relay
+      // sent): all of them are on the broker.
+      const covered = Number(
         (
           await admin.query(
-            "SELECT count(*)::int AS n FROM bus.outbox WHERE tenant = $1 AND channel = $2 AND forwarded_at IS NOT NULL",
+            `SELECT count(*)::int AS n FROM bus.outbox o
+             JOIN bus.relay_partitions rp
+               ON rp.partition = bus.relay_partition(o.tenant, o.channel, (SELECT m.relay_partitions FROM bus.meta m))
+             WHERE o.tenant = $1 AND o.channel = $2
+               AND (o.forwarded_at IS NOT NULL OR pg_visible_in_snapshot(o.xid, rp.covered))`,
             [a.tenant, a.channel],
           )
         ).rows[0].n,
       )
+      // A relay may have sent more than its stored position says (a batch whose position it
+      // did not store, rows a fairness round sent ahead): read on until the stream is quiet.
       const ids: Array<string> = []
-      if (expected > 0) {
-        const sub = bus.subscribe({ ...a, from: "beginning" })
-        const timer = setTimeout(() => void sub.close(), 30_000)
-        for await (const e of sub as AsyncIterable<DeliveredEvent>) {
-          ids.push(e.id)
-          if (ids.length >= expected) break
+      const sub = bus.subscribe({ ...a, from: "beginning" })
+      let timer = setTimeout(() => void sub.close(), covered > 0 ? 30_000 : 1_000)
+      for await (const e of sub as AsyncIterable<DeliveredEvent>) {
+        ids.push(e.id)
+        if (ids.length >= covered) {
+          clearTimeout(timer)
+          timer = setTimeout(() => void sub.close(), 1_000)
         }
-        clearTimeout(timer)
       }
+      clearTimeout(timer)
       out.set(`${a.tenant}/${a.channel}`, ids)
     }
   } finally {
