@@ -1,7 +1,13 @@
 import { Context, Effect, Layer, Metric, Option } from "effect"
 import { OutboxStore } from "../contracts/OutboxStore.js"
 import { Transport } from "../contracts/Transport.js"
-import { defaultMaxPayloadBytes, type EventInput, makeEnvelope } from "../envelope/Envelope.js"
+import {
+  buildEnvelope,
+  defaultMaxPayloadBytes,
+  type Envelope,
+  type EventInput,
+  isEnvelopeError,
+} from "../envelope/Envelope.js"
 import type { BusError } from "../errors/BusError.js"
 import { eventsPublished } from "../metrics/metrics.js"
 import { destinationOf, traceparentOf } from "../observability/telemetry.js"
@@ -73,8 +79,14 @@ export class Publisher extends Context.Service<
                       ? { ...e, headers: { ...e.headers, traceparent } }
                       : e,
                   )
+            // Each event is validated and encoded once, here; the store reuses that encoding.
             const now = new Date()
-            const envelopes = yield* Effect.forEach(traced, (e) => makeEnvelope(e, { maxPayloadBytes, now }))
+            const envelopes: Array<Envelope> = []
+            for (const e of traced) {
+              const built = buildEnvelope(e, { maxPayloadBytes, now })
+              if (isEnvelopeError(built)) return yield* Effect.fail(built)
+              envelopes.push(built)
+            }
             yield* store.append(tx, envelopes)
             if (Option.isSome(span)) {
               const first = envelopes[0]

@@ -22,7 +22,7 @@ import { pgAdapter } from "../sql/adapters/pg.js"
 import { postgresJsAdapter } from "../sql/adapters/postgresjs.js"
 import { prismaAdapter } from "../sql/adapters/prisma.js"
 import { runQuery, type SqlExecutor } from "../sql/executor.js"
-import { append, type NotifyMode, wakeUpsFor } from "./append.js"
+import { makeAppend, type NotifyMode, wakeUpsFor } from "./append.js"
 import {
   type DeferredTransactions,
   deferAddresses,
@@ -243,6 +243,17 @@ export const makePostgresOutboxStore = (
       prune: relay.prune,
     })
 
+    const append: (tx: unknown, events: ReadonlyArray<Envelope>) => Effect.Effect<void, BusError> =
+      makeAppend({
+        adapters,
+        schema: schema.name,
+        statements: queries.append,
+        notify: o.notify,
+        // A transaction the SDK runs (batched mode) sends its wake-ups after COMMIT instead.
+        deferNotify: (tx, addresses) => deferAddresses(deferred, tx, addresses),
+        onNotified: () => monitor.count(),
+      })
+
     const ownEpoch = compactEpoch(epoch)
     const ownsCursor = (cursor: string): boolean => {
       const decoded = decodeCursor(cursor)
@@ -260,18 +271,7 @@ export const makePostgresOutboxStore = (
       schema: schema.name,
       epoch,
       pool,
-      append: (tx: unknown, events: ReadonlyArray<Envelope>) =>
-        append({
-          adapters,
-          schema: schema.name,
-          sql: queries.append,
-          notify: o.notify,
-          // A transaction the SDK runs (batched mode) sends its wake-ups after COMMIT instead.
-          deferNotify: (checked) => deferAddresses(deferred, tx, checked),
-          tx,
-          events,
-          onNotified: () => monitor.count(),
-        }),
+      append,
       read: (address, after, limit) => read(executor, queries, address, after, limit),
       head: (address) => head(executor, queries, address),
       changes,
