@@ -130,21 +130,56 @@ const findNonJson = (value: unknown, path: string, seen: Set<object>): string | 
 }
 
 /**
- * An envelope's stored form, computed once by {@link makeEnvelope} and kept beside the
+ * An envelope's stored form, computed once by {@link makeEnvelope} and kept inside the
  * (frozen) envelope, so stores and brokers reuse it instead of validating and encoding the
  * event again. `data` and `headers` are the JSON of those fields; `json` is the whole
- * envelope as {@link envelopeToJson} writes it, `bytes` its UTF-8 length.
+ * envelope as {@link envelopeToJson} writes it.
  */
 export interface EncodedEnvelope {
   readonly json: string
   readonly data: string
   readonly headers: string
-  readonly bytes: number
 }
 
-// Keyed by the envelope object: only envelopes makeEnvelope built (and froze) are here, so
-// an entry always matches its envelope. A WeakMap, so an entry lives as long as its event.
-const encodedEnvelopes = new WeakMap<Envelope, EncodedEnvelope>()
+/**
+ * An envelope built by makeEnvelope: a frozen plain-data object whose private field holds
+ * its encoding. Private fields are not properties: a spread copy, `JSON.stringify` or
+ * `structuredClone` see exactly the envelope's fields, and a copy (which could be edited)
+ * carries no encoding, so the encoding always matches the object it sits in.
+ */
+class BuiltEnvelope implements Envelope {
+  readonly id: string
+  readonly tenant: string
+  readonly channel: string
+  readonly type: string
+  readonly data: Json
+  readonly headers: Readonly<Record<string, string>>
+  readonly time: string
+  readonly #encoded: EncodedEnvelope
+  constructor(
+    id: string,
+    tenant: string,
+    channel: string,
+    type: string,
+    data: Json,
+    headers: Readonly<Record<string, string>>,
+    time: string,
+    encoded: EncodedEnvelope,
+  ) {
+    this.id = id
+    this.tenant = tenant
+    this.channel = channel
+    this.type = type
+    this.data = data
+    this.headers = headers
+    this.time = time
+    this.#encoded = encoded
+    Object.freeze(this)
+  }
+  static encodedOf(u: object): EncodedEnvelope | undefined {
+    return #encoded in u ? u.#encoded : undefined
+  }
+}
 
 /**
  * The stored form of an envelope that {@link makeEnvelope} validated, or `undefined` for
@@ -152,7 +187,7 @@ const encodedEnvelopes = new WeakMap<Envelope, EncodedEnvelope>()
  * be validated and encoded by whoever stores them.
  */
 export const encodedEnvelope = (envelope: Envelope): EncodedEnvelope | undefined =>
-  encodedEnvelopes.get(envelope)
+  typeof envelope === "object" && envelope !== null ? BuiltEnvelope.encodedOf(envelope) : undefined
 
 // id (a UUID), tenant and channel (safe names) and time (ISO) never need escaping, so the
 // compact JSON of an envelope is these pieces around the encoded type, data and headers:
@@ -168,12 +203,30 @@ const assembleJson = (
 ): string =>
   `{"id":"${id}","tenant":"${tenant}","channel":"${channel}","type":${JSON.stringify(type)},"data":${data},"headers":${headers},"time":"${time}"}`
 
+let lastMs = Number.NaN
+let lastIso = ""
+
+/**
+ * The current time as an ISO-8601 string, formatted once per millisecond: events published
+ * in the same millisecond share it.
+ */
+export const isoNow = (): string => {
+  const ms = Date.now()
+  if (ms !== lastMs) {
+    lastMs = ms
+    lastIso = new Date(ms).toISOString()
+  }
+  return lastIso
+}
+
+const noHeaders: Readonly<Record<string, string>> = Object.freeze({})
+
 /**
  * The envelope as every transport stores it: compact JSON of exactly the stored fields in
  * their canonical order (a delivered event's `cursor` is not part of it).
  */
 export const envelopeToJson = (envelope: Envelope): string =>
-  encodedEnvelopes.get(envelope)?.json ??
+  encodedEnvelope(envelope)?.json ??
   JSON.stringify({
     id: envelope.id,
     tenant: envelope.tenant,
@@ -185,8 +238,7 @@ export const envelopeToJson = (envelope: Envelope): string =>
   })
 
 /** Byte length of the envelope as every transport stores it (compact JSON, UTF-8). */
-export const encodedSize = (envelope: Envelope): number =>
-  encodedEnvelopes.get(envelope)?.bytes ?? Buffer.byteLength(envelopeToJson(envelope), "utf8")
+export const encodedSize = (envelope: Envelope): number => Buffer.byteLength(envelopeToJson(envelope), "utf8")
 
 const invalidEvent = (reason: string, message: string) => new InvalidEvent({ reason, message })
 
@@ -196,7 +248,12 @@ const invalidEvent = (reason: string, message: string) => new InvalidEvent({ rea
  */
 export const buildEnvelope = (
   input: EventInput,
-  options: { readonly maxPayloadBytes?: number; readonly now?: Date } = {},
+  options: {
+    readonly maxPayloadBytes?: number
+    readonly now?: Date
+    /** The ISO-8601 time to stamp (wins over `now`; default: the current time). */
+    readonly time?: string
+  } = {},
 ): Envelope | InvalidName | InvalidEvent | PayloadTooLarge => {
   if (typeof input !== "object" || input === null) {
     return invalidEvent("not-an-object", "an event must be an object")
@@ -216,47 +273,47 @@ export const buildEnvelope = (
     const nonJson = findNonJson(data, "data", new Set())
     if (nonJson !== undefined) return invalidEvent("data", `event data must be JSON: ${nonJson}`)
   }
-  const headers: Record<string, string> = {}
+  let headers = noHeaders
+  let headersJson = "{}"
   if (input.headers !== undefined) {
     if (typeof input.headers !== "object" || input.headers === null || Array.isArray(input.headers)) {
       return invalidEvent("headers", "headers must be an object of strings")
     }
+    const copy: Record<string, string> = {}
     for (const [k, v] of Object.entries(input.headers)) {
       if (typeof v !== "string")
         return invalidEvent("headers", `header ${JSON.stringify(k)} must be a string`)
-      headers[k] = v
+      copy[k] = v
     }
+    headers = Object.freeze(copy)
+    headersJson = JSON.stringify(copy)
   }
   let id: string
   if (input.id === undefined) id = uuidv7()
   else if (typeof input.id === "string" && isUuidv7(input.id)) id = input.id
   else return invalidEvent("id", "id must be a lower-case UUIDv7 string")
-  const time = (options.now ?? new Date()).toISOString()
+  const time = options.time ?? (options.now === undefined ? isoNow() : options.now.toISOString())
   // Validated above, so this cannot throw: every value is a plain, acyclic JSON value.
   const dataJson = JSON.stringify(data)
-  const headersJson = JSON.stringify(headers)
   const json = assembleJson(id, tenant, channel, input.type, dataJson, headersJson, time)
   const limit = options.maxPayloadBytes ?? defaultMaxPayloadBytes
-  const bytes = Buffer.byteLength(json, "utf8")
-  if (bytes > limit) {
-    return new PayloadTooLarge({
-      bytes,
-      limit,
-      message: `event is ${bytes} bytes encoded; the limit is ${limit}`,
-    })
+  // A UTF-16 code unit is at most 3 bytes of UTF-8: only a string that could be over the
+  // limit is measured.
+  if (json.length * 3 > limit) {
+    const bytes = Buffer.byteLength(json, "utf8")
+    if (bytes > limit) {
+      return new PayloadTooLarge({
+        bytes,
+        limit,
+        message: `event is ${bytes} bytes encoded; the limit is ${limit}`,
+      })
+    }
   }
-  // Frozen, so the encoding kept beside it stays true to it.
-  const envelope: Envelope = Object.freeze({
-    id,
-    tenant,
-    channel,
-    type: input.type,
-    data: data as Json,
-    headers: Object.freeze(headers),
-    time,
+  return new BuiltEnvelope(id, tenant, channel, input.type, data as Json, headers, time, {
+    json,
+    data: dataJson,
+    headers: headersJson,
   })
-  encodedEnvelopes.set(envelope, { json, data: dataJson, headers: headersJson, bytes })
-  return envelope
 }
 
 /**

@@ -1,4 +1,4 @@
-import { Context, Effect, Layer, Metric, Option } from "effect"
+import { Context, Effect, Layer, Metric, Option, Tracer } from "effect"
 import { OutboxStore } from "../contracts/OutboxStore.js"
 import { Transport } from "../contracts/Transport.js"
 import {
@@ -7,6 +7,7 @@ import {
   type Envelope,
   type EventInput,
   isEnvelopeError,
+  isoNow,
 } from "../envelope/Envelope.js"
 import type { BusError } from "../errors/BusError.js"
 import { eventsPublished } from "../metrics/metrics.js"
@@ -55,11 +56,10 @@ export class Publisher extends Context.Service<
           transport.capabilities.maxPayloadBytes,
         )
         const system = transport.capabilities.name
+        const published = Metric.withAttributes(eventsPublished, { transport: system })
         const publish = (tx: unknown, input: EventInput | ReadonlyArray<EventInput>) => {
           const inputs: ReadonlyArray<EventInput> = Array.isArray(input) ? input : [input as EventInput]
-          const channels = new Set(inputs.map((e) => (typeof e?.channel === "string" ? e.channel : "")))
-          const channel = channels.size === 1 ? [...channels][0]! : ""
-          return Effect.gen(function* () {
+          const body = Effect.gen(function* () {
             const span = yield* Effect.currentSpan.pipe(Effect.option)
             // The caller has a span: carry the publish span's context to consumers in the
             // envelope (an event that already names its own traceparent keeps it).
@@ -80,10 +80,10 @@ export class Publisher extends Context.Service<
                       : e,
                   )
             // Each event is validated and encoded once, here; the store reuses that encoding.
-            const now = new Date()
+            const time = isoNow()
             const envelopes: Array<Envelope> = []
             for (const e of traced) {
-              const built = buildEnvelope(e, { maxPayloadBytes, now })
+              const built = buildEnvelope(e, { maxPayloadBytes, time })
               if (isEnvelopeError(built)) return yield* Effect.fail(built)
               envelopes.push(built)
             }
@@ -95,20 +95,34 @@ export class Publisher extends Context.Service<
               if (envelopes.length === 1) span.value.attribute("messaging.message.id", first!.id)
               else span.value.attribute("messaging.batch.message_count", envelopes.length)
             }
-            yield* Metric.update(
-              Metric.withAttributes(eventsPublished, { transport: system }),
-              envelopes.length,
-            )
+            yield* Metric.update(published, envelopes.length)
             return { ids: envelopes.map((e) => e.id) } satisfies PublishReceipt
-          }).pipe(
-            Effect.withSpan(channel === "" ? "publish" : `publish ${channel}`, {
-              kind: "producer",
-              attributes: {
-                "messaging.system": system,
-                "messaging.operation.type": "send",
-                "messaging.operation.name": "publish",
+          })
+          const channels = new Set(inputs.map((e) => (typeof e?.channel === "string" ? e.channel : "")))
+          const channel = channels.size === 1 ? [...channels][0]! : ""
+          const spanned = body.pipe(
+            Effect.withSpan(
+              channel === "" ? "publish" : `publish ${channel}`,
+              {
+                kind: "producer",
+                attributes: {
+                  "messaging.system": system,
+                  "messaging.operation.type": "send",
+                  "messaging.operation.name": "publish",
+                },
               },
-            }),
+              { captureStackTrace: false },
+            ),
+          )
+          // Without a tracer of the application's and without a caller span, the publish
+          // span would be recorded nowhere and carry no context: skip making it (span ids
+          // and attributes cost more than the rest of the publish's client-side work).
+          return Effect.flatMap(Effect.tracer, (tracer) =>
+            tracer !== Tracer.nativeTracer
+              ? spanned
+              : Effect.flatMap(Effect.option(Effect.currentParentSpan), (parent) =>
+                  Option.isSome(parent) ? spanned : body,
+                ),
           )
         }
         return Publisher.of({ publish })
