@@ -59,48 +59,53 @@ export class Publisher extends Context.Service<
         const published = Metric.withAttributes(eventsPublished, { transport: system })
         const publish = (tx: unknown, input: EventInput | ReadonlyArray<EventInput>) => {
           const inputs: ReadonlyArray<EventInput> = Array.isArray(input) ? input : [input as EventInput]
-          const body = Effect.gen(function* () {
-            const span = yield* Effect.currentSpan.pipe(Effect.option)
-            // The caller has a span: carry the publish span's context to consumers in the
-            // envelope (an event that already names its own traceparent keeps it).
-            const traceparent =
-              Option.isSome(span) && Option.isSome(span.value.parent) ? traceparentOf(span.value) : undefined
-            const traced =
-              traceparent === undefined
-                ? inputs
-                : inputs.map((e) =>
-                    typeof e === "object" &&
-                    e !== null &&
-                    (e.headers === undefined ||
-                      (typeof e.headers === "object" &&
-                        e.headers !== null &&
-                        !Array.isArray(e.headers) &&
-                        e.headers.traceparent === undefined))
-                      ? { ...e, headers: { ...e.headers, traceparent } }
-                      : e,
-                  )
-            // Each event is validated and encoded once, here; the store reuses that encoding.
-            const time = isoNow()
-            const envelopes: Array<Envelope> = []
-            for (const e of traced) {
-              const built = buildEnvelope(e, { maxPayloadBytes, time })
-              if (isEnvelopeError(built)) return yield* Effect.fail(built)
-              envelopes.push(built)
-            }
-            yield* store.append(tx, envelopes)
-            if (Option.isSome(span)) {
-              const first = envelopes[0]
-              if (first !== undefined)
-                span.value.attribute("messaging.destination.name", destinationOf(first))
-              if (envelopes.length === 1) span.value.attribute("messaging.message.id", first!.id)
-              else span.value.attribute("messaging.batch.message_count", envelopes.length)
-            }
-            yield* Metric.update(published, envelopes.length)
-            return { ids: envelopes.map((e) => e.id) } satisfies PublishReceipt
-          })
+          // `inSpan`: run inside the publish span (found without a failing lookup: a
+          // NoSuchElementError per publish costs a stack trace).
+          const body = (inSpan: boolean) =>
+            Effect.gen(function* () {
+              const span = inSpan ? Option.some(yield* Effect.orDie(Effect.currentSpan)) : Option.none()
+              // The caller has a span: carry the publish span's context to consumers in the
+              // envelope (an event that already names its own traceparent keeps it).
+              const traceparent =
+                Option.isSome(span) && Option.isSome(span.value.parent)
+                  ? traceparentOf(span.value)
+                  : undefined
+              const traced =
+                traceparent === undefined
+                  ? inputs
+                  : inputs.map((e) =>
+                      typeof e === "object" &&
+                      e !== null &&
+                      (e.headers === undefined ||
+                        (typeof e.headers === "object" &&
+                          e.headers !== null &&
+                          !Array.isArray(e.headers) &&
+                          e.headers.traceparent === undefined))
+                        ? { ...e, headers: { ...e.headers, traceparent } }
+                        : e,
+                    )
+              // Each event is validated and encoded once, here; the store reuses that encoding.
+              const time = isoNow()
+              const envelopes: Array<Envelope> = []
+              for (const e of traced) {
+                const built = buildEnvelope(e, { maxPayloadBytes, time })
+                if (isEnvelopeError(built)) return yield* Effect.fail(built)
+                envelopes.push(built)
+              }
+              yield* store.append(tx, envelopes)
+              if (Option.isSome(span)) {
+                const first = envelopes[0]
+                if (first !== undefined)
+                  span.value.attribute("messaging.destination.name", destinationOf(first))
+                if (envelopes.length === 1) span.value.attribute("messaging.message.id", first!.id)
+                else span.value.attribute("messaging.batch.message_count", envelopes.length)
+              }
+              yield* Metric.update(published, envelopes.length)
+              return { ids: envelopes.map((e) => e.id) } satisfies PublishReceipt
+            })
           const channels = new Set(inputs.map((e) => (typeof e?.channel === "string" ? e.channel : "")))
           const channel = channels.size === 1 ? [...channels][0]! : ""
-          const spanned = body.pipe(
+          const spanned = body(true).pipe(
             Effect.withSpan(
               channel === "" ? "publish" : `publish ${channel}`,
               {
@@ -120,8 +125,8 @@ export class Publisher extends Context.Service<
           return Effect.flatMap(Effect.tracer, (tracer) =>
             tracer !== Tracer.nativeTracer
               ? spanned
-              : Effect.flatMap(Effect.option(Effect.currentParentSpan), (parent) =>
-                  Option.isSome(parent) ? spanned : body,
+              : Effect.flatMap(Effect.serviceOption(Tracer.ParentSpan), (parent) =>
+                  Option.isSome(parent) ? spanned : body(false),
                 ),
           )
         }
