@@ -162,7 +162,11 @@ export const makePostgresOutboxStore = (
         }),
         (p) => Effect.promise(() => p.end().catch(() => {})),
       ))
-    const executor: SqlExecutor = { query: (text, params = []) => pool.query(text, [...params]) }
+    const executor: SqlExecutor = {
+      query: (text, params = []) => pool.query(text, [...params]),
+      // Reads are named: each pooled connection prepares them once.
+      prepared: (name, text, params) => pool.query({ name, text, values: [...params] }),
+    }
 
     if (o.migrate) yield* migrateEffect({ pool, schema: schema.name })
     const metaRows = yield* runQuery(executor, "loading the outbox meta row", queries.meta)

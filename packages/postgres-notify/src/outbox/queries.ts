@@ -113,6 +113,11 @@ const named = (prefix: string, text: string): Statement => ({
 export interface OutboxQueries {
   readonly readSteady: string
   readonly readPaging: string
+  /**
+   * The two reads as named statements: every wake-up runs one, so the pool's connections
+   * keep them prepared (planned once per connection, not on every read).
+   */
+  readonly reads: { readonly steady: Statement; readonly paging: Statement }
   readonly head: string
   readonly meta: string
   readonly append: AppendStatements
@@ -140,6 +145,10 @@ export interface OutboxQueries {
 export const makeQueries = (S: string): OutboxQueries => ({
   readSteady: readSql(S, afterBase(S)),
   readPaging: readSql(S, [...restOfDelta(S), ...afterBase(S)]),
+  reads: {
+    steady: named("bus_read", readSql(S, afterBase(S))),
+    paging: named("bus_readp", readSql(S, [...restOfDelta(S), ...afterBase(S)])),
+  },
 
   head: `SELECT epoch::text AS epoch, pg_current_snapshot()::text AS snapshot FROM ${S}.meta`,
   meta: `SELECT epoch::text AS epoch, schema_version FROM ${S}.meta`,
