@@ -31,7 +31,7 @@ afterAll(async () => {
   await db?.close()
 })
 
-const openBus = async (): Promise<{ bus: Bus; schema: string }> => {
+const openBus = async (prepare?: boolean): Promise<{ bus: Bus; schema: string }> => {
   const schema = await db.freshSchema()
   const pgn = postgresNotify({
     connectionString: db.url,
@@ -40,6 +40,7 @@ const openBus = async (): Promise<{ bus: Bus; schema: string }> => {
     listen: false,
     pollIntervalMs: 0,
     pressure: false,
+    ...(prepare === undefined ? {} : { prepare }),
   })
   const bus = await createBus({
     outbox: pgn.outbox,
@@ -197,5 +198,25 @@ describe("publish fast path", () => {
     expect(count(a)).toBe(1)
     expect(count(b)).toBe(2)
     expect((await rows(schema)).length).toBe(9)
+  })
+
+  it("keeps the append prepared on the caller's connection, and sends it unnamed with prepare: false", async () => {
+    const prepared = async (c: pg.PoolClient) =>
+      (await c.query("SELECT name FROM pg_prepared_statements WHERE name LIKE 'bus_append%'")).rows.length
+    const c = await db.client("bus-test-prepare")
+    const named = await openBus()
+    await c.query("BEGIN")
+    await named.bus.publish(c, ev("p"))
+    await named.bus.publish(c, [ev("p"), ev("q")])
+    expect(await prepared(c as unknown as pg.PoolClient)).toBe(2)
+    await c.query("COMMIT")
+    const c2 = await db.client("bus-test-unprepared")
+    const unnamed = await openBus(false)
+    await c2.query("BEGIN")
+    await unnamed.bus.publish(c2, [ev("p"), ev("q")])
+    expect(await prepared(c2 as unknown as pg.PoolClient)).toBe(0)
+    await c2.query("COMMIT")
+    expect((await rows(named.schema)).length).toBe(3)
+    expect((await rows(unnamed.schema)).length).toBe(2)
   })
 })

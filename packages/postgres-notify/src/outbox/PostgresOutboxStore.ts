@@ -164,8 +164,13 @@ export const makePostgresOutboxStore = (
       ))
     const executor: SqlExecutor = {
       query: (text, params = []) => pool.query(text, [...params]),
-      // Reads are named: each pooled connection prepares them once.
-      prepared: (name, text, params) => pool.query({ name, text, values: [...params] }),
+      // Reads are named: each pooled connection prepares them once (unless `prepare: false`).
+      ...(o.prepare
+        ? {
+            prepared: (name: string, text: string, params: ReadonlyArray<unknown>) =>
+              pool.query({ name, text, values: [...params] }),
+          }
+        : {}),
     }
 
     if (o.migrate) yield* migrateEffect({ pool, schema: schema.name })
@@ -252,6 +257,7 @@ export const makePostgresOutboxStore = (
         adapters,
         schema: schema.name,
         statements: queries.append,
+        prepare: o.prepare,
         notify: o.notify,
         // A transaction the SDK runs (batched mode) sends its wake-ups after COMMIT instead.
         deferNotify: (tx, addresses) => deferAddresses(deferred, tx, addresses),

@@ -9,7 +9,7 @@ import {
 } from "@bus/core"
 import { Effect } from "effect"
 import type { TransactionAdapter } from "../sql/adapter.js"
-import { runPrepared, type SqlExecutor, type Statement } from "../sql/executor.js"
+import { runPrepared, runQuery, type SqlExecutor, type Statement } from "../sql/executor.js"
 import { addressChannel, encodePayload, relayChannel, relayPayload } from "./channels.js"
 import type { AppendStatements } from "./queries.js"
 
@@ -238,6 +238,8 @@ export interface AppendOptions {
   readonly adapters: ReadonlyArray<TransactionAdapter>
   readonly schema: string
   readonly statements: AppendStatements
+  /** Run the statements prepared where the driver can (the store's `prepare` option). */
+  readonly prepare: boolean
   readonly notify: NotifyMode
   /** Called after an append that sent wake-ups inside the caller's transaction (the pressure monitor counts them). */
   readonly onNotified?: (() => void) | undefined
@@ -284,7 +286,9 @@ export const makeAppend = (
       }
       if (channels.length === 1) params.push(channels[0], payloads[0])
       else if (channels.length > 1) params.push(notifyParam(channels, payloads))
-      yield* runPrepared(executor, "append", statement, params)
+      yield* options.prepare
+        ? runPrepared(executor, "append", statement, params)
+        : runQuery(executor, "append", statement.text, params)
       if (channels.length > 0) options.onNotified?.()
     })
 }

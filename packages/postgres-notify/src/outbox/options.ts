@@ -67,6 +67,13 @@ export interface PostgresOutboxOptions {
    * for its idle poll. Default: true when `notify` is `relay` or `both` and `listen` is on.
    */
   readonly watchRelay?: boolean
+  /**
+   * Keep the append and read statements prepared on each connection (named statements:
+   * parsed and planned once per connection instead of on every call). Default true. Set
+   * false when connections go through a pooler that cannot carry named prepared statements
+   * (pgbouncer in transaction mode before 1.21, or without `max_prepared_statements`).
+   */
+  readonly prepare?: boolean
 }
 
 /** Options with every default applied. */
@@ -89,4 +96,5 @@ export const resolveOptions = (o: PostgresOutboxOptions) => ({
   pressure: o.pressure === false ? undefined : (o.pressure ?? {}),
   retention: o.retention === true ? {} : o.retention === false ? undefined : o.retention,
   watchRelay: o.watchRelay ?? ((o.listen ?? true) && (o.notify === "relay" || o.notify === "both")),
+  prepare: o.prepare ?? true,
 })
