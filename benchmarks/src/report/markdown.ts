@@ -300,6 +300,45 @@ const renderKnee = (s: ScenarioResult, charts: Charts): string[] => {
       ]),
     ),
   )
+  out.push(
+    "",
+    "Client CPU per commit (µs of the benchmark process, which also runs each mode's LISTEN connection; median):",
+    "",
+    table(
+      ["mode", ...conc.map((c) => `C=${c}`)],
+      modes.map((m) => [
+        labelOf(m),
+        ...conc.map((c) =>
+          cell(
+            arms.find((x) => x.variant === m && Number(x.params.concurrency) === c)?.metrics.cpuUsPerCommit,
+            fmtInt,
+          ),
+        ),
+      ]),
+    ),
+  )
+  // The SDK's own cost: "SDK publish (coalesced)" against the same-shape plain SQL
+  // ("coalesced NOTIFY"), measured in the same run.
+  const sdkVsPlain = conc.flatMap((c) => {
+    const sdk = arms.find((x) => x.variant === "sdk-coalesced" && Number(x.params.concurrency) === c)
+    const plain = arms.find((x) => x.variant === "coalesced" && Number(x.params.concurrency) === c)
+    if (sdk === undefined || plain === undefined) return []
+    return [
+      [
+        `C=${c}`,
+        fmtRatio(med(sdk, "commitsPerSec") / med(plain, "commitsPerSec")),
+        fmtRatio(med(sdk, "cpuUsPerCommit") / med(plain, "cpuUsPerCommit")),
+      ],
+    ]
+  })
+  if (sdkVsPlain.length > 0) {
+    out.push(
+      "",
+      "SDK publish against the same-shape plain SQL (coalesced NOTIFY), this run (targets: commits/s ≥ 0.9×, client CPU per commit ≤ 1.15×):",
+      "",
+      table(["writers", "commits/s SDK ÷ plain", "client CPU per commit SDK ÷ plain"], sdkVsPlain),
+    )
+  }
   const seriesOf = (key: "commits" | "p99"): Series[] =>
     modes.map((m) => ({
       name: labelOf(m).replace(/ \(.*\)$/, ""),

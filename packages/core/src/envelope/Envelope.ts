@@ -1,6 +1,6 @@
 import { Effect, Schema } from "effect"
 import { InvalidEvent, type InvalidName, PayloadTooLarge } from "../errors/BusError.js"
-import { checkAddress } from "../names/Name.js"
+import { checkAddress, validateName } from "../names/Name.js"
 import { isUuidv7, uuidv7 } from "./uuidv7.js"
 
 /**
@@ -68,6 +68,41 @@ const isPlainObject = (u: object): boolean => {
   return proto === Object.prototype || proto === null
 }
 
+// Below this depth the fast check gives up and the exact walk (which tracks the path and
+// circular references) decides; a cycle therefore never loops the fast check.
+const fastCheckDepth = 256
+
+/**
+ * True when `value` is certainly JSON; false when it is not or when the fast check cannot
+ * tell (too deep, possibly circular). No paths are built: that is only done for the error.
+ */
+const isJsonFast = (value: unknown, depth: number): boolean => {
+  if (value === null) return true
+  switch (typeof value) {
+    case "string":
+    case "boolean":
+      return true
+    case "number":
+      return Number.isFinite(value)
+    case "object": {
+      if (depth >= fastCheckDepth) return false
+      if (Array.isArray(value)) {
+        for (let i = 0; i < value.length; i++) if (!isJsonFast(value[i], depth + 1)) return false
+        return true
+      }
+      if (!isPlainObject(value)) return false
+      for (const k in value) {
+        // JSON.stringify writes own properties only, as Object.entries in the exact walk.
+        if (!Object.hasOwn(value, k)) continue
+        if (!isJsonFast((value as Record<string, unknown>)[k], depth + 1)) return false
+      }
+      return true
+    }
+    default:
+      return false
+  }
+}
+
 /** Finds the first place where `value` is not JSON, so the error can point at it. */
 const findNonJson = (value: unknown, path: string, seen: Set<object>): string | undefined => {
   if (value === null || typeof value === "string" || typeof value === "boolean") return undefined
@@ -95,10 +130,103 @@ const findNonJson = (value: unknown, path: string, seen: Set<object>): string | 
 }
 
 /**
+ * An envelope's stored form, computed once by {@link makeEnvelope} and kept inside the
+ * (frozen) envelope, so stores and brokers reuse it instead of validating and encoding the
+ * event again. `data` and `headers` are the JSON of those fields; `json` is the whole
+ * envelope as {@link envelopeToJson} writes it.
+ */
+export interface EncodedEnvelope {
+  readonly json: string
+  readonly data: string
+  readonly headers: string
+}
+
+/**
+ * An envelope built by makeEnvelope: a frozen plain-data object whose private field holds
+ * its encoding. Private fields are not properties: a spread copy, `JSON.stringify` or
+ * `structuredClone` see exactly the envelope's fields, and a copy (which could be edited)
+ * carries no encoding, so the encoding always matches the object it sits in.
+ */
+class BuiltEnvelope implements Envelope {
+  readonly id: string
+  readonly tenant: string
+  readonly channel: string
+  readonly type: string
+  readonly data: Json
+  readonly headers: Readonly<Record<string, string>>
+  readonly time: string
+  readonly #encoded: EncodedEnvelope
+  constructor(
+    id: string,
+    tenant: string,
+    channel: string,
+    type: string,
+    data: Json,
+    headers: Readonly<Record<string, string>>,
+    time: string,
+    encoded: EncodedEnvelope,
+  ) {
+    this.id = id
+    this.tenant = tenant
+    this.channel = channel
+    this.type = type
+    this.data = data
+    this.headers = headers
+    this.time = time
+    this.#encoded = encoded
+    Object.freeze(this)
+  }
+  static encodedOf(u: object): EncodedEnvelope | undefined {
+    return #encoded in u ? u.#encoded : undefined
+  }
+}
+
+/**
+ * The stored form of an envelope that {@link makeEnvelope} validated, or `undefined` for
+ * any other object (decoded from a store, built by hand, copied with a spread): those must
+ * be validated and encoded by whoever stores them.
+ */
+export const encodedEnvelope = (envelope: Envelope): EncodedEnvelope | undefined =>
+  typeof envelope === "object" && envelope !== null ? BuiltEnvelope.encodedOf(envelope) : undefined
+
+// id (a UUID), tenant and channel (safe names) and time (ISO) never need escaping, so the
+// compact JSON of an envelope is these pieces around the encoded type, data and headers:
+// byte for byte what JSON.stringify writes for the object in canonical order.
+const assembleJson = (
+  id: string,
+  tenant: string,
+  channel: string,
+  type: string,
+  data: string,
+  headers: string,
+  time: string,
+): string =>
+  `{"id":"${id}","tenant":"${tenant}","channel":"${channel}","type":${JSON.stringify(type)},"data":${data},"headers":${headers},"time":"${time}"}`
+
+let lastMs = Number.NaN
+let lastIso = ""
+
+/**
+ * The current time as an ISO-8601 string, formatted once per millisecond: events published
+ * in the same millisecond share it.
+ */
+export const isoNow = (): string => {
+  const ms = Date.now()
+  if (ms !== lastMs) {
+    lastMs = ms
+    lastIso = new Date(ms).toISOString()
+  }
+  return lastIso
+}
+
+const noHeaders: Readonly<Record<string, string>> = Object.freeze({})
+
+/**
  * The envelope as every transport stores it: compact JSON of exactly the stored fields in
  * their canonical order (a delivered event's `cursor` is not part of it).
  */
 export const envelopeToJson = (envelope: Envelope): string =>
+  encodedEnvelope(envelope)?.json ??
   JSON.stringify({
     id: envelope.id,
     tenant: envelope.tenant,
@@ -112,6 +240,82 @@ export const envelopeToJson = (envelope: Envelope): string =>
 /** Byte length of the envelope as every transport stores it (compact JSON, UTF-8). */
 export const encodedSize = (envelope: Envelope): number => Buffer.byteLength(envelopeToJson(envelope), "utf8")
 
+const invalidEvent = (reason: string, message: string) => new InvalidEvent({ reason, message })
+
+/**
+ * Synchronous core of {@link makeEnvelope}: the envelope, or the typed reason it was
+ * refused. Validates and encodes each event exactly once.
+ */
+export const buildEnvelope = (
+  input: EventInput,
+  options: {
+    readonly maxPayloadBytes?: number
+    readonly now?: Date
+    /** The ISO-8601 time to stamp (wins over `now`; default: the current time). */
+    readonly time?: string
+  } = {},
+): Envelope | InvalidName | InvalidEvent | PayloadTooLarge => {
+  if (typeof input !== "object" || input === null) {
+    return invalidEvent("not-an-object", "an event must be an object")
+  }
+  const tenant = validateName("tenant", input.tenant)
+  if (typeof tenant !== "string") return tenant
+  const channel = validateName("channel", input.channel)
+  if (typeof channel !== "string") return channel
+  if (typeof input.type !== "string" || input.type.length === 0 || input.type.length > maxTypeLength) {
+    return invalidEvent(
+      "type",
+      `event type must be a non-empty string of at most ${maxTypeLength} characters`,
+    )
+  }
+  const data = input.data === undefined ? null : input.data
+  if (!isJsonFast(data, 0)) {
+    const nonJson = findNonJson(data, "data", new Set())
+    if (nonJson !== undefined) return invalidEvent("data", `event data must be JSON: ${nonJson}`)
+  }
+  let headers = noHeaders
+  let headersJson = "{}"
+  if (input.headers !== undefined) {
+    if (typeof input.headers !== "object" || input.headers === null || Array.isArray(input.headers)) {
+      return invalidEvent("headers", "headers must be an object of strings")
+    }
+    const copy: Record<string, string> = {}
+    for (const [k, v] of Object.entries(input.headers)) {
+      if (typeof v !== "string")
+        return invalidEvent("headers", `header ${JSON.stringify(k)} must be a string`)
+      copy[k] = v
+    }
+    headers = Object.freeze(copy)
+    headersJson = JSON.stringify(copy)
+  }
+  let id: string
+  if (input.id === undefined) id = uuidv7()
+  else if (typeof input.id === "string" && isUuidv7(input.id)) id = input.id
+  else return invalidEvent("id", "id must be a lower-case UUIDv7 string")
+  const time = options.time ?? (options.now === undefined ? isoNow() : options.now.toISOString())
+  // Validated above, so this cannot throw: every value is a plain, acyclic JSON value.
+  const dataJson = JSON.stringify(data)
+  const json = assembleJson(id, tenant, channel, input.type, dataJson, headersJson, time)
+  const limit = options.maxPayloadBytes ?? defaultMaxPayloadBytes
+  // A UTF-16 code unit is at most 3 bytes of UTF-8: only a string that could be over the
+  // limit is measured.
+  if (json.length * 3 > limit) {
+    const bytes = Buffer.byteLength(json, "utf8")
+    if (bytes > limit) {
+      return new PayloadTooLarge({
+        bytes,
+        limit,
+        message: `event is ${bytes} bytes encoded; the limit is ${limit}`,
+      })
+    }
+  }
+  return new BuiltEnvelope(id, tenant, channel, input.type, data as Json, headers, time, {
+    json,
+    data: dataJson,
+    headers: headersJson,
+  })
+}
+
 /**
  * Validates a producer's input and builds its envelope: names checked, data proven to be
  * JSON, headers proven to be strings, size within `maxPayloadBytes`. Fails without side
@@ -121,61 +325,15 @@ export const makeEnvelope = (
   input: EventInput,
   options: { readonly maxPayloadBytes?: number; readonly now?: Date } = {},
 ): Effect.Effect<Envelope, InvalidName | InvalidEvent | PayloadTooLarge> =>
-  Effect.gen(function* () {
-    if (typeof input !== "object" || input === null) {
-      return yield* new InvalidEvent({ reason: "not-an-object", message: "an event must be an object" })
-    }
-    const { tenant, channel } = yield* checkAddress(input)
-    if (typeof input.type !== "string" || input.type.length === 0 || input.type.length > maxTypeLength) {
-      return yield* new InvalidEvent({
-        reason: "type",
-        message: `event type must be a non-empty string of at most ${maxTypeLength} characters`,
-      })
-    }
-    const data = input.data === undefined ? null : input.data
-    const nonJson = findNonJson(data, "data", new Set())
-    if (nonJson !== undefined) {
-      return yield* new InvalidEvent({ reason: "data", message: `event data must be JSON: ${nonJson}` })
-    }
-    const headers: Record<string, string> = {}
-    if (input.headers !== undefined) {
-      if (typeof input.headers !== "object" || input.headers === null || Array.isArray(input.headers)) {
-        return yield* new InvalidEvent({ reason: "headers", message: "headers must be an object of strings" })
-      }
-      for (const [k, v] of Object.entries(input.headers)) {
-        if (typeof v !== "string") {
-          return yield* new InvalidEvent({
-            reason: "headers",
-            message: `header ${JSON.stringify(k)} must be a string`,
-          })
-        }
-        headers[k] = v
-      }
-    }
-    let id: string
-    if (input.id === undefined) id = uuidv7()
-    else if (typeof input.id === "string" && isUuidv7(input.id)) id = input.id
-    else return yield* new InvalidEvent({ reason: "id", message: "id must be a lower-case UUIDv7 string" })
-    const envelope: Envelope = {
-      id,
-      tenant,
-      channel,
-      type: input.type,
-      data: data as Json,
-      headers,
-      time: (options.now ?? new Date()).toISOString(),
-    }
-    const limit = options.maxPayloadBytes ?? defaultMaxPayloadBytes
-    const bytes = encodedSize(envelope)
-    if (bytes > limit) {
-      return yield* new PayloadTooLarge({
-        bytes,
-        limit,
-        message: `event is ${bytes} bytes encoded; the limit is ${limit}`,
-      })
-    }
-    return envelope
+  Effect.suspend(() => {
+    const result = buildEnvelope(input, options)
+    return isEnvelopeError(result) ? Effect.fail(result) : Effect.succeed(result)
   })
+
+/** True for the error side of {@link buildEnvelope} (an envelope has no `_tag`). */
+export const isEnvelopeError = (
+  u: Envelope | InvalidName | InvalidEvent | PayloadTooLarge,
+): u is InvalidName | InvalidEvent | PayloadTooLarge => "_tag" in u
 
 const decodeEnvelopeSchema = Schema.decodeUnknownEffect(EnvelopeSchema)
 

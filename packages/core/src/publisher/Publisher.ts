@@ -1,7 +1,14 @@
-import { Context, Effect, Layer, Metric, Option } from "effect"
+import { Context, Effect, Layer, Metric, Option, Tracer } from "effect"
 import { OutboxStore } from "../contracts/OutboxStore.js"
 import { Transport } from "../contracts/Transport.js"
-import { defaultMaxPayloadBytes, type EventInput, makeEnvelope } from "../envelope/Envelope.js"
+import {
+  buildEnvelope,
+  defaultMaxPayloadBytes,
+  type Envelope,
+  type EventInput,
+  isEnvelopeError,
+  isoNow,
+} from "../envelope/Envelope.js"
 import type { BusError } from "../errors/BusError.js"
 import { eventsPublished } from "../metrics/metrics.js"
 import { destinationOf, traceparentOf } from "../observability/telemetry.js"
@@ -49,54 +56,78 @@ export class Publisher extends Context.Service<
           transport.capabilities.maxPayloadBytes,
         )
         const system = transport.capabilities.name
+        const published = Metric.withAttributes(eventsPublished, { transport: system })
         const publish = (tx: unknown, input: EventInput | ReadonlyArray<EventInput>) => {
           const inputs: ReadonlyArray<EventInput> = Array.isArray(input) ? input : [input as EventInput]
+          // `inSpan`: run inside the publish span (found without a failing lookup: a
+          // NoSuchElementError per publish costs a stack trace).
+          const body = (inSpan: boolean) =>
+            Effect.gen(function* () {
+              const span = inSpan ? Option.some(yield* Effect.orDie(Effect.currentSpan)) : Option.none()
+              // The caller has a span: carry the publish span's context to consumers in the
+              // envelope (an event that already names its own traceparent keeps it).
+              const traceparent =
+                Option.isSome(span) && Option.isSome(span.value.parent)
+                  ? traceparentOf(span.value)
+                  : undefined
+              const traced =
+                traceparent === undefined
+                  ? inputs
+                  : inputs.map((e) =>
+                      typeof e === "object" &&
+                      e !== null &&
+                      (e.headers === undefined ||
+                        (typeof e.headers === "object" &&
+                          e.headers !== null &&
+                          !Array.isArray(e.headers) &&
+                          e.headers.traceparent === undefined))
+                        ? { ...e, headers: { ...e.headers, traceparent } }
+                        : e,
+                    )
+              // Each event is validated and encoded once, here; the store reuses that encoding.
+              const time = isoNow()
+              const envelopes: Array<Envelope> = []
+              for (const e of traced) {
+                const built = buildEnvelope(e, { maxPayloadBytes, time })
+                if (isEnvelopeError(built)) return yield* Effect.fail(built)
+                envelopes.push(built)
+              }
+              yield* store.append(tx, envelopes)
+              if (Option.isSome(span)) {
+                const first = envelopes[0]
+                if (first !== undefined)
+                  span.value.attribute("messaging.destination.name", destinationOf(first))
+                if (envelopes.length === 1) span.value.attribute("messaging.message.id", first!.id)
+                else span.value.attribute("messaging.batch.message_count", envelopes.length)
+              }
+              yield* Metric.update(published, envelopes.length)
+              return { ids: envelopes.map((e) => e.id) } satisfies PublishReceipt
+            })
           const channels = new Set(inputs.map((e) => (typeof e?.channel === "string" ? e.channel : "")))
           const channel = channels.size === 1 ? [...channels][0]! : ""
-          return Effect.gen(function* () {
-            const span = yield* Effect.currentSpan.pipe(Effect.option)
-            // The caller has a span: carry the publish span's context to consumers in the
-            // envelope (an event that already names its own traceparent keeps it).
-            const traceparent =
-              Option.isSome(span) && Option.isSome(span.value.parent) ? traceparentOf(span.value) : undefined
-            const traced =
-              traceparent === undefined
-                ? inputs
-                : inputs.map((e) =>
-                    typeof e === "object" &&
-                    e !== null &&
-                    (e.headers === undefined ||
-                      (typeof e.headers === "object" &&
-                        e.headers !== null &&
-                        !Array.isArray(e.headers) &&
-                        e.headers.traceparent === undefined))
-                      ? { ...e, headers: { ...e.headers, traceparent } }
-                      : e,
-                  )
-            const now = new Date()
-            const envelopes = yield* Effect.forEach(traced, (e) => makeEnvelope(e, { maxPayloadBytes, now }))
-            yield* store.append(tx, envelopes)
-            if (Option.isSome(span)) {
-              const first = envelopes[0]
-              if (first !== undefined)
-                span.value.attribute("messaging.destination.name", destinationOf(first))
-              if (envelopes.length === 1) span.value.attribute("messaging.message.id", first!.id)
-              else span.value.attribute("messaging.batch.message_count", envelopes.length)
-            }
-            yield* Metric.update(
-              Metric.withAttributes(eventsPublished, { transport: system }),
-              envelopes.length,
-            )
-            return { ids: envelopes.map((e) => e.id) } satisfies PublishReceipt
-          }).pipe(
-            Effect.withSpan(channel === "" ? "publish" : `publish ${channel}`, {
-              kind: "producer",
-              attributes: {
-                "messaging.system": system,
-                "messaging.operation.type": "send",
-                "messaging.operation.name": "publish",
+          const spanned = body(true).pipe(
+            Effect.withSpan(
+              channel === "" ? "publish" : `publish ${channel}`,
+              {
+                kind: "producer",
+                attributes: {
+                  "messaging.system": system,
+                  "messaging.operation.type": "send",
+                  "messaging.operation.name": "publish",
+                },
               },
-            }),
+              { captureStackTrace: false },
+            ),
+          )
+          // Without a tracer of the application's and without a caller span, the publish
+          // span would be recorded nowhere and carry no context: skip making it (span ids
+          // and attributes cost more than the rest of the publish's client-side work).
+          return Effect.flatMap(Effect.tracer, (tracer) =>
+            tracer !== Tracer.nativeTracer
+              ? spanned
+              : Effect.flatMap(Effect.serviceOption(Tracer.ParentSpan), (parent) =>
+                  Option.isSome(parent) ? spanned : body(false),
+                ),
           )
         }
         return Publisher.of({ publish })

@@ -23,7 +23,7 @@ import { pgAdapter } from "../sql/adapters/pg.js"
 import { postgresJsAdapter } from "../sql/adapters/postgresjs.js"
 import { prismaAdapter } from "../sql/adapters/prisma.js"
 import { runQuery, type SqlExecutor } from "../sql/executor.js"
-import { append, type NotifyMode, wakeUpsFor } from "./append.js"
+import { makeAppend, type NotifyMode, wakeUpsFor } from "./append.js"
 import {
   type DeferredTransactions,
   deferAddresses,
@@ -167,7 +167,16 @@ export const makePostgresOutboxStore = (
         }),
         (p) => Effect.promise(() => p.end().catch(() => {})),
       ))
-    const executor: SqlExecutor = { query: (text, params = []) => pool.query(text, [...params]) }
+    const executor: SqlExecutor = {
+      query: (text, params = []) => pool.query(text, [...params]),
+      // Reads are named: each pooled connection prepares them once (unless `prepare: false`).
+      ...(o.prepare
+        ? {
+            prepared: (name: string, text: string, params: ReadonlyArray<unknown>) =>
+              pool.query({ name, text, values: [...params] }),
+          }
+        : {}),
+    }
 
     if (o.migrate) yield* migrateEffect({ pool, schema: schema.name })
     const metaRows = yield* runQuery(executor, "loading the outbox meta row", queries.meta)
@@ -308,6 +317,18 @@ export const makePostgresOutboxStore = (
       prune: relay.prune,
     })
 
+    const append: (tx: unknown, events: ReadonlyArray<Envelope>) => Effect.Effect<void, BusError> =
+      makeAppend({
+        adapters,
+        schema: schema.name,
+        statements: queries.append,
+        prepare: o.prepare,
+        notify: o.notify,
+        // A transaction the SDK runs (batched mode) sends its wake-ups after COMMIT instead.
+        deferNotify: (tx, addresses) => deferAddresses(deferred, tx, addresses),
+        onNotified: () => monitor.count(),
+      })
+
     const ownEpoch = compactEpoch(epoch)
     const ownsCursor = (cursor: string): boolean => {
       const decoded = decodeCursor(cursor)
@@ -325,18 +346,13 @@ export const makePostgresOutboxStore = (
       schema: schema.name,
       epoch,
       pool,
-      append: (tx: unknown, events: ReadonlyArray<Envelope>) =>
-        append({
-          adapters,
-          schema: schema.name,
-          sql: queries.append,
-          notify: o.notify,
-          // A transaction the SDK runs (batched mode) sends its wake-ups after COMMIT instead.
-          deferNotify: (checked) => deferAddresses(deferred, tx, checked),
-          tx,
-          events,
-          onNotified: () => monitor.count(),
-        }).pipe(Effect.tap(() => Effect.sync(() => signalAppend(events)))),
+      // A relay runs only beside a broker (notify "none", "relay" or "both"): only then does
+      // an append signal one (the postgres-notify path pays nothing for it).
+      append:
+        o.notify === "addresses"
+          ? append
+          : (tx: unknown, events: ReadonlyArray<Envelope>) =>
+              append(tx, events).pipe(Effect.tap(() => Effect.sync(() => signalAppend(events)))),
       read: (address, after, limit) => read(executor, queries, address, after, limit),
       head: (address) => head(executor, queries, address),
       changes,

@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto"
+import { hash } from "node:crypto"
 import { CursorInvalid } from "@bus/core"
 
 /**
@@ -87,7 +87,21 @@ const encodeSnapshot = (s: Snapshot): string => {
   return s.xip.length === 0 ? head : `${head}.${s.xip.map((x) => b36(x - s.xmin)).join(",")}`
 }
 
-const checkOf = (body: string): string => createHash("sha256").update(body).digest("hex").slice(0, 8)
+// One-shot hash: no Hash object per cursor (a page encodes a cursor per event).
+const checkOf = (body: string): string => hash("sha256", body, "hex").slice(0, 8)
+
+/**
+ * Encoder of the paging cursors of one page: every event of a page shares (epoch, from,
+ * to), so their text (snapshots with their in-progress lists) is built once per page and
+ * each event adds only its position and the check.
+ */
+export const pagingCursors = (epoch: string, from: Snapshot, to: Snapshot): ((last: Position) => string) => {
+  const prefix = `pg1:${epoch}:${encodeSnapshot(from)}:${encodeSnapshot(to)}:`
+  return (last) => {
+    const body = `${prefix}${b36(last.xid)}.${b36(last.seq)}`
+    return `${body}:${checkOf(body)}`
+  }
+}
 
 /** Encodes a cursor; see the module comment for the format. */
 export const encodeCursor = (cursor: Cursor): string => {

@@ -80,6 +80,13 @@ export interface PostgresOutboxOptions {
   readonly relayWake?: "process" | "notify"
   /** Least time between two relay NOTIFYs of `relayWake: "notify"` (default 5 ms). */
   readonly relayWakeIntervalMs?: number
+  /**
+   * Keep the append and read statements prepared on each connection (named statements:
+   * parsed and planned once per connection instead of on every call). Default true. Set
+   * false when connections go through a pooler that cannot carry named prepared statements
+   * (pgbouncer in transaction mode before 1.21, or without `max_prepared_statements`).
+   */
+  readonly prepare?: boolean
 }
 
 /** Options with every default applied. */
@@ -106,4 +113,5 @@ export const resolveOptions = (o: PostgresOutboxOptions) => ({
     ((o.listen ?? true) && (o.notify === "relay" || o.notify === "both" || o.relayWake === "notify")),
   relayWake: o.relayWake ?? "process",
   relayWakeIntervalMs: Math.max(0, o.relayWakeIntervalMs ?? 5),
+  prepare: o.prepare ?? true,
 })

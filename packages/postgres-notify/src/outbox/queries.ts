@@ -6,6 +6,9 @@
  * @module
  */
 
+import { createHash } from "node:crypto"
+import type { Statement } from "../sql/executor.js"
+
 const eventColumns = "o.xid, o.seq, o.id, o.type, o.data, o.headers, o.event_time"
 
 /**
@@ -47,13 +50,77 @@ LEFT JOIN LATERAL (
 ) r ON true
 ORDER BY r.phase, r.xid, r.seq`
 
+/**
+ * The append statements: one event or several, with no wake-up, one, or several. Each is a
+ * plain INSERT (plus the wake-ups in the same statement, so an append stays one round
+ * trip) that drivers keep prepared: parsed and planned once per connection. Postgres
+ * delivers each distinct (channel, payload) once per transaction, however many appends
+ * sent it, so repeated appends in one transaction still wake each address once.
+ *
+ * Parameters are text (cast on the server) so every driver binds them alike: postgres.js
+ * would JSON-encode a string bound to a jsonb parameter again. One event binds its fields
+ * ($1-$7); several bind one JSON array of envelopes ($1), already encoded by makeEnvelope,
+ * read with jsonb_to_recordset in array order (which reads JSON null as SQL NULL: hence
+ * the coalesce back to a jsonb null). Wake-ups are ($n, $n+1) for one and a JSON
+ * array of [channel, payload] pairs for several.
+ */
+export interface AppendStatements {
+  readonly one: Statement
+  readonly oneNotifyOne: Statement
+  readonly oneNotifyMany: Statement
+  readonly many: Statement
+  readonly manyNotifyOne: Statement
+  readonly manyNotifyMany: Statement
+}
+
+const columns = "(id, tenant, channel, type, data, headers, event_time)"
+
+const makeAppendStatements = (S: string): AppendStatements => {
+  const one = `INSERT INTO ${S}.outbox ${columns}
+VALUES ($1::text::uuid, $2::text, $3::text, $4::text, $5::text::jsonb, $6::text::jsonb, $7::text::timestamptz)
+ON CONFLICT (id) DO NOTHING`
+  const many = `INSERT INTO ${S}.outbox ${columns}
+SELECT e.id, e.tenant, e.channel, e.type, coalesce(e.data, 'null'::jsonb), e.headers, e."time"
+FROM ROWS FROM (jsonb_to_recordset($1::text::jsonb)
+       AS (id uuid, tenant text, channel text, type text, data jsonb, headers jsonb, "time" timestamptz))
+     WITH ORDINALITY AS e(id, tenant, channel, type, data, headers, "time", n)
+ORDER BY e.n
+ON CONFLICT (id) DO NOTHING`
+  const notifyOne = (insert: string, at: number) =>
+    `WITH i AS (${insert}\nRETURNING 1)\nSELECT count(*)::int AS notified FROM (SELECT pg_notify($${at}::text, $${at + 1}::text)) x`
+  const notifyMany = (insert: string, at: number) =>
+    `WITH i AS (${insert}\nRETURNING 1)
+SELECT count(*)::int AS notified
+FROM (SELECT pg_notify(n.v->>0, n.v->>1) FROM jsonb_array_elements($${at}::text::jsonb) AS n(v)) x`
+  return {
+    one: named("bus_append1", one),
+    oneNotifyOne: named("bus_append1n1", notifyOne(one, 8)),
+    oneNotifyMany: named("bus_append1n", notifyMany(one, 8)),
+    many: named("bus_append", many),
+    manyNotifyOne: named("bus_appendn1", notifyOne(many, 2)),
+    manyNotifyMany: named("bus_appendn", notifyMany(many, 2)),
+  }
+}
+
+// A prepared statement's name is per connection, and one connection may serve stores of
+// several schemas (or package versions): the name carries a hash of the text.
+const named = (prefix: string, text: string): Statement => ({
+  name: `${prefix}_${createHash("sha256").update(text).digest("hex").slice(0, 16)}`,
+  text,
+})
+
 /** Every statement of one store. */
 export interface OutboxQueries {
   readonly readSteady: string
   readonly readPaging: string
+  /**
+   * The two reads as named statements: every wake-up runs one, so the pool's connections
+   * keep them prepared (planned once per connection, not on every read).
+   */
+  readonly reads: { readonly steady: Statement; readonly paging: Statement }
   readonly head: string
   readonly meta: string
-  readonly append: string
+  readonly append: AppendStatements
   readonly notify: string
   readonly deadLetter: string
   readonly deadLetters: string
@@ -73,26 +140,15 @@ export interface OutboxQueries {
 export const makeQueries = (S: string): OutboxQueries => ({
   readSteady: readSql(S, afterBase(S)),
   readPaging: readSql(S, [...restOfDelta(S), ...afterBase(S)]),
+  reads: {
+    steady: named("bus_read", readSql(S, afterBase(S))),
+    paging: named("bus_readp", readSql(S, [...restOfDelta(S), ...afterBase(S)])),
+  },
 
   head: `SELECT epoch::text AS epoch, pg_current_snapshot()::text AS snapshot FROM ${S}.meta`,
   meta: `SELECT epoch::text AS epoch, schema_version FROM ${S}.meta`,
 
-  // One statement: the batch insert and the coalesced wake-ups. Postgres delivers each
-  // distinct (channel, payload) once per transaction, whatever the number of calls.
-  // Parameters are declared text / text[] so every driver sends them as they are
-  // (postgres.js would JSON-encode a string bound to a jsonb parameter again).
-  append: `
-WITH inserted AS (
-  INSERT INTO ${S}.outbox (id, tenant, channel, type, data, headers, event_time)
-  SELECT (e.v->>'id')::uuid, e.v->>'tenant', e.v->>'channel', e.v->>'type',
-         e.v->'data', e.v->'headers', (e.v->>'time')::timestamptz
-  FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS e(v, n)
-  ORDER BY e.n
-  ON CONFLICT (id) DO NOTHING
-  RETURNING 1
-)
-SELECT (SELECT count(*) FROM inserted)::int AS inserted,
-       (SELECT count(*) FROM (SELECT pg_notify(n.v->>0, n.v->>1) FROM jsonb_array_elements($2::text::jsonb) AS n(v)) x)::int AS notified`,
+  append: makeAppendStatements(S),
 
   // Wake-ups as a JSON array of [channel, payload] pairs: text parameters only, so every
   // driver (Prisma, Effect's own protocol, Kysely, …) binds them the same way.

@@ -8,7 +8,7 @@ import {
   type OutboxPage,
 } from "@bus/core"
 import { Effect } from "effect"
-import { runQuery, type SqlExecutor } from "../sql/executor.js"
+import { runPrepared, runQuery, type SqlExecutor } from "../sql/executor.js"
 import {
   type Cursor,
   decodeCursor,
@@ -17,6 +17,7 @@ import {
   isExpired,
   newestSnapshot,
   type Position,
+  pagingCursors,
   parsePgSnapshot,
   type Snapshot,
 } from "./cursor.js"
@@ -79,10 +80,10 @@ export const read = (
         String(cursor.last.seq),
       )
     }
-    const rows = yield* runQuery(
+    const rows = yield* runPrepared(
       executor,
       "read",
-      cursor.kind === "steady" ? queries.readSteady : queries.readPaging,
+      cursor.kind === "steady" ? queries.reads.steady : queries.reads.paging,
       params,
     )
     const first = rows[0]
@@ -124,15 +125,25 @@ export const read = (
     const found = rows.filter((r) => r.id !== null && r.id !== undefined)
     const more = found.length > size
     const page = more ? found.slice(0, size) : found
-    const head: Cursor = { kind: "steady", epoch, at: now }
+    const head = encodeCursor({ kind: "steady", epoch, at: now })
+    // Every event but the page's last gets a paging cursor; those of one phase share
+    // (from, to), so their common text is built once per page (`pagingCursors`).
+    let ownDelta: ((last: Position) => string) | undefined
+    let newDelta: ((last: Position) => string) | undefined
+    const last = page.length - 1
     const events: Array<DeliveredEvent> = page.map((r, i) => {
-      const last: Position = { xid: BigInt(String(r.xid)), seq: BigInt(String(r.seq)) }
-      const position: Cursor =
-        !more && i === page.length - 1
-          ? head
-          : Number(r.phase) === 0 && cursor.kind === "paging"
-            ? { kind: "paging", epoch, from: cursor.from, to: cursor.to, last }
-            : { kind: "paging", epoch, from: base, to: now, last }
+      let cursorText: string
+      if (!more && i === last) cursorText = head
+      else {
+        const position: Position = { xid: BigInt(String(r.xid)), seq: BigInt(String(r.seq)) }
+        if (Number(r.phase) === 0 && cursor.kind === "paging") {
+          ownDelta ??= pagingCursors(epoch, cursor.from, cursor.to)
+          cursorText = ownDelta(position)
+        } else {
+          newDelta ??= pagingCursors(epoch, base, now)
+          cursorText = newDelta(position)
+        }
+      }
       return {
         id: String(r.id),
         tenant,
@@ -141,10 +152,10 @@ export const read = (
         data: (r.data ?? null) as Json,
         headers: toHeaders(r.headers),
         time: toIso(r.event_time),
-        cursor: encodeCursor(position),
+        cursor: cursorText,
       }
     })
-    const next = more ? events[events.length - 1]!.cursor : encodeCursor(head)
+    const next = more ? events[events.length - 1]!.cursor : head
     return { events, next, more }
   })
 

@@ -10,7 +10,7 @@ import {
   type RelayState,
 } from "@bus/core"
 import { Effect } from "effect"
-import { runQuery, type SqlExecutor } from "../sql/executor.js"
+import { runPrepared, runQuery, type SqlExecutor } from "../sql/executor.js"
 import {
   type Cursor,
   decodeCursor,
@@ -119,7 +119,7 @@ export const makeRelayLog = (
           : paging
             ? q.readAddressPaging
             : q.readAddressSteady
-      const rows = yield* runQuery(executor, "relay read", sql, params)
+      const rows = yield* runPrepared(executor, "relay read", sql, params)
       const first = rows[0]
       if (first === undefined) return yield* Effect.die(new Error("outbox meta row is missing"))
       const epoch = compactEpoch(String(first.epoch))
@@ -182,7 +182,7 @@ export const makeRelayLog = (
         partition,
         state,
         commit: (next: RelayState) =>
-          runQuery(executor, "relay commit", q.commit, [
+          runPrepared(executor, "relay commit", q.commit, [
             partition,
             owner,
             next.position,
@@ -214,7 +214,7 @@ export const makeRelayLog = (
       Effect.gen(function* () {
         const covered = coveredOf(position(after, ""))
         const n = Math.max(1, Math.floor(limit))
-        const rows = yield* runQuery(executor, "relay pending", q.pending, [
+        const rows = yield* runPrepared(executor, "relay pending", q.pending, [
           partition,
           from?.tenant ?? "",
           from?.channel ?? "",

@@ -7,17 +7,20 @@
  * @module
  */
 
-/** Every relay statement of one store. */
+import { createHash } from "node:crypto"
+import type { Statement } from "../sql/executor.js"
+
+/** Every relay statement of one store; the ones run per batch are prepared (named). */
 export interface RelayQueries {
   /** Partition scope: $1 partition; then $2 limit, $3 xmax, $4 xip (and paging: $5-$10). */
-  readonly readPartitionSteady: string
-  readonly readPartitionPaging: string
+  readonly readPartitionSteady: Statement
+  readonly readPartitionPaging: Statement
   /** Address scope: $1 tenant, $2 channel; then $3 limit, $4 xmax, $5 xip (and paging: $6-$11). */
-  readonly readAddressSteady: string
-  readonly readAddressPaging: string
-  readonly pending: string
+  readonly readAddressSteady: Statement
+  readonly readAddressPaging: Statement
+  readonly pending: Statement
   readonly claim: string
-  readonly commit: string
+  readonly commit: Statement
   readonly renew: string
   readonly release: string
   readonly heartbeat: string
@@ -26,6 +29,12 @@ export interface RelayQueries {
   readonly staleStatistics: string
   readonly analyze: string
 }
+
+/** A statement prepared under a name unique to its text (schema and partition count included). */
+const named = (text: string): Statement => ({
+  name: `bus_relay_${createHash("sha256").update(text).digest("hex").slice(0, 16)}`,
+  text,
+})
 
 const partitionExpr = (S: string, N: number, alias: string) =>
   `${S}.relay_partition(${alias}.tenant, ${alias}.channel, ${N})`
@@ -71,16 +80,16 @@ export const makeRelayQueries = (S: string, N: number): RelayQueries => {
   const address = "o.tenant = $1 AND o.channel = $2"
   const lease = (n: string) => `clock_timestamp() + ${n}::bigint * interval '1 millisecond'`
   return {
-    readPartitionSteady: readSql(S, part, 1, false),
-    readPartitionPaging: readSql(S, part, 1, true),
-    readAddressSteady: readSql(S, address, 2, false),
-    readAddressPaging: readSql(S, address, 2, true),
+    readPartitionSteady: named(readSql(S, part, 1, false)),
+    readPartitionPaging: named(readSql(S, part, 1, true)),
+    readAddressSteady: named(readSql(S, address, 2, false)),
+    readAddressPaging: named(readSql(S, address, 2, true)),
 
     // Addresses with rows the position may not cover: a loose index scan over the address
     // index (one probe per address, never a read of any address's backlog), each address
     // then checked with two index probes. $1 partition, ($2, $3) start after, $4 xmax, $5 xip,
     // $6 limit. The recursion is evaluated lazily, so it stops at the limit.
-    pending: `
+    pending: named(`
 WITH RECURSIVE addr AS (
   (SELECT o.tenant, o.channel FROM ${S}.outbox o
    WHERE (o.tenant, o.channel) > ($2::text, $3::text) ORDER BY o.tenant, o.channel LIMIT 1)
@@ -94,7 +103,7 @@ SELECT a.tenant, a.channel FROM addr a
 WHERE ${partitionExpr(S, N, "a")} = $1::int
   AND (EXISTS (SELECT 1 FROM ${S}.outbox o WHERE o.tenant = a.tenant AND o.channel = a.channel AND o.xid >= $4::xid8)
     OR EXISTS (SELECT 1 FROM ${S}.outbox o WHERE o.tenant = a.tenant AND o.channel = a.channel AND o.xid = ANY($5::xid8[])))
-LIMIT $6`,
+LIMIT $6`),
 
     // Free, ours, or its holder stopped renewing: then it is ours until lease_until.
     claim: `
@@ -105,12 +114,12 @@ RETURNING position, covered::text AS covered, ahead, (SELECT m.epoch::text FROM 
     // Once per batch. Committed without waiting for the WAL flush (for this statement only):
     // a database crash can lose the last positions, and the relay then re-sends rows the
     // broker drops by event id. A relay's batch must not cost an fsync.
-    commit: `
+    commit: named(`
 UPDATE ${S}.relay_partitions SET position = $3, covered = $4::pg_snapshot, ahead = $5::jsonb,
        lease_until = ${lease("$6")}, updated_at = now()
 FROM (SELECT set_config('synchronous_commit', 'off', true)) s
 WHERE partition = $1 AND owner = $2
-RETURNING 1 AS held`,
+RETURNING 1 AS held`),
 
     renew: `
 UPDATE ${S}.relay_partitions SET lease_until = ${lease("$3")}

@@ -22,6 +22,24 @@ export interface SqlExecutor {
   readonly query: (text: string, params?: ReadonlyArray<unknown>) => Promise<QueryResultLike>
   /** Effect-native form, preferred when present (runs in the calling fiber, interruptible). */
   readonly run?: (text: string, params: ReadonlyArray<unknown>) => Effect.Effect<QueryResultLike, unknown>
+  /**
+   * Runs a statement the driver may keep prepared on the connection under `name` (parsed
+   * and planned once per connection instead of on every call). Drivers that cannot name
+   * statements leave this out and {@link runPrepared} falls back to `run` / `query`.
+   */
+  readonly prepared?: (name: string, text: string, params: ReadonlyArray<unknown>) => Promise<QueryResultLike>
+  /** Effect-native form of {@link SqlExecutor.prepared}, preferred when present. */
+  readonly runPrepared?: (
+    name: string,
+    text: string,
+    params: ReadonlyArray<unknown>,
+  ) => Effect.Effect<QueryResultLike, unknown>
+}
+
+/** A statement with the name it is prepared under (unique per text: see `queries.ts`). */
+export interface Statement {
+  readonly name: string
+  readonly text: string
 }
 
 /** Runs one statement, mapping driver failures to the @bus error family; `what` names the operation in errors. */
@@ -38,3 +56,24 @@ export const runQuery = (
         catch: (cause) => fromPgError(what, cause),
       })
   ).pipe(Effect.map((result) => result.rows))
+
+/** Runs `statement` prepared where the driver can, as {@link runQuery} otherwise. */
+export const runPrepared = (
+  executor: SqlExecutor,
+  what: string,
+  statement: Statement,
+  params: ReadonlyArray<unknown>,
+): Effect.Effect<ReadonlyArray<Record<string, unknown>>, ReturnType<typeof fromPgError>> => {
+  const { runPrepared: run, prepared } = executor
+  if (run !== undefined) {
+    return run(statement.name, statement.text, params).pipe(
+      Effect.mapError((cause) => fromPgError(what, cause)),
+      Effect.map((result) => result.rows),
+    )
+  }
+  if (prepared === undefined) return runQuery(executor, what, statement.text, params)
+  return Effect.tryPromise({
+    try: () => prepared(statement.name, statement.text, params),
+    catch: (cause) => fromPgError(what, cause),
+  }).pipe(Effect.map((result) => result.rows))
+}

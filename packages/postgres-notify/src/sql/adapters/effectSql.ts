@@ -28,6 +28,11 @@ import type { SqlExecutor } from "../executor.js"
 const typeId = "~effect/sql/SqlClient"
 
 interface ConnectionLike {
+  readonly execute?: (
+    sql: string,
+    params: ReadonlyArray<unknown>,
+    transformRows: undefined,
+  ) => Effect.Effect<ReadonlyArray<Record<string, unknown>>, unknown>
   readonly executeUnprepared: (
     sql: string,
     params: ReadonlyArray<unknown>,
@@ -47,13 +52,26 @@ export const isEffectSqlClient = (u: unknown): u is SqlClientLike =>
   (Predicate.isObject((u as { transactionService?: unknown }).transactionService) ||
     Predicate.isFunction((u as { transactionService?: unknown }).transactionService))
 
-const executorOf = (connection: ConnectionLike): SqlExecutor => ({
-  run: (text, params) =>
-    Effect.map(connection.executeUnprepared(text, params, undefined), (rows) => ({ rows })),
-  query: async (text, params = []) => ({
-    rows: await Effect.runPromise(connection.executeUnprepared(text, params, undefined)),
-  }),
-})
+// Named statements go through the connection's prepared path (the driver's own statement
+// cache), everything else unprepared.
+const executorOf = (connection: ConnectionLike): SqlExecutor => {
+  const base: SqlExecutor = {
+    run: (text, params) =>
+      Effect.map(connection.executeUnprepared(text, params, undefined), (rows) => ({ rows })),
+    query: async (text, params = []) => ({
+      rows: await Effect.runPromise(connection.executeUnprepared(text, params, undefined)),
+    }),
+  }
+  if (!hasExecute(connection)) return base
+  return {
+    ...base,
+    runPrepared: (_name, text, params) =>
+      Effect.map(connection.execute(text, params, undefined), (rows) => ({ rows })),
+  }
+}
+
+const hasExecute = (c: ConnectionLike): c is ConnectionLike & Required<Pick<ConnectionLike, "execute">> =>
+  Predicate.isFunction(c.execute)
 
 /** The Effect SqlClient adapter. */
 export const effectSqlAdapter: TransactionAdapter = {

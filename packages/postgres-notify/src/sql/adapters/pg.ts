@@ -17,7 +17,16 @@ import type { SqlExecutor } from "../executor.js"
  */
 
 interface PgClientLike {
-  query: (text: string, values?: Array<unknown>) => Promise<{ rows: Array<Record<string, unknown>> }>
+  query: {
+    (text: string, values?: Array<unknown>): Promise<{ rows: Array<Record<string, unknown>> }>
+    (config: {
+      name: string
+      text: string
+      values: Array<unknown>
+    }): Promise<{
+      rows: Array<Record<string, unknown>>
+    }>
+  }
   connect: (...args: Array<unknown>) => unknown
   getTransactionStatus?: () => string | null
   readyForQuery?: unknown
@@ -99,9 +108,13 @@ export const ensureInTransaction = (
   }).pipe(Effect.asVoid)
 }
 
-/** An executor over a pg client, for statements inside the caller's transaction. */
+/**
+ * An executor over a pg client, for statements inside the caller's transaction. Named
+ * statements become pg prepared statements: parsed and planned once per connection.
+ */
 export const pgExecutor = (client: PgClientLike): SqlExecutor => ({
   query: (text, params = []) => client.query(text, [...params]),
+  prepared: (name, text, params) => client.query({ name, text, values: [...params] }),
 })
 
 /** The `pg` adapter: `Client` / `PoolClient` inside `BEGIN … COMMIT`. */
