@@ -306,7 +306,8 @@ export const makePostgresOutboxStore = (
       release: relay.release,
       fail: relay.fail,
       backlog: relay.backlog,
-      claimGroup: (address, group) => claimGroup(executor, queries, o.groupLeaseMs, address, group),
+      claimGroup: (address, group) =>
+        claimGroup(executor, queries, o.groupLeaseMs, address, group, o.closeGraceMs),
       ownsCursor,
       covers,
       handled: relay.handled,
