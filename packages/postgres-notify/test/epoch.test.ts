@@ -42,7 +42,9 @@ const publish = async (bus: Bus, n: number) => {
   await inTransaction(db.pool, async (c) => {
     for (let i = 0; i < n; i++) {
       const e = event(A.tenant, A.channel, { i })
-      ids.push(...(await bus.publish(c, { tenant: e.tenant, channel: e.channel, type: e.type, data: e.data })).ids)
+      ids.push(
+        ...(await bus.publish(c, { tenant: e.tenant, channel: e.channel, type: e.type, data: e.data })).ids,
+      )
     }
   })
   return ids

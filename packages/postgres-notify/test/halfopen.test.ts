@@ -4,8 +4,8 @@ import { Effect, type ManagedRuntime } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import {
   createPostgresOutboxStore,
-  type PostgresOutboxHandle,
   PostgresOutbox,
+  type PostgresOutboxHandle,
   type PostgresOutboxService,
   postgresNotify,
 } from "../src/index.js"

@@ -122,9 +122,9 @@ export const makeWakeUps = (config: WakeUpsConfig): Effect.Effect<WakeUps, never
           Effect.gen(function* () {
             // Everything committed before this point is covered by the wake-ups below
             // (readers re-read from their cursors); the poll only needs to look later.
-            const rows = yield* Effect.tryPromise(() => query("SELECT pg_current_snapshot()::text AS s")).pipe(
-              Effect.option,
-            )
+            const rows = yield* Effect.tryPromise(() =>
+              query("SELECT pg_current_snapshot()::text AS s"),
+            ).pipe(Effect.option)
             if (rows._tag === "Some" && rows.value.rows[0]) {
               pollSnapshot = parsePgSnapshot(String(rows.value.rows[0].s))
             }

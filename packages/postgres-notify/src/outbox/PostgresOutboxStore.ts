@@ -130,7 +130,8 @@ const listenerClientConfig = (
     ...base,
     application_name: applicationName,
     keepAlive: true,
-    connectionTimeoutMillis: options.connectTimeoutMs ?? (base.connectionTimeoutMillis || bounds.connectTimeoutMs),
+    connectionTimeoutMillis:
+      options.connectTimeoutMs ?? (base.connectionTimeoutMillis || bounds.connectTimeoutMs),
     // Only LISTEN, UNLISTEN, NOTIFY and a snapshot run here: none may take long, so the
     // server aborts one that does (the heartbeat covers the network side).
     statement_timeout: bounds.statementTimeoutMs,

@@ -17,7 +17,9 @@ export const queryTimeoutCode = "ETIMEDOUT"
 
 /** Destroys the socket of a pg client: the only way to end a connection that answers nothing. */
 export const destroySocket = (client: pg.Client | pg.PoolClient): void => {
-  ;(client as unknown as { connection?: { stream?: { destroy?: () => void } } }).connection?.stream?.destroy?.()
+  ;(
+    client as unknown as { connection?: { stream?: { destroy?: () => void } } }
+  ).connection?.stream?.destroy?.()
 }
 
 const timeoutError = (what: string, ms: number): Error =>
