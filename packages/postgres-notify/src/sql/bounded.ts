@@ -22,6 +22,19 @@ export const destroySocket = (client: pg.Client | pg.PoolClient): void => {
   ).connection?.stream?.destroy?.()
 }
 
+// pg-pool takes its own 'error' listener off a client while it is checked out (pool.query
+// adds one for the query); a checked-out client whose backend is terminated would
+// otherwise throw from an 'error' event nobody hears. The failed statement reports it.
+const guarded = new WeakSet<pg.PoolClient>()
+const ignoreErrors = () => {}
+const guard = (client: pg.PoolClient): pg.PoolClient => {
+  if (!guarded.has(client)) {
+    guarded.add(client)
+    client.on("error", ignoreErrors)
+  }
+  return client
+}
+
 const timeoutError = (what: string, ms: number): Error =>
   Object.assign(new Error(`${what}: no reply within ${ms} ms; the connection was destroyed`), {
     code: queryTimeoutCode,
@@ -54,7 +67,8 @@ export const boundedQuery = (
       reject(error)
     }, timeoutMs)
     pool.connect().then(
-      (c) => {
+      (connected) => {
+        const c = guard(connected)
         if (settled) {
           // The deadline passed while connecting: this connection is not trusted either.
           destroySocket(c)
