@@ -1,12 +1,18 @@
 /**
  * @bus/test-infra: real servers for tests and benchmarks. Postgres, Redis, NATS and a NATS JetStream
  * cluster run as local processes on free loopback ports, with fault injection (kill, pause, restart,
- * dropped connections) and cleanup on every exit path. The vitest global setup that reaps what
+ * dropped connections, and a proxy that blackholes connections without closing them) and cleanup on every exit path. The vitest global setup that reaps what
  * crashed workers leave behind is the `@bus/test-infra/global-setup` entry.
  *
  * @packageDocumentation
  */
 
+export {
+  type BlackholeProxy,
+  type BlackholeProxyOptions,
+  startBlackholeProxy,
+  viaProxy,
+} from "./servers/blackhole-proxy.js"
 export { MissingBinaryError } from "./servers/find-executable.js"
 export { NATS_URL_ENV, startNats } from "./servers/nats.js"
 export { NATS_CLUSTER_URL_ENV, startNatsCluster } from "./servers/nats-cluster.js"

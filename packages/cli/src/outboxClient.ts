@@ -15,6 +15,9 @@ export const openOutboxClient = async (url: string, schema: string): Promise<pg.
     connectionString: url,
     application_name: "bus-cli",
     connectionTimeoutMillis: 5_000,
+    // A command never hangs on a silent connection (a NAT or proxy that dropped the flow).
+    query_timeout: 30_000,
+    keepAlive: true,
   })
   // A connection lost mid-command surfaces as the failed query; this keeps it from crashing the process.
   client.on("error", () => {})

@@ -40,6 +40,11 @@ export interface StatusOptions {
   readonly brokers: BrokerUrls
   /** How long the self-probe may take (default 2 000 ms). */
   readonly probeTimeoutMs?: number
+  /**
+   * A `bus-listener` backend idle longer than this is reported silent (default 30 s): a
+   * live listener runs its heartbeat every 5 s, so one this quiet lost its client.
+   */
+  readonly silentListenerSeconds?: number
 }
 
 /** Everything `bus status` reports (`--json` prints it as is). */
@@ -63,9 +68,19 @@ export interface StatusReport {
     readonly listeners: number
   }
   readonly notify: {
+    /** The self-probe's verdict, `degraded` too when running buses have silent LISTEN backends. */
     readonly state: NotifyHealth["notify"]
     readonly reason: string | undefined
     readonly probeMs: number
+    /**
+     * LISTEN backends of running buses (`bus-listener`) idle past `silentListenerSeconds`,
+     * and the longest silence: the server side of half-open connections (a NAT or proxy
+     * dropped the flow). Their buses reconnected on their own, but the server keeps the
+     * backend until TCP keepalive gives up, and a backend that cannot deliver holds back
+     * the notification queue (see `notificationQueueUsage`).
+     */
+    readonly silentListeners: number
+    readonly longestSilenceSeconds: number
   }
   readonly pressure: {
     readonly windowSeconds: number
@@ -284,6 +299,33 @@ export const collectStatus = async (options: StatusOptions): Promise<StatusRepor
        GROUP BY 1 ORDER BY 1`,
     )
 
+    // Listeners run a heartbeat statement every 5 s; one idle far longer has lost its client.
+    const silentAfter = Math.max(1, options.silentListenerSeconds ?? 30)
+    const [silent] = await q(
+      `SELECT count(*)::int AS n,
+              coalesce(max(extract(epoch FROM now() - state_change)), 0)::float8 AS longest
+       FROM pg_stat_activity
+       WHERE datname = current_database() AND application_name = 'bus-listener' AND state = 'idle'
+         AND state_change < now() - $1::float8 * interval '1 second'`,
+      [silentAfter],
+    )
+    const silentListeners = Number(silent?.n ?? 0)
+    const longestSilenceSeconds = Math.round(Number(silent?.longest ?? 0))
+    const notifyState: NotifyHealth["notify"] =
+      silentListeners > 0 && health.notify !== "disabled" ? "degraded" : health.notify
+    const silentReason =
+      silentListeners > 0
+        ? `${silentListeners} LISTEN backend(s) of running buses silent for up to ${longestSilenceSeconds} s ` +
+          "(half-open connections: their buses reconnected, the server still holds them); " +
+          "end them with pg_terminate_backend, and set tcp_keepalives_idle / client_connection_check_interval"
+        : undefined
+    const notifyReason =
+      silentReason === undefined
+        ? health.reason
+        : health.notify === "degraded" && health.reason !== undefined
+          ? `${health.reason}; ${silentReason}`
+          : silentReason
+
     // Configuration as this environment's BUS_* variables select it (the rules of the bus).
     const selection = selectionFromEnv({}, options.env)
     const choice = selection instanceof ConfigError ? selection : selectTransport(selection)
@@ -329,7 +371,13 @@ export const collectStatus = async (options: StatusOptions): Promise<StatusRepor
       database: { url: redact(url), serverVersion: String(server?.version ?? "") },
       schema: { name: schema, version, expected: latestVersion, epoch: String(meta?.epoch ?? "") },
       transport: { configured, running: runningByTransport, listeners },
-      notify: { state: health.notify, reason: health.reason, probeMs },
+      notify: {
+        state: notifyState,
+        reason: notifyReason,
+        probeMs,
+        silentListeners,
+        longestSilenceSeconds,
+      },
       pressure: {
         windowSeconds: window,
         notifyingCommitsPerSecond: round(notifyingCommitsPerSecond),
@@ -449,6 +497,17 @@ const recommend = (
       transport: broker,
       level: "plan",
       reason: `${rate} is ${share}: plan the flip to ${broker} before NOTIFY's commit lock serialises writes (docs/flip.md)`,
+    }
+  }
+  if (
+    r.notify.state === "degraded" &&
+    r.notify.silentListeners > 0 &&
+    !/self-probe/.test(r.notify.reason ?? "")
+  ) {
+    return {
+      transport: "postgres-notify",
+      level: "check",
+      reason: r.notify.reason ?? "silent LISTEN backends",
     }
   }
   if (r.notify.state === "degraded") {

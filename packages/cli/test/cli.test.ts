@@ -7,6 +7,7 @@ import { type PostgresHandle, type ServerHandle, startPostgres, startRedis } fro
 import { Layer as L, type Layer, References } from "effect"
 import pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { collectStatus } from "../src/status.js"
 
 /**
  * The `bus` command as a user runs it: a child process against a real Postgres (and Redis).
@@ -208,6 +209,42 @@ describe("bus status", () => {
     } finally {
       await consumer.close()
       await app.close()
+    }
+  })
+
+  it("reports LISTEN backends that went silent (the server side of a half-open connection) as degraded", async () => {
+    // A backend that LISTENs and then hears nothing from its client, as when a NAT dropped
+    // the flow: a live bus listener would run its heartbeat statement every 5 s.
+    const zombie = new pg.Client({ connectionString: postgres.url, application_name: "bus-listener" })
+    zombie.on("error", () => {})
+    await zombie.connect()
+    try {
+      await zombie.query("LISTEN bus_status_zombie")
+      await new Promise((r) => setTimeout(r, 1_500))
+      const report = await collectStatus({
+        url: postgres.url,
+        schema: "bus",
+        windowSeconds: 1,
+        env: {},
+        brokers: {},
+        silentListenerSeconds: 1,
+      })
+      expect(report.notify.silentListeners).toBeGreaterThanOrEqual(1)
+      expect(report.notify.longestSilenceSeconds).toBeGreaterThanOrEqual(1)
+      expect(report.notify.state).toBe("degraded")
+      expect(report.notify.reason).toMatch(/silent/)
+      expect(report.recommendation.level).toBe("check")
+      // With the default threshold (30 s) the same backend is not silent yet.
+      const fresh = await collectStatus({
+        url: postgres.url,
+        schema: "bus",
+        windowSeconds: 1,
+        env: {},
+        brokers: {},
+      })
+      expect(fresh.notify.silentListeners).toBe(0)
+    } finally {
+      await zombie.end()
     }
   })
 

@@ -185,6 +185,51 @@ describe("subscribe: CursorInvalid", () => {
     await bus.close()
   })
 
+  it("ready rejects when the start cursor is refused, and resolves for one that is not", async () => {
+    const outbox = MemoryOutbox.make()
+    const other = MemoryOutbox.make()
+    const bus = await createBus({
+      outbox: outbox.layer,
+      transports: { memory: memoryTransport() },
+      transport: "memory",
+      env: false,
+    })
+    try {
+      await outbox.transaction((tx) => bus.publish(tx, [{ ...address, type: "t", data: { i: 0 } }]))
+      other.commitBatch(events("acme", "orders", 1))
+      const foreign = (await Effect.runPromise(other.store.read(address, "beginning", 10))).events[0]!.cursor
+      for (const [from, reason] of [
+        ["mem1:nope", "malformed"],
+        [foreign, "foreign"],
+      ] as const) {
+        const sub = bus.subscribe({ ...address, from })
+        const refused = await sub.ready.then(
+          () => undefined,
+          (x: unknown) => x,
+        )
+        expect(refused).toBeInstanceOf(CursorInvalid)
+        expect(refused).toMatchObject({ reason })
+        // The iterator ends with the same error, nothing delivered.
+        const fromIterator = await (async () => {
+          for await (const _ of sub) return "delivered"
+          return "ended"
+        })().catch((x: unknown) => x)
+        expect(fromIterator).toBe(refused)
+      }
+      // A cursor of this outbox: ready resolves with it, and delivery starts after it.
+      const valid = (await Effect.runPromise(outbox.store.read(address, "beginning", 10))).events[0]!.cursor
+      const sub = bus.subscribe({ ...address, from: valid })
+      expect(await sub.ready).toBe(valid)
+      await outbox.transaction((tx) => bus.publish(tx, [{ ...address, type: "t", data: { i: 1 } }]))
+      for await (const e of sub) {
+        expect(e.data).toEqual({ i: 1 })
+        break
+      }
+    } finally {
+      await bus.close()
+    }
+  })
+
   it("the store's read refuses the same cursors directly", async () => {
     const outbox = MemoryOutbox.make()
     const e = await runFail(outbox.store.read(address, "mem1:00000000:0", 10))

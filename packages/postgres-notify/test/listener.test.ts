@@ -229,6 +229,9 @@ describe("close", () => {
       for (const r of process.getActiveResourcesInfo()) counts[r] = (counts[r] ?? 0) + 1
       return counts
     }
+    // Stores of earlier tests are closed first: their heartbeat, poll and pool timers come
+    // and go, and would make the baseline below a moving target.
+    for (const c of cleanups.splice(0).reverse()) await c()
     // The test's own pool keeps one idle connection: open it first so it counts in `before`.
     await db.pool.query("SELECT 1")
     const before = resources()

@@ -142,5 +142,65 @@ describe("resuming by Last-Event-ID", () => {
 })
 
 /** The outbox head, as the default would find it for a bus (here the source is a plain function). */
+describe("after the outbox epoch rotates (a restored backup)", () => {
+  it("streams with no id get no reset, however often they connect; an old-epoch id gets exactly one", async () => {
+    const bus = await startBus()
+    const t = tracked(bus.bus)
+    const server = await serve(nodeSseHandler(t.subscribe, { authorize, retryMs: 10, head: headOf(bus) }))
+    const clients: Array<ReturnType<typeof listen>> = []
+    try {
+      // A stream open across the rotation, holding an old-epoch position.
+      const across = listen(`${server.url}/events?channel=orders`)
+      clients.push(across)
+      await waitFor(() => across.source.readyState === across.source.OPEN, "open")
+      await bus.publish("orders", 0)
+      await waitFor(() => across.messages.length === 1, "the first event")
+      const oldId = across.messages[0]!.lastEventId
+
+      bus.outbox.rotateEpoch()
+
+      // Fresh streams (no id), one after another, before and after the next commits.
+      const fresh: Array<ReturnType<typeof listen>> = []
+      for (let i = 1; i <= 3; i++) {
+        const c = listen(`${server.url}/events?channel=orders`)
+        clients.push(c)
+        fresh.push(c)
+        await waitFor(() => c.source.readyState === c.source.OPEN, "open")
+        await bus.publish("orders", i)
+        await waitFor(() => c.messages.length === 1, "an event after the rotation")
+      }
+      // A client resuming with an id of the old epoch.
+      const resumed = listen(`${server.url}/events?channel=orders`, { lastEventId: oldId })
+      clients.push(resumed)
+      await waitFor(() => resumed.controls.length === 1, "the reset")
+      await waitFor(() => resumed.requests.length >= 2, "the reconnect after reset")
+      await waitFor(() => resumed.source.readyState === resumed.source.OPEN, "reopened")
+      // The stream open across the rotation was told once, and reconnected without an id.
+      await waitFor(() => across.controls.length === 1 && across.requests.length >= 2, "its reset")
+      await waitFor(() => across.source.readyState === across.source.OPEN, "reopened")
+      for (let i = 4; i <= 6; i++) await bus.publish("orders", i)
+      await waitFor(
+        () => [across, resumed, ...fresh].every((c) => c.indices().includes(6)),
+        "events after the resets",
+      )
+      await new Promise((r) => setTimeout(r, 100))
+
+      for (const c of fresh) expect(c.controls).toEqual([])
+      expect(fresh[0]!.indices()).toEqual([1, 2, 3, 4, 5, 6])
+      for (const c of [across, resumed]) {
+        expect(c.controls).toHaveLength(1)
+        expect(c.controls[0]).toMatchObject({ type: "reset", data: { reason: "foreign", channel: "orders" } })
+        expect(c.requests[1]!["Last-Event-ID"]).toBeUndefined()
+      }
+      expect(resumed.requests).toHaveLength(2)
+      expect(resumed.indices()).toEqual([4, 5, 6])
+    } finally {
+      for (const c of clients) c.close()
+      await server.close()
+      await bus.close()
+    }
+  })
+})
+
 const headOf = (bus: TestBus) => (address: { tenant: string; channel: string }) =>
   Effect.runPromise(bus.outbox.store.head(address))

@@ -100,6 +100,12 @@ export class Transport extends Context.Service<
      * misses nothing published afterwards; `from: "now"` resolves through this.
      */
     readonly head: (address: Address) => Effect.Effect<string, BusError>
+    /**
+     * Refuses a start position `subscribe` would refuse (a cursor of another outbox or
+     * epoch, a pruned one: `CursorInvalid`), before any event is read, so `ready` can
+     * reject. Optional: a transport without it reports a refused cursor from the stream.
+     */
+    readonly checkStart?: (address: Address, from: string) => Effect.Effect<void, BusError>
     /** Committed events of one address after `from`, then live, for as long as the stream is consumed. */
     readonly subscribe: (request: SubscribeRequest) => Stream.Stream<DeliveredEvent, BusError>
     /** Deliveries for one member of a consumer group; the stream ends when the consumer stops. */

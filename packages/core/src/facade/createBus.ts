@@ -6,8 +6,9 @@ import type { StartPosition } from "../contracts/Cursor.js"
 import { type DeadLetter, OutboxStore } from "../contracts/OutboxStore.js"
 import { Transport } from "../contracts/Transport.js"
 import type { DeliveredEvent, EventInput } from "../envelope/Envelope.js"
-import { BusClosed } from "../errors/BusError.js"
+import { BusClosed, type BusError } from "../errors/BusError.js"
 import { Publisher, type PublishReceipt } from "../publisher/Publisher.js"
+import { cappedBackoff } from "../schedule/backoff.js"
 import { type ConsumeRequest, Subscriber } from "../subscriber/Subscriber.js"
 import { EventQueue } from "./EventQueue.js"
 
@@ -23,8 +24,11 @@ import { EventQueue } from "./EventQueue.js"
 export interface Subscription extends AsyncIterable<DeliveredEvent>, AsyncDisposable {
   /**
    * Resolves with the cursor the subscription starts after, once that position is fixed
-   * (for `from: "now"`, the head at subscribe time). Events published after `ready`
-   * resolves are delivered; rejects if the subscription cannot start.
+   * (for `from: "now"`, the head at subscribe time; while the store is unreachable it
+   * waits, retrying). Events published after `ready` resolves are delivered; rejects if
+   * the subscription cannot start, e.g. with `CursorInvalid` when the transport refuses
+   * the start cursor (the outbox transports check it before `ready` resolves; broker
+   * transports report a refused cursor from the iterator).
    */
   readonly ready: Promise<string>
   /** Cursor of the last event this iterator yielded (`undefined` before the first). */
@@ -81,6 +85,12 @@ export interface Bus extends AsyncDisposable {
   close(): Promise<void>
 }
 
+// Starting a subscription retries transient failures with the bus's usual capped backoff.
+const startRetry = {
+  schedule: cappedBackoff("50 millis", "5 seconds"),
+  while: (e: BusError) => e.retryable,
+}
+
 /**
  * Creates a bus: selects the transport (config, then `BUS_*` environment overrides),
  * connects, and logs the choice once.
@@ -130,7 +140,11 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
         const subscriber = yield* Subscriber
         const from = request.from ?? "now"
         // "now" is fixed here, before any event is read, so `ready` marks a definite position.
-        const start = from === "now" ? yield* transport.head(request) : from
+        // A transient failure (the store unreachable) is retried: the subscription waits
+        // for the store rather than dying; closing it ends the wait.
+        const start = from === "now" ? yield* transport.head(request).pipe(Effect.retry(startRetry)) : from
+        // A refused start cursor rejects `ready` (and ends the iterator with the same error).
+        if (from !== "now" && transport.checkStart) yield* transport.checkStart(request, from)
         markReady(start)
         yield* subscriber
           .subscribe({ ...request, from: start })

@@ -84,8 +84,19 @@ const addressKey = (a: Address): string => `${a.tenant}\u0000${a.channel}`
  * provide it with {@link MemoryOutbox.layer}.
  */
 export class MemoryOutbox {
-  /** Changes with every new outbox, so cursors from another instance are recognised as foreign. */
-  readonly epoch = randomUUID().slice(0, 8)
+  #epoch = randomUUID().slice(0, 8)
+  /** Changes with every new outbox (and {@link MemoryOutbox.rotateEpoch}), so cursors from another instance are recognised as foreign. */
+  get epoch(): string {
+    return this.#epoch
+  }
+  /**
+   * Gives the outbox a new epoch, as the Postgres outbox's `rotateEpoch` does after a
+   * restore: every cursor issued before is refused as `foreign`. Returns the new epoch.
+   */
+  rotateEpoch(): string {
+    this.#epoch = randomUUID().slice(0, 8)
+    return this.#epoch
+  }
   readonly #rows: Array<Row> = []
   readonly #byAddress = new Map<string, Array<Row>>()
   readonly #groups = new Map<string, GroupState>()

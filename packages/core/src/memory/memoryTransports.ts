@@ -61,8 +61,11 @@ export const memoryBroker = (broker: MemoryOutbox = MemoryOutbox.make()): Layer.
         }
         if (fresh.length > 0) broker.commitBatch(fresh)
       }
+      // The inner transport's start check knows only its own cursors; this broker also
+      // resumes from outbox cursors and frontiers (below), so it reports refusals from the stream.
+      const { checkStart: _ownCursorsOnly, ...innerRest } = inner
       return Transport.of({
-        ...inner,
+        ...innerRest,
         capabilities: { ...inner.capabilities, name: "memory-broker", needsRelay: true, dedupesSends: true },
         subscribe: (request) => {
           const from = request.from ?? "now"

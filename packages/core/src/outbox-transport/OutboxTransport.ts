@@ -22,6 +22,7 @@ import { catchUpReads, inboxSkipped } from "../metrics/metrics.js"
 import { checkAddress, checkName } from "../names/Name.js"
 import { cappedBackoff } from "../schedule/backoff.js"
 import { defaultDedupeWindow } from "./dedupe.js"
+import { checkStartCursor, headWithRetry, readFeed } from "./feedCursor.js"
 
 /**
  * A transport that delivers straight from an {@link OutboxStore}: Postgres
@@ -117,10 +118,16 @@ export const outboxTransport = (
             const pubsub = yield* Effect.acquireRelease(PubSub.unbounded<FeedItem>(), PubSub.shutdown)
             // Capacity one, dropping: wake-ups that arrive during a read collapse into one more read.
             const wake = yield* Queue.dropping<void>(1)
-            let cursor = yield* store.head(address)
+            let cursor = yield* headWithRetry(store, address)
             const drain = Effect.gen(function* () {
               for (;;) {
-                const page = yield* readWithRetry(address, cursor)
+                // The feed's own cursor refused (epoch rotated): see feedCursor.ts.
+                const read = yield* readFeed(store, address, cursor, pageSize)
+                if (read._tag === "Reanchored") {
+                  cursor = read.head
+                  return yield* PubSub.publish(pubsub, read.refused)
+                }
+                const page = read.page
                 cursor = page.next
                 if (page.events.length > 0) yield* PubSub.publish(pubsub, page.events)
                 if (!page.more) return
@@ -181,7 +188,7 @@ export const outboxTransport = (
             const feed = yield* RcMap.get(feeds, keyOf(address))
             // Join the live feed before catching up, so nothing committed in between is missed.
             const subscription = yield* feed.join
-            const start = from === "now" ? yield* store.head(address) : startOf(from)
+            const start = from === "now" ? yield* headWithRetry(store, address) : startOf(from)
             const catchUp = Stream.paginate(start, (cursor) =>
               readWithRetry(address, cursor).pipe(
                 Effect.tap(() => Metric.update(catchUpCounter, 1)),
@@ -307,6 +314,8 @@ export const outboxTransport = (
       return Transport.of({
         capabilities: makeCapabilities(options.name, options.capabilities),
         head: (address) => checkAddress(address).pipe(Effect.flatMap(store.head)),
+        checkStart: (address, from) =>
+          checkAddress(address).pipe(Effect.flatMap((a) => checkStartCursor(store, a, startOf(from)))),
         subscribe,
         group,
         deadLetters: (limit) => store.deadLetters(limit),

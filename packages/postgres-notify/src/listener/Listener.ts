@@ -4,6 +4,7 @@ import { Deferred, Effect, Exit, Metric, type Scope } from "effect"
 import pg from "pg"
 import { isConnectionError } from "../errors.js"
 import { probeChannel } from "../outbox/channels.js"
+import { destroySocket } from "../sql/bounded.js"
 
 /**
  * The LISTEN connection: one dedicated `pg.Client` per store (never a pool slot, since
@@ -13,6 +14,17 @@ import { probeChannel } from "../outbox/channels.js"
  * once every channel is LISTENed again, `onReady` runs: the store wakes every watched
  * address so readers re-read from their cursors (the catch-up for whatever committed
  * while the connection was down).
+ *
+ * TCP does not notice a peer that went silent without closing (a NAT or load balancer
+ * that dropped the flow, a failover behind a proxy): the socket stays open, a LISTEN sent
+ * on it never completes and no notification ever arrives. So a heartbeat runs on the
+ * connection for its whole life: every `heartbeatIntervalMs` it NOTIFYs itself on a
+ * private channel, through this very connection, and waits for the notification; one
+ * that has not come back within `heartbeatTimeoutMs` (statement reply and notification
+ * both) declares the connection dead. Its socket is destroyed (which also fails every
+ * statement queued on it, so nobody waits on a dead connection) and the usual reconnect
+ * takes over. A connection that goes silent is thus replaced within
+ * `heartbeatIntervalMs + heartbeatTimeoutMs` (default 10 s), plus the reconnect delay.
  *
  * @module
  */
@@ -32,10 +44,19 @@ export interface ListenerConfig {
   readonly sendNotify: (channel: string, payload: string) => Effect.Effect<void, BusError>
   /** Every notification on a channel other than the probe's. Must not throw. */
   readonly onNotification: (channel: string, payload: string | undefined) => void
-  /** Runs after every (re)connect, once all channels are LISTENed again. */
-  readonly onReady: (client: pg.Client) => Effect.Effect<void>
+  /**
+   * Runs after every (re)connect, once all channels are LISTENed again; `query` runs a
+   * statement on the LISTEN connection, in turn with the listener's own.
+   */
+  readonly onReady: (query: (sql: string) => Promise<pg.QueryResult>) => Effect.Effect<void>
   /** Called when the probe result changes the delivery state. */
   readonly onHealthChange: () => void
+  /** Time between two heartbeats on the LISTEN connection (a self-NOTIFY round trip). */
+  readonly heartbeatIntervalMs: number
+  /** A heartbeat not back within this declares the connection dead (it is destroyed and replaced). */
+  readonly heartbeatTimeoutMs: number
+  /** How long closing waits for a polite end before destroying the socket. */
+  readonly closeGraceMs: number
 }
 
 /** Mutable listener state; the store copies it into its health report. */
@@ -48,6 +69,11 @@ export interface ListenerState {
   failedAttempts: number
   notifications: number
   lastError: string | undefined
+  /** Heartbeats that came back, and connections declared dead for a missed one. */
+  heartbeats: number
+  heartbeatFailures: number
+  /** Round trip of the last heartbeat (ms). */
+  lastHeartbeatMs: number | undefined
 }
 
 /** Handle of a running listener. */
@@ -67,16 +93,21 @@ const messageOf = (e: unknown): string => (e instanceof Error ? e.message : Stri
 /** A delay in [d/2, d]: "equal jitter", so a fleet that lost one server spreads out. */
 const jittered = (ms: number): number => Math.round(ms / 2 + Math.random() * (ms / 2))
 
-// Closing must never hang (a paused server keeps the socket open): end politely, then
-// destroy the socket. The timer is cleared either way so no handle outlives the close.
-const closeClient = (client: pg.Client): Promise<void> =>
+// Closing must never hang (a paused server or a silent proxy keeps the socket open): end
+// politely, then destroy the socket. The timer is cleared either way so no handle outlives
+// the close. A connection already known dead is destroyed at once (grace 0).
+const closeClient = (client: pg.Client, graceMs: number): Promise<void> =>
   new Promise<void>((resolve) => {
-    const timer = setTimeout(() => {
-      ;(
-        client as unknown as { connection?: { stream?: { destroy?: () => void } } }
-      ).connection?.stream?.destroy?.()
+    if (graceMs <= 0) {
+      destroySocket(client)
+      client.end().catch(() => {})
       resolve()
-    }, 2_000)
+      return
+    }
+    const timer = setTimeout(() => {
+      destroySocket(client)
+      resolve()
+    }, graceMs)
     client.end().then(
       () => {
         clearTimeout(timer)
@@ -104,6 +135,19 @@ export const makeListener = (config: ListenerConfig): Effect.Effect<Listener, ne
       failedAttempts: 0,
       notifications: 0,
       lastError: undefined,
+      heartbeats: 0,
+      heartbeatFailures: 0,
+      lastHeartbeatMs: undefined,
+    }
+
+    // The connection is down or being replaced: delivery rests on the fallback poll until a
+    // new connection passes its probe. Not the pgbouncer warning of `degrade`: the path
+    // works, this connection does not.
+    const connectionDown = (reason: string) => {
+      const changed = state.notify !== "degraded" || state.reason !== reason
+      state.notify = "degraded"
+      state.reason = reason
+      if (changed) config.onHealthChange()
     }
 
     const degrade = (reason: string) =>
@@ -130,16 +174,20 @@ export const makeListener = (config: ListenerConfig): Effect.Effect<Listener, ne
     // rather than left to pg's internal queue (deprecated, and gone in pg 9): a later
     // UNLISTEN can never overtake its LISTEN, and no query is issued while one is in flight.
     const tails = new WeakMap<pg.Client, Promise<unknown>>()
-    const issue = (client: pg.Client, sql: string): Promise<unknown> => {
-      const next = (tails.get(client) ?? Promise.resolve()).then(() =>
-        client.query(sql).then(
-          () => undefined,
-          (error: unknown) => error,
-        ),
+    const issueQuery = (client: pg.Client, sql: string): Promise<pg.QueryResult> => {
+      const next = (tails.get(client) ?? Promise.resolve()).then(() => client.query(sql))
+      tails.set(
+        client,
+        next.catch(() => undefined),
       )
-      tails.set(client, next)
       return next
     }
+    /** {@link issueQuery} resolving with the statement's error instead of failing (undefined when it passed). */
+    const issue = (client: pg.Client, sql: string): Promise<unknown> =>
+      issueQuery(client, sql).then(
+        () => undefined,
+        (error: unknown) => error,
+      )
 
     const listen = (channel: string): Effect.Effect<void, never, Scope.Scope> =>
       Effect.gen(function* () {
@@ -206,6 +254,47 @@ export const makeListener = (config: ListenerConfig): Effect.Effect<Listener, ne
         }
       }).pipe(Effect.scoped)
 
+    // One self-NOTIFY round trip on the connection itself: the statement's reply and the
+    // notification both have to come back. Fails (with the reason) after the timeout.
+    const heartbeat = (client: pg.Client, channel: string) =>
+      Effect.gen(function* () {
+        const nonce = randomBytes(8).toString("hex")
+        const done = Deferred.makeUnsafe<void>()
+        probes.set(channel, { nonce, done })
+        const started = Date.now()
+        // The nonce is hex and the channel [a-z0-9_]: nothing to escape.
+        void issue(client, `NOTIFY ${quote(channel)}, '${nonce}'`)
+        const arrived = yield* Deferred.await(done).pipe(Effect.timeoutOption(config.heartbeatTimeoutMs))
+        if (arrived._tag === "None") {
+          state.heartbeatFailures++
+          return yield* Effect.fail(`no heartbeat reply within ${config.heartbeatTimeoutMs} ms`)
+        }
+        state.heartbeats++
+        state.lastHeartbeatMs = Date.now() - started
+      })
+
+    // For the connection's whole life, from right after connect: a hang in LISTEN-all or in
+    // onReady is caught as surely as one later on.
+    const heartbeats = (client: pg.Client, lost: Deferred.Deferred<string>) =>
+      Effect.gen(function* () {
+        const channel = probeChannel()
+        yield* Effect.addFinalizer(() => Effect.sync(() => probes.delete(channel)))
+        probes.set(channel, { nonce: "", done: Deferred.makeUnsafe<void>() })
+        // Not awaited: a LISTEN that never completes is exactly what the first heartbeat
+        // (queued behind it) detects.
+        void issue(client, `LISTEN ${quote(channel)}`)
+        yield* heartbeat(client, channel)
+        for (;;) {
+          yield* Effect.sleep(config.heartbeatIntervalMs)
+          yield* heartbeat(client, channel)
+        }
+      }).pipe(
+        Effect.scoped,
+        Effect.catch((reason: string) =>
+          Effect.sync(() => Deferred.doneUnsafe(lost, Exit.succeed(`heartbeat failed: ${reason}`))),
+        ),
+      )
+
     const newClient = (lost: Deferred.Deferred<string>): pg.Client => {
       const client = new pg.Client(config.client)
       // Without an 'error' listener a dropped socket would crash the process.
@@ -219,13 +308,15 @@ export const makeListener = (config: ListenerConfig): Effect.Effect<Listener, ne
     const session = (onConnected: () => void) =>
       Effect.gen(function* () {
         const lost = Deferred.makeUnsafe<string>()
+        // Until connected, and once ended, the socket is closed without a grace period.
+        let dead = true
         const client = yield* Effect.acquireRelease(
           Effect.sync(() => newClient(lost)),
           (c) =>
             Effect.promise(() => {
               if (current === c) current = undefined
               state.connected = false
-              return closeClient(c)
+              return closeClient(c, dead ? 0 : config.closeGraceMs)
             }),
         )
         // Interruptible: closing the store while a connection attempt hangs (a paused
@@ -239,28 +330,38 @@ export const makeListener = (config: ListenerConfig): Effect.Effect<Listener, ne
           yield* Metric.update(Metric.withAttributes(Metrics.reconnects, { transport: "postgres-notify" }), 1)
         }
         onConnected()
-        const channels = [...refs.keys()]
-        if (channels.length > 0) {
-          const error = yield* Effect.promise(() =>
-            issue(client, channels.map((c) => `LISTEN ${quote(c)}`).join("; ")),
-          )
-          if (error !== undefined && isConnectionError(error)) return messageOf(error)
-          if (error !== undefined) yield* listenFailed(error)
-        }
-        yield* config.onReady(client)
+        dead = false
+        yield* Effect.forkScoped(heartbeats(client, lost))
+        // LISTEN-all, the hand-over and the probe run beside the wait for the end, so a
+        // statement that never completes (a silent peer) cannot hold the session: the
+        // heartbeat ends it, and closing the socket fails that statement.
         yield* Effect.forkScoped(
-          probe(client).pipe(
-            Effect.andThen(
-              Effect.sleep(config.reprobeIntervalMs).pipe(
-                Effect.andThen(
-                  Effect.suspend(() => (state.notify === "degraded" ? probe(client) : Effect.void)),
-                ),
-                Effect.forever,
-              ),
-            ),
-          ),
+          Effect.gen(function* () {
+            const channels = [...refs.keys()]
+            if (channels.length > 0) {
+              const error = yield* Effect.promise(() =>
+                issue(client, channels.map((c) => `LISTEN ${quote(c)}`).join("; ")),
+              )
+              if (error !== undefined && isConnectionError(error)) {
+                Deferred.doneUnsafe(lost, Exit.succeed(messageOf(error)))
+                return
+              }
+              if (error !== undefined) yield* listenFailed(error)
+            }
+            yield* config.onReady((sql) => issueQuery(client, sql))
+            yield* probe(client)
+            for (;;) {
+              yield* Effect.sleep(config.reprobeIntervalMs)
+              if (state.notify === "degraded") yield* probe(client)
+            }
+          }),
         )
-        return yield* Deferred.await(lost)
+        const reason = yield* Deferred.await(lost)
+        // Whatever ended the session (lost socket, missed heartbeat, a statement failing
+        // with a connection error), the socket is not trusted any more: it is destroyed at
+        // once, which also fails every statement still queued on it.
+        dead = true
+        return reason
       }).pipe(Effect.scoped)
 
     const loop = Effect.gen(function* () {
@@ -280,6 +381,9 @@ export const makeListener = (config: ListenerConfig): Effect.Effect<Listener, ne
         }
         attempt++
         const delay = jittered(backoffDelay(attempt, config.initialDelayMs, config.maxDelayMs))
+        connectionDown(
+          `LISTEN connection ${connectedAt === undefined ? "attempt failed" : "lost"} (${reason}); reconnecting`,
+        )
         yield* Effect.logWarning(
           `@bus/postgres-notify: LISTEN connection ${connectedAt === undefined ? "failed" : "lost"} (${reason}); reconnecting in ${delay} ms`,
         )

@@ -5,6 +5,7 @@ import { notifyParam } from "../outbox/append.js"
 import { addressChannel, decodePayload, relayChannel } from "../outbox/channels.js"
 import { parsePgSnapshot, type Snapshot } from "../outbox/cursor.js"
 import type { OutboxQueries } from "../outbox/queries.js"
+import { queryTimeoutCode } from "../sql/bounded.js"
 import { runQuery, type SqlExecutor } from "../sql/executor.js"
 import type { NotifyHealth } from "./health.js"
 import { type Listener, makeListener } from "./Listener.js"
@@ -30,10 +31,18 @@ export interface WakeUpsConfig {
         readonly reprobeIntervalMs: number
         readonly initialDelayMs: number
         readonly maxDelayMs: number
+        readonly heartbeatIntervalMs: number
+        readonly heartbeatTimeoutMs: number
+        readonly closeGraceMs: number
       }
     | undefined
   readonly pollIntervalMs: number
   readonly degradedPollIntervalMs: number
+  /**
+   * Runs the fallback poll with its own deadline (a statement that misses it is abandoned
+   * and its connection destroyed), so one hung poll never holds up the next.
+   */
+  readonly pollExecutor: SqlExecutor
 }
 
 /** The wake-up side of a store. */
@@ -63,6 +72,11 @@ export const makeWakeUps = (config: WakeUpsConfig): Effect.Effect<WakeUps, never
     let relayWatchers = 0
     let malformed = 0
     let polls = 0
+    // Consecutive failed polls (a timeout included) and the last failure: health reports
+    // them until a poll passes again.
+    let pollFailures = 0
+    let pollTimeouts = 0
+    let lastPollError: string | undefined
     // The fallback poll looks for rows not visible in the snapshot of the previous check.
     let pollSnapshot: Snapshot | undefined
 
@@ -104,12 +118,12 @@ export const makeWakeUps = (config: WakeUpsConfig): Effect.Effect<WakeUps, never
         ...config.listener,
         sendNotify: (channel, payload) => sendNotify([channel], [payload]),
         onNotification,
-        onReady: (client) =>
+        onReady: (query) =>
           Effect.gen(function* () {
             // Everything committed before this point is covered by the wake-ups below
             // (readers re-read from their cursors); the poll only needs to look later.
             const rows = yield* Effect.tryPromise(() =>
-              client.query("SELECT pg_current_snapshot()::text AS s"),
+              query("SELECT pg_current_snapshot()::text AS s"),
             ).pipe(Effect.option)
             if (rows._tag === "Some" && rows.value.rows[0]) {
               pollSnapshot = parsePgSnapshot(String(rows.value.rows[0].s))
@@ -136,7 +150,7 @@ export const makeWakeUps = (config: WakeUpsConfig): Effect.Effect<WakeUps, never
       )
       if (addresses.length === 0 && relayWatchers === 0) return
       const since = pollSnapshot
-      const rows = yield* runQuery(executor, "fallback poll", queries.changedAddresses, [
+      const rows = yield* runQuery(config.pollExecutor, "fallback poll", queries.changedAddresses, [
         since ? addresses.map((a) => a.tenant) : [],
         since ? addresses.map((a) => a.channel) : [],
         since ? String(since.xmax) : "0",
@@ -170,8 +184,22 @@ export const makeWakeUps = (config: WakeUpsConfig): Effect.Effect<WakeUps, never
         }
         yield* Queue.take(healthChanged).pipe(Effect.timeoutOption(interval))
         yield* pollOnce.pipe(
+          Effect.tap(() =>
+            Effect.sync(() => {
+              pollFailures = 0
+              lastPollError = undefined
+            }),
+          ),
           Effect.catch((e: BusError) =>
-            Effect.logDebug(`@bus/postgres-notify: fallback poll failed: ${e.message}`),
+            Effect.gen(function* () {
+              pollFailures++
+              if ((e.cause as { code?: unknown } | undefined)?.code === queryTimeoutCode) pollTimeouts++
+              lastPollError = e.message
+              // Once per run of failures, not once per tick.
+              if (pollFailures === 1) {
+                yield* Effect.logWarning(`@bus/postgres-notify: fallback poll failed: ${e.message}`)
+              }
+            }),
           ),
         )
       }
@@ -221,9 +249,19 @@ export const makeWakeUps = (config: WakeUpsConfig): Effect.Effect<WakeUps, never
 
     const health = (): NotifyHealth => {
       const s = listener?.state
+      // Failing polls degrade whatever the listener says: a working LISTEN connection over
+      // a pool whose connections all hang still delivers nothing (reads hang the same way).
+      const pollsFailing = pollFailures > 0
+      const pollReason = `fallback polls are failing (${pollFailures} in a row: ${lastPollError}); readers retry from their cursors`
       return {
-        notify: s ? s.notify : "disabled",
-        reason: s ? s.reason : "listen: false; wake-ups come from the poll only",
+        notify: pollsFailing ? "degraded" : s ? s.notify : "disabled",
+        reason: pollsFailing
+          ? s?.notify === "degraded"
+            ? `${s.reason}; ${pollReason}`
+            : pollReason
+          : s
+            ? s.reason
+            : "listen: false; wake-ups come from the poll only",
         connected: s?.connected ?? false,
         connects: s?.connects ?? 0,
         disconnects: s?.disconnects ?? 0,
@@ -234,6 +272,11 @@ export const makeWakeUps = (config: WakeUpsConfig): Effect.Effect<WakeUps, never
         lastError: s?.lastError,
         polls,
         pollIntervalMs: pollInterval(),
+        pollFailures,
+        pollTimeouts,
+        heartbeats: s?.heartbeats ?? 0,
+        heartbeatFailures: s?.heartbeatFailures ?? 0,
+        lastHeartbeatMs: s?.lastHeartbeatMs,
       }
     }
 

@@ -22,6 +22,7 @@ import { kyselyAdapter } from "../sql/adapters/kysely.js"
 import { pgAdapter } from "../sql/adapters/pg.js"
 import { postgresJsAdapter } from "../sql/adapters/postgresjs.js"
 import { prismaAdapter } from "../sql/adapters/prisma.js"
+import { boundedQuery, endPoolWithin } from "../sql/bounded.js"
 import { runQuery, type SqlExecutor } from "../sql/executor.js"
 import { makeAppend, type NotifyMode, wakeUpsFor } from "./append.js"
 import {
@@ -124,6 +125,7 @@ const listenerClientConfig = (
   options: PostgresOutboxOptions,
   pool: pg.Pool,
   applicationName: string,
+  bounds: { readonly connectTimeoutMs: number; readonly statementTimeoutMs: number },
 ): pg.ClientConfig => {
   // A pool carries its connection settings in `options`; pool-only fields are ignored by Client.
   const base: pg.ClientConfig = options.connectionString
@@ -133,7 +135,11 @@ const listenerClientConfig = (
     ...base,
     application_name: applicationName,
     keepAlive: true,
-    connectionTimeoutMillis: base.connectionTimeoutMillis || 10_000,
+    connectionTimeoutMillis:
+      options.connectTimeoutMs ?? (base.connectionTimeoutMillis || bounds.connectTimeoutMs),
+    // Only LISTEN, UNLISTEN, NOTIFY and a snapshot run here: none may take long, so the
+    // server aborts one that does (the heartbeat covers the network side).
+    statement_timeout: bounds.statementTimeoutMs,
   }
 }
 
@@ -152,6 +158,8 @@ export const makePostgresOutboxStore = (
     }
     const queries = makeQueries(schema.quoted)
 
+    // Connections of the pool we create, so closing can destroy those a silent peer keeps open.
+    const opened = new Set<pg.Client>()
     const pool =
       options.pool ??
       (yield* Effect.acquireRelease(
@@ -160,22 +168,31 @@ export const makePostgresOutboxStore = (
             connectionString: options.connectionString,
             application_name: o.applicationName,
             max: o.poolSize,
+            connectionTimeoutMillis: o.connectTimeoutMs,
+            // Keepalive finds a peer that vanished (a crashed host); only the statement
+            // deadlines below find one that is reachable but silent.
+            keepAlive: true,
           })
           // An idle pooled connection dropped by the server must not crash the process.
           p.on("error", () => {})
+          p.on("connect", (c) => opened.add(c))
+          p.on("remove", (c) => opened.delete(c))
           return p
         }),
-        (p) => Effect.promise(() => p.end().catch(() => {})),
+        (p) => Effect.promise(() => endPoolWithin(p, opened, o.closeGraceMs)),
       ))
     const executor: SqlExecutor = {
-      query: (text, params = []) => pool.query(text, [...params]),
+      query: (text, params = []) => boundedQuery(pool, o.queryTimeoutMs, text, params),
       // Reads are named: each pooled connection prepares them once (unless `prepare: false`).
       ...(o.prepare
         ? {
             prepared: (name: string, text: string, params: ReadonlyArray<unknown>) =>
-              pool.query({ name, text, values: [...params] }),
+              boundedQuery(pool, o.queryTimeoutMs, text, params, name),
           }
         : {}),
+    }
+    const pollExecutor: SqlExecutor = {
+      query: (text, params = []) => boundedQuery(pool, o.pollTimeoutMs, text, params),
     }
 
     if (o.migrate) yield* migrateEffect({ pool, schema: schema.name })
@@ -213,15 +230,22 @@ export const makePostgresOutboxStore = (
       queries,
       listener: o.listen
         ? {
-            client: listenerClientConfig(options, pool, o.listenerApplicationName),
+            client: listenerClientConfig(options, pool, o.listenerApplicationName, {
+              connectTimeoutMs: o.connectTimeoutMs,
+              statementTimeoutMs: Math.max(o.heartbeatTimeoutMs, 1_000),
+            }),
             probeTimeoutMs: o.probeTimeoutMs,
             reprobeIntervalMs: 30_000,
             initialDelayMs: o.reconnectInitialDelayMs,
             maxDelayMs: o.reconnectMaxDelayMs,
+            heartbeatIntervalMs: o.heartbeatIntervalMs,
+            heartbeatTimeoutMs: o.heartbeatTimeoutMs,
+            closeGraceMs: o.closeGraceMs,
           }
         : undefined,
       pollIntervalMs: o.pollIntervalMs,
       degradedPollIntervalMs: o.degradedPollIntervalMs,
+      pollExecutor,
     })
 
     const wake = (
@@ -358,7 +382,8 @@ export const makePostgresOutboxStore = (
       changes,
       watch: wakeUps.watch,
       relay: { ...relayLog, wakeups: relayWakeupStream },
-      claimGroup: (address, group) => claimGroup(executor, queries, o.groupLeaseMs, address, group),
+      claimGroup: (address, group) =>
+        claimGroup(executor, queries, o.groupLeaseMs, address, group, o.closeGraceMs),
       ownsCursor,
       covers,
       handled: relay.handled,

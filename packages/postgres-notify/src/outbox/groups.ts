@@ -30,6 +30,8 @@ export const claimGroup = (
   leaseMs: number,
   address: Address,
   group: string,
+  // Releasing is a courtesy (the lease runs out anyway), so closing never waits longer for it.
+  releaseTimeoutMs = 2_000,
 ): Effect.Effect<GroupClaim, BusError, Scope.Scope> =>
   Effect.gen(function* () {
     const { tenant, channel } = yield* checkAddress(address)
@@ -54,7 +56,12 @@ export const claimGroup = (
           rows.length === 0
             ? Effect.void
             : Effect.addFinalizer(() =>
-                runQuery(executor, "releaseGroup", q.releaseGroup, key).pipe(Effect.ignore),
+                runQuery(executor, "releaseGroup", q.releaseGroup, key).pipe(
+                  // Finalizers are uninterruptible; the statement's wait may be cut short.
+                  Effect.interruptible,
+                  Effect.timeoutOption(releaseTimeoutMs),
+                  Effect.ignore,
+                ),
               ),
         ),
       ),

@@ -43,6 +43,35 @@ export interface PostgresOutboxOptions {
   readonly degradedPollIntervalMs?: number
   /** How long the start-up self-probe waits for its own NOTIFY (default 2 000 ms). */
   readonly probeTimeoutMs?: number
+  /**
+   * Heartbeat of the LISTEN connection: every `heartbeatIntervalMs` (default 5 000) it
+   * NOTIFYs itself through that connection; a notification not back within
+   * `heartbeatTimeoutMs` (default 5 000) declares the connection dead (a silent NAT or
+   * proxy keeps a dead socket open for ever): it is destroyed and reconnected. A silent
+   * connection is so detected within `heartbeatIntervalMs + heartbeatTimeoutMs` (10 s).
+   */
+  readonly heartbeatIntervalMs?: number
+  readonly heartbeatTimeoutMs?: number
+  /**
+   * Deadline of every statement the store runs on its pool (reads, heads, group
+   * positions, the relay's statements, pressure samples), checkout included (default
+   * 15 000 ms; 0: none). A statement that misses it fails with a retryable
+   * `TransportUnavailable` and its connection is destroyed, so it never holds a pool slot.
+   */
+  readonly queryTimeoutMs?: number
+  /** Deadline of each fallback poll (default 5 000 ms), so one hung poll never holds up the next. */
+  readonly pollTimeoutMs?: number
+  /**
+   * Connect timeout of the LISTEN connection and of the pool the store creates (default
+   * 10 000 ms; a `pool` you pass keeps its own `connectionTimeoutMillis`).
+   */
+  readonly connectTimeoutMs?: number
+  /**
+   * How long closing the store waits for connections to end politely before destroying
+   * their sockets (default 2 000 ms): `close()` returns within about this (plus 1 s)
+   * whatever the network does.
+   */
+  readonly closeGraceMs?: number
   /** First LISTEN reconnect delay (default 100 ms); doubles up to `reconnectMaxDelayMs` (default 10 000 ms), jittered. */
   readonly reconnectInitialDelayMs?: number
   readonly reconnectMaxDelayMs?: number
@@ -103,6 +132,12 @@ export const resolveOptions = (o: PostgresOutboxOptions) => ({
   probeTimeoutMs: Math.max(1, o.probeTimeoutMs ?? 2_000),
   reconnectInitialDelayMs: Math.max(1, o.reconnectInitialDelayMs ?? 100),
   reconnectMaxDelayMs: Math.max(1, o.reconnectMaxDelayMs ?? 10_000),
+  heartbeatIntervalMs: Math.max(1, o.heartbeatIntervalMs ?? 5_000),
+  heartbeatTimeoutMs: Math.max(1, o.heartbeatTimeoutMs ?? 5_000),
+  queryTimeoutMs: Math.max(0, o.queryTimeoutMs ?? 15_000),
+  pollTimeoutMs: Math.max(1, o.pollTimeoutMs ?? 5_000),
+  connectTimeoutMs: Math.max(1, o.connectTimeoutMs ?? 10_000),
+  closeGraceMs: Math.max(0, o.closeGraceMs ?? 2_000),
   groupLeaseMs: Math.max(30, o.groupLeaseMs ?? 15_000),
   pruneBatchSize: Math.max(1, o.pruneBatchSize ?? 5_000),
   batchWindowMs: Math.max(0, o.batchWindowMs ?? 10),
