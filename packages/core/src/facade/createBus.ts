@@ -29,6 +29,12 @@ export interface Subscription extends AsyncIterable<DeliveredEvent>, AsyncDispos
   readonly ready: Promise<string>
   /** Cursor of the last event this iterator yielded (`undefined` before the first). */
   readonly cursor: string | undefined
+  /**
+   * Events received and not yet taken by the iterator. Bounded: when the loop does not
+   * pull, delivery to this subscription pauses (nothing more is held for it) and later
+   * resumes from its cursor, without gap or repeat.
+   */
+  readonly buffered: number
   /** Stops delivery and releases everything the subscription holds. */
   close(): Promise<void>
 }
@@ -52,6 +58,12 @@ export interface SubscribeOptions {
   /** A cursor, `"beginning"` or `"now"` (default). */
   readonly from?: StartPosition
 }
+
+/**
+ * Events a subscription's iterator may hold before delivery to it pauses (plus at most
+ * one page arriving). Small: a consumer that is behind resumes from its cursor instead.
+ */
+export const iteratorBuffer = 256
 
 /** The bus. */
 export interface Bus extends AsyncDisposable {
@@ -115,7 +127,7 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
 
   const subscribe = (request: SubscribeOptions): Subscription => {
     ensureOpen()
-    const queue = new EventQueue<DeliveredEvent>()
+    const queue = new EventQueue<DeliveredEvent>(iteratorBuffer)
     let markReady: (cursor: string) => void = () => {}
     let failReady: (error: unknown) => void = () => {}
     const ready = new Promise<string>((resolve, reject) => {
@@ -134,7 +146,7 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
         markReady(start)
         yield* subscriber
           .subscribe({ ...request, from: start })
-          .pipe(Stream.runForEach((e) => Effect.sync(() => queue.push(e))))
+          .pipe(Stream.runForEachArray((events) => queue.offer(events)))
       }),
     )
     fiber.addObserver((exit) => {
@@ -157,6 +169,9 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
       ready,
       get cursor() {
         return cursor
+      },
+      get buffered() {
+        return queue.size
       },
       close,
       [Symbol.asyncDispose]: close,
