@@ -1,4 +1,15 @@
-import { Cause, Effect, Exit, Fiber, type ManagedRuntime, ManagedRuntime as Runtime, Stream } from "effect"
+import {
+  Cause,
+  type Context,
+  Effect,
+  Exit,
+  Fiber,
+  type ManagedRuntime,
+  Metric,
+  ManagedRuntime as Runtime,
+  Scope,
+  Stream,
+} from "effect"
 import { type BusOptions, busLayer, TransportSelection } from "../bus/busLayer.js"
 import type { TransportChoice } from "../config/BusConfig.js"
 import type { TransportCapabilities } from "../contracts/Capabilities.js"
@@ -6,7 +17,11 @@ import type { StartPosition } from "../contracts/Cursor.js"
 import { type DeadLetter, OutboxStore } from "../contracts/OutboxStore.js"
 import { Transport } from "../contracts/Transport.js"
 import type { DeliveredEvent, EventInput } from "../envelope/Envelope.js"
-import { BusClosed } from "../errors/BusError.js"
+import { BusClosed, type BusError } from "../errors/BusError.js"
+import { deliveryLag, eventsDelivered } from "../metrics/metrics.js"
+import { checkAddress } from "../names/Name.js"
+import { ageOf } from "../observability/telemetry.js"
+import { outboxFeedCursor } from "../outbox-transport/OutboxTransport.js"
 import { Publisher, type PublishReceipt } from "../publisher/Publisher.js"
 import { type ConsumeRequest, Subscriber } from "../subscriber/Subscriber.js"
 import { EventQueue } from "./EventQueue.js"
@@ -108,25 +123,150 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
   const runtime = Runtime.make(busLayer(options))
   let selection: TransportChoice
   let capabilities: TransportCapabilities
+  let transportService: Transport["Service"]
   try {
-    ;[selection, capabilities] = await runtime.runPromise(
-      Effect.all([
-        TransportSelection.use((s) => Effect.succeed(s)),
-        Transport.use((t) => Effect.succeed(t.capabilities)),
-      ]),
+    ;[selection, transportService] = await runtime.runPromise(
+      Effect.all([TransportSelection.use((s) => Effect.succeed(s)), Transport.use((t) => Effect.succeed(t))]),
     )
+    capabilities = transportService.capabilities
   } catch (error) {
     await runtime.dispose()
     throw error
   }
-  const open = new Set<{ close(): Promise<void> }>()
+  const handles = new Set<{ close(): Promise<void> }>()
   let closed = false
   const ensureOpen = () => {
     if (closed) throw new BusClosed({ message: "the bus is closed" })
   }
 
+  // Outbox transports (postgres-notify, memory) let the iterator pull pages from the
+  // address's shared log itself: no fiber, stream or queue per subscription, and nothing
+  // held beyond the page being iterated (back-pressure is the pull itself).
+  const openCursor = outboxFeedCursor(transportService)
+  const metricContext =
+    openCursor !== undefined ? await runtime.runPromise(Effect.context<never>()) : undefined
+  const delivered = Metric.withAttributes(eventsDelivered, { transport: capabilities.name })
+  const lag = Metric.withAttributes(deliveryLag, { transport: capabilities.name })
+
+  const subscribeByCursor = (
+    request: SubscribeOptions,
+    open: NonNullable<typeof openCursor>,
+    context: Context.Context<never>,
+  ): Subscription => {
+    const scope = Scope.makeUnsafe()
+    let closed = false
+    let failure: { readonly error: unknown } | undefined
+    let step: Fiber.Fiber<unknown, unknown> | undefined
+    let cancelWait: (() => void) | undefined
+    let wake: (() => void) | undefined
+    let cursor: string | undefined
+    let page: ReadonlyArray<DeliveredEvent> = []
+    let at = 0
+    const opened = runtime.runPromise(
+      Effect.gen(function* () {
+        const address = yield* checkAddress(request)
+        const transport = yield* Transport
+        const from = request.from ?? "now"
+        // "now" is fixed here, before any event is read, so `ready` marks a definite position.
+        const start = from === "now" ? yield* transport.head(address) : from
+        const feedCursor = yield* Scope.provide(open(address, start), scope)
+        return { start, feedCursor }
+      }),
+    )
+    const ready = opened.then((o) => o.start)
+    // Only for callers who await it; an unobserved start failure also ends the iterator.
+    ready.catch(() => {})
+    const runStep = (effect: Effect.Effect<unknown, BusError>) =>
+      new Promise<unknown>((resolve, reject) => {
+        const fiber = runtime.runFork(effect)
+        step = fiber
+        fiber.addObserver((exit) => {
+          step = undefined
+          if (Exit.isSuccess(exit)) resolve(exit.value)
+          else if (Exit.hasInterrupts(exit)) resolve(undefined)
+          else reject(Cause.squash(exit.cause))
+        })
+      })
+    const done: IteratorResult<DeliveredEvent> = { done: true, value: undefined }
+    /** Fills `page` with the next page; false once closed. */
+    const fill = async (): Promise<boolean> => {
+      const { feedCursor } = await opened
+      for (;;) {
+        if (closed) return false
+        const found = feedCursor.poll()
+        if (found === "wait") {
+          await new Promise<void>((resolve) => {
+            wake = resolve
+            cancelWait = feedCursor.onAppend(resolve)
+          })
+          cancelWait = undefined
+          wake = undefined
+          continue
+        }
+        const next = found === "step" ? ((await runStep(feedCursor.step)) as typeof found | undefined) : found
+        if (next === undefined || typeof next === "string") continue
+        page = next.events
+        at = 0
+        delivered.updateUnsafe(page.length, context)
+        for (const event of page) lag.updateUnsafe(ageOf(event), context)
+        return true
+      }
+    }
+    const close = async () => {
+      if (closed) return
+      closed = true
+      handles.delete(subscription)
+      page = []
+      cancelWait?.()
+      wake?.()
+      if (step !== undefined) await Effect.runPromise(Fiber.interrupt(step))
+      await runtime.runPromise(Scope.close(scope, Exit.void)).catch(() => {})
+    }
+    const subscription: Subscription = {
+      ready,
+      get cursor() {
+        return cursor
+      },
+      get buffered() {
+        return page.length - at
+      },
+      close,
+      [Symbol.asyncDispose]: close,
+      [Symbol.asyncIterator]: () => ({
+        next: async () => {
+          if (failure !== undefined) throw failure.error
+          if (closed) return done
+          if (at >= page.length) {
+            let more: boolean
+            try {
+              more = await fill()
+            } catch (error) {
+              // A subscription that cannot go on (an invalid cursor, a feed failed for good)
+              // ends with its error, for this and every later call; it releases its feed.
+              failure = { error }
+              await close()
+              throw error
+            }
+            if (!more) return done
+          }
+          const event = page[at++] as DeliveredEvent
+          cursor = event.cursor
+          return { done: false, value: event }
+        },
+        return: async () => {
+          await close()
+          return done
+        },
+      }),
+    }
+    handles.add(subscription)
+    return subscription
+  }
+
   const subscribe = (request: SubscribeOptions): Subscription => {
     ensureOpen()
+    if (openCursor !== undefined && metricContext !== undefined)
+      return subscribeByCursor(request, openCursor, metricContext)
     const queue = new EventQueue<DeliveredEvent>(iteratorBuffer)
     let markReady: (cursor: string) => void = () => {}
     let failReady: (error: unknown) => void = () => {}
@@ -161,7 +301,7 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
     })
     let cursor: string | undefined
     const close = async () => {
-      open.delete(subscription)
+      handles.delete(subscription)
       await Effect.runPromise(Fiber.interrupt(fiber))
       queue.end()
     }
@@ -190,7 +330,7 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
         }
       },
     }
-    open.add(subscription)
+    handles.add(subscription)
     return subscription
   }
 
@@ -210,18 +350,18 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
     // `done` is for callers who wait on it; an unobserved failure must not crash the process.
     done.catch(() => {})
     const close = async () => {
-      open.delete(consumer)
+      handles.delete(consumer)
       await Effect.runPromise(Fiber.interrupt(fiber))
     }
     const consumer: Consumer = { done, close, [Symbol.asyncDispose]: close }
-    open.add(consumer)
+    handles.add(consumer)
     return consumer
   }
 
   const close = async () => {
     if (closed) return
     closed = true
-    await Promise.all([...open].map((o) => o.close()))
+    await Promise.all([...handles].map((o) => o.close()))
     await runtime.dispose()
   }
 

@@ -51,6 +51,43 @@ export interface OutboxTransportOptions {
 /** Default of {@link OutboxTransportOptions}' `feedWindow`. */
 export const defaultFeedWindow = 4096
 
+/** A page of events, and whether it came from the live feed (committed after the stream joined it). */
+interface Page {
+  readonly events: ReadonlyArray<DeliveredEvent>
+  readonly live: boolean
+}
+
+/**
+ * A subscriber's position in an address's feed, for a reader that pulls without a fiber
+ * of its own (the Promise facade). `poll` hands over the next log page when there is one
+ * (an index check); `"wait"`: nothing yet, call `onAppend`; `"step"`: run `step` (a join
+ * and catch-up read from the outbox, or the feed's failure), then poll again.
+ *
+ * @internal
+ */
+export interface FeedCursor {
+  readonly poll: () => Page | "wait" | "step"
+  readonly step: Effect.Effect<Page | undefined, BusError>
+  readonly onAppend: (wake: () => void) => () => void
+}
+
+const feedCursorKey = Symbol.for("@bus/core/outboxTransport/feedCursor")
+
+/**
+ * Opens a {@link FeedCursor} on an outbox transport (in the scope: closing it leaves the
+ * feed), or `undefined` for a transport that is not one.
+ *
+ * @internal
+ */
+export const outboxFeedCursor = (
+  transport: Transport["Service"],
+): ((address: Address, from: string) => Effect.Effect<FeedCursor, BusError, Scope.Scope>) | undefined =>
+  (
+    transport as unknown as {
+      [feedCursorKey]?: (address: Address, from: string) => Effect.Effect<FeedCursor, BusError, Scope.Scope>
+    }
+  )[feedCursorKey]
+
 interface Feed {
   readonly log: FeedLog
   /**
@@ -181,12 +218,6 @@ export const outboxTransport = (
         Effect.forkScoped,
       )
 
-      /** A page of events, and whether it came from the live feed (committed after the stream joined it). */
-      interface Page {
-        readonly events: ReadonlyArray<DeliveredEvent>
-        readonly live: boolean
-      }
-
       /**
        * Where to read from: a cursor of this outbox as it is; another transport's cursor
        * that carries an outbox frontier (`redis1:…~pg1:…`, after a flip back to the outbox)
@@ -199,15 +230,12 @@ export const outboxTransport = (
       }
 
       /**
-       * Non-empty pages of an address after `from`: catch-up pages read from the store, then
-       * the shared log's pages (see the module comment). The subscriber's state is its
+       * A subscriber's place in an address's pages after `from`: catch-up pages read from
+       * the store, then the shared log's pages (see the module comment). Its state is its
        * cursor, its log index and, only between a join and the seam, the ids the catch-up
        * read after joining.
        */
-      const nextPage = (
-        address: Address,
-        from: string,
-      ): Effect.Effect<Effect.Effect<Page, BusError>, BusError, Scope.Scope> =>
+      const openCursor = (address: Address, from: string): Effect.Effect<FeedCursor, BusError, Scope.Scope> =>
         Effect.gen(function* () {
           const feed = yield* RcMap.get(feeds, keyOf(address))
           const { log } = feed
@@ -217,40 +245,40 @@ export const outboxTransport = (
           let live = false
           let seam: Set<string> | undefined
           let seamFull = false
-          // One-argument callback: no AbortSignal is made per wait.
-          const waitAppend = Effect.callback<void>((resume) => {
-            const cancel = log.onAppend(() => resume(Effect.void))
-            return Effect.sync(cancel)
-          })
-          const catchUp: Effect.Effect<Page | undefined, BusError> = Effect.gen(function* () {
-            if (index < 0) {
-              index = yield* feed.join
-              seam = new Set()
-              seamFull = false
+          const step: Effect.Effect<Page | undefined, BusError> = Effect.suspend(() => {
+            if (live) {
+              // Only a failed feed sends a live subscriber here.
+              return log.failure !== undefined ? Effect.fail(log.failure) : Effect.succeed(undefined)
             }
-            const page = yield* readWithRetry(address, cursor)
-            yield* Metric.update(catchUpCounter, 1)
-            cursor = page.next
-            if (seam !== undefined && !seamFull) {
-              for (const event of page.events) seam.add(event.id)
-              seamFull = seam.size > feedWindow
-            }
-            if (!page.more) {
-              if (seamFull) {
-                // The overlap is larger than worth remembering (the feed ran ahead during a
-                // long catch-up): join again from here, with a fresh seam.
-                index = -1
-                seam = undefined
-              } else {
-                live = true
-                if (seam?.size === 0) seam = undefined
+            return Effect.gen(function* () {
+              if (index < 0) {
+                index = yield* feed.join
+                seam = new Set()
+                seamFull = false
               }
-            }
-            return page.events.length > 0 ? { events: page.events, live: false } : undefined
+              const page = yield* readWithRetry(address, cursor)
+              yield* Metric.update(catchUpCounter, 1)
+              cursor = page.next
+              if (seam !== undefined && !seamFull) {
+                for (const event of page.events) seam.add(event.id)
+                seamFull = seam.size > feedWindow
+              }
+              if (!page.more) {
+                if (seamFull) {
+                  // The overlap is larger than worth remembering (the feed ran ahead during a
+                  // long catch-up): join again from here, with a fresh seam.
+                  index = -1
+                  seam = undefined
+                } else {
+                  live = true
+                  if (seam?.size === 0) seam = undefined
+                }
+              }
+              return page.events.length > 0 ? { events: page.events, live: false } : undefined
+            })
           })
-          const next = (): Effect.Effect<Page, BusError> => {
-            if (!live)
-              return Effect.flatMap(catchUp, (page) => (page !== undefined ? Effect.succeed(page) : next()))
+          const poll = (): Page | "wait" | "step" => {
+            if (!live) return "step"
             for (;;) {
               const found = log.take(index)
               switch (found._tag) {
@@ -266,23 +294,42 @@ export const outboxTransport = (
                     events = events.filter((e) => !read.has(e.id))
                   }
                   cursor = events[events.length - 1]!.cursor
-                  return Effect.succeed({ events, live: true })
+                  return { events, live: true }
                 }
                 case "wait":
-                  return Effect.flatMap(waitAppend, next)
+                  return "wait"
                 case "lagged":
                   // Fell out of the window: nothing was kept for it; resume from its cursor.
                   live = false
                   index = -1
                   seam = undefined
-                  return next()
+                  return "step"
                 case "failed":
-                  return Effect.fail(found.error)
+                  return "step"
               }
             }
           }
-          return Effect.suspend(next)
+          return { poll, step, onAppend: (wake: () => void) => log.onAppend(wake) } satisfies FeedCursor
         })
+
+      /** The next non-empty page of `cursor`, as an effect (the Effect `Stream`s and groups). */
+      const pageEffect = (cursor: FeedCursor): Effect.Effect<Page, BusError> => {
+        // One-argument callback: no AbortSignal is made per wait.
+        const waitAppend = Effect.callback<void>((resume) => {
+          const cancel = cursor.onAppend(() => resume(Effect.void))
+          return Effect.sync(cancel)
+        })
+        const next = (): Effect.Effect<Page, BusError> => {
+          const found = cursor.poll()
+          if (found === "wait") return Effect.flatMap(waitAppend, next)
+          if (found === "step")
+            return Effect.flatMap(cursor.step, (page) => (page !== undefined ? Effect.succeed(page) : next()))
+          return Effect.succeed(found)
+        }
+        return Effect.suspend(next)
+      }
+
+      const nextPage = (address: Address, from: string) => Effect.map(openCursor(address, from), pageEffect)
 
       const subscribe = (request: SubscribeRequest): Stream.Stream<DeliveredEvent, BusError> =>
         Stream.unwrap(
@@ -385,23 +432,28 @@ export const outboxTransport = (
         retryable: false,
         message: `${options.name} delivers straight from the outbox; it takes no relay`,
       })
-      return Object.assign(
-        Transport.of({
-          capabilities: makeCapabilities(options.name, options.capabilities),
-          head: (address) => checkAddress(address).pipe(Effect.flatMap(store.head)),
-          subscribe,
-          group,
-          deadLetters: (limit) => store.deadLetters(limit),
-          send: () => Effect.fail(noRelay),
-          sendAll: (items) => Effect.succeed(items.length === 0 ? { sent: 0 } : { sent: 0, error: noRelay }),
-        }),
-        {
-          [feedStatsKey]: () => {
+      const service = Transport.of({
+        capabilities: makeCapabilities(options.name, options.capabilities),
+        head: (address) => checkAddress(address).pipe(Effect.flatMap(store.head)),
+        subscribe,
+        group,
+        deadLetters: (limit) => store.deadLetters(limit),
+        send: () => Effect.fail(noRelay),
+        sendAll: (items) => Effect.succeed(items.length === 0 ? { sent: 0 } : { sent: 0, error: noRelay }),
+      })
+      // Not enumerable: a transport that wraps this one by spreading it (memoryBroker)
+      // has its own `subscribe`, so it must not inherit the facade's direct path.
+      Object.defineProperties(service, {
+        [feedCursorKey]: { value: openCursor, enumerable: false },
+        [feedStatsKey]: {
+          enumerable: false,
+          value: () => {
             const out = new Map<string, FeedStats>()
             for (const [key, log] of logs) out.set(key.replace("\u0000", "/"), log.stats())
             return out
           },
         },
-      )
+      })
+      return service
     }),
   )
