@@ -121,10 +121,8 @@ process.on("message", async (message) => {
     }
     count = 0
     measuring = true
-  } else if (message.cmd === "measure-continue") {
-    measuring = true
   } else if (message.cmd === "report") {
-    measuring = false
+    // Measuring goes on: the parent asks again while the last events are still arriving.
     const sorted = latencies.slice(0, count).sort()
     let received = 0
     let duplicates = 0

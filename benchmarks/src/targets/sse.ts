@@ -155,7 +155,6 @@ export const runSseFanout = async (o: SseFanoutOptions): Promise<BlockMeasuremen
       if (report === undefined) throw new Error(exited)
       const r = report as Report
       if (r.lost === 0 || performance.now() > drainUntil) break
-      child.send({ cmd: "measure-continue" })
       await sleep(200)
     }
     const cpuEnd = o.cpu.sample()
