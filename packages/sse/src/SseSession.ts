@@ -107,11 +107,14 @@ export class SseSession {
   drain(): void {
     if (this.#phase === "closed") return
     this.#blocked = false
-    while (this.#queue.length > 0 && !this.#blocked) {
-      const chunk = this.#queue.shift()!
+    // Index, then one splice: shifting a queue of up to `maxBufferedEvents` one by one is quadratic.
+    let taken = 0
+    while (taken < this.#queue.length && !this.#blocked) {
+      const chunk = this.#queue[taken++]!
       this.#queuedBytes -= chunk.byteLength
       this.#blocked = !this.#sink.write(chunk)
     }
+    if (taken > 0) this.#queue.splice(0, taken)
     if (this.#phase === "ending" && this.#queue.length === 0) this.#end()
   }
 
@@ -178,15 +181,12 @@ export class SseSession {
   #deliver(channel: string, event: DeliveredEvent): void {
     this.#positions.set(channel, event.cursor)
     const channels = this.plan.channels.length
-    let frame: Uint8Array
+    let frame: Uint8Array | undefined
     try {
       // The event's bytes are encoded once per endpoint and shared by every client: on a
       // single-channel stream the whole frame, otherwise all but the composite `id:` line.
-      const id = encodeSseId(this.#positions, channels)
-      frame =
-        channels === 1 && id === event.cursor
-          ? this.options.frames.withCursorId(event)
-          : this.options.frames.withId(id, event)
+      if (channels === 1) frame = this.options.frames.single(event)
+      frame ??= this.options.frames.withId(encodeSseId(this.#positions, channels), event)
     } catch (error) {
       this.#fail(error)
       return

@@ -1,4 +1,5 @@
 import type { DeliveredEvent } from "@bus/core"
+import { encodeSseId } from "./sseId.js"
 import { eventData } from "./wire.js"
 
 /**
@@ -30,10 +31,15 @@ export class FrameCache {
     return bytes
   }
 
-  /** The whole frame with `id: <event.cursor>`: what every single-channel stream sends for `event`. */
-  withCursorId(event: DeliveredEvent): Uint8Array {
+  /**
+   * The whole frame with `id: <event.cursor>`: what every single-channel stream sends for
+   * `event`; `undefined` when the cursor cannot be an id as it is (then the stream sends a
+   * composite id, {@link FrameCache.withId}). Checked once per event, not per client.
+   */
+  single(event: DeliveredEvent): Uint8Array | undefined {
     let bytes = this.#whole.get(event)
     if (bytes === undefined) {
+      if (encodeSseId(new Map([["", event.cursor]]), 1) !== event.cursor) return undefined
       const id = encoder.encode(`id: ${event.cursor}\n`)
       const data = this.data(event)
       bytes = new Uint8Array(id.byteLength + data.byteLength)
