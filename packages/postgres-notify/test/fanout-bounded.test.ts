@@ -188,7 +188,7 @@ describe.each(targets)("$name: a subscriber that never reads", (target) => {
     } finally {
       await bus.close()
     }
-  }, 180_000)
+  }, 400_000)
 
   it("Effect Stream: a handler that blocks pauses only its own subscription, which then resumes without gap", async () => {
     const { bus, publish } = await target.open()
@@ -226,5 +226,5 @@ describe.each(targets)("$name: a subscriber that never reads", (target) => {
     } finally {
       await bus.close()
     }
-  }, 180_000)
+  }, 400_000)
 })
