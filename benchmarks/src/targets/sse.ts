@@ -106,8 +106,11 @@ export const runSseFanout = async (o: SseFanoutOptions): Promise<BlockMeasuremen
     while (progress.live < o.clients) {
       if (exited !== undefined) throw new Error(exited)
       if (performance.now() > deadline)
-        throw new Error(`only ${progress.live}/${o.clients} SSE clients live after ${o.connectTimeoutMs} ms`)
-      if (progress.connected === o.clients && performance.now() - lastPrimer > 250) {
+        throw new Error(
+          `only ${progress.live}/${o.clients} SSE clients live (${progress.connected} connected, ${progress.closed} closed) after ${o.connectTimeoutMs} ms`,
+        )
+      // Primers from the first connection on: a client counts as live once one reached it.
+      if (progress.connected > progress.live && performance.now() - lastPrimer > 250) {
         lastPrimer = performance.now()
         await publish([PRIMER], absoluteNow())
       }
