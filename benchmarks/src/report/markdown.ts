@@ -468,6 +468,7 @@ interface FanoutTargetRow {
   readonly unit: "ratio" | "µs" | "ms" | "bytes" | "count"
   readonly limit: number
   readonly met: boolean
+  readonly saturated?: boolean
 }
 
 const fmtTarget = (n: number, unit: FanoutTargetRow["unit"]): string =>
@@ -491,7 +492,7 @@ const renderFanout = (s: ScenarioResult, charts: Charts): string[] => {
     t.on,
     `${t.unit === "count" ? "=" : "≤"} ${fmtTarget(t.limit, t.unit)}`,
     fmtTarget(t.measured, t.unit),
-    t.met ? "met" : "**not met**",
+    (t.met ? "met" : "**not met**") + (t.saturated === true ? " ⚠ saturated block" : ""),
   ])
   const out: string[] = []
   if (targets.length > 0)
