@@ -55,6 +55,16 @@ const onFrame = (client, frame, at) => {
   record(at - t)
 }
 
+/** Connections asked for and not answered yet: bounded, so a slow accept queue does not drop them. */
+let pendingConnects = 0
+const maxPendingConnects = 256
+let firstError
+const connectWaiters = []
+const settledConnect = () => {
+  pendingConnects--
+  connectWaiters.shift()?.()
+}
+
 const open = (url, index) => {
   const client = {
     index,
@@ -67,7 +77,15 @@ const open = (url, index) => {
     req: undefined,
   }
   clients.push(client)
+  pendingConnects++
+  let answered = false
+  const answer = () => {
+    if (answered) return
+    answered = true
+    settledConnect()
+  }
   const req = http.get(url, { agent: false, headers: { Accept: "text/event-stream" } }, (res) => {
+    answer()
     res.setEncoding("utf8")
     res.on("data", (chunk) => {
       const at = now()
@@ -88,7 +106,9 @@ const open = (url, index) => {
       closedCount++
     })
   })
-  req.on("error", () => {
+  req.on("error", (error) => {
+    answer()
+    firstError ??= error.message
     closedCount++
   })
   client.req = req
@@ -109,8 +129,9 @@ process.on("message", async (message) => {
     )
     // Connect in waves, so the server's accept queue is never the limit being measured.
     for (let i = 0; i < message.count; i++) {
+      while (pendingConnects >= maxPendingConnects)
+        await new Promise((resolve) => connectWaiters.push(resolve))
       open(message.url, i)
-      if (i % 200 === 199) await new Promise((resolve) => setImmediate(resolve))
     }
     send({ type: "opened", ms: now() - started })
   } else if (message.cmd === "measure") {
@@ -137,6 +158,7 @@ process.on("message", async (message) => {
       clients: clients.length,
       connected: connectedCount,
       closed: closedCount,
+      firstError,
       received,
       duplicates,
       lost,

@@ -26,6 +26,7 @@ interface Progress {
   readonly connected: number
   readonly live: number
   readonly closed: number
+  readonly firstError?: string
 }
 
 interface Report extends Progress {
@@ -107,7 +108,7 @@ export const runSseFanout = async (o: SseFanoutOptions): Promise<BlockMeasuremen
       if (exited !== undefined) throw new Error(exited)
       if (performance.now() > deadline)
         throw new Error(
-          `only ${progress.live}/${o.clients} SSE clients live (${progress.connected} connected, ${progress.closed} closed) after ${o.connectTimeoutMs} ms`,
+          `only ${progress.live}/${o.clients} SSE clients live (${progress.connected} connected, ${progress.closed} closed${progress.firstError ? `, first error: ${progress.firstError}` : ""}) after ${o.connectTimeoutMs} ms`,
         )
       // Primers from the first connection on: a client counts as live once one reached it.
       if (progress.connected > progress.live && performance.now() - lastPrimer > 250) {
