@@ -110,8 +110,11 @@ export const runSseFanout = async (o: SseFanoutOptions): Promise<BlockMeasuremen
         throw new Error(
           `only ${progress.live}/${o.clients} SSE clients live (${progress.connected} connected, ${progress.closed} closed${progress.firstError ? `, first error: ${progress.firstError}` : ""}) after ${o.connectTimeoutMs} ms`,
         )
-      // Primers from the first connection on: a client counts as live once one reached it.
-      if (progress.connected > progress.live && performance.now() - lastPrimer > 250) {
+      // A client counts as live once a primer reached it. Every primer goes to every
+      // connected client, so while clients are still connecting they come rarely (each one
+      // would cost thousands of deliveries and slow the connecting down).
+      const primerEvery = progress.connected === o.clients ? 250 : 3_000
+      if (progress.connected > progress.live && performance.now() - lastPrimer > primerEvery) {
         lastPrimer = performance.now()
         await publish([PRIMER], absoluteNow())
       }
