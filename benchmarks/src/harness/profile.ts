@@ -44,6 +44,13 @@ export interface Profile {
     readonly minRate: number
     readonly maxRate: number
     readonly setupTimeoutMs: number
+    /** The targets' arms: this many subscribers vs one, both at `targetRate` events/s. */
+    readonly targetSubscribers: number
+    readonly targetRate: number
+    /** SSE clients (in a separate process) of one channel, at `sseRate` events/s; 0 skips the arm. */
+    readonly sseClients: number
+    readonly sseRate: number
+    readonly sseConnectTimeoutMs: number
   }
   readonly payload: {
     readonly blocks: number
@@ -88,6 +95,11 @@ export const fullProfile: Profile = {
     minRate: 2,
     maxRate: 200,
     setupTimeoutMs: 120_000,
+    targetSubscribers: 1_000,
+    targetRate: 100,
+    sseClients: 10_000,
+    sseRate: 20,
+    sseConnectTimeoutMs: 120_000,
   },
   payload: { blocks: 2, warmupBlocks: 0, sizes: [64, 1_024, 7_900, 65_536], rate: 200, raw: true },
   recovery: { blocks: 2, rate: 200, beforeMs: 3_000, outageMs: 5_000, catchUpTimeoutMs: 60_000 },
@@ -120,6 +132,11 @@ export const quickProfile: Profile = {
     minRate: 5,
     maxRate: 200,
     setupTimeoutMs: 20_000,
+    targetSubscribers: 1_000,
+    targetRate: 100,
+    sseClients: 10_000,
+    sseRate: 20,
+    sseConnectTimeoutMs: 60_000,
   },
   payload: { blocks: 1, warmupBlocks: 0, sizes: [64, 1_024, 7_900, 65_536], rate: 100, raw: false },
   recovery: { blocks: 1, rate: 100, beforeMs: 1_000, outageMs: 2_000, catchUpTimeoutMs: 20_000 },

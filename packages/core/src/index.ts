@@ -75,6 +75,7 @@ export {
   type Bus,
   type Consumer,
   createBus,
+  iteratorBuffer,
   type SubscribeOptions,
   type Subscription,
 } from "./facade/createBus.js"
@@ -102,7 +103,13 @@ export {
   traceparentOf,
 } from "./observability/telemetry.js"
 export { dedupeById, defaultDedupeWindow } from "./outbox-transport/dedupe.js"
-export { type OutboxTransportOptions, outboxTransport } from "./outbox-transport/OutboxTransport.js"
+export type { FeedStats } from "./outbox-transport/feed.js"
+export {
+  defaultFeedWindow,
+  type OutboxTransportOptions,
+  outboxFeedStats,
+  outboxTransport,
+} from "./outbox-transport/OutboxTransport.js"
 export { Publisher, type PublisherOptions, type PublishReceipt } from "./publisher/Publisher.js"
 export { type RelayBatchResult, type RelayOptions, relayBatch, runRelay } from "./relay/Relay.js"
 export { backoffDelay, cappedBackoff } from "./schedule/backoff.js"

@@ -3,7 +3,7 @@ import type { StreamPlan } from "./access.js"
 import type { ResolvedSseOptions } from "./options.js"
 import type { HeadFn, SseSubscription, SubscribeFn } from "./source.js"
 import { encodeSseId } from "./sseId.js"
-import { controlEvents, controlFrame, eventFrame, heartbeatFrame, positionFrame, retryFrame } from "./wire.js"
+import { controlEvents, controlFrame, heartbeatFrame, positionFrame, retryFrame } from "./wire.js"
 
 /**
  * One client's stream, independent of the HTTP library: subscribes to every channel of
@@ -24,6 +24,7 @@ export interface SseSink {
 }
 
 const encoder = new TextEncoder()
+const heartbeatBytes = encoder.encode(heartbeatFrame)
 
 const cursorInvalid = (
   u: unknown,
@@ -96,7 +97,7 @@ export class SseSession {
     this.#heartbeat = setInterval(() => {
       // A client that is behind does not need pings piling up behind its events.
       if (this.#phase === "open" && !this.#blocked && this.#queue.length === 0) {
-        this.#blocked = !this.#sink.write(encoder.encode(heartbeatFrame))
+        this.#blocked = !this.#sink.write(heartbeatBytes)
       }
     }, this.options.heartbeatMs)
     this.#subscribeAll()
@@ -106,11 +107,14 @@ export class SseSession {
   drain(): void {
     if (this.#phase === "closed") return
     this.#blocked = false
-    while (this.#queue.length > 0 && !this.#blocked) {
-      const chunk = this.#queue.shift()!
+    // Index, then one splice: shifting a queue of up to `maxBufferedEvents` one by one is quadratic.
+    let taken = 0
+    while (taken < this.#queue.length && !this.#blocked) {
+      const chunk = this.#queue[taken++]!
       this.#queuedBytes -= chunk.byteLength
       this.#blocked = !this.#sink.write(chunk)
     }
+    if (taken > 0) this.#queue.splice(0, taken)
     if (this.#phase === "ending" && this.#queue.length === 0) this.#end()
   }
 
@@ -176,14 +180,18 @@ export class SseSession {
 
   #deliver(channel: string, event: DeliveredEvent): void {
     this.#positions.set(channel, event.cursor)
-    let data: string
+    const channels = this.plan.channels.length
+    let frame: Uint8Array | undefined
     try {
-      data = this.options.serialize(event)
+      // The event's bytes are encoded once per endpoint and shared by every client: on a
+      // single-channel stream the whole frame, otherwise all but the composite `id:` line.
+      if (channels === 1) frame = this.options.frames.single(event)
+      frame ??= this.options.frames.withId(encodeSseId(this.#positions, channels), event)
     } catch (error) {
       this.#fail(error)
       return
     }
-    this.#send(eventFrame(encodeSseId(this.#positions, this.plan.channels.length), data))
+    this.#sendBytes(frame)
     if (
       this.#queue.length > this.options.maxBufferedEvents ||
       this.#queuedBytes > this.options.maxBufferedBytes
@@ -193,7 +201,10 @@ export class SseSession {
   }
 
   #send(frame: string): void {
-    const chunk = encoder.encode(frame)
+    this.#sendBytes(encoder.encode(frame))
+  }
+
+  #sendBytes(chunk: Uint8Array): void {
     // Frames keep their order: once anything waits, everything after it waits too.
     if (this.#blocked || this.#queue.length > 0) {
       this.#queue.push(chunk)

@@ -1,4 +1,5 @@
 import type { DeliveredEvent, StartPosition } from "@bus/core"
+import { FrameCache } from "./frames.js"
 
 /**
  * Options shared by every SSE entry point (Web `Response`, Node, Fastify, Express), their
@@ -95,6 +96,8 @@ export interface ResolvedSseOptions<Req> extends SseOptions<Req> {
   readonly closeGraceMs: number
   readonly maxChannels: number
   readonly serialize: (event: DeliveredEvent) => string
+  /** Encoded frames shared by every stream of this endpoint (one encoding per event per process). */
+  readonly frames: FrameCache
 }
 
 /** Default interval of the heartbeat comment, in ms. */
@@ -126,6 +129,7 @@ export const resolveOptions = <Req>(options: SseOptions<Req> | undefined): Resol
         "every tenant's events to anyone.",
     )
   }
+  const serialize = options.serialize ?? ((event: DeliveredEvent) => JSON.stringify(event))
   return {
     ...options,
     from: options.from ?? "now",
@@ -135,6 +139,7 @@ export const resolveOptions = <Req>(options: SseOptions<Req> | undefined): Resol
     maxBufferedBytes: positive("maxBufferedBytes", options.maxBufferedBytes, defaultMaxBufferedBytes),
     closeGraceMs: positive("closeGraceMs", options.closeGraceMs, 5_000),
     maxChannels: positive("maxChannels", options.maxChannels, 32),
-    serialize: options.serialize ?? ((event) => JSON.stringify(event)),
+    serialize,
+    frames: new FrameCache(serialize),
   }
 }

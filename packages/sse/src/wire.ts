@@ -36,7 +36,10 @@ const dataLines = (text: string): string =>
 
 /** A frame carrying one bus event: `id:` is the resume position, `data:` the JSON. */
 export const eventFrame = (id: string | undefined, data: string): string =>
-  (id === undefined ? "" : `id: ${id}\n`) + dataLines(data) + "\n"
+  (id === undefined ? "" : `id: ${id}\n`) + eventData(data)
+
+/** The part of {@link eventFrame} after the `id:` line: the `data:` lines and the blank line. */
+export const eventData = (data: string): string => `${dataLines(data)}\n`
 
 /**
  * A named control frame. `clearId` sends an empty `id:`, which resets the browser's

@@ -46,11 +46,11 @@ describe("a slow client", () => {
     await bus?.close()
   })
 
-  it("is disconnected after a bounded buffer while a fast client keeps receiving everything", async () => {
-    const fast = listen(`${server.url}/events?channel=orders`)
+  it("is disconnected after a bounded buffer while the fast clients keep receiving everything", async () => {
+    const fast = [0, 1, 2].map(() => listen(`${server.url}/events?channel=orders`))
     const slow = await stalledClient(server.url)
     try {
-      await waitFor(() => stats.opened === 2, "both clients subscribed")
+      await waitFor(() => stats.opened === 4, "all four clients subscribed")
       const pad = "x".repeat(32 * 1024)
       let n = 0
       // Publish until the slow client overflows (bounded, in case it never does).
@@ -62,13 +62,17 @@ describe("a slow client", () => {
       expect(overflows).toEqual([{ tenant: "acme", channels: ["orders"] }])
       // Its subscription is released, and after the grace period its connection too.
       await waitFor(() => stats.closed === 1, "the slow client's subscription closed")
-      await waitFor(() => connections(server) === 1, "the slow connection dropped")
+      await waitFor(() => connections(server) === 3, "the slow connection dropped")
       await bus.publish("orders", n++)
-      await waitFor(() => fast.messages.length === n, `all ${n} events at the fast client`)
-      expect(fast.indices()).toEqual(Array.from({ length: n }, (_, i) => i))
-      expect(fast.controls).toEqual([])
+      for (const f of fast) {
+        await waitFor(() => f.messages.length === n, `all ${n} events at every fast client`)
+        expect(f.indices()).toEqual(Array.from({ length: n }, (_, i) => i))
+        expect(f.controls).toEqual([])
+      }
+      // Every client got the same frames: the ids are the events' cursors.
+      expect(fast[1]!.messages.map((m) => m.lastEventId)).toEqual(fast[0]!.messages.map((m) => m.lastEventId))
     } finally {
-      fast.close()
+      for (const f of fast) f.close()
       slow.destroy()
     }
   })

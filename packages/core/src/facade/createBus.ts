@@ -1,4 +1,15 @@
-import { Cause, Effect, Exit, Fiber, type ManagedRuntime, ManagedRuntime as Runtime, Stream } from "effect"
+import {
+  Cause,
+  type Context,
+  Effect,
+  Exit,
+  Fiber,
+  type ManagedRuntime,
+  Metric,
+  ManagedRuntime as Runtime,
+  Scope,
+  Stream,
+} from "effect"
 import { type BusOptions, busLayer, TransportSelection } from "../bus/busLayer.js"
 import type { TransportChoice } from "../config/BusConfig.js"
 import type { TransportCapabilities } from "../contracts/Capabilities.js"
@@ -7,6 +18,10 @@ import { type DeadLetter, OutboxStore } from "../contracts/OutboxStore.js"
 import { Transport } from "../contracts/Transport.js"
 import type { DeliveredEvent, EventInput } from "../envelope/Envelope.js"
 import { BusClosed, type BusError } from "../errors/BusError.js"
+import { deliveryLag, eventsDelivered } from "../metrics/metrics.js"
+import { checkAddress } from "../names/Name.js"
+import { ageOf } from "../observability/telemetry.js"
+import { outboxFeedCursor } from "../outbox-transport/OutboxTransport.js"
 import { Publisher, type PublishReceipt } from "../publisher/Publisher.js"
 import { cappedBackoff } from "../schedule/backoff.js"
 import { type ConsumeRequest, Subscriber } from "../subscriber/Subscriber.js"
@@ -33,6 +48,12 @@ export interface Subscription extends AsyncIterable<DeliveredEvent>, AsyncDispos
   readonly ready: Promise<string>
   /** Cursor of the last event this iterator yielded (`undefined` before the first). */
   readonly cursor: string | undefined
+  /**
+   * Events received and not yet taken by the iterator. Bounded: when the loop does not
+   * pull, delivery to this subscription pauses (nothing more is held for it) and later
+   * resumes from its cursor, without gap or repeat.
+   */
+  readonly buffered: number
   /** Stops delivery and releases everything the subscription holds. */
   close(): Promise<void>
 }
@@ -56,6 +77,12 @@ export interface SubscribeOptions {
   /** A cursor, `"beginning"` or `"now"` (default). */
   readonly from?: StartPosition
 }
+
+/**
+ * Events a subscription's iterator may hold before delivery to it pauses (plus at most
+ * one page arriving). Small: a consumer that is behind resumes from its cursor instead.
+ */
+export const iteratorBuffer = 256
 
 /** The bus. */
 export interface Bus extends AsyncDisposable {
@@ -106,26 +133,155 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
   const runtime = Runtime.make(busLayer(options))
   let selection: TransportChoice
   let capabilities: TransportCapabilities
+  let transportService: Transport["Service"]
   try {
-    ;[selection, capabilities] = await runtime.runPromise(
-      Effect.all([
-        TransportSelection.use((s) => Effect.succeed(s)),
-        Transport.use((t) => Effect.succeed(t.capabilities)),
-      ]),
+    ;[selection, transportService] = await runtime.runPromise(
+      Effect.all([TransportSelection.use((s) => Effect.succeed(s)), Transport.use((t) => Effect.succeed(t))]),
     )
+    capabilities = transportService.capabilities
   } catch (error) {
     await runtime.dispose()
     throw error
   }
-  const open = new Set<{ close(): Promise<void> }>()
+  const handles = new Set<{ close(): Promise<void> }>()
   let closed = false
   const ensureOpen = () => {
     if (closed) throw new BusClosed({ message: "the bus is closed" })
   }
 
+  // Outbox transports (postgres-notify, memory) let the iterator pull pages from the
+  // address's shared log itself: no fiber, stream or queue per subscription, and nothing
+  // held beyond the page being iterated (back-pressure is the pull itself).
+  const openCursor = outboxFeedCursor(transportService)
+  const metricContext =
+    openCursor !== undefined ? await runtime.runPromise(Effect.context<never>()) : undefined
+  const delivered = Metric.withAttributes(eventsDelivered, { transport: capabilities.name })
+  const lag = Metric.withAttributes(deliveryLag, { transport: capabilities.name })
+
+  const subscribeByCursor = (
+    request: SubscribeOptions,
+    open: NonNullable<typeof openCursor>,
+    context: Context.Context<never>,
+  ): Subscription => {
+    const scope = Scope.makeUnsafe()
+    let closed = false
+    let failure: { readonly error: unknown } | undefined
+    let step: Fiber.Fiber<unknown, unknown> | undefined
+    let cancelWait: (() => void) | undefined
+    let wake: (() => void) | undefined
+    let cursor: string | undefined
+    let page: ReadonlyArray<DeliveredEvent> = []
+    let at = 0
+    const opened = runtime.runPromise(
+      Effect.gen(function* () {
+        const address = yield* checkAddress(request)
+        const transport = yield* Transport
+        const from = request.from ?? "now"
+        // "now" is fixed here, before any event is read, so `ready` marks a definite position.
+        // A transient failure (the store unreachable) is retried: the subscription waits
+        // for the store rather than dying; closing it ends the wait.
+        const start = from === "now" ? yield* transport.head(address).pipe(Effect.retry(startRetry)) : from
+        // A refused start cursor rejects `ready` (and ends the iterator with the same error).
+        if (from !== "now" && transport.checkStart) yield* transport.checkStart(address, from)
+        const feedCursor = yield* Scope.provide(open(address, start), scope)
+        return { start, feedCursor }
+      }),
+    )
+    const ready = opened.then((o) => o.start)
+    // Only for callers who await it; an unobserved start failure also ends the iterator.
+    ready.catch(() => {})
+    const runStep = (effect: Effect.Effect<unknown, BusError>) =>
+      new Promise<unknown>((resolve, reject) => {
+        const fiber = runtime.runFork(effect)
+        step = fiber
+        fiber.addObserver((exit) => {
+          step = undefined
+          if (Exit.isSuccess(exit)) resolve(exit.value)
+          else if (Exit.hasInterrupts(exit)) resolve(undefined)
+          else reject(Cause.squash(exit.cause))
+        })
+      })
+    const done: IteratorResult<DeliveredEvent> = { done: true, value: undefined }
+    /** Fills `page` with the next page; false once closed. */
+    const fill = async (): Promise<boolean> => {
+      const { feedCursor } = await opened
+      for (;;) {
+        if (closed) return false
+        const found = feedCursor.poll()
+        if (found === "wait") {
+          await new Promise<void>((resolve) => {
+            wake = resolve
+            cancelWait = feedCursor.onAppend(resolve)
+          })
+          cancelWait = undefined
+          wake = undefined
+          continue
+        }
+        const next = found === "step" ? ((await runStep(feedCursor.step)) as typeof found | undefined) : found
+        if (next === undefined || typeof next === "string") continue
+        page = next.events
+        at = 0
+        delivered.updateUnsafe(page.length, context)
+        for (const event of page) lag.updateUnsafe(ageOf(event), context)
+        return true
+      }
+    }
+    const close = async () => {
+      if (closed) return
+      closed = true
+      handles.delete(subscription)
+      page = []
+      cancelWait?.()
+      wake?.()
+      if (step !== undefined) await Effect.runPromise(Fiber.interrupt(step))
+      await runtime.runPromise(Scope.close(scope, Exit.void)).catch(() => {})
+    }
+    const subscription: Subscription = {
+      ready,
+      get cursor() {
+        return cursor
+      },
+      get buffered() {
+        return page.length - at
+      },
+      close,
+      [Symbol.asyncDispose]: close,
+      [Symbol.asyncIterator]: () => ({
+        next: async () => {
+          if (failure !== undefined) throw failure.error
+          if (closed) return done
+          if (at >= page.length) {
+            let more: boolean
+            try {
+              more = await fill()
+            } catch (error) {
+              // A subscription that cannot go on (an invalid cursor, a feed failed for good)
+              // ends with its error, for this and every later call; it releases its feed.
+              failure = { error }
+              await close()
+              throw error
+            }
+            if (!more) return done
+          }
+          const event = page[at++] as DeliveredEvent
+          cursor = event.cursor
+          return { done: false, value: event }
+        },
+        return: async () => {
+          await close()
+          return done
+        },
+      }),
+    }
+    handles.add(subscription)
+    return subscription
+  }
+
   const subscribe = (request: SubscribeOptions): Subscription => {
     ensureOpen()
-    const queue = new EventQueue<DeliveredEvent>()
+    if (openCursor !== undefined && metricContext !== undefined)
+      return subscribeByCursor(request, openCursor, metricContext)
+    const queue = new EventQueue<DeliveredEvent>(iteratorBuffer)
     let markReady: (cursor: string) => void = () => {}
     let failReady: (error: unknown) => void = () => {}
     const ready = new Promise<string>((resolve, reject) => {
@@ -148,7 +304,7 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
         markReady(start)
         yield* subscriber
           .subscribe({ ...request, from: start })
-          .pipe(Stream.runForEach((e) => Effect.sync(() => queue.push(e))))
+          .pipe(Stream.runForEachArray((events) => queue.offer(events)))
       }),
     )
     fiber.addObserver((exit) => {
@@ -163,7 +319,7 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
     })
     let cursor: string | undefined
     const close = async () => {
-      open.delete(subscription)
+      handles.delete(subscription)
       await Effect.runPromise(Fiber.interrupt(fiber))
       queue.end()
     }
@@ -171,6 +327,9 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
       ready,
       get cursor() {
         return cursor
+      },
+      get buffered() {
+        return queue.size
       },
       close,
       [Symbol.asyncDispose]: close,
@@ -189,7 +348,7 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
         }
       },
     }
-    open.add(subscription)
+    handles.add(subscription)
     return subscription
   }
 
@@ -209,18 +368,18 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
     // `done` is for callers who wait on it; an unobserved failure must not crash the process.
     done.catch(() => {})
     const close = async () => {
-      open.delete(consumer)
+      handles.delete(consumer)
       await Effect.runPromise(Fiber.interrupt(fiber))
     }
     const consumer: Consumer = { done, close, [Symbol.asyncDispose]: close }
-    open.add(consumer)
+    handles.add(consumer)
     return consumer
   }
 
   const close = async () => {
     if (closed) return
     closed = true
-    await Promise.all([...open].map((o) => o.close()))
+    await Promise.all([...handles].map((o) => o.close()))
     await runtime.dispose()
   }
 

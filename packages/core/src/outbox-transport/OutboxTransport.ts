@@ -1,17 +1,4 @@
-import {
-  type Cause,
-  Deferred,
-  Effect,
-  Layer,
-  Metric,
-  Option,
-  PubSub,
-  Queue,
-  RcMap,
-  type Scope,
-  Semaphore,
-  Stream,
-} from "effect"
+import { type Cause, Deferred, Effect, Layer, Metric, Queue, RcMap, type Scope, Stream } from "effect"
 import { capabilities as makeCapabilities, type TransportCapabilities } from "../contracts/Capabilities.js"
 import { type Address, OutboxStore } from "../contracts/OutboxStore.js"
 import { type Delivery, type GroupRequest, type SubscribeRequest, Transport } from "../contracts/Transport.js"
@@ -21,7 +8,7 @@ import { splitCursor } from "../flip/flip.js"
 import { catchUpReads, inboxSkipped } from "../metrics/metrics.js"
 import { checkAddress, checkName } from "../names/Name.js"
 import { cappedBackoff } from "../schedule/backoff.js"
-import { defaultDedupeWindow } from "./dedupe.js"
+import { FeedLog, type FeedStats } from "./feed.js"
 import { checkStartCursor, headWithRetry, readFeed } from "./feedCursor.js"
 
 /**
@@ -29,11 +16,20 @@ import { checkStartCursor, headWithRetry, readFeed } from "./feedCursor.js"
  * LISTEN/NOTIFY and the in-memory transport are both this, over their own stores.
  *
  * Per address and process there is one shared *feed*: it reads the outbox from its
- * cursor each time the store signals a change and fans the pages out in memory, so a
- * thousand subscribers of one channel cost one query per change, and idle ones cost
- * none. A new subscriber first joins the feed, then catches up from its own cursor;
- * events seen on both paths are dropped by id, so the hand-over has no gap and no
- * duplicate.
+ * cursor each time the store signals a change and appends each page, once, to a bounded
+ * in-memory log ({@link FeedLog}) that every local subscriber of the address reads by
+ * index. A thousand subscribers of one channel cost one query and one decode per change;
+ * each subscriber's own cost per page is an index check and a hand-off of the shared
+ * array, and idle addresses cost nothing.
+ *
+ * A subscriber first joins the feed (waiting for a feed read that starts after it asked,
+ * so the log holds nothing committed before its start), then catches up from its own
+ * cursor, then takes the log's pages. Events the catch-up and the log both hold are
+ * dropped at that seam only, by id: they are a prefix of the log from the join index on,
+ * so the first log event the catch-up did not read ends the seam. A subscriber that falls
+ * out of the log's window (it stopped pulling) holds nothing: it reads the outbox from its
+ * own cursor again and rejoins, so nothing is buffered for it without bound and nothing is
+ * skipped or repeated.
  *
  * @module
  */
@@ -44,18 +40,63 @@ export interface OutboxTransportOptions {
   readonly name: string
   /** Rows per outbox read (default 500). */
   readonly pageSize?: number
+  /**
+   * Events each address's shared log keeps for subscribers that are a little behind
+   * (default 4096). A subscriber further behind reads the outbox from its own cursor.
+   */
+  readonly feedWindow?: number
   /** Capability overrides. */
   readonly capabilities?: Partial<Omit<TransportCapabilities, "name">>
 }
 
-type FeedItem = ReadonlyArray<DeliveredEvent> | BusError
+/** Default of {@link OutboxTransportOptions}' `feedWindow`. */
+export const defaultFeedWindow = 4096
+
+/** A page of events, and whether it came from the live feed (committed after the stream joined it). */
+interface Page {
+  readonly events: ReadonlyArray<DeliveredEvent>
+  readonly live: boolean
+}
+
+/**
+ * A subscriber's position in an address's feed, for a reader that pulls without a fiber
+ * of its own (the Promise facade). `poll` hands over the next log page when there is one
+ * (an index check); `"wait"`: nothing yet, call `onAppend`; `"step"`: run `step` (a join
+ * and catch-up read from the outbox, or the feed's failure), then poll again.
+ *
+ * @internal
+ */
+export interface FeedCursor {
+  readonly poll: () => Page | "wait" | "step"
+  readonly step: Effect.Effect<Page | undefined, BusError>
+  readonly onAppend: (wake: () => void) => () => void
+}
+
+const feedCursorKey = Symbol.for("@bus/core/outboxTransport/feedCursor")
+
+/**
+ * Opens a {@link FeedCursor} on an outbox transport (in the scope: closing it leaves the
+ * feed), or `undefined` for a transport that is not one.
+ *
+ * @internal
+ */
+export const outboxFeedCursor = (
+  transport: Transport["Service"],
+): ((address: Address, from: string) => Effect.Effect<FeedCursor, BusError, Scope.Scope>) | undefined =>
+  (
+    transport as unknown as {
+      [feedCursorKey]?: (address: Address, from: string) => Effect.Effect<FeedCursor, BusError, Scope.Scope>
+    }
+  )[feedCursorKey]
 
 interface Feed {
+  readonly log: FeedLog
   /**
-   * Subscribes after bringing the feed up to the head, so the feed never publishes to
-   * this subscriber anything committed before it joined.
+   * Waits for a feed read that starts after this call, and returns the log index after
+   * it: from there on, the log holds only events committed after any cursor the caller
+   * fixed before calling. Joins that wait together share one read.
    */
-  readonly join: Effect.Effect<PubSub.Subscription<FeedItem>, BusError, Scope.Scope>
+  readonly join: Effect.Effect<number, BusError>
 }
 
 const keyOf = (a: Address): string => `${a.tenant}\u0000${a.channel}`
@@ -72,27 +113,19 @@ const retryable = (e: BusError): boolean => e.retryable
 
 const emptySet: ReadonlySet<string> = new Set()
 
-/** Drops events whose id an earlier page of the stream held (bounded window, oldest first out). */
-const dedupePages =
-  (window: number = defaultDedupeWindow) =>
-  <A extends { readonly events: ReadonlyArray<DeliveredEvent> }, E, R>(
-    self: Stream.Stream<A, E, R>,
-  ): Stream.Stream<A, E, R> =>
-    Stream.suspend(() => {
-      const seen = new Set<string>()
-      return self.pipe(
-        Stream.map((page) => {
-          const events = page.events.filter((event) => {
-            if (seen.has(event.id)) return false
-            seen.add(event.id)
-            if (seen.size > window) seen.delete(seen.values().next().value as string)
-            return true
-          })
-          return events.length === page.events.length ? page : { ...page, events }
-        }),
-        Stream.filter((page) => page.events.length > 0),
-      )
-    })
+const feedStatsKey = Symbol.for("@bus/core/outboxTransport/feedStats")
+
+/**
+ * The shared logs of an outbox transport, per address (`tenant/channel`), or `undefined`
+ * for another transport. For tests and diagnostics: it shows that what a process holds
+ * for its subscribers is bounded whatever they do.
+ *
+ * @internal
+ */
+export const outboxFeedStats = (
+  transport: Transport["Service"],
+): ReadonlyMap<string, FeedStats> | undefined =>
+  (transport as unknown as { [feedStatsKey]?: () => ReadonlyMap<string, FeedStats> })[feedStatsKey]?.()
 
 /** Builds a {@link Transport} over the {@link OutboxStore} in context. */
 export const outboxTransport = (
@@ -103,9 +136,11 @@ export const outboxTransport = (
     Effect.gen(function* () {
       const store = yield* OutboxStore
       const pageSize = options.pageSize ?? 500
+      const feedWindow = Math.max(1, options.feedWindow ?? defaultFeedWindow)
       const catchUpCounter = Metric.withAttributes(catchUpReads, { transport: options.name })
       const skippedCounter = Metric.withAttributes(inboxSkipped, { transport: options.name })
       const wakers = new Map<string, Queue.Queue<void>>()
+      const logs = new Map<string, FeedLog>()
 
       const readWithRetry = (address: Address, cursor: string) =>
         store.read(address, cursor, pageSize).pipe(Effect.retry({ schedule: readRetry, while: retryable }))
@@ -115,39 +150,70 @@ export const outboxTransport = (
           Effect.gen(function* () {
             const address = addressOf(key)
             yield* store.watch(address)
-            const pubsub = yield* Effect.acquireRelease(PubSub.unbounded<FeedItem>(), PubSub.shutdown)
+            const log = new FeedLog(feedWindow)
             // Capacity one, dropping: wake-ups that arrive during a read collapse into one more read.
             const wake = yield* Queue.dropping<void>(1)
+            const joiners = new Set<(result: Effect.Effect<number, BusError>) => void>()
             let cursor = yield* headWithRetry(store, address)
             const drain = Effect.gen(function* () {
               for (;;) {
-                // The feed's own cursor refused (epoch rotated): see feedCursor.ts.
+                // The feed's own cursor refused (epoch rotated): see feedCursor.ts. Those in
+                // the log are told once; whoever joins later starts past the refusal.
                 const read = yield* readFeed(store, address, cursor, pageSize)
                 if (read._tag === "Reanchored") {
                   cursor = read.head
-                  return yield* PubSub.publish(pubsub, read.refused)
+                  log.refuse(read.refused)
+                  return
                 }
                 const page = read.page
                 cursor = page.next
-                if (page.events.length > 0) yield* PubSub.publish(pubsub, page.events)
+                if (page.events.length > 0) log.append(page.events)
                 if (!page.more) return
+                // A backlog is read page by page; subscribers take each page in between.
+                yield* Effect.yieldNow
               }
             })
-            // Reads and joins take turns, so a joining subscriber sees the feed at a known place.
-            const lock = yield* Semaphore.make(1)
-            yield* Queue.take(wake).pipe(
-              Effect.andThen(Semaphore.withPermit(lock)(drain)),
-              Effect.forever,
-              Effect.catch((error: BusError) => PubSub.publish(pubsub, error)),
+            yield* Effect.gen(function* () {
+              for (;;) {
+                yield* Queue.take(wake)
+                // Joiners that asked before this read began: it starts after their cursors.
+                const batch = [...joiners]
+                joiners.clear()
+                yield* drain
+                const end = Effect.succeed(log.end)
+                for (const resume of batch) resume(end)
+              }
+            }).pipe(
+              Effect.catch((error: BusError) =>
+                Effect.sync(() => {
+                  log.fail(error)
+                  const failed = Effect.fail(error)
+                  for (const resume of joiners) resume(failed)
+                  joiners.clear()
+                }),
+              ),
               Effect.forkScoped,
             )
             wakers.set(key, wake)
-            yield* Effect.addFinalizer(() => Effect.sync(() => wakers.delete(key)))
+            logs.set(key, log)
+            yield* Effect.addFinalizer(() =>
+              Effect.sync(() => {
+                wakers.delete(key)
+                logs.delete(key)
+              }),
+            )
             // The store's change stream is only followed while a feed exists, so a feed
             // created now may have missed a wake-up: read once to start.
             yield* Queue.offer(wake, undefined)
-            const join = Semaphore.withPermit(lock)(drain.pipe(Effect.andThen(PubSub.subscribe(pubsub))))
-            return { join } satisfies Feed
+            const join = Effect.callback<number, BusError>((resume) => {
+              if (log.failure !== undefined) return resume(Effect.fail(log.failure))
+              joiners.add(resume)
+              Queue.offerUnsafe(wake, undefined)
+              return Effect.sync(() => {
+                joiners.delete(resume)
+              })
+            })
+            return { log, join } satisfies Feed
           }),
       })
 
@@ -161,12 +227,6 @@ export const outboxTransport = (
         Effect.forkScoped,
       )
 
-      /** A page of events, and whether it came from the live feed (committed after the stream joined it). */
-      interface Page {
-        readonly events: ReadonlyArray<DeliveredEvent>
-        readonly live: boolean
-      }
-
       /**
        * Where to read from: a cursor of this outbox as it is; another transport's cursor
        * that carries an outbox frontier (`redis1:…~pg1:…`, after a flip back to the outbox)
@@ -179,52 +239,126 @@ export const outboxTransport = (
       }
 
       /**
-       * Pages of an address after `from`: catch-up pages read from the store, then the live
-       * feed's pages, with repeats of an event id (the overlap of the two) dropped.
+       * A subscriber's place in an address's pages after `from`: catch-up pages read from
+       * the store, then the shared log's pages (see the module comment). Its state is its
+       * cursor, its log index and, only between a join and the seam, the ids the catch-up
+       * read after joining.
        */
-      const pages = (address: Address, from: string): Stream.Stream<Page, BusError> =>
-        Stream.unwrap(
-          Effect.gen(function* () {
-            const feed = yield* RcMap.get(feeds, keyOf(address))
-            // Join the live feed before catching up, so nothing committed in between is missed.
-            const subscription = yield* feed.join
-            const start = from === "now" ? yield* headWithRetry(store, address) : startOf(from)
-            const catchUp = Stream.paginate(start, (cursor) =>
-              readWithRetry(address, cursor).pipe(
-                Effect.tap(() => Metric.update(catchUpCounter, 1)),
-                Effect.map(
-                  (page) =>
-                    [
-                      [{ events: page.events, live: false } satisfies Page],
-                      page.more ? Option.some(page.next) : Option.none(),
-                    ] as const,
-                ),
-              ),
-            )
-            const live = Stream.fromSubscription(subscription).pipe(
-              Stream.mapEffect((item) =>
-                Array.isArray(item)
-                  ? Effect.succeed({
-                      events: item as ReadonlyArray<DeliveredEvent>,
-                      live: true,
-                    } satisfies Page)
-                  : Effect.fail(item as BusError),
-              ),
-            )
-            return Stream.concat(catchUp, live).pipe(dedupePages())
-          }),
-        )
+      const openCursor = (address: Address, from: string): Effect.Effect<FeedCursor, BusError, Scope.Scope> =>
+        Effect.gen(function* () {
+          const feed = yield* RcMap.get(feeds, keyOf(address))
+          const { log } = feed
+          let cursor = from === "now" ? yield* headWithRetry(store, address) : startOf(from)
+          /** Log index of the next page; -1 until joined (or after falling out of the window). */
+          let index = -1
+          let live = false
+          let seam: Set<string> | undefined
+          let seamFull = false
+          /** Why the log ended for this subscriber (a failed feed, or its refusal). */
+          let failure: BusError | undefined
+          const step: Effect.Effect<Page | undefined, BusError> = Effect.suspend(() => {
+            if (live) {
+              // Only a failed or refused feed sends a live subscriber here.
+              const error = failure ?? log.failure
+              return error !== undefined ? Effect.fail(error) : Effect.succeed(undefined)
+            }
+            return Effect.gen(function* () {
+              if (index < 0) {
+                index = yield* feed.join
+                seam = new Set()
+                seamFull = false
+              }
+              const page = yield* readWithRetry(address, cursor)
+              yield* Metric.update(catchUpCounter, 1)
+              cursor = page.next
+              if (seam !== undefined && !seamFull) {
+                for (const event of page.events) seam.add(event.id)
+                seamFull = seam.size > feedWindow
+              }
+              if (!page.more) {
+                if (seamFull) {
+                  // The overlap is larger than worth remembering (the feed ran ahead during a
+                  // long catch-up): join again from here, with a fresh seam.
+                  index = -1
+                  seam = undefined
+                } else {
+                  live = true
+                  if (seam?.size === 0) seam = undefined
+                }
+              }
+              return page.events.length > 0 ? { events: page.events, live: false } : undefined
+            })
+          })
+          const poll = (): Page | "wait" | "step" => {
+            if (!live) return "step"
+            for (;;) {
+              const found = log.take(index)
+              switch (found._tag) {
+                case "page": {
+                  index++
+                  let events = found.events
+                  if (seam !== undefined) {
+                    const read = seam
+                    // Already delivered by the catch-up: skip; the first event it did not
+                    // read ends the seam (the overlap is a prefix of the log).
+                    if (events.every((e) => read.has(e.id))) continue
+                    seam = undefined
+                    events = events.filter((e) => !read.has(e.id))
+                  }
+                  cursor = events[events.length - 1]!.cursor
+                  return { events, live: true }
+                }
+                case "wait":
+                  return "wait"
+                case "lagged":
+                  // Fell out of the window: nothing was kept for it; resume from its cursor.
+                  live = false
+                  index = -1
+                  seam = undefined
+                  return "step"
+                case "failed":
+                  failure = found.error
+                  return "step"
+              }
+            }
+          }
+          return { poll, step, onAppend: (wake: () => void) => log.onAppend(wake) } satisfies FeedCursor
+        })
+
+      /** The next non-empty page of `cursor`, as an effect (the Effect `Stream`s and groups). */
+      const pageEffect = (cursor: FeedCursor): Effect.Effect<Page, BusError> => {
+        // One-argument callback: no AbortSignal is made per wait.
+        const waitAppend = Effect.callback<void>((resume) => {
+          const cancel = cursor.onAppend(() => resume(Effect.void))
+          return Effect.sync(cancel)
+        })
+        const next = (): Effect.Effect<Page, BusError> => {
+          const found = cursor.poll()
+          if (found === "wait") return Effect.flatMap(waitAppend, next)
+          if (found === "step")
+            return Effect.flatMap(cursor.step, (page) => (page !== undefined ? Effect.succeed(page) : next()))
+          return Effect.succeed(found)
+        }
+        return Effect.suspend(next)
+      }
+
+      const nextPage = (address: Address, from: string) => Effect.map(openCursor(address, from), pageEffect)
 
       const subscribe = (request: SubscribeRequest): Stream.Stream<DeliveredEvent, BusError> =>
         Stream.unwrap(
-          checkAddress(request).pipe(
-            Effect.map((address) =>
-              pages(address, request.from ?? "now").pipe(
-                Stream.map((page) => page.events),
-                Stream.flattenIterable,
+          Effect.gen(function* () {
+            const address = yield* checkAddress(request)
+            const next = yield* nextPage(address, request.from ?? "now")
+            // Each chunk is the page itself: the log's shared array, not a copy.
+            return Stream.fromPull(
+              Effect.succeed(
+                Effect.map(
+                  next,
+                  (page) => page.events as readonly [DeliveredEvent, ...Array<DeliveredEvent>],
+                ),
               ),
-            ),
-          ),
+            )
+          }),
         )
 
       const group = (request: GroupRequest): Stream.Stream<Delivery, BusError> =>
@@ -296,8 +430,8 @@ export const outboxTransport = (
                 }
                 if (skippedCursor !== undefined) yield* claim.commit(skippedCursor)
               })
-            yield* pages(address, claim.cursor).pipe(
-              Stream.runForEach(onPage),
+            const next = yield* nextPage(address, claim.cursor)
+            yield* Effect.forever(Effect.flatMap(next, onPage)).pipe(
               Effect.catchCause((cause) => Queue.failCause(deliveries, cause)),
               Effect.andThen(Queue.end(deliveries)),
               Effect.forkScoped,
@@ -311,7 +445,7 @@ export const outboxTransport = (
         retryable: false,
         message: `${options.name} delivers straight from the outbox; it takes no relay`,
       })
-      return Transport.of({
+      const service = Transport.of({
         capabilities: makeCapabilities(options.name, options.capabilities),
         head: (address) => checkAddress(address).pipe(Effect.flatMap(store.head)),
         checkStart: (address, from) =>
@@ -322,5 +456,19 @@ export const outboxTransport = (
         send: () => Effect.fail(noRelay),
         sendAll: (items) => Effect.succeed(items.length === 0 ? { sent: 0 } : { sent: 0, error: noRelay }),
       })
+      // Not enumerable: a transport that wraps this one by spreading it (memoryBroker)
+      // has its own `subscribe`, so it must not inherit the facade's direct path.
+      Object.defineProperties(service, {
+        [feedCursorKey]: { value: openCursor, enumerable: false },
+        [feedStatsKey]: {
+          enumerable: false,
+          value: () => {
+            const out = new Map<string, FeedStats>()
+            for (const [key, log] of logs) out.set(key.replace("\u0000", "/"), log.stats())
+            return out
+          },
+        },
+      })
+      return service
     }),
   )

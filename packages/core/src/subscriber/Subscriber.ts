@@ -93,13 +93,17 @@ export class Subscriber extends Context.Service<
         Stream.unwrap(
           checkAddress(request).pipe(
             Effect.map((address) =>
-              transport
-                .subscribe({ ...address, from: request.from ?? "now" })
-                .pipe(
-                  Stream.tap((event) =>
-                    Effect.andThen(Metric.update(delivered, 1), Metric.update(lag, ageOf(event))),
-                  ),
+              transport.subscribe({ ...address, from: request.from ?? "now" }).pipe(
+                // Once per chunk (a page shared by every subscriber of the address), not
+                // one effect per event: this runs for every subscriber.
+                Stream.mapArrayEffect((events) =>
+                  Effect.contextWith((context: Context.Context<never>) => {
+                    delivered.updateUnsafe(events.length, context)
+                    for (const event of events) lag.updateUnsafe(ageOf(event), context)
+                    return Effect.succeed(events)
+                  }),
                 ),
+              ),
             ),
           ),
         )

@@ -1,0 +1,177 @@
+// A real SSE client for the fan-out benchmark, run as its own OS process (so its CPU is
+// not the server's): opens N HTTP connections to an @bus/sse endpoint, parses the
+// text/event-stream frames, and reports to the parent (IPC) how many clients are
+// connected and live, then the receive latency of every event at every client (from the
+// intended send time `t`, an absolute high-resolution time both processes share), losses
+// and duplicates. Plain JavaScript: the parent spawns it with `node`, no loader needed.
+import http from "node:http"
+
+const now = () => performance.timeOrigin + performance.now()
+
+/** Per client: state of its stream. */
+const clients = []
+let measuring = false
+/** Receive latencies of measured events, ms. */
+let latencies = new Float64Array(1 << 20)
+let count = 0
+let connectedCount = 0
+let liveCount = 0
+let closedCount = 0
+
+const record = (ms) => {
+  if (count === latencies.length) {
+    const bigger = new Float64Array(latencies.length * 2)
+    bigger.set(latencies)
+    latencies = bigger
+  }
+  latencies[count++] = ms
+}
+
+// The data of a bus event is `{"s":<seq>,"t":<intended>,"p":"…"}` inside the envelope
+// JSON; reading the two numbers by position keeps the client cheap (no JSON.parse).
+const marker = '"data":{"s":'
+const onFrame = (client, frame, at) => {
+  const i = frame.indexOf(marker)
+  if (i < 0) return
+  const sStart = i + marker.length
+  const sEnd = frame.indexOf(",", sStart)
+  const s = Number(frame.slice(sStart, sEnd))
+  const tStart = frame.indexOf(":", sEnd) + 1
+  const tEnd = frame.indexOf(",", tStart)
+  const t = Number(frame.slice(tStart, tEnd))
+  if (s < 0) {
+    if (!client.live) {
+      client.live = true
+      liveCount++
+    }
+    return
+  }
+  if (!measuring) return
+  if (s <= client.last) client.duplicates++
+  else {
+    client.received++
+    client.last = s
+  }
+  record(at - t)
+}
+
+/** Connections asked for and not answered yet: bounded, so a slow accept queue does not drop them. */
+let pendingConnects = 0
+const maxPendingConnects = 256
+let firstError
+const connectWaiters = []
+const settledConnect = () => {
+  pendingConnects--
+  connectWaiters.shift()?.()
+}
+
+const open = (url, index) => {
+  const client = {
+    index,
+    buffer: "",
+    live: false,
+    connected: false,
+    received: 0,
+    duplicates: 0,
+    last: -1,
+    req: undefined,
+  }
+  clients.push(client)
+  pendingConnects++
+  let answered = false
+  const answer = () => {
+    if (answered) return
+    answered = true
+    settledConnect()
+  }
+  const req = http.get(url, { agent: false, headers: { Accept: "text/event-stream" } }, (res) => {
+    answer()
+    res.setEncoding("utf8")
+    res.on("data", (chunk) => {
+      const at = now()
+      if (!client.connected) {
+        client.connected = true
+        connectedCount++
+      }
+      let buffer = client.buffer + chunk
+      let end = buffer.indexOf("\n\n")
+      while (end >= 0) {
+        onFrame(client, buffer.slice(0, end), at)
+        buffer = buffer.slice(end + 2)
+        end = buffer.indexOf("\n\n")
+      }
+      client.buffer = buffer
+    })
+    res.on("close", () => {
+      closedCount++
+    })
+  })
+  req.on("error", (error) => {
+    answer()
+    firstError ??= error.message
+    closedCount++
+  })
+  client.req = req
+}
+
+const quantile = (sorted, q) =>
+  sorted.length === 0 ? Number.NaN : sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]
+
+const send = (message) => process.send?.(message)
+
+let progress
+process.on("message", async (message) => {
+  if (message.cmd === "connect") {
+    const started = now()
+    progress = setInterval(
+      () => send({ type: "progress", connected: connectedCount, live: liveCount, closed: closedCount }),
+      100,
+    )
+    // Connect in waves, so the server's accept queue is never the limit being measured.
+    for (let i = 0; i < message.count; i++) {
+      while (pendingConnects >= maxPendingConnects)
+        await new Promise((resolve) => connectWaiters.push(resolve))
+      open(message.url, i)
+    }
+    send({ type: "opened", ms: now() - started })
+  } else if (message.cmd === "measure") {
+    for (const c of clients) {
+      c.received = 0
+      c.duplicates = 0
+      c.last = -1
+    }
+    count = 0
+    measuring = true
+  } else if (message.cmd === "report") {
+    // Measuring goes on: the parent asks again while the last events are still arriving.
+    const sorted = latencies.slice(0, count).sort()
+    let received = 0
+    let duplicates = 0
+    let lost = 0
+    for (const c of clients) {
+      received += c.received
+      duplicates += c.duplicates
+      lost += Math.max(0, message.expected - c.received)
+    }
+    send({
+      type: "report",
+      clients: clients.length,
+      connected: connectedCount,
+      closed: closedCount,
+      firstError,
+      received,
+      duplicates,
+      lost,
+      p50: quantile(sorted, 0.5),
+      p90: quantile(sorted, 0.9),
+      p99: quantile(sorted, 0.99),
+      p999: quantile(sorted, 0.999),
+      max: sorted.length > 0 ? sorted[sorted.length - 1] : Number.NaN,
+    })
+  } else if (message.cmd === "close") {
+    clearInterval(progress)
+    for (const c of clients) c.req?.destroy()
+    process.exit(0)
+  }
+})
+process.on("disconnect", () => process.exit(0))

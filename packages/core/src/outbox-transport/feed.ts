@@ -1,0 +1,128 @@
+import type { DeliveredEvent } from "../envelope/Envelope.js"
+import type { BusError } from "../errors/BusError.js"
+
+/**
+ * The shared log of one address's feed: the pages the feed read, in order, each page
+ * one array shared by every local subscriber. A subscriber holds only an index into the
+ * log; taking a page is an index check and handing over that same array, so one event
+ * costs one read and one decode per process however many subscribers there are.
+ *
+ * The log keeps at most `window` events (at least the newest page). A subscriber whose
+ * index fell below the oldest kept page is *lagged*: it does not hold the log back and
+ * nothing is buffered for it; it goes back to reading the outbox from its own cursor and
+ * rejoins. So the memory of a subscriber that stops pulling is one index, whatever the
+ * backlog, and the log's memory is bounded per address.
+ *
+ * @module
+ */
+
+/** What {@link FeedLog.take} found at an index. */
+export type Take =
+  | { readonly _tag: "page"; readonly events: ReadonlyArray<DeliveredEvent> }
+  /** Nothing new yet: wait with {@link FeedLog.onAppend}. */
+  | { readonly _tag: "wait" }
+  /** The index fell out of the window: resume from the subscriber's own cursor. */
+  | { readonly _tag: "lagged" }
+  /** The feed failed for good; every subscriber gets this once it has taken what came before. */
+  | { readonly _tag: "failed"; readonly error: BusError }
+
+const waitTake: Take = { _tag: "wait" }
+const laggedTake: Take = { _tag: "lagged" }
+
+/** A point-in-time view of a feed, for tests and diagnostics. */
+export interface FeedStats {
+  /** Pages the log holds. */
+  readonly pages: number
+  /** Events across those pages (at most the window, or one page when a page alone is larger). */
+  readonly events: number
+  /** Subscribers waiting for the next page. */
+  readonly waiting: number
+}
+
+/** See the module comment. */
+export class FeedLog {
+  #pages: Array<ReadonlyArray<DeliveredEvent>> = []
+  /** Log index of `#pages[#head]`. */
+  #base = 0
+  /** Offset of the oldest live page in `#pages` (shifted lazily, so trimming is O(1)). */
+  #head = 0
+  #events = 0
+  #waiters = new Set<() => void>()
+  #failure: BusError | undefined
+  /** Refusals by log index (an empty page marks the place): see {@link FeedLog.refuse}. */
+  readonly #refusals = new Map<number, BusError>()
+
+  constructor(readonly window: number) {}
+
+  /** Index just past the newest page: where a subscriber joining now starts. */
+  get end(): number {
+    return this.#base + this.#pages.length - this.#head
+  }
+
+  get failure(): BusError | undefined {
+    return this.#failure
+  }
+
+  stats(): FeedStats {
+    return { pages: this.#pages.length - this.#head, events: this.#events, waiting: this.#waiters.size }
+  }
+
+  /** Adds a page, trims to the window, and wakes every waiting subscriber in one pass. */
+  append(events: ReadonlyArray<DeliveredEvent>): void {
+    this.#pages.push(events)
+    this.#events += events.length
+    while (this.#events > this.window && this.#pages.length - this.#head > 1) {
+      this.#events -= this.#pages[this.#head]!.length
+      this.#pages[this.#head] = undefined as never
+      this.#head++
+      this.#base++
+    }
+    // Compact once the dead prefix is as long as the live part: amortised O(1) per page.
+    if (this.#head > 64 && this.#head * 2 >= this.#pages.length) {
+      this.#pages = this.#pages.slice(this.#head)
+      this.#head = 0
+    }
+    this.#wake()
+  }
+
+  /** Ends the feed with `error` (after the pages already in the log). */
+  fail(error: BusError): void {
+    this.#failure ??= error
+    this.#wake()
+  }
+
+  /**
+   * Ends the log for every subscriber already in it (once they took the pages before), but
+   * not for those who join afterwards: the feed's own position was refused (the outbox's
+   * epoch changed) and the feed starts again from the head.
+   */
+  refuse(error: BusError): void {
+    this.#refusals.set(this.end, error)
+    for (const at of this.#refusals.keys()) if (at < this.#base) this.#refusals.delete(at)
+    this.#pages.push([])
+    this.#wake()
+  }
+
+  /** The page at `index`, or why there is none. */
+  take(index: number): Take {
+    if (index < this.#base) return laggedTake
+    const refused = this.#refusals.get(index)
+    if (refused !== undefined) return { _tag: "failed", error: refused }
+    const at = index - this.#base + this.#head
+    if (at < this.#pages.length) return { _tag: "page", events: this.#pages[at]! }
+    return this.#failure !== undefined ? { _tag: "failed", error: this.#failure } : waitTake
+  }
+
+  /** Calls `wake` once, at the next append or failure; returns how to cancel. */
+  onAppend(wake: () => void): () => void {
+    this.#waiters.add(wake)
+    return () => this.#waiters.delete(wake)
+  }
+
+  #wake(): void {
+    if (this.#waiters.size === 0) return
+    const waiters = this.#waiters
+    this.#waiters = new Set()
+    for (const wake of waiters) wake()
+  }
+}
