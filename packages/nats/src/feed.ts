@@ -92,7 +92,9 @@ const wake = (member: Member): void => {
  * Waits until the member has batches, was dropped or the feed failed, and takes what is
  * there. Returns "dropped" once after an overflow.
  */
-export const take = (member: Member): Effect.Effect<ReadonlyArray<ReadonlyArray<Item>> | "dropped", BusError> =>
+export const take = (
+  member: Member,
+): Effect.Effect<ReadonlyArray<ReadonlyArray<Item>> | "dropped", BusError> =>
   Effect.suspend(() => {
     if (member.batches.length > 0) {
       const batches = member.batches
@@ -149,8 +151,12 @@ export const runFeed = (
       }
       const delivered = batch.filter((i) => i.event !== undefined)
       if (delivered.length === 0) return
-      for (const member of members) {
-        if (member.buffered + delivered.length > cap) {
+      // Over a copy: waking a member runs it at once, and a dropped one may join again
+      // (at the new position) before this loop ends.
+      for (const member of Array.from(members)) {
+        // A member with an empty buffer always takes the batch (it is shared: no extra
+        // memory), so a burst larger than the bound drops nobody who keeps up.
+        if (member.buffered > 0 && member.buffered + delivered.length > cap) {
           // Too far behind: out of the feed, its buffer released now; it resumes from its
           // own cursor (a read of the stream) when it reads again.
           members.delete(member)
@@ -228,11 +234,31 @@ export const runFeed = (
           Effect.forkScoped,
         )
         const iterator = messages[Symbol.asyncIterator]()
+        let nextMessage: Promise<IteratorResult<JsMsg>> | undefined
         for (;;) {
+          const waiting = (nextMessage ??= iterator.next())
+          // One hand-over per burst, from this fiber: the messages the client has already
+          // buffered arrive before the event loop turns and join the batch; then it goes.
+          if (pending.length > 0) {
+            const arrived = yield* Effect.promise(() =>
+              Promise.race([
+                waiting.then(
+                  () => true,
+                  () => true,
+                ),
+                new Promise<boolean>((resolve) => setImmediate(() => resolve(false))),
+              ]),
+            )
+            if (!arrived) {
+              flush()
+              continue
+            }
+          }
           const next = yield* Effect.tryPromise({
-            try: () => iterator.next(),
+            try: () => waiting,
             catch: (e) => toBusError(e, `subscription feed on ${subject}`),
           })
+          nextMessage = undefined
           if (next.done) {
             flush()
             return yield* Effect.fail(
@@ -240,8 +266,7 @@ export const runFeed = (
             )
           }
           yield* onMessage(next.value)
-          // One hand-over per burst: what the client has already buffered joins this batch.
-          if (messages.getPending() === 0 || pending.length >= 256) flush()
+          if (pending.length >= 256) flush()
         }
       }),
     )

@@ -23,9 +23,9 @@ import { Cause, Deferred, Effect, Exit, Option, Queue, RcMap, type Scope, Stream
 import type { ConnectionWatch } from "./connection.js"
 import { encodeCursor, encodeHeadCursor, parseCursor } from "./cursor.js"
 import { toBusError } from "./errors.js"
+import { type Feed, type Item, type Member, newMember, runFeed, take } from "./feed.js"
 import type { ResolvedOptions } from "./options.js"
 import { subjectOf } from "./subjects.js"
-import { type Feed, type Item, type Member, newMember, runFeed, take } from "./feed.js"
 import { decodeMessage, positionOfMessage, retryWhileRetryable } from "./wire.js"
 
 /**
@@ -183,7 +183,10 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
     const outboxHead = Option.isNone(deps.store)
       ? undefined
       : coalesce(scope, (key) =>
-          retryWhileRetryable((deps.store as Option.Some<OutboxStore["Service"]>).value.head(outboxHeads.get(key)!), "outbox head"),
+          retryWhileRetryable(
+            (deps.store as Option.Some<OutboxStore["Service"]>).value.head(outboxHeads.get(key)!),
+            "outbox head",
+          ),
         )
 
     /**
@@ -219,7 +222,10 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
             return yield* flipCursorExpired(from, `stream ${deps.o.streamName}`)
           }
           const keep = notCoveredBy(deps.store.value, outboxCursor)
-          return { seq: 1, classify: { now: (item) => keep(item.position), later: () => Effect.succeed(false) } }
+          return {
+            seq: 1,
+            classify: { now: (item) => keep(item.position), later: () => Effect.succeed(false) },
+          }
         }
         const cursor = from === "now" ? yield* head(address) : from
         const parsed = parseCursor(cursor)
@@ -350,7 +356,8 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
                       Effect.fail(toBusError(new Error("catch-up read timed out"), `catch up on ${subject}`)),
                   }),
                 )
-                if (next.done) return yield* Effect.fail(toBusError(new Error("the consumer stopped"), subject))
+                if (next.done)
+                  return yield* Effect.fail(toBusError(new Error("the consumer stopped"), subject))
                 const m = next.value
                 if (m.seq >= seq) {
                   yield* emit([yield* toItem(m.data, m.seq, m.headers)])
