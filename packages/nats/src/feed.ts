@@ -236,7 +236,8 @@ export const runFeed = (
         const iterator = messages[Symbol.asyncIterator]()
         let nextMessage: Promise<IteratorResult<JsMsg>> | undefined
         for (;;) {
-          const waiting = (nextMessage ??= iterator.next())
+          nextMessage ??= iterator.next()
+          const waiting = nextMessage
           // One hand-over per burst, from this fiber: the messages the client has already
           // buffered arrive before the event loop turns and join the batch; then it goes.
           if (pending.length > 0) {
