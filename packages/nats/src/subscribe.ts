@@ -19,7 +19,7 @@ import {
   type StreamState,
 } from "@nats-io/jetstream"
 import type { MsgHdrs } from "@nats-io/transport-node"
-import { Cause, Deferred, Effect, Exit, Option, Queue, RcMap, type Scope, Stream } from "effect"
+import { Cause, Deferred, Effect, Exit, Option, Queue, RcMap, type Scope, Semaphore, Stream } from "effect"
 import type { ConnectionWatch } from "./connection.js"
 import { encodeCursor, encodeHeadCursor, parseCursor } from "./cursor.js"
 import { toBusError } from "./errors.js"
@@ -253,12 +253,28 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
         return { seq: parsed.seq + 1, ...(classify ? { classify } : {}) }
       })
 
+    // Catch-up reads of the stream run a few at a time per process: a burst of subscribers
+    // that all need one (a flood that dropped many slow readers) must not swamp the server's
+    // API with requests that then time out.
+    const catchUpPermits = Semaphore.makeUnsafe(catchUpConcurrency)
+    /** The earliest start asked for by the subscriptions about to create an address's feed. */
+    const wanted = new Map<string, number>()
     const feeds: RcMap.RcMap<string, Feed, BusError> = yield* RcMap.make({
       lookup: (key: string): Effect.Effect<Feed, BusError, Scope.Scope> =>
         Effect.gen(function* () {
           const address = addressOf(key)
           const { last_seq } = yield* state
-          return yield* runFeed(deps, address, subjectOf(deps.o.prefix, address), last_seq, () =>
+          const from = wanted.get(key)
+          wanted.delete(key)
+          // Start where the first subscribers need it when that is close to the stream's end:
+          // the subscriptions of one burst (whose heads were read a moment before) then find
+          // their start among the feed's recent items and read nothing. A start far back (a
+          // replay) is left to that subscriber's own catch-up, so live readers do not wait.
+          const startAfter =
+            from !== undefined && from - 1 >= last_seq - feedStartWindow
+              ? Math.min(from - 1, last_seq)
+              : last_seq
+          return yield* runFeed(deps, address, subjectOf(deps.o.prefix, address), startAfter, () =>
             // A failed feed is not handed to later subscriptions: they start a new one.
             RcMap.invalidate(feeds, key),
           )
@@ -377,7 +393,9 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
           const address = yield* checkAddress(request)
           const subject = subjectOf(deps.o.prefix, address)
           const start = yield* resolveStart(address, request.from ?? "now")
-          const feed = yield* RcMap.get(feeds, keyOf(address))
+          const key = keyOf(address)
+          wanted.set(key, Math.min(wanted.get(key) ?? Number.POSITIVE_INFINITY, start.seq))
+          const feed = yield* RcMap.get(feeds, key)
           const classify = start.classify
           return Stream.callback<DeliveredEvent, BusError>(
             (queue) => {
@@ -419,7 +437,8 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
                   const joined = feed.join(m, last + 1)
                   if (!("upTo" in joined)) return yield* Effect.fail(joined)
                   if (joined.recent !== undefined) yield* emit(joined.recent)
-                  else if (last < joined.upTo) yield* catchUp(address, subject, last + 1, joined.upTo, emit)
+                  else if (last < joined.upTo)
+                    yield* catchUpPermits.withPermit(catchUp(address, subject, last + 1, joined.upTo, emit))
                   for (;;) {
                     const got = yield* take(m)
                     if (got === "dropped") break
@@ -443,6 +462,12 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
       )
     return { head, subscribe }
   })
+
+/** Catch-ups reading the stream at once, per process. */
+const catchUpConcurrency = 8
+
+/** How far back (in stream sequences) a new feed may start to serve its first subscribers from memory. */
+const feedStartWindow = 10_000
 
 /** Single reads of a catch-up before it pages through a temporary consumer instead. */
 const directReads = 16
