@@ -138,12 +138,20 @@ describe("shared feed", () => {
       const want = before.map((e) => e.id)
       expect(live.ids).toEqual(want)
       // In this process the feed holds its last 512 events: a cursor among them needs no read.
-      // Another process (a second transport) has no feed yet: a cursor 5 events back is read
-      // by sequence, one 700 back through a temporary consumer.
+      // In another process (a second transport) a cursor 5 events behind its feed's start is
+      // read by sequence, one 700 back through a temporary consumer.
       const other = ManagedRuntime.make(natsTransport({ servers: server.url }))
       try {
         const t2 = await other.runPromise(Transport.use((x) => Effect.succeed(x)))
+        // The other process's feed starts at the stream's end (its first subscriber starts
+        // there), so a cursor 5 events back is read by sequence.
+        const fresh = new Collected(
+          other,
+          t2.subscribe({ tenant, channel, from: await other.runPromise(t2.head({ tenant, channel })) }),
+        )
+        await waitFor(async () => (await consumersOn(subject)) === 2, 10_000, "the other process's feed")
         const late = [
+          { k: 699, sub: fresh },
           {
             k: 650,
             sub: new Collected(rt, t.subscribe({ tenant, channel, from: live.events[650]!.cursor })),
@@ -180,7 +188,8 @@ describe("shared feed", () => {
         )
         // The catch-up consumer is gone: one feed consumer per process is left.
         await waitFor(async () => (await consumersOn(subject)) === 2, 10_000, "one consumer per process")
-        for (const { sub } of late.slice(1)) await other.runPromise(Fiber.interrupt(sub.fiber))
+        for (const { sub } of late.slice(1).filter((l) => l.k !== 650))
+          await other.runPromise(Fiber.interrupt(sub.fiber))
       } finally {
         await other.dispose()
       }
