@@ -8,6 +8,7 @@ export const scenarioIds = [
   "fanout",
   "payload",
   "recovery",
+  "natsFanout",
 ] as const
 export type ScenarioId = (typeof scenarioIds)[number]
 

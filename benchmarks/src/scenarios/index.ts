@@ -4,6 +4,7 @@ import { dbLoad } from "./dbload.js"
 import { fanout } from "./fanout.js"
 import { knee } from "./knee.js"
 import { latency } from "./latency.js"
+import { natsFanout } from "./natsFanout.js"
 import { payload } from "./payload.js"
 import { recovery } from "./recovery.js"
 import { throughput } from "./throughput.js"
@@ -16,4 +17,5 @@ export const scenarios: Record<ScenarioId, Scenario> = {
   fanout,
   payload,
   recovery,
+  natsFanout,
 }

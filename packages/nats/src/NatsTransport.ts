@@ -283,7 +283,7 @@ export const natsTransport = (options: NatsTransportOptions = {}): Layer.Layer<T
       // Ordered consumers are cheap to create again: time their requests out sooner, so that
       // after a node loss they come back soon after the election rather than a timeout later.
       const jsOrdered = jetstream(nc, { timeout: Math.min(o.requestTimeoutMs, 2_000) })
-      const { head, subscribe } = makeSubscribe({ js: jsOrdered, jsm, o, store, conn })
+      const { head, subscribe } = yield* makeSubscribe({ js: jsOrdered, jsm, o, store, conn })
       return Transport.of({
         capabilities: capabilities("nats", {
           needsRelay: true,

@@ -68,6 +68,12 @@ export interface NatsTransportOptions {
   readonly requestTimeoutMs?: number
   /** How long a consumer-group pull waits for events before it is renewed, in ms (default 10 s, minimum 1 s). */
   readonly pullExpiresMs?: number
+  /**
+   * Events a subscription may hold unread (default 1024). The subscriptions of one
+   * channel in a process share one feed; one that falls further behind is taken off it,
+   * its buffer released, and it resumes from its own cursor when it reads again.
+   */
+  readonly subscriberBuffer?: number
 }
 
 /** Options with defaults applied and checked. */
@@ -93,6 +99,7 @@ export interface ResolvedOptions {
   readonly maxAckPending: number | undefined
   readonly requestTimeoutMs: number
   readonly pullExpiresMs: number
+  readonly subscriberBuffer: number
 }
 
 /** Default duplicate window: 2 minutes (JetStream's own default, stated explicitly). */
@@ -141,6 +148,8 @@ export const resolveOptions = (options: NatsTransportOptions): ResolvedOptions |
   if (!isWhole(requestTimeoutMs, 100)) return bad("requestTimeoutMs must be a whole number of ms ≥ 100")
   const pullExpiresMs = options.pullExpiresMs ?? 10_000
   if (!isWhole(pullExpiresMs, 1_000)) return bad("pullExpiresMs must be a whole number of ms ≥ 1000")
+  const subscriberBuffer = options.subscriberBuffer ?? 1024
+  if (!isWhole(subscriberBuffer, 1)) return bad("subscriberBuffer must be a whole number ≥ 1")
   if (options.connection !== undefined && options.servers !== undefined) {
     return bad("pass either servers or connection, not both")
   }
@@ -166,5 +175,6 @@ export const resolveOptions = (options: NatsTransportOptions): ResolvedOptions |
     maxAckPending,
     requestTimeoutMs,
     pullExpiresMs,
+    subscriberBuffer,
   }
 }

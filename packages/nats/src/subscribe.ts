@@ -11,20 +11,35 @@ import {
   outboxCursorOf,
   type SubscribeRequest,
 } from "@bus/core"
-import { DeliverPolicy, type JetStreamClient, type JetStreamManager, type JsMsg } from "@nats-io/jetstream"
-import { Cause, Effect, Option, Queue, Stream } from "effect"
+import {
+  DeliverPolicy,
+  type JetStreamClient,
+  type JetStreamManager,
+  type MsgRequest,
+  type StreamState,
+} from "@nats-io/jetstream"
+import type { MsgHdrs } from "@nats-io/transport-node"
+import { Cause, Deferred, Effect, Exit, Option, Queue, RcMap, type Scope, Semaphore, Stream } from "effect"
 import type { ConnectionWatch } from "./connection.js"
 import { encodeCursor, encodeHeadCursor, parseCursor } from "./cursor.js"
 import { toBusError } from "./errors.js"
+import { type Feed, type Item, type Member, newMember, runFeed, take } from "./feed.js"
 import type { ResolvedOptions } from "./options.js"
 import { subjectOf } from "./subjects.js"
 import { decodeMessage, positionOfMessage, retryWhileRetryable } from "./wire.js"
 
 /**
- * Subscriptions: an ordered (ephemeral, unacknowledged) JetStream consumer filtered to
- * the address's subject, started right after the cursor. When the consumer breaks (the
- * server restarts, the connection drops, a node dies) it is created again from the last
- * delivered sequence, for as long as the subscription is consumed.
+ * Subscriptions share one feed per address and process (see `feed.ts`): one ordered
+ * JetStream consumer per (tenant, channel) in this process, fanned out in memory to every
+ * local subscriber of it. A subscriber joins the feed first, then reads what lies between
+ * its own cursor and the feed's position from the stream (by sequence), then takes the
+ * feed's batches; it drops every message at or below the last sequence it delivered, so
+ * the seam has no gap and no duplicate. A subscriber that lets its bounded buffer fill up
+ * is dropped from the feed and resumes the same way from its own cursor.
+ *
+ * The stream-state and outbox-head requests every subscription makes at its start are
+ * coalesced: the subscriptions started in one burst (10,000 in a loop) share one request,
+ * sent after the last of them asked, so its answer is as fresh as each one needs.
  *
  * @module
  */
@@ -39,40 +54,59 @@ export interface SubscribeDeps {
   readonly conn: ConnectionWatch
 }
 
-/** Where the ordered consumer starts. */
-type Start = { readonly seq: number }
-
 /**
  * Decides, per stream message, whether a subscription delivers it: from a head cursor, or
  * from an outbox cursor after a flip (by the outbox position the relay stored with it).
+ * `now` answers at once when it can (true / false), or returns undefined and `later` asks
+ * the outbox: the common case costs no effect per subscriber and event.
  */
-type Classify = (event: DeliveredEvent, position: string | undefined) => Effect.Effect<boolean, BusError>
-
-const streamState = (deps: SubscribeDeps) =>
-  retryWhileRetryable(
-    Effect.tryPromise({
-      try: () => deps.jsm.streams.info(deps.o.streamName),
-      catch: (e) => toBusError(e, `stream info ${deps.o.streamName}`),
-    }),
-    "stream info",
-  ).pipe(Effect.map((info) => info.state))
+interface Classify {
+  readonly now: (item: Item) => boolean | undefined
+  readonly later: (item: Item) => Effect.Effect<boolean, BusError>
+}
 
 /**
- * `head`: the stream's last sequence and, with an outbox, the outbox's head taken right
- * after it. The relay sends a row only after it committed, so every event committed
- * after that outbox head lands above that sequence: a subscription from the cursor
- * starts right after it and misses nothing committed later.
+ * Coalesces concurrent requests per key: the callers that ask while a request is queued
+ * share it. The request is sent on the next turn of the event loop, after every caller of
+ * the current burst asked, so its answer is never older than any caller's call (what a
+ * head or a cursor check needs); requests already sent are never joined.
  */
-const makeHead =
-  (deps: SubscribeDeps) =>
-  (request: Address): Effect.Effect<string, BusError> =>
-    Effect.gen(function* () {
-      const address = yield* checkAddress(request)
-      const { last_seq } = yield* streamState(deps)
-      if (Option.isNone(deps.store)) return encodeCursor(last_seq)
-      const outboxHead = yield* retryWhileRetryable(deps.store.value.head(address), "outbox head")
-      return encodeHeadCursor(last_seq, Date.now(), outboxHead)
+const coalesce = <A>(
+  scope: Scope.Scope,
+  run: (key: string) => Effect.Effect<A, BusError>,
+): ((key: string) => Effect.Effect<A, BusError>) => {
+  const queued = new Map<string, Deferred.Deferred<A, BusError>>()
+  const nextTurn = Effect.callback<void>((resume) => {
+    const t = setImmediate(() => resume(Effect.void))
+    return Effect.sync(() => clearImmediate(t))
+  })
+  return (key) =>
+    Effect.suspend(() => {
+      const waiting = queued.get(key)
+      if (waiting !== undefined) return Deferred.await(waiting)
+      const deferred = Deferred.makeUnsafe<A, BusError>()
+      queued.set(key, deferred)
+      const request = nextTurn.pipe(
+        Effect.andThen(
+          Effect.sync(() => {
+            queued.delete(key)
+          }),
+        ),
+        Effect.andThen(Effect.exit(run(key))),
+        Effect.flatMap((exit) => Deferred.done(deferred, exit)),
+        Effect.onInterrupt(() =>
+          Effect.sync(() => {
+            if (queued.get(key) === deferred) queued.delete(key)
+            Deferred.doneUnsafe(
+              deferred,
+              Exit.fail(new BusClosed({ message: "nats: the transport is closing" })),
+            )
+          }),
+        ),
+      )
+      return Effect.forkIn(request, scope).pipe(Effect.andThen(Deferred.await(deferred)))
     })
+}
 
 /**
  * A subscription from a head cursor: above its sequence the stream may still bring
@@ -113,170 +147,333 @@ const committedAfterHead = (
       ),
     ),
   )
-  return (event) =>
-    Effect.suspend(() => {
-      if (unreadable || Date.parse(event.time) > anchor.at || after.delete(event.id))
-        return Effect.succeed(true)
-      return scan.pipe(Effect.map(() => unreadable || after.delete(event.id)))
-    })
+  return {
+    now: (item) => (unreadable || item.at > anchor.at || after.delete(item.event!.id) ? true : undefined),
+    later: (item) => scan.pipe(Effect.map(() => unreadable || after.delete(item.event!.id))),
+  }
 }
 
-/** Resolves `from` to a start sequence (and, for a head cursor over an outbox, a classifier). */
-const resolveStart = (
-  deps: SubscribeDeps,
-  address: Address,
-  from: string,
-  head: (address: Address) => Effect.Effect<string, BusError>,
-): Effect.Effect<{ readonly start: Start; readonly classify?: Classify }, BusError> =>
+/** Where a subscription starts: the first stream sequence it may deliver, and its filter. */
+interface Start {
+  readonly seq: number
+  readonly classify?: Classify
+}
+
+/** `head`, `subscribe` and, for tests, the number of live feeds. */
+export interface Subscribe {
+  readonly head: (address: Address) => Effect.Effect<string, BusError>
+  readonly subscribe: (request: SubscribeRequest) => Stream.Stream<DeliveredEvent, BusError>
+}
+
+/** `head` and `subscribe` of the NATS transport; the feeds live in the caller's (the layer's) scope. */
+export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, never, Scope.Scope> =>
   Effect.gen(function* () {
-    if (from === "beginning") return { start: { seq: 1 } }
-    // After a flip: an outbox cursor (or another broker's cursor carrying its outbox frontier).
-    // The stream holds every event the relay forwarded with its outbox position: read it from
-    // the start and skip exactly what the cursor covers.
-    const outboxCursor =
-      from === "now" || !(parseCursor(from) instanceof CursorInvalid)
-        ? undefined
-        : outboxCursorOf(deps.store, from)
-    if (outboxCursor !== undefined && Option.isSome(deps.store)) {
-      const state = yield* streamState(deps)
-      if (state.first_seq > 1 || state.num_deleted > 0) {
-        return yield* flipCursorExpired(from, `stream ${deps.o.streamName}`)
-      }
-      const keep = notCoveredBy(deps.store.value, outboxCursor)
-      return { start: { seq: 1 }, classify: (_event, position) => Effect.succeed(keep(position)) }
-    }
-    const cursor = from === "now" ? yield* head(address) : from
-    const parsed = parseCursor(cursor)
-    if (parsed instanceof CursorInvalid) return yield* parsed
-    const classify =
-      parsed.anchor !== undefined && Option.isSome(deps.store)
-        ? committedAfterHead(deps.store.value, address, parsed.anchor)
-        : undefined
-    if (from === "now") return { start: { seq: parsed.seq + 1 }, ...(classify ? { classify } : {}) }
-    const state = yield* streamState(deps)
-    if (parsed.seq > state.last_seq) {
-      return yield* new CursorInvalid({
-        cursor: from,
-        reason: "foreign",
-        message: `cursor ${from} is ahead of stream ${deps.o.streamName} (last sequence ${state.last_seq}): it comes from another stream, or the stream was recreated`,
-      })
-    }
-    if (parsed.seq + 1 < state.first_seq) {
-      return yield* new CursorInvalid({
-        cursor: from,
-        reason: "expired",
-        message: `cursor ${from} is older than the events stream ${deps.o.streamName} retains (first sequence ${state.first_seq}); resume from "beginning" or "now"`,
-      })
-    }
-    return { start: { seq: parsed.seq + 1 }, ...(classify ? { classify } : {}) }
-  })
-
-/**
- * Delivers the subject's messages from `start`, recreating the ordered consumer from
- * the last delivered sequence whenever it breaks.
- */
-const orderedMessages = (
-  deps: SubscribeDeps,
-  address: Address,
-  subject: string,
-  first: Start,
-  classify: Classify | undefined,
-): Stream.Stream<DeliveredEvent, BusError> =>
-  Stream.callback<DeliveredEvent, BusError>(
-    (queue) =>
-      Effect.gen(function* () {
-        let start: Start = first
-        let failures = 0
-        const onMessage = (m: JsMsg) =>
-          Effect.gen(function* () {
-            const seq = m.seq
-            start = { seq: seq + 1 }
-            const decoded = yield* Effect.exit(decodeMessage(m.data, seq, address, m.headers))
-            if (decoded._tag === "Failure") {
-              const reason = Cause.squash(decoded.cause)
-              yield* Effect.logWarning(`nats: skipped malformed message ${subject}#${seq}: ${String(reason)}`)
-              return
-            }
-            if (classify !== undefined && !(yield* classify(decoded.value, positionOfMessage(m.headers))))
-              return
-            failures = 0
-            yield* Queue.offer(queue, decoded.value)
-          })
-        const once = Effect.scoped(
-          Effect.gen(function* () {
-            const options = { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: start.seq }
-            const consumer = yield* Effect.tryPromise({
-              try: () =>
-                deps.js.consumers.get(deps.o.streamName, {
-                  filter_subjects: subject,
-                  inactive_threshold: 120_000,
-                  ...options,
-                }),
-              catch: (e) => toBusError(e, `create ordered consumer on ${subject}`),
-            })
-            const messages = yield* Effect.acquireRelease(
-              Effect.tryPromise({
-                try: () => consumer.consume({ max_messages: 256, expires: 10_000 }),
-                catch: (e) => toBusError(e, `consume ${subject}`),
-              }),
-              (messages) =>
-                Effect.sync(() => {
-                  messages.stop()
-                  // An ephemeral consumer would linger until its inactivity threshold: delete it now.
-                  consumer.delete().catch(() => {})
-                }),
-            )
-            // After a reconnect the consumer may be gone with the server's memory: start over now.
-            yield* deps.conn.nextReconnect.pipe(
-              Effect.andThen(Effect.sync(() => messages.stop())),
-              Effect.forkScoped,
-            )
-            const iterator = messages[Symbol.asyncIterator]()
-            for (;;) {
-              const next = yield* Effect.tryPromise({
-                try: () => iterator.next(),
-                catch: (e) => toBusError(e, `subscription on ${subject}`),
-              })
-              if (next.done) {
-                return yield* Effect.fail(
-                  toBusError(new Error("the consumer stopped"), `subscription on ${subject}`),
-                )
-              }
-              yield* onMessage(next.value)
-            }
-          }),
+    const scope = yield* Effect.scope
+    const streamState = coalesce(scope, () =>
+      retryWhileRetryable(
+        Effect.tryPromise({
+          try: () => deps.jsm.streams.info(deps.o.streamName),
+          catch: (e) => toBusError(e, `stream info ${deps.o.streamName}`),
+        }),
+        "stream info",
+      ).pipe(Effect.map((info): StreamState => info.state)),
+    )
+    const state = streamState("")
+    const outboxHeads = new Map<string, Address>()
+    const outboxHead = Option.isNone(deps.store)
+      ? undefined
+      : coalesce(scope, (key) =>
+          retryWhileRetryable(
+            (deps.store as Option.Some<OutboxStore["Service"]>).value.head(outboxHeads.get(key)!),
+            "outbox head",
+          ),
         )
-        for (;;) {
-          const exit = yield* Effect.exit(once)
-          if (exit._tag === "Success") continue
-          const error = Cause.squash(exit.cause)
-          const busError = toBusError(error, `subscription on ${subject}`)
-          if (!busError.retryable) return yield* Effect.fail(busError)
-          if (deps.conn.closed()) {
-            return yield* new BusClosed({
-              message: `nats: the connection is closed; subscription on ${subject} ends`,
-            })
-          }
-          failures++
-          if (failures > 1)
-            yield* Effect.logWarning(`nats: subscription on ${subject} restarts: ${busError.message}`)
-          yield* Effect.sleep(Math.min(5_000, 50 * 2 ** Math.min(failures, 7)))
-        }
-      }),
-    { bufferSize: 256, strategy: "suspend" },
-  )
 
-/** `head` and `subscribe` of the NATS transport. */
-export const makeSubscribe = (deps: SubscribeDeps) => {
-  const head = makeHead(deps)
-  const subscribe = (request: SubscribeRequest): Stream.Stream<DeliveredEvent, BusError> =>
-    Stream.unwrap(
+    /**
+     * `head`: the stream's last sequence and, with an outbox, the outbox's head taken right
+     * after it. The relay sends a row only after it committed, so every event committed
+     * after that outbox head lands above that sequence: a subscription from the cursor
+     * starts right after it and misses nothing committed later.
+     */
+    const head = (request: Address): Effect.Effect<string, BusError> =>
       Effect.gen(function* () {
         const address = yield* checkAddress(request)
-        const subject = subjectOf(deps.o.prefix, address)
-        const { start, classify } = yield* resolveStart(deps, address, request.from ?? "now", head)
-        return orderedMessages(deps, address, subject, start, classify)
-      }),
-    )
-  return { head, subscribe }
+        const { last_seq } = yield* state
+        if (outboxHead === undefined) return encodeCursor(last_seq)
+        const key = keyOf(address)
+        outboxHeads.set(key, address)
+        return encodeHeadCursor(last_seq, Date.now(), yield* outboxHead(key))
+      })
+
+    /** Resolves `from` to a start sequence (and, for a head cursor over an outbox, a classifier). */
+    const resolveStart = (address: Address, from: string): Effect.Effect<Start, BusError> =>
+      Effect.gen(function* () {
+        if (from === "beginning") return { seq: 1 }
+        // After a flip: an outbox cursor (or another broker's cursor carrying its outbox frontier).
+        // The stream holds every event the relay forwarded with its outbox position: read it from
+        // the start and skip exactly what the cursor covers.
+        const outboxCursor =
+          from === "now" || !(parseCursor(from) instanceof CursorInvalid)
+            ? undefined
+            : outboxCursorOf(deps.store, from)
+        if (outboxCursor !== undefined && Option.isSome(deps.store)) {
+          const s = yield* state
+          if (s.first_seq > 1 || s.num_deleted > 0) {
+            return yield* flipCursorExpired(from, `stream ${deps.o.streamName}`)
+          }
+          const keep = notCoveredBy(deps.store.value, outboxCursor)
+          return {
+            seq: 1,
+            classify: { now: (item) => keep(item.position), later: () => Effect.succeed(false) },
+          }
+        }
+        const cursor = from === "now" ? yield* head(address) : from
+        const parsed = parseCursor(cursor)
+        if (parsed instanceof CursorInvalid) return yield* parsed
+        const classify =
+          parsed.anchor !== undefined && Option.isSome(deps.store)
+            ? committedAfterHead(deps.store.value, address, parsed.anchor)
+            : undefined
+        if (from === "now") return { seq: parsed.seq + 1, ...(classify ? { classify } : {}) }
+        const s = yield* state
+        if (parsed.seq > s.last_seq) {
+          return yield* new CursorInvalid({
+            cursor: from,
+            reason: "foreign",
+            message: `cursor ${from} is ahead of stream ${deps.o.streamName} (last sequence ${s.last_seq}): it comes from another stream, or the stream was recreated`,
+          })
+        }
+        if (parsed.seq + 1 < s.first_seq) {
+          return yield* new CursorInvalid({
+            cursor: from,
+            reason: "expired",
+            message: `cursor ${from} is older than the events stream ${deps.o.streamName} retains (first sequence ${s.first_seq}); resume from "beginning" or "now"`,
+          })
+        }
+        return { seq: parsed.seq + 1, ...(classify ? { classify } : {}) }
+      })
+
+    // Catch-up reads of the stream run a few at a time per process: a burst of subscribers
+    // that all need one (a flood that dropped many slow readers) must not swamp the server's
+    // API with requests that then time out.
+    const catchUpPermits = Semaphore.makeUnsafe(catchUpConcurrency)
+    /** The earliest start asked for by the subscriptions about to create an address's feed. */
+    const wanted = new Map<string, number>()
+    const feeds: RcMap.RcMap<string, Feed, BusError> = yield* RcMap.make({
+      lookup: (key: string): Effect.Effect<Feed, BusError, Scope.Scope> =>
+        Effect.gen(function* () {
+          const address = addressOf(key)
+          const { last_seq } = yield* state
+          const from = wanted.get(key)
+          wanted.delete(key)
+          // Start where the first subscribers need it when that is close to the stream's end:
+          // the subscriptions of one burst (whose heads were read a moment before) then find
+          // their start among the feed's recent items and read nothing. A start far back (a
+          // replay) is left to that subscriber's own catch-up, so live readers do not wait.
+          const startAfter =
+            from !== undefined && from - 1 >= last_seq - feedStartWindow
+              ? Math.min(from - 1, last_seq)
+              : last_seq
+          return yield* runFeed(deps, address, subjectOf(deps.o.prefix, address), startAfter, () =>
+            // A failed feed is not handed to later subscriptions: they start a new one.
+            RcMap.invalidate(feeds, key),
+          )
+        }),
+    })
+
+    /**
+     * Reads the subject's messages in [from, upTo] from the stream by sequence and hands
+     * each to `emit`. A short gap (a subscriber just behind the feed) costs a few direct
+     * reads and no consumer; a longer one a temporary ordered consumer, deleted at once.
+     */
+    const catchUp = (
+      address: Address,
+      subject: string,
+      from: number,
+      upTo: number,
+      emit: (items: ReadonlyArray<Item>) => Effect.Effect<void, BusError>,
+    ): Effect.Effect<void, BusError> =>
+      Effect.gen(function* () {
+        let seq = from
+        const toItem = (data: Uint8Array, s: number, headers: MsgHdrs | undefined) =>
+          Effect.exit(decodeMessage(data, s, address, headers)).pipe(
+            Effect.flatMap(
+              (decoded): Effect.Effect<Item> =>
+                decoded._tag === "Success"
+                  ? Effect.succeed({
+                      seq: s,
+                      event: decoded.value,
+                      position: positionOfMessage(headers),
+                      at: Date.parse(decoded.value.time),
+                    })
+                  : Effect.logWarning(
+                      `nats: skipped malformed message ${subject}#${s}: ${String(Cause.squash(decoded.cause))}`,
+                    ).pipe(Effect.as({ seq: s, event: undefined, position: undefined, at: 0 })),
+            ),
+          )
+        const getNext = (s: number) =>
+          retryWhileRetryable(
+            Effect.tryPromise({
+              // `next_by_subj` (2.9+): the first message of the subject at or after `seq`. The
+              // client types only list it for direct gets; the stream API takes it too.
+              try: () =>
+                deps.jsm.streams.getMessage(deps.o.streamName, {
+                  seq: s,
+                  next_by_subj: subject,
+                } as MsgRequest),
+              catch: (e) => toBusError(e, `read ${subject} from ${s}`),
+            }),
+            `catch-up read on ${subject}`,
+          )
+        for (let reads = 0; ; reads++) {
+          if (seq > upTo) return
+          const m = yield* getNext(seq)
+          if (m === null || m.seq > upTo) return
+          if (reads >= directReads) break
+          yield* emit([yield* toItem(m.data, m.seq, m.header)])
+          seq = m.seq + 1
+        }
+        // More than a few behind: page through a temporary ordered consumer from `seq` (a
+        // message of the subject is known to be there, so the first page never waits).
+        yield* retryWhileRetryable(
+          Effect.scoped(
+            Effect.gen(function* () {
+              const consumer = yield* Effect.tryPromise({
+                try: () =>
+                  deps.js.consumers.get(deps.o.streamName, {
+                    filter_subjects: subject,
+                    inactive_threshold: 60_000,
+                    deliver_policy: DeliverPolicy.StartSequence,
+                    opt_start_seq: seq,
+                  }),
+                catch: (e) => toBusError(e, `create catch-up consumer on ${subject}`),
+              })
+              const messages = yield* Effect.acquireRelease(
+                Effect.tryPromise({
+                  try: () => consumer.consume({ max_messages: 256, expires: 5_000 }),
+                  catch: (e) => toBusError(e, `catch up on ${subject}`),
+                }),
+                (messages) =>
+                  Effect.sync(() => {
+                    messages.stop()
+                    consumer.delete().catch(() => {})
+                  }),
+              )
+              const iterator = messages[Symbol.asyncIterator]()
+              for (;;) {
+                const next = yield* Effect.tryPromise({
+                  try: () => iterator.next(),
+                  catch: (e) => toBusError(e, `catch up on ${subject}`),
+                }).pipe(
+                  // Every wait is bounded: a read that stalls (messages removed under it) starts over.
+                  Effect.timeoutOrElse({
+                    duration: 15_000,
+                    orElse: () =>
+                      Effect.fail(toBusError(new Error("catch-up read timed out"), `catch up on ${subject}`)),
+                  }),
+                )
+                if (next.done)
+                  return yield* Effect.fail(toBusError(new Error("the consumer stopped"), subject))
+                const m = next.value
+                if (m.seq >= seq) {
+                  yield* emit([yield* toItem(m.data, m.seq, m.headers)])
+                  seq = m.seq + 1
+                }
+                if (m.seq >= upTo || m.info.pending === 0) return
+              }
+            }),
+          ),
+          `catch-up on ${subject}`,
+        )
+      })
+
+    const subscribe = (request: SubscribeRequest): Stream.Stream<DeliveredEvent, BusError> =>
+      Stream.unwrap(
+        Effect.gen(function* () {
+          const address = yield* checkAddress(request)
+          const subject = subjectOf(deps.o.prefix, address)
+          const start = yield* resolveStart(address, request.from ?? "now")
+          const key = keyOf(address)
+          wanted.set(key, Math.min(wanted.get(key) ?? Number.POSITIVE_INFINITY, start.seq))
+          const feed = yield* RcMap.get(feeds, key)
+          const classify = start.classify
+          return Stream.callback<DeliveredEvent, BusError>(
+            (queue) => {
+              /** Last sequence handed on (or skipped): everything at or below it is done. */
+              let last = start.seq - 1
+              let member: Member | undefined
+              const emit = (items: ReadonlyArray<Item>): Effect.Effect<void, BusError> =>
+                Effect.suspend(() => {
+                  const out: Array<DeliveredEvent> = []
+                  for (let i = 0; i < items.length; i++) {
+                    const item = items[i]!
+                    if (item.seq <= last) continue
+                    if (item.event === undefined) {
+                      last = item.seq
+                      continue
+                    }
+                    const keep = classify === undefined ? true : classify.now(item)
+                    if (keep === undefined) {
+                      // Rare (the relay's backlog behind a head cursor): ask the outbox, in order.
+                      return Queue.offerAll(queue, out).pipe(
+                        Effect.andThen(classify!.later(item)),
+                        Effect.flatMap((k) => {
+                          last = item.seq
+                          return k ? Queue.offer(queue, item.event!) : Effect.void
+                        }),
+                        Effect.andThen(emit(items.slice(i + 1))),
+                      )
+                    }
+                    last = item.seq
+                    if (keep) out.push(item.event)
+                  }
+                  return out.length === 0 ? Effect.void : Effect.asVoid(Queue.offerAll(queue, out))
+                })
+              return Effect.gen(function* () {
+                for (;;) {
+                  const m = newMember()
+                  member = m
+                  // Join first, then read up to where the feed stood: nothing falls in between.
+                  const joined = feed.join(m, last + 1)
+                  if (!("upTo" in joined)) return yield* Effect.fail(joined)
+                  if (joined.recent !== undefined) yield* emit(joined.recent)
+                  else if (last < joined.upTo)
+                    yield* catchUpPermits.withPermit(catchUp(address, subject, last + 1, joined.upTo, emit))
+                  for (;;) {
+                    const got = yield* take(m)
+                    if (got === "dropped") break
+                    for (const batch of got) yield* emit(batch)
+                  }
+                  yield* Effect.logDebug(
+                    `nats: a subscriber of ${subject} fell ${deps.o.subscriberBuffer} events behind; it resumes from its cursor`,
+                  )
+                }
+              }).pipe(
+                Effect.ensuring(
+                  Effect.sync(() => {
+                    if (member !== undefined) feed.leave(member)
+                  }),
+                ),
+              )
+            },
+            { bufferSize: 256, strategy: "suspend" },
+          )
+        }),
+      )
+    return { head, subscribe }
+  })
+
+/** Catch-ups reading the stream at once, per process. */
+const catchUpConcurrency = 8
+
+/** How far back (in stream sequences) a new feed may start to serve its first subscribers from memory. */
+const feedStartWindow = 10_000
+
+/** Single reads of a catch-up before it pages through a temporary consumer instead. */
+const directReads = 16
+
+const keyOf = (a: Address): string => `${a.tenant}\u0000${a.channel}`
+const addressOf = (key: string): Address => {
+  const [tenant = "", channel = ""] = key.split("\u0000")
+  return { tenant, channel }
 }

@@ -302,14 +302,13 @@ describe("subscribe", () => {
 
       const all = new Collected(rt, t.subscribe({ tenant, channel, from: "beginning" }))
       await waitFor(() => all.events.length >= 5, 10_000, "the first five")
-      const now = new Collected(rt, t.subscribe({ tenant, channel, from: "now" }))
-      const mid = new Collected(rt, t.subscribe({ tenant, channel, from: all.events[1]!.cursor }))
-      // "now" has no readiness signal without an outbox: wait until its consumer exists.
-      await waitFor(
-        async () => (await (await jetstreamManager(nc)).streams.info("BUS")).state.consumer_count >= 3,
-        10_000,
-        "the subscriptions' consumers",
+      // "now" as the facade resolves it: the head, read before the subscription starts
+      // (a bare "now" stream has no readiness signal to wait for).
+      const now = new Collected(
+        rt,
+        t.subscribe({ tenant, channel, from: await rt.runPromise(t.head({ tenant, channel })) }),
       )
+      const mid = new Collected(rt, t.subscribe({ tenant, channel, from: all.events[1]!.cursor }))
       const later = Array.from({ length: 3 }, (_, i) => envelope(tenant, channel, { later: i }))
       for (const e of later) await rt.runPromise(t.send(e))
       const want = [...first, ...later].map((e) => e.id)
