@@ -8,6 +8,7 @@ export const scenarioIds = [
   "fanout",
   "payload",
   "recovery",
+  "relay",
 ] as const
 export type ScenarioId = (typeof scenarioIds)[number]
 

@@ -6,6 +6,7 @@ import { knee } from "./knee.js"
 import { latency } from "./latency.js"
 import { payload } from "./payload.js"
 import { recovery } from "./recovery.js"
+import { relay } from "./relay.js"
 import { throughput } from "./throughput.js"
 
 export const scenarios: Record<ScenarioId, Scenario> = {
@@ -16,4 +17,5 @@ export const scenarios: Record<ScenarioId, Scenario> = {
   fanout,
   payload,
   recovery,
+  relay,
 }
