@@ -104,9 +104,9 @@ export const fullProfile: Profile = {
   relay: {
     blocks: 1,
     sizes: [25_000, 50_000, 100_000],
-    drainTimeoutMs: 40_000,
+    drainTimeoutMs: 30_000,
     cpuRate: 500,
-    cpuBlockMs: 5_000,
+    cpuBlockMs: 4_000,
   },
 }
 
