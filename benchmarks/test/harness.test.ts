@@ -485,7 +485,7 @@ describe("report", () => {
     )
     expect(md).toContain("Commit → handler p99 at 1,000 events/s ≤ 10 ms on NATS and Redis: **not measured**")
     expect(md).toMatch(
-      /nats 110 vs 100 µs\/event \(net of idle background\) = 1\.10× → \*\*met\*\*; redis-streams 150 vs 100 µs\/event \(net of idle background\) = 1\.50× → \*\*not met\*\*/,
+      /nats 110 vs 100 µs\/event \(net of idle background\) = 1\.10× \(gross –\) → \*\*met\*\*; redis-streams 150 vs 100 µs\/event \(net of idle background\) = 1\.50× \(gross –\) → \*\*not met\*\*/,
     )
     expect(md).toContain("## 8. The relay")
   })
