@@ -9,6 +9,7 @@ export const scenarioIds = [
   "payload",
   "recovery",
   "natsFanout",
+  "relay",
 ] as const
 export type ScenarioId = (typeof scenarioIds)[number]
 

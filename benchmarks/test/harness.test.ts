@@ -10,6 +10,7 @@ import type { MachineFacts, RunResult } from "../src/harness/types.js"
 import { renderReport } from "../src/report/markdown.js"
 import { barChart, linearTicks, lineChart, logTicks } from "../src/report/svg.js"
 import { analyseKnee, kneeOf } from "../src/scenarios/knee.js"
+import { analyseRelay } from "../src/scenarios/relay.js"
 
 describe("LatencyHistogram", () => {
   it("gives the percentiles of known data within HdrHistogram's precision", () => {
@@ -387,6 +388,106 @@ describe("report", () => {
       expect(svg.startsWith("<svg")).toBe(true)
       expect(svg.trim().endsWith("</svg>")).toBe(true)
     }
+  })
+
+  it("lists every issue-12 target beside its figure, met or not, and says what was not measured", () => {
+    const arm = (
+      variant: string,
+      params: Record<string, number | string>,
+      metrics: Record<string, number>,
+      flags: string[] = [],
+    ) => ({
+      arm: `${variant}|${JSON.stringify(params)}`,
+      label: variant,
+      transport: "nats" as const,
+      variant,
+      params,
+      status: "ok" as const,
+      blocks: 1,
+      saturatedBlocks: flags.length > 0 ? 1 : 0,
+      flags,
+      metrics: Object.fromEntries(Object.entries(metrics).map(([k, v]) => [k, s(v)])),
+    })
+    const relayArms = [
+      arm("insert-alone", { pipe: "insert-alone", rate: 500 }, { pgUsPerEventNet: 100 }),
+      arm("broker-path", { pipe: "nats", rate: 500 }, { pgUsPerEventNet: 110 }),
+      arm("broker-path", { pipe: "redis-streams", rate: 500 }, { pgUsPerEventNet: 150 }),
+      ...[25_000, 50_000, 100_000].map((n) =>
+        arm(
+          "drain",
+          { pipe: "nats", backlog: n },
+          { forwardedPerSec: n === 100_000 ? 12_000 : 11_000, quietDuringDrainMs: 40, quietPreloadedMs: 300 },
+        ),
+      ),
+      ...[25_000, 100_000].map((n) =>
+        arm(
+          "drain",
+          { pipe: "redis-streams", backlog: n },
+          { forwardedPerSec: n === 100_000 ? 3_000 : 9_000, quietDuringDrainMs: 2_500 },
+        ),
+      ),
+    ]
+    const derived = analyseRelay(relayArms)
+    const nats = derived.brokers.nats as { flatness: number; cpuRatio: number; rateAtLargest: number }
+    expect(nats.rateAtLargest).toBe(12_000)
+    expect(nats.flatness).toBeCloseTo(12_000 / 11_000 - 1, 6)
+    expect(nats.cpuRatio).toBeCloseTo(1.1, 6)
+    const base = run(false)
+    const r = renderReport(
+      {
+        ...base,
+        scenarios: [
+          ...base.scenarios,
+          {
+            id: "knee",
+            title: "k",
+            method: [],
+            durationMs: 1,
+            notes: [],
+            blocks: [],
+            arms: [
+              arm("no-notify", { concurrency: 8 }, { eventsPerSec: 1_000 }),
+              arm("broker-relay", { concurrency: 8 }, { relayForwardedPerSec: 950 }),
+              arm("no-notify", { concurrency: 16 }, { eventsPerSec: 2_000 }),
+              arm("broker-relay", { concurrency: 16 }, { relayForwardedPerSec: 1_000 }, [
+                "relay-backlog-growing",
+              ]),
+            ],
+          },
+          {
+            id: "relay",
+            title: "r",
+            method: [],
+            durationMs: 1,
+            notes: [],
+            blocks: [],
+            arms: relayArms,
+            derived,
+          },
+        ],
+      },
+      { chartsPath: "c", jsonPath: "r.json", command: "pnpm bench" },
+    )
+    const md = r.markdown
+    expect(md).toContain("### Issue targets: the flip pays")
+    expect(md).toMatch(
+      /Relay never behind in the knee scenario up to C=32: measured at C=8, 16; behind at C=16 → \*\*not met\*\*/,
+    )
+    expect(md).toMatch(
+      /C=8 950 forwarded to the broker vs 1,000 no-NOTIFY events\/s = 0\.95×; C=16 .* = 0\.50×; C=32 not measured → \*\*not measured\*\*/,
+    )
+    expect(md).toMatch(
+      /nats: 25,000 → 11,000\/s, 50,000 → 11,000\/s, 100,000 → 12,000\/s .* rate \*\*met\*\*, flat \*\*met\*\*/,
+    )
+    expect(md).toMatch(/redis-streams: .* rate \*\*not met\*\*, flat \*\*not met\*\*/)
+    expect(md).toMatch(
+      /nats committed mid-drain 44(\.0)? ms .* \*\*met\*\*; redis-streams committed mid-drain 2\.75 s .* \*\*not met\*\*/,
+    )
+    expect(md).toContain("Commit → handler p99 at 1,000 events/s ≤ 10 ms on NATS and Redis: **not measured**")
+    expect(md).toMatch(
+      /nats 110 vs 100 µs\/event \(net of idle background\) = 1\.10× \(gross –\) → \*\*met\*\*; redis-streams 150 vs 100 µs\/event \(net of idle background\) = 1\.50× \(gross –\) → \*\*not met\*\*/,
+    )
+    expect(md).toContain("## 8. The relay")
   })
 
   it("marks quick runs", () => {

@@ -66,6 +66,16 @@ export interface Profile {
     readonly outageMs: number
     readonly catchUpTimeoutMs: number
   }
+  readonly relay: {
+    readonly blocks: number
+    /** Backlog sizes bulk-loaded before the relay starts. */
+    readonly sizes: readonly number[]
+    /** Longest wait for one backlog to drain (a slower relay is reported as not drained). */
+    readonly drainTimeoutMs: number
+    /** Rate and block length of the Postgres CPU comparison (INSERT alone vs broker path). */
+    readonly cpuRate: number
+    readonly cpuBlockMs: number
+  }
 }
 
 export const fullProfile: Profile = {
@@ -103,6 +113,13 @@ export const fullProfile: Profile = {
   },
   payload: { blocks: 2, warmupBlocks: 0, sizes: [64, 1_024, 7_900, 65_536], rate: 200, raw: true },
   recovery: { blocks: 2, rate: 200, beforeMs: 3_000, outageMs: 5_000, catchUpTimeoutMs: 60_000 },
+  relay: {
+    blocks: 1,
+    sizes: [25_000, 50_000, 100_000],
+    drainTimeoutMs: 30_000,
+    cpuRate: 500,
+    cpuBlockMs: 4_000,
+  },
 }
 
 export const quickProfile: Profile = {
@@ -140,4 +157,5 @@ export const quickProfile: Profile = {
   },
   payload: { blocks: 1, warmupBlocks: 0, sizes: [64, 1_024, 7_900, 65_536], rate: 100, raw: false },
   recovery: { blocks: 1, rate: 100, beforeMs: 1_000, outageMs: 2_000, catchUpTimeoutMs: 20_000 },
+  relay: { blocks: 1, sizes: [10_000, 25_000], drainTimeoutMs: 20_000, cpuRate: 200, cpuBlockMs: 2_000 },
 }

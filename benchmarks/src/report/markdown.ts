@@ -764,6 +764,224 @@ const renderNatsFanout = (s: ScenarioResult): string[] => {
   ]
 }
 
+/** Section 9: the relay (issue 12): backlog drain per size, quiet-tenant waits, Postgres CPU per event. */
+const renderRelay = (s: ScenarioResult): string[] => {
+  const arms = ok(s.arms)
+  const drains = arms.filter((a) => a.variant === "drain")
+  const cpu = arms.filter((a) => a.variant === "insert-alone" || a.variant === "broker-path")
+  const out: string[] = []
+  if (drains.length > 0)
+    out.push(
+      table(
+        [
+          "broker",
+          "backlog",
+          "forwarded events/s (10–90 %)",
+          "drain time",
+          "first event out",
+          "quiet event, preloaded (wait from start)",
+          "quiet event, committed mid-drain (commit → broker)",
+          "Postgres CPU µs/forwarded event",
+          "blocks",
+        ],
+        drains.map((a) => [
+          pipeName(a),
+          fmtInt(Number(a.params.backlog)),
+          cell(a.metrics.forwardedPerSec, fmtInt),
+          cell(a.metrics.drainMs, fmtMs),
+          cell(a.metrics.firstForwardMs, fmtMs),
+          `${cell(a.metrics.quietPreloadedMs, fmtMs)} (after ${cell(a.metrics.busyBeforeQuietPreloaded, fmtInt)} backlog events)`,
+          `${cell(a.metrics.quietDuringDrainMs, fmtMs)} (committed at ${cell(a.metrics.busyAtQuietCommit, fmtInt)} out)`,
+          cell(a.metrics["cpuServerUsPerEvent.postgres"], fmtNum),
+          blocksCell(a),
+        ]),
+      ),
+    )
+  if (cpu.length > 0)
+    out.push(
+      "",
+      "Postgres CPU per event, the producer's INSERT alone against the broker path, at the same rate:",
+      "",
+      table(
+        [
+          "path",
+          "rate/s",
+          "committed",
+          "forwarded",
+          "Postgres CPU µs/event",
+          "net of idle background",
+          "÷ INSERT alone (net)",
+          "blocks",
+        ],
+        cpu.map((a) => {
+          const insert = cpu.find((x) => x.variant === "insert-alone")
+          return [
+            a.label.replace(/ @\d+\/s$/, ""),
+            String(a.params.rate),
+            cell(a.metrics.committed, fmtInt),
+            a.variant === "insert-alone" ? "–" : cell(a.metrics.forwarded, fmtInt),
+            cell(a.metrics.pgUsPerEvent, fmtNum),
+            cell(a.metrics.pgUsPerEventNet, fmtNum),
+            a.variant === "insert-alone"
+              ? "1.00×"
+              : fmtRatio(med(a, "pgUsPerEventNet") / med(insert, "pgUsPerEventNet")),
+            blocksCell(a),
+          ]
+        }),
+      ),
+    )
+  return out
+}
+
+/** Figures of the relay scenario's `derived`, per broker. */
+interface RelayDerived {
+  readonly brokers?: Record<
+    string,
+    {
+      rates: Record<string, number>
+      largestBacklog: number | null
+      rateAtLargest: number
+      flatness: number
+      quietDuringDrainMaxMs: number
+      quietPreloadedMaxMs: number
+      pathPgUsPerEvent: number
+      insertPgUsPerEvent: number
+      cpuRatio: number
+      cpuRatioGross?: number
+    }
+  >
+}
+
+const verdict = (met: boolean | undefined): string =>
+  met === undefined ? "**not measured**" : met ? "**met**" : "**not met**"
+
+/**
+ * The targets of issue 12 ("the flip must pay"), each beside the figure measured in this
+ * run, met or not. A figure the run did not measure says so.
+ */
+const issueTargets = (run: RunResult): string[] => {
+  const sc = (id: string) => run.scenarios.find((s) => s.id === id)
+  const out: string[] = ["### Issue targets: the flip pays", ""]
+  const fin = (n: number) => Number.isFinite(n)
+
+  // 1. Knee: relay never behind up to C=32; broker path ≥ 0.9× the no-NOTIFY commit rate at C=8,16,32.
+  const knee = sc("knee")
+  if (knee === undefined) {
+    out.push(
+      "- Relay never behind in the knee scenario up to C=32: **not measured** (knee not run).",
+      "- Broker path end-to-end ≥ 0.9× the no-NOTIFY commit rate (events) at C=8, 16, 32: **not measured** (knee not run).",
+    )
+  } else {
+    const kneeArms = ok(knee.arms)
+    const broker = kneeArms.filter((a) => a.variant === "broker-relay" && Number(a.params.concurrency) <= 32)
+    const behindFlag = (f: string) => /relay|behind|backlog/i.test(f)
+    const behindAt = broker.filter((a) => a.flags.some(behindFlag)).map((a) => Number(a.params.concurrency))
+    const cs = broker.map((a) => Number(a.params.concurrency)).sort((a, b) => a - b)
+    const upTo32 = cs.includes(32)
+    out.push(
+      broker.length === 0
+        ? "- Relay never behind in the knee scenario up to C=32: **not measured** (no broker-relay arm)."
+        : `- Relay never behind in the knee scenario up to C=32: measured at C=${cs.join(", ")}; behind at ${behindAt.length > 0 ? `C=${behindAt.join(", ")}` : "none"} → ${behindAt.length > 0 ? verdict(false) : upTo32 ? verdict(true) : "**not measured up to C=32** (none behind where measured)"}.`,
+    )
+    const parts: string[] = []
+    let all: boolean | undefined = true
+    for (const c of [8, 16, 32]) {
+      const b = broker.find((a) => Number(a.params.concurrency) === c)
+      const nn = kneeArms.find((a) => a.variant === "no-notify" && Number(a.params.concurrency) === c)
+      const deliveredKey =
+        b?.metrics.deliveredPerSec !== undefined ? "deliveredPerSec" : "relayForwardedPerSec"
+      const got = med(b, deliveredKey)
+      const ref = med(nn, "eventsPerSec")
+      if (!fin(got) || !fin(ref)) {
+        parts.push(`C=${c} not measured`)
+        all = undefined
+        continue
+      }
+      const r = got / ref
+      parts.push(
+        `C=${c} ${fmtInt(got)} ${deliveredKey === "deliveredPerSec" ? "delivered" : "forwarded to the broker"} vs ${fmtInt(ref)} no-NOTIFY events/s = ${fmtRatio(r)}`,
+      )
+      if (all !== undefined && r < 0.9) all = false
+    }
+    out.push(
+      `- Broker path end-to-end delivered events/s ≥ 0.9× the no-NOTIFY commit rate (events) at C=8, 16, 32: ${parts.join("; ")} → ${verdict(all)}.`,
+    )
+  }
+
+  // 2. Backlog drain and quiet event (relay scenario).
+  const rel = sc("relay")?.derived as RelayDerived | undefined
+  const brokers = Object.entries(rel?.brokers ?? {})
+  if (brokers.length === 0) {
+    out.push(
+      "- Relay forwarding a 100,000-event backlog ≥ 10,000 events/s, flat in backlog size: **not measured** (relay scenario not run).",
+      "- Quiet event forwarded within one relay round (< 1 s) during the drain: **not measured** (relay scenario not run).",
+    )
+  } else {
+    const parts = brokers.map(([t, b]) => {
+      const largest = b.largestBacklog ?? Number.NaN
+      const met = fin(b.rateAtLargest) && largest >= 100_000 ? b.rateAtLargest >= 10_000 : undefined
+      const flat = fin(b.flatness) ? b.flatness <= 0.2 : undefined
+      return `${t}: ${Object.entries(b.rates)
+        .map(([n, r]) => `${fmtInt(Number(n))} → ${fmtInt(r)}/s`)
+        .join(
+          ", ",
+        )} (largest deviation from the median ${fin(b.flatness) ? `${Math.round(b.flatness * 100)} %` : "–"}) → rate ${largest >= 100_000 ? verdict(met) : `**not measured at 100,000** (largest backlog ${fmtInt(largest)})`}, flat ${verdict(flat)}`
+    })
+    out.push(
+      `- Relay forwarding a 100,000-event backlog ≥ 10,000 events/s, flat in backlog size (±20 %): ${parts.join("; ")}.`,
+    )
+    const quiet = brokers.map(([t, b]) => {
+      const met = fin(b.quietDuringDrainMaxMs) ? b.quietDuringDrainMaxMs < 1_000 : undefined
+      return `${t} committed mid-drain ${fmtMs(b.quietDuringDrainMaxMs)} (worst block), preloaded ${fmtMs(b.quietPreloadedMaxMs)} from the relay's start → ${fin(b.quietDuringDrainMaxMs) ? verdict(met) : "**not met** (not forwarded within the drain timeout)"}`
+    })
+    out.push(`- Quiet event forwarded within one relay round (< 1 s) during the drain: ${quiet.join("; ")}.`)
+  }
+
+  // 3. Latency at 1,000 and 5,000 events/s (latency scenario).
+  const lat = sc("latency")
+  if (lat === undefined) {
+    out.push(
+      "- Commit → handler p99 at 1,000 events/s ≤ 10 ms on NATS and Redis: **not measured** (latency not run).",
+      "- No saturation at 5,000 events/s on NATS and Redis: **not measured** (latency not run).",
+    )
+  } else {
+    const sdkAt = (t: string, rate: number) =>
+      ok(lat.arms).find((a) => a.variant === "sdk" && pipeName(a) === t && Number(a.params.rate) === rate)
+    const p99 = ["nats", "redis-streams"].map((t) => {
+      const a = sdkAt(t, 1_000)
+      return a === undefined
+        ? `${t} not measured`
+        : `${t} ${fmtMs(med(a, "p99"))} → ${verdict(med(a, "p99") <= 10)}`
+    })
+    out.push(`- Commit → handler p99 at 1,000 events/s ≤ 10 ms: ${p99.join("; ")}.`)
+    const sat = ["nats", "redis-streams"].map((t) => {
+      const a = sdkAt(t, 5_000)
+      return a === undefined
+        ? `${t} not measured`
+        : `${t} p99 ${fmtMs(med(a, "p99"))}, ${a.saturatedBlocks}/${a.blocks} blocks saturated${a.flags.length > 0 ? ` (${a.flags.join(", ")})` : ""} → ${verdict(a.saturatedBlocks === 0)}`
+    })
+    out.push(`- No saturation at 5,000 events/s: ${sat.join("; ")}.`)
+  }
+
+  // 4. Postgres CPU per event, broker path ÷ INSERT alone (relay scenario).
+  if (brokers.length === 0) {
+    out.push(
+      "- Postgres CPU per event on the broker path ≤ 1.2× the producer's INSERT alone: **not measured**.",
+    )
+  } else {
+    const parts = brokers.map(
+      ([t, b]) =>
+        `${t} ${fmtNum(b.pathPgUsPerEvent)} vs ${fmtNum(b.insertPgUsPerEvent)} µs/event (net of idle background) = ${fmtRatio(b.cpuRatio)}${b.cpuRatioGross !== undefined ? ` (gross ${fmtRatio(b.cpuRatioGross)})` : ""} → ${verdict(fin(b.cpuRatio) ? b.cpuRatio <= 1.2 : undefined)}`,
+    )
+    out.push(
+      `- Postgres CPU per event on the broker path ≤ 1.2× the producer's INSERT alone: ${parts.join("; ")}.`,
+    )
+  }
+  if (run.quick)
+    out.push("", "_Quick run: short blocks; these verdicts are a smoke test, not the measurement._")
+  return out
+}
+
 const renderers: Record<string, (s: ScenarioResult, charts: Charts) => string[]> = {
   throughput: renderThroughput,
   latency: renderLatency,
@@ -773,6 +991,7 @@ const renderers: Record<string, (s: ScenarioResult, charts: Charts) => string[]>
   payload: renderPayload,
   recovery: (s) => renderRecovery(s),
   natsFanout: (s) => renderNatsFanout(s),
+  relay: (s) => renderRelay(s),
 }
 
 const headlines = (run: RunResult): string[] => {
@@ -889,7 +1108,8 @@ export const renderReport = (run: RunResult, o: RenderOptions): Rendered => {
   )
   const unavailable = Object.entries(run.transports).filter(([, v]) => !v.available)
   const heads = headlines(run)
-  if (heads.length > 0) lines.push("## Headlines", "", ...heads, "")
+  const targets = issueTargets(run)
+  lines.push("## Headlines", "", ...heads, ...(heads.length > 0 ? [""] : []), ...targets, "")
   if (unavailable.length > 0) {
     lines.push(
       "Transports not measured in this run:",
@@ -918,6 +1138,7 @@ export const renderReport = (run: RunResult, o: RenderOptions): Rendered => {
     payload: "6. Payload size",
     recovery: "7. Recovery",
     natsFanout: "8. NATS: many subscribers of one channel",
+    relay: "9. The relay: backlog, fairness, Postgres cost",
   }
   for (const s of run.scenarios) {
     lines.push(`## ${titles[s.id] ?? s.title}`, "", method(s), "")
@@ -937,7 +1158,7 @@ export const renderReport = (run: RunResult, o: RenderOptions): Rendered => {
     "pnpm install",
     "pnpm bench            # full run, about 20 minutes; writes this file, docs/benchmarks/*.svg and the JSON",
     "pnpm bench --quick    # under 3 minutes, marked as quick",
-    "pnpm bench --scenario knee   # one scenario (throughput, latency, knee, dbload, fanout, payload, recovery)",
+    "pnpm bench --scenario knee   # one scenario (throughput, latency, knee, dbload, fanout, payload, recovery, natsFanout, relay)",
     "```",
     "",
   )

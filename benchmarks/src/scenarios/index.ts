@@ -7,6 +7,7 @@ import { latency } from "./latency.js"
 import { natsFanout } from "./natsFanout.js"
 import { payload } from "./payload.js"
 import { recovery } from "./recovery.js"
+import { relay } from "./relay.js"
 import { throughput } from "./throughput.js"
 
 export const scenarios: Record<ScenarioId, Scenario> = {
@@ -18,4 +19,5 @@ export const scenarios: Record<ScenarioId, Scenario> = {
   payload,
   recovery,
   natsFanout,
+  relay,
 }

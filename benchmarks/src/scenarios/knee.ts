@@ -204,7 +204,7 @@ const setupMode = async (
     return {
       tx: (client, seq) => inTx(client, () => client.query(sql, [rowsJson(eventsPerTx, seq)])),
       notifications: () => 0,
-      backlog: () => sdk.bus.runtime.runPromise(store.backlog as never) as Promise<number>,
+      backlog: () => sdk.bus.runtime.runPromise(store.relay.backlog as never) as Promise<number>,
       // The relay's lease statement, found by its text: pg_stat_statements keeps the text of
       // the first schema it saw it for, and this bus's relay is the only one running here.
       leaseStats: () =>
