@@ -48,6 +48,9 @@ const openConnection = (options: NatsTransportOptions) =>
           reconnectJitter: 250,
           pingInterval: 20_000,
           maxPingOut: 3,
+          // nats.js otherwise captures a stack trace for every request and publish (two Error
+          // objects each): a large share of the relay's CPU per event.
+          noAsyncTraces: true,
           ...options.connectOptions,
           servers:
             options.servers === undefined

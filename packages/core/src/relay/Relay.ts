@@ -201,7 +201,8 @@ const forward = (o: Resolved, s: PartitionState, rows: ReadonlyArray<RelayedEven
             const sent = Math.min(outcome.sent, run.length)
             forwarded += sent
             start += sent
-            for (let i = 0; i < sent; i++) yield* Metric.update(lag, ageOf(run[i]!.event))
+            // Once per run, not per event: the oldest event's age is the run's lag.
+            if (sent > 0) yield* Metric.update(lag, ageOf(run[0]!.event))
             if (outcome.error === undefined || sent >= run.length) {
               if (start < list.length) continue
               return
@@ -423,7 +424,7 @@ const makeSignal = Effect.gen(function* () {
  * signals the partitions of its own appends at once (`relay.wakeups`), and other processes'
  * through a NOTIFY outside any producer transaction where the store offers one. The append
  * is not committed yet when the signal arrives, so after a wake-up that finds nothing the
- * relay looks again 1, 2, 4, 8 and 16 ms later before it falls back to waiting.
+ * relay looks again 2, 4, 8 and 16 ms later before it falls back to waiting.
  */
 const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: () => boolean) =>
   Effect.scoped(
@@ -512,7 +513,8 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
         }
         idleMs = Math.min(o.maxIdleMs, Math.max(10, idleMs * 2))
         const woke = yield* signal.wait(partition, idleMs)
-        burst = woke ? 1 : 0
+        // A commit usually follows its append within a millisecond or two.
+        burst = woke ? 2 : 0
         if (woke) idleMs = 0
       }
     }),
@@ -550,8 +552,12 @@ export const runRelay = (options: RelayOptions = {}): Effect.Effect<never, never
         })
       // Closing the bus does not wait for rounds: what was sent and not stored is sent again
       // by the next owner and dropped by the broker.
+      // Leaving the live relays (a heartbeat of no time) lets the others take all at once.
       yield* Effect.addFinalizer(() =>
-        Effect.forEach([...held.keys()], (p) => release(p, 0), { concurrency: "unbounded", discard: true }),
+        Effect.forEach([...held.keys()], (p) => release(p, 0), {
+          concurrency: "unbounded",
+          discard: true,
+        }).pipe(Effect.andThen(store.relay.heartbeat(o.owner, 0).pipe(Effect.ignore))),
       )
       let backoffMs = 0
       for (;;) {

@@ -358,8 +358,20 @@ export const makePostgresOutboxStore = (
       const decoded = decodeCursor(cursor)
       return !(decoded instanceof CursorInvalid) && decoded.epoch === ownEpoch
     }
+    // The relay asks about many rows against the same few cursors (an address's position):
+    // decode each once (its check is a SHA-256), in a small cache.
+    const decodedCursors = new Map<string, ReturnType<typeof decodeCursor>>()
+    const decodeCached = (cursor: string) => {
+      let decoded = decodedCursors.get(cursor)
+      if (decoded === undefined) {
+        if (decodedCursors.size >= 256) decodedCursors.clear()
+        decoded = decodeCursor(cursor)
+        decodedCursors.set(cursor, decoded)
+      }
+      return decoded
+    }
     const covers = (cursor: string, position: string): boolean | undefined => {
-      const decoded = decodeCursor(cursor)
+      const decoded = decodeCached(cursor)
       const at = decodePosition(position)
       if (decoded instanceof CursorInvalid || at === undefined || decoded.epoch !== at.epoch) return undefined
       return coversPosition(decoded, at.position)

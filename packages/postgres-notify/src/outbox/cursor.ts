@@ -158,15 +158,16 @@ export const decodeCursor = (text: string): Cursor | CursorInvalid => {
     }
     return invalid(shown, "malformed", `cursor ${JSON.stringify(shown)} is not a Postgres outbox cursor`)
   }
-  const malformed = invalid(shown, "malformed", `cursor ${JSON.stringify(shown)} is malformed`)
+  // Made only when needed: decoding a good cursor (the relay does, per row) builds no error.
+  const malformed = () => invalid(shown, "malformed", `cursor ${JSON.stringify(shown)} is malformed`)
   const cut = text.lastIndexOf(":")
-  if (cut < 0 || text.slice(cut + 1) !== checkOf(text.slice(0, cut))) return malformed
+  if (cut < 0 || text.slice(cut + 1) !== checkOf(text.slice(0, cut))) return malformed()
   const parts = text.slice(0, cut).split(":")
   const epoch = parts[1]
-  if (epoch === undefined || !/^[0-9a-f]{32}$/.test(epoch)) return malformed
+  if (epoch === undefined || !/^[0-9a-f]{32}$/.test(epoch)) return malformed()
   if (parts.length === 3) {
     const at = decodeSnapshot(parts[2]!)
-    return at ? { kind: "steady", epoch, at } : malformed
+    return at ? { kind: "steady", epoch, at } : malformed()
   }
   if (parts.length === 5) {
     const from = decodeSnapshot(parts[2]!)
@@ -174,12 +175,12 @@ export const decodeCursor = (text: string): Cursor | CursorInvalid => {
     const pos = parts[4]!.split(".")
     const xid = pos.length === 2 ? parseB36(pos[0]!) : undefined
     const seq = pos.length === 2 ? parseB36(pos[1]!) : undefined
-    if (!from || !to || xid === undefined || seq === undefined) return malformed
+    if (!from || !to || xid === undefined || seq === undefined) return malformed()
     // The last delivered row was invisible in `from` and visible in `to`.
-    if (isVisible(xid, from) || !isVisible(xid, to) || from.xmax > to.xmax) return malformed
+    if (isVisible(xid, from) || !isVisible(xid, to) || from.xmax > to.xmax) return malformed()
     return { kind: "paging", epoch, from, to, last: { xid, seq } }
   }
-  return malformed
+  return malformed()
 }
 
 /** Latest snapshot a cursor refers to: a cursor from "later" than the database is from another history. */
