@@ -58,7 +58,7 @@ export const describeMetrics = (m: Readonly<Record<string, number>>): string => 
   if (has("lost")) parts.push(`lost ${m.lost}`)
   if (has("lagP99")) parts.push(`lag p99 ${fmtMs(m.lagP99 as number)}`)
   if (has("relayForwardedPerSec")) parts.push(`relay ${fmtNum(m.relayForwardedPerSec as number)} ev/s`)
-  if (has("relayLeaseMeanMs")) parts.push(`lease ${fmtMs(m.relayLeaseMeanMs as number)} × ${m.relayLeases}`)
+  if (has("relayReadMeanMs")) parts.push(`read ${fmtMs(m.relayReadMeanMs as number)} × ${m.relayReads}`)
   if (has("cpuUsPerEvent")) parts.push(`cpu ${fmtNum(m.cpuUsPerEvent as number)} µs/ev`)
   if (has("cpuUsPerCommit")) parts.push(`cpu ${fmtNum(m.cpuUsPerCommit as number)} µs/commit`)
   return parts.join("  ")

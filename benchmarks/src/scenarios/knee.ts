@@ -47,8 +47,8 @@ interface ModeResources {
   tx(client: pg.PoolClient, seq: number): Promise<void>
   notifications(): number
   backlog?(): Promise<number>
-  /** Cumulative calls and execution time of the relay's lease statement (pg_stat_statements). */
-  leaseStats?(): Promise<{ calls: number; totalMs: number }>
+  /** Cumulative calls and execution time of the relay's partition read statements (pg_stat_statements). */
+  readStats?(): Promise<{ calls: number; totalMs: number }>
   close(): Promise<void>
 }
 
@@ -205,14 +205,17 @@ const setupMode = async (
       tx: (client, seq) => inTx(client, () => client.query(sql, [rowsJson(eventsPerTx, seq)])),
       notifications: () => 0,
       backlog: () => sdk.bus.runtime.runPromise(store.relay.backlog as never) as Promise<number>,
-      // The relay's lease statement, found by its text: pg_stat_statements keeps the text of
-      // the first schema it saw it for, and this bus's relay is the only one running here.
-      leaseStats: () =>
+      // The relay's partition reads (steady and paging), found by their text: the only
+      // statements that both filter on the partition and return the read snapshot (the
+      // fairness rounds' address reads do not filter on the partition). pg_stat_statements
+      // keeps the text of the first schema it saw them for, and this bus's relay is the only
+      // one running here.
+      readStats: () =>
         withClient(url, async (c) => {
           try {
             const r = await c.query(
               `SELECT coalesce(sum(calls), 0)::float8 AS calls, coalesce(sum(total_exec_time), 0)::float8 AS ms
-                 FROM pg_stat_statements WHERE query LIKE '%clock_timestamp() AS now%' AND query LIKE '%busy AS MATERIALIZED%'`,
+                 FROM pg_stat_statements WHERE query LIKE '%relay_partition(%' AND query LIKE '%AS snapshot%'`,
             )
             return { calls: Number(r.rows[0]?.calls ?? 0), totalMs: Number(r.rows[0]?.ms ?? 0) }
           } catch {
@@ -328,7 +331,7 @@ export const knee: Scenario = {
                   await new Promise((resolve) => setTimeout(resolve, 100))
                 }
               }
-              const lease0 = await r.leaseStats?.()
+              const read0 = await r.readStats?.()
               const n0 = r.notifications()
               const backlog0 = r.backlog !== undefined ? await r.backlog() : 0
               const cpu0 = ctx.cpu.sample()
@@ -363,10 +366,10 @@ export const knee: Scenario = {
                 metrics.relayBacklog = backlog1
                 const inserted = txs * p.eventsPerTx
                 metrics.relayForwardedPerSec = ((inserted - (backlog1 - backlog0)) * 1000) / p.blockMs
-                const lease1 = await r.leaseStats?.()
-                if (lease0 !== undefined && lease1 !== undefined && lease1.calls > lease0.calls) {
-                  metrics.relayLeases = lease1.calls - lease0.calls
-                  metrics.relayLeaseMeanMs = (lease1.totalMs - lease0.totalMs) / (lease1.calls - lease0.calls)
+                const read1 = await r.readStats?.()
+                if (read0 !== undefined && read1 !== undefined && read1.calls > read0.calls) {
+                  metrics.relayReads = read1.calls - read0.calls
+                  metrics.relayReadMeanMs = (read1.totalMs - read0.totalMs) / (read1.calls - read0.calls)
                 }
               }
               const flags: string[] = []
