@@ -487,7 +487,7 @@ describe("report", () => {
     expect(md).toMatch(
       /nats 110 vs 100 µs\/event \(net of idle background\) = 1\.10× \(gross –\) → \*\*met\*\*; redis-streams 150 vs 100 µs\/event \(net of idle background\) = 1\.50× \(gross –\) → \*\*not met\*\*/,
     )
-    expect(md).toContain("## 8. The relay")
+    expect(md).toContain("## 9. The relay")
   })
 
   it("marks quick runs", () => {
