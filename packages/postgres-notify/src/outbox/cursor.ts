@@ -242,3 +242,28 @@ export const snapshotBelow = (s: Snapshot, bound: bigint): Snapshot => {
   const xmin = s.xmin < bound ? s.xmin : bound
   return { xmin, xmax, xip: s.xip.filter((x) => x >= xmin && x < xmax) }
 }
+
+/** A snapshot's in-progress transaction ids as statement parameters. */
+export const xipParam = (s: Snapshot): Array<string> => s.xip.map(String)
+
+/**
+ * The snapshot parameters of the snapshot-safe read statements, after their scope and limit
+ * parameters: the base snapshot's xmax and xip (`to` for a paging cursor), then for a paging
+ * cursor `from`'s xmax and xip, `to`'s, and the last delivered (xid, seq). Subscriber reads
+ * and the relay's reads take the same list.
+ */
+export const readParams = (cursor: Cursor): Array<unknown> => {
+  const base = cursor.kind === "steady" ? cursor.at : cursor.to
+  const params: Array<unknown> = [String(base.xmax), xipParam(base)]
+  if (cursor.kind === "paging") {
+    params.push(
+      String(cursor.from.xmax),
+      xipParam(cursor.from),
+      String(cursor.to.xmax),
+      xipParam(cursor.to),
+      String(cursor.last.xid),
+      String(cursor.last.seq),
+    )
+  }
+  return params
+}

@@ -19,7 +19,7 @@ import {
   type Position,
   pagingCursors,
   parsePgSnapshot,
-  type Snapshot,
+  readParams,
 } from "./cursor.js"
 import type { OutboxQueries } from "./queries.js"
 
@@ -34,8 +34,6 @@ export const maxPageSize = 10_000
 
 /** The outbox epoch as cursors carry it: the uuid's 32 hex digits. */
 export const compactEpoch = (uuid: string): string => uuid.replaceAll("-", "").toLowerCase()
-
-const xids = (s: Snapshot): Array<string> => s.xip.map(String)
 
 const toHeaders = (u: unknown): Record<string, string> => {
   const headers: Record<string, string> = {}
@@ -69,17 +67,7 @@ export const read = (
 
     // The phase-1 delta starts after `base`; a paging cursor first finishes its own delta.
     const base = cursor.kind === "steady" ? cursor.at : cursor.to
-    const params: Array<unknown> = [tenant, channel, size + 1, String(base.xmax), xids(base)]
-    if (cursor.kind === "paging") {
-      params.push(
-        String(cursor.from.xmax),
-        xids(cursor.from),
-        String(cursor.to.xmax),
-        xids(cursor.to),
-        String(cursor.last.xid),
-        String(cursor.last.seq),
-      )
-    }
+    const params: Array<unknown> = [tenant, channel, size + 1, ...readParams(cursor)]
     const rows = yield* runPrepared(
       executor,
       "read",

@@ -19,10 +19,12 @@ import {
   isExpired,
   type Position,
   parsePgSnapshot,
+  readParams,
   type Snapshot,
+  xipParam,
 } from "./cursor.js"
 import { relayPartitionOf } from "./hashtext.js"
-import { maxPageSize } from "./read.js"
+import { compactEpoch, maxPageSize } from "./read.js"
 import { envelopeOf } from "./relay.js"
 import type { RelayQueries } from "./relayQueries.js"
 
@@ -34,8 +36,6 @@ import type { RelayQueries } from "./relayQueries.js"
  * @module
  */
 
-const xids = (s: Snapshot): Array<string> => s.xip.map(String)
-
 /**
  * The text form of `pg_snapshot`: every row visible in it is covered. Postgres refuses
  * transaction id 0, so the empty snapshot (nothing covered) is written as 1:1: (transaction
@@ -46,8 +46,6 @@ const snapshotText = (s: Snapshot): string =>
 
 /** The snapshot part of a relay position: rows visible in it are covered whatever the paging. */
 const coveredOf = (c: Cursor): Snapshot => (c.kind === "steady" ? c.at : c.from)
-
-const compactEpoch = (uuid: string): string => uuid.replaceAll("-", "").toLowerCase()
 
 /** The relay log over the store's pool. */
 export const makeRelayLog = (
@@ -100,17 +98,7 @@ export const makeRelayLog = (
       let cursor = position(after, "")
       const paging = cursor.kind === "paging"
       const base = cursor.kind === "steady" ? cursor.at : cursor.to
-      const params: Array<unknown> = [...scope, size + 1, String(base.xmax), xids(base)]
-      if (cursor.kind === "paging") {
-        params.push(
-          String(cursor.from.xmax),
-          xids(cursor.from),
-          String(cursor.to.xmax),
-          xids(cursor.to),
-          String(cursor.last.xid),
-          String(cursor.last.seq),
-        )
-      }
+      const params: Array<unknown> = [...scope, size + 1, ...readParams(cursor)]
       const sql =
         address === undefined
           ? paging
@@ -219,7 +207,7 @@ export const makeRelayLog = (
           from?.tenant ?? "",
           from?.channel ?? "",
           String(covered.xmax),
-          xids(covered),
+          xipParam(covered),
           n + 1,
         ])
         const addresses = rows
