@@ -17,7 +17,7 @@ export {
   type TransportName,
 } from "./config/BusConfig.js"
 export { capabilities, defaultCapabilities, type TransportCapabilities } from "./contracts/Capabilities.js"
-export { isSymbolicStart, type StartPosition } from "./contracts/Cursor.js"
+export { addressTag, isSymbolicStart, type StartPosition } from "./contracts/Cursor.js"
 export {
   type Address,
   type DeadLetter,

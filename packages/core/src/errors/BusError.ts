@@ -43,10 +43,10 @@ export class NotInTransaction extends Schema.TaggedError<NotInTransaction>()("No
   readonly retryable = false
 }
 
-/** A cursor is malformed, from another transport or epoch, or older than retention: resume is impossible. */
+/** A cursor is malformed, from another transport, epoch or address, or older than retention: resume is impossible. */
 export class CursorInvalid extends Schema.TaggedError<CursorInvalid>()("CursorInvalid", {
   cursor: Schema.String,
-  reason: Schema.Literals(["malformed", "expired", "foreign"]),
+  reason: Schema.Literals(["malformed", "expired", "foreign", "address"]),
   message: Schema.String,
 }) {
   readonly retryable = false
