@@ -80,6 +80,9 @@ export {
   type Subscription,
 } from "./facade/createBus.js"
 export {
+  checkCursorAddress,
+  cursorAddressOf,
+  cursorOfAnotherAddress,
   flipCursorExpired,
   frontierSeparator,
   notCoveredBy,

@@ -94,7 +94,7 @@ describe("transport flip (in memory)", () => {
     await until(() => run.received.length === 30 && handled.length === 30, "phase 1")
     const phase1 = run.received.map((e) => e.id)
     const cursor1 = run.cursor!
-    expect(cursor1.startsWith("mem1:")).toBe(true)
+    expect(cursor1.startsWith("mem2:")).toBe(true)
     await run.stop()
 
     // Published while nothing consumes: must reach everyone after the flip.

@@ -93,7 +93,7 @@ describe("subscribe: start positions", () => {
     const { outbox, provide } = setup()
     outbox.commitBatch(events("acme", "orders", 1))
     const [e] = await provide(take("beginning", 1))
-    expect(e!.cursor).toMatch(/^mem1:/)
+    expect(e!.cursor).toMatch(/^mem2:/)
     const { cursor: _c, ...envelope } = e as DeliveredEvent
     expect(envelope).toEqual(outbox.committed()[0])
   })
@@ -331,7 +331,7 @@ describe("subscribe: the Promise facade", () => {
       a.push((e.data as { i: number }).i)
       if (a.length === 2) break
     }
-    expect(first.cursor).toMatch(/^mem1:/)
+    expect(first.cursor).toMatch(/^mem2:/)
     const second = bus.subscribe({ ...address, from: first.cursor! })
     const b: Array<number> = []
     for await (const e of second) {

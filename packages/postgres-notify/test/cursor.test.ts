@@ -33,6 +33,13 @@ describe("snapshot cursors", () => {
       expect(text.startsWith("pg1:")).toBe(true)
       expect(text).not.toMatch(/[\s\n\r]/)
       expect(decodeCursor(text)).toEqual(c)
+      // With the address it was read for (pg2): the same cursor, naming its address.
+      const addressed = encodeCursor({ ...c, address: "0badf00d" })
+      expect(addressed.startsWith("pg2:0badf00d:")).toBe(true)
+      expect(decodeCursor(addressed)).toEqual({ ...c, address: "0badf00d" })
+      expect(decodeCursor(addressed.replace("pg2:0badf00d:", "pg2:0badf00:"))).toMatchObject({
+        reason: "malformed",
+      })
     }
   })
 

@@ -28,10 +28,13 @@ const heartbeatBytes = encoder.encode(heartbeatFrame)
 
 const cursorInvalid = (
   u: unknown,
-): { readonly reason: "malformed" | "expired" | "foreign"; readonly message: string } | undefined => {
+): { readonly reason: "malformed" | "expired" | "foreign" | "address"; readonly message: string } | undefined => {
   const e = u as { _tag?: unknown; reason?: unknown; message?: unknown } | null
   if (typeof e !== "object" || e === null || e._tag !== "CursorInvalid") return undefined
-  const reason = e.reason === "expired" || e.reason === "foreign" ? e.reason : "malformed"
+  // "address": the Last-Event-ID was another stream's (another tenant or channel): the
+  // client is told to start again rather than resumed at a position that skips events.
+  const reason =
+    e.reason === "expired" || e.reason === "foreign" || e.reason === "address" ? e.reason : "malformed"
   return { reason, message: String(e.message) }
 }
 

@@ -1,5 +1,6 @@
 import { Option } from "effect"
-import type { OutboxStore } from "../contracts/OutboxStore.js"
+import { addressTag } from "../contracts/Cursor.js"
+import type { Address, OutboxStore } from "../contracts/OutboxStore.js"
 import { CursorInvalid } from "../errors/BusError.js"
 
 /**
@@ -21,24 +22,94 @@ import { CursorInvalid } from "../errors/BusError.js"
  * - **Broker → another broker**: the frontier is an outbox cursor, so the second case
  *   applies to it as well.
  *
+ * **Addresses.** A frontier is a relay cursor: it is not bound to one address (the relay's
+ * positions span them all). Positions are shared by every address of an outbox, so a
+ * composite cursor of one channel given to another would resume that other channel from
+ * the frontier and silently skip its events in between. A composite cursor therefore
+ * names its address ({@link addressTag}) before the frontier,
+ * `redis1:…~@<tag>:pg1:…`, and every transport refuses a composite or an outbox cursor of
+ * another address with `CursorInvalid { reason: "address" }` ({@link checkCursorAddress}).
+ * Composite cursors without the tag (made before it existed) are still accepted,
+ * unchecked.
+ *
  * @module
  */
 
 /** Separates a transport's own cursor from the outbox frontier it carries. */
 export const frontierSeparator = "~"
 
-/** `cursor` with `frontier` appended (unchanged without a frontier). */
-export const withFrontier = (cursor: string, frontier: string | undefined): string =>
-  frontier === undefined || frontier === "" ? cursor : `${cursor}${frontierSeparator}${frontier}`
+/** The address tag of a composite cursor, right after the separator: `~@<tag>:<frontier>`. */
+const taggedFrontier = /^@([0-9a-f]{8}):/
 
-/** Splits a cursor into the transport's own part and the outbox frontier it carries, if any. */
+/**
+ * `cursor` with `frontier` appended (unchanged without a frontier). With `address`, the
+ * composite names it (`<cursor>~@<tag>:<frontier>`), so the frontier is never taken for
+ * another address's position; transports pass the event's address.
+ */
+export const withFrontier = (cursor: string, frontier: string | undefined, address?: Address): string =>
+  frontier === undefined || frontier === ""
+    ? cursor
+    : address === undefined
+      ? `${cursor}${frontierSeparator}${frontier}`
+      : `${cursor}${frontierSeparator}@${addressTag(address)}:${frontier}`
+
+/**
+ * Splits a cursor into the transport's own part, the outbox frontier it carries, if any,
+ * and the address tag of the composite, if it names one (see the module comment).
+ */
 export const splitCursor = (
   cursor: string,
-): { readonly base: string; readonly frontier: string | undefined } => {
+): { readonly base: string; readonly frontier: string | undefined; readonly address?: string | undefined } => {
   const i = cursor.indexOf(frontierSeparator)
-  return i < 0
-    ? { base: cursor, frontier: undefined }
-    : { base: cursor.slice(0, i), frontier: cursor.slice(i + 1) }
+  if (i < 0) return { base: cursor, frontier: undefined }
+  const rest = cursor.slice(i + 1)
+  const tagged = taggedFrontier.exec(rest)
+  return tagged === null
+    ? { base: cursor.slice(0, i), frontier: rest }
+    : { base: cursor.slice(0, i), frontier: rest.slice(tagged[0].length), address: tagged[1]! }
+}
+
+/**
+ * Outbox cursors of the stores shipped here that name their address right after their
+ * prefix (`pg2:<tag>:…`, `mem2:<tag>:…`). Their version-1 forms (`pg1:`, `mem1:`) carry
+ * none: they are relay positions and frontiers, or cursors handed out before the tag
+ * existed, and are accepted unchecked.
+ */
+const addressedOutboxCursor = /^(?:pg2|mem2):([0-9a-f]{8}):/
+
+/**
+ * The address tag a cursor names, if any: the composite's tag, else that of an addressed
+ * outbox cursor (itself, or the frontier it carries). A broker's own cursor format is
+ * checked by that broker's parser, not here.
+ */
+export const cursorAddressOf = (cursor: string): string | undefined => {
+  const { base, frontier, address } = splitCursor(cursor)
+  if (address !== undefined) return address
+  return addressedOutboxCursor.exec(base)?.[1] ?? (frontier && addressedOutboxCursor.exec(frontier)?.[1])
+}
+
+/**
+ * The refusal of a cursor that belongs to another address than `address`. Stores and
+ * transports raise it where a cursor names its address (see the module comment).
+ */
+export const cursorOfAnotherAddress = (cursor: string, address: Address): CursorInvalid => {
+  const shown = cursor.length > 200 ? `${cursor.slice(0, 200)}…` : cursor
+  return new CursorInvalid({
+    cursor: shown,
+    reason: "address",
+    message: `cursor ${JSON.stringify(shown.length > 80 ? `${shown.slice(0, 80)}…` : shown)} belongs to another tenant or channel than ${address.tenant}/${address.channel}: positions are shared by every address of the outbox, so resuming from it would skip events; keep one cursor per (tenant, channel) and resume from "beginning" or "now" instead`,
+  })
+}
+
+/**
+ * Refuses a cursor (an outbox cursor, or a composite cursor with its frontier) that names
+ * another address than `address`; `undefined` when it names `address` or none (a cursor
+ * made before cursors named their address, accepted unchecked). Broker transports call it
+ * on a `from` that is not their own cursor before resuming from its outbox position.
+ */
+export const checkCursorAddress = (cursor: string, address: Address): CursorInvalid | undefined => {
+  const tag = cursorAddressOf(cursor)
+  return tag === undefined || tag === addressTag(address) ? undefined : cursorOfAnotherAddress(cursor, address)
 }
 
 /**

@@ -4,10 +4,12 @@ import { createHash } from "node:crypto"
  * Checks the outbox frontier a broker cursor carries after `~` (docs/flip.md), by the
  * cursor syntax of the outbox stores:
  *
- * - `mem1:<epoch: 8 hex>:<position>` (the in-memory outbox);
- * - `pg1:<epoch: 32 hex>:<body>:<check>` (the Postgres outbox), where `check` is the first
- *   8 hex digits of the SHA-256 of everything before it, so a cut, extended or edited
- *   frontier is caught as the store itself would catch it;
+ * - `mem1:<epoch: 8 hex>:<position>` (the in-memory outbox), or `mem2:<address: 8 hex>:…`
+ *   with the same rest (a subscriber's cursor, which names its address);
+ * - `pg1:<epoch: 32 hex>:<body>:<check>` (the Postgres outbox), or `pg2:<address: 8 hex>:…`
+ *   with the same rest, where `check` is the first 8 hex digits of the SHA-256 of
+ *   everything before it, so a cut, extended or edited frontier is caught as the store
+ *   itself would catch it;
  * - any other outbox's cursor: `<name><version>:<text>`, printable, without spaces or `~`.
  *
  * A frontier is always an outbox cursor: a broker cursor (`nats1:`, `redis1:`) there is
@@ -22,8 +24,8 @@ import { createHash } from "node:crypto"
  * @module
  */
 
-const memCursor = /^mem1:[0-9a-f]{8}:[0-9]{1,16}$/
-const pgCursor = /^(pg1:[0-9a-f]{32}:[0-9a-z.,:]+):([0-9a-f]{8})$/
+const memCursor = /^mem(?:1|2:[0-9a-f]{8}):[0-9a-f]{8}:[0-9]{1,16}$/
+const pgCursor = /^(pg(?:1|2:[0-9a-f]{8}):[0-9a-f]{32}:[0-9a-z.,:]+):([0-9a-f]{8})$/
 const otherCursor = /^[a-z][a-z0-9-]*[0-9]:[!-}]+$/
 const brokerCursor = /^(nats|redis)[0-9]+:/
 /** Longer than any frontier a relay stores (positions and frontiers are kept short). */
@@ -32,8 +34,8 @@ const maxFrontierLength = 64 * 1024
 /** True when `frontier` is a well-formed outbox cursor (see the module comment). */
 export const isOutboxFrontier = (frontier: string): boolean => {
   if (frontier.length === 0 || frontier.length > maxFrontierLength) return false
-  if (frontier.startsWith("mem1:")) return memCursor.test(frontier)
-  if (frontier.startsWith("pg1:")) {
+  if (frontier.startsWith("mem1:") || frontier.startsWith("mem2:")) return memCursor.test(frontier)
+  if (frontier.startsWith("pg1:") || frontier.startsWith("pg2:")) {
     const m = pgCursor.exec(frontier)
     return m !== null && createHash("sha256").update(m[1]!).digest("hex").slice(0, 8) === m[2]
   }

@@ -11,7 +11,12 @@ import {
   type RelayState,
 } from "../contracts/OutboxStore.js"
 import type { DeliveredEvent, Envelope } from "../envelope/Envelope.js"
+import { addressTag } from "../contracts/Cursor.js"
 import { CursorInvalid, NotInTransaction } from "../errors/BusError.js"
+import { cursorOfAnotherAddress } from "../flip/flip.js"
+
+/** `mem1:<epoch>:<position>` or `mem2:<address>:<epoch>:<position>`: groups address, epoch, position. */
+const cursorPattern = /^mem(?:1|2:([0-9a-f]{8})):([0-9a-f]{8}):(\d{1,16})$/
 
 /**
  * The in-memory outbox: a faithful reference of the outbox contract for users' unit
@@ -173,19 +178,30 @@ export class MemoryOutbox {
     return this.#rows.map((r) => r.envelope)
   }
 
-  #cursor(position: number): string {
-    return `mem1:${this.epoch}:${position}`
+  /**
+   * `mem1:<epoch>:<position>` for relay positions and frontiers (they span addresses);
+   * `mem2:<address>:<epoch>:<position>` for a subscriber's cursor, which names its address
+   * ({@link addressTag}): positions are shared by every address, so a cursor of one channel
+   * read for another would skip that channel's events in between. `mem1:` cursors handed
+   * out before the tag existed are still read, unchecked.
+   */
+  #cursor(position: number, tag?: string): string {
+    return tag === undefined ? `mem1:${this.epoch}:${position}` : `mem2:${tag}:${this.epoch}:${position}`
   }
 
-  #parseCursor(cursor: string): Effect.Effect<number, CursorInvalid> {
+  /** The position of `cursor`, read for `address` (unset for the relay's own positions). */
+  #parseCursor(cursor: string, address?: Address): Effect.Effect<number, CursorInvalid> {
     if (cursor === "beginning") return Effect.succeed(this.#retainedFrom)
-    const m = /^mem1:([0-9a-f]{8}):(\d+)$/.exec(cursor)
+    const m = cursorPattern.exec(cursor)
     if (!m) {
       return Effect.fail(
         new CursorInvalid({ cursor, reason: "malformed", message: "not a cursor of the in-memory outbox" }),
       )
     }
-    if (m[1] !== this.epoch) {
+    if (m[1] !== undefined && address !== undefined && m[1] !== addressTag(address)) {
+      return Effect.fail(cursorOfAnotherAddress(cursor, address))
+    }
+    if (m[2] !== this.epoch) {
       return Effect.fail(
         new CursorInvalid({
           cursor,
@@ -194,7 +210,7 @@ export class MemoryOutbox {
         }),
       )
     }
-    const position = Number(m[2])
+    const position = Number(m[3])
     if (position > this.#position) {
       return Effect.fail(
         new CursorInvalid({ cursor, reason: "malformed", message: "cursor is ahead of the outbox" }),
@@ -212,10 +228,10 @@ export class MemoryOutbox {
     return Effect.succeed(position)
   }
 
-  /** `[epoch, position]` of a cursor or position of this store's format (any epoch). */
+  /** `[epoch, position]` of a cursor or position of this store's format (any epoch or address). */
   static #parts(text: string): readonly [string, number] | undefined {
-    const m = /^mem1:([0-9a-f]{8}):(\d+)$/.exec(text)
-    return m ? [m[1]!, Number(m[2])] : undefined
+    const m = cursorPattern.exec(text)
+    return m ? [m[2]!, Number(m[3])] : undefined
   }
 
   /** Whether the row is covered by its partition's relay positions (forwarded or parked). */
@@ -359,8 +375,9 @@ export class MemoryOutbox {
         return Effect.void
       }),
     read: (address, after, limit) =>
-      this.#parseCursor(after).pipe(
+      this.#parseCursor(after, address).pipe(
         Effect.map((from) => {
+          const tag = addressTag(address)
           const rows = this.#byAddress.get(addressKey(address)) ?? []
           const events: Array<DeliveredEvent> = []
           let next = from
@@ -371,15 +388,15 @@ export class MemoryOutbox {
               more = true
               break
             }
-            events.push({ ...row.envelope, cursor: this.#cursor(row.position) })
+            events.push({ ...row.envelope, cursor: this.#cursor(row.position, tag) })
             next = row.position
           }
           // An empty page still advances to the head, so the next read starts there.
           if (!more) next = Math.max(next, this.#position)
-          return { events, next: this.#cursor(next), more }
+          return { events, next: this.#cursor(next, tag), more }
         }),
       ),
-    head: () => Effect.sync(() => this.#cursor(this.#position)),
+    head: (address) => Effect.sync(() => this.#cursor(this.#position, addressTag(address))),
     changes: Stream.fromPubSub(this.#changes),
     watch: () => Effect.void,
     relay: this.#relay,

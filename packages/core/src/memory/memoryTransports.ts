@@ -2,7 +2,7 @@ import { Effect, Layer, Option, Stream } from "effect"
 import { OutboxStore } from "../contracts/OutboxStore.js"
 import { type SendItem, type SendMeta, Transport } from "../contracts/Transport.js"
 import type { DeliveredEvent } from "../envelope/Envelope.js"
-import { notCoveredBy, outboxCursorOf, splitCursor, withFrontier } from "../flip/flip.js"
+import { checkCursorAddress, notCoveredBy, outboxCursorOf, splitCursor, withFrontier } from "../flip/flip.js"
 import { outboxTransport } from "../outbox-transport/OutboxTransport.js"
 import { MemoryOutbox } from "./MemoryOutbox.js"
 
@@ -31,7 +31,8 @@ const stored = new WeakMap<
  * JetStream does with `Nats-Msg-Id`. Like the real brokers it keeps each event's outbox
  * position and frontier, so cursors survive a flip between it and the outbox transport
  * (docs/flip.md): an outbox cursor resumes here without gap or duplicate, and its own
- * cursors carry the outbox frontier (`mem1:…~mem1:…`).
+ * cursors carry the outbox frontier and their address (`mem2:…~@<tag>:mem1:…`): an outbox or
+ * composite cursor of another address is refused (`CursorInvalid` reason `address`).
  */
 export const memoryBroker = (broker: MemoryOutbox = MemoryOutbox.make()): Layer.Layer<Transport> =>
   Layer.effect(
@@ -48,7 +49,7 @@ export const memoryBroker = (broker: MemoryOutbox = MemoryOutbox.make()): Layer.
       const { sent, meta } = state
       const decorate = (event: DeliveredEvent): DeliveredEvent => {
         const frontier = meta.get(event.id)?.frontier
-        return frontier === undefined ? event : { ...event, cursor: withFrontier(event.cursor, frontier) }
+        return frontier === undefined ? event : { ...event, cursor: withFrontier(event.cursor, frontier, event) }
       }
       // One in-memory commit for the lot, repeats of an id dropped.
       const accept = (items: ReadonlyArray<SendItem>): void => {
@@ -62,15 +63,22 @@ export const memoryBroker = (broker: MemoryOutbox = MemoryOutbox.make()): Layer.
         if (fresh.length > 0) broker.commitBatch(fresh)
       }
       // The inner transport's start check knows only its own cursors; this broker also
-      // resumes from outbox cursors and frontiers (below), so it reports refusals from the stream.
+      // resumes from outbox cursors and frontiers (below), so it checks only their address
+      // up front and reports other refusals from the stream.
       const { checkStart: _ownCursorsOnly, ...innerRest } = inner
       return Transport.of({
         ...innerRest,
+        checkStart: (address, from) => {
+          const refused = checkCursorAddress(from, address)
+          return refused === undefined ? Effect.void : Effect.fail(refused)
+        },
         capabilities: { ...inner.capabilities, name: "memory-broker", needsRelay: true, dedupesSends: true },
         subscribe: (request) => {
           const from = request.from ?? "now"
           if (from === "now" || from === "beginning")
             return inner.subscribe(request).pipe(Stream.map(decorate))
+          const refused = checkCursorAddress(from, request)
+          if (refused !== undefined) return Stream.fail(refused)
           const { base } = splitCursor(from)
           if (broker.store.ownsCursor(base)) {
             return inner.subscribe({ ...request, from: base }).pipe(Stream.map(decorate))

@@ -3,8 +3,8 @@ import { capabilities as makeCapabilities, type TransportCapabilities } from "..
 import { type Address, OutboxStore } from "../contracts/OutboxStore.js"
 import { type Delivery, type GroupRequest, type SubscribeRequest, Transport } from "../contracts/Transport.js"
 import type { DeliveredEvent } from "../envelope/Envelope.js"
-import { type BusError, TransportFailure } from "../errors/BusError.js"
-import { splitCursor } from "../flip/flip.js"
+import { type BusError, type CursorInvalid, TransportFailure } from "../errors/BusError.js"
+import { checkCursorAddress, splitCursor } from "../flip/flip.js"
 import { catchUpReads, inboxSkipped } from "../metrics/metrics.js"
 import { checkAddress, checkName } from "../names/Name.js"
 import { cappedBackoff } from "../schedule/backoff.js"
@@ -228,14 +228,18 @@ export const outboxTransport = (
       )
 
       /**
-       * Where to read from: a cursor of this outbox as it is; another transport's cursor
-       * that carries an outbox frontier (`redis1:…~pg1:…`, after a flip back to the outbox)
-       * resumes from that frontier. Anything else goes to the store, which refuses it.
+       * Where to read from: a cursor of this outbox as it is (the store checks the address
+       * it names); another transport's cursor that carries an outbox frontier
+       * (`redis1:…~@<tag>:pg1:…`, after a flip back to the outbox) resumes from that
+       * frontier, unless the composite names another address (the frontier is a relay
+       * cursor, bound to no address itself). Anything else goes to the store, which refuses it.
        */
-      const startOf = (from: string): string => {
-        if (from === "now" || from === "beginning" || store.ownsCursor(from)) return from
+      const startOf = (address: Address, from: string): Effect.Effect<string, CursorInvalid> => {
+        if (from === "now" || from === "beginning" || store.ownsCursor(from)) return Effect.succeed(from)
         const { frontier } = splitCursor(from)
-        return frontier !== undefined && store.ownsCursor(frontier) ? frontier : from
+        if (frontier === undefined || !store.ownsCursor(frontier)) return Effect.succeed(from)
+        const refused = checkCursorAddress(from, address)
+        return refused === undefined ? Effect.succeed(frontier) : Effect.fail(refused)
       }
 
       /**
@@ -248,7 +252,7 @@ export const outboxTransport = (
         Effect.gen(function* () {
           const feed = yield* RcMap.get(feeds, keyOf(address))
           const { log } = feed
-          let cursor = from === "now" ? yield* headWithRetry(store, address) : startOf(from)
+          let cursor = from === "now" ? yield* headWithRetry(store, address) : yield* startOf(address, from)
           /** Log index of the next page; -1 until joined (or after falling out of the window). */
           let index = -1
           let live = false
@@ -449,7 +453,9 @@ export const outboxTransport = (
         capabilities: makeCapabilities(options.name, options.capabilities),
         head: (address) => checkAddress(address).pipe(Effect.flatMap(store.head)),
         checkStart: (address, from) =>
-          checkAddress(address).pipe(Effect.flatMap((a) => checkStartCursor(store, a, startOf(from)))),
+          checkAddress(address).pipe(
+            Effect.flatMap((a) => Effect.flatMap(startOf(a, from), (start) => checkStartCursor(store, a, start))),
+          ),
         subscribe,
         group,
         deadLetters: (limit) => store.deadLetters(limit),

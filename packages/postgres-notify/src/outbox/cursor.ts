@@ -1,5 +1,5 @@
 import { hash } from "node:crypto"
-import { CursorInvalid } from "@bus/core"
+import { type Address, addressTag, CursorInvalid, cursorOfAnotherAddress } from "@bus/core"
 
 /**
  * Snapshot cursors.
@@ -20,9 +20,18 @@ import { CursorInvalid } from "@bus/core"
  *
  * Encoding (opaque to users, stable for this package version):
  *
- *   pg1:<epoch>:<snap>:<check>                            steady
- *   pg1:<epoch>:<snap from>:<snap to>:<xid>.<seq>:<check>  paging
+ *   pg2:<address>:<epoch>:<snap>:<check>                            steady
+ *   pg2:<address>:<epoch>:<snap from>:<snap to>:<xid>.<seq>:<check>  paging
  *   snap = <xmin>.<xmax-xmin>[.<xip-xmin>,…]     all numbers base 36
+ *
+ * `address` is the address the cursor was read for (`addressTag`, 8 hex digits). A
+ * snapshot describes the whole outbox, not one address, so a cursor of one channel read
+ * for another would be a valid position there and silently skip that channel's events in
+ * between (a browser that stored one Last-Event-ID for two streams, a tenant switch): a
+ * read refuses a cursor of another address (`CursorInvalid` reason `address`). The same
+ * forms without it, `pg1:<epoch>:…`, are the relay's positions and frontiers (which span
+ * addresses) and cursors handed out before the address existed: they are still read,
+ * with no address check.
  *
  * `check` is 8 hex digits of a SHA-256 of everything before it: a cursor that was cut,
  * extended or edited (every base-36 edit of a number is another valid number) is refused
@@ -51,15 +60,21 @@ export interface Position {
   readonly seq: bigint
 }
 
-/** A decoded cursor. */
+/** A decoded cursor. `address`: the address tag a `pg2:` cursor names (none for `pg1:`). */
 export type Cursor =
-  | { readonly kind: "steady"; readonly epoch: string; readonly at: Snapshot }
+  | {
+      readonly kind: "steady"
+      readonly epoch: string
+      readonly at: Snapshot
+      readonly address?: string | undefined
+    }
   | {
       readonly kind: "paging"
       readonly epoch: string
       readonly from: Snapshot
       readonly to: Snapshot
       readonly last: Position
+      readonly address?: string | undefined
     }
 
 const maxXid = (1n << 64n) - 1n
@@ -90,13 +105,22 @@ const encodeSnapshot = (s: Snapshot): string => {
 // One-shot hash: no Hash object per cursor (a page encodes a cursor per event).
 const checkOf = (body: string): string => hash("sha256", body, "hex").slice(0, 8)
 
+/** `pg2:<address>:<epoch>` with an address tag, `pg1:<epoch>` without. */
+const prefixOf = (epoch: string, address: string | undefined): string =>
+  address === undefined ? `pg1:${epoch}` : `pg2:${address}:${epoch}`
+
 /**
- * Encoder of the paging cursors of one page: every event of a page shares (epoch, from,
- * to), so their text (snapshots with their in-progress lists) is built once per page and
- * each event adds only its position and the check.
+ * Encoder of the paging cursors of one page: every event of a page shares (address,
+ * epoch, from, to), so their text (snapshots with their in-progress lists) is built once
+ * per page and each event adds only its position and the check.
  */
-export const pagingCursors = (epoch: string, from: Snapshot, to: Snapshot): ((last: Position) => string) => {
-  const prefix = `pg1:${epoch}:${encodeSnapshot(from)}:${encodeSnapshot(to)}:`
+export const pagingCursors = (
+  epoch: string,
+  from: Snapshot,
+  to: Snapshot,
+  address?: string,
+): ((last: Position) => string) => {
+  const prefix = `${prefixOf(epoch, address)}:${encodeSnapshot(from)}:${encodeSnapshot(to)}:`
   return (last) => {
     const body = `${prefix}${b36(last.xid)}.${b36(last.seq)}`
     return `${body}:${checkOf(body)}`
@@ -107,8 +131,8 @@ export const pagingCursors = (epoch: string, from: Snapshot, to: Snapshot): ((la
 export const encodeCursor = (cursor: Cursor): string => {
   const body =
     cursor.kind === "steady"
-      ? `pg1:${cursor.epoch}:${encodeSnapshot(cursor.at)}`
-      : `pg1:${cursor.epoch}:${encodeSnapshot(cursor.from)}:${encodeSnapshot(cursor.to)}:${b36(cursor.last.xid)}.${b36(cursor.last.seq)}`
+      ? `${prefixOf(cursor.epoch, cursor.address)}:${encodeSnapshot(cursor.at)}`
+      : `${prefixOf(cursor.epoch, cursor.address)}:${encodeSnapshot(cursor.from)}:${encodeSnapshot(cursor.to)}:${b36(cursor.last.xid)}.${b36(cursor.last.seq)}`
   return `${body}:${checkOf(body)}`
 }
 
@@ -142,13 +166,16 @@ const decodeSnapshot = (text: string): Snapshot | undefined => {
   return { xmin, xmax, xip }
 }
 
-const invalid = (cursor: string, reason: "malformed" | "expired" | "foreign", message: string) =>
+const invalid = (cursor: string, reason: "malformed" | "expired" | "foreign" | "address", message: string) =>
   new CursorInvalid({ cursor, reason, message })
 
-/** Decodes a cursor string, or says why it is not one of ours. Checks form only, not the epoch. */
+/**
+ * Decodes a cursor string, or says why it is not one of ours. Checks form only, not the
+ * epoch nor the address (see {@link checkCursorAddress}).
+ */
 export const decodeCursor = (text: string): Cursor | CursorInvalid => {
   const shown = text.length > 200 ? `${text.slice(0, 200)}…` : text
-  if (typeof text !== "string" || !text.startsWith("pg1:")) {
+  if (typeof text !== "string" || !(text.startsWith("pg1:") || text.startsWith("pg2:"))) {
     if (typeof text === "string" && /^[a-z][a-z0-9-]*\d:/.test(text)) {
       return invalid(
         shown,
@@ -163,11 +190,17 @@ export const decodeCursor = (text: string): Cursor | CursorInvalid => {
   const cut = text.lastIndexOf(":")
   if (cut < 0 || text.slice(cut + 1) !== checkOf(text.slice(0, cut))) return malformed()
   const parts = text.slice(0, cut).split(":")
+  // pg2 names its address before the epoch; the rest is laid out as in pg1.
+  let address: string | undefined
+  if (parts[0] === "pg2") {
+    address = parts.splice(1, 1)[0]
+    if (address === undefined || !/^[0-9a-f]{8}$/.test(address)) return malformed()
+  }
   const epoch = parts[1]
   if (epoch === undefined || !/^[0-9a-f]{32}$/.test(epoch)) return malformed()
   if (parts.length === 3) {
     const at = decodeSnapshot(parts[2]!)
-    return at ? { kind: "steady", epoch, at } : malformed()
+    return at ? { kind: "steady", epoch, at, address } : malformed()
   }
   if (parts.length === 5) {
     const from = decodeSnapshot(parts[2]!)
@@ -178,10 +211,19 @@ export const decodeCursor = (text: string): Cursor | CursorInvalid => {
     if (!from || !to || xid === undefined || seq === undefined) return malformed()
     // The last delivered row was invisible in `from` and visible in `to`.
     if (isVisible(xid, from) || !isVisible(xid, to) || from.xmax > to.xmax) return malformed()
-    return { kind: "paging", epoch, from, to, last: { xid, seq } }
+    return { kind: "paging", epoch, from, to, last: { xid, seq }, address }
   }
   return malformed()
 }
+
+/**
+ * Refuses a cursor that names another address than `address` (its tag, from
+ * `addressTag`); `undefined` when it names this one or none (`pg1:`, accepted unchecked).
+ */
+export const checkCursorAddress = (text: string, cursor: Cursor, address: Address): CursorInvalid | undefined =>
+  cursor.address === undefined || cursor.address === addressTag(address)
+    ? undefined
+    : cursorOfAnotherAddress(text, address)
 
 /** Latest snapshot a cursor refers to: a cursor from "later" than the database is from another history. */
 export const newestSnapshot = (cursor: Cursor): Snapshot => (cursor.kind === "steady" ? cursor.at : cursor.to)

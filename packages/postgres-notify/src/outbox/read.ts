@@ -1,5 +1,6 @@
 import {
   type Address,
+  addressTag,
   type BusError,
   CursorInvalid,
   checkAddress,
@@ -11,6 +12,7 @@ import { Effect } from "effect"
 import { runPrepared, runQuery, type SqlExecutor } from "../sql/executor.js"
 import {
   type Cursor,
+  checkCursorAddress,
   decodeCursor,
   emptySnapshot,
   encodeCursor,
@@ -63,6 +65,12 @@ export const read = (
     const size = Number.isFinite(limit) ? Math.min(maxPageSize, Math.max(1, Math.floor(limit))) : 1
     const start = startOf(after)
     if (start instanceof CursorInvalid) return yield* start
+    // Checked before any statement: a cursor of another address changes nothing.
+    const tag = addressTag({ tenant, channel })
+    if (start !== "beginning") {
+      const refused = checkCursorAddress(after, start, { tenant, channel })
+      if (refused !== undefined) return yield* refused
+    }
     const cursor: Cursor = start === "beginning" ? { kind: "steady", epoch: "", at: emptySnapshot } : start
 
     // The phase-1 delta starts after `base`; a paging cursor first finishes its own delta.
@@ -113,7 +121,7 @@ export const read = (
     const found = rows.filter((r) => r.id !== null && r.id !== undefined)
     const more = found.length > size
     const page = more ? found.slice(0, size) : found
-    const head = encodeCursor({ kind: "steady", epoch, at: now })
+    const head = encodeCursor({ kind: "steady", epoch, at: now, address: tag })
     // Every event but the page's last gets a paging cursor; those of one phase share
     // (from, to), so their common text is built once per page (`pagingCursors`).
     let ownDelta: ((last: Position) => string) | undefined
@@ -125,10 +133,10 @@ export const read = (
       else {
         const position: Position = { xid: BigInt(String(r.xid)), seq: BigInt(String(r.seq)) }
         if (Number(r.phase) === 0 && cursor.kind === "paging") {
-          ownDelta ??= pagingCursors(epoch, cursor.from, cursor.to)
+          ownDelta ??= pagingCursors(epoch, cursor.from, cursor.to, tag)
           cursorText = ownDelta(position)
         } else {
-          newDelta ??= pagingCursors(epoch, base, now)
+          newDelta ??= pagingCursors(epoch, base, now, tag)
           cursorText = newDelta(position)
         }
       }
@@ -154,7 +162,7 @@ export const head = (
   address: Address,
 ): Effect.Effect<string, BusError> =>
   Effect.gen(function* () {
-    yield* checkAddress(address)
+    const a = yield* checkAddress(address)
     const rows = yield* runQuery(executor, "head", queries.head)
     const first = rows[0]
     if (first === undefined) return yield* Effect.die(new Error("outbox meta row is missing"))
@@ -162,5 +170,6 @@ export const head = (
       kind: "steady",
       epoch: compactEpoch(String(first.epoch)),
       at: parsePgSnapshot(String(first.snapshot)),
+      address: addressTag(a),
     })
   })
