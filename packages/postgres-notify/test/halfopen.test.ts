@@ -186,6 +186,10 @@ describe("half-open connections (a proxy that blackholes without closing)", () =
     bus.consume({ ...A, group: "mailer" }, () => {})
     await publish(3)
     proxy.blackhole()
+    // A member that claims its group only now: its claim goes out on a silent socket and is
+    // retried for as long as the outage lasts. Closing used to wait for those retries (the
+    // claim was uninterruptible), so close() hung until the sockets were reset.
+    bus.consume({ ...A, group: "claiming" }, () => {})
     // Statements in flight on silent sockets: reads woken by the publish, polls, the lease.
     await publish(3)
     await new Promise((r) => setTimeout(r, 400))

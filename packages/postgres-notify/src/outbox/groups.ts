@@ -47,25 +47,31 @@ export const claimGroup = (
     const key = [tenant, channel, name, owner]
     const retryMs = Math.min(1_000, Math.max(50, Math.floor(leaseMs / 5)))
 
-    // Each attempt is one short uninterruptible statement that registers the release
-    // when it wins, so closing the scope while waiting never leaves a claim behind.
-    const attempt = Effect.uninterruptible(
-      runQuery(executor, "claimGroup", q.claimGroup, [...key, leaseMs]).pipe(
-        Effect.retry(transient),
-        Effect.tap((rows) =>
-          rows.length === 0
-            ? Effect.void
-            : Effect.addFinalizer(() =>
-                runQuery(executor, "releaseGroup", q.releaseGroup, key).pipe(
-                  // Finalizers are uninterruptible; the statement's wait may be cut short.
-                  Effect.interruptible,
-                  Effect.timeoutOption(releaseTimeoutMs),
-                  Effect.ignore,
-                ),
-              ),
-        ),
+    const release = runQuery(executor, "releaseGroup", q.releaseGroup, key).pipe(
+      // Run from finalizers (uninterruptible); the statement's wait may still be cut short.
+      Effect.interruptible,
+      Effect.timeoutOption(releaseTimeoutMs),
+      Effect.flatMap((done) =>
+        done._tag === "Some"
+          ? Effect.void
+          : Effect.logWarning(
+              `@bus/postgres-notify: consumer group ${name} of ${tenant}/${channel}: releasing the claim got no reply within ${releaseTimeoutMs} ms; abandoned (the lease runs out by itself)`,
+            ),
       ),
+      Effect.ignore,
     )
+    // Each attempt is one statement that registers the release when it wins, so closing
+    // the scope while waiting never leaves a claim behind. The statement itself stays
+    // interruptible, and so do the retries between attempts: against a silent connection
+    // (a half-open socket) the claim is retried for as long as the outage lasts, and
+    // closing the consumer must not wait for it. A claim interrupted in flight may have
+    // won on the server: it is released (bounded, as at close).
+    const attempt = Effect.uninterruptibleMask((restore) =>
+      restore(runQuery(executor, "claimGroup", q.claimGroup, [...key, leaseMs])).pipe(
+        Effect.onInterrupt(() => release),
+        Effect.tap((rows) => (rows.length === 0 ? Effect.void : Effect.addFinalizer(() => release))),
+      ),
+    ).pipe(Effect.retry(transient))
     let cursor: string | undefined
     while (cursor === undefined) {
       const rows = yield* attempt
