@@ -62,7 +62,7 @@ describe("resuming by Last-Event-ID", () => {
       g.open()
       await waitFor(() => client.messages.length === 1, "the event published while away")
       expect(client.indices()).toEqual([0])
-      expect(client.requests[1]!["Last-Event-ID"]).toMatch(/^mem1:/)
+      expect(client.requests[1]!["Last-Event-ID"]).toMatch(/^mem2:/)
     } finally {
       client.close()
     }
@@ -112,6 +112,45 @@ describe("resuming by Last-Event-ID", () => {
       await waitFor(() => client.requests.length >= 2, "the reconnect after reset")
       expect(client.requests[1]!["Last-Event-ID"]).toBeUndefined()
       await waitFor(() => stats.closed > closedBefore, "the failed subscription closed")
+    } finally {
+      client.close()
+    }
+  })
+
+  it("sends reset, not a skip, to a client resuming with another channel's Last-Event-ID", async () => {
+    // An id of "orders", well ahead of the events of "other" published before it (a page
+    // that stored one Last-Event-ID for two streams): resuming "other" from it would skip them.
+    await bus.publish("other", 100)
+    await bus.publish("other", 101)
+    const first = listen(`${server.url}/events?channel=orders`)
+    await waitFor(() => first.source.readyState === first.source.OPEN, "open")
+    await bus.publish("orders", 30)
+    await waitFor(() => first.messages.length === 1, "an orders event")
+    first.close()
+    const ordersId = first.messages[0]!.lastEventId
+    const client = listen(`${server.url}/events?channel=other`, { lastEventId: ordersId })
+    try {
+      await waitFor(() => client.controls.length > 0, "the reset event")
+      expect(client.controls[0]).toMatchObject({ type: "reset", data: { reason: "address", channel: "other" } })
+      expect(client.messages).toEqual([])
+      // The reset cleared the id: the reconnect starts fresh and gets what comes next, once.
+      await waitFor(() => client.requests.length >= 2, "the reconnect after reset")
+      expect(client.requests[1]!["Last-Event-ID"]).toBeUndefined()
+      await waitFor(() => client.source.readyState === client.source.OPEN, "reopened")
+      await bus.publish("other", 102)
+      await waitFor(() => client.messages.length === 1, "the event after the reset")
+      expect(client.indices()).toEqual([102])
+      expect(client.controls).toHaveLength(1)
+      // Its own stream's id still resumes right after it.
+      const own = listen(`${server.url}/events?channel=orders`, { lastEventId: ordersId })
+      try {
+        await bus.publish("orders", 31)
+        await waitFor(() => own.messages.length === 1, "the next orders event")
+        expect(own.indices()).toEqual([31])
+        expect(own.controls).toEqual([])
+      } finally {
+        own.close()
+      }
     } finally {
       client.close()
     }
