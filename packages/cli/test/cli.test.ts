@@ -337,7 +337,7 @@ describe("bus tail", () => {
       expect(lines[0]).toContain('{"i":0}')
       expect(plain.stdout).not.toMatch(ansi)
       const resume = /--from (\S+)/.exec(plain.stderr)?.[1]
-      expect(resume).toMatch(/^pg1:/)
+      expect(resume).toMatch(/^pg2:/)
 
       const json = await bus(["tail", "acme", "tailed", "--from", resume!, "--count", "2", "--json"])
       const events = json.stdout
@@ -345,7 +345,7 @@ describe("bus tail", () => {
         .split("\n")
         .map((l) => JSON.parse(l))
       expect(events.map((e) => e.id)).toEqual(ids.slice(3, 5))
-      expect(events[0].cursor).toMatch(/^pg1:/)
+      expect(events[0].cursor).toMatch(/^pg2:/)
 
       const coloured = await bus(["tail", "acme", "tailed", "--from", "beginning", "--count", "1"], {
         FORCE_COLOR: "1",

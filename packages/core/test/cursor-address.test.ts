@@ -174,7 +174,10 @@ describe("composite cursors across a flip name their address", () => {
       address: addressTag(orders),
     })
     expect(checkCursorAddress(composite, orders)).toBeUndefined()
-    expect(checkCursorAddress(composite, invoices)).toMatchObject({ _tag: "CursorInvalid", reason: "address" })
+    expect(checkCursorAddress(composite, invoices)).toMatchObject({
+      _tag: "CursorInvalid",
+      reason: "address",
+    })
     expect(checkCursorAddress("nats1:7~mem1:0badf00d:3", invoices)).toBeUndefined()
     expect(checkCursorAddress("mem1:0badf00d:3", invoices)).toBeUndefined()
     expect(checkCursorAddress(`mem2:${addressTag(orders)}:0badf00d:3`, invoices)).toMatchObject({

@@ -65,7 +65,10 @@ describe("cursors of another address (Postgres outbox)", () => {
     for (const cursor of [page.next, page.events[0]!.cursor, await run(s.head(orders))]) {
       expect(cursor.startsWith(`pg2:${addressTag(orders)}:`)).toBe(true)
       for (const other of [invoices, globex]) {
-        expect(await failure(s.read(other, cursor, 10))).toMatchObject({ _tag: "CursorInvalid", reason: "address" })
+        expect(await failure(s.read(other, cursor, 10))).toMatchObject({
+          _tag: "CursorInvalid",
+          reason: "address",
+        })
       }
     }
     // The same position without the address (the older format) is accepted as before.
@@ -122,7 +125,10 @@ describe("cursors of another address (Postgres outbox)", () => {
     expect((await take(bus, globex, "beginning", 3)).got).toEqual([0, 1, 2])
     await publishTo(bus, orders, 5, 1)
     expect((await take(bus, orders, cursor, 1)).got).toEqual([5])
-    await eventually(() => (handled.orders.length === 6 && handled.globex.length === 3 ? true : undefined), 15_000)
+    await eventually(
+      () => (handled.orders.length === 6 && handled.globex.length === 3 ? true : undefined),
+      15_000,
+    )
     await Promise.all(groups.map((g) => g.close()))
     expect(handled.orders).toEqual([0, 1, 2, 3, 4, 5])
     expect(handled.globex).toEqual([0, 1, 2])

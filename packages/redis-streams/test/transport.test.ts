@@ -426,7 +426,7 @@ describe("subscribe", () => {
         await reading
       })
       const head = await sub.ready
-      expect(head).toMatch(/^redis1:\d+-\d+\+\d+\+mem1:/)
+      expect(head).toMatch(/^redis1:\d+-\d+\+\d+\+mem2:/)
       tx.commit()
       const after = await publish(bus, outbox, txEvents(a, "after", 3))
       const got = new Tally()

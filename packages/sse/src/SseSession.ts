@@ -28,7 +28,9 @@ const heartbeatBytes = encoder.encode(heartbeatFrame)
 
 const cursorInvalid = (
   u: unknown,
-): { readonly reason: "malformed" | "expired" | "foreign" | "address"; readonly message: string } | undefined => {
+):
+  | { readonly reason: "malformed" | "expired" | "foreign" | "address"; readonly message: string }
+  | undefined => {
   const e = u as { _tag?: unknown; reason?: unknown; message?: unknown } | null
   if (typeof e !== "object" || e === null || e._tag !== "CursorInvalid") return undefined
   // "address": the Last-Event-ID was another stream's (another tenant or channel): the

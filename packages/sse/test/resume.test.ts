@@ -131,7 +131,10 @@ describe("resuming by Last-Event-ID", () => {
     const client = listen(`${server.url}/events?channel=other`, { lastEventId: ordersId })
     try {
       await waitFor(() => client.controls.length > 0, "the reset event")
-      expect(client.controls[0]).toMatchObject({ type: "reset", data: { reason: "address", channel: "other" } })
+      expect(client.controls[0]).toMatchObject({
+        type: "reset",
+        data: { reason: "address", channel: "other" },
+      })
       expect(client.messages).toEqual([])
       // The reset cleared the id: the reconnect starts fresh and gets what comes next, once.
       await waitFor(() => client.requests.length >= 2, "the reconnect after reset")

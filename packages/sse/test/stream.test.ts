@@ -47,7 +47,7 @@ describe("a live stream", () => {
       expect(all[0]).toEqual(["retry: 1234"])
       // The start position: "now" resolved to the outbox head, so a reconnect before any event resumes.
       expect(all[1]).toHaveLength(1)
-      expect(all[1]![0]).toMatch(/^id: mem1:/)
+      expect(all[1]![0]).toMatch(/^id: mem2:/)
       expect(raw.text.match(/retry:/g)).toHaveLength(1)
     } finally {
       raw.close()

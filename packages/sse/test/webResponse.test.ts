@@ -44,7 +44,7 @@ describe("the web Response", () => {
       "x-accel-buffering": "no",
     })
     const reader = response.body!.getReader()
-    const seen = await readUntil(reader, (t) => t.includes("id: mem1:"))
+    const seen = await readUntil(reader, (t) => t.includes("id: mem2:"))
     await bus.publish("orders", 7)
     await readUntil(reader, (t) => t.includes("data: "), seen)
     const all = frames(seen.text)

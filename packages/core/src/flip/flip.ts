@@ -59,7 +59,11 @@ export const withFrontier = (cursor: string, frontier: string | undefined, addre
  */
 export const splitCursor = (
   cursor: string,
-): { readonly base: string; readonly frontier: string | undefined; readonly address?: string | undefined } => {
+): {
+  readonly base: string
+  readonly frontier: string | undefined
+  readonly address?: string | undefined
+} => {
   const i = cursor.indexOf(frontierSeparator)
   if (i < 0) return { base: cursor, frontier: undefined }
   const rest = cursor.slice(i + 1)
@@ -109,7 +113,9 @@ export const cursorOfAnotherAddress = (cursor: string, address: Address): Cursor
  */
 export const checkCursorAddress = (cursor: string, address: Address): CursorInvalid | undefined => {
   const tag = cursorAddressOf(cursor)
-  return tag === undefined || tag === addressTag(address) ? undefined : cursorOfAnotherAddress(cursor, address)
+  return tag === undefined || tag === addressTag(address)
+    ? undefined
+    : cursorOfAnotherAddress(cursor, address)
 }
 
 /**

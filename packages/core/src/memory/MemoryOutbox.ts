@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto"
 import { Effect, Layer, PubSub, Semaphore, Stream } from "effect"
+import { addressTag } from "../contracts/Cursor.js"
 import {
   type Address,
   type DeadLetter,
@@ -11,7 +12,6 @@ import {
   type RelayState,
 } from "../contracts/OutboxStore.js"
 import type { DeliveredEvent, Envelope } from "../envelope/Envelope.js"
-import { addressTag } from "../contracts/Cursor.js"
 import { CursorInvalid, NotInTransaction } from "../errors/BusError.js"
 import { cursorOfAnotherAddress } from "../flip/flip.js"
 

@@ -49,7 +49,9 @@ export const memoryBroker = (broker: MemoryOutbox = MemoryOutbox.make()): Layer.
       const { sent, meta } = state
       const decorate = (event: DeliveredEvent): DeliveredEvent => {
         const frontier = meta.get(event.id)?.frontier
-        return frontier === undefined ? event : { ...event, cursor: withFrontier(event.cursor, frontier, event) }
+        return frontier === undefined
+          ? event
+          : { ...event, cursor: withFrontier(event.cursor, frontier, event) }
       }
       // One in-memory commit for the lot, repeats of an id dropped.
       const accept = (items: ReadonlyArray<SendItem>): void => {

@@ -454,7 +454,9 @@ export const outboxTransport = (
         head: (address) => checkAddress(address).pipe(Effect.flatMap(store.head)),
         checkStart: (address, from) =>
           checkAddress(address).pipe(
-            Effect.flatMap((a) => Effect.flatMap(startOf(a, from), (start) => checkStartCursor(store, a, start))),
+            Effect.flatMap((a) =>
+              Effect.flatMap(startOf(a, from), (start) => checkStartCursor(store, a, start)),
+            ),
           ),
         subscribe,
         group,

@@ -220,7 +220,11 @@ export const decodeCursor = (text: string): Cursor | CursorInvalid => {
  * Refuses a cursor that names another address than `address` (its tag, from
  * `addressTag`); `undefined` when it names this one or none (`pg1:`, accepted unchecked).
  */
-export const checkCursorAddress = (text: string, cursor: Cursor, address: Address): CursorInvalid | undefined =>
+export const checkCursorAddress = (
+  text: string,
+  cursor: Cursor,
+  address: Address,
+): CursorInvalid | undefined =>
   cursor.address === undefined || cursor.address === addressTag(address)
     ? undefined
     : cursorOfAnotherAddress(text, address)
