@@ -89,7 +89,9 @@ const addressedOutboxCursor = /^(?:pg2|mem2):([0-9a-f]{8}):/
 export const cursorAddressOf = (cursor: string): string | undefined => {
   const { base, frontier, address } = splitCursor(cursor)
   if (address !== undefined) return address
-  return addressedOutboxCursor.exec(base)?.[1] ?? (frontier && addressedOutboxCursor.exec(frontier)?.[1])
+  const own = addressedOutboxCursor.exec(base)?.[1]
+  if (own !== undefined || frontier === undefined) return own
+  return addressedOutboxCursor.exec(frontier)?.[1]
 }
 
 /**
