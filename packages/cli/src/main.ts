@@ -5,6 +5,7 @@ import { CliError, checkPostgresUrl, postgresError, redact } from "./errors.js"
 import { collectStatus, formatStatus } from "./status.js"
 import { type Out, styles, useColour } from "./style.js"
 import { tail } from "./tail.js"
+import { attachUsage, trigger } from "./trigger.js"
 
 /**
  * The `bus` command line.
@@ -19,6 +20,8 @@ commands
   status                        transport in use and why, NOTIFY health and pressure, backlog,
                                 relay lag, dead letters, consumer groups, recommended transport
   tail <tenant> <channel>       print a channel's events as they arrive (tail -f)
+  trigger attach <table> …      publish every INSERT/UPDATE/DELETE of an existing table (docs/sql.md)
+  trigger detach <table> --channel <c>   remove it; trigger list: the tables that publish
 
 options
   --url <postgres://…>          the application's database (default: $DATABASE_URL)
@@ -31,6 +34,12 @@ options
     --from <cursor|now|beginning>  where to start (default now)
     --transport <name>          postgres-notify | nats | redis-streams (default: what BUS_* selects)
     --count <n>                 stop after n events
+  trigger attach:
+    --tenant-column <column>    the column holding each row's tenant
+    --channel <name>            the channel events go to
+    --type <prefix>             event type prefix: <prefix>.insert, .update, .delete
+    --columns a,b | --key <col> payload: those columns, or a pointer {table, key} (default: the row)
+    --on insert,update,delete   which writes publish (default: all three)
   brokers (tail, and broker dead letters in status):
     --redis-url <redis://…>     default: $REDIS_URL
     --nats-url <nats://…>       default: $NATS_URL
@@ -159,6 +168,31 @@ const run = async (argv: ReadonlyArray<string>, io: Io): Promise<number> => {
       })
       return 0
     }
+    case "trigger": {
+      const [, action, table, ...rest] = positionals
+      if ((action !== "attach" && action !== "detach" && action !== "list") || rest.length > 0)
+        throw new CliError(
+          `usage: ${attachUsage} | bus trigger detach <table> --channel <c> | bus trigger list`,
+          2,
+        )
+      if (action === "list" && table !== undefined)
+        throw new CliError("bus trigger list takes no arguments", 2)
+      await trigger({
+        url: url(),
+        schema,
+        action,
+        ...(table !== undefined ? { table } : {}),
+        ...(values["tenant-column"] !== undefined ? { tenantColumn: values["tenant-column"] } : {}),
+        ...(values.channel !== undefined ? { channel: values.channel } : {}),
+        ...(values.type !== undefined ? { type: values.type } : {}),
+        ...(values.columns !== undefined ? { columns: values.columns } : {}),
+        ...(values.key !== undefined ? { key: values.key } : {}),
+        ...(values.on !== undefined ? { on: values.on } : {}),
+        json: values.json === true,
+        out: io.out,
+      })
+      return 0
+    }
     default:
       throw new CliError(`unknown command ${JSON.stringify(command)}`, 2)
   }
@@ -180,6 +214,12 @@ const parse = (argv: ReadonlyArray<string>) =>
       count: { type: "string" },
       "redis-url": { type: "string" },
       "nats-url": { type: "string" },
+      "tenant-column": { type: "string" },
+      channel: { type: "string" },
+      type: { type: "string" },
+      columns: { type: "string" },
+      key: { type: "string" },
+      on: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
   })
