@@ -37,7 +37,8 @@ beforeAll(async () => {
 })
 
 afterAll(async () => {
-  for (const app of apps) if (app.child.exitCode === null && app.child.signalCode === null) app.child.kill("SIGKILL")
+  for (const app of apps)
+    if (app.child.exitCode === null && app.child.signalCode === null) app.child.kill("SIGKILL")
   await Promise.all(apps.map((a) => a.exited))
   await db?.end()
   await postgres?.stop()
@@ -88,10 +89,16 @@ const startApp = (name: string, broker: string, brokerUrl: string, channel: stri
   return app
 }
 
-const waitFor = async (what: string, check: () => boolean | Promise<boolean>, timeoutMs: number, debug?: () => string) => {
+const waitFor = async (
+  what: string,
+  check: () => boolean | Promise<boolean>,
+  timeoutMs: number,
+  debug?: () => string,
+) => {
   const deadline = Date.now() + timeoutMs
   while (!(await check())) {
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${debug ? `: ${debug()}` : ""}`)
+    if (Date.now() > deadline)
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}${debug ? `: ${debug()}` : ""}`)
     await new Promise((r) => setTimeout(r, 50))
   }
 }
@@ -111,7 +118,9 @@ const shares = (owners: Map<number, string>): Record<string, number> => {
 }
 
 const committedIds = async (channel: string): Promise<Array<string>> =>
-  (await db.query<{ id: string }>("SELECT id::text FROM bus.outbox WHERE channel = $1", [channel])).rows.map((r) => r.id)
+  (await db.query<{ id: string }>("SELECT id::text FROM bus.outbox WHERE channel = $1", [channel])).rows.map(
+    (r) => r.id,
+  )
 
 const stopApp = async (app: App) => {
   if (app.child.exitCode !== null || app.child.signalCode !== null) return
@@ -125,15 +134,23 @@ const fleetRun = async (broker: "nats" | "redis-streams", server: ServerHandle) 
   const channel = `fleet_${broker.replace("-", "_")}_${Date.now().toString(36)}`
   const run = ["a", "b", "c"].map((n) => startApp(`${broker}-${n}`, broker, server.url, channel))
   const [a, b, c] = run as [App, App, App]
-  const debug = () => run.map((x) => `${x.name}: ${JSON.stringify(x.lines)} ${x.stderr.slice(-2_000)}`).join("\n")
-  await waitFor("three apps ready", () => run.every((x) => x.lines.some((l) => l.kind === "ready")), 60_000, debug)
+  const debug = () =>
+    run.map((x) => `${x.name}: ${JSON.stringify(x.lines)} ${x.stderr.slice(-2_000)}`).join("\n")
+  await waitFor(
+    "three apps ready",
+    () => run.every((x) => x.lines.some((l) => l.kind === "ready")),
+    60_000,
+    debug,
+  )
 
   // 1. The three share the partitions: 3 / 3 / 2.
   await waitFor(
     "partitions spread over the three",
     async () => {
       const counts = Object.values(shares(await liveOwners()))
-      return counts.length === 3 && counts.reduce((s, n) => s + n, 0) === partitions && Math.max(...counts) <= 3
+      return (
+        counts.length === 3 && counts.reduce((s, n) => s + n, 0) === partitions && Math.max(...counts) <= 3
+      )
     },
     30_000,
     debug,
@@ -175,7 +192,11 @@ const fleetRun = async (broker: "nats" | "redis-streams", server: ServerHandle) 
 
   // 4. Producers stop; every committed event is handled.
   for (const x of [a, b, d]) x.child.kill("SIGUSR2")
-  await waitFor("producers stopped", () => [a, b, d].every((x) => x.lines.some((l) => l.kind === "published")), 30_000)
+  await waitFor(
+    "producers stopped",
+    () => [a, b, d].every((x) => x.lines.some((l) => l.kind === "published")),
+    30_000,
+  )
   const committed = await committedIds(channel)
   const handledBy = new Map<string, Array<App>>()
   const count = () => {
@@ -194,13 +215,17 @@ const fleetRun = async (broker: "nats" | "redis-streams", server: ServerHandle) 
   // A delivery the killed app was handling when it died is handled again by a live member:
   // at-least-once. Anything else handled twice is a duplicate.
   const killedHandled = new Set(c.handled.map((h) => h.id))
-  const redeliveredAfterKill = [...handledBy].filter(([id, by]) => by.length > 1 && killedHandled.has(id)).length
+  const redeliveredAfterKill = [...handledBy].filter(
+    ([id, by]) => by.length > 1 && killedHandled.has(id),
+  ).length
   const duplicates = [...handledBy].filter(([, by]) => by.length > 1 && !by.includes(c)).length
   const lost = committed.filter((id) => !handledBy.has(id)).length
   // When the killed app's unacknowledged deliveries were handled again by the others.
   const groupTakeoverMs = Math.max(
     0,
-    ...[a, b, d].flatMap((x) => x.handled.filter((h) => killedHandled.has(h.id) && h.at > killedAt).map((h) => h.at - killedAt)),
+    ...[a, b, d].flatMap((x) =>
+      x.handled.filter((h) => killedHandled.has(h.id) && h.at > killedAt).map((h) => h.at - killedAt),
+    ),
   )
   console.log(
     `fleet ${broker}: committed=${committed.length} lost=${lost} duplicates=${duplicates} redelivered-after-kill=${redeliveredAfterKill} ` +
@@ -213,9 +238,10 @@ const fleetRun = async (broker: "nats" | "redis-streams", server: ServerHandle) 
   // The killed app was acking as it went: what it handled but could not ack is at most a
   // handful per tenant in flight, never its whole history.
   expect(redeliveredAfterKill).toBeLessThanOrEqual(24)
-  expect(partitionTakeoverMs, "the killed app's partitions were taken over within lease + 2 s").toBeLessThanOrEqual(
-    leaseMs + 2_000,
-  )
+  expect(
+    partitionTakeoverMs,
+    "the killed app's partitions were taken over within lease + 2 s",
+  ).toBeLessThanOrEqual(leaseMs + 2_000)
   expect(Math.max(...Object.values(spreadAfterJoin))).toBeLessThanOrEqual(3)
   expect(committed.length).toBeGreaterThan(100)
 }
@@ -226,7 +252,8 @@ describe("a fleet of three application processes", () => {
     try {
       await fleetRun("nats", nats)
     } finally {
-      for (const app of apps) if (app.child.exitCode === null && app.child.signalCode === null) app.child.kill("SIGKILL")
+      for (const app of apps)
+        if (app.child.exitCode === null && app.child.signalCode === null) app.child.kill("SIGKILL")
       await Promise.all(apps.map((x) => x.exited))
       await nats.stop()
     }
@@ -237,7 +264,8 @@ describe("a fleet of three application processes", () => {
     try {
       await fleetRun("redis-streams", redis)
     } finally {
-      for (const app of apps) if (app.child.exitCode === null && app.child.signalCode === null) app.child.kill("SIGKILL")
+      for (const app of apps)
+        if (app.child.exitCode === null && app.child.signalCode === null) app.child.kill("SIGKILL")
       await Promise.all(apps.map((x) => x.exited))
       await redis.stop()
     }

@@ -43,7 +43,8 @@ const tenants = Array.from({ length: Number(env("FLEET_TENANTS", "12")) }, (_, i
 const rate = Number(env("FLEET_RATE", "50"))
 const leaseMs = Number(env("FLEET_LEASE_MS", "3000"))
 
-const report = (line: Record<string, unknown>) => process.stdout.write(`${JSON.stringify({ name, ...line })}\n`)
+const report = (line: Record<string, unknown>) =>
+  process.stdout.write(`${JSON.stringify({ name, ...line })}\n`)
 
 const selection = { transport: broker as TransportName } as const
 const pgBus = postgresNotify({
