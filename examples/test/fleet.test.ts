@@ -9,7 +9,8 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
  * each producing, relaying and consuming through one Postgres outbox and one broker. One is
  * SIGKILLed mid-run; a fourth joins later. Asserted from outside the SDK: the relay
  * partitions as `bus.relay_partitions` shows them, and every event committed to the outbox
- * (read with a plain SQL query) as handled by the group members.
+ * (read with a plain SQL query) as handled by the group members. Half the events are
+ * published by the SQL function `bus.publish`, half by the SDK.
  */
 
 const root = fileURLToPath(new URL("..", import.meta.url))
@@ -244,6 +245,11 @@ const fleetRun = async (broker: "nats" | "redis-streams", server: ServerHandle) 
   ).toBeLessThanOrEqual(leaseMs + 2_000)
   expect(Math.max(...Object.values(spreadAfterJoin))).toBeLessThanOrEqual(3)
   expect(committed.length).toBeGreaterThan(100)
+  const fromSql = await db.query(
+    "SELECT count(*)::int AS n FROM bus.outbox WHERE channel = $1 AND data->>'from' = 'sql'",
+    [channel],
+  )
+  expect(fromSql.rows[0].n, "events published with the SQL function").toBeGreaterThan(40)
 }
 
 describe("a fleet of three application processes", () => {

@@ -15,6 +15,9 @@
  *   NOTIFY after the commit, outside the producer's transaction), since the partition an
  *   event lands in is most often relayed elsewhere.
  *
+ * - Every other event is published with the SQL function `bus.publish(…)` instead of the
+ *   SDK's `publish`, as a database trigger or a service in another language would.
+ *
  * Configuration comes from the environment (`DATABASE_URL`, `BUS_BROKER` = `nats` or
  * `redis-streams`, `BROKER_URL`, `FLEET_NAME`, `FLEET_CHANNEL`, `FLEET_TENANTS`,
  * `FLEET_RATE` events/s, `FLEET_LEASE_MS`). It reports on stdout, one JSON object per line:
@@ -80,7 +83,16 @@ const produce = async () => {
     const client = await pool.connect()
     try {
       await client.query("BEGIN")
-      await bus.publish(client, { tenant, channel, type: "fleet.tick", data: { producer: name, seq } })
+      // Every other event is published from SQL (as a trigger or another language would):
+      // the fleet delivers both alike.
+      if (seq % 2 === 0)
+        await bus.publish(client, { tenant, channel, type: "fleet.tick", data: { producer: name, seq } })
+      else
+        await client.query("SELECT bus.publish($1, $2, 'fleet.tick', $3)", [
+          tenant,
+          channel,
+          JSON.stringify({ producer: name, seq, from: "sql" }),
+        ])
       await client.query("COMMIT")
       published++
     } catch (e) {
