@@ -72,9 +72,10 @@ describe("<schema>.publish", () => {
     const { bus, schema } = await openBus()
     const got = follow(bus, "acme", "orders")
     const ids = await inTransaction(db.pool, async (c) => {
-      const a = await c.query<{ id: string }>(`SELECT ${schema}.publish('acme', 'orders', 'order.paid', $1) AS id`, [
-        JSON.stringify({ orderId: 42, lines: [{ sku: "a", n: 2 }] }),
-      ])
+      const a = await c.query<{ id: string }>(
+        `SELECT ${schema}.publish('acme', 'orders', 'order.paid', $1) AS id`,
+        [JSON.stringify({ orderId: 42, lines: [{ sku: "a", n: 2 }] })],
+      )
       const b = await c.query<{ id: string }>(
         `SELECT ${schema}.publish(tenant => 'acme', channel => 'orders', type => 'order.shipped', headers => '{"traceparent":"00-abc"}') AS id`,
       )
@@ -108,7 +109,9 @@ describe("<schema>.publish", () => {
     await eventually(() => (got.length >= 1 ? true : undefined), 10_000)
     await new Promise((r) => setTimeout(r, 300))
     expect(got.map((e) => e.type)).toEqual(["x.kept"])
-    const { rows } = await db.pool.query(`SELECT count(*)::int AS n FROM ${schema}.outbox WHERE channel = 'rollback'`)
+    const { rows } = await db.pool.query(
+      `SELECT count(*)::int AS n FROM ${schema}.outbox WHERE channel = 'rollback'`,
+    )
     expect(rows[0].n).toBe(1)
   })
 
@@ -119,8 +122,18 @@ describe("<schema>.publish", () => {
       [`SELECT ${schema}.publish('ac me', 'orders', 't')`, [], "22023", /tenant "ac me" contains " "/],
       [`SELECT ${schema}.publish('acme', '', 't')`, [], "22023", /channel must not be empty/],
       [`SELECT ${schema}.publish('acme', '-x', 't')`, [], "22023", /must start with a letter or digit/],
-      [`SELECT ${schema}.publish('acme', repeat('c', 65), 't')`, [], "22023", /65 characters; the limit is 64/],
-      [`SELECT ${schema}.publish('acme', 'orders', '')`, [], "22023", /event type must be a non-empty string/],
+      [
+        `SELECT ${schema}.publish('acme', repeat('c', 65), 't')`,
+        [],
+        "22023",
+        /65 characters; the limit is 64/,
+      ],
+      [
+        `SELECT ${schema}.publish('acme', 'orders', '')`,
+        [],
+        "22023",
+        /event type must be a non-empty string/,
+      ],
       [
         `SELECT ${schema}.publish('acme', 'orders', 't', 'null', '{"n": 1}')`,
         [],
@@ -159,9 +172,10 @@ describe("<schema>.publish", () => {
           const r = await bus.publish(c, { tenant: "acme", channel: "mixed", type: "from.sdk", data: { i } })
           return r.ids[0]!
         }
-        const r = await c.query<{ id: string }>(`SELECT ${schema}.publish('acme', 'mixed', 'from.sql', $1) AS id`, [
-          JSON.stringify({ i }),
-        ])
+        const r = await c.query<{ id: string }>(
+          `SELECT ${schema}.publish('acme', 'mixed', 'from.sql', $1) AS id`,
+          [JSON.stringify({ i })],
+        )
         return r.rows[0]!.id
       })
       committed.push(id)
@@ -201,7 +215,9 @@ describe("the publish trigger", () => {
   it("publishes each INSERT, UPDATE and DELETE of a table, tenant from a column; rolled-back rows publish nothing", async () => {
     const { bus, schema } = await openBus()
     const table = `${schema}_orders`
-    await db.pool.query(`CREATE TABLE public.${table} (id serial PRIMARY KEY, account text NOT NULL, total int, note text)`)
+    await db.pool.query(
+      `CREATE TABLE public.${table} (id serial PRIMARY KEY, account text NOT NULL, total int, note text)`,
+    )
     const attached = await db.pool.query(
       `SELECT ${schema}.attach_publish_trigger('public.${table}', 'account', 'orders', 'order') AS name`,
     )
@@ -235,11 +251,15 @@ describe("the publish trigger", () => {
   it("sends chosen columns or a pointer for wide rows; refuses bad arguments when attaching; a bad tenant value aborts the write", async () => {
     const { bus, schema } = await openBus()
     const table = `${schema}_docs`
-    await db.pool.query(`CREATE TABLE public.${table} (id int PRIMARY KEY, tenant text, title text, body text)`)
+    await db.pool.query(
+      `CREATE TABLE public.${table} (id int PRIMARY KEY, tenant text, title text, body text)`,
+    )
     await db.pool.query(
       `SELECT ${schema}.attach_publish_trigger('public.${table}', 'tenant', 'titles', 'doc', 'columns:id,title', ARRAY['INSERT'])`,
     )
-    await db.pool.query(`SELECT ${schema}.attach_publish_trigger('public.${table}', 'tenant', 'docs', 'doc', 'key:id')`)
+    await db.pool.query(
+      `SELECT ${schema}.attach_publish_trigger('public.${table}', 'tenant', 'docs', 'doc', 'key:id')`,
+    )
     const titles = follow(bus, "acme", "titles")
     const docs = follow(bus, "acme", "docs")
     await db.pool.query(`INSERT INTO public.${table} VALUES (7, 'acme', 'Hello', repeat('long ', 1000))`)
@@ -268,9 +288,10 @@ describe("the publish trigger", () => {
     const rows = await db.pool.query(`SELECT count(*)::int AS n FROM public.${table}`)
     expect(rows.rows[0].n).toBe(1)
 
-    expect((await db.pool.query(`SELECT ${schema}.detach_publish_trigger('public.${table}', 'docs') AS d`)).rows[0].d).toBe(
-      true,
-    )
+    expect(
+      (await db.pool.query(`SELECT ${schema}.detach_publish_trigger('public.${table}', 'docs') AS d`)).rows[0]
+        .d,
+    ).toBe(true)
     await db.pool.query(`INSERT INTO public.${table} VALUES (9, 'acme', 'Third', 'b')`)
     await eventually(() => (titles.length >= 2 ? true : undefined), 10_000)
     await new Promise((r) => setTimeout(r, 300))
