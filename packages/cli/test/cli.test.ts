@@ -323,6 +323,83 @@ describe("bus status", () => {
   })
 })
 
+describe("operator commands", () => {
+  it("bus --version, status --watch until Ctrl-C, dead-letters list and replay", async () => {
+    const version = await bus(["--version"])
+    expect(version.code).toBe(0)
+    expect(version.stdout).toMatch(/^bus \d+\.\d+\.\d+ \(@bus\/cli, node \d+/)
+
+    const schema = "ops"
+    expect((await bus(["migrate", "--schema", schema])).code).toBe(0)
+    const app = await appBus("postgres-notify", schema)
+    try {
+      let fixed = false
+      const handled: Array<string> = []
+      const consumer = app.consume(
+        { tenant: "acme", channel: "orders", group: "billing", maxAttempts: 1 },
+        (e) => {
+          if (!fixed) throw new Error("card service down")
+          handled.push(e.id)
+        },
+      )
+      const [id] = await publish(app, 1, "orders", "acme")
+      const deadline = Date.now() + 20_000
+      let listed: Array<{ id: string; source: string; reason: string }> = []
+      while (listed.length === 0 && Date.now() < deadline) {
+        listed = JSON.parse((await bus(["dead-letters", "list", "--schema", schema, "--json"])).stdout)
+        if (listed.length === 0) await new Promise((r) => setTimeout(r, 200))
+      }
+      expect(listed).toHaveLength(1)
+      expect(listed[0]).toMatchObject({ id, source: "billing", tenant: "acme", channel: "orders" })
+      expect(listed[0]!.reason).toContain("card service down")
+      const plain = await bus(["dead-letters", "list", "--schema", schema])
+      expect(plain.stdout).toContain(`${id} acme/orders order.paid · billing gave up after 1`)
+
+      fixed = true
+      const replayed = await bus(["dead-letters", "replay", id!, "--schema", schema])
+      expect(replayed.code).toBe(0)
+      expect(replayed.stdout).toContain(`replayed ${id} (acme/orders, given up by billing)`)
+      while (handled.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100))
+      expect(handled).toEqual([id])
+      expect((await bus(["dead-letters", "list", "--schema", schema])).stdout).toBe("no dead letters\n")
+      const again = await bus(["dead-letters", "replay", id!, "--schema", schema])
+      expect(again.code).toBe(1)
+      expect(again.stdout).toContain(`not a dead letter: ${id}`)
+      expect((await bus(["dead-letters", "replay", "nope", "--schema", schema])).stderr).toContain(
+        "not event ids: nope",
+      )
+      await consumer.close()
+
+      // --watch: a report per interval until SIGINT, then exit 0.
+      const child = spawn(
+        process.execPath,
+        [bin, "status", "--schema", schema, "--watch", "--json", "--interval", "0.5"],
+        {
+          env: { PATH: process.env.PATH ?? "", DATABASE_URL: postgres.url },
+          stdio: ["ignore", "pipe", "pipe"],
+        },
+      )
+      let out = ""
+      child.stdout.on("data", (d: Buffer) => {
+        out += d.toString()
+      })
+      const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)))
+      const watchDeadline = Date.now() + 30_000
+      while (out.split("\n").filter((l) => l.startsWith("{")).length < 3 && Date.now() < watchDeadline)
+        await new Promise((r) => setTimeout(r, 100))
+      child.kill("SIGINT")
+      const timer = setTimeout(() => child.kill("SIGKILL"), 10_000)
+      expect(await exited).toBe(0)
+      clearTimeout(timer)
+      const reports = out.split("\n").filter((l) => l.startsWith("{"))
+      expect(reports.length).toBeGreaterThanOrEqual(3)
+      for (const r of reports) expect(JSON.parse(r)).toHaveProperty("deadLetters")
+    } finally {
+      await app.close()
+    }
+  })
+})
+
 describe("bus trigger", () => {
   it("attaches the publish trigger to an existing table: its writes reach a broker subscriber like SDK events; list, detach and bad input", async () => {
     const schema = "trig"
