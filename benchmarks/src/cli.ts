@@ -10,6 +10,7 @@ export const scenarioIds = [
   "recovery",
   "natsFanout",
   "relay",
+  "relayScaling",
 ] as const
 export type ScenarioId = (typeof scenarioIds)[number]
 

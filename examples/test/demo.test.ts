@@ -135,7 +135,7 @@ const readEvents = async (url: string, count: number) => {
   try {
     const response = await fetch(
       new URL(
-        `events?channel=runs&channel=jobs&lastEventId=${encodeURIComponent(snapshot.lastEventId)}`,
+        `events?channel=runs&channel=jobs&channel=alerts&lastEventId=${encodeURIComponent(snapshot.lastEventId)}`,
         url,
       ),
       { headers: { cookie }, signal: controller.signal },
@@ -220,7 +220,7 @@ describe("pnpm demo", () => {
         if (probe instanceof Error) throw probe
         expect(probe.status).toBe(200)
         expect(probe.types.length).toBeGreaterThanOrEqual(5)
-        expect(probe.types.every((t) => /^(run|job)\./.test(t))).toBe(true)
+        expect(probe.types.every((t) => /^(run|job|alert)\./.test(t))).toBe(true)
         await expectNothingLeft(run, /Dashboard: (\S+)/.exec(run.stdout)![1]!)
       },
     )

@@ -76,6 +76,13 @@ export interface Profile {
     readonly cpuRate: number
     readonly cpuBlockMs: number
   }
+  /** Relay scaling: one backlog drained by each number of relay processes. */
+  readonly relayScaling: {
+    readonly blocks: number
+    readonly processes: readonly number[]
+    readonly events: number
+    readonly drainTimeoutMs: number
+  }
 }
 
 export const fullProfile: Profile = {
@@ -120,6 +127,7 @@ export const fullProfile: Profile = {
     cpuRate: 500,
     cpuBlockMs: 4_000,
   },
+  relayScaling: { blocks: 2, processes: [1, 2, 3], events: 60_000, drainTimeoutMs: 60_000 },
 }
 
 export const quickProfile: Profile = {
@@ -158,4 +166,5 @@ export const quickProfile: Profile = {
   payload: { blocks: 1, warmupBlocks: 0, sizes: [64, 1_024, 7_900, 65_536], rate: 100, raw: false },
   recovery: { blocks: 1, rate: 100, beforeMs: 1_000, outageMs: 2_000, catchUpTimeoutMs: 20_000 },
   relay: { blocks: 1, sizes: [10_000, 25_000], drainTimeoutMs: 20_000, cpuRate: 200, cpuBlockMs: 2_000 },
+  relayScaling: { blocks: 1, processes: [1, 2, 3], events: 15_000, drainTimeoutMs: 30_000 },
 }

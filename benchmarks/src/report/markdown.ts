@@ -982,6 +982,36 @@ const issueTargets = (run: RunResult): string[] => {
   return out
 }
 
+/** Section 10: relay scaling (issue 16): forwarding rate with 1, 2, 3 relay processes. */
+const renderRelayScaling = (s: ScenarioResult): string[] => {
+  const arms = ok(s.arms)
+  const one = (t: unknown) => arms.find((a) => a.params.pipe === t && Number(a.params.relays) === 1)
+  return [
+    table(
+      [
+        "broker",
+        "relay processes",
+        "forwarded/s",
+        "÷ 1 process",
+        "relay CPU per event",
+        "Postgres CPU per event",
+        "drain",
+        "blocks",
+      ],
+      arms.map((a) => [
+        String(a.params.pipe),
+        String(a.params.relays),
+        cell(a.metrics.forwardedPerSec, fmtInt),
+        fmtRatio(med(a, "forwardedPerSec") / med(one(a.params.pipe), "forwardedPerSec")),
+        cell(a.metrics.relayCpuUsPerEvent, (n) => `${fmtInt(n)} µs`),
+        cell(a.metrics.pgUsPerEvent, (n) => `${fmtInt(n)} µs`),
+        cell(a.metrics.drainMs, fmtMs),
+        blocksCell(a),
+      ]),
+    ),
+  ]
+}
+
 const renderers: Record<string, (s: ScenarioResult, charts: Charts) => string[]> = {
   throughput: renderThroughput,
   latency: renderLatency,
@@ -992,6 +1022,7 @@ const renderers: Record<string, (s: ScenarioResult, charts: Charts) => string[]>
   recovery: (s) => renderRecovery(s),
   natsFanout: (s) => renderNatsFanout(s),
   relay: (s) => renderRelay(s),
+  relayScaling: (s) => renderRelayScaling(s),
 }
 
 const headlines = (run: RunResult): string[] => {
@@ -1139,6 +1170,7 @@ export const renderReport = (run: RunResult, o: RenderOptions): Rendered => {
     recovery: "7. Recovery",
     natsFanout: "8. NATS: many subscribers of one channel",
     relay: "9. The relay: backlog, fairness, Postgres cost",
+    relayScaling: "10. Relay scaling: 1, 2 and 3 relay processes",
   }
   for (const s of run.scenarios) {
     lines.push(`## ${titles[s.id] ?? s.title}`, "", method(s), "")

@@ -8,6 +8,7 @@ import { natsFanout } from "./natsFanout.js"
 import { payload } from "./payload.js"
 import { recovery } from "./recovery.js"
 import { relay } from "./relay.js"
+import { relayScaling } from "./relayScaling.js"
 import { throughput } from "./throughput.js"
 
 export const scenarios: Record<ScenarioId, Scenario> = {
@@ -20,4 +21,5 @@ export const scenarios: Record<ScenarioId, Scenario> = {
   recovery,
   natsFanout,
   relay,
+  relayScaling,
 }

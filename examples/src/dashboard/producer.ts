@@ -11,12 +11,14 @@ import { type JobRow, jobColumns, type RunRow, runColumns } from "./schema.js"
  * Events (tenant `demo`):
  * - channel `runs`: `run.started`, `run.finished`, `run.archived`
  * - channel `jobs`: `job.queued`, `job.running`, `job.succeeded`, `job.failed`, `job.skipped`
+ * - channel `alerts`: `alert.insert`, published by a trigger on `demo.alerts` (no
+ *   `bus.publish` call: the producer only inserts the row)
  *
  * @module
  */
 
 export const tenant = "demo"
-export const channels = ["runs", "jobs"] as const
+export const channels = ["runs", "jobs", "alerts"] as const
 
 const pipelines: ReadonlyArray<{
   name: string
@@ -231,6 +233,14 @@ export const startProducer = (bus: Bus, pool: pg.Pool, options: ProducerOptions 
           `status = '${failed ? "failed" : "succeeded"}', finished_at = now()`,
         )
         out.push(jobEvent(failed ? "job.failed" : "job.succeeded", next))
+        if (failed) {
+          // Plain SQL: the table's publish trigger publishes the alert in this transaction.
+          await client.query("INSERT INTO demo.alerts (tenant, run_id, message) VALUES ($1, $2, $3)", [
+            tenant,
+            next.runId,
+            `${next.name} failed on attempt ${next.attempt}${next.agent ? ` (${next.agent})` : ""}`,
+          ])
+        }
         const last = run.jobs[run.jobs.length - 1] === current
         if (failed && job.attempt >= 2) runDone = "failed"
         else if (!failed && last) runDone = "succeeded"

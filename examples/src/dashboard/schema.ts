@@ -10,6 +10,10 @@ import type pg from "pg"
  * archived (deleted) oldest first, and `meta.archived_through` records the highest
  * archived run id, so a late event of an archived run is recognised and ignored.
  *
+ * `demo.alerts` is the other way to publish: the producer only INSERTs into it, and the
+ * outbox's publish trigger (docs/sql.md) turns each row into an `alert.insert` event on the
+ * `alerts` channel in the same transaction.
+ *
  * @module
  */
 
@@ -20,7 +24,7 @@ export const demoSchema = "demo"
 export const resetSchema = async (db: pg.Pool): Promise<void> => {
   await db.query(`
     CREATE SCHEMA IF NOT EXISTS demo;
-    DROP TABLE IF EXISTS demo.jobs, demo.runs, demo.meta;
+    DROP TABLE IF EXISTS demo.jobs, demo.runs, demo.meta, demo.alerts;
     CREATE TABLE demo.runs (
       id          int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
       pipeline    text NOT NULL,
@@ -48,6 +52,16 @@ export const resetSchema = async (db: pg.Pool): Promise<void> => {
       archived_through int NOT NULL DEFAULT 0
     );
     INSERT INTO demo.meta DEFAULT VALUES;
+    -- Written with plain SQL only: a trigger publishes each new row (channel alerts,
+    -- type alert.insert), the way an existing table joins the bus with no code.
+    CREATE TABLE demo.alerts (
+      id      int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+      tenant  text NOT NULL,
+      run_id  int  NOT NULL,
+      message text NOT NULL,
+      at      timestamptz NOT NULL DEFAULT now()
+    );
+    SELECT bus.attach_publish_trigger('demo.alerts', 'tenant', 'alerts', 'alert', 'row', ARRAY['INSERT']);
   `)
 }
 

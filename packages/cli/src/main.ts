@@ -1,10 +1,13 @@
+import { readFileSync } from "node:fs"
 import { parseArgs } from "node:util"
 import { migrate, validateSchemaName } from "@bus/postgres-notify"
 import { brokerUrls } from "./brokers.js"
+import { deadLetters } from "./deadLetters.js"
 import { CliError, checkPostgresUrl, postgresError, redact } from "./errors.js"
 import { collectStatus, formatStatus } from "./status.js"
 import { type Out, styles, useColour } from "./style.js"
 import { tail } from "./tail.js"
+import { attachUsage, trigger } from "./trigger.js"
 
 /**
  * The `bus` command line.
@@ -19,18 +22,32 @@ commands
   status                        transport in use and why, NOTIFY health and pressure, backlog,
                                 relay lag, dead letters, consumer groups, recommended transport
   tail <tenant> <channel>       print a channel's events as they arrive (tail -f)
+  dead-letters list             what the relay and the outbox's consumer groups gave up on (newest first)
+  dead-letters replay <id…>     publish those events again, same ids, to the groups that gave up on them
+  trigger attach <table> …      publish every INSERT/UPDATE/DELETE of an existing table (docs/sql.md)
+  trigger detach <table> --channel <c>   remove it; trigger list: the tables that publish
 
 options
   --url <postgres://…>          the application's database (default: $DATABASE_URL)
   --schema <name>               outbox schema (default: bus)
   --json                        machine-readable output (status: one object; tail: one event per line)
+  --version                     print the version
   status:
+    --watch [--interval <s>]    redraw every interval (default 2 s) until Ctrl-C
     --window <seconds>          history the notify rate is measured over (default 10)
     --threshold <n>             notifying commits/s to compare with (default: $BUS_NOTIFY_RATE_THRESHOLD or 1000)
   tail:
     --from <cursor|now|beginning>  where to start (default now)
     --transport <name>          postgres-notify | nats | redis-streams (default: what BUS_* selects)
     --count <n>                 stop after n events
+  dead-letters list:
+    --limit <n>                 at most n (default 50)
+  trigger attach:
+    --tenant-column <column>    the column holding each row's tenant
+    --channel <name>            the channel events go to
+    --type <prefix>             event type prefix: <prefix>.insert, .update, .delete
+    --columns a,b | --key <col> payload: those columns, or a pointer {table, key} (default: the row)
+    --on insert,update,delete   which writes publish (default: all three)
   brokers (tail, and broker dead letters in status):
     --redis-url <redis://…>     default: $REDIS_URL
     --nats-url <nats://…>       default: $NATS_URL
@@ -80,6 +97,13 @@ const run = async (argv: ReadonlyArray<string>, io: Io): Promise<number> => {
   }
   const { positionals, values } = parsed
   const command = positionals[0]
+  if (values.version === true) {
+    const pkg = JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as {
+      version: string
+    }
+    io.out.write(`bus ${pkg.version} (@bus/cli, node ${process.versions.node})\n`)
+    return 0
+  }
   if (values.help === true || command === undefined || command === "help") {
     io.out.write(`${usage}\n`)
     return command === undefined && values.help !== true ? 2 : 0
@@ -111,19 +135,35 @@ const run = async (argv: ReadonlyArray<string>, io: Io): Promise<number> => {
     }
     case "status": {
       if (positionals.length > 1) throw new CliError("bus status takes no arguments", 2)
-      const report = await collectStatus({
-        url: url(),
-        schema,
-        windowSeconds: number("window", values.window, 1) ?? 10,
-        threshold: number("threshold", values.threshold, 1),
-        env: io.env,
-        brokers: brokers(),
+      const once = async () => {
+        const report = await collectStatus({
+          url: url(),
+          schema,
+          windowSeconds: number("window", values.window, 1) ?? 10,
+          threshold: number("threshold", values.threshold, 1),
+          env: io.env,
+          brokers: brokers(),
+        })
+        return values.json === true
+          ? `${JSON.stringify(report, values.watch === true ? undefined : null, values.watch === true ? undefined : 2)}\n`
+          : `${formatStatus(report, styles(useColour(io.out, io.env)))}\n`
+      }
+      if (values.watch !== true) {
+        io.out.write(await once())
+        return 0
+      }
+      // --watch: one report per interval until Ctrl-C; a terminal is cleared between them,
+      // a pipe gets one report after another (--json: one line each).
+      const intervalMs = (number("interval", values.interval, 0.5) ?? 2) * 1000
+      let stopped = false
+      void io.interrupted.then(() => {
+        stopped = true
       })
-      io.out.write(
-        values.json === true
-          ? `${JSON.stringify(report, null, 2)}\n`
-          : `${formatStatus(report, styles(useColour(io.out, io.env)))}\n`,
-      )
+      while (!stopped) {
+        const text = await once()
+        io.out.write((io.out.isTTY === true && values.json !== true ? "\u001b[H\u001b[2J" : "") + text)
+        await Promise.race([new Promise((r) => setTimeout(r, intervalMs)), io.interrupted])
+      }
       return 0
     }
     case "tail": {
@@ -159,6 +199,49 @@ const run = async (argv: ReadonlyArray<string>, io: Io): Promise<number> => {
       })
       return 0
     }
+    case "dead-letters": {
+      const [, action, ...ids] = positionals
+      if (action !== "list" && action !== "replay")
+        throw new CliError("usage: bus dead-letters list | bus dead-letters replay <event id>…", 2)
+      if (action === "list" && ids.length > 0)
+        throw new CliError("bus dead-letters list takes no arguments", 2)
+      await deadLetters({
+        url: url(),
+        schema,
+        action,
+        ids,
+        limit: number("limit", values.limit, 1) ?? 50,
+        json: values.json === true,
+        out: io.out,
+        styles: styles(useColour(io.out, io.env)),
+      })
+      return 0
+    }
+    case "trigger": {
+      const [, action, table, ...rest] = positionals
+      if ((action !== "attach" && action !== "detach" && action !== "list") || rest.length > 0)
+        throw new CliError(
+          `usage: ${attachUsage} | bus trigger detach <table> --channel <c> | bus trigger list`,
+          2,
+        )
+      if (action === "list" && table !== undefined)
+        throw new CliError("bus trigger list takes no arguments", 2)
+      await trigger({
+        url: url(),
+        schema,
+        action,
+        ...(table !== undefined ? { table } : {}),
+        ...(values["tenant-column"] !== undefined ? { tenantColumn: values["tenant-column"] } : {}),
+        ...(values.channel !== undefined ? { channel: values.channel } : {}),
+        ...(values.type !== undefined ? { type: values.type } : {}),
+        ...(values.columns !== undefined ? { columns: values.columns } : {}),
+        ...(values.key !== undefined ? { key: values.key } : {}),
+        ...(values.on !== undefined ? { on: values.on } : {}),
+        json: values.json === true,
+        out: io.out,
+      })
+      return 0
+    }
     default:
       throw new CliError(`unknown command ${JSON.stringify(command)}`, 2)
   }
@@ -180,6 +263,16 @@ const parse = (argv: ReadonlyArray<string>) =>
       count: { type: "string" },
       "redis-url": { type: "string" },
       "nats-url": { type: "string" },
+      "tenant-column": { type: "string" },
+      channel: { type: "string" },
+      type: { type: "string" },
+      columns: { type: "string" },
+      key: { type: "string" },
+      on: { type: "string" },
+      watch: { type: "boolean" },
+      interval: { type: "string" },
+      limit: { type: "string" },
+      version: { type: "boolean", short: "v" },
       help: { type: "boolean", short: "h" },
     },
   })

@@ -323,6 +323,219 @@ describe("bus status", () => {
   })
 })
 
+describe("operator commands", () => {
+  it("bus --version, status --watch until Ctrl-C, dead-letters list and replay", async () => {
+    const version = await bus(["--version"])
+    expect(version.code).toBe(0)
+    expect(version.stdout).toMatch(/^bus \d+\.\d+\.\d+ \(@bus\/cli, node \d+/)
+
+    const schema = "ops"
+    expect((await bus(["migrate", "--schema", schema])).code).toBe(0)
+    const app = await appBus("postgres-notify", schema)
+    try {
+      let fixed = false
+      const handled: Array<string> = []
+      const consumer = app.consume(
+        { tenant: "acme", channel: "orders", group: "billing", maxAttempts: 1 },
+        (e) => {
+          if (!fixed) throw new Error("card service down")
+          handled.push(e.id)
+        },
+      )
+      const [id] = await publish(app, 1, "orders", "acme")
+      const deadline = Date.now() + 20_000
+      let listed: Array<{ id: string; source: string; reason: string }> = []
+      while (listed.length === 0 && Date.now() < deadline) {
+        listed = JSON.parse((await bus(["dead-letters", "list", "--schema", schema, "--json"])).stdout)
+        if (listed.length === 0) await new Promise((r) => setTimeout(r, 200))
+      }
+      expect(listed).toHaveLength(1)
+      expect(listed[0]).toMatchObject({ id, source: "billing", tenant: "acme", channel: "orders" })
+      expect(listed[0]!.reason).toContain("card service down")
+      const plain = await bus(["dead-letters", "list", "--schema", schema])
+      expect(plain.stdout).toContain(`${id} acme/orders order.paid · billing gave up after 1`)
+
+      fixed = true
+      const replayed = await bus(["dead-letters", "replay", id!, "--schema", schema])
+      expect(replayed.code).toBe(0)
+      expect(replayed.stdout).toContain(`replayed ${id} (acme/orders, given up by billing)`)
+      while (handled.length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100))
+      expect(handled).toEqual([id])
+      expect((await bus(["dead-letters", "list", "--schema", schema])).stdout).toBe("no dead letters\n")
+      const again = await bus(["dead-letters", "replay", id!, "--schema", schema])
+      expect(again.code).toBe(1)
+      expect(again.stdout).toContain(`not a dead letter: ${id}`)
+      expect((await bus(["dead-letters", "replay", "nope", "--schema", schema])).stderr).toContain(
+        "not event ids: nope",
+      )
+      await consumer.close()
+
+      // --watch: a report per interval until SIGINT, then exit 0.
+      const child = spawn(
+        process.execPath,
+        [bin, "status", "--schema", schema, "--watch", "--json", "--interval", "0.5"],
+        {
+          env: { PATH: process.env.PATH ?? "", DATABASE_URL: postgres.url },
+          stdio: ["ignore", "pipe", "pipe"],
+        },
+      )
+      let out = ""
+      child.stdout.on("data", (d: Buffer) => {
+        out += d.toString()
+      })
+      const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)))
+      const watchDeadline = Date.now() + 30_000
+      while (out.split("\n").filter((l) => l.startsWith("{")).length < 3 && Date.now() < watchDeadline)
+        await new Promise((r) => setTimeout(r, 100))
+      child.kill("SIGINT")
+      const timer = setTimeout(() => child.kill("SIGKILL"), 10_000)
+      expect(await exited).toBe(0)
+      clearTimeout(timer)
+      const reports = out.split("\n").filter((l) => l.startsWith("{"))
+      expect(reports.length).toBeGreaterThanOrEqual(3)
+      for (const r of reports) expect(JSON.parse(r)).toHaveProperty("deadLetters")
+    } finally {
+      await app.close()
+    }
+  })
+})
+
+describe("bus trigger", () => {
+  it("attaches the publish trigger to an existing table: its writes reach a broker subscriber like SDK events; list, detach and bad input", async () => {
+    const schema = "trig"
+    expect((await bus(["migrate", "--schema", schema])).code).toBe(0)
+    const db = new pg.Client({ connectionString: postgres.url })
+    await db.connect()
+    const app = await appBus("redis-streams", schema)
+    try {
+      await db.query(
+        "CREATE TABLE public.invoices (id int PRIMARY KEY, customer text NOT NULL, amount int, pdf text)",
+      )
+      const attached = await bus([
+        "trigger",
+        "attach",
+        "public.invoices",
+        "--schema",
+        schema,
+        "--tenant-column",
+        "customer",
+        "--channel",
+        "invoices",
+        "--type",
+        "invoice",
+        "--columns",
+        "id,amount",
+      ])
+      expect(attached.stderr).toBe("")
+      expect(attached.code).toBe(0)
+      expect(attached.stdout).toContain("attached bus_publish_invoices to public.invoices")
+      const list = await bus(["trigger", "list", "--schema", schema, "--json"])
+      expect(JSON.parse(list.stdout)).toEqual([
+        {
+          table: "invoices",
+          trigger: "bus_publish_invoices",
+          on: "INSERT OR UPDATE OR DELETE",
+          tenantColumn: "customer",
+          channel: "invoices",
+          type: "invoice",
+          payload: "columns:id,amount",
+        },
+      ])
+
+      const got: Array<{ id: string; type: string; data: unknown }> = []
+      const sub = app.subscribe({ tenant: "acme", channel: "invoices", from: "now" })
+      await sub.ready
+      const reading = (async () => {
+        for await (const e of sub) got.push({ id: e.id, type: e.type, data: e.data })
+      })()
+      // The application's own write, no @bus code: INSERT, a rolled-back INSERT, UPDATE.
+      await db.query("INSERT INTO public.invoices VALUES (1, 'acme', 100, 'big')")
+      await db.query("BEGIN")
+      await db.query("INSERT INTO public.invoices VALUES (2, 'acme', 200, 'big')")
+      await db.query("ROLLBACK")
+      await db.query("UPDATE public.invoices SET amount = 150 WHERE id = 1")
+      // …and an SDK publish on the same address in between: one ordered stream.
+      await publish(app, 1, "invoices", "acme")
+      await db.query("DELETE FROM public.invoices WHERE id = 1")
+      const deadline = Date.now() + 20_000
+      while (got.length < 4 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50))
+      await new Promise((r) => setTimeout(r, 300))
+      await sub.close()
+      await reading
+      expect(got.map((e) => e.type)).toEqual([
+        "invoice.insert",
+        "invoice.update",
+        "order.paid",
+        "invoice.delete",
+      ])
+      expect(got[0]!.data).toEqual({ id: 1, amount: 100 })
+      const stored = await db.query(
+        `SELECT id::text FROM ${schema}.outbox WHERE channel = 'invoices' ORDER BY seq`,
+      )
+      expect(got.map((e) => e.id)).toEqual(stored.rows.map((r) => r.id))
+
+      const missing = await bus([
+        "trigger",
+        "attach",
+        "public.invoices",
+        "--schema",
+        schema,
+        "--channel",
+        "x",
+        "--type",
+        "t",
+      ])
+      expect(missing.code).toBe(2)
+      expect(missing.stderr).toContain("--tenant-column is required")
+      const badColumn = await bus([
+        "trigger",
+        "attach",
+        "public.invoices",
+        "--schema",
+        schema,
+        "--tenant-column",
+        "nope",
+        "--channel",
+        "x",
+        "--type",
+        "t",
+      ])
+      expect(badColumn.code).toBe(1)
+      expect(badColumn.stderr).toContain("has no column nope")
+      const noTable = await bus([
+        "trigger",
+        "attach",
+        "public.nothing",
+        "--schema",
+        schema,
+        "--tenant-column",
+        "c",
+        "--channel",
+        "x",
+        "--type",
+        "t",
+      ])
+      expect(noTable.code).toBe(1)
+      expect(noTable.stderr).toMatch(/relation "public.nothing" does not exist/)
+
+      const detached = await bus([
+        "trigger",
+        "detach",
+        "public.invoices",
+        "--schema",
+        schema,
+        "--channel",
+        "invoices",
+      ])
+      expect(detached.stdout).toContain("detached bus_publish_invoices")
+      expect((await bus(["trigger", "list", "--schema", schema])).stdout).toContain("no publish triggers")
+    } finally {
+      await app.close()
+      await db.end()
+    }
+  })
+})
+
 describe("bus tail", () => {
   it("prints a channel's events: plain when piped, coloured on request, JSON with --json, resumable", async () => {
     const app = await appBus("postgres-notify")

@@ -30,6 +30,7 @@ export {
   type RelayLog,
   type RelayPage,
   type RelayState,
+  replayedHeader,
 } from "./contracts/OutboxStore.js"
 export {
   type Delivery,

@@ -26,6 +26,7 @@ export {
   parsePgSnapshot,
   type Snapshot,
 } from "./outbox/cursor.js"
+export { type ReplayResult, replayDeadLetters } from "./outbox/deadLetters.js"
 export type { PostgresOutboxOptions } from "./outbox/options.js"
 export {
   builtinAdapters,

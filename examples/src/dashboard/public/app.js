@@ -88,6 +88,10 @@ function apply(event) {
       applied = true
       changedRuns.add(run.id)
     }
+  } else if (event.channel === "alerts") {
+    // Published by a trigger on demo.alerts (plain SQL INSERT, no bus.publish).
+    subject = `run #${event.data.run_id}: ${event.data.message}`
+    applied = true
   } else if (event.channel === "jobs") {
     const job = event.data
     subject = `job #${job.id} ${job.name} (run #${job.runId})`

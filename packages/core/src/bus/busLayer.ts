@@ -44,7 +44,9 @@ export interface BusOptions extends SelectionConfig {
    * A layer that installs a tracer and/or metrics exporter for everything the bus runs
    * (publish, relay, consumers): for example Effect's OTLP exporter
    * (`Otlp.layerJson({ baseUrl }).pipe(Layer.provide(FetchHttpClient.layer))` from
-   * `effect/observability` and `effect/http`). See docs/observability.md.
+   * `effect/observability` and `effect/http`), or `OtelTracer.layerGlobal` of
+   * `@effect/opentelemetry` to use the application's own OpenTelemetry SDK. Whatever else
+   * the layer provides stays inside the bus. See docs/observability.md.
    */
   readonly telemetry?: Layer.Layer<never, never, never>
 }

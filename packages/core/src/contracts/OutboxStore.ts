@@ -141,6 +141,13 @@ export interface GroupKey extends Address {
   readonly group: string
 }
 
+/**
+ * Header a replayed dead letter carries (the replay's time): consumer groups look such an
+ * event up in their inbox even when it arrives live, so only the group that gave up on it
+ * handles it again.
+ */
+export const replayedHeader = "bus-replayed-at"
+
 /** A dead-lettered event and why it was parked. */
 export interface DeadLetter {
   readonly event: Envelope

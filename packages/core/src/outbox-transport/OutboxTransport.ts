@@ -1,6 +1,6 @@
 import { type Cause, Deferred, Effect, Layer, Metric, Queue, RcMap, type Scope, Stream } from "effect"
 import { capabilities as makeCapabilities, type TransportCapabilities } from "../contracts/Capabilities.js"
-import { type Address, OutboxStore } from "../contracts/OutboxStore.js"
+import { type Address, OutboxStore, replayedHeader } from "../contracts/OutboxStore.js"
 import { type Delivery, type GroupRequest, type SubscribeRequest, Transport } from "../contracts/Transport.js"
 import type { DeliveredEvent } from "../envelope/Envelope.js"
 import { type BusError, type CursorInvalid, TransportFailure } from "../errors/BusError.js"
@@ -412,12 +412,15 @@ export const outboxTransport = (
             // Catch-up pages (events committed before this member joined the feed) may hold
             // events the group handled already: on another transport before a flip, or by a
             // member whose ack was lost. One inbox lookup per page finds them; they are
-            // skipped, and the position moves past them. Live events are new to the group.
+            // skipped, and the position moves past them. Live events are new to the group,
+            // unless an operator replayed a dead letter (marked by its header): the groups
+            // that handled it before must skip it.
             const onPage = (page: Page) =>
               Effect.gen(function* () {
                 const ids = page.events.map((e) => e.id)
                 const done =
-                  page.live || ids.length === 0
+                  (page.live && !page.events.some((e) => e.headers[replayedHeader] !== undefined)) ||
+                  ids.length === 0
                     ? emptySet
                     : yield* store
                         .handled(key, ids)

@@ -122,6 +122,10 @@ export class Subscriber extends Context.Service<
             handled.add(id)
             if (handled.size > handledWindow) handled.delete(handled.values().next().value as string)
           }
+          // Where each dead-lettered id was: the same id at another position is the event
+          // replayed by an operator (replayDeadLetters), which this group must handle again,
+          // while the same position again is a redelivery of the settled event.
+          const deadLetteredAt = new Map<string, string>()
           const transient = {
             schedule: cappedBackoff("50 millis", "2 seconds"),
             while: (e: BusError) => e.retryable,
@@ -173,7 +177,12 @@ export class Subscriber extends Context.Service<
               const { event, attempt } = delivery
               // A redelivery of an event this consumer already acknowledged (an ack lost in
               // a reconnect) is acknowledged again without running the handler twice.
-              if (handled.has(event.id)) return yield* ack(delivery)
+              if (handled.has(event.id)) {
+                const parkedAt = deadLetteredAt.get(event.id)
+                if (parkedAt === undefined || parkedAt === event.cursor) return yield* ack(delivery)
+                handled.delete(event.id)
+                deadLetteredAt.delete(event.id)
+              }
               if (yield* handledBefore(delivery)) {
                 yield* ack(delivery)
                 remember(event.id)
@@ -213,6 +222,9 @@ export class Subscriber extends Context.Service<
                 yield* delivery.deadLetter(reason)
                 yield* mark(delivery)
                 remember(event.id)
+                deadLetteredAt.set(event.id, event.cursor)
+                if (deadLetteredAt.size > handledWindow)
+                  deadLetteredAt.delete(deadLetteredAt.keys().next().value as string)
                 yield* Metric.update(Metric.withAttributes(deadLettered, { source: group }), 1)
                 return
               }

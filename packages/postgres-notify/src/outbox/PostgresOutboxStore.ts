@@ -209,6 +209,18 @@ export const makePostgresOutboxStore = (
         message: `schema ${schema.name} is at version ${String(meta.schema_version)}; this package needs ${latestVersion}: run migrate() (bus migrate)`,
       })
     }
+    // Publishers in SQL (`bus.publish(…)`, the publish trigger) wake readers as this bus's
+    // producers do: they read the mode from meta, so each bus store records its own. Only a
+    // store told its mode (postgresNotify always tells it) records it; tools that open a
+    // store to read (bus status, tail) leave it alone.
+    if (options.notify !== undefined) {
+      yield* runQuery(
+        executor,
+        "recording the notify mode for SQL publishers",
+        `UPDATE ${schema.quoted}.meta SET sql_notify = $1 WHERE sql_notify IS DISTINCT FROM $1`,
+        [o.notify],
+      )
+    }
     const partitionRows = yield* runQuery(
       executor,
       "loading the relay partitions",

@@ -10,6 +10,8 @@
  * @module
  */
 
+import { createHash } from "node:crypto"
+
 /** One schema migration. */
 export interface Migration {
   /** Strictly increasing, starting at 1. */
@@ -178,12 +180,188 @@ LEFT JOIN LATERAL (
 ) first ON true;
 `
 
+/** The NOTIFY channel of the relay for a schema, as channels.ts computes it (the SQL publish function sends it literally). */
+const relayChannelOf = (schemaName: string): string =>
+  `bus_relay_${createHash("sha256").update(`relay\u0000${schemaName}`).digest("hex").slice(0, 24)}`
+
+/** `"name"` to name (schema names are lower-case identifiers: nothing to unescape). */
+const unquoted = (S: string): string => S.replace(/^"|"$/g, "")
+
+const v5 = (S: string): string => `
+-- Publishing from SQL: ${S}.publish appends an event inside the calling transaction with
+-- the guarantees of the SDK's publish (the same row, a UUIDv7 id, the same name rules and
+-- size limit, refused with a clear error before anything is written; wake-ups as the bus
+-- processes' notify mode says). Triggers, other languages and psql publish through it.
+
+-- What ${S}.publish sends when it commits: the notify mode of the bus processes, written by
+-- each bus's outbox store when it starts (addresses on postgres-notify, none on a broker,
+-- where producers must not take NOTIFY's commit lock and the relay polls instead).
+ALTER TABLE ${S}.meta
+  ADD COLUMN sql_notify text NOT NULL DEFAULT 'addresses'
+    CHECK (sql_notify IN ('addresses', 'relay', 'both', 'none')),
+  ADD COLUMN sql_max_event_bytes integer NOT NULL DEFAULT 1048576 CHECK (sql_max_event_bytes > 0);
+
+-- A UUIDv7 (RFC 9562): the 48-bit Unix time in ms over a random v4 UUID, version bits set
+-- to 7. Postgres 18 has uuidv7() built in; this one works on every supported version.
+CREATE FUNCTION ${S}.uuidv7() RETURNS uuid LANGUAGE sql VOLATILE PARALLEL SAFE AS $$
+  SELECT encode(
+    set_bit(set_bit(
+      overlay(uuid_send(gen_random_uuid())
+              PLACING substring(int8send(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint) FROM 3)
+              FROM 1 FOR 6),
+      52, 1), 53, 1),
+    'hex')::uuid
+$$;
+
+-- The core name rule (tenant, channel): 1-64 of A-Z a-z 0-9 _ -, starting with a letter or digit.
+CREATE FUNCTION ${S}.check_name(field text, value text) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+  IF value IS NULL OR value = '' THEN
+    RAISE EXCEPTION 'bus.publish: % must not be empty', field USING ERRCODE = '22023';
+  ELSIF length(value) > 64 THEN
+    RAISE EXCEPTION 'bus.publish: % is % characters; the limit is 64', field, length(value) USING ERRCODE = '22023';
+  ELSIF value !~ '^[A-Za-z0-9_-]+$' THEN
+    RAISE EXCEPTION 'bus.publish: % % contains %; only A-Z, a-z, 0-9, "_" and "-" are allowed',
+      field, to_json(value), to_json(substring(value FROM '[^A-Za-z0-9_-]')) USING ERRCODE = '22023';
+  ELSIF value !~ '^[A-Za-z0-9]' THEN
+    RAISE EXCEPTION 'bus.publish: % % must start with a letter or digit', field, to_json(value) USING ERRCODE = '22023';
+  END IF;
+  RETURN value;
+END
+$$;
+
+CREATE FUNCTION ${S}.publish(
+  tenant text, channel text, type text, data jsonb DEFAULT 'null'::jsonb,
+  headers jsonb DEFAULT '{}'::jsonb, id uuid DEFAULT NULL
+) RETURNS uuid LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+  m record;
+  event_id uuid := coalesce(id, ${S}.uuidv7());
+  bytes integer;
+BEGIN
+  PERFORM ${S}.check_name('tenant', tenant);
+  PERFORM ${S}.check_name('channel', channel);
+  IF type IS NULL OR type = '' OR length(type) > 256 THEN
+    RAISE EXCEPTION 'bus.publish: event type must be a non-empty string of at most 256 characters' USING ERRCODE = '22023';
+  END IF;
+  IF id IS NOT NULL AND substring(id::text FROM 15 FOR 1) <> '7' THEN
+    RAISE EXCEPTION 'bus.publish: id must be a UUIDv7' USING ERRCODE = '22023';
+  END IF;
+  headers := coalesce(headers, '{}'::jsonb);
+  IF jsonb_typeof(headers) <> 'object'
+     OR EXISTS (SELECT 1 FROM jsonb_each(headers) h WHERE jsonb_typeof(h.value) <> 'string') THEN
+    RAISE EXCEPTION 'bus.publish: headers must be an object of strings' USING ERRCODE = '22023';
+  END IF;
+  SELECT sql_notify, sql_max_event_bytes INTO m FROM ${S}.meta;
+  -- The event as transports carry it, measured as the SDK measures it (compact JSON would
+  -- be a little smaller than jsonb's text, so this errs on the side of refusing).
+  bytes := octet_length(coalesce(data, 'null'::jsonb)::text) + octet_length(headers::text)
+           + octet_length(tenant) + octet_length(channel) + octet_length(type) + 120;
+  IF bytes > m.sql_max_event_bytes THEN
+    RAISE EXCEPTION 'bus.publish: event is % bytes encoded; the limit is %', bytes, m.sql_max_event_bytes
+      USING ERRCODE = '54000';
+  END IF;
+  INSERT INTO ${S}.outbox (id, tenant, channel, type, data, headers, event_time)
+  VALUES (event_id, tenant, channel, type, coalesce(data, 'null'::jsonb), headers, clock_timestamp());
+  -- Postgres folds a NOTIFY identical in channel and payload to one per transaction: one
+  -- wake-up per address (or one for the relay) however many events the transaction holds.
+  IF m.sql_notify IN ('addresses', 'both') THEN
+    PERFORM pg_notify(
+      'bus_' || left(encode(sha256(
+        convert_to('address', 'UTF8') || '\\x00'::bytea || convert_to('${unquoted(S)}', 'UTF8') || '\\x00'::bytea
+        || convert_to(tenant, 'UTF8') || '\\x00'::bytea || convert_to(channel, 'UTF8')), 'hex'), 32),
+      '1:' || tenant || ':' || channel);
+  END IF;
+  IF m.sql_notify IN ('relay', 'both') THEN
+    PERFORM pg_notify('${relayChannelOf(unquoted(S))}', '1');
+  END IF;
+  RETURN event_id;
+END
+$$;
+
+-- A row trigger that publishes every INSERT, UPDATE and DELETE of a table. Arguments:
+-- tenant column, channel, type prefix (the event type is prefix.insert / .update /
+-- .delete), payload: 'row' (the whole row), 'columns:a,b' (those columns) or 'key:col'
+-- (a pointer for wide rows: {"table": …, "key": {"col": value}}).
+CREATE FUNCTION ${S}.publish_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+  r jsonb := to_jsonb(CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END);
+  payload text := TG_ARGV[3];
+  data jsonb;
+BEGIN
+  IF payload = 'row' THEN
+    data := r;
+  ELSIF payload LIKE 'columns:%' THEN
+    SELECT coalesce(jsonb_object_agg(c, r -> c), '{}'::jsonb) INTO data
+    FROM unnest(string_to_array(substring(payload FROM 9), ',')) AS c;
+  ELSE
+    data := jsonb_build_object('table', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME,
+      'key', jsonb_build_object(substring(payload FROM 5), r -> substring(payload FROM 5)));
+  END IF;
+  PERFORM ${S}.publish(r ->> TG_ARGV[0], TG_ARGV[1], TG_ARGV[2] || '.' || lower(TG_OP), data);
+  RETURN NULL;
+END
+$$;
+
+-- Attaches the publish trigger to a table, checking every argument first (so a typo fails
+-- here, not on the table's next write). The trigger is named bus_publish_<channel>.
+CREATE FUNCTION ${S}.attach_publish_trigger(
+  target regclass, tenant_column text, channel text, type_prefix text,
+  payload text DEFAULT 'row', operations text[] DEFAULT ARRAY['INSERT', 'UPDATE', 'DELETE']
+) RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+  trigger_name text := 'bus_publish_' || channel;
+  cols text[];
+  missing text;
+  ops text;
+BEGIN
+  PERFORM ${S}.check_name('channel', channel);
+  IF type_prefix IS NULL OR type_prefix = '' OR length(type_prefix) > 240 THEN
+    RAISE EXCEPTION 'bus.attach_publish_trigger: type_prefix must be a non-empty string of at most 240 characters' USING ERRCODE = '22023';
+  END IF;
+  cols := ARRAY[tenant_column];
+  IF payload LIKE 'columns:%' THEN
+    cols := cols || string_to_array(substring(payload FROM 9), ',');
+  ELSIF payload LIKE 'key:%' THEN
+    cols := cols || substring(payload FROM 5);
+  ELSIF payload IS DISTINCT FROM 'row' THEN
+    RAISE EXCEPTION 'bus.attach_publish_trigger: payload must be ''row'', ''columns:a,b'' or ''key:column''; got %', to_json(payload) USING ERRCODE = '22023';
+  END IF;
+  SELECT string_agg(c, ', ') INTO missing FROM unnest(cols) c
+  WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = target AND a.attname = c AND a.attnum > 0 AND NOT a.attisdropped);
+  IF missing IS NOT NULL THEN
+    RAISE EXCEPTION 'bus.attach_publish_trigger: % has no column %', target, missing USING ERRCODE = '42703';
+  END IF;
+  IF operations IS NULL OR cardinality(operations) = 0
+     OR EXISTS (SELECT 1 FROM unnest(operations) o WHERE upper(o) NOT IN ('INSERT', 'UPDATE', 'DELETE')) THEN
+    RAISE EXCEPTION 'bus.attach_publish_trigger: operations must be some of INSERT, UPDATE, DELETE' USING ERRCODE = '22023';
+  END IF;
+  SELECT string_agg(DISTINCT upper(o), ' OR ') INTO ops FROM unnest(operations) o;
+  EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', trigger_name, target);
+  EXECUTE format('CREATE TRIGGER %I AFTER %s ON %s FOR EACH ROW EXECUTE FUNCTION ${S}.publish_trigger(%L, %L, %L, %L)',
+    trigger_name, ops, target, tenant_column, channel, type_prefix, payload);
+  RETURN trigger_name;
+END
+$$;
+
+CREATE FUNCTION ${S}.detach_publish_trigger(target regclass, channel text) RETURNS boolean LANGUAGE plpgsql AS $$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = target AND tgname = 'bus_publish_' || channel) THEN
+    RETURN false;
+  END IF;
+  EXECUTE format('DROP TRIGGER %I ON %s', 'bus_publish_' || channel, target);
+  RETURN true;
+END
+$$;
+`
+
 /** Every migration, oldest first. */
 export const migrations: ReadonlyArray<Migration> = [
   { version: 1, name: "outbox", sql: v1 },
   { version: 2, name: "flip", sql: v2 },
   { version: 3, name: "lease index", sql: v3 },
   { version: 4, name: "log relay", sql: v4 },
+  { version: 5, name: "sql publish", sql: v5 },
 ]
 
 /** The schema version this build of the package reads and writes. */

@@ -1,0 +1,105 @@
+import { type Bus, createBus } from "@bus/core"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { postgresNotify, replayDeadLetters } from "../src/index.js"
+import { eventually, inTransaction, startDb, type TestDb } from "./support/db.js"
+
+/**
+ * Replaying dead letters: a consumer group gives up on an event (its handler throws), the
+ * operator fixes the cause and replays it by id. The group that gave up handles it again;
+ * a group that handled it does not; ids that are not dead letters change nothing.
+ */
+
+let db: TestDb
+const closers: Array<() => Promise<unknown>> = []
+
+beforeAll(async () => {
+  db = await startDb()
+})
+
+afterAll(async () => {
+  for (const close of closers.reverse()) await close().catch(() => {})
+  await db?.close()
+})
+
+const openBus = async (schema: string): Promise<Bus> => {
+  const pgn = postgresNotify({
+    connectionString: db.url,
+    schema,
+    migrate: false,
+    pressure: false,
+    env: false,
+  })
+  const bus = await createBus({
+    outbox: pgn.outbox,
+    transports: { "postgres-notify": pgn.transport },
+    transport: "postgres-notify",
+    env: false,
+  })
+  closers.push(() => bus.close())
+  return bus
+}
+
+describe("replayDeadLetters", () => {
+  it("hands a dead-lettered event back to the group that gave up on it, with its id, and to no one else", async () => {
+    const schema = await db.freshSchema()
+    const bus = await openBus(schema)
+    let broken = true
+    const billing: Array<string> = []
+    const audit: Array<string> = []
+    const c1 = bus.consume({ tenant: "acme", channel: "orders", group: "billing", maxAttempts: 2 }, (e) => {
+      if (broken && (e.data as { n: number }).n === 1) throw new Error("card service down")
+      billing.push(e.id)
+    })
+    const c2 = bus.consume({ tenant: "acme", channel: "orders", group: "audit" }, (e) => {
+      audit.push(e.id)
+    })
+    closers.push(
+      () => c1.close(),
+      () => c2.close(),
+    )
+    const ids: Array<string> = []
+    for (let n = 0; n < 3; n++)
+      ids.push(
+        ...(
+          await inTransaction(db.pool, (c) =>
+            bus.publish(c, { tenant: "acme", channel: "orders", type: "order.paid", data: { n } }),
+          )
+        ).ids,
+      )
+    await eventually(() => (billing.length === 2 && audit.length === 3 ? true : undefined), 20_000)
+    const dead = await eventually(async () => {
+      const { rows } = await db.pool.query(`SELECT event_id::text AS id, source FROM ${schema}.dead_letters`)
+      return rows.length === 1 ? rows[0] : undefined
+    }, 20_000)
+    expect(dead).toEqual({ id: ids[1], source: "billing" })
+
+    // A fresh member of audit (no memory of what it handled): it must skip the replay by the group's inbox.
+    await c2.close()
+    const c3 = bus.consume({ tenant: "acme", channel: "orders", group: "audit" }, (e) => {
+      audit.push(e.id)
+    })
+    closers.push(() => c3.close())
+    broken = false
+    const unknown = "0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6a7b"
+    const result = await replayDeadLetters({ pool: db.pool, schema }, [ids[1]!, unknown])
+    expect(result).toEqual({
+      replayed: [{ id: ids[1], tenant: "acme", channel: "orders", source: "billing" }],
+      missing: [unknown],
+    })
+    await eventually(() => (billing.length === 3 ? true : undefined), 20_000)
+    await new Promise((r) => setTimeout(r, 500))
+    expect(billing).toEqual([ids[0], ids[2], ids[1]])
+    expect(audit).toEqual(ids)
+    const left = await db.pool.query(
+      `SELECT (SELECT count(*)::int FROM ${schema}.dead_letters) AS dead, (SELECT count(*)::int FROM ${schema}.outbox WHERE id = $1) AS copies`,
+      [ids[1]],
+    )
+    expect(left.rows[0]).toEqual({ dead: 0, copies: 1 })
+    // Replaying again: nothing left to replay.
+    expect(await replayDeadLetters({ connectionString: db.url, schema }, [ids[1]!])).toEqual({
+      replayed: [],
+      missing: [ids[1]],
+    })
+    await expect(replayDeadLetters({ pool: db.pool, schema }, ["nope"])).rejects.toThrow(/not event ids/)
+  })
+})
