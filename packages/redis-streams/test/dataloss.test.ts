@@ -168,6 +168,61 @@ describe("Redis loses its data while consumers run", () => {
   }
 })
 
+describe("a stream or a group deleted by hand", () => {
+  it("DEL of the stream (identity key kept): noticed by the feed and the group, recovered; XGROUP DESTROY: re-read, no handler runs twice", async () => {
+    const r = new Resources()
+    try {
+      const outbox = MemoryOutbox.make()
+      const bus = await r.bus(outbox, options())
+      const admin = r.redis(server.url)
+      const a = uniqueAddress()
+      const keys = channelKeys("bus", a)
+      const handled = new Tally()
+      r.defer(bus.consume({ ...a, group: "g" }, (e: DeliveredEvent) => handled.add(e)).close)
+      const sub = r.collect(bus, a, "beginning")
+      const first: Array<string> = []
+      for (let tx = 0; tx < 5; tx++) first.push(...(await publish(bus, outbox, txEvents(a, `a${tx}`, 10))))
+      await waitFor(() => handled.hasAll(first) && sub.hasAll(first), 30_000, "the first events")
+      const identity = (await admin.get(keys.identity)) ?? ""
+
+      // An operator deletes the stream; nothing is published for a while.
+      await admin.del(keys.stream)
+      const t0 = performance.now()
+      const detectedMs = await detection(admin, keys.identity, identity, t0)
+      const second: Array<string> = []
+      for (let tx = 0; tx < 5; tx++) second.push(...(await publish(bus, outbox, txEvents(a, `b${tx}`, 10))))
+      const sent = [...first, ...second]
+      await waitFor(() => handled.hasAll(sent) && sub.hasAll(sent), 30_000, "everything after the DEL")
+      expect(
+        logs.some(
+          (l) => l.includes("the stream was deleted") || l.includes(`stream ${keys.stream} lost its data`),
+        ),
+      ).toBe(true)
+
+      // The group alone is destroyed: it is re-created at the start of the stream and reads it
+      // again; its inbox skips every event it handled.
+      await admin.xgroup("DESTROY", keys.stream, "g")
+      const third = await publish(bus, outbox, txEvents(a, "c", 10))
+      const all = [...sent, ...third]
+      await waitFor(() => handled.hasAll(all) && sub.hasAll(all), 30_000, "everything after XGROUP DESTROY")
+      await waitFor(
+        () => logs.some((l) => l.includes("group g of") && l.includes("was deleted while its stream stayed")),
+        10_000,
+        "the log line of the deleted group",
+      )
+      await delay(500)
+      console.info(
+        `stream DEL + XGROUP DESTROY: sent=${all.length} group delivered=${all.filter((id) => handled.has(id)).length} duplicates=${handled.duplicates.length} | subscriber delivered=${all.filter((id) => sub.has(id)).length} duplicates=${sub.duplicates.length} | DEL noticed in ${detectedMs} ms`,
+      )
+      expect(handled.duplicates).toEqual([])
+      expect(sub.duplicates).toEqual([])
+      expect(sub.error).toBeUndefined()
+    } finally {
+      await r.close()
+    }
+  })
+})
+
 describe("cursors after a loss, and cursors of another address", () => {
   const refusal = async (bus: Bus, a: Address, from: string) => {
     const sub = bus.subscribe({ ...a, from })
