@@ -521,23 +521,25 @@ export const makeSubscribe = (
               }),
             )
 
+          // Decided when the batch's turn comes (Stream.suspend), after a recovery before it
+          // has moved the subscription to the new stream.
           const onBatch = (
             batch: Batch | Lost,
             catchingUp: boolean,
-          ): Stream.Stream<DeliveredEvent, BusError> => {
-            if ("lost" in batch) return batch.lost.from === identity ? recover(batch.lost.to) : Stream.empty
-            if (batch.identity === identity)
-              return Stream.suspend(() => Stream.fromIterable(accept(batch.items)))
-            // A catch-up page of a stream that replaced the one this subscription read from.
-            // Live entries of another identity are the old stream's, queued before the feed
-            // noticed the loss: the outbox read covered them.
-            if (catchingUp)
-              return Stream.concat(
-                recover(batch.identity),
-                Stream.suspend(() => Stream.fromIterable(accept(batch.items))),
-              )
-            return Stream.empty
-          }
+          ): Stream.Stream<DeliveredEvent, BusError> =>
+            Stream.suspend(() => {
+              if ("lost" in batch) return batch.lost.from === identity ? recover(batch.lost.to) : Stream.empty
+              if (batch.identity === identity) return Stream.fromIterable(accept(batch.items))
+              // A catch-up page of a stream that replaced the one this subscription read from.
+              // Live entries of another identity are the old stream's, queued before the feed
+              // noticed the loss: the outbox read covered them.
+              if (catchingUp)
+                return Stream.concat(
+                  recover(batch.identity),
+                  Stream.suspend(() => Stream.fromIterable(accept(batch.items))),
+                )
+              return Stream.empty
+            })
 
           const catchUp = Stream.paginate(s.start, (after) =>
             readPage(address, keys, after).pipe(
