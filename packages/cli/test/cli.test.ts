@@ -594,7 +594,7 @@ describe("bus tail", () => {
       })
       expect(r.code, r.stderr).toBe(0)
       for (const id of ids) expect(r.stdout).toContain(id)
-      expect(r.stderr).toMatch(/--from redis1:/)
+      expect(r.stderr).toMatch(/--from redis2:/)
 
       const noUrl = await bus(["tail", "acme", "brokered"], { BUS_TRANSPORT: "redis-streams" })
       expect(noUrl.code).toBe(2)

@@ -98,7 +98,7 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
       )
       const store = yield* Effect.serviceOption(OutboxStore)
       const mainLosses = yield* connectionLosses(main)
-      const { head, subscribe } = yield* makeSubscribe(main, config, store)
+      const { head, checkStart, subscribe } = yield* makeSubscribe(main, config, store)
       const maxLen = config.maxLen ?? 0
 
       const send = (event: Envelope, meta?: SendMeta): Effect.Effect<void, BusError> =>
@@ -218,8 +218,9 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
       return Transport.of({
         capabilities: redisStreamsCapabilities,
         head,
+        checkStart,
         subscribe,
-        group: (request) => groupMember({ main, config, mainLosses }, request),
+        group: (request) => groupMember({ main, config, mainLosses, store, sendAll }, request),
         send,
         sendAll,
         deadLetters: (limit) => listDeadLetters(main, config.keyPrefix, limit),

@@ -8,7 +8,7 @@ import {
 } from "@bus/core"
 import { Effect } from "effect"
 import { fieldOf, type RawEntry } from "./connection.js"
-import { toCursor } from "./keys.js"
+import { type CursorBinding, toCursor } from "./keys.js"
 
 /**
  * How an event is stored in a stream entry, and read back.
@@ -29,8 +29,15 @@ export const encodeEntry = (event: Envelope): { readonly id: string; readonly en
   envelope: envelopeToJson(event),
 })
 
-/** Why an entry is not a deliverable event of `address`, or the event. */
-export const decodeEntry = (address: Address, entry: RawEntry): Effect.Effect<DeliveredEvent, string> =>
+/**
+ * Why an entry is not a deliverable event of `address`, or the event, with its cursor bound
+ * to the address and the stream's identity (`binding`).
+ */
+export const decodeEntry = (
+  address: Address,
+  entry: RawEntry,
+  binding: CursorBinding,
+): Effect.Effect<DeliveredEvent, string> =>
   Effect.gen(function* () {
     const raw = fieldOf(entry, "envelope")
     if (raw === undefined) return yield* Effect.fail("no envelope field")
@@ -50,19 +57,23 @@ export const decodeEntry = (address: Address, entry: RawEntry): Effect.Effect<De
     if (idField !== undefined && idField !== envelope.id) {
       return yield* Effect.fail("the id field does not match the envelope's id")
     }
-    return { ...envelope, cursor: withFrontier(toCursor(entry.id), fieldOf(entry, "front")) }
+    return { ...envelope, cursor: withFrontier(toCursor(entry.id, binding), fieldOf(entry, "front"), envelope) }
   })
 
 /** The outbox position the relay stored with an entry, if any. */
 export const positionOf = (entry: RawEntry): string | undefined => fieldOf(entry, "pos")
+
+/** The outbox frontier the relay stored with an entry, if any (an outbox cursor covering the event). */
+export const frontierOf = (entry: RawEntry): string | undefined => fieldOf(entry, "front")
 
 /** Decodes an entry for delivery; a malformed one is logged and yields `undefined`. */
 export const decodeOrSkip = (
   address: Address,
   stream: string,
   entry: RawEntry,
+  binding: CursorBinding,
 ): Effect.Effect<DeliveredEvent | undefined> =>
-  decodeEntry(address, entry).pipe(
+  decodeEntry(address, entry, binding).pipe(
     Effect.catch((reason) =>
       Effect.logWarning(`redis-streams: skipping malformed entry ${entry.id} of ${stream}: ${reason}`).pipe(
         Effect.as(undefined),

@@ -8,6 +8,7 @@ import {
 } from "@bus/core"
 import { Effect, Metric, type Scope } from "effect"
 import type { Redis } from "ioredis"
+import type { ChannelKeys } from "./keys.js"
 import type { LuaScript } from "./scripts.js"
 
 /**
@@ -219,3 +220,32 @@ export const connectionLosses = (
   ).pipe(Effect.map(({ counter }) => counter))
 
 const reconnectsMetric = Metric.withAttributes(Metrics.reconnects, { transport: transportName })
+
+/** The reply of one pipelined read: the entries, then the stream's identity and whether the stream exists. */
+export const readWithIdentity = (
+  what: string,
+  conn: Redis,
+  read: ReadonlyArray<string | number>,
+  keys: ChannelKeys,
+): Effect.Effect<
+  { readonly reply: unknown; readonly identity: string | null; readonly exists: boolean },
+  BusError
+> =>
+  command(what, async () => {
+    // One round trip: the identity is read right after the entries, on the same connection,
+    // so entries of a stream that replaced a lost one never pass under the old identity.
+    const replies = (await conn
+      .pipeline()
+      .call(String(read[0]), ...read.slice(1))
+      .get(keys.identity)
+      .exists(keys.stream)
+      .exec()) as Array<[Error | null, unknown]> | null
+    const [readReply, identityReply, existsReply] = replies ?? []
+    for (const r of [readReply, identityReply, existsReply]) if (r?.[0]) throw r[0]
+    if (readReply === undefined) throw new Error("no reply")
+    return {
+      reply: readReply[1],
+      identity: typeof identityReply?.[1] === "string" ? identityReply[1] : null,
+      exists: Number(existsReply?.[1]) === 1,
+    }
+  })

@@ -1,7 +1,17 @@
 import { randomUUID } from "node:crypto"
 import { hostname } from "node:os"
-import { type BusError, checkAddress, checkName, type Delivery, type GroupRequest } from "@bus/core"
-import { type Cause, Effect, Queue, Semaphore, Stream } from "effect"
+import {
+  addressTag,
+  type BusError,
+  checkAddress,
+  checkName,
+  type Delivery,
+  type GroupRequest,
+  type OutboxStore,
+  type SendItem,
+  type SendOutcome,
+} from "@bus/core"
+import { type Cause, Effect, Option, Queue, Semaphore, Stream } from "effect"
 import type { Redis } from "ioredis"
 import { decodeEntry, positionOf } from "./codec.js"
 import {
@@ -11,16 +21,19 @@ import {
   ownedConnection,
   parseReadReply,
   type RawEntry,
+  readWithIdentity,
   retryTransient,
   runScript,
   transientDelay,
 } from "./connection.js"
 import { type ChannelKeys, channelKeys, type StreamId } from "./keys.js"
 import type { ResolvedOptions } from "./options.js"
+import { resendAfter, streamIdentity } from "./recovery.js"
 import {
   autoclaimScript,
   cleanupScript,
   deadLetterScript,
+  groupFloorScript,
   reclaimScript,
   retireScript,
   touchScript,
@@ -50,6 +63,17 @@ import {
  * `deadLetter(reason)`: one script adds the entry (with reason, group, attempts) to the
  * channel's dead-letter stream and acknowledges it; the stream is listed in the
  * dead-letter index that the transport's `deadLetters` reads.
+ *
+ * Data loss. Every read also reads the stream's identity key (same round trip). When it is
+ * gone or changed, or the group vanished with its stream, Redis lost the group's pending
+ * and unread entries. The member re-creates the group, lets the handlers it still runs
+ * finish (up to `claimIdleMs`), and re-sends from the outbox every event after the group's
+ * *floor*: the outbox frontier of the entry just before its oldest pending entry (or of its
+ * last delivered entry), sampled every `claimIdleMs / 2` (at most 5 s) while the stream was
+ * intact: an older sample only means more events re-sent. Re-sent events the group already
+ * handled are skipped by its inbox: the member reports every delivery the outbox had
+ * before the recovery as a redelivery (`attempt` ≥ 2), so the consumer loop looks each one
+ * up instead of trusting that it is new.
  *
  * @module
  */
@@ -94,7 +118,14 @@ export interface GroupContext {
   readonly config: ResolvedOptions
   /** How often the shared connection was lost (one listener for the whole transport). */
   readonly mainLosses: { readonly count: number }
+  /** The outbox, when one is at hand: what is re-sent after Redis lost a stream. */
+  readonly store: Option.Option<OutboxStore["Service"]>
+  /** The transport's `sendAll`, for those re-sends. */
+  readonly sendAll: (items: ReadonlyArray<SendItem>) => Effect.Effect<SendOutcome>
 }
+
+/** What a member noticed was lost: the group alone, or the stream (with its new identity). */
+type Loss = { readonly kind: "group" } | { readonly kind: "stream"; readonly to: string }
 
 /** One member of a consumer group: a stream of deliveries that ends when it is no longer consumed. */
 export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.Stream<Delivery, BusError> =>
@@ -111,6 +142,31 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
       const claimEveryMs = Math.max(50, Math.min(5_000, Math.floor(config.claimIdleMs / 2)))
 
       yield* retryTransient(ensureGroup(main, stream, group), `creating group ${group} on ${stream}`)
+      const tag = addressTag(address)
+      /** The identity of the stream this member reads (see `identityKey`). */
+      let identity = yield* retryTransient(streamIdentity(main, keys), "reading the stream identity")
+      /** The group's floor while the stream had `identity` (see the module doc), or undefined. */
+      let floor: string | undefined
+      /** A loss noticed and not yet recovered from. */
+      let pendingLoss: Loss | undefined
+      /** The outbox head when the member last recovered: deliveries it covers may have been handled. */
+      let recoveredThrough: string | undefined
+      let recoveredAt = 0
+      const sampleFloor = runScript(main, groupFloorScript, [stream, keys.identity], [group]).pipe(
+        Effect.flatMap((reply) =>
+          Effect.sync(() => {
+            const [seen, kind, frontier] = Array.isArray(reply) ? reply.map(String) : []
+            // A sample of another stream (lost a moment ago) says nothing about this one.
+            if (seen !== identity || pendingLoss !== undefined) return
+            if (kind === "front" && frontier !== undefined) floor = frontier
+            else if (kind === "start" || kind === "unknown") floor = "beginning"
+          }),
+        ),
+        Effect.catch((error: BusError) =>
+          Effect.logDebug("redis-streams: sampling the group's floor failed", error.message),
+        ),
+      )
+      yield* sampleFloor
       const conn = yield* ownedConnection(main, `${config.connectionName}-group`)
       // A reply lost with a dropped connection (entries XREADGROUP or a claim assigned to
       // this member) is recovered by reading the member's own pending entries again.
@@ -129,19 +185,79 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
       const finish = (id: StreamId) =>
         Effect.suspend(() => (held.delete(id) ? Semaphore.release(permits, 1) : Effect.void))
 
+      /**
+       * The group is gone. If its stream vanished too (or its identity changed), the stream
+       * lost its data: the identity moves on (once, whoever notices first) and the read loop
+       * recovers. Checked before the group is re-created, which creates the stream.
+       */
+      const groupGone = Effect.gen(function* () {
+        const exists = yield* command("EXISTS", () => main.exists(stream))
+        const current = yield* streamIdentity(main, keys, identity, exists === 0)
+        if (current !== identity) pendingLoss = { kind: "stream", to: current }
+        else pendingLoss ??= { kind: "group" }
+        yield* ensureGroup(main, stream, group)
+      })
+
       const recreateGroupOn = <A>(effect: Effect.Effect<A, BusError>, fallback: A) =>
         effect.pipe(
           Effect.catch((error: BusError) =>
             isNoGroup(error)
-              ? Effect.logWarning(
-                  `redis-streams: group ${group} of ${stream} is gone (server restarted without persistence?); creating it again at the start of the stream`,
-                ).pipe(
-                  Effect.andThen(retryTransient(ensureGroup(main, stream, group), "re-creating the group")),
-                  Effect.as(fallback),
-                )
+              ? retryTransient(groupGone, "re-creating the group").pipe(Effect.as(fallback))
               : Effect.fail(error),
           ),
         )
+
+      /**
+       * Recovers from a loss: re-creates the group and, when the stream lost its data,
+       * re-sends from the outbox every event after the group's floor. Logs what was lost
+       * and what was re-sent.
+       */
+      const recoverLoss = (loss: Loss) =>
+        Effect.gen(function* () {
+          const startedAt = Date.now()
+          yield* retryTransient(ensureGroup(main, stream, group), "re-creating the group")
+          if (Option.isNone(ctx.store)) {
+            if (loss.kind === "stream") identity = loss.to
+            return yield* Effect.logError(
+              `redis-streams: ${loss.kind === "stream" ? `stream ${stream} lost its data` : `group ${group} of ${stream} was deleted`}; group ${group} was re-created at the start of the stream, and without an outbox at hand its pending and unread entries cannot be recovered`,
+            )
+          }
+          const outbox = ctx.store.value
+          recoveredThrough = yield* retryTransient(outbox.head(address), "reading the outbox head")
+          recoveredAt = Date.now()
+          if (loss.kind === "group") {
+            return yield* Effect.logWarning(
+              `redis-streams: group ${group} of ${stream} was deleted while its stream stayed; re-created at the start of the stream (events it already handled are skipped by its inbox)`,
+            )
+          }
+          const from = floor ?? "beginning"
+          const lostIdentity = identity
+          identity = loss.to
+          floor = undefined
+          yield* Effect.logWarning(
+            `redis-streams: stream ${stream} lost its data (identity ${lostIdentity} → ${loss.to}: Redis restarted without persistence, was flushed, or the stream was deleted); the pending and unread entries of group ${group} went with it; re-sending every event after ${from} from the outbox`,
+          )
+          // Handlers still running on entries of the lost stream finish and record their
+          // events first, so the re-sent copies find them handled.
+          const deadline = Date.now() + config.claimIdleMs
+          while (held.size > 0 && Date.now() < deadline) yield* Effect.sleep(20)
+          const resent = yield* retryTransient(
+            resendAfter(outbox, ctx.sendAll, address, from, config.pageSize),
+            "re-sending from the outbox",
+          )
+          yield* Effect.logWarning(
+            `redis-streams: group ${group} of ${stream} recovered: ${resent} event(s) re-sent from the outbox in ${Date.now() - startedAt} ms`,
+          )
+        })
+
+      /** Attempt to report: a delivery the outbox held before the last recovery may have been handled already. */
+      const attemptOf = (entry: RawEntry, attempt: number): number => {
+        if (recoveredThrough === undefined || attempt >= 2 || Option.isNone(ctx.store)) return attempt
+        const position = positionOf(entry)
+        return position !== undefined && ctx.store.value.covers(recoveredThrough, position) !== false
+          ? 2
+          : attempt
+      }
 
       const deadLetterEntry = (id: StreamId, reason: string, attempts: number) =>
         Effect.gen(function* () {
@@ -170,7 +286,8 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
         Effect.gen(function* () {
           const state: Held = { settled: false }
           held.set(entry.id, state)
-          const decoded = yield* decodeEntry(address, entry).pipe(
+          const reported = attemptOf(entry, attempt)
+          const decoded = yield* decodeEntry(address, entry, { tag, identity }).pipe(
             Effect.map((event) => ({ event, reason: undefined })),
             Effect.catch((reason: string) => Effect.succeed({ event: undefined, reason })),
           )
@@ -178,7 +295,7 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
             yield* Effect.logWarning(
               `redis-streams: dead-lettering malformed entry ${entry.id} of ${stream}: ${decoded.reason}`,
             )
-            return yield* deadLetterEntry(entry.id, `malformed entry: ${decoded.reason}`, attempt)
+            return yield* deadLetterEntry(entry.id, `malformed entry: ${decoded.reason}`, reported)
           }
           const event = decoded.event
           const once = (effect: Effect.Effect<void, BusError>) =>
@@ -189,7 +306,7 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
             })
           const delivery: Delivery = {
             event,
-            attempt,
+            attempt: reported,
             position: positionOf(entry),
             ack: once(
               retryTransient(
@@ -209,7 +326,7 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
                   Effect.asVoid,
                 ),
               ),
-            deadLetter: (reason) => once(deadLetterEntry(entry.id, reason, attempt)),
+            deadLetter: (reason) => once(deadLetterEntry(entry.id, reason, reported)),
             inProgress: Effect.suspend(() =>
               held.get(entry.id) === state && !state.settled
                 ? retryTransient(recreateGroupOn(script(touchScript, [0, entry.id]), []), "renewing an entry")
@@ -311,21 +428,20 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
           }
           if (used >= slots) return
           const block = scanning ? [] : ["BLOCK", config.blockMs]
-          const reply = yield* command("XREADGROUP", () =>
-            conn.call(
-              "XREADGROUP",
-              "GROUP",
-              group,
-              consumer,
-              "COUNT",
-              slots - used,
-              ...block,
-              "STREAMS",
-              stream,
-              ">",
-            ),
+          const read = yield* readWithIdentity(
+            "XREADGROUP",
+            conn,
+            ["XREADGROUP", "GROUP", group, consumer, "COUNT", slots - used, ...block, "STREAMS", stream, ">"],
+            keys,
           )
-          const entries = parseReadReply(reply)
+          if (read.identity !== identity) {
+            // The stream was replaced: what this read assigned stays pending for this member
+            // and is delivered after the recovery (own pending entries are read again).
+            const current = read.identity ?? (yield* streamIdentity(main, keys))
+            if (current !== identity) pendingLoss = { kind: "stream", to: current }
+            return
+          }
+          const entries = parseReadReply(read.reply)
           if (lossCount() === lossesAtStart) {
             for (const entry of entries) yield* use(entry, 1)
             return
@@ -354,6 +470,12 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
         for (;;) {
           const error = yield* Effect.gen(function* () {
             if (lossCount() !== seenLosses) recover = true
+            if (pendingLoss !== undefined) {
+              const loss = pendingLoss
+              yield* recoverLoss(loss)
+              if (pendingLoss === loss) pendingLoss = undefined
+              recover = true
+            }
             if (recover) {
               seenLosses = lossCount()
               yield* recoverOwnPending
@@ -370,10 +492,7 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
           }
           recover = true
           if (isNoGroup(error)) {
-            yield* Effect.logWarning(
-              `redis-streams: group ${group} of ${stream} is gone (server restarted without persistence?); creating it again at the start of the stream`,
-            )
-            yield* retryTransient(ensureGroup(main, stream, group), "re-creating the group")
+            yield* retryTransient(groupGone, "re-creating the group")
             continue
           }
           if (!error.retryable) return yield* Effect.fail(error)
@@ -391,8 +510,13 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
       /** Renews held entries so no other member claims them, and deletes long-idle empty consumers. */
       const maintenance = Effect.gen(function* () {
         let nextCleanupAt = Date.now() + Math.min(config.consumerIdleMs, 60_000)
+        let nextFloorAt = Date.now() + claimEveryMs
         for (;;) {
-          yield* Effect.sleep(heartbeatMs)
+          yield* Effect.sleep(Math.min(heartbeatMs, claimEveryMs))
+          if (Date.now() >= nextFloorAt) {
+            nextFloorAt = Date.now() + claimEveryMs
+            yield* sampleFloor
+          }
           const ids = [...held.keys()]
           if (ids.length > 0) {
             const kept = yield* script(touchScript, [0, ...ids]).pipe(
@@ -403,7 +527,11 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
                 ),
               ),
             )
-            const lost = kept === undefined ? [] : ids.filter((id) => !kept.has(id) && held.has(id))
+            // After a loss, entries of the lost stream are no longer pending anywhere: not claimed.
+            const lost =
+              kept === undefined || pendingLoss !== undefined || Date.now() - recoveredAt < config.claimIdleMs
+                ? []
+                : ids.filter((id) => !kept.has(id) && held.has(id))
             if (lost.length > 0) {
               yield* Effect.logWarning(
                 `redis-streams: ${lost.length} entr${lost.length === 1 ? "y" : "ies"} of ${stream} held by ${consumer} ${lost.length === 1 ? "was" : "were"} claimed by another member of ${group} (this member was unresponsive for over claimIdleMs); they may be handled twice`,

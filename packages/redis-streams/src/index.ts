@@ -9,11 +9,14 @@
 
 export {
   type ChannelKeys,
+  type CursorBinding,
   channelKeys,
   compareStreamIds,
   cursorPrefix,
   deadLetterIndexKey,
   defaultKeyPrefix,
+  identityKey,
+  legacyCursorPrefix,
   type ParsedCursor,
   parseCursor,
   type StreamId,
@@ -22,4 +25,4 @@ export {
 } from "./keys.js"
 export type { RedisStreamsOptions } from "./options.js"
 export { redisStreamsCapabilities, redisStreamsTransport } from "./RedisStreamsTransport.js"
-export { type ResendOptions, type ResendResult, resendFromOutbox } from "./recovery.js"
+export { type ResendOptions, type ResendResult, resendAfter, resendFromOutbox } from "./recovery.js"

@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto"
 import { type Address, CursorInvalid, isOutboxFrontier, splitCursor } from "@bus/core"
 
 /**
@@ -10,6 +11,7 @@ import { type Address, CursorInvalid, isOutboxFrontier, splitCursor } from "@bus
  * - `<prefix>:{<tenant>}:<channel>`: the stream of one tenant channel.
  * - `<prefix>:{<tenant>}:<channel>:dlq`: its dead-letter stream (consumer groups).
  * - `<prefix>:{<tenant>}:<channel>:sent:<event id>`: a dedupe marker of one relayed event.
+ * - `<prefix>:{<tenant>}:<channel>:identity`: the stream's identity (see `identityKey`).
  * - `<prefix>:dlq-index`: the set of dead-letter streams that ever received a letter
  *   (the one key outside any tenant's slot; written apart from the letters).
  *
@@ -25,6 +27,8 @@ export const defaultKeyPrefix = "bus"
 /** Keys of one tenant channel. */
 export interface ChannelKeys {
   readonly stream: string
+  /** The stream's identity (see {@link identityKey}). */
+  readonly identity: string
   readonly deadLetter: string
   /** The set listing every dead-letter stream under this prefix. */
   readonly deadLetterIndex: string
@@ -39,6 +43,7 @@ export const channelKeys = (prefix: string, address: Address): ChannelKeys => {
   const stream = `${prefix}:{${address.tenant}}:${address.channel}`
   return {
     stream,
+    identity: identityKey(stream),
     deadLetter: `${stream}:dlq`,
     deadLetterIndex: deadLetterIndexKey(prefix),
     dedupe: (eventId) => `${stream}:sent:${eventId}`,
@@ -67,23 +72,55 @@ export const compareStreamIds = (a: StreamId, b: StreamId): number => {
   return compareDecimal(a.slice(0, i), b.slice(0, j)) || compareDecimal(a.slice(i + 1), b.slice(j + 1))
 }
 
-/** Prefix of every cursor this transport hands out. */
-export const cursorPrefix = "redis1:"
+/** Prefix of the cursors this transport hands out (version 2: bound to address and stream identity). */
+export const cursorPrefix = "redis2:"
+
+/** Prefix of the cursors of earlier versions, still accepted (their address and stream are not checked). */
+export const legacyCursorPrefix = "redis1:"
 
 /**
- * The cursor of a delivered event: `redis1:<stream entry id>`. Resuming from it reads the
- * entries after that id. Stream ids are the server's clock in milliseconds plus a
- * sequence, so they keep growing even across a Redis restart that lost the stream.
+ * Where a cursor points: the address it belongs to (`addressTag` of core, 8 hex digits) and
+ * the identity of the stream it was read from (see {@link identityKey}).
  */
-export const toCursor = (id: StreamId): string => `${cursorPrefix}${id}`
+export interface CursorBinding {
+  readonly tag: string
+  readonly identity: string
+}
 
 /**
- * What a cursor says: the stream entry id to read after and, for the cursor `head`
- * returns ("now"), the anchor that tells events committed before it apart from events
- * committed after it (see `subscribe`).
+ * The key holding a stream's identity: a random token set the first time a reader meets
+ * the stream (with `SET NX`), in the stream's own hash slot. It dies with the stream's
+ * data (a restart without persistence, FLUSHALL, FLUSHDB), and whoever comes next sets a
+ * new one, so a reader that remembers the old token knows the stream it read is gone,
+ * even when the relay has already re-created a stream of the same name. Cursors carry it,
+ * as outbox cursors carry their epoch.
+ */
+export const identityKey = (stream: string): string => `${stream}:identity`
+
+/** A fresh stream identity: 12 random hex digits. */
+export const newIdentity = (): string => randomUUID().replaceAll("-", "").slice(0, 12)
+
+/**
+ * The cursor of a delivered event: `redis2:<address tag>.<stream identity>:<stream entry id>`.
+ * Resuming from it reads the entries after that id, if the cursor belongs to the address
+ * and the stream still has that identity. Stream ids are the server's clock in
+ * milliseconds plus a sequence, so they keep growing even across a Redis restart that
+ * lost the stream.
+ */
+export const toCursor = (id: StreamId, binding: CursorBinding): string =>
+  `${cursorPrefix}${binding.tag}.${binding.identity}:${id}`
+
+/**
+ * What a cursor says: the stream entry id to read after, what it is bound to (absent for a
+ * legacy `redis1:` cursor, accepted unchecked) and, for the cursor `head` returns ("now"),
+ * the anchor that tells events committed before it apart from events committed after it
+ * (see `subscribe`).
  */
 export interface ParsedCursor {
   readonly id: StreamId
+  readonly binding?: CursorBinding
+  /** The outbox frontier the cursor carries after `~` (events relayed with their position). */
+  readonly frontier?: string
   readonly anchor?: {
     /** Wall-clock ms when the head was taken. */
     readonly startedAt: number
@@ -93,45 +130,73 @@ export interface ParsedCursor {
 }
 
 /**
- * The cursor `head` returns when an outbox is at hand: `redis1:<id>+<ms>+<outbox head>`.
- * Only head cursors carry the anchor; delivered events carry plain `redis1:<id>` cursors.
+ * The cursor `head` returns when an outbox is at hand: `redis2:<tag>.<identity>:<id>+<ms>+<outbox head>`.
+ * Only head cursors carry the anchor.
  */
-export const toHeadCursor = (id: StreamId, startedAt: number, outboxHead: string): string =>
-  `${cursorPrefix}${id}+${startedAt}+${outboxHead}`
+export const toHeadCursor = (
+  id: StreamId,
+  binding: CursorBinding,
+  startedAt: number,
+  outboxHead: string,
+): string => `${toCursor(id, binding)}+${startedAt}+${outboxHead}`
 
 const anchored = /^([^+]*)\+(0|[1-9][0-9]{0,15})\+(.+)$/s
+const bound = /^([0-9a-f]{8})\.([0-9a-f]{12}):(.*)$/s
 
-/** Reads a cursor back; anything that is not a `redis1:` cursor is refused with `CursorInvalid`. */
+/**
+ * Reads a cursor back; anything that is not a `redis2:` (or legacy `redis1:`) cursor is
+ * refused with `CursorInvalid`. Whether the cursor belongs to the address and to the
+ * stream as it is now is checked by the subscription (`checkStart`).
+ */
 export const parseCursor = (cursor: string): ParsedCursor | CursorInvalid => {
-  if (typeof cursor !== "string" || !cursor.startsWith(cursorPrefix)) {
+  const legacy = typeof cursor === "string" && cursor.startsWith(legacyCursorPrefix)
+  if (typeof cursor !== "string" || !(legacy || cursor.startsWith(cursorPrefix))) {
     const foreign = typeof cursor === "string" && /^[a-z]+[0-9]+:/.test(cursor)
     return new CursorInvalid({
       cursor: String(cursor),
       reason: foreign ? "foreign" : "malformed",
       message: foreign
-        ? `cursor ${JSON.stringify(cursor)} comes from another transport; the redis-streams transport resumes only from its own "redis1:" cursors`
-        : `cursor ${JSON.stringify(cursor)} is not a redis-streams cursor ("redis1:<ms>-<seq>")`,
+        ? `cursor ${JSON.stringify(cursor)} comes from another transport; the redis-streams transport resumes only from its own "redis2:" (or older "redis1:") cursors`
+        : `cursor ${JSON.stringify(cursor)} is not a redis-streams cursor ("redis2:<tag>.<identity>:<ms>-<seq>")`,
     })
   }
-  // A delivered event's cursor may carry an outbox frontier (`~…`, docs/flip.md): not ours
-  // to resume from, but a damaged one makes the cursor malformed.
+  // A delivered event's cursor may carry an outbox frontier (`~…`, docs/flip.md): used to
+  // recover after Redis lost the stream, but a damaged one makes the cursor malformed.
   const { base, frontier } = splitCursor(cursor)
   if (frontier !== undefined && !isOutboxFrontier(frontier)) {
     return new CursorInvalid({
       cursor,
       reason: "malformed",
-      message: `cursor ${JSON.stringify(cursor)} carries a damaged outbox frontier after "~" ("redis1:<ms>-<seq>~<outbox cursor>")`,
+      message: `cursor ${JSON.stringify(cursor)} carries a damaged outbox frontier after "~" ("redis2:<tag>.<identity>:<ms>-<seq>~<outbox cursor>")`,
     })
   }
-  const rest = base.slice(cursorPrefix.length)
+  let rest = base.slice(legacy ? legacyCursorPrefix.length : cursorPrefix.length)
+  let binding: CursorBinding | undefined
+  if (!legacy) {
+    const b = bound.exec(rest)
+    if (b === null) {
+      return new CursorInvalid({
+        cursor,
+        reason: "malformed",
+        message: `cursor ${JSON.stringify(cursor)} does not name its address and stream ("redis2:<tag>.<identity>:<ms>-<seq>")`,
+      })
+    }
+    binding = { tag: b[1]!, identity: b[2]! }
+    rest = b[3]!
+  }
   const m = anchored.exec(rest)
   const id = m ? m[1]! : rest
   if (!isStreamId(id)) {
     return new CursorInvalid({
       cursor,
       reason: "malformed",
-      message: `cursor ${JSON.stringify(cursor)} does not hold a stream entry id ("redis1:<ms>-<seq>")`,
+      message: `cursor ${JSON.stringify(cursor)} does not hold a stream entry id ("redis2:<tag>.<identity>:<ms>-<seq>")`,
     })
   }
-  return m ? { id, anchor: { startedAt: Number(m[2]), outboxHead: m[3]! } } : { id }
+  return {
+    id,
+    ...(binding === undefined ? {} : { binding }),
+    ...(frontier === undefined ? {} : { frontier }),
+    ...(m ? { anchor: { startedAt: Number(m[2]), outboxHead: m[3]! } } : {}),
+  }
 }

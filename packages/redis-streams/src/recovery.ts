@@ -1,10 +1,27 @@
-import { type Address, type BusError, checkAddress, OutboxStore, Transport } from "@bus/core"
+import {
+  type Address,
+  type BusError,
+  checkAddress,
+  OutboxStore,
+  type SendItem,
+  type SendOutcome,
+  Transport,
+} from "@bus/core"
 import { Effect } from "effect"
+import type { Redis } from "ioredis"
+import { runScript } from "./connection.js"
+import { type ChannelKeys, newIdentity } from "./keys.js"
+import { identityScript } from "./scripts.js"
 
 /**
  * Recovery after Redis lost data (a restart without persistence, a failover to a replica
  * that was behind, a flushed database). The outbox is the source of truth: everything
  * the relay forwarded is still there, so the lost stream entries can be sent again.
+ *
+ * The transport does this on its own (docs/redis.md, "Failure modes"): every stream has an
+ * identity key that dies with its data; subscriptions and consumer-group members that see it
+ * change (or their group vanish) recover from the outbox. {@link resendFromOutbox} stays for
+ * operators who want to refill streams by hand, e.g. for a group that was offline.
  *
  * @module
  */
@@ -69,4 +86,56 @@ export const resendFromOutbox = (
       byAddress.push({ ...address, resent })
     }
     return { resent: byAddress.reduce((n, a) => n + a.resent, 0), byAddress }
+  })
+
+/**
+ * The identity of a stream (see `identityKey`): the current one, created when the key is
+ * missing. With `rotate`, a `known` identity still in place is replaced (the stream itself
+ * vanished: deleted by hand while its identity key stayed), once across all processes.
+ */
+export const streamIdentity = (
+  main: Redis,
+  keys: ChannelKeys,
+  known?: string,
+  rotate = false,
+): Effect.Effect<string, BusError> =>
+  runScript(main, identityScript, [keys.identity], [newIdentity(), known ?? "", rotate ? "1" : "0"]).pipe(
+    Effect.map(String),
+  )
+
+/**
+ * Sends every committed event of `address` after the outbox frontier `from` (or
+ * `"beginning"`) to the broker again, as the relay sent it: read from the relay's log of
+ * the address's partition, with each event's outbox position and frontier, through
+ * `sendAll` (idempotent by event id while the dedupe markers live). Used after Redis lost
+ * a stream; no saved cursor is needed, the frontier comes from the entries themselves.
+ * Returns how many events were sent; a failed send fails the whole call, which can be run
+ * again (repeats are dropped by their markers).
+ */
+export const resendAfter = (
+  store: OutboxStore["Service"],
+  sendAll: (items: ReadonlyArray<SendItem>) => Effect.Effect<SendOutcome>,
+  address: Address,
+  from: string,
+  pageSize: number,
+): Effect.Effect<number, BusError> =>
+  Effect.gen(function* () {
+    const partition = yield* store.relay.partitionOf(address)
+    let after = from
+    let resent = 0
+    for (;;) {
+      const page = yield* store.relay.read(partition, after, pageSize, address)
+      if (page.rows.length > 0) {
+        const outcome = yield* sendAll(
+          page.rows.map((row) => ({
+            event: row.event,
+            meta: { position: row.position, frontier: row.frontier },
+          })),
+        )
+        if (outcome.error !== undefined) return yield* Effect.fail(outcome.error)
+        resent += page.rows.length
+      }
+      after = page.next
+      if (!page.more) return resent
+    }
   })

@@ -236,3 +236,63 @@ redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2])
 return 1
 `,
 )
+
+/**
+ * The stream's identity, created when missing. KEYS: identity key. ARGV: a fresh identity,
+ * the identity the caller knows (or ''), and '1' to replace the known one (the stream key
+ * vanished while its identity stayed: a DEL). Compare-and-set, so readers in several
+ * processes that notice the same loss agree on one new identity. Returns the identity.
+ */
+export const identityScript = script(
+  "identity",
+  `
+local v = redis.call('GET', KEYS[1])
+if (not v) or (ARGV[3] == '1' and v == ARGV[2]) then
+  redis.call('SET', KEYS[1], ARGV[1])
+  return ARGV[1]
+end
+return v
+`,
+)
+
+/**
+ * How far a consumer group is known to be done, for a resend after data loss:
+ * `{identity, kind, frontier}`. `kind` is `front` when the entry just before the group's
+ * oldest pending entry (or, with nothing pending, its last delivered entry) carries the
+ * outbox frontier `frontier`: every event the group may not have handled is after it;
+ * `start` when the group has read nothing that is still in the stream, `unknown` when that
+ * entry carries no frontier, `none` when the stream or the group does not exist. KEYS:
+ * stream, identity key. ARGV: group.
+ */
+export const groupFloorScript = script(
+  "group-floor",
+  `
+local identity = redis.call('GET', KEYS[2]) or ''
+if redis.call('EXISTS', KEYS[1]) == 0 then return {identity, 'none'} end
+local last
+for _, g in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local name, ld
+  for i = 1, #g, 2 do
+    if g[i] == 'name' then name = g[i + 1] elseif g[i] == 'last-delivered-id' then ld = g[i + 1] end
+  end
+  if name == ARGV[1] then last = ld end
+end
+if not last then return {identity, 'none'} end
+local summary = redis.call('XPENDING', KEYS[1], ARGV[1])
+local entries
+if summary[1] > 0 then
+  entries = redis.call('XREVRANGE', KEYS[1], '(' .. summary[2], '-', 'COUNT', 1)
+elseif last == '0-0' then
+  return {identity, 'start'}
+else
+  entries = redis.call('XREVRANGE', KEYS[1], last, '-', 'COUNT', 1)
+end
+local e = entries[1]
+if not e then return {identity, 'start'} end
+local f = e[2]
+for i = 1, #f, 2 do
+  if f[i] == 'front' then return {identity, 'front', f[i + 1]} end
+end
+return {identity, 'unknown'}
+`,
+)

@@ -90,7 +90,7 @@ describe("flip to Redis Streams and back", () => {
     const cursor1 = await one.stop({ received: 20, handled: 20 })
     const two = await run("redis-streams", cursor1, 30)
     const cursor2 = await two.stop({ received: 30, handled: 50 })
-    expect(cursor2).toMatch(/^redis1:\d+-\d+~mem1:/)
+    expect(cursor2).toMatch(/^redis2:[0-9a-f]{8}\.[0-9a-f]{12}:\d+-\d+~@[0-9a-f]{8}:mem1:/)
     expect(splitCursor(cursor2!).frontier).toBeDefined()
     const three = await run("memory", cursor2, 10)
     await three.stop({ received: 10, handled: 60 })

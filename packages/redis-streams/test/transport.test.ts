@@ -1,4 +1,5 @@
 import {
+  addressTag,
   CursorInvalid,
   type Delivery,
   type Envelope,
@@ -83,11 +84,16 @@ describe("keys and cursors", () => {
   })
 
   it("cursors round-trip; anything else is CursorInvalid", () => {
-    expect(parseCursor(toCursor("1700000000000-5"))).toEqual({ id: "1700000000000-5" })
-    expect(parseCursor(toHeadCursor("17-0", 1234, "pg1:a:b+c"))).toEqual({
+    const binding = { tag: "0123abcd", identity: "0123456789ab" }
+    expect(toCursor("1700000000000-5", binding)).toBe("redis2:0123abcd.0123456789ab:1700000000000-5")
+    expect(parseCursor(toCursor("1700000000000-5", binding))).toEqual({ id: "1700000000000-5", binding })
+    expect(parseCursor(toHeadCursor("17-0", binding, 1234, "pg1:a:b+c"))).toEqual({
       id: "17-0",
+      binding,
       anchor: { startedAt: 1234, outboxHead: "pg1:a:b+c" },
     })
+    // Legacy cursors still parse, without a binding (accepted unchecked).
+    expect(parseCursor("redis1:1700000000000-5")).toEqual({ id: "1700000000000-5" })
     for (const bad of [
       "",
       "0",
@@ -104,12 +110,18 @@ describe("keys and cursors", () => {
       "redis1:1-0~garbage",
       "redis1:1-0~nats1:3",
       `redis1:1-0~pg1:${"a".repeat(32)}:1.2:0badc0de`,
+      // Version 2 names its address tag (8 hex digits) and stream identity (12).
+      "redis2:1-0",
+      "redis2:0123abcd:1-0",
+      "redis2:0123abcd.0123456789a:1-0",
+      "redis2:0123ABCD.0123456789ab:1-0",
+      "redis2:0123abcd.0123456789ab:",
     ]) {
       const r = parseCursor(bad)
       expect(r instanceof CursorInvalid && r.reason, bad).toBe("malformed")
     }
     // A well-formed frontier, of any outbox, leaves the cursor as it is.
-    expect(parseCursor("redis1:1-0~mem1:abcdefab:5")).toEqual({ id: "1-0" })
+    expect(parseCursor("redis1:1-0~mem1:abcdefab:5")).toEqual({ id: "1-0", frontier: "mem1:abcdefab:5" })
     const foreign = parseCursor("mem1:abcdef01:3")
     expect(foreign instanceof CursorInvalid && foreign.reason).toBe("foreign")
     expect(compareStreamIds("9-0", "10-0")).toBeLessThan(0)
@@ -189,11 +201,14 @@ describe("send", () => {
         ),
       )
       const length = await redis.xlen(keys.stream)
+      // The first reader (here `head`) gives the stream its identity, which cursors carry.
+      await t.run(Transport.use((tr) => tr.head(a)))
+      const binding = { tag: addressTag(a), identity: (await redis.get(keys.identity)) ?? "" }
       expect(length).toBeLessThan(401)
       expect(length).toBeGreaterThanOrEqual(10)
       const exit = await t.runtime.runPromiseExit(
         Transport.use((tr) =>
-          tr.subscribe({ ...a, from: toCursor(firstId) }).pipe(Stream.take(1), Stream.runCollect),
+          tr.subscribe({ ...a, from: toCursor(firstId, binding) }).pipe(Stream.take(1), Stream.runCollect),
         ),
       )
       expect(Exit.isFailure(exit) && JSON.stringify(exit.cause)).toContain("expired")
@@ -201,10 +216,12 @@ describe("send", () => {
       const tail = (await redis.xrevrange(keys.stream, "+", "-", "COUNT", 2)) as Array<[string, unknown]>
       const resumed = await t.run(
         Transport.use((tr) =>
-          tr.subscribe({ ...a, from: toCursor(tail[1]![0]) }).pipe(Stream.take(1), Stream.runCollect),
+          tr
+            .subscribe({ ...a, from: toCursor(tail[1]![0], binding) })
+            .pipe(Stream.take(1), Stream.runCollect),
         ),
       )
-      expect(resumed.map((e) => e.cursor)).toEqual([toCursor(tail[0]![0])])
+      expect(resumed.map((e) => e.cursor)).toEqual([toCursor(tail[0]![0], binding)])
     } finally {
       await r.close()
     }
@@ -386,7 +403,7 @@ describe("subscribe", () => {
       await waitFor(() => all.hasAll(first), 10_000, "the first batch from the beginning")
       const cursor = all.events[2]!.cursor
       // The outbox frontier the relay stored rides along after "~" (docs/flip.md).
-      expect(cursor).toMatch(/^redis1:\d+-\d+~mem1:/)
+      expect(cursor).toMatch(/^redis2:[0-9a-f]{8}\.[0-9a-f]{12}:\d+-\d+~@[0-9a-f]{8}:mem1:/)
       const rest = r.collect(bus, a, cursor)
       const now = r.collect(bus, a, "now")
       const second = await publish(bus, outbox, txEvents(a, "second", 3))
@@ -426,7 +443,7 @@ describe("subscribe", () => {
         await reading
       })
       const head = await sub.ready
-      expect(head).toMatch(/^redis1:\d+-\d+\+\d+\+mem2:/)
+      expect(head).toMatch(/^redis2:[0-9a-f]{8}\.[0-9a-f]{12}:\d+-\d+\+\d+\+mem2:/)
       tx.commit()
       const after = await publish(bus, outbox, txEvents(a, "after", 3))
       const got = new Tally()
@@ -493,7 +510,7 @@ describe("consumer groups", () => {
       const [d1, d2] = m.deliveries
       expect([d1!.event.id, d2!.event.id]).toEqual([e1!.id, e2!.id])
       expect([d1!.attempt, d2!.attempt]).toEqual([1, 1])
-      expect(d1!.event.cursor).toMatch(/^redis1:/)
+      expect(d1!.event.cursor).toMatch(/^redis2:/)
       await t.run(d1!.ack)
       await t.run(d1!.ack) // settling twice is harmless
 
