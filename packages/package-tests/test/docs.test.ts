@@ -1,9 +1,11 @@
 /**
  * Every TypeScript example in README.md, docs/*.md and the published packages' TSDoc
  * compiles against the built packages, as a user would paste it into an ESM project.
- * Blocks marked ```ts no-check are skipped (intentional fragments).
+ * Blocks marked ```ts no-check are skipped (intentional fragments). The application's own
+ * things an example takes as given (`bus`, `client`, `grantFor`…) are declared once in
+ * test/fixtures/doc-context.d.ts.
  */
-import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs"
+import { copyFileSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { afterAll, describe, expect, it } from "vitest"
@@ -39,9 +41,12 @@ const compileSnippets = async (snippets: ReadonlyArray<Snippet>): Promise<Array<
         noEmit: true,
         types: ["node"],
       },
-      include: ["src/*.ts"],
+      include: ["src/*.ts", "doc-context.d.ts"],
     }),
   )
+  // The application's own things the examples take as given (the bus, a pg client, auth):
+  // see the file. Library names are never in it; examples import those themselves.
+  copyFileSync(join(import.meta.dirname, "fixtures", "doc-context.d.ts"), join(dir, "doc-context.d.ts"))
   mkdirSync(join(dir, "src"))
   const names = snippets.map((s, i) => {
     const name = `snippet-${String(i).padStart(3, "0")}.ts`
