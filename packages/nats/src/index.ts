@@ -7,8 +7,11 @@
  * ```ts
  * import { createBus } from "@bus/core"
  * import { natsTransport } from "@bus/nats"
+ * import { postgresNotify } from "@bus/postgres-notify"
+ *
+ * const pg = postgresNotify({ connectionString: process.env.DATABASE_URL })
  * const bus = await createBus({
- *   outbox: postgresOutbox({ pool }),
+ *   outbox: pg.outbox,
  *   transports: { nats: natsTransport({ servers: "nats://127.0.0.1:4222" }) },
  *   transport: "nats",
  * })

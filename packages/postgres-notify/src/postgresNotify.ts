@@ -68,12 +68,16 @@ export const notifyModeFor = (selected: TransportName | undefined): NotifyMode =
  * Builds the outbox and transport layers for `createBus`:
  *
  * ```ts
+ * import { createBus } from "@bus/core"
+ * import { natsTransport } from "@bus/nats"
+ * import { postgresNotify } from "@bus/postgres-notify"
+ *
  * const selection = { transport: "auto", notifyRate: 200, broker: "nats" } as const
  * const pg = postgresNotify({ connectionString: process.env.DATABASE_URL, selection })
  * const bus = await createBus({
  *   ...selection,
  *   outbox: pg.outbox,
- *   transports: { "postgres-notify": pg.transport, nats: natsTransport({ … }) },
+ *   transports: { "postgres-notify": pg.transport, nats: natsTransport({ servers: process.env.NATS_URL }) },
  * })
  * ```
  */

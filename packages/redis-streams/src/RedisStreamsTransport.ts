@@ -57,8 +57,12 @@ export const redisStreamsCapabilities = capabilities(transportName, {
  *
  * @example
  * ```ts
+ * import { createBus } from "@bus/core"
+ * import { postgresNotify } from "@bus/postgres-notify"
+ * import { redisStreamsTransport } from "@bus/redis-streams"
+ *
  * const bus = await createBus({
- *   outbox: postgresOutbox({ ... }),
+ *   outbox: postgresNotify({ connectionString: process.env.DATABASE_URL }).outbox,
  *   transports: { "redis-streams": redisStreamsTransport({ url: "redis://127.0.0.1:6379" }) },
  *   transport: "redis-streams",
  * })

@@ -25,7 +25,15 @@ export type ExpressSseHandler<Req extends IncomingMessage> = (
  *
  * @example
  * ```ts
- * app.get("/events", expressSse<express.Request>(bus, { authorize: (req) => grantFor(req.user) }))
+ * import type { Bus } from "@bus/core"
+ * import { expressSse, type SseGrant } from "@bus/sse"
+ * import express from "express"
+ *
+ * declare const bus: Bus
+ * declare const grantFor: (request: express.Request) => Promise<SseGrant | false> // your auth
+ *
+ * const app = express()
+ * app.get("/events", expressSse<express.Request>(bus, { authorize: (req) => grantFor(req) }))
  * ```
  */
 export const expressSse = <Req extends IncomingMessage = IncomingMessage>(

@@ -40,7 +40,15 @@ export type FastifySseHandler<Req extends FastifyRequestLike> = (
  *
  * @example
  * ```ts
- * app.get("/events", fastifySse<FastifyRequest>(bus, { authorize: (req) => grantFor(req.user) }))
+ * import type { Bus } from "@bus/core"
+ * import { fastifySse, type SseGrant } from "@bus/sse"
+ * import Fastify, { type FastifyRequest } from "fastify"
+ *
+ * declare const bus: Bus
+ * declare const grantFor: (request: FastifyRequest) => Promise<SseGrant | false> // your auth
+ *
+ * const app = Fastify()
+ * app.get("/events", fastifySse<FastifyRequest>(bus, { authorize: (req) => grantFor(req) }))
  * ```
  */
 export const fastifySse = <Req extends FastifyRequestLike = FastifyRequestLike>(

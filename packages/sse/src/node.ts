@@ -89,8 +89,15 @@ export const streamToNode = async <Req>(
  *
  * @example
  * ```ts
+ * import http from "node:http"
+ * import type { Bus } from "@bus/core"
+ * import { nodeSseHandler, type SseGrant } from "@bus/sse"
+ *
+ * declare const bus: Bus
+ * declare const grantFor: (request: http.IncomingMessage) => Promise<SseGrant | false> // your auth
+ *
  * const events = nodeSseHandler(bus, { authorize: (req) => grantFor(req) })
- * http.createServer((req, res) => (req.url?.startsWith("/events") ? events(req, res) : notFound(res)))
+ * http.createServer((req, res) => (req.url?.startsWith("/events") ? events(req, res) : res.writeHead(404).end()))
  * ```
  */
 export const nodeSseHandler = (source: SseSource, options: SseOptions<IncomingMessage>): NodeSseHandler => {

@@ -82,8 +82,16 @@ const streamResponse = async (
  *
  * @example
  * ```ts
- * const events = createSseHandler(bus, { authorize: async (req) => grantFor(req) })
- * app.get("/events", (c) => events(c.req.raw)) // Hono
+ * import type { Bus } from "@bus/core"
+ * import { createSseHandler, type SseGrant } from "@bus/sse"
+ * import { Hono } from "hono"
+ *
+ * declare const bus: Bus
+ * declare const grantFor: (request: Request) => Promise<SseGrant | false> // your auth
+ *
+ * const events = createSseHandler(bus, { authorize: (req) => grantFor(req) })
+ * const app = new Hono()
+ * app.get("/events", (c) => events(c.req.raw))
  * ```
  */
 export const createSseHandler = (source: SseSource, options: SseOptions<Request>): SseRequestHandler => {
@@ -109,6 +117,12 @@ export const createSseHandler = (source: SseSource, options: SseOptions<Request>
  * @example
  * ```ts
  * // app/events/route.ts (Next.js)
+ * import type { Bus } from "@bus/core"
+ * import { type Authorize, sseResponse } from "@bus/sse"
+ *
+ * declare const bus: Bus
+ * declare const authorize: Authorize<Request> // your auth
+ *
  * export const GET = (request: Request) => sseResponse(bus, request, { authorize })
  * ```
  */

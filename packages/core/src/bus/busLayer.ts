@@ -27,7 +27,7 @@ export class TransportSelection extends Context.Service<TransportSelection, Tran
 
 /** Options shared by {@link busLayer} and `createBus`. */
 export interface BusOptions extends SelectionConfig {
-  /** The outbox (source of truth), e.g. `postgresOutbox(...)` from `@bus/postgres-notify`. */
+  /** The outbox (source of truth), e.g. `postgresNotify(...).outbox` from `@bus/postgres-notify`. */
   readonly outbox: Layer.Layer<OutboxStore, BusError>
   /**
    * Transport implementations this application ships, by name. Only the selected one is

@@ -13,6 +13,41 @@ import { isUuidv7, uuidv7 } from "./uuidv7.js"
 /** A JSON value: what `data` may hold. */
 export type Json = null | boolean | number | string | ReadonlyArray<Json> | { readonly [key: string]: Json }
 
+/**
+ * What a producer may pass as `data`: a JSON value, where an object may be typed by an
+ * interface (`interface Order { id: string; total: number }`). {@link Json}'s object form
+ * has an index signature, which TypeScript never infers for an interface, so it would
+ * refuse the most common way payloads are typed; this one takes any object instead.
+ *
+ * The type still refuses what is cheaply told apart from JSON: functions, symbols and
+ * bigints, and (at the top level and in arrays) Dates, Maps and Sets. Deeper values are
+ * not walked by the type; `publish` checks them at run time and refuses non-JSON data with
+ * `InvalidEvent` (reason `data`), as before.
+ */
+export type JsonInput =
+  | null
+  | boolean
+  | number
+  | string
+  | ReadonlyArray<JsonInput>
+  | JsonObjectInput
+  // Not needed for assignability (JsonObjectInput takes any data object) but for object
+  // literals: without a member that knows every string key, `data: { orderId: 42 }` would
+  // fail TypeScript's excess-property check against JsonObjectInput.
+  | { readonly [key: string]: JsonInput }
+
+/**
+ * An object payload. The optional `never` members are the cheap part of the check: every
+ * function has `Symbol.hasInstance`, Maps and Sets `Symbol.iterator`, Dates
+ * `Symbol.toPrimitive`, while a data object never has symbol keys (JSON cannot hold them), so
+ * an interface or type alias of data always fits.
+ */
+export type JsonObjectInput = object & {
+  readonly [Symbol.hasInstance]?: never
+  readonly [Symbol.iterator]?: never
+  readonly [Symbol.toPrimitive]?: never
+}
+
 /** Wire schema of an envelope (what the outbox and brokers store). */
 export const EnvelopeSchema = Schema.Struct({
   id: Schema.String,
@@ -52,7 +87,12 @@ export interface EventInput {
   readonly tenant: string
   readonly channel: string
   readonly type: string
-  readonly data?: Json
+  /**
+   * The payload: any JSON value (default `null`). Interface-typed objects are accepted;
+   * values that are not JSON (a Date, a class instance, `undefined` inside an object…) are
+   * refused at publish time with `InvalidEvent`.
+   */
+  readonly data?: JsonInput
   readonly headers?: Readonly<Record<string, string>>
   /** Optional caller-chosen UUIDv7, for producers that need the id before publishing. */
   readonly id?: string

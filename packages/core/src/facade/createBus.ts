@@ -124,6 +124,9 @@ const startRetry = {
  *
  * @example
  * ```ts
+ * import { createBus, MemoryOutbox, memoryTransport } from "@bus/core"
+ *
+ * const outbox = MemoryOutbox.make()
  * const bus = await createBus({ outbox: outbox.layer, transports: { memory: memoryTransport() }, transport: "memory" })
  * await outbox.transaction((tx) => bus.publish(tx, { tenant: "acme", channel: "orders", type: "order.paid", data: { id: 1 } }))
  * for await (const event of bus.subscribe({ tenant: "acme", channel: "orders", from: "beginning" })) console.log(event)

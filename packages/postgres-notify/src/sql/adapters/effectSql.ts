@@ -8,11 +8,19 @@ import type { SqlExecutor } from "../executor.js"
  * client itself, from inside `sql.withTransaction(…)`:
  *
  * ```ts
- * const sql = yield* SqlClient.SqlClient
- * yield* sql.withTransaction(Effect.gen(function* () {
- *   yield* sql`UPDATE orders SET paid = true WHERE id = ${id}`
- *   yield* publisher.publish(sql, event)
- * }))
+ * import { type EventInput, Publisher } from "@bus/core"
+ * import { Effect } from "effect"
+ * import { SqlClient } from "effect/sql"
+ *
+ * const markPaid = (id: number, event: EventInput) =>
+ *   Effect.gen(function* () {
+ *     const sql = yield* SqlClient.SqlClient
+ *     const publisher = yield* Publisher
+ *     yield* sql.withTransaction(Effect.gen(function* () {
+ *       yield* sql`UPDATE orders SET paid = true WHERE id = ${id}`
+ *       yield* publisher.publish(sql, event)
+ *     }))
+ *   })
  * ```
  *
  * An Effect SQL transaction lives in the fiber's context (the client's
