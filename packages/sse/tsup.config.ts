@@ -1,13 +1,14 @@
 import { defineConfig } from "tsup"
 
+// No `clean` here: both configs build into dist/ at once, and one's clean could remove the
+// other's output; the build script empties dist/ before tsup starts.
+
 export default defineConfig([
   {
     entry: ["src/index.ts"],
     format: ["esm"],
     dts: true,
     sourcemap: true,
-    // Only this config's own output: both configs build at once into dist/.
-    clean: ["index.*"],
     target: "node22",
   },
   {
@@ -18,7 +19,6 @@ export default defineConfig([
     dts: true,
     sourcemap: true,
     splitting: false,
-    clean: ["client", "followStream-*"],
     target: "es2022",
     platform: "browser",
   },
