@@ -112,5 +112,12 @@ export {
 } from "./outbox-transport/OutboxTransport.js"
 export { Publisher, type PublisherOptions, type PublishReceipt } from "./publisher/Publisher.js"
 export { type RelayBatchResult, type RelayOptions, relayBatch, runRelay } from "./relay/Relay.js"
+export {
+  attachResendSignal,
+  type BrokerLoss,
+  makeResendSignal,
+  type ResendSignal,
+  resendSignalOf,
+} from "./relay/resend.js"
 export { backoffDelay, cappedBackoff } from "./schedule/backoff.js"
 export { type ConsumeRequest, type Handler, Subscriber } from "./subscriber/Subscriber.js"

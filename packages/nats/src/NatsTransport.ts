@@ -1,4 +1,5 @@
 import {
+  attachResendSignal,
   type BusError,
   ConfigError,
   capabilities,
@@ -21,6 +22,7 @@ import { toBusError } from "./errors.js"
 import { makeGroup } from "./group.js"
 import { type NatsTransportOptions, type ResolvedOptions, resolveOptions } from "./options.js"
 import { ensureStreams } from "./stream.js"
+import { type StreamWatch, watchStream } from "./streamWatch.js"
 import { subjectOf } from "./subjects.js"
 import { makeSubscribe } from "./subscribe.js"
 import { encodeEnvelope, headerBytes, headerReserveBytes, traceHeadersOf } from "./wire.js"
@@ -33,6 +35,9 @@ import { encodeEnvelope, headerBytes, headerReserveBytes, traceHeadersOf } from 
 
 /** max_payload when the server does not say (its default). */
 const defaultServerMaxPayload = 1024 * 1024
+
+/** A JetStream "stream not found" answer (the stream was deleted under a publish). */
+const isStreamNotFound = (error: BusError): boolean => /stream not found/i.test(error.message)
 
 /** How long a send keeps retrying an unreachable server before the relay sees a failure. */
 const sendRetryBudgetMs = 10_000
@@ -84,6 +89,7 @@ const makeSend = (
   js: JetStreamClient,
   o: ResolvedOptions,
   serverMaxPayload: number,
+  watch: StreamWatch,
 ) => {
   const send = (event: Envelope, meta?: SendMeta): Effect.Effect<void, BusError> =>
     Effect.gen(function* () {
@@ -158,6 +164,9 @@ const makeSend = (
     Effect.gen(function* () {
       let done = 0
       const started = Date.now()
+      // The stream this run goes to: after a loss the relay rewinds first (streamWatch.ts), so
+      // that the new stream gets the outbox in order; a retry must not go ahead of it.
+      const generation = watch.current().generation
       for (let attempt = 1; ; attempt++) {
         const prepared: Array<{
           readonly subject: string
@@ -235,6 +244,19 @@ const makeSend = (
                 transport: "nats",
                 message: `nats: reconnected while publishing ${prepared[prefix]!.id}`,
               })
+        // No responder for the subject may be a lost stream: have it checked (and re-created).
+        if (busError._tag === "TransportUnavailable" || isStreamNotFound(busError)) {
+          yield* watch.check(`send: ${busError.message}`)
+          if (watch.current().generation !== generation) {
+            return {
+              sent: done,
+              error: new TransportUnavailable({
+                transport: "nats",
+                message: `nats: stream ${o.streamName} was lost; the relay resends from the outbox`,
+              }),
+            }
+          }
+        }
         // A stream leader election or a reconnect takes seconds; ride it out here rather than
         // burning the relay's attempts (a re-send is harmless: the stream drops it by id).
         if (!busError.retryable || conn.closed() || Date.now() - started > sendRetryBudgetMs) {
@@ -279,15 +301,23 @@ export const natsTransport = (options: NatsTransportOptions = {}): Layer.Layer<T
         catch: (e) => toBusError(e, "JetStream is not available on this server (start it with -js)"),
       })
       const js = jsm.jetstream()
-      yield* ensureStreams(jsm, o)
+      const streams = yield* ensureStreams(jsm, o)
       const serverMaxPayload = nc.info?.max_payload ?? defaultServerMaxPayload
       const maxPayloadBytes = serverMaxPayload - headerReserveBytes
       const conn = yield* watchConnection(nc)
+      const watch = yield* watchStream(jsm, o, conn, streams.events)
       // Ordered consumers are cheap to create again: time their requests out sooner, so that
       // after a node loss they come back soon after the election rather than a timeout later.
       const jsOrdered = jetstream(nc, { timeout: Math.min(o.requestTimeoutMs, 2_000) })
-      const { head, subscribe } = yield* makeSubscribe({ js: jsOrdered, jsm, o, store, conn })
-      return Transport.of({
+      const { head, subscribe, checkStart } = yield* makeSubscribe({
+        js: jsOrdered,
+        jsm,
+        o,
+        store,
+        conn,
+        watch,
+      })
+      const service = Transport.of({
         capabilities: capabilities("nats", {
           needsRelay: true,
           dedupesSends: true,
@@ -296,10 +326,13 @@ export const natsTransport = (options: NatsTransportOptions = {}): Layer.Layer<T
           maxPayloadBytes,
         }),
         head,
+        checkStart,
         subscribe,
-        group: makeGroup({ js, jsm, o, maxPayloadBytes: serverMaxPayload - 512, conn }),
-        ...makeSend(conn, js, o, serverMaxPayload),
+        group: makeGroup({ js, jsm, o, maxPayloadBytes: serverMaxPayload - 512, conn, watch }),
+        ...makeSend(conn, js, o, serverMaxPayload, watch),
         deadLetters: (limit) => readDeadLetters(jsm, js, o, limit),
       })
+      // The relay reads it to resend the outbox after a lost stream (core relay/resend.ts).
+      return attachResendSignal(service, watch.resend)
     }),
   )
