@@ -91,6 +91,8 @@ const makeSend = (
   serverMaxPayload: number,
   watch: StreamWatch,
 ) => {
+  /** The highest sequence an ack reported, on the stream of `generation`. */
+  const highestSeq = { seq: 0, generation: watch.current().generation }
   const send = (event: Envelope, meta?: SendMeta): Effect.Effect<void, BusError> =>
     Effect.gen(function* () {
       const address = yield* checkAddress(event)
@@ -167,6 +169,10 @@ const makeSend = (
       // The stream this run goes to: after a loss the relay rewinds first (streamWatch.ts), so
       // that the new stream gets the outbox in order; a retry must not go ahead of it.
       const generation = watch.current().generation
+      if (highestSeq.generation !== generation) {
+        highestSeq.generation = generation
+        highestSeq.seq = 0
+      }
       for (let attempt = 1; ; attempt++) {
         const prepared: Array<{
           readonly subject: string
@@ -198,6 +204,7 @@ const makeSend = (
         const results: Array<BusError | true | undefined> = new Array(prepared.length)
         let prefix = 0
         let foreign: string | undefined
+        let regressed = false
         const advance = () => {
           const before = prefix
           while (prefix < prepared.length && results[prefix] === true) prefix++
@@ -216,6 +223,11 @@ const makeSend = (
               (ack) => {
                 results[i] = true
                 if (ack.stream !== o.streamName) foreign = `${p.subject} is stored by stream ${ack.stream}`
+                // Sequences only grow in one stream: a new event stored lower went to another one.
+                if (!ack.duplicate) {
+                  if (ack.seq <= highestSeq.seq && highestSeq.generation === generation) regressed = true
+                  highestSeq.seq = Math.max(highestSeq.seq, ack.seq)
+                }
                 advance()
               },
               (e) => {
@@ -227,6 +239,19 @@ const makeSend = (
           // Publishes in flight when the connection dropped may never be answered: send them again.
           Effect.raceFirst(conn.nextReconnect),
         )
+        if (regressed) {
+          yield* watch.check("a publish was stored below an earlier sequence")
+          if (watch.current().generation !== generation) {
+            highestSeq.seq = 0
+            return {
+              sent: done + prefix,
+              error: new TransportUnavailable({
+                transport: "nats",
+                message: `nats: stream ${o.streamName} was replaced; the relay resends from the outbox`,
+              }),
+            }
+          }
+        }
         if (foreign !== undefined) {
           yield* Effect.logWarning(
             `nats: ${foreign}, not ${o.streamName}; subscriptions read ${o.streamName}`,

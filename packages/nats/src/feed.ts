@@ -247,6 +247,27 @@ export const runFeed = (
           Effect.andThen(Effect.sync(() => messages.stop())),
           Effect.forkScoped,
         )
+        // A consumer deleted under the feed may mean a lost stream. The client would make the
+        // ordered consumer again at the next sequence, on whatever stream now has the name:
+        // on a new stream that sequence means something else. Stop instead; the loop has the
+        // stream checked before it starts over (and a lost stream replaces the feed).
+        const notices = messages.status()[Symbol.asyncIterator]()
+        yield* Effect.gen(function* () {
+          for (;;) {
+            const next = yield* Effect.promise(() => notices.next())
+            if (next.done) return
+            const type = next.value.type
+            if (
+              type === "consumer_deleted" ||
+              type === "consumer_not_found" ||
+              type === "stream_not_found" ||
+              type === "ordered_consumer_recreated"
+            ) {
+              messages.stop()
+              return
+            }
+          }
+        }).pipe(Effect.forkScoped)
         const iterator = messages[Symbol.asyncIterator]()
         let nextMessage: Promise<IteratorResult<JsMsg>> | undefined
         for (;;) {

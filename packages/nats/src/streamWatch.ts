@@ -156,7 +156,10 @@ export const watchStream = (
             // A check that started after this caller asked answers it too.
             if (lastStarted >= asked) return Effect.void
             lastStarted = Date.now()
-            return once.pipe(
+            // Not cut short by the caller's interruption (a feed this very check replaces): a
+            // re-creation half done would be found again only at the next tick. Bounded by the
+            // request timeout.
+            return Effect.uninterruptible(once).pipe(
               Effect.catch((e: BusError) =>
                 Effect.logDebug(`nats: stream check (${why}) failed: ${e.message}`),
               ),

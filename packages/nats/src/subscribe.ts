@@ -533,7 +533,7 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
               const resume = Effect.gen(function* () {
                 const frontier =
                   lastItem !== undefined ? splitCursor(lastItem.event!.cursor).frontier : start.frontier
-                const lostAt = lastItem?.event!.cursor ?? request.from ?? "now"
+                const lostAt = lastItem?.event?.cursor ?? request.from ?? "now"
                 generation = deps.watch.current().generation
                 if (frontier === "beginning") classify = undefined
                 else if (frontier === undefined || Option.isNone(deps.store)) {
