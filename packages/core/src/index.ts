@@ -117,6 +117,8 @@ export {
   type BrokerLoss,
   makeResendSignal,
   type ResendSignal,
+  repairedOnClaim,
+  resendClaimGraceMs,
   resendSignalOf,
 } from "./relay/resend.js"
 export { backoffDelay, cappedBackoff } from "./schedule/backoff.js"

@@ -36,8 +36,13 @@ import { encodeEnvelope, headerBytes, headerReserveBytes, traceHeadersOf } from 
 /** max_payload when the server does not say (its default). */
 const defaultServerMaxPayload = 1024 * 1024
 
-/** A JetStream "stream not found" answer (the stream was deleted under a publish). */
-const isStreamNotFound = (error: BusError): boolean => /stream not found/i.test(error.message)
+/**
+ * An answer that may mean the stream is gone: no responder on the subject (no stream
+ * listens to it; the client reports it as "jetstream is not enabled"), or "stream not
+ * found". Timeouts and reconnects are left to the retry.
+ */
+const maybeStreamGone = (error: BusError): boolean =>
+  /no responders|jetstream is not enabled|stream not found/i.test(error.message)
 
 /** How long a send keeps retrying an unreachable server before the relay sees a failure. */
 const sendRetryBudgetMs = 10_000
@@ -270,7 +275,7 @@ const makeSend = (
                 message: `nats: reconnected while publishing ${prepared[prefix]!.id}`,
               })
         // No responder for the subject may be a lost stream: have it checked (and re-created).
-        if (busError._tag === "TransportUnavailable" || isStreamNotFound(busError)) {
+        if (maybeStreamGone(busError)) {
           yield* watch.check(`send: ${busError.message}`)
           if (watch.current().generation !== generation) {
             return {

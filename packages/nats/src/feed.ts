@@ -250,22 +250,19 @@ export const runFeed = (
         // A consumer deleted under the feed may mean a lost stream. The client would make the
         // ordered consumer again at the next sequence, on whatever stream now has the name:
         // on a new stream that sequence means something else. Stop instead; the loop has the
-        // stream checked before it starts over (and a lost stream replaces the feed).
+        // stream checked before it starts over (and a lost stream replaces the feed). The
+        // client's own resets (a gap, missed heartbeats) only get the stream checked.
         const notices = messages.status()[Symbol.asyncIterator]()
         yield* Effect.gen(function* () {
           for (;;) {
             const next = yield* Effect.promise(() => notices.next())
             if (next.done) return
             const type = next.value.type
-            if (
-              type === "consumer_deleted" ||
-              type === "consumer_not_found" ||
-              type === "stream_not_found" ||
-              type === "ordered_consumer_recreated"
-            ) {
+            if (type === "consumer_deleted" || type === "stream_not_found") {
               messages.stop()
               return
             }
+            if (type === "ordered_consumer_recreated") yield* deps.watch.check(`feed on ${subject}: ${type}`)
           }
         }).pipe(Effect.forkScoped)
         const iterator = messages[Symbol.asyncIterator]()

@@ -74,7 +74,7 @@ const collect = (bus: Bus, request: { tenant: string; channel: string; from?: st
   }
 }
 
-const setup = async (streamCheckMs?: number) => {
+const setup = async (streamCheckMs?: number, group = true) => {
   const outbox = MemoryOutbox.make()
   const bus = await createBus({
     outbox: outbox.layer,
@@ -101,9 +101,11 @@ const setup = async (streamCheckMs?: number) => {
       )
     ).ids
   const handled: Array<string> = []
-  const consumer = bus.consume({ tenant, channel, group: "g" }, (e) => {
-    handled.push(e.id)
-  })
+  const consumer = group
+    ? bus.consume({ tenant, channel, group: "g" }, (e) => {
+        handled.push(e.id)
+      })
+    : { close: async () => {} }
   return { outbox, bus, tenant, channel, publish, handled, consumer }
 }
 
@@ -253,48 +255,55 @@ it("a wiped server store (stop, remove the store, start): the stream is re-creat
   }
 })
 
-it("a stream replaced by another of the same name while idle is found by the periodic check (streamCheckMs) and refilled", async () => {
-  const { bus, tenant, channel, publish, handled, consumer } = await setup(1_000)
-  const live = collect(bus, { tenant, channel, from: "beginning" })
+it("a stream replaced by another of the same name while the bus is idle is found by the periodic check (streamCheckMs) and refilled; an old cursor resumes by its outbox frontier", async () => {
+  const { bus, tenant, channel, publish } = await setup(1_000, false)
+  const subject = `bus.${tenant}.${channel}`
+  const jsm = await jetstreamManager(nc)
+  const storedOf = async () =>
+    (await jsm.streams.info("BUS", { subjects_filter: subject }).catch(() => undefined))?.state.subjects?.[
+      subject
+    ] ?? 0
+  const handled: Array<string> = []
+  let consumer: { close(): Promise<void> } | undefined
   try {
     const before = await publish(20, "before")
-    await waitFor(() => live.events.length >= 20 && handled.length >= 20, 20_000, "the first 20")
-    const jsm = await jetstreamManager(nc)
+    const first = collect(bus, { tenant, channel, from: "beginning" })
+    await waitFor(() => first.events.length >= 20, 20_000, "the first 20")
+    const oldCursor = first.events[9]!.cursor
+    await first.close()
+    // No reader is left to notice: only the transport's periodic check can.
     const info = await jsm.streams.info("BUS")
     const replacedAt = Date.now()
-    // Deleted and created again at once by someone else, as a careless `nats stream` script would.
-    console.log("replacing")
     await jsm.streams.delete("BUS")
-    console.log("deleted")
-    await jsm.streams.add({ ...info.config }).catch((e) => console.log("add:", String(e)))
-    console.log("added")
-    await waitFor(
-      () => new Set(handled).size >= 20 && live.events.length >= 20,
-      1_000,
-      "nothing lost meanwhile",
-    )
+    await jsm.streams.add({ ...info.config })
+    expect(await storedOf()).toBe(0)
+    await waitFor(async () => (await storedOf()) >= 20, 30_000, "the 20 events resent into the new stream")
+    const refilledMs = Date.now() - replacedAt
     const after = await publish(20, "after")
     const want = [...before, ...after]
+    const resumed = collect(bus, { tenant, channel, from: oldCursor })
+    await resumed.sub.ready
+    consumer = bus.consume({ tenant, channel, group: "g" }, (e) => {
+      handled.push(e.id)
+    })
     await waitFor(
-      () => live.events.length >= 40 && new Set(handled).size >= 40,
+      () => resumed.events.length >= 30 && new Set(handled).size >= 40,
       40_000,
       () =>
-        `every event after the replacement (subscriber ${live.events.length}, group ${new Set(handled).size})`,
+        `every event after the replacement (subscriber ${resumed.events.length}, group ${new Set(handled).size})`,
     )
-    const recoveredMs = Date.now() - replacedAt
-    const stored = (await jsm.streams.info("BUS", { subjects_filter: `bus.${tenant}.${channel}` })).state
-      .subjects?.[`bus.${tenant}.${channel}`]
+    const stored = await storedOf()
     console.log(
-      `nats fault "stream replaced": sent=${want.length} stored again=${stored} delivered=${live.events.length} duplicates=${live.events.length - new Set(live.ids()).size} handled=${new Set(handled).size} handler duplicates=${handled.length - new Set(handled).size}; everything delivered ${recoveredMs} ms after the replacement`,
+      `nats fault "stream replaced while idle": sent=${want.length} stored again=${stored} delivered from an old cursor=${resumed.events.length} (want ${want.length - 10}) duplicates=${resumed.events.length - new Set(resumed.ids()).size} handled=${new Set(handled).size} handler duplicates=${handled.length - new Set(handled).size}; found and refilled ${refilledMs} ms after the replacement (streamCheckMs 1000)`,
     )
     expect(stored).toBe(40)
-    expect(live.error).toBeUndefined()
-    expect(live.ids()).toEqual(want)
+    expect(resumed.error).toBeUndefined()
+    expect(resumed.ids()).toEqual(want.slice(10))
+    await resumed.close()
     expect(handled.length).toBe(want.length)
     expect(new Set(handled)).toEqual(new Set(want))
   } finally {
-    await live.close()
-    await consumer.close()
+    await consumer?.close()
     await bus.close()
   }
 })

@@ -11,7 +11,7 @@ import { Transport } from "../contracts/Transport.js"
 import { type BusError, isBusError } from "../errors/BusError.js"
 import { deadLettered, relayFailures, relayForwarded, relayLag } from "../metrics/metrics.js"
 import { ageOf, messageAttributes, messagingAttributes, producerLinks } from "../observability/telemetry.js"
-import { type ResendSignal, resendSignalOf } from "./resend.js"
+import { type ResendSignal, repairedOnClaim, resendSignalOf } from "./resend.js"
 
 /**
  * The relay: forwards committed outbox rows to a broker transport, written once for
@@ -460,9 +460,9 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
       const s = stateOf(claim)
       const partition = claim.partition
       const resend = resendSignalOf(yield* Transport)
-      // Generation 0: a loss the transport reported before this relay held the partition
-      // (a stream it had to create at start) is acted on too.
-      const seen = { generation: 0 }
+      // A loss reported shortly before this relay took the partition (a stream the transport
+      // had to create at start) is acted on too; an older one was its previous holder's.
+      const seen = { generation: repairedOnClaim(resend) }
       /** Events forwarded since the last rewind, until the partition is caught up again. */
       let resent: number | undefined
       let idleMs = 0
@@ -664,7 +664,8 @@ export const relayBatch = (
       const claim = yield* store.relay.claim(partition, o.owner, o.leaseMs)
       if (claim === undefined) continue
       const s = stateOf(claim)
-      yield* rewindOnLoss(resendSignalOf(yield* Transport), { generation: 0 }, s, claim)
+      const resend = resendSignalOf(yield* Transport)
+      yield* rewindOnLoss(resend, { generation: repairedOnClaim(resend) }, s, claim)
       for (;;) {
         const round = yield* logRound(o, partition, s)
         read += round.read

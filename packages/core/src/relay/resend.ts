@@ -27,7 +27,19 @@ export interface BrokerLoss {
   readonly generation: number
   /** What was lost and why the relay resends, for the relay's log. */
   readonly reason: string
+  /** When the loss was reported (ms since the epoch). */
+  readonly at: number
 }
+
+/**
+ * How long after a loss a partition the relay only now takes (from a relay that stopped, or
+ * handed over) is still rewound. The relay that held it when the loss was reported rewound
+ * it already, so rewinding it again later would resend for nothing; within this bound the
+ * repeats are still inside the broker's duplicate window (2 minutes by default on NATS), so
+ * they cost nothing, and a partition claimed right after a start that found the broker
+ * empty is covered.
+ */
+export const resendClaimGraceMs = 60_000
 
 /** A broker transport's data-loss signal, read by the relay. */
 export interface ResendSignal {
@@ -39,11 +51,11 @@ export interface ResendSignal {
 
 /** A new signal, with no loss reported. */
 export const makeResendSignal = (): ResendSignal => {
-  let loss: BrokerLoss = { generation: 0, reason: "" }
+  let loss: BrokerLoss = { generation: 0, reason: "", at: 0 }
   return {
     current: () => loss,
     lost: (reason) => {
-      loss = { generation: loss.generation + 1, reason }
+      loss = { generation: loss.generation + 1, reason, at: Date.now() }
     },
   }
 }
@@ -58,6 +70,19 @@ const signals = new WeakMap<object, ResendSignal>()
 export const attachResendSignal = <S extends object>(service: S, signal: ResendSignal): S => {
   signals.set(service, signal)
   return service
+}
+
+/**
+ * The generation a partition the relay takes now counts as already repaired: the latest loss
+ * is still to be acted on when it is recent ({@link resendClaimGraceMs}), otherwise it was
+ * repaired by the relay that held the partition then.
+ */
+export const repairedOnClaim = (signal: ResendSignal | undefined): number => {
+  if (signal === undefined) return 0
+  const loss = signal.current()
+  return loss.generation > 0 && Date.now() - loss.at < resendClaimGraceMs
+    ? loss.generation - 1
+    : loss.generation
 }
 
 /** The data-loss signal of a transport's service object, if its transport has one. */
