@@ -4,7 +4,7 @@ import { type ServerHandle, startNats } from "@bus/test-infra"
 import { jetstreamManager } from "@nats-io/jetstream"
 import type { NatsConnection } from "@nats-io/transport-node"
 import { afterAll, beforeAll, expect, it } from "vitest"
-import { natsTransport } from "../src/index.js"
+import { durableName, natsTransport } from "../src/index.js"
 import { plainConnection, uniqueName, waitFor } from "./support.js"
 
 /**
@@ -304,6 +304,32 @@ it("a stream replaced by another of the same name while the bus is idle is found
     expect(new Set(handled)).toEqual(new Set(want))
   } finally {
     await consumer?.close()
+    await bus.close()
+  }
+})
+
+it("a group's durable consumer deleted from outside is made again; the group skips what it handled (0 handler duplicates, 0 lost)", async () => {
+  const { bus, tenant, channel, publish, handled, consumer } = await setup()
+  try {
+    const before = await publish(30, "before")
+    await waitFor(() => new Set(handled).size >= 30, 20_000, "the first 30 handled")
+    const jsm = await jetstreamManager(nc)
+    const deletedAt = Date.now()
+    await jsm.consumers.delete("BUS", durableName("BUS", `bus.${tenant}.${channel}`, "g"))
+    const after = await publish(30, "after")
+    const want = [...before, ...after]
+    await waitFor(
+      () => new Set(handled).size >= 60,
+      60_000,
+      () => `all 60 handled (${new Set(handled).size})`,
+    )
+    console.log(
+      `nats fault "group consumer deleted": sent=${want.length} handled=${new Set(handled).size} handler duplicates=${handled.length - new Set(handled).size}; all handled ${Date.now() - deletedAt} ms after the delete`,
+    )
+    expect(handled.length).toBe(want.length)
+    expect(new Set(handled)).toEqual(new Set(want))
+  } finally {
+    await consumer.close()
     await bus.close()
   }
 })
