@@ -116,6 +116,7 @@ export {
   attachResendSignal,
   type BrokerLoss,
   makeResendSignal,
+  markRepaired,
   type ResendSignal,
   repairedOnClaim,
   resendClaimGraceMs,

@@ -11,7 +11,7 @@ import { Transport } from "../contracts/Transport.js"
 import { type BusError, isBusError } from "../errors/BusError.js"
 import { deadLettered, relayFailures, relayForwarded, relayLag } from "../metrics/metrics.js"
 import { ageOf, messageAttributes, messagingAttributes, producerLinks } from "../observability/telemetry.js"
-import { type ResendSignal, repairedOnClaim, resendSignalOf } from "./resend.js"
+import { markRepaired, type ResendSignal, repairedOnClaim, resendSignalOf } from "./resend.js"
 
 /**
  * The relay: forwards committed outbox rows to a broker transport, written once for
@@ -152,6 +152,7 @@ const rewindOnLoss = (
     const loss = resend.current()
     if (loss.generation === seen.generation) return undefined
     seen.generation = loss.generation
+    markRepaired(resend, claim.partition, loss.generation)
     s.position = "beginning"
     s.ahead.clear()
     s.attempts.clear()
@@ -462,7 +463,7 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
       const resend = resendSignalOf(yield* Transport)
       // A loss reported shortly before this relay took the partition (a stream the transport
       // had to create at start) is acted on too; an older one was its previous holder's.
-      const seen = { generation: repairedOnClaim(resend) }
+      const seen = { generation: repairedOnClaim(resend, partition) }
       /** Events forwarded since the last rewind, until the partition is caught up again. */
       let resent: number | undefined
       let idleMs = 0
@@ -665,7 +666,7 @@ export const relayBatch = (
       if (claim === undefined) continue
       const s = stateOf(claim)
       const resend = resendSignalOf(yield* Transport)
-      yield* rewindOnLoss(resend, { generation: repairedOnClaim(resend) }, s, claim)
+      yield* rewindOnLoss(resend, { generation: repairedOnClaim(resend, partition) }, s, claim)
       for (;;) {
         const round = yield* logRound(o, partition, s)
         read += round.read

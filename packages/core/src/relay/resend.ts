@@ -72,17 +72,32 @@ export const attachResendSignal = <S extends object>(service: S, signal: ResendS
   return service
 }
 
+/** Per signal: the generation each partition was rewound for in this process. */
+const repaired = new WeakMap<ResendSignal, Map<number, number>>()
+
 /**
- * The generation a partition the relay takes now counts as already repaired: the latest loss
- * is still to be acted on when it is recent ({@link resendClaimGraceMs}), otherwise it was
- * repaired by the relay that held the partition then.
+ * The generation a partition the relay takes now counts as already repaired: the latest
+ * loss, when this process already rewound the partition for it or when it is older than
+ * {@link resendClaimGraceMs} (the relay that held the partition then repaired it); the one
+ * before it otherwise, so that the latest loss is acted on.
  */
-export const repairedOnClaim = (signal: ResendSignal | undefined): number => {
+export const repairedOnClaim = (signal: ResendSignal | undefined, partition: number): number => {
   if (signal === undefined) return 0
   const loss = signal.current()
+  if (repaired.get(signal)?.get(partition) === loss.generation) return loss.generation
   return loss.generation > 0 && Date.now() - loss.at < resendClaimGraceMs
     ? loss.generation - 1
     : loss.generation
+}
+
+/** Records that this process rewound `partition` for loss `generation` (see {@link repairedOnClaim}). */
+export const markRepaired = (signal: ResendSignal, partition: number, generation: number): void => {
+  let byPartition = repaired.get(signal)
+  if (byPartition === undefined) {
+    byPartition = new Map()
+    repaired.set(signal, byPartition)
+  }
+  byPartition.set(partition, generation)
 }
 
 /** The data-loss signal of a transport's service object, if its transport has one. */
