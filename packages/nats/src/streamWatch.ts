@@ -1,4 +1,4 @@
-import { type BusError, makeResendSignal, type ResendSignal, resendClaimGraceMs } from "@bus/core"
+import { type BusError, makeResendSignal, type ResendSignal } from "@bus/core"
 import type { JetStreamManager, StreamInfo } from "@nats-io/jetstream"
 import { Deferred, Effect, Exit, type Scope, Semaphore } from "effect"
 import type { ConnectionWatch } from "./connection.js"
@@ -77,10 +77,12 @@ const describeState = (info: StreamInfo | undefined): string =>
 
 /**
  * Watches the event stream for the life of the scope. `initial` is what `ensureStreams`
- * found or made at start; a stream it had to create, or one another process created less
- * than a minute ago (`resendClaimGraceMs`), counts as a loss for the relay: it may have been
- * lost while no process ran, and the outbox positions then say more was forwarded than the
- * new stream holds. Resending is what restores it, and costs only repeats otherwise.
+ * found or made at start; a stream it had to create counts as a loss for the relay: it may
+ * have been lost while no process ran, and the outbox positions then say more was forwarded
+ * than the new stream holds. Resending is what restores it, and costs only repeats
+ * otherwise. Only the process that creates it does so (each partition it takes within core's
+ * `resendClaimGraceMs`): a fleet whose every process resent on seeing a young stream would
+ * resend the outbox once per process a partition passes through while the fleet starts.
  */
 export const watchStream = (
   jsm: JetStreamManager,
@@ -100,13 +102,6 @@ export const watchStream = (
     if (initial.created) {
       resend.lost(
         `stream ${o.streamName} did not exist at start and was created (a first start, or lost while this bus was not running)`,
-      )
-    } else if (Date.now() - Date.parse(initial.info.created) < resendClaimGraceMs) {
-      // Created moments ago by another process of a fleet that starts together (after a wiped
-      // store, say): that process resends only the partitions its relay holds, so this one
-      // resends its own. Repeats fall inside the duplicate window.
-      resend.lost(
-        `stream ${o.streamName} was created ${Date.now() - Date.parse(initial.info.created)} ms before this start by another process`,
       )
     }
 
