@@ -116,5 +116,15 @@ export {
 } from "./outbox-transport/OutboxTransport.js"
 export { Publisher, type PublisherOptions, type PublishReceipt } from "./publisher/Publisher.js"
 export { type RelayBatchResult, type RelayOptions, relayBatch, runRelay } from "./relay/Relay.js"
+export {
+  attachResendSignal,
+  type BrokerLoss,
+  makeResendSignal,
+  markRepaired,
+  type ResendSignal,
+  repairedOnClaim,
+  resendClaimGraceMs,
+  resendSignalOf,
+} from "./relay/resend.js"
 export { backoffDelay, cappedBackoff } from "./schedule/backoff.js"
 export { type ConsumeRequest, type Handler, Subscriber } from "./subscriber/Subscriber.js"

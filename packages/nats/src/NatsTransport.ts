@@ -1,4 +1,5 @@
 import {
+  attachResendSignal,
   type BusError,
   ConfigError,
   capabilities,
@@ -21,6 +22,7 @@ import { toBusError } from "./errors.js"
 import { makeGroup } from "./group.js"
 import { type NatsTransportOptions, type ResolvedOptions, resolveOptions } from "./options.js"
 import { ensureStreams } from "./stream.js"
+import { type StreamWatch, watchStream } from "./streamWatch.js"
 import { subjectOf } from "./subjects.js"
 import { makeSubscribe } from "./subscribe.js"
 import { encodeEnvelope, headerBytes, headerReserveBytes, traceHeadersOf } from "./wire.js"
@@ -33,6 +35,14 @@ import { encodeEnvelope, headerBytes, headerReserveBytes, traceHeadersOf } from 
 
 /** max_payload when the server does not say (its default). */
 const defaultServerMaxPayload = 1024 * 1024
+
+/**
+ * An answer that may mean the stream is gone: no responder on the subject (no stream
+ * listens to it; the client reports it as "jetstream is not enabled"), or "stream not
+ * found". Timeouts and reconnects are left to the retry.
+ */
+const maybeStreamGone = (error: BusError): boolean =>
+  /no responders|jetstream is not enabled|stream not found/i.test(error.message)
 
 /** How long a send keeps retrying an unreachable server before the relay sees a failure. */
 const sendRetryBudgetMs = 10_000
@@ -84,7 +94,10 @@ const makeSend = (
   js: JetStreamClient,
   o: ResolvedOptions,
   serverMaxPayload: number,
+  watch: StreamWatch,
 ) => {
+  /** The highest sequence an ack reported, on the stream of `generation`. */
+  const highestSeq = { seq: 0, generation: watch.current().generation }
   const send = (event: Envelope, meta?: SendMeta): Effect.Effect<void, BusError> =>
     Effect.gen(function* () {
       const address = yield* checkAddress(event)
@@ -158,6 +171,13 @@ const makeSend = (
     Effect.gen(function* () {
       let done = 0
       const started = Date.now()
+      // The stream this run goes to: after a loss the relay rewinds first (streamWatch.ts), so
+      // that the new stream gets the outbox in order; a retry must not go ahead of it.
+      const generation = watch.current().generation
+      if (highestSeq.generation !== generation) {
+        highestSeq.generation = generation
+        highestSeq.seq = 0
+      }
       for (let attempt = 1; ; attempt++) {
         const prepared: Array<{
           readonly subject: string
@@ -189,6 +209,7 @@ const makeSend = (
         const results: Array<BusError | true | undefined> = new Array(prepared.length)
         let prefix = 0
         let foreign: string | undefined
+        let regressed = false
         const advance = () => {
           const before = prefix
           while (prefix < prepared.length && results[prefix] === true) prefix++
@@ -207,6 +228,11 @@ const makeSend = (
               (ack) => {
                 results[i] = true
                 if (ack.stream !== o.streamName) foreign = `${p.subject} is stored by stream ${ack.stream}`
+                // Sequences only grow in one stream: a new event stored lower went to another one.
+                if (!ack.duplicate) {
+                  if (ack.seq <= highestSeq.seq && highestSeq.generation === generation) regressed = true
+                  highestSeq.seq = Math.max(highestSeq.seq, ack.seq)
+                }
                 advance()
               },
               (e) => {
@@ -218,6 +244,19 @@ const makeSend = (
           // Publishes in flight when the connection dropped may never be answered: send them again.
           Effect.raceFirst(conn.nextReconnect),
         )
+        if (regressed) {
+          yield* watch.check("a publish was stored below an earlier sequence")
+          if (watch.current().generation !== generation) {
+            highestSeq.seq = 0
+            return {
+              sent: done + prefix,
+              error: new TransportUnavailable({
+                transport: "nats",
+                message: `nats: stream ${o.streamName} was replaced; the relay resends from the outbox`,
+              }),
+            }
+          }
+        }
         if (foreign !== undefined) {
           yield* Effect.logWarning(
             `nats: ${foreign}, not ${o.streamName}; subscriptions read ${o.streamName}`,
@@ -235,6 +274,19 @@ const makeSend = (
                 transport: "nats",
                 message: `nats: reconnected while publishing ${prepared[prefix]!.id}`,
               })
+        // No responder for the subject may be a lost stream: have it checked (and re-created).
+        if (maybeStreamGone(busError)) {
+          yield* watch.check(`send: ${busError.message}`)
+          if (watch.current().generation !== generation) {
+            return {
+              sent: done,
+              error: new TransportUnavailable({
+                transport: "nats",
+                message: `nats: stream ${o.streamName} was lost; the relay resends from the outbox`,
+              }),
+            }
+          }
+        }
         // A stream leader election or a reconnect takes seconds; ride it out here rather than
         // burning the relay's attempts (a re-send is harmless: the stream drops it by id).
         if (!busError.retryable || conn.closed() || Date.now() - started > sendRetryBudgetMs) {
@@ -279,15 +331,23 @@ export const natsTransport = (options: NatsTransportOptions = {}): Layer.Layer<T
         catch: (e) => toBusError(e, "JetStream is not available on this server (start it with -js)"),
       })
       const js = jsm.jetstream()
-      yield* ensureStreams(jsm, o)
+      const streams = yield* ensureStreams(jsm, o)
       const serverMaxPayload = nc.info?.max_payload ?? defaultServerMaxPayload
       const maxPayloadBytes = serverMaxPayload - headerReserveBytes
       const conn = yield* watchConnection(nc)
+      const watch = yield* watchStream(jsm, o, conn, streams.events)
       // Ordered consumers are cheap to create again: time their requests out sooner, so that
       // after a node loss they come back soon after the election rather than a timeout later.
       const jsOrdered = jetstream(nc, { timeout: Math.min(o.requestTimeoutMs, 2_000) })
-      const { head, subscribe } = yield* makeSubscribe({ js: jsOrdered, jsm, o, store, conn })
-      return Transport.of({
+      const { head, subscribe, checkStart } = yield* makeSubscribe({
+        js: jsOrdered,
+        jsm,
+        o,
+        store,
+        conn,
+        watch,
+      })
+      const service = Transport.of({
         capabilities: capabilities("nats", {
           needsRelay: true,
           dedupesSends: true,
@@ -296,10 +356,13 @@ export const natsTransport = (options: NatsTransportOptions = {}): Layer.Layer<T
           maxPayloadBytes,
         }),
         head,
+        checkStart,
         subscribe,
-        group: makeGroup({ js, jsm, o, maxPayloadBytes: serverMaxPayload - 512, conn }),
-        ...makeSend(conn, js, o, serverMaxPayload),
+        group: makeGroup({ js, jsm, o, maxPayloadBytes: serverMaxPayload - 512, conn, watch }),
+        ...makeSend(conn, js, o, serverMaxPayload, watch),
         deadLetters: (limit) => readDeadLetters(jsm, js, o, limit),
       })
+      // The relay reads it to resend the outbox after a lost stream (core relay/resend.ts).
+      return attachResendSignal(service, watch.resend)
     }),
   )

@@ -1,6 +1,6 @@
-import { type Address, BusClosed, type BusError, type DeliveredEvent } from "@bus/core"
+import { type Address, addressTag, BusClosed, type BusError, type DeliveredEvent } from "@bus/core"
 import { DeliverPolicy, type JsMsg } from "@nats-io/jetstream"
-import { Cause, Deferred, Effect, Exit } from "effect"
+import { Cause, Deferred, Effect, Exit, Fiber } from "effect"
 import { toBusError } from "./errors.js"
 import type { SubscribeDeps } from "./subscribe.js"
 import { decodeMessage, positionOfMessage } from "./wire.js"
@@ -23,6 +23,10 @@ import { decodeMessage, positionOfMessage } from "./wire.js"
  * it fill up is removed from the feed, its buffer is released at once, and it resumes
  * from its own cursor when it reads again. One slow reader never holds the feed (or the
  * others) back and never grows memory without bound.
+ *
+ * A feed reads one stream, as `streamWatch.ts` knows it. When that stream is lost (deleted,
+ * or gone with the server's store), the feed ends and tells each member "replaced": the
+ * member resumes on the new stream by outbox position (`subscribe.ts`).
  *
  * @module
  */
@@ -48,6 +52,8 @@ export interface Member {
   dropped: boolean
   /** Set when the feed failed for good. */
   failure: BusError | undefined
+  /** Set when the feed's stream was lost: the member resumes on the new one. */
+  replaced: boolean
   /** Completed when something arrives while the member waits. */
   wake: Deferred.Deferred<void> | undefined
 }
@@ -65,7 +71,7 @@ export interface Joined {
 
 export interface Feed {
   /** Adds `member` to the feed; `from` is the first sequence it still needs. */
-  readonly join: (member: Member, from: number) => Joined | BusError
+  readonly join: (member: Member, from: number) => Joined | BusError | "replaced"
   /** Removes `member` (idempotent). */
   readonly leave: (member: Member) => void
   /** Members in the feed (for tests and metrics). */
@@ -77,6 +83,7 @@ export const newMember = (): Member => ({
   buffered: 0,
   dropped: false,
   failure: undefined,
+  replaced: false,
   wake: undefined,
 })
 
@@ -94,7 +101,7 @@ const wake = (member: Member): void => {
  */
 export const take = (
   member: Member,
-): Effect.Effect<ReadonlyArray<ReadonlyArray<Item>> | "dropped", BusError> =>
+): Effect.Effect<ReadonlyArray<ReadonlyArray<Item>> | "dropped" | "replaced", BusError> =>
   Effect.suspend(() => {
     if (member.batches.length > 0) {
       const batches = member.batches
@@ -102,6 +109,7 @@ export const take = (
       member.buffered = 0
       return Effect.succeed(batches)
     }
+    if (member.replaced) return Effect.succeed("replaced" as const)
     if (member.failure !== undefined) return Effect.fail(member.failure)
     if (member.dropped) return Effect.succeed("dropped" as const)
     const w = Deferred.makeUnsafe<void>()
@@ -122,8 +130,13 @@ export const runFeed = (
   subject: string,
   startAfter: number,
   onFailure: (error: BusError) => Effect.Effect<void>,
+  onReplaced: Effect.Effect<void>,
 ) =>
   Effect.gen(function* () {
+    // The stream this feed reads, fixed for its life: a lost stream replaces the feed.
+    const { id: stream, generation } = deps.watch.current()
+    const place = { address: addressTag(address), stream }
+    let replaced = false
     const members = new Set<Member>()
     const cap = deps.o.subscriberBuffer
     /** Every message of the subject up to here has been handed out. */
@@ -173,6 +186,7 @@ export const runFeed = (
 
     const feed: Feed = {
       join: (member, from) => {
+        if (replaced) return "replaced"
         if (failure !== undefined) return failure
         members.add(member)
         if (from < recentFloor) return { upTo: position, recent: undefined }
@@ -193,7 +207,7 @@ export const runFeed = (
         // A consumer created again may repeat what the last one delivered.
         if (seq <= received) return
         received = seq
-        const decoded = yield* Effect.exit(decodeMessage(m.data, seq, address, m.headers))
+        const decoded = yield* Effect.exit(decodeMessage(m.data, seq, address, m.headers, place))
         if (decoded._tag === "Failure") {
           const reason = Cause.squash(decoded.cause)
           yield* Effect.logWarning(`nats: skipped malformed message ${subject}#${seq}: ${String(reason)}`)
@@ -233,6 +247,24 @@ export const runFeed = (
           Effect.andThen(Effect.sync(() => messages.stop())),
           Effect.forkScoped,
         )
+        // A consumer deleted under the feed may mean a lost stream. The client would make the
+        // ordered consumer again at the next sequence, on whatever stream now has the name:
+        // on a new stream that sequence means something else. Stop instead; the loop has the
+        // stream checked before it starts over (and a lost stream replaces the feed). The
+        // client's own resets (a gap, missed heartbeats) only get the stream checked.
+        const notices = messages.status()[Symbol.asyncIterator]()
+        yield* Effect.gen(function* () {
+          for (;;) {
+            const next = yield* Effect.promise(() => notices.next())
+            if (next.done) return
+            const type = next.value.type
+            if (type === "consumer_deleted" || type === "stream_not_found") {
+              messages.stop()
+              return
+            }
+            if (type === "ordered_consumer_recreated") yield* deps.watch.check(`feed on ${subject}: ${type}`)
+          }
+        }).pipe(Effect.forkScoped)
         const iterator = messages[Symbol.asyncIterator]()
         let nextMessage: Promise<IteratorResult<JsMsg>> | undefined
         for (;;) {
@@ -288,12 +320,14 @@ export const runFeed = (
           })
         }
         failures++
+        // A consumer that cannot be made may mean a lost stream: have it checked now.
+        yield* deps.watch.check(`feed on ${subject}: ${busError.message}`)
         if (failures > 1) yield* Effect.logWarning(`nats: feed on ${subject} restarts: ${busError.message}`)
         yield* Effect.sleep(Math.min(5_000, 50 * 2 ** Math.min(failures, 7)))
       }
     })
 
-    yield* loop.pipe(
+    const running = yield* loop.pipe(
       Effect.catch((error: BusError) =>
         Effect.suspend(() => {
           failure = error
@@ -305,6 +339,25 @@ export const runFeed = (
           return onFailure(error)
         }),
       ),
+      Effect.forkScoped,
+    )
+    yield* deps.watch.changedSince(generation).pipe(
+      Effect.andThen(
+        // Out of the map first, so that a member told "replaced" finds a new feed.
+        onReplaced.pipe(
+          Effect.andThen(
+            Effect.sync(() => {
+              replaced = true
+              for (const member of members) {
+                member.replaced = true
+                wake(member)
+              }
+              members.clear()
+            }),
+          ),
+        ),
+      ),
+      Effect.andThen(Fiber.interrupt(running)),
       Effect.forkScoped,
     )
     return feed

@@ -1,4 +1,5 @@
 import {
+  addressTag,
   BusClosed,
   type BusError,
   ConfigError,
@@ -25,6 +26,7 @@ import { Cause, Effect, Queue, Stream } from "effect"
 import type { ConnectionWatch } from "./connection.js"
 import { toBusError } from "./errors.js"
 import type { ResolvedOptions } from "./options.js"
+import type { StreamWatch } from "./streamWatch.js"
 import { deadLetterSubjectOf, durableName, subjectOf } from "./subjects.js"
 import { decodeMessage, positionOfMessage, retryWhileRetryable } from "./wire.js"
 
@@ -45,6 +47,7 @@ export interface GroupDeps {
   readonly o: ResolvedOptions
   readonly maxPayloadBytes: number
   readonly conn: ConnectionWatch
+  readonly watch: StreamWatch
 }
 
 /** Longest dead-letter reason kept, in characters. */
@@ -197,6 +200,9 @@ export const makeGroup =
           description: `@bus group ${group} of ${address.tenant}/${address.channel}`,
         }
         let consumer = yield* retryWhileRetryable(ensureConsumer(deps, spec), `consumer ${durable}`)
+        /** The stream generation `consumer` was made on: a lost stream took the consumer with it. */
+        let generation = deps.watch.current().generation
+        const tag = addressTag(address)
 
         const deliveries = yield* Queue.unbounded<Delivery, BusError | Cause.Done>()
         const waker = yield* Queue.dropping<void>(1)
@@ -290,7 +296,12 @@ export const makeGroup =
 
         const onMessage = (h: Held) =>
           Effect.gen(function* () {
-            const decoded = yield* Effect.exit(decodeMessage(h.msg.data, h.msg.seq, address, h.msg.headers))
+            const decoded = yield* Effect.exit(
+              decodeMessage(h.msg.data, h.msg.seq, address, h.msg.headers, {
+                address: tag,
+                stream: deps.watch.current().id,
+              }),
+            )
             if (decoded._tag === "Failure") {
               yield* Effect.logWarning(
                 `nats: group ${group} terminated malformed message ${subject}#${h.msg.seq}: ${String(Cause.squash(decoded.cause))}`,
@@ -333,6 +344,10 @@ export const makeGroup =
               Effect.andThen(Effect.sync(() => puller.end())),
               Effect.forkScoped,
             )
+            // So is the whole consumer when the stream was lost: end the pull, the loop makes it again.
+            yield* deps.watch
+              .changedSince(generation)
+              .pipe(Effect.andThen(Effect.sync(() => puller.end())), Effect.forkScoped)
             for (;;) {
               const h = yield* Effect.tryPromise({
                 try: () => puller.next(),
@@ -359,6 +374,16 @@ export const makeGroup =
           let failures = 0
           for (;;) {
             while (free <= 0) yield* Queue.take(waker)
+            if (deps.watch.current().generation !== generation) {
+              // The stream was lost (streamWatch.ts): the durable consumer went with it. The one
+              // made on the new stream delivers what the relay resends from the outbox; the
+              // consume loop skips what the group had handled (its inbox and window).
+              generation = deps.watch.current().generation
+              yield* Effect.logWarning(
+                `nats: group ${group} on ${subject}: the stream was lost; its consumer is made again on the new stream`,
+              )
+              consumer = yield* retryWhileRetryable(ensureConsumer(deps, spec), `consumer ${durable}`)
+            }
             const n = free
             free = 0
             const started = Date.now()
@@ -375,6 +400,8 @@ export const makeGroup =
               return yield* new BusClosed({ message: `nats: the connection is closed; group ${group} ends` })
             }
             if (!error.retryable) return yield* Effect.fail(error)
+            // A missing consumer or stream may be a lost stream: have it checked now, not at the next tick.
+            yield* deps.watch.check(`group ${group}: ${error.message}`)
             failures++
             if (failures > 1)
               yield* Effect.logWarning(`nats: group ${group} on ${subject}: ${error.message}; retrying`)

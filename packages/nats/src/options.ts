@@ -74,6 +74,13 @@ export interface NatsTransportOptions {
    * its buffer released, and it resumes from its own cursor when it reads again.
    */
   readonly subscriberBuffer?: number
+  /**
+   * How often the transport checks that the event stream is still the one it knows, in ms
+   * (default 5 s, minimum 100). A stream deleted or lost with the server's store is found
+   * within this bound (sooner when a send or a reader runs into it, and right after a
+   * reconnect), created again, and refilled from the outbox. See docs/nats.md, "Stream lost".
+   */
+  readonly streamCheckMs?: number
 }
 
 /** Options with defaults applied and checked. */
@@ -100,6 +107,7 @@ export interface ResolvedOptions {
   readonly requestTimeoutMs: number
   readonly pullExpiresMs: number
   readonly subscriberBuffer: number
+  readonly streamCheckMs: number
 }
 
 /** Default duplicate window: 2 minutes (JetStream's own default, stated explicitly). */
@@ -150,6 +158,8 @@ export const resolveOptions = (options: NatsTransportOptions): ResolvedOptions |
   if (!isWhole(pullExpiresMs, 1_000)) return bad("pullExpiresMs must be a whole number of ms ≥ 1000")
   const subscriberBuffer = options.subscriberBuffer ?? 1024
   if (!isWhole(subscriberBuffer, 1)) return bad("subscriberBuffer must be a whole number ≥ 1")
+  const streamCheckMs = options.streamCheckMs ?? 5_000
+  if (!isWhole(streamCheckMs, 100)) return bad("streamCheckMs must be a whole number of ms ≥ 100")
   if (options.connection !== undefined && options.servers !== undefined) {
     return bad("pass either servers or connection, not both")
   }
@@ -176,5 +186,6 @@ export const resolveOptions = (options: NatsTransportOptions): ResolvedOptions |
     requestTimeoutMs,
     pullExpiresMs,
     subscriberBuffer,
+    streamCheckMs,
   }
 }

@@ -72,7 +72,7 @@ const deadLetterStreamConfig = (o: ResolvedOptions): WantedStream => ({
 /** JetStream error code: a stream of that name exists (another process created it first). */
 const streamNameInUse = 10058
 
-const isNotFound = (error: unknown): boolean =>
+export const isNotFound = (error: unknown): boolean =>
   error instanceof Error && (error.name === "StreamNotFoundError" || /stream not found/i.test(error.message))
 
 const apiCode = (error: unknown): number | undefined => {
@@ -149,7 +149,7 @@ const ensureOne = (
   jsm: JetStreamManager,
   want: WantedStream,
   explicit: ResolvedOptions["explicit"],
-): Effect.Effect<StreamInfo, BusError> =>
+): Effect.Effect<{ readonly info: StreamInfo; readonly created: boolean }, BusError> =>
   Effect.gen(function* () {
     for (let attempt = 0; ; attempt++) {
       const existing = yield* Effect.tryPromise({
@@ -178,12 +178,12 @@ const ensureOne = (
         yield* Effect.logInfo(
           `nats: created stream ${want.name} (${want.subjects.join(", ")}; ${created.config.storage}, R${created.config.num_replicas}, duplicate window ${ms(created.config.duplicate_window)})`,
         )
-        return created
+        return { info: created, created: true }
       }
       const plan = reconcile(existing.config, want, explicit)
       if (plan instanceof ConfigError) return yield* plan
       for (const note of plan.notes) yield* Effect.logWarning(`nats: adopted stream ${want.name}: ${note}`)
-      if (Object.keys(plan.update).length === 0) return existing
+      if (Object.keys(plan.update).length === 0) return { info: existing, created: false }
       const updated = yield* Effect.tryPromise({
         try: () => jsm.streams.update(want.name, plan.update),
         catch: (e) => toBusError(e, `update stream ${want.name}`),
@@ -191,15 +191,25 @@ const ensureOne = (
       yield* Effect.logInfo(
         `nats: adopted stream ${want.name}, updated ${Object.keys(plan.update).join(", ")}`,
       )
-      return updated
+      return { info: updated, created: false }
     }
   })
 
-/** The event stream and dead-letter stream, created or adopted. */
+/**
+ * The event stream and dead-letter stream, created or adopted; `created` says whether this
+ * call created the event stream (it did not exist: a first start, or one lost while no
+ * process of this bus was running, which the relay then repairs from the outbox).
+ */
 export const ensureStreams = (
   jsm: JetStreamManager,
   o: ResolvedOptions,
-): Effect.Effect<{ readonly events: StreamInfo; readonly deadLetters: StreamInfo }, BusError> =>
+): Effect.Effect<
+  {
+    readonly events: { readonly info: StreamInfo; readonly created: boolean }
+    readonly deadLetters: { readonly info: StreamInfo; readonly created: boolean }
+  },
+  BusError
+> =>
   Effect.all({
     events: ensureOne(jsm, eventStreamConfig(o), o.explicit),
     deadLetters: ensureOne(jsm, deadLetterStreamConfig(o), o.explicit),

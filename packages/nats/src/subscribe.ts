@@ -1,5 +1,6 @@
 import {
   type Address,
+  addressTag,
   BusClosed,
   type BusError,
   CursorInvalid,
@@ -10,6 +11,7 @@ import {
   type OutboxStore,
   outboxCursorOf,
   type SubscribeRequest,
+  splitCursor,
 } from "@bus/core"
 import {
   DeliverPolicy,
@@ -19,12 +21,13 @@ import {
   type StreamState,
 } from "@nats-io/jetstream"
 import type { MsgHdrs } from "@nats-io/transport-node"
-import { Cause, Deferred, Effect, Exit, Option, Queue, RcMap, type Scope, Semaphore, Stream } from "effect"
+import { Cause, Deferred, Effect, Exit, Option, Queue, RcMap, Scope, Semaphore, Stream } from "effect"
 import type { ConnectionWatch } from "./connection.js"
-import { encodeCursor, encodeHeadCursor, parseCursor } from "./cursor.js"
+import { type CursorPlace, encodeCursor, encodeHeadCursor, parseCursor } from "./cursor.js"
 import { toBusError } from "./errors.js"
 import { type Feed, type Item, type Member, newMember, runFeed, take } from "./feed.js"
 import type { ResolvedOptions } from "./options.js"
+import type { StreamWatch } from "./streamWatch.js"
 import { subjectOf } from "./subjects.js"
 import { decodeMessage, positionOfMessage, retryWhileRetryable } from "./wire.js"
 
@@ -52,6 +55,7 @@ export interface SubscribeDeps {
   readonly o: ResolvedOptions
   readonly store: Option.Option<OutboxStore["Service"]>
   readonly conn: ConnectionWatch
+  readonly watch: StreamWatch
 }
 
 /**
@@ -157,11 +161,25 @@ const committedAfterHead = (
 interface Start {
   readonly seq: number
   readonly classify?: Classify
+  /**
+   * The outbox cursor covering everything before the start, if known: where the subscription
+   * resumes if the stream is lost before it delivered anything ("beginning" from the start).
+   */
+  readonly frontier?: string
+  /** The stream generation the start was resolved on. */
+  readonly generation: number
 }
 
-/** `head`, `subscribe` and, for tests, the number of live feeds. */
+/** A filter keeping the stream messages an outbox cursor does not cover (by their stored position). */
+const byOutboxCursor = (store: OutboxStore["Service"], cursor: string): Classify => {
+  const keep = notCoveredBy(store, cursor)
+  return { now: (item) => keep(item.position), later: () => Effect.succeed(false) }
+}
+
+/** `head`, `subscribe` and `checkStart` of the NATS transport. */
 export interface Subscribe {
   readonly head: (address: Address) => Effect.Effect<string, BusError>
+  readonly checkStart: (address: Address, from: string) => Effect.Effect<void, BusError>
   readonly subscribe: (request: SubscribeRequest) => Stream.Stream<DeliveredEvent, BusError>
 }
 
@@ -199,16 +217,40 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
       Effect.gen(function* () {
         const address = yield* checkAddress(request)
         const { last_seq } = yield* state
-        if (outboxHead === undefined) return encodeCursor(last_seq)
+        const place: CursorPlace = { address: addressTag(address), stream: deps.watch.current().id }
+        if (outboxHead === undefined) return encodeCursor(last_seq, place)
         const key = keyOf(address)
         outboxHeads.set(key, address)
-        return encodeHeadCursor(last_seq, Date.now(), yield* outboxHead(key))
+        return encodeHeadCursor(place, last_seq, Date.now(), yield* outboxHead(key))
+      })
+
+    /**
+     * An outbox cursor checked by the outbox itself (one read of at most one row): its epoch,
+     * its retention and, where the outbox binds cursors to addresses, its address. The
+     * broker then replays its stream from the start, which must still hold everything it
+     * received: a trimmed stream could leave a gap.
+     */
+    const fromOutboxCursor = (
+      address: Address,
+      from: string,
+      outboxCursor: string,
+      generation: number,
+    ): Effect.Effect<Start, BusError> =>
+      Effect.gen(function* () {
+        const store = (deps.store as Option.Some<OutboxStore["Service"]>).value
+        if (outboxCursor !== "beginning") yield* store.read(address, outboxCursor, 1)
+        const s = yield* state
+        if (s.first_seq > 1 || s.num_deleted > 0) {
+          return yield* flipCursorExpired(from, `stream ${deps.o.streamName}`)
+        }
+        return { seq: 1, classify: byOutboxCursor(store, outboxCursor), frontier: outboxCursor, generation }
       })
 
     /** Resolves `from` to a start sequence (and, for a head cursor over an outbox, a classifier). */
     const resolveStart = (address: Address, from: string): Effect.Effect<Start, BusError> =>
       Effect.gen(function* () {
-        if (from === "beginning") return { seq: 1 }
+        const generation = deps.watch.current().generation
+        if (from === "beginning") return { seq: 1, frontier: "beginning", generation }
         // After a flip: an outbox cursor (or another broker's cursor carrying its outbox frontier).
         // The stream holds every event the relay forwarded with its outbox position: read it from
         // the start and skip exactly what the cursor covers.
@@ -217,24 +259,43 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
             ? undefined
             : outboxCursorOf(deps.store, from)
         if (outboxCursor !== undefined && Option.isSome(deps.store)) {
-          const s = yield* state
-          if (s.first_seq > 1 || s.num_deleted > 0) {
-            return yield* flipCursorExpired(from, `stream ${deps.o.streamName}`)
-          }
-          const keep = notCoveredBy(deps.store.value, outboxCursor)
-          return {
-            seq: 1,
-            classify: { now: (item) => keep(item.position), later: () => Effect.succeed(false) },
-          }
+          return yield* fromOutboxCursor(address, from, outboxCursor, generation)
         }
         const cursor = from === "now" ? yield* head(address) : from
         const parsed = parseCursor(cursor)
         if (parsed instanceof CursorInvalid) return yield* parsed
+        if (parsed.address !== undefined && parsed.address !== addressTag(address)) {
+          return yield* new CursorInvalid({
+            cursor: from,
+            reason: "address",
+            message: `cursor ${from} belongs to another tenant or channel than ${address.tenant}/${address.channel}; resume from "beginning" or "now", or with this channel's own cursor`,
+          })
+        }
+        const frontier = parsed.anchor?.outboxHead ?? splitCursor(cursor).frontier
+        const current = deps.watch.current()
+        if (parsed.stream !== undefined && parsed.stream !== current.id) {
+          // The stream this cursor points into no longer exists (deleted, or lost with the
+          // server's store): its sequence means nothing in the new one. Resume by the outbox
+          // position it carries, or say so.
+          if (frontier !== undefined && Option.isSome(deps.store) && deps.store.value.ownsCursor(frontier)) {
+            return yield* fromOutboxCursor(address, from, frontier, generation)
+          }
+          return yield* new CursorInvalid({
+            cursor: from,
+            reason: "expired",
+            message: `cursor ${from} points into a stream ${deps.o.streamName} that no longer exists (deleted or lost with the server's store; the stream now was created ${current.created}) and carries no outbox position to resume from; resume from "beginning" or "now"`,
+          })
+        }
         const classify =
           parsed.anchor !== undefined && Option.isSome(deps.store)
             ? committedAfterHead(deps.store.value, address, parsed.anchor)
             : undefined
-        if (from === "now") return { seq: parsed.seq + 1, ...(classify ? { classify } : {}) }
+        const base = {
+          ...(classify ? { classify } : {}),
+          ...(frontier !== undefined ? { frontier } : {}),
+          generation,
+        }
+        if (from === "now") return { seq: parsed.seq + 1, ...base }
         const s = yield* state
         if (parsed.seq > s.last_seq) {
           return yield* new CursorInvalid({
@@ -250,8 +311,15 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
             message: `cursor ${from} is older than the events stream ${deps.o.streamName} retains (first sequence ${s.first_seq}); resume from "beginning" or "now"`,
           })
         }
-        return { seq: parsed.seq + 1, ...(classify ? { classify } : {}) }
+        return { seq: parsed.seq + 1, ...base }
       })
+
+    /** `checkStart`: what `subscribe` would refuse, refused before any event is read. */
+    const checkStart = (request: Address, from: string): Effect.Effect<void, BusError> =>
+      checkAddress(request).pipe(
+        Effect.flatMap((address) => resolveStart(address, from)),
+        Effect.asVoid,
+      )
 
     // Catch-up reads of the stream run a few at a time per process: a burst of subscribers
     // that all need one (a flood that dropped many slow readers) must not swamp the server's
@@ -274,8 +342,13 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
             from !== undefined && from - 1 >= last_seq - feedStartWindow
               ? Math.min(from - 1, last_seq)
               : last_seq
-          return yield* runFeed(deps, address, subjectOf(deps.o.prefix, address), startAfter, () =>
+          return yield* runFeed(
+            deps,
+            address,
+            subjectOf(deps.o.prefix, address),
+            startAfter,
             // A failed feed is not handed to later subscriptions: they start a new one.
+            () => RcMap.invalidate(feeds, key),
             RcMap.invalidate(feeds, key),
           )
         }),
@@ -295,8 +368,9 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
     ): Effect.Effect<void, BusError> =>
       Effect.gen(function* () {
         let seq = from
+        const place: CursorPlace = { address: addressTag(address), stream: deps.watch.current().id }
         const toItem = (data: Uint8Array, s: number, headers: MsgHdrs | undefined) =>
-          Effect.exit(decodeMessage(data, s, address, headers)).pipe(
+          Effect.exit(decodeMessage(data, s, address, headers, place)).pipe(
             Effect.flatMap(
               (decoded): Effect.Effect<Item> =>
                 decoded._tag === "Success"
@@ -394,14 +468,20 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
           const subject = subjectOf(deps.o.prefix, address)
           const start = yield* resolveStart(address, request.from ?? "now")
           const key = keyOf(address)
-          wanted.set(key, Math.min(wanted.get(key) ?? Number.POSITIVE_INFINITY, start.seq))
-          const feed = yield* RcMap.get(feeds, key)
-          const classify = start.classify
+          const want = (seq: number) =>
+            wanted.set(key, Math.min(wanted.get(key) ?? Number.POSITIVE_INFINITY, seq))
           return Stream.callback<DeliveredEvent, BusError>(
             (queue) => {
               /** Last sequence handed on (or skipped): everything at or below it is done. */
               let last = start.seq - 1
+              let classify = start.classify
+              /** The stream generation `last` counts in. */
+              let generation = start.generation
+              /** The last event handed on: its outbox frontier is where a lost stream resumes. */
+              let lastItem: Item | undefined
               let member: Member | undefined
+              let feed: Feed | undefined
+              let feedScope: Scope.Closeable | undefined
               const emit = (items: ReadonlyArray<Item>): Effect.Effect<void, BusError> =>
                 Effect.suspend(() => {
                   const out: Array<DeliveredEvent> = []
@@ -419,30 +499,103 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
                         Effect.andThen(classify!.later(item)),
                         Effect.flatMap((k) => {
                           last = item.seq
-                          return k ? Queue.offer(queue, item.event!) : Effect.void
+                          if (!k) return Effect.void
+                          lastItem = item
+                          return Queue.offer(queue, item.event!)
                         }),
                         Effect.andThen(emit(items.slice(i + 1))),
                       )
                     }
                     last = item.seq
-                    if (keep) out.push(item.event)
+                    if (keep) {
+                      out.push(item.event)
+                      lastItem = item
+                    }
                   }
                   return out.length === 0 ? Effect.void : Effect.asVoid(Queue.offerAll(queue, out))
                 })
+              /** The address's feed on the stream as it is now, held until the next one. */
+              const useFeed = Effect.gen(function* () {
+                if (feedScope !== undefined) yield* Scope.close(feedScope, Exit.void)
+                feedScope = yield* Scope.make()
+                want(last + 1)
+                feed = yield* RcMap.get(feeds, key).pipe(Scope.provide(feedScope))
+                return feed
+              })
+              /**
+               * The stream was lost under this subscription (streamWatch.ts). The new stream
+               * gets the retained outbox again from the relay, each event with its outbox
+               * position: read it from its start and skip what the outbox frontier of the last
+               * event handed on covers. No gap, no duplicate; where that is impossible (no
+               * frontier, no outbox, or the outbox pruned past it) the subscription ends with
+               * `CursorInvalid`, never a silent skip.
+               */
+              const resume = Effect.gen(function* () {
+                const frontier =
+                  lastItem !== undefined ? splitCursor(lastItem.event!.cursor).frontier : start.frontier
+                const lostAt = lastItem?.event?.cursor ?? request.from ?? "now"
+                generation = deps.watch.current().generation
+                if (frontier === "beginning") classify = undefined
+                else if (frontier === undefined || Option.isNone(deps.store)) {
+                  return yield* new CursorInvalid({
+                    cursor: lostAt,
+                    reason: "expired",
+                    message: `stream ${deps.o.streamName} was lost under a subscription of ${subject}, and its position ${lostAt} carries no outbox frontier to resume from on the new stream; resume from "beginning" or "now"`,
+                  })
+                } else {
+                  // The outbox still holds what follows the frontier (its retention), or this fails.
+                  yield* deps.store.value.read(address, frontier, 1)
+                  classify = byOutboxCursor(deps.store.value, frontier)
+                }
+                last = 0
+                yield* Effect.logWarning(
+                  `nats: stream ${deps.o.streamName} was lost under a subscription of ${subject} (at ${lostAt}); it resumes on the new stream after outbox position ${frontier}`,
+                )
+              })
               return Effect.gen(function* () {
                 for (;;) {
+                  if (deps.watch.current().generation !== generation) yield* resume
+                  const f = feed === undefined ? yield* useFeed : feed
                   const m = newMember()
                   member = m
                   // Join first, then read up to where the feed stood: nothing falls in between.
-                  const joined = feed.join(m, last + 1)
+                  const joined = f.join(m, last + 1)
+                  if (joined === "replaced") {
+                    // A feed is marked replaced after it left the map: the next one is new.
+                    feed = undefined
+                    yield* Effect.sleep(1)
+                    continue
+                  }
                   if (!("upTo" in joined)) return yield* Effect.fail(joined)
+                  const seen = generation
                   if (joined.recent !== undefined) yield* emit(joined.recent)
-                  else if (last < joined.upTo)
-                    yield* catchUpPermits.withPermit(catchUp(address, subject, last + 1, joined.upTo, emit))
+                  else if (last < joined.upTo) {
+                    const done = yield* catchUpPermits
+                      .withPermit(catchUp(address, subject, last + 1, joined.upTo, emit))
+                      .pipe(
+                        Effect.as(true),
+                        // A catch-up on a lost stream would retry for ever: stop it at the change.
+                        Effect.raceFirst(deps.watch.changedSince(seen).pipe(Effect.as(false))),
+                      )
+                    if (!done) {
+                      f.leave(m)
+                      feed = undefined
+                      continue
+                    }
+                  }
+                  let replaced = false
                   for (;;) {
                     const got = yield* take(m)
                     if (got === "dropped") break
+                    if (got === "replaced") {
+                      replaced = true
+                      break
+                    }
                     for (const batch of got) yield* emit(batch)
+                  }
+                  if (replaced) {
+                    feed = undefined
+                    continue
                   }
                   yield* Effect.logDebug(
                     `nats: a subscriber of ${subject} fell ${deps.o.subscriberBuffer} events behind; it resumes from its cursor`,
@@ -450,8 +603,9 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
                 }
               }).pipe(
                 Effect.ensuring(
-                  Effect.sync(() => {
-                    if (member !== undefined) feed.leave(member)
+                  Effect.suspend(() => {
+                    if (member !== undefined) feed?.leave(member)
+                    return feedScope === undefined ? Effect.void : Scope.close(feedScope, Exit.void)
                   }),
                 ),
               )
@@ -460,7 +614,7 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
           )
         }),
       )
-    return { head, subscribe }
+    return { head, subscribe, checkStart }
   })
 
 /** Catch-ups reading the stream at once, per process. */

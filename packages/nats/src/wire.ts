@@ -11,7 +11,7 @@ import {
 } from "@bus/core"
 import { type MsgHdrs, headers as natsHeaders } from "@nats-io/transport-node"
 import { Effect } from "effect"
-import { encodeCursor } from "./cursor.js"
+import { type CursorPlace, encodeCursor } from "./cursor.js"
 
 /**
  * What goes on the wire: the envelope as compact JSON (the same bytes the outbox
@@ -100,6 +100,7 @@ export const decodeMessage = (
   seq: number,
   address: Address,
   headers?: MsgHdrs,
+  place?: CursorPlace,
 ): Effect.Effect<DeliveredEvent, string> =>
   Effect.gen(function* () {
     let json: unknown
@@ -114,7 +115,10 @@ export const decodeMessage = (
         `envelope is for ${envelope.tenant}/${envelope.channel}, not ${address.tenant}/${address.channel}`,
       )
     }
-    return { ...envelope, cursor: withFrontier(encodeCursor(seq), headers?.get(frontierHeader) || undefined) }
+    return {
+      ...envelope,
+      cursor: withFrontier(encodeCursor(seq, place), headers?.get(frontierHeader) || undefined),
+    }
   })
 
 /** Retries `effect` with capped, jittered backoff for as long as its error is retryable. */

@@ -109,7 +109,7 @@ it('"now" leaves out events committed before it that the relay sends later, and 
     const before = (await publish("before", 5)).ids
     const sub = bus.subscribe({ tenant, channel, from: "now" })
     const start = await sub.ready
-    expect(start).toMatch(/^nats1:\d+\+\d+\+/)
+    expect(start).toMatch(/^nats2:[0-9a-f]{8}\.[0-9a-f]{8}\.\d+\+\d+\+/)
     const after = (await publish("after", 5)).ids
     const got: Array<DeliveredEvent> = []
     const reading = (async () => {

@@ -162,7 +162,7 @@ describe("sendAll (pipelined)", () => {
       // The cursors carry the frontiers the relay passed.
       const sub = new Collected(rt, t.subscribe({ tenant, channel, from: "beginning" }))
       await waitFor(() => sub.events.length >= 200, 10_000, "the batch")
-      expect(sub.events[7]!.cursor).toMatch(/^nats1:\d+~mem1:abcdefab:7$/)
+      expect(sub.events[7]!.cursor).toMatch(/^nats2:[0-9a-f]{8}\.[0-9a-f]{8}\.\d+~mem1:abcdefab:7$/)
       await sub.stop(rt)
     }))
 
@@ -318,7 +318,13 @@ describe("subscribe", () => {
       expect(mid.ids).toEqual(want.slice(2))
       for (const e of all.events) expect(decodeCursor(e.cursor)).toBeGreaterThan(0)
 
+      // The cursor carries the channel's address tag and the stream's identity.
+      const [, tag, sid, seq] = /^nats2:([0-9a-f]{8})\.([0-9a-f]{8})\.(\d+)$/.exec(all.events[1]!.cursor)!
       for (const [cursor, reason] of [
+        [`nats2:${tag === "00000000" ? "00000001" : "00000000"}.${sid}.${seq}`, "address"],
+        // A stream that no longer exists (no outbox frontier to resume by): refused, not read as a sequence here.
+        [`nats2:${tag}.${sid === "00000000" ? "00000001" : "00000000"}.${seq}`, "expired"],
+        ["nats2:abc.def.1", "malformed"],
         ["nats1:x", "malformed"],
         ["0", "malformed"],
         ["pg1:abc", "foreign"],

@@ -11,6 +11,7 @@ import { Transport } from "../contracts/Transport.js"
 import { type BusError, isBusError } from "../errors/BusError.js"
 import { deadLettered, relayFailures, relayForwarded, relayLag } from "../metrics/metrics.js"
 import { ageOf, messageAttributes, messagingAttributes, producerLinks } from "../observability/telemetry.js"
+import { markRepaired, type ResendSignal, repairedOnClaim, resendSignalOf } from "./resend.js"
 
 /**
  * The relay: forwards committed outbox rows to a broker transport, written once for
@@ -134,6 +135,34 @@ const toStored = (s: PartitionState): RelayState => ({
   position: s.position,
   ahead: Object.fromEntries(s.ahead),
 })
+
+/**
+ * Broker data loss (resend.ts): when the transport's signal moved since this partition last
+ * looked, the partition goes back to the beginning of the retained outbox and that is stored
+ * at once, so whoever relays it next resends too. Returns the loss it acted on, if any.
+ */
+const rewindOnLoss = (
+  resend: ResendSignal | undefined,
+  seen: { generation: number },
+  s: PartitionState,
+  claim: RelayClaim,
+) =>
+  Effect.gen(function* () {
+    if (resend === undefined) return undefined
+    const loss = resend.current()
+    if (loss.generation === seen.generation) return undefined
+    seen.generation = loss.generation
+    markRepaired(resend, claim.partition, loss.generation)
+    s.position = "beginning"
+    s.ahead.clear()
+    s.attempts.clear()
+    s.resumeAt = undefined
+    yield* claim.commit(toStored(s))
+    yield* Effect.logWarning(
+      `relay: partition ${claim.partition} resends the retained outbox: ${loss.reason}`,
+    )
+    return loss
+  })
 
 /** Sends rows in order per address (addresses in parallel); parks what the broker refuses for good. */
 const forward = (o: Resolved, s: PartitionState, rows: ReadonlyArray<RelayedEvent>) =>
@@ -431,6 +460,12 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
     Effect.gen(function* () {
       const s = stateOf(claim)
       const partition = claim.partition
+      const resend = resendSignalOf(yield* Transport)
+      // A loss reported shortly before this relay took the partition (a stream the transport
+      // had to create at start) is acted on too; an older one was its previous holder's.
+      const seen = { generation: repairedOnClaim(resend, partition) }
+      /** Events forwarded since the last rewind, until the partition is caught up again. */
+      let resent: number | undefined
       let idleMs = 0
       let burst = 0
       let backoffMs = 0
@@ -457,6 +492,7 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
         }
         const exit = yield* Effect.exit(
           Effect.gen(function* () {
+            if ((yield* rewindOnLoss(resend, seen, s, claim)) !== undefined) resent = 0
             const log = yield* logRound(o, partition, s)
             let round: Round = log
             if (log.more && !log.unavailable && Date.now() - s.lastFairness >= o.fairnessIntervalMs) {
@@ -498,6 +534,15 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
           continue
         }
         backoffMs = 0
+        if (resent !== undefined) {
+          resent += round.forwarded
+          if (!round.more) {
+            yield* Effect.logWarning(
+              `relay: partition ${partition} resent the retained outbox after broker data loss: ${resent} event(s) forwarded again (the broker dropped those it still had)`,
+            )
+            resent = undefined
+          }
+        }
         if (round.more) continue
         if (round.read > 0) {
           idleMs = 0
@@ -620,6 +665,8 @@ export const relayBatch = (
       const claim = yield* store.relay.claim(partition, o.owner, o.leaseMs)
       if (claim === undefined) continue
       const s = stateOf(claim)
+      const resend = resendSignalOf(yield* Transport)
+      yield* rewindOnLoss(resend, { generation: repairedOnClaim(resend, partition) }, s, claim)
       for (;;) {
         const round = yield* logRound(o, partition, s)
         read += round.read
