@@ -117,7 +117,7 @@ export const decodeMessage = (
     }
     return {
       ...envelope,
-      cursor: withFrontier(encodeCursor(seq, place), headers?.get(frontierHeader) || undefined),
+      cursor: withFrontier(encodeCursor(seq, place), headers?.get(frontierHeader) || undefined, envelope),
     }
   })
 

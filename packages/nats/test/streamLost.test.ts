@@ -127,7 +127,7 @@ it("a stream deleted by an operator is re-created and refilled from the outbox: 
     await waitFor(() => live.events.length >= 50 && handled.length >= 50, 20_000, "the first 50")
     const createdBefore = await streamCreated()
     const oldCursor = live.events[9]!.cursor
-    expect(oldCursor).toMatch(/^nats2:[0-9a-f]{8}\.[0-9a-f]{8}\.\d+~mem1:/)
+    expect(oldCursor).toMatch(/^nats2:[0-9a-f]{8}\.[0-9a-f]{8}.\d+~@[0-9a-f]{8}:mem1:/)
 
     // The operator deletes the stream from outside the SDK; producers keep publishing.
     const jsm = await jetstreamManager(nc)

@@ -162,7 +162,9 @@ describe("sendAll (pipelined)", () => {
       // The cursors carry the frontiers the relay passed.
       const sub = new Collected(rt, t.subscribe({ tenant, channel, from: "beginning" }))
       await waitFor(() => sub.events.length >= 200, 10_000, "the batch")
-      expect(sub.events[7]!.cursor).toMatch(/^nats2:[0-9a-f]{8}\.[0-9a-f]{8}\.\d+~mem1:abcdefab:7$/)
+      expect(sub.events[7]!.cursor).toMatch(
+        /^nats2:[0-9a-f]{8}\.[0-9a-f]{8}.\d+~@[0-9a-f]{8}:mem1:abcdefab:7$/,
+      )
       await sub.stop(rt)
     }))
 
