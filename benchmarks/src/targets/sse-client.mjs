@@ -5,6 +5,7 @@
 // intended send time `t`, an absolute high-resolution time both processes share), losses
 // and duplicates. Plain JavaScript: the parent spawns it with `node`, no loader needed.
 import http from "node:http"
+import { monitorEventLoopDelay } from "node:perf_hooks"
 
 const now = () => performance.timeOrigin + performance.now()
 
@@ -135,6 +136,10 @@ const quantile = (sorted, q) =>
 const send = (message) => process.send?.(message)
 
 let progress
+// This process's own event-loop delay while measuring: when it is high, the latencies
+// measure the client, not the server.
+const loopDelay = monitorEventLoopDelay({ resolution: 10 })
+loopDelay.enable()
 process.on("message", async (message) => {
   if (message.cmd === "connect") {
     const started = now()
@@ -150,6 +155,7 @@ process.on("message", async (message) => {
     }
     send({ type: "opened", ms: now() - started })
   } else if (message.cmd === "measure") {
+    loopDelay.reset()
     for (const c of clients) {
       c.received = 0
       c.duplicates = 0
@@ -182,6 +188,8 @@ process.on("message", async (message) => {
       p99: quantile(sorted, 0.99),
       p999: quantile(sorted, 0.999),
       max: sorted.length > 0 ? sorted[sorted.length - 1] : Number.NaN,
+      clientLoopDelayP99: loopDelay.percentile(99) / 1e6,
+      clientLoopDelayMax: loopDelay.max / 1e6,
     })
   } else if (message.cmd === "close") {
     clearInterval(progress)

@@ -177,14 +177,16 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
         const address = yield* checkAddress(request)
         const transport = yield* Transport
         const from = request.from ?? "now"
-        // "now" is fixed here, before any event is read, so `ready` marks a definite position.
-        // A transient failure (the store unreachable) is retried: the subscription waits
-        // for the store rather than dying; closing it ends the wait.
-        const start = from === "now" ? yield* transport.head(address).pipe(Effect.retry(startRetry)) : from
-        // A refused start cursor rejects `ready` (and ends the iterator with the same error).
+        // A refused start cursor rejects `ready` (and ends the iterator with the same error);
+        // the transport skips the check for a position its feed handed out.
         if (from !== "now" && transport.checkStart) yield* transport.checkStart(address, from)
-        const feedCursor = yield* Scope.provide(open(address, start), scope)
-        return { start, feedCursor }
+        // "now" is fixed here, before any event is read, so `ready` marks a definite
+        // position: the address's feed reads once after this call and the subscriber starts
+        // at the feed's position there (subscribers starting together share that read). A
+        // transient failure (the store unreachable) is retried inside the feed: the
+        // subscription waits for the store rather than dying; closing it ends the wait.
+        const feedCursor = yield* Scope.provide(open(address, from), scope)
+        return { start: feedCursor.start, feedCursor }
       }),
     )
     const ready = opened.then((o) => o.start)
