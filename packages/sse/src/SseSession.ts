@@ -17,6 +17,11 @@ import { controlEvents, controlFrame, heartbeatFrame, positionFrame, retryFrame 
 export interface SseSink {
   /** Hands bytes to the client; `false` when the client is behind (the adapter calls `drain()` later). */
   write(chunk: Uint8Array): boolean
+  /**
+   * Hands several chunks over as one write (a corked socket: one system call, no copy of
+   * the shared frames); `false` as for `write`. Without it, chunks are written one by one.
+   */
+  writeAll?(chunks: ReadonlyArray<Uint8Array>): boolean
   /** Ends the response after what was already written. */
   end(): void
   /** Drops the connection now, discarding what the client has not read. */
@@ -26,7 +31,7 @@ export interface SseSink {
 const encoder = new TextEncoder()
 const heartbeatBytes = encoder.encode(heartbeatFrame)
 
-/** Most bytes joined into one write: frames beyond it go in the next write of the same flush. */
+/** Most bytes handed over in one write: frames beyond it go in the next write of the same flush. */
 const maxWriteBytes = 64 * 1024
 
 /**
@@ -55,17 +60,6 @@ const scheduleFlush = (session: SseSession): void => {
   }
 }
 
-/** `chunks[from, to)` as one array (the chunk itself when there is one: shared frames are not copied). */
-const joined = (chunks: ReadonlyArray<Uint8Array>, from: number, to: number, bytes: number): Uint8Array => {
-  if (to - from === 1) return chunks[from]!
-  const out = new Uint8Array(bytes)
-  let at = 0
-  for (let i = from; i < to; i++) {
-    out.set(chunks[i]!, at)
-    at += chunks[i]!.byteLength
-  }
-  return out
-}
 
 const cursorInvalid = (
   u: unknown,
@@ -153,14 +147,22 @@ export class SseSession {
       let bytes = 0
       do bytes += this.#queue[end++]!.byteLength
       while (end < this.#queue.length && bytes + this.#queue[end]!.byteLength <= maxWriteBytes)
-      const chunk = joined(this.#queue, 0, end, bytes)
       // Out of the queue before the write: a sink may call back into `drain` from `write`
       // (a web stream pulls as soon as its reader takes the chunk).
-      this.#queue.splice(0, end)
+      const chunks = this.#queue.splice(0, end)
       this.#queuedBytes -= bytes
-      this.#blocked = !this.#sink.write(chunk)
+      this.#blocked = !this.#writeAll(chunks)
     }
     if (this.#phase === "ending" && this.#queue.length === 0) this.#end()
+  }
+
+  /** The shared frames themselves, never copied: one corked write where the sink can, else one write each. */
+  #writeAll(chunks: ReadonlyArray<Uint8Array>): boolean {
+    if (chunks.length === 1) return this.#sink.write(chunks[0]!)
+    if (this.#sink.writeAll !== undefined) return this.#sink.writeAll(chunks)
+    let ok = true
+    for (const chunk of chunks) ok = this.#sink.write(chunk)
+    return ok
   }
 
   /** The connection is gone (client left, or our end completed): release everything. */

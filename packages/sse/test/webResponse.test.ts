@@ -57,35 +57,6 @@ describe("the web Response", () => {
     await reader.cancel()
   })
 
-  it("writes the frames of events delivered together in one write, each once and in order", async () => {
-    const handler = createSseHandler(bus.bus, { authorize })
-    const response = await handler(request())
-    const reader = response.body!.getReader()
-    await readUntil(reader, (t) => t.includes("id: mem1:"))
-    // Three events in one transaction reach the stream in one page, in one turn.
-    await bus.outbox.transaction((tx) =>
-      bus.bus.publish(
-        tx,
-        [1, 2, 3].map((i) => ({ tenant: "acme", channel: "orders", type: "test.event", data: { i } })),
-      ),
-    )
-    const decoder = new TextDecoder()
-    const chunks: string[] = []
-    while (chunks.join("").split("data: ").length - 1 < 3) {
-      const { done, value } = await reader.read()
-      if (done) break
-      chunks.push(decoder.decode(value))
-    }
-    const events = frames(chunks.join("")).filter((f) => f.some((line) => line.startsWith("data: ")))
-    expect(events.map((f) => JSON.parse(f[1]!.slice(6)).data.i)).toEqual([1, 2, 3])
-    // One write for the three frames (a chunk of the body is one write of the session).
-    expect(chunks.filter((c) => c.includes("data: "))).toHaveLength(1)
-    await bus.publish("orders", 4)
-    const after = await readUntil(reader, (t) => t.includes("data: "))
-    expect(frames(after.text).map((f) => JSON.parse(f[1]!.slice(6)).data.i)).toEqual([4])
-    await reader.cancel()
-  })
-
   it("refuses with a plain-text 401", async () => {
     const response = await sseResponse(bus.bus, request("?channel=orders", {}), { authorize })
     expect(response.status).toBe(401)

@@ -157,6 +157,8 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
     openCursor !== undefined ? await runtime.runPromise(Effect.context<never>()) : undefined
   const delivered = Metric.withAttributes(eventsDelivered, { transport: capabilities.name })
   const lag = Metric.withAttributes(deliveryLag, { transport: capabilities.name })
+  /** Pages whose delivery lag was recorded (weak: a page lives as long as the log or a reader holds it). */
+  const lagRecorded = new WeakSet<ReadonlyArray<DeliveredEvent>>()
 
   const subscribeByCursor = (
     request: SubscribeOptions,
@@ -185,7 +187,7 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
         // at the feed's position there (subscribers starting together share that read). A
         // transient failure (the store unreachable) is retried inside the feed: the
         // subscription waits for the store rather than dying; closing it ends the wait.
-        const feedCursor = yield* Scope.provide(open(address, from), scope)
+        const feedCursor = yield* Scope.provide(open(address, from, true), scope)
         return { start: feedCursor.start, feedCursor }
       }),
     )
@@ -224,7 +226,13 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
         page = next.events
         at = 0
         delivered.updateUnsafe(page.length, context)
-        for (const event of page) lag.updateUnsafe(ageOf(event), context)
+        // A page of the shared log is the same array for every local subscriber: its lag is
+        // recorded once per process (by whoever takes it first), not once per subscriber.
+        if (!lagRecorded.has(page)) {
+          lagRecorded.add(page)
+          const now = Date.now()
+          for (const event of page) lag.updateUnsafe(ageOf(event, now), context)
+        }
         return true
       }
     }

@@ -84,12 +84,21 @@ const feedCursorKey = Symbol.for("@bus/core/outboxTransport/feedCursor")
  */
 export const outboxFeedCursor = (
   transport: Transport["Service"],
-): ((address: Address, from: string) => Effect.Effect<FeedCursor, BusError, Scope.Scope>) | undefined =>
-  (
-    transport as unknown as {
-      [feedCursorKey]?: (address: Address, from: string) => Effect.Effect<FeedCursor, BusError, Scope.Scope>
-    }
-  )[feedCursorKey]
+): OpenFeedCursor | undefined => (transport as unknown as { [feedCursorKey]?: OpenFeedCursor })[feedCursorKey]
+
+/**
+ * Opens a subscriber's {@link FeedCursor}. With `joinNow`, `"now"` is the feed's position
+ * after a read that begins after the call (for a reader that reports its start, like the
+ * facade's `ready`: no head query, no catch-up read); without it, `"now"` is the head when
+ * the call is made.
+ *
+ * @internal
+ */
+export type OpenFeedCursor = (
+  address: Address,
+  from: string,
+  joinNow?: boolean,
+) => Effect.Effect<FeedCursor, BusError, Scope.Scope>
 
 /** Where a joiner stands: the feed's cursor after a read, and the log index of what follows it. */
 interface Joined {
@@ -261,7 +270,7 @@ export const outboxTransport = (
        * cursor, its log index and, only between a join and the seam, the ids the catch-up
        * read after joining.
        */
-      const openCursor = (address: Address, from: string): Effect.Effect<FeedCursor, BusError, Scope.Scope> =>
+      const openCursor: OpenFeedCursor = (address, from, joinNow = false) =>
         Effect.gen(function* () {
           const feed = yield* RcMap.get(feeds, keyOf(address))
           const { log } = feed
@@ -269,7 +278,7 @@ export const outboxTransport = (
           let index = -1
           let live = false
           let cursor: string
-          if (from === "now") {
+          if (from === "now" && joinNow) {
             // "now" is the feed's position after a read that began after this call: the
             // subscriber is in the log at once, with no head query and no catch-up read.
             const joined = yield* feed.join
@@ -277,7 +286,7 @@ export const outboxTransport = (
             index = joined.index
             live = true
           } else {
-            cursor = startOf(from)
+            cursor = from === "now" ? yield* headWithRetry(store, address) : startOf(from)
             // A position the feed itself handed out (a "now" of another subscriber, `head`):
             // join the log there, no catch-up read.
             const at = log.indexOf(cursor)
