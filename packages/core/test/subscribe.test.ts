@@ -388,4 +388,3 @@ describe("subscribe: the Promise facade", () => {
     }
   })
 })
-

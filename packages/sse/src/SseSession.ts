@@ -60,7 +60,6 @@ const scheduleFlush = (session: SseSession): void => {
   }
 }
 
-
 const cursorInvalid = (
   u: unknown,
 ): { readonly reason: "malformed" | "expired" | "foreign"; readonly message: string } | undefined => {

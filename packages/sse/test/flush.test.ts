@@ -41,7 +41,12 @@ describe("flushing", () => {
   it("writes the frames delivered in one turn in one write, each once and in order", async () => {
     const options = resolveOptions({ authorize: () => false })
     const plan = { _tag: "Plan", tenant: "acme", channels: ["orders"], resume: new Map() } as const
-    const session = new SseSession(plan, (o) => bus.bus.subscribe(o), (a) => bus.bus.head(a), options)
+    const session = new SseSession(
+      plan,
+      (o) => bus.bus.subscribe(o),
+      (a) => bus.bus.head(a),
+      options,
+    )
     await session.prepare()
     const { sink, writes, events } = recordingSink()
     session.start(sink)

@@ -82,9 +82,8 @@ const feedCursorKey = Symbol.for("@bus/core/outboxTransport/feedCursor")
  *
  * @internal
  */
-export const outboxFeedCursor = (
-  transport: Transport["Service"],
-): OpenFeedCursor | undefined => (transport as unknown as { [feedCursorKey]?: OpenFeedCursor })[feedCursorKey]
+export const outboxFeedCursor = (transport: Transport["Service"]): OpenFeedCursor | undefined =>
+  (transport as unknown as { [feedCursorKey]?: OpenFeedCursor })[feedCursorKey]
 
 /**
  * Opens a subscriber's {@link FeedCursor}. With `joinNow`, `"now"` is the feed's position
@@ -366,7 +365,12 @@ export const outboxTransport = (
               }
             }
           }
-          return { start, poll, step, onAppend: (wake: () => void) => log.onAppend(wake) } satisfies FeedCursor
+          return {
+            start,
+            poll,
+            step,
+            onAppend: (wake: () => void) => log.onAppend(wake),
+          } satisfies FeedCursor
         })
 
       /** The next non-empty page of `cursor`, as an effect (the Effect `Stream`s and groups). */
