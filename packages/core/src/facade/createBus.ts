@@ -39,8 +39,9 @@ import { EventQueue } from "./EventQueue.js"
 export interface Subscription extends AsyncIterable<DeliveredEvent>, AsyncDisposable {
   /**
    * Resolves with the cursor the subscription starts after, once that position is fixed
-   * (for `from: "now"`, the head at subscribe time; while the store is unreachable it
-   * waits, retrying). Events published after `ready` resolves are delivered; rejects if
+   * (for `from: "now"`, the head at subscribe time; on the outbox transports, the
+   * position of the address's shared feed after a read that began at subscribe time;
+   * while the store is unreachable it waits, retrying). Events published after `ready` resolves are delivered; rejects if
    * the subscription cannot start, e.g. with `CursorInvalid` when the transport refuses
    * the start cursor (the outbox transports check it before `ready` resolves; broker
    * transports report a refused cursor from the iterator).
