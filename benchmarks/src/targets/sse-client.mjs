@@ -5,6 +5,7 @@
 // intended send time `t`, an absolute high-resolution time both processes share), losses
 // and duplicates. Plain JavaScript: the parent spawns it with `node`, no loader needed.
 import http from "node:http"
+import { monitorEventLoopDelay } from "node:perf_hooks"
 
 const now = () => performance.timeOrigin + performance.now()
 
@@ -28,17 +29,24 @@ const record = (ms) => {
 }
 
 // The data of a bus event is `{"s":<seq>,"t":<intended>,"p":"…"}` inside the envelope
-// JSON; reading the two numbers by position keeps the client cheap (no JSON.parse).
-const marker = '"data":{"s":'
+// JSON; reading the two numbers by position keeps the client cheap (no JSON.parse). The
+// keys are looked up, not assumed in order: a Postgres outbox stores data as jsonb, which
+// hands them back reordered (`{"p":…,"s":…,"t":…}`), and the pad `p` never holds a quote.
+const marker = '"data":{'
+const numberAfter = (frame, key, from) => {
+  const k = frame.indexOf(key, from)
+  if (k < 0) return Number.NaN
+  const start = k + key.length
+  let end = start
+  while (end < frame.length && frame[end] !== "," && frame[end] !== "}") end++
+  return Number(frame.slice(start, end))
+}
 const onFrame = (client, frame, at) => {
   const i = frame.indexOf(marker)
   if (i < 0) return
-  const sStart = i + marker.length
-  const sEnd = frame.indexOf(",", sStart)
-  const s = Number(frame.slice(sStart, sEnd))
-  const tStart = frame.indexOf(":", sEnd) + 1
-  const tEnd = frame.indexOf(",", tStart)
-  const t = Number(frame.slice(tStart, tEnd))
+  const s = numberAfter(frame, '"s":', i)
+  const t = numberAfter(frame, '"t":', i)
+  if (Number.isNaN(s) || Number.isNaN(t)) return
   if (s < 0) {
     if (!client.live) {
       client.live = true
@@ -47,10 +55,18 @@ const onFrame = (client, frame, at) => {
     return
   }
   if (!measuring) return
-  if (s <= client.last) client.duplicates++
+  // Concurrent publishes commit (and are delivered) in commit order, not in `s` order, so
+  // a repeat is told by a per-client bitmap of the sequence numbers seen, not by order.
+  if (s >= client.seen.length * 8) {
+    const bigger = new Uint8Array(Math.max(client.seen.length * 2, (s >> 3) + 1))
+    bigger.set(client.seen)
+    client.seen = bigger
+  }
+  const bit = 1 << (s & 7)
+  if ((client.seen[s >> 3] & bit) !== 0) client.duplicates++
   else {
+    client.seen[s >> 3] |= bit
     client.received++
-    client.last = s
   }
   record(at - t)
 }
@@ -73,7 +89,7 @@ const open = (url, index) => {
     connected: false,
     received: 0,
     duplicates: 0,
-    last: -1,
+    seen: new Uint8Array(32),
     req: undefined,
   }
   clients.push(client)
@@ -120,6 +136,10 @@ const quantile = (sorted, q) =>
 const send = (message) => process.send?.(message)
 
 let progress
+// This process's own event-loop delay while measuring: when it is high, the latencies
+// measure the client, not the server.
+const loopDelay = monitorEventLoopDelay({ resolution: 10 })
+loopDelay.enable()
 process.on("message", async (message) => {
   if (message.cmd === "connect") {
     const started = now()
@@ -135,10 +155,11 @@ process.on("message", async (message) => {
     }
     send({ type: "opened", ms: now() - started })
   } else if (message.cmd === "measure") {
+    loopDelay.reset()
     for (const c of clients) {
       c.received = 0
       c.duplicates = 0
-      c.last = -1
+      c.seen = new Uint8Array(32)
     }
     count = 0
     measuring = true
@@ -167,6 +188,8 @@ process.on("message", async (message) => {
       p99: quantile(sorted, 0.99),
       p999: quantile(sorted, 0.999),
       max: sorted.length > 0 ? sorted[sorted.length - 1] : Number.NaN,
+      clientLoopDelayP99: loopDelay.percentile(99) / 1e6,
+      clientLoopDelayMax: loopDelay.max / 1e6,
     })
   } else if (message.cmd === "close") {
     clearInterval(progress)

@@ -1,6 +1,7 @@
 import { type ChildProcess, fork } from "node:child_process"
 import { createServer, type Server } from "node:http"
 import type { AddressInfo } from "node:net"
+import { monitorEventLoopDelay } from "node:perf_hooks"
 import { fileURLToPath } from "node:url"
 import { nodeSseHandler } from "@bus/sse"
 import type { CpuMeter } from "../harness/cpu.js"
@@ -39,6 +40,8 @@ interface Report extends Progress {
   readonly p99: number
   readonly p999: number
   readonly max: number
+  readonly clientLoopDelayP99: number
+  readonly clientLoopDelayMax: number
 }
 
 export interface SseFanoutOptions {
@@ -111,10 +114,15 @@ export const runSseFanout = async (o: SseFanoutOptions): Promise<BlockMeasuremen
           `only ${progress.live}/${o.clients} SSE clients live (${progress.connected} connected, ${progress.closed} closed${progress.firstError ? `, first error: ${progress.firstError}` : ""}) after ${o.connectTimeoutMs} ms`,
         )
       // A client counts as live once a primer reached it. Every primer goes to every
-      // connected client, so while clients are still connecting they come rarely (each one
-      // would cost thousands of deliveries and slow the connecting down).
-      const primerEvery = progress.connected === o.clients ? 250 : 3_000
-      if (progress.connected > progress.live && performance.now() - lastPrimer > primerEvery) {
+      // connected client, so primers wait until all are connected (each one sent while
+      // clients are still connecting would cost thousands of deliveries and slow the
+      // connecting down). A connected client's position is already fixed: the endpoint
+      // fixes "now" before it answers, so a primer committed after the answer reaches it.
+      if (
+        progress.connected === o.clients &&
+        progress.connected > progress.live &&
+        performance.now() - lastPrimer > 250
+      ) {
         lastPrimer = performance.now()
         await publish([PRIMER], absoluteNow())
       }
@@ -128,6 +136,8 @@ export const runSseFanout = async (o: SseFanoutOptions): Promise<BlockMeasuremen
     child.send({ cmd: "measure" })
     await sleep(50)
     const cpuStart = o.cpu.sample()
+    const loopDelay = monitorEventLoopDelay({ resolution: 10 })
+    loopDelay.enable()
     const total = Math.max(1, Math.round((o.rate * o.durationMs) / 1000))
     const start = performance.now() + 20
     let sent = 0
@@ -165,6 +175,7 @@ export const runSseFanout = async (o: SseFanoutOptions): Promise<BlockMeasuremen
       await sleep(200)
     }
     const cpuEnd = o.cpu.sample()
+    loopDelay.disable()
     const r = report as Report
     const deliveries = r.received
     const d = Cpu.delta(cpuStart, cpuEnd)
@@ -189,6 +200,10 @@ export const runSseFanout = async (o: SseFanoutOptions): Promise<BlockMeasuremen
         p999: r.p999,
         max: r.max,
         connectMs,
+        serverLoopDelayP99: loopDelay.percentile(99) / 1e6,
+        serverLoopDelayMax: loopDelay.max / 1e6,
+        clientLoopDelayP99: r.clientLoopDelayP99,
+        clientLoopDelayMax: r.clientLoopDelayMax,
         heapBytesPerClient: (heap1 - heap0) / o.clients,
         rssBytesPerClient: (rss1 - rss0) / o.clients,
         cpuProcessMs: d.processMs,

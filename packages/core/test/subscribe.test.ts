@@ -344,4 +344,47 @@ describe("subscribe: the Promise facade", () => {
     ])
     await bus.close()
   })
+  it('many subscribers from "now", and one from a head the feed handed out, start with no read of their own and get every later event once', async () => {
+    const outbox = MemoryOutbox.make()
+    const store = instrumentedStore(outbox)
+    const bus = await createBus({
+      outbox: store.layer,
+      transports: { memory: memoryTransport() },
+      transport: "memory",
+      env: false,
+    })
+    try {
+      await outbox.transaction((tx) => bus.publish(tx, { ...address, type: "t", data: { i: -1 } }))
+      const first = bus.subscribe(address)
+      await first.ready
+      const before = store.log.readCalls
+      const subs = Array.from({ length: 50 }, () => bus.subscribe(address))
+      await Promise.all(subs.map((s) => s.ready))
+      // A head while the address has a feed is a position of that feed: subscribing from it checks nothing.
+      const head = await bus.head(address)
+      const fromHead = bus.subscribe({ ...address, from: head })
+      expect(await fromHead.ready).toBe(head)
+      // Joins share the feed's reads: a handful in all, not one catch-up read (and start check) each.
+      expect(store.log.readCalls - before).toBeLessThanOrEqual(5)
+      await outbox.transaction((tx) =>
+        bus.publish(
+          tx,
+          [0, 1, 2].map((i) => ({ ...address, type: "t", data: { i } })),
+        ),
+      )
+      const got = await Promise.all(
+        [first, ...subs, fromHead].map(async (sub) => {
+          const seen: Array<number> = []
+          for await (const e of sub) {
+            seen.push((e.data as { i: number }).i)
+            if (seen.length === 3) break
+          }
+          return seen
+        }),
+      )
+      for (const seen of got) expect(seen).toEqual([0, 1, 2])
+    } finally {
+      await bus.close()
+    }
+  })
 })

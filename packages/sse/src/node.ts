@@ -72,6 +72,14 @@ export const streamToNode = async <Req>(
   res.on("error", onError)
   session.start({
     write: (chunk) => res.write(chunk),
+    // No `res.cork()`: a response's write already corks its socket until the next tick, so
+    // the frames of one flush leave in one system call; the response's own cork would
+    // instead send each buffered chunk (and its chunk header) as a system call of its own.
+    writeAll: (chunks) => {
+      let ok = true
+      for (const chunk of chunks) ok = res.write(chunk)
+      return ok
+    },
     end: () => res.end(),
     destroy: () => res.destroy(),
   })

@@ -39,8 +39,9 @@ import { EventQueue } from "./EventQueue.js"
 export interface Subscription extends AsyncIterable<DeliveredEvent>, AsyncDisposable {
   /**
    * Resolves with the cursor the subscription starts after, once that position is fixed
-   * (for `from: "now"`, the head at subscribe time; while the store is unreachable it
-   * waits, retrying). Events published after `ready` resolves are delivered; rejects if
+   * (for `from: "now"`, the head at subscribe time; on the outbox transports, the
+   * position of the address's shared feed after a read that began at subscribe time;
+   * while the store is unreachable it waits, retrying). Events published after `ready` resolves are delivered; rejects if
    * the subscription cannot start, e.g. with `CursorInvalid` when the transport refuses
    * the start cursor (the outbox transports check it before `ready` resolves; broker
    * transports report a refused cursor from the iterator).
@@ -160,6 +161,8 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
     openCursor !== undefined ? await runtime.runPromise(Effect.context<never>()) : undefined
   const delivered = Metric.withAttributes(eventsDelivered, { transport: capabilities.name })
   const lag = Metric.withAttributes(deliveryLag, { transport: capabilities.name })
+  /** Pages whose delivery lag was recorded (weak: a page lives as long as the log or a reader holds it). */
+  const lagRecorded = new WeakSet<ReadonlyArray<DeliveredEvent>>()
 
   const subscribeByCursor = (
     request: SubscribeOptions,
@@ -180,14 +183,16 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
         const address = yield* checkAddress(request)
         const transport = yield* Transport
         const from = request.from ?? "now"
-        // "now" is fixed here, before any event is read, so `ready` marks a definite position.
-        // A transient failure (the store unreachable) is retried: the subscription waits
-        // for the store rather than dying; closing it ends the wait.
-        const start = from === "now" ? yield* transport.head(address).pipe(Effect.retry(startRetry)) : from
-        // A refused start cursor rejects `ready` (and ends the iterator with the same error).
+        // A refused start cursor rejects `ready` (and ends the iterator with the same error);
+        // the transport skips the check for a position its feed handed out.
         if (from !== "now" && transport.checkStart) yield* transport.checkStart(address, from)
-        const feedCursor = yield* Scope.provide(open(address, start), scope)
-        return { start, feedCursor }
+        // "now" is fixed here, before any event is read, so `ready` marks a definite
+        // position: the address's feed reads once after this call and the subscriber starts
+        // at the feed's position there (subscribers starting together share that read). A
+        // transient failure (the store unreachable) is retried inside the feed: the
+        // subscription waits for the store rather than dying; closing it ends the wait.
+        const feedCursor = yield* Scope.provide(open(address, from, true), scope)
+        return { start: feedCursor.start, feedCursor }
       }),
     )
     const ready = opened.then((o) => o.start)
@@ -225,7 +230,13 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
         page = next.events
         at = 0
         delivered.updateUnsafe(page.length, context)
-        for (const event of page) lag.updateUnsafe(ageOf(event), context)
+        // A page of the shared log is the same array for every local subscriber: its lag is
+        // recorded once per process (by whoever takes it first), not once per subscriber.
+        if (!lagRecorded.has(page)) {
+          lagRecorded.add(page)
+          const now = Date.now()
+          for (const event of page) lag.updateUnsafe(ageOf(event, now), context)
+        }
         return true
       }
     }

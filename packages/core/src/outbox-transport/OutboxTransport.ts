@@ -67,6 +67,8 @@ interface Page {
  * @internal
  */
 export interface FeedCursor {
+  /** The cursor this subscriber starts after (for `"now"`, the feed's position when it joined). */
+  readonly start: string
   readonly poll: () => Page | "wait" | "step"
   readonly step: Effect.Effect<Page | undefined, BusError>
   readonly onAppend: (wake: () => void) => () => void
@@ -80,23 +82,38 @@ const feedCursorKey = Symbol.for("@bus/core/outboxTransport/feedCursor")
  *
  * @internal
  */
-export const outboxFeedCursor = (
-  transport: Transport["Service"],
-): ((address: Address, from: string) => Effect.Effect<FeedCursor, BusError, Scope.Scope>) | undefined =>
-  (
-    transport as unknown as {
-      [feedCursorKey]?: (address: Address, from: string) => Effect.Effect<FeedCursor, BusError, Scope.Scope>
-    }
-  )[feedCursorKey]
+export const outboxFeedCursor = (transport: Transport["Service"]): OpenFeedCursor | undefined =>
+  (transport as unknown as { [feedCursorKey]?: OpenFeedCursor })[feedCursorKey]
+
+/**
+ * Opens a subscriber's {@link FeedCursor}. With `joinNow`, `"now"` is the feed's position
+ * after a read that begins after the call (for a reader that reports its start, like the
+ * facade's `ready`: no head query, no catch-up read); without it, `"now"` is the head when
+ * the call is made.
+ *
+ * @internal
+ */
+export type OpenFeedCursor = (
+  address: Address,
+  from: string,
+  joinNow?: boolean,
+) => Effect.Effect<FeedCursor, BusError, Scope.Scope>
+
+/** Where a joiner stands: the feed's cursor after a read, and the log index of what follows it. */
+interface Joined {
+  readonly index: number
+  readonly cursor: string
+}
 
 interface Feed {
   readonly log: FeedLog
   /**
    * Waits for a feed read that starts after this call, and returns the log index after
-   * it: from there on, the log holds only events committed after any cursor the caller
-   * fixed before calling. Joins that wait together share one read.
+   * it and the feed's cursor there: from that index on, the log holds only events
+   * committed after any cursor the caller fixed before calling, and exactly those after
+   * the returned cursor. Joins that wait together share one read.
    */
-  readonly join: Effect.Effect<number, BusError>
+  readonly join: Effect.Effect<Joined, BusError>
 }
 
 const keyOf = (a: Address): string => `${a.tenant}\u0000${a.channel}`
@@ -141,6 +158,8 @@ export const outboxTransport = (
       const skippedCounter = Metric.withAttributes(inboxSkipped, { transport: options.name })
       const wakers = new Map<string, Queue.Queue<void>>()
       const logs = new Map<string, FeedLog>()
+      /** The feeds that exist now (a feed is never opened just to answer `head`). */
+      const live = new Map<string, Feed>()
 
       const readWithRetry = (address: Address, cursor: string) =>
         store.read(address, cursor, pageSize).pipe(Effect.retry({ schedule: readRetry, while: retryable }))
@@ -153,8 +172,9 @@ export const outboxTransport = (
             const log = new FeedLog(feedWindow)
             // Capacity one, dropping: wake-ups that arrive during a read collapse into one more read.
             const wake = yield* Queue.dropping<void>(1)
-            const joiners = new Set<(result: Effect.Effect<number, BusError>) => void>()
+            const joiners = new Set<(result: Effect.Effect<Joined, BusError>) => void>()
             let cursor = yield* headWithRetry(store, address)
+            log.mark(cursor)
             const drain = Effect.gen(function* () {
               for (;;) {
                 // The feed's own cursor refused (epoch rotated): see feedCursor.ts. Those in
@@ -163,11 +183,13 @@ export const outboxTransport = (
                 if (read._tag === "Reanchored") {
                   cursor = read.head
                   log.refuse(read.refused)
+                  log.mark(cursor)
                   return
                 }
                 const page = read.page
                 cursor = page.next
                 if (page.events.length > 0) log.append(page.events)
+                log.mark(cursor)
                 if (!page.more) return
                 // A backlog is read page by page; subscribers take each page in between.
                 yield* Effect.yieldNow
@@ -180,7 +202,7 @@ export const outboxTransport = (
                 const batch = [...joiners]
                 joiners.clear()
                 yield* drain
-                const end = Effect.succeed(log.end)
+                const end = Effect.succeed<Joined>({ index: log.end, cursor })
                 for (const resume of batch) resume(end)
               }
             }).pipe(
@@ -200,12 +222,13 @@ export const outboxTransport = (
               Effect.sync(() => {
                 wakers.delete(key)
                 logs.delete(key)
+                live.delete(key)
               }),
             )
             // The store's change stream is only followed while a feed exists, so a feed
             // created now may have missed a wake-up: read once to start.
             yield* Queue.offer(wake, undefined)
-            const join = Effect.callback<number, BusError>((resume) => {
+            const join = Effect.callback<Joined, BusError>((resume) => {
               if (log.failure !== undefined) return resume(Effect.fail(log.failure))
               joiners.add(resume)
               Queue.offerUnsafe(wake, undefined)
@@ -213,7 +236,9 @@ export const outboxTransport = (
                 joiners.delete(resume)
               })
             })
-            return { log, join } satisfies Feed
+            const feed: Feed = { log, join }
+            live.set(key, feed)
+            return feed
           }),
       })
 
@@ -248,14 +273,32 @@ export const outboxTransport = (
        * cursor, its log index and, only between a join and the seam, the ids the catch-up
        * read after joining.
        */
-      const openCursor = (address: Address, from: string): Effect.Effect<FeedCursor, BusError, Scope.Scope> =>
+      const openCursor: OpenFeedCursor = (address, from, joinNow = false) =>
         Effect.gen(function* () {
           const feed = yield* RcMap.get(feeds, keyOf(address))
           const { log } = feed
-          let cursor = from === "now" ? yield* headWithRetry(store, address) : yield* startOf(address, from)
           /** Log index of the next page; -1 until joined (or after falling out of the window). */
           let index = -1
           let live = false
+          let cursor: string
+          if (from === "now" && joinNow) {
+            // "now" is the feed's position after a read that began after this call: the
+            // subscriber is in the log at once, with no head query and no catch-up read.
+            const joined = yield* feed.join
+            cursor = joined.cursor
+            index = joined.index
+            live = true
+          } else {
+            cursor = from === "now" ? yield* headWithRetry(store, address) : yield* startOf(address, from)
+            // A position the feed itself handed out (a "now" of another subscriber, `head`):
+            // join the log there, no catch-up read.
+            const at = log.indexOf(cursor)
+            if (at !== undefined) {
+              index = at
+              live = true
+            }
+          }
+          const start = cursor
           let seam: Set<string> | undefined
           let seamFull = false
           /** Why the log ended for this subscriber (a failed feed, or its refusal). */
@@ -268,7 +311,7 @@ export const outboxTransport = (
             }
             return Effect.gen(function* () {
               if (index < 0) {
-                index = yield* feed.join
+                index = (yield* feed.join).index
                 seam = new Set()
                 seamFull = false
               }
@@ -326,7 +369,12 @@ export const outboxTransport = (
               }
             }
           }
-          return { poll, step, onAppend: (wake: () => void) => log.onAppend(wake) } satisfies FeedCursor
+          return {
+            start,
+            poll,
+            step,
+            onAppend: (wake: () => void) => log.onAppend(wake),
+          } satisfies FeedCursor
         })
 
       /** The next non-empty page of `cursor`, as an effect (the Effect `Stream`s and groups). */
@@ -454,11 +502,25 @@ export const outboxTransport = (
       })
       const service = Transport.of({
         capabilities: makeCapabilities(options.name, options.capabilities),
-        head: (address) => checkAddress(address).pipe(Effect.flatMap(store.head)),
+        // While the address has a feed, "now" is the feed's position after a read that began
+        // after this call: concurrent callers (SSE clients connecting together) share that
+        // read, and the cursor is a mark the feed knows, so subscribing from it costs no read.
+        head: (address) =>
+          checkAddress(address).pipe(
+            Effect.flatMap((a) => {
+              const feed = live.get(keyOf(a))
+              return feed !== undefined && feed.log.failure === undefined
+                ? Effect.map(feed.join, (j) => j.cursor)
+                : store.head(a)
+            }),
+          ),
+        // A mark of the live feed is a position the feed read from: nothing to check.
         checkStart: (address, from) =>
           checkAddress(address).pipe(
             Effect.flatMap((a) =>
-              Effect.flatMap(startOf(a, from), (start) => checkStartCursor(store, a, start)),
+              Effect.flatMap(startOf(a, from), (start) =>
+                logs.get(keyOf(a))?.indexOf(start) !== undefined ? Effect.void : checkStartCursor(store, a, start),
+              ),
             ),
           ),
         subscribe,

@@ -13,6 +13,12 @@ import type { BusError } from "../errors/BusError.js"
  * rejoins. So the memory of a subscriber that stops pulling is one index, whatever the
  * backlog, and the log's memory is bounded per address.
  *
+ * The log also remembers the feed's own positions (*marks*: the cursor the feed had read
+ * up to, and the log index where what follows it begins). A subscriber that starts at a
+ * marked cursor (one the transport handed out as "now") joins the log at that index with
+ * no read of its own: ten thousand subscribers starting together cost the feed's reads,
+ * not ten thousand catch-up queries.
+ *
  * @module
  */
 
@@ -51,8 +57,29 @@ export class FeedLog {
   #failure: BusError | undefined
   /** Refusals by log index (an empty page marks the place): see {@link FeedLog.refuse}. */
   readonly #refusals = new Map<number, BusError>()
+  /** Feed positions: cursor → log index of the first page after it, oldest first (see {@link FeedLog.mark}). */
+  readonly #marks = new Map<string, number>()
 
   constructor(readonly window: number) {}
+
+  /** Most marks kept: each page and each feed read adds one, so this covers the window's pages many times over. */
+  static readonly maxMarks = 1024
+
+  /**
+   * Records that the feed has read everything up to `cursor`: what follows it starts at
+   * {@link FeedLog.end}. Call after appending the page that `cursor` ends.
+   */
+  mark(cursor: string): void {
+    this.#marks.delete(cursor)
+    this.#marks.set(cursor, this.end)
+    this.#trimMarks()
+  }
+
+  /** The log index where events after `cursor` begin, if `cursor` is a mark still in the window. */
+  indexOf(cursor: string): number | undefined {
+    const index = this.#marks.get(cursor)
+    return index !== undefined && index >= this.#base ? index : undefined
+  }
 
   /** Index just past the newest page: where a subscriber joining now starts. */
   get end(): number {
@@ -82,6 +109,7 @@ export class FeedLog {
       this.#pages = this.#pages.slice(this.#head)
       this.#head = 0
     }
+    this.#trimMarks()
     this.#wake()
   }
 
@@ -117,6 +145,14 @@ export class FeedLog {
   onAppend(wake: () => void): () => void {
     this.#waiters.add(wake)
     return () => this.#waiters.delete(wake)
+  }
+
+  /** Drops marks that fell out of the window (they are in index order) and the oldest beyond the cap. */
+  #trimMarks(): void {
+    for (const [cursor, index] of this.#marks) {
+      if (index >= this.#base && this.#marks.size <= FeedLog.maxMarks) break
+      this.#marks.delete(cursor)
+    }
   }
 
   #wake(): void {
