@@ -13,8 +13,9 @@ import {
   TransportUnavailable,
 } from "@bus/core"
 import { type JetStreamClient, jetstream, jetstreamManager } from "@nats-io/jetstream"
-import { connect } from "@nats-io/transport-node"
+import { connect, headers as natsHeaders } from "@nats-io/transport-node"
 import { Cause, Effect, Layer } from "effect"
+import { type AckMux, type AckResult, makeAckMux, type Publish } from "./ackMux.js"
 import { type ConnectionWatch, watchConnection } from "./connection.js"
 import { readDeadLetters } from "./deadLetters.js"
 import { toBusError } from "./errors.js"
@@ -36,6 +37,9 @@ const defaultServerMaxPayload = 1024 * 1024
 
 /** How long a send keeps retrying an unreachable server before the relay sees a failure. */
 const sendRetryBudgetMs = 10_000
+
+/** The header JetStream dedupes by (what `js.publish`'s `msgID` sets). */
+const msgIdHeader = "Nats-Msg-Id"
 
 const openConnection = (options: NatsTransportOptions) =>
   Effect.acquireRelease(
@@ -82,6 +86,7 @@ const openConnection = (options: NatsTransportOptions) =>
 const makeSend = (
   conn: ConnectionWatch,
   js: JetStreamClient,
+  mux: AckMux,
   o: ResolvedOptions,
   serverMaxPayload: number,
 ) => {
@@ -144,12 +149,14 @@ const makeSend = (
       }
     })
   /**
-   * `sendAll`: every publish written at once on the one connection (so the server stores
-   * them in this order), then the acks awaited together: one round trip for the lot. The
-   * prefix up to the first failed ack counts as sent. A failure retryable within the budget
-   * sends the rest again from the failed one: events after it that did land are dropped by
-   * `Nats-Msg-Id`, but then sit before the re-sent one in the stream — a rare reorder, only
-   * when one publish of a run fails while a later one succeeds (an ack lost to a timeout).
+   * `sendAll`: the publishes written in order on the one connection (so the server stores
+   * them in this order) through the transport's {@link AckMux}, at most `maxInFlight`
+   * unanswered at a time, and their acks matched as they come: a round trip for the lot,
+   * not one per event. The prefix up to the first failed ack counts as sent. A failure
+   * retryable within the budget sends the rest again from the failed one: events after it
+   * that did land are dropped by `Nats-Msg-Id`, but then sit before the re-sent one in the
+   * stream — a rare reorder, only when one publish of a run fails while a later one
+   * succeeds (an ack lost to a timeout).
    */
   const sendAll = (
     items: ReadonlyArray<SendItem>,
@@ -159,12 +166,7 @@ const makeSend = (
       let done = 0
       const started = Date.now()
       for (let attempt = 1; ; attempt++) {
-        const prepared: Array<{
-          readonly subject: string
-          readonly payload: Uint8Array
-          readonly id: string
-          readonly headers: ReturnType<typeof traceHeadersOf>
-        }> = []
+        const prepared: Array<Publish> = []
         let invalid: BusError | undefined
         for (let i = done; i < items.length; i++) {
           const { event, meta } = items[i]!
@@ -184,38 +186,27 @@ const makeSend = (
             })
             break
           }
-          prepared.push({ subject, payload, id: event.id, headers: traceHeadersOf(event, meta) })
+          const headers = traceHeadersOf(event, meta) ?? natsHeaders()
+          headers.set(msgIdHeader, event.id)
+          prepared.push({ subject, payload, id: event.id, headers })
         }
-        const results: Array<BusError | true | undefined> = new Array(prepared.length)
         let prefix = 0
         let foreign: string | undefined
-        const advance = () => {
-          const before = prefix
-          while (prefix < prepared.length && results[prefix] === true) prefix++
-          if (prefix > before) onSent?.(done + prefix)
-        }
-        // js.publish writes its request before its first await: called in a loop, the
-        // messages leave in order.
-        const acks = prepared.map((p, i) =>
-          js
-            .publish(p.subject, p.payload, {
-              msgID: p.id,
-              timeout: o.requestTimeoutMs,
-              ...(p.headers === undefined ? {} : { headers: p.headers }),
-            })
-            .then(
-              (ack) => {
-                results[i] = true
-                if (ack.stream !== o.streamName) foreign = `${p.subject} is stored by stream ${ack.stream}`
-                advance()
-              },
-              (e) => {
-                results[i] = toBusError(e, `publish ${p.id} to ${p.subject}`)
-              },
-            ),
-        )
-        yield* Effect.promise(() => Promise.all(acks)).pipe(
-          // Publishes in flight when the connection dropped may never be answered: send them again.
+        const results: Array<AckResult | undefined> = new Array(prepared.length)
+        yield* Effect.promise((signal) =>
+          mux.publishAll(prepared, results, signal, (i) => {
+            const result = results[i]
+            if (typeof result === "string" && result !== o.streamName) {
+              foreign = `${prepared[i]!.subject} is stored by stream ${result}`
+            }
+            if (i !== prefix || typeof result !== "string") return
+            // Count the stored prefix as it grows (acks of one connection come in order).
+            while (prefix < prepared.length && typeof results[prefix] === "string") prefix++
+            onSent?.(done + prefix)
+          }),
+        ).pipe(
+          // Publishes in flight when the connection dropped may never be answered: send them
+          // again (what was acked before the drop stays counted).
           Effect.raceFirst(conn.nextReconnect),
         )
         if (foreign !== undefined) {
@@ -223,14 +214,16 @@ const makeSend = (
             `nats: ${foreign}, not ${o.streamName}; subscriptions read ${o.streamName}`,
           )
         }
+        prefix = 0
+        while (prefix < prepared.length && typeof results[prefix] === "string") prefix++
         done += prefix
         if (prefix === prepared.length) {
           return invalid === undefined ? { sent: done } : { sent: done, error: invalid }
         }
         const failed = results[prefix]
         const busError =
-          failed !== undefined && failed !== true
-            ? failed
+          failed !== undefined && typeof failed !== "string"
+            ? toBusError(failed, `publish ${prepared[prefix]!.id} to ${prepared[prefix]!.subject}`)
             : new TransportUnavailable({
                 transport: "nats",
                 message: `nats: reconnected while publishing ${prepared[prefix]!.id}`,
@@ -298,7 +291,7 @@ export const natsTransport = (options: NatsTransportOptions = {}): Layer.Layer<T
         head,
         subscribe,
         group: makeGroup({ js, jsm, o, maxPayloadBytes: serverMaxPayload - 512, conn }),
-        ...makeSend(conn, js, o, serverMaxPayload),
+        ...makeSend(conn, js, yield* makeAckMux(nc, o.requestTimeoutMs), o, serverMaxPayload),
         deadLetters: (limit) => readDeadLetters(jsm, js, o, limit),
       })
     }),
