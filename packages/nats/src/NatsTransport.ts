@@ -13,7 +13,7 @@ import {
   TransportUnavailable,
 } from "@bus/core"
 import { type JetStreamClient, jetstream, jetstreamManager } from "@nats-io/jetstream"
-import { connect, headers as natsHeaders } from "@nats-io/transport-node"
+import { connect, type MsgHdrs } from "@nats-io/transport-node"
 import { Cause, Effect, Layer } from "effect"
 import { type AckMux, type AckResult, makeAckMux, type Publish } from "./ackMux.js"
 import { type ConnectionWatch, watchConnection } from "./connection.js"
@@ -24,7 +24,13 @@ import { type NatsTransportOptions, type ResolvedOptions, resolveOptions } from 
 import { ensureStreams } from "./stream.js"
 import { subjectOf } from "./subjects.js"
 import { makeSubscribe } from "./subscribe.js"
-import { encodeEnvelope, headerBytes, headerReserveBytes, traceHeadersOf } from "./wire.js"
+import {
+  encodeEnvelope,
+  headerBytes,
+  headerReserveBytes,
+  publishHeaderBlock,
+  traceHeadersOf,
+} from "./wire.js"
 
 /**
  * The NATS JetStream transport as an Effect Layer.
@@ -37,9 +43,6 @@ const defaultServerMaxPayload = 1024 * 1024
 
 /** How long a send keeps retrying an unreachable server before the relay sees a failure. */
 const sendRetryBudgetMs = 10_000
-
-/** The header JetStream dedupes by (what `js.publish`'s `msgID` sets). */
-const msgIdHeader = "Nats-Msg-Id"
 
 const openConnection = (options: NatsTransportOptions) =>
   Effect.acquireRelease(
@@ -177,7 +180,8 @@ const makeSend = (
           }
           const subject = subjectOf(o.prefix, checked.value)
           const payload = encodeEnvelope(event)
-          const total = payload.byteLength + headerBytes(event, meta)
+          const block = publishHeaderBlock(event, meta)
+          const total = payload.byteLength + block.byteLength
           if (total > serverMaxPayload) {
             invalid = new TransportFailure({
               transport: "nats",
@@ -186,8 +190,8 @@ const makeSend = (
             })
             break
           }
-          const headers = traceHeadersOf(event, meta) ?? natsHeaders()
-          headers.set(msgIdHeader, event.id)
+          // `nc.publish` only encodes the headers it is given: hand it the block built once.
+          const headers = { encode: () => block } as unknown as MsgHdrs
           prepared.push({ subject, payload, id: event.id, headers })
         }
         let prefix = 0
