@@ -79,10 +79,15 @@ export interface AckMux {
 }
 
 /** The mux of one connection; its subscription ends with the scope. */
-export const makeAckMux = (nc: NatsConnection, timeoutMs: number): Effect.Effect<AckMux, never, Scope.Scope> =>
+export const makeAckMux = (
+  nc: NatsConnection,
+  timeoutMs: number,
+): Effect.Effect<AckMux, never, Scope.Scope> =>
   Effect.gen(function* () {
     // The connection's own inbox prefix (set when permissions allow replies only under it).
-    const inbox = createInbox((nc as { readonly options?: { readonly inboxPrefix?: string } }).options?.inboxPrefix)
+    const inbox = createInbox(
+      (nc as { readonly options?: { readonly inboxPrefix?: string } }).options?.inboxPrefix,
+    )
     const pending = new Map<string, (msg: Msg) => void>()
     let next = 0
     yield* Effect.acquireRelease(

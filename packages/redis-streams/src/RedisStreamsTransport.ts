@@ -156,7 +156,10 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
             let call: { count: number; argv: Array<string | number>; dedupes: Array<string> } | undefined
             const close = () => {
               if (call === undefined) return
-              calls.push({ count: call.count, argv: [sendBatchScript.sha, call.count + 1, stream!, ...call.dedupes, ...call.argv] })
+              calls.push({
+                count: call.count,
+                argv: [sendBatchScript.sha, call.count + 1, stream!, ...call.dedupes, ...call.argv],
+              })
               call = undefined
             }
             for (let i = done; i < items.length; i++) {
