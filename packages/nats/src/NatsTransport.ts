@@ -11,6 +11,7 @@ import {
   Transport,
   TransportFailure,
   TransportUnavailable,
+  validateName,
 } from "@bus/core"
 import { type JetStreamClient, jetstream, jetstreamManager } from "@nats-io/jetstream"
 import { connect, type MsgHdrs } from "@nats-io/transport-node"
@@ -84,6 +85,14 @@ const openConnection = (options: NatsTransportOptions) =>
         if (!nc.isClosed()) await nc.close().catch(() => {})
       }),
   )
+
+/** Why an event's address is not valid, or `undefined` (synchronous: checked per run, not per event through an Effect). */
+const badAddress = (event: Envelope): BusError | undefined => {
+  const tenant = validateName("tenant", event.tenant)
+  if (typeof tenant !== "string") return tenant
+  const channel = validateName("channel", event.channel)
+  return typeof channel !== "string" ? channel : undefined
+}
 
 /** `send`: one JetStream publish with `Nats-Msg-Id` = event id; `sendAll`: a pipelined run of them. */
 const makeSend = (
@@ -171,14 +180,22 @@ const makeSend = (
       for (let attempt = 1; ; attempt++) {
         const prepared: Array<Publish> = []
         let invalid: BusError | undefined
+        // A run is usually one address: its names are checked and its subject built once.
+        let tenant: string | undefined
+        let channel: string | undefined
+        let subject = ""
         for (let i = done; i < items.length; i++) {
           const { event, meta } = items[i]!
-          const checked = yield* Effect.exit(checkAddress(event))
-          if (checked._tag === "Failure") {
-            invalid = toBusError(Cause.squash(checked.cause), `publish ${event.id}`)
-            break
+          if (event.tenant !== tenant || event.channel !== channel) {
+            const bad = badAddress(event)
+            if (bad !== undefined) {
+              invalid = bad
+              break
+            }
+            tenant = event.tenant
+            channel = event.channel
+            subject = subjectOf(o.prefix, { tenant, channel })
           }
-          const subject = subjectOf(o.prefix, checked.value)
           const payload = encodeEnvelope(event)
           const block = publishHeaderBlock(event, meta)
           const total = payload.byteLength + block.byteLength

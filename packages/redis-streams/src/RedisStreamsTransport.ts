@@ -12,6 +12,7 @@ import {
   type SendOutcome,
   Transport,
   TransportUnavailable,
+  validateName,
 } from "@bus/core"
 import { Cause, Effect, Layer } from "effect"
 import { Redis } from "ioredis"
@@ -162,14 +163,23 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
               })
               call = undefined
             }
+            // A run is usually one address: its names are checked and its keys built once.
+            let tenant: string | undefined
+            let channel: string | undefined
+            let keys: ReturnType<typeof channelKeys> | undefined
             for (let i = done; i < items.length; i++) {
               const { event, meta } = items[i]!
-              const checked = yield* Effect.exit(checkAddress(event))
-              if (checked._tag === "Failure") {
-                invalid = toBusError(Cause.squash(checked.cause), `send ${event.id}`)
-                break
+              if (keys === undefined || event.tenant !== tenant || event.channel !== channel) {
+                const t = validateName("tenant", event.tenant)
+                const c = typeof t === "string" ? validateName("channel", event.channel) : t
+                if (typeof t !== "string" || typeof c !== "string") {
+                  invalid = typeof t !== "string" ? t : (c as BusError)
+                  break
+                }
+                tenant = t
+                channel = c
+                keys = channelKeys(config.keyPrefix, { tenant, channel })
               }
-              const keys = channelKeys(config.keyPrefix, checked.value)
               const entry = encodeEntry(event)
               const bytes = Buffer.byteLength(entry.envelope, "utf8")
               if (bytes > redisStreamsCapabilities.maxPayloadBytes) {
