@@ -12,10 +12,15 @@ import {
   Transport,
   TransportFailure,
   TransportUnavailable,
+  validateName,
 } from "@bus/core"
 import { type JetStreamClient, jetstream, jetstreamManager } from "@nats-io/jetstream"
-import { connect } from "@nats-io/transport-node"
+import { connect, type MsgHdrs } from "@nats-io/transport-node"
 import { Cause, Effect, Layer } from "effect"
+import { type AckMux, type AckResult, makeAckMux, type Publish, type Stored } from "./ackMux.js"
+
+const isStored = (r: AckResult | undefined): r is Stored => r !== undefined && !(r instanceof Error)
+
 import { type ConnectionWatch, watchConnection } from "./connection.js"
 import { readDeadLetters } from "./deadLetters.js"
 import { toBusError } from "./errors.js"
@@ -25,7 +30,13 @@ import { ensureStreams } from "./stream.js"
 import { type StreamWatch, watchStream } from "./streamWatch.js"
 import { subjectOf } from "./subjects.js"
 import { makeSubscribe } from "./subscribe.js"
-import { encodeEnvelope, headerBytes, headerReserveBytes, traceHeadersOf } from "./wire.js"
+import {
+  encodeEnvelope,
+  headerBytes,
+  headerReserveBytes,
+  publishHeaderBlock,
+  traceHeadersOf,
+} from "./wire.js"
 
 /**
  * The NATS JetStream transport as an Effect Layer.
@@ -88,10 +99,19 @@ const openConnection = (options: NatsTransportOptions) =>
       }),
   )
 
+/** Why an event's address is not valid, or `undefined` (synchronous: checked per run, not per event through an Effect). */
+const badAddress = (event: Envelope): BusError | undefined => {
+  const tenant = validateName("tenant", event.tenant)
+  if (typeof tenant !== "string") return tenant
+  const channel = validateName("channel", event.channel)
+  return typeof channel !== "string" ? channel : undefined
+}
+
 /** `send`: one JetStream publish with `Nats-Msg-Id` = event id; `sendAll`: a pipelined run of them. */
 const makeSend = (
   conn: ConnectionWatch,
   js: JetStreamClient,
+  mux: AckMux,
   o: ResolvedOptions,
   serverMaxPayload: number,
   watch: StreamWatch,
@@ -157,12 +177,14 @@ const makeSend = (
       }
     })
   /**
-   * `sendAll`: every publish written at once on the one connection (so the server stores
-   * them in this order), then the acks awaited together: one round trip for the lot. The
-   * prefix up to the first failed ack counts as sent. A failure retryable within the budget
-   * sends the rest again from the failed one: events after it that did land are dropped by
-   * `Nats-Msg-Id`, but then sit before the re-sent one in the stream — a rare reorder, only
-   * when one publish of a run fails while a later one succeeds (an ack lost to a timeout).
+   * `sendAll`: the publishes written in order on the one connection (so the server stores
+   * them in this order) through the transport's {@link AckMux}, at most `maxInFlight`
+   * unanswered at a time, and their acks matched as they come: a round trip for the lot,
+   * not one per event. The prefix up to the first failed ack counts as sent. A failure
+   * retryable within the budget sends the rest again from the failed one: events after it
+   * that did land are dropped by `Nats-Msg-Id`, but then sit before the re-sent one in the
+   * stream — a rare reorder, only when one publish of a run fails while a later one
+   * succeeds (an ack lost to a timeout).
    */
   const sendAll = (
     items: ReadonlyArray<SendItem>,
@@ -179,23 +201,27 @@ const makeSend = (
         highestSeq.seq = 0
       }
       for (let attempt = 1; ; attempt++) {
-        const prepared: Array<{
-          readonly subject: string
-          readonly payload: Uint8Array
-          readonly id: string
-          readonly headers: ReturnType<typeof traceHeadersOf>
-        }> = []
+        const prepared: Array<Publish> = []
         let invalid: BusError | undefined
+        // A run is usually one address: its names are checked and its subject built once.
+        let tenant: string | undefined
+        let channel: string | undefined
+        let subject = ""
         for (let i = done; i < items.length; i++) {
           const { event, meta } = items[i]!
-          const checked = yield* Effect.exit(checkAddress(event))
-          if (checked._tag === "Failure") {
-            invalid = toBusError(Cause.squash(checked.cause), `publish ${event.id}`)
-            break
+          if (event.tenant !== tenant || event.channel !== channel) {
+            const bad = badAddress(event)
+            if (bad !== undefined) {
+              invalid = bad
+              break
+            }
+            tenant = event.tenant
+            channel = event.channel
+            subject = subjectOf(o.prefix, { tenant, channel })
           }
-          const subject = subjectOf(o.prefix, checked.value)
           const payload = encodeEnvelope(event)
-          const total = payload.byteLength + headerBytes(event, meta)
+          const block = publishHeaderBlock(event, meta)
+          const total = payload.byteLength + block.byteLength
           if (total > serverMaxPayload) {
             invalid = new TransportFailure({
               transport: "nats",
@@ -204,44 +230,33 @@ const makeSend = (
             })
             break
           }
-          prepared.push({ subject, payload, id: event.id, headers: traceHeadersOf(event, meta) })
+          // `nc.publish` only encodes the headers it is given: hand it the block built once.
+          const headers = { encode: () => block } as unknown as MsgHdrs
+          prepared.push({ subject, payload, id: event.id, headers })
         }
-        const results: Array<BusError | true | undefined> = new Array(prepared.length)
         let prefix = 0
         let foreign: string | undefined
         let regressed = false
-        const advance = () => {
-          const before = prefix
-          while (prefix < prepared.length && results[prefix] === true) prefix++
-          if (prefix > before) onSent?.(done + prefix)
-        }
-        // js.publish writes its request before its first await: called in a loop, the
-        // messages leave in order.
-        const acks = prepared.map((p, i) =>
-          js
-            .publish(p.subject, p.payload, {
-              msgID: p.id,
-              timeout: o.requestTimeoutMs,
-              ...(p.headers === undefined ? {} : { headers: p.headers }),
-            })
-            .then(
-              (ack) => {
-                results[i] = true
-                if (ack.stream !== o.streamName) foreign = `${p.subject} is stored by stream ${ack.stream}`
-                // Sequences only grow in one stream: a new event stored lower went to another one.
-                if (!ack.duplicate) {
-                  if (ack.seq <= highestSeq.seq && highestSeq.generation === generation) regressed = true
-                  highestSeq.seq = Math.max(highestSeq.seq, ack.seq)
-                }
-                advance()
-              },
-              (e) => {
-                results[i] = toBusError(e, `publish ${p.id} to ${p.subject}`)
-              },
-            ),
-        )
-        yield* Effect.promise(() => Promise.all(acks)).pipe(
-          // Publishes in flight when the connection dropped may never be answered: send them again.
+        const results: Array<AckResult | undefined> = new Array(prepared.length)
+        yield* Effect.promise((signal) =>
+          mux.publishAll(prepared, results, signal, (i) => {
+            const result = results[i]
+            if (result === undefined || result instanceof Error) return
+            if (result.stream !== o.streamName)
+              foreign = `${prepared[i]!.subject} is stored by stream ${result.stream}`
+            // Sequences only grow in one stream: a new event stored lower went to another one.
+            if (!result.duplicate) {
+              if (result.seq <= highestSeq.seq && highestSeq.generation === generation) regressed = true
+              highestSeq.seq = Math.max(highestSeq.seq, result.seq)
+            }
+            if (i !== prefix) return
+            // Count the stored prefix as it grows (acks of one connection come in order).
+            while (prefix < prepared.length && isStored(results[prefix])) prefix++
+            onSent?.(done + prefix)
+          }),
+        ).pipe(
+          // Publishes in flight when the connection dropped may never be answered: send them
+          // again (what was acked before the drop stays counted).
           Effect.raceFirst(conn.nextReconnect),
         )
         if (regressed) {
@@ -262,14 +277,16 @@ const makeSend = (
             `nats: ${foreign}, not ${o.streamName}; subscriptions read ${o.streamName}`,
           )
         }
+        prefix = 0
+        while (prefix < prepared.length && isStored(results[prefix])) prefix++
         done += prefix
         if (prefix === prepared.length) {
           return invalid === undefined ? { sent: done } : { sent: done, error: invalid }
         }
         const failed = results[prefix]
         const busError =
-          failed !== undefined && failed !== true
-            ? failed
+          failed instanceof Error
+            ? toBusError(failed, `publish ${prepared[prefix]!.id} to ${prepared[prefix]!.subject}`)
             : new TransportUnavailable({
                 transport: "nats",
                 message: `nats: reconnected while publishing ${prepared[prefix]!.id}`,
@@ -359,7 +376,7 @@ export const natsTransport = (options: NatsTransportOptions = {}): Layer.Layer<T
         checkStart,
         subscribe,
         group: makeGroup({ js, jsm, o, maxPayloadBytes: serverMaxPayload - 512, conn, watch }),
-        ...makeSend(conn, js, o, serverMaxPayload, watch),
+        ...makeSend(conn, js, yield* makeAckMux(nc, o.requestTimeoutMs), o, serverMaxPayload, watch),
         deadLetters: (limit) => readDeadLetters(jsm, js, o, limit),
       })
       // The relay reads it to resend the outbox after a lost stream (core relay/resend.ts).

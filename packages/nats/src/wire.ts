@@ -73,6 +73,23 @@ export const traceHeadersOf = (event: Envelope, meta?: SendMeta): MsgHdrs | unde
   return h
 }
 
+/**
+ * The encoded NATS header block of a relayed publish: `Nats-Msg-Id`, then exactly the
+ * headers {@link traceHeadersOf} sets, in the text `MsgHdrs#encode` writes. The relay's
+ * publishes carry it as is, so a batch builds no `MsgHdrs` (a map, key checks and a
+ * string rebuilt per message); its length is the exact header size for the max_payload check.
+ */
+export const publishHeaderBlock = (event: Envelope, meta?: SendMeta): Uint8Array => {
+  let s = `NATS/1.0\r\nNats-Msg-Id: ${event.id}`
+  for (const [name, max] of traceHeaders) {
+    const value = event.headers[name]
+    if (value === undefined || value.length === 0 || value.length > max || !printable.test(value)) continue
+    s += `\r\n${name}: ${value.trim()}`
+  }
+  for (const [name, value] of outboxHeaders(meta)) s += `\r\n${name}: ${value.trim()}`
+  return encoder.encode(`${s}\r\n\r\n`)
+}
+
 /** The outbox position the relay stored with a message, if any. */
 export const positionOfMessage = (headers: MsgHdrs | undefined): string | undefined =>
   headers?.get(positionHeader) || undefined

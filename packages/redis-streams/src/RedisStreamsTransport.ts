@@ -12,6 +12,7 @@ import {
   type SendOutcome,
   Transport,
   TransportUnavailable,
+  validateName,
 } from "@bus/core"
 import { Cause, Effect, Layer } from "effect"
 import { Redis } from "ioredis"
@@ -28,7 +29,7 @@ import { listDeadLetters } from "./deadLetters.js"
 import { groupMember } from "./group.js"
 import { channelKeys } from "./keys.js"
 import { type RedisStreamsOptions, resolveOptions } from "./options.js"
-import { sendScript } from "./scripts.js"
+import { sendBatchScript, sendScript } from "./scripts.js"
 import { makeSubscribe } from "./subscribe.js"
 
 /**
@@ -38,6 +39,9 @@ import { makeSubscribe } from "./subscribe.js"
  *
  * @module
  */
+
+/** Events per call of the batch send script: a call stays short, so other clients wait little behind it. */
+const eventsPerCall = 128
 
 /** What `redisStreamsTransport` declares about itself. */
 export const redisStreamsCapabilities = capabilities(transportName, {
@@ -134,13 +138,15 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
         })
 
       /**
-       * A run of sends pipelined on the main connection: Redis runs one connection's commands
-       * in order, so the entries land in the order given and the replies say which did. The
-       * prefix before the first failed script counts as sent; scripts after it that did run
-       * are dropped as repeats (dedupe key) when the relay sends them again — behind the
-       * re-sent one, a rare reorder that needs a script to fail while a later one succeeds.
-       * A server that lost its script cache (NOSCRIPT) gets the script loaded and the rest sent
-       * again.
+       * A run of sends as a few calls of the batch script (up to `eventsPerCall` events of one
+       * stream each), pipelined on the main connection: Redis runs one connection's commands
+       * in order, so the entries land in the order given, and a batch costs one script call
+       * per chunk instead of one per event. The chunks before the first failed call count as
+       * sent; a failed call appended the events before its error and marked them, so sending
+       * the rest again appends each event once (later calls that did run are dropped as
+       * repeats by their dedupe keys — behind the re-sent ones, a rare reorder that needs a
+       * call to fail while a later one succeeds). A server that lost its script cache
+       * (NOSCRIPT) gets the script loaded and the rest sent again.
        */
       const sendAll = (
         items: ReadonlyArray<SendItem>,
@@ -149,16 +155,35 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
         Effect.gen(function* () {
           let done = 0
           for (let reloads = 0; ; reloads++) {
-            const args: Array<readonly [ReadonlyArray<string>, ReadonlyArray<string | number>]> = []
+            const calls: Array<{ readonly count: number; readonly argv: Array<string | number> }> = []
             let invalid: BusError | undefined
+            let stream: string | undefined
+            let call: { count: number; argv: Array<string | number>; dedupes: Array<string> } | undefined
+            const close = () => {
+              if (call === undefined) return
+              calls.push({
+                count: call.count,
+                argv: [sendBatchScript.sha, call.count + 1, stream!, ...call.dedupes, ...call.argv],
+              })
+              call = undefined
+            }
+            // A run is usually one address: its names are checked and its keys built once.
+            let tenant: string | undefined
+            let channel: string | undefined
+            let keys: ReturnType<typeof channelKeys> | undefined
             for (let i = done; i < items.length; i++) {
               const { event, meta } = items[i]!
-              const checked = yield* Effect.exit(checkAddress(event))
-              if (checked._tag === "Failure") {
-                invalid = toBusError(Cause.squash(checked.cause), `send ${event.id}`)
-                break
+              if (keys === undefined || event.tenant !== tenant || event.channel !== channel) {
+                const t = validateName("tenant", event.tenant)
+                const c = typeof t === "string" ? validateName("channel", event.channel) : t
+                if (typeof t !== "string" || typeof c !== "string") {
+                  invalid = typeof t !== "string" ? t : (c as BusError)
+                  break
+                }
+                tenant = t
+                channel = c
+                keys = channelKeys(config.keyPrefix, { tenant, channel })
               }
-              const keys = channelKeys(config.keyPrefix, checked.value)
               const entry = encodeEntry(event)
               const bytes = Buffer.byteLength(entry.envelope, "utf8")
               if (bytes > redisStreamsCapabilities.maxPayloadBytes) {
@@ -169,53 +194,62 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
                 })
                 break
               }
-              args.push([
-                [keys.stream, keys.dedupe(event.id)],
-                [
-                  config.dedupeTtlMs,
-                  maxLen,
-                  entry.id,
-                  entry.envelope,
-                  meta?.position ?? "",
-                  meta?.frontier ?? "",
-                ],
-              ])
+              if (call !== undefined && (keys.stream !== stream || call.count >= eventsPerCall)) close()
+              if (call === undefined) {
+                stream = keys.stream
+                call = { count: 0, argv: [config.dedupeTtlMs, maxLen], dedupes: [] }
+              }
+              call.count++
+              call.dedupes.push(keys.dedupe(event.id))
+              call.argv.push(entry.id, entry.envelope, meta?.position ?? "", meta?.frontier ?? "")
             }
-            if (args.length === 0)
+            close()
+            if (calls.length === 0)
               return invalid === undefined ? { sent: done } : { sent: done, error: invalid }
             const replies = yield* Effect.exit(
-              command(`${sendScript.name} script`, async () => {
+              command(`${sendBatchScript.name} script`, async () => {
                 const pipeline = main.pipeline()
-                for (const [keys, argv] of args)
-                  pipeline.evalsha(sendScript.sha, keys.length, ...keys, ...argv)
+                for (const c of calls) pipeline.call("EVALSHA", c.argv)
                 return (await pipeline.exec()) ?? []
               }),
             )
             if (replies._tag === "Failure") {
               return {
                 sent: done,
-                error: toBusError(Cause.squash(replies.cause), `${sendScript.name} script`),
+                error: toBusError(Cause.squash(replies.cause), `${sendBatchScript.name} script`),
               }
             }
+            // Whole calls that went through, then how far the first one that did not got.
             let ok = 0
-            while (
-              ok < args.length &&
-              (replies.value[ok]?.[0] ?? null) === null &&
-              replies.value[ok] !== undefined
-            )
-              ok++
-            done += ok
-            if (ok > 0) onSent?.(done)
-            if (ok === args.length)
+            let sent = 0
+            let failure: unknown
+            for (; ok < calls.length; ok++) {
+              const reply = replies.value[ok]
+              if (reply === undefined || reply[0] !== null) break
+              const [through, message] = reply[1] as [number, string | undefined]
+              if (message === undefined) {
+                sent += calls[ok]!.count
+                continue
+              }
+              sent += Number(through)
+              // The server's refusal of that event's XADD, judged as its own reply would be.
+              failure = Object.assign(new Error(message), { name: "ReplyError" })
+              break
+            }
+            done += sent
+            if (sent > 0) onSent?.(done)
+            if (ok === calls.length)
               return invalid === undefined ? { sent: done } : { sent: done, error: invalid }
+            if (failure !== undefined)
+              return { sent: done, error: toBusError(failure, `${sendBatchScript.name} script`) }
             const error = replies.value[ok]?.[0] ?? new Error("no reply")
             if (error instanceof Error && error.message.startsWith("NOSCRIPT") && reloads < 3) {
               const loaded = yield* Effect.exit(
-                command("script load", () => main.script("LOAD", sendScript.lua)),
+                command("script load", () => main.script("LOAD", sendBatchScript.lua)),
               )
               if (loaded._tag === "Success") continue
             }
-            return { sent: done, error: toBusError(error, `${sendScript.name} script`) }
+            return { sent: done, error: toBusError(error, `${sendBatchScript.name} script`) }
           }
         })
 

@@ -63,6 +63,55 @@ return {1, id}
 )
 
 /**
+ * {@link sendScript} for a run of events of one stream in one call: the relay's batches pay
+ * one script call, not one per event. KEYS: stream, then one dedupe key per event. ARGV:
+ * dedupe TTL in ms, MAXLEN (`0` for none), then per event its id, encoded envelope, outbox
+ * position and frontier (`''` for none). Events are appended in the order given, each
+ * exactly as `sendScript` would (skipped when its dedupe key exists). Returns `{n}` when it
+ * went through all `n` events, or `{k, error}` when event `k + 1` failed (its dedupe check
+ * or its XADD, e.g. WRONGTYPE): the
+ * `k` before it are appended and marked, so the caller knows exactly which event failed
+ * and sending the rest again appends each event once.
+ */
+export const sendBatchScript = script(
+  "sendBatch",
+  `
+local n = #KEYS - 1
+for i = 1, n do
+  local dedupe = KEYS[i + 1]
+  local seen = redis.pcall('GET', dedupe)
+  if type(seen) == 'table' and seen.err then return {i - 1, seen.err} end
+  if not seen then
+    local a = 2 + (i - 1) * 4
+    local args = {KEYS[1]}
+    if ARGV[2] ~= '0' then
+      args[#args + 1] = 'MAXLEN'
+      args[#args + 1] = '~'
+      args[#args + 1] = ARGV[2]
+    end
+    args[#args + 1] = '*'
+    args[#args + 1] = 'id'
+    args[#args + 1] = ARGV[a + 1]
+    args[#args + 1] = 'envelope'
+    args[#args + 1] = ARGV[a + 2]
+    if ARGV[a + 3] ~= '' then
+      args[#args + 1] = 'pos'
+      args[#args + 1] = ARGV[a + 3]
+    end
+    if ARGV[a + 4] ~= '' then
+      args[#args + 1] = 'front'
+      args[#args + 1] = ARGV[a + 4]
+    end
+    local id = redis.pcall('XADD', unpack(args))
+    if type(id) == 'table' and id.err then return {i - 1, id.err} end
+    redis.call('SET', dedupe, id, 'PX', ARGV[1])
+  end
+end
+return {n}
+`,
+)
+
+/**
  * Where a stream stands: `{lastId, firstId, trimmed, maxDeletedId}` — the last generated
  * id, the first entry still in the stream, whether entries were ever removed (trimming
  * or XDEL: more entries added than are left) and the highest id removed by XDEL. A

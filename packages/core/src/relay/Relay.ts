@@ -410,6 +410,13 @@ interface Signal {
 const makeSignal = Effect.gen(function* () {
   const store = yield* OutboxStore
   const gates = new Map<number, Deferred.Deferred<void>>()
+  // Every wake-up is kept until its partition's relay takes it, so one that comes in the
+  // middle of a round (not waiting) makes the next wait return at once instead of sleeping
+  // through a commit it was told about. `all` counts wake-ups of every partition; `seenAll`
+  // is how many of those each partition has taken.
+  const missed = new Set<number>()
+  let all = 0
+  const seenAll = new Map<number, number>()
   const gate = (partition: number) => {
     let g = gates.get(partition)
     if (g === undefined) {
@@ -419,6 +426,8 @@ const makeSignal = Effect.gen(function* () {
     return g
   }
   const fire = (partition: number) => {
+    if (partition < 0) all++
+    else missed.add(partition)
     const targets = partition < 0 ? [...gates.keys()] : [partition]
     for (const p of targets) {
       const g = gates.get(p)
@@ -426,6 +435,12 @@ const makeSignal = Effect.gen(function* () {
       gates.delete(p)
       Deferred.doneUnsafe(g, Exit.void)
     }
+  }
+  /** Takes the wake-ups of `partition` not taken yet; true when there were any. */
+  const take = (partition: number): boolean => {
+    const any = (seenAll.get(partition) ?? 0) !== all
+    seenAll.set(partition, all)
+    return missed.delete(partition) || any
   }
   // A failing wake-up stream must not end the wake-ups: retry it after a pause.
   yield* store.relay.wakeups.pipe(
@@ -437,10 +452,12 @@ const makeSignal = Effect.gen(function* () {
   const signal: Signal = {
     wait: (partition, ms) =>
       Effect.suspend(() =>
-        Effect.raceFirst(
-          Effect.as(Effect.sleep(ms), false),
-          Effect.as(Deferred.await(gate(partition)), true),
-        ),
+        take(partition)
+          ? Effect.succeed(true)
+          : Effect.raceFirst(
+              Effect.as(Effect.sleep(ms), false),
+              Deferred.await(gate(partition)).pipe(Effect.map(() => take(partition) || true)),
+            ),
       ),
   }
   return signal
@@ -483,6 +500,17 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
         Effect.forever,
         Effect.forkScoped,
       )
+      // The position is stored beside the next round, not before it: a round's sends were
+      // acked when its commit starts, and commits stay in order (one in flight; the next
+      // waits for it), so only the latency of a statement leaves the relay's critical path.
+      // A relay that dies with a commit in flight has its last batch re-sent by the next
+      // owner, dropped by the broker as repeats.
+      let committing: Fiber.Fiber<boolean, BusError> | undefined
+      const settle = Effect.suspend(() => {
+        const f = committing
+        committing = undefined
+        return f === undefined ? Effect.succeed(true) : Fiber.join(f)
+      })
       // A partition handed to another relay stops between rounds, its position stored, so the
       // next owner resends nothing.
       while (!stopping()) {
@@ -519,9 +547,12 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
           continue
         }
         const round = exit.value
-        if (round.changed && !(yield* claim.commit(toStored(s)))) {
-          yield* Effect.logWarning(`relay: lost partition ${partition} to another relay`)
-          return
+        if (round.changed) {
+          if (!(yield* settle)) {
+            yield* Effect.logWarning(`relay: lost partition ${partition} to another relay`)
+            return
+          }
+          committing = yield* Effect.forkScoped(claim.commit(toStored(s)))
         }
         if (round.unavailable || round.failed > 0) {
           // The position could not move (a broker outage, or a row refused with a retryable
@@ -562,6 +593,7 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
         burst = woke ? 2 : 0
         if (woke) idleMs = 0
       }
+      if (!(yield* settle)) yield* Effect.logWarning(`relay: lost partition ${partition} to another relay`)
     }),
   )
 

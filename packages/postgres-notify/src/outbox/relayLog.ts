@@ -3,6 +3,8 @@ import {
   type BusError,
   CursorInvalid,
   checkAddress,
+  type Envelope,
+  type Json,
   type RelayClaim,
   type RelayedEvent,
   type RelayLog,
@@ -18,6 +20,7 @@ import {
   encodePosition,
   isExpired,
   type Position,
+  pagingCursors,
   parsePgSnapshot,
   readParams,
   type Snapshot,
@@ -25,7 +28,6 @@ import {
 } from "./cursor.js"
 import { relayPartitionOf } from "./hashtext.js"
 import { compactEpoch, maxPageSize } from "./read.js"
-import { envelopeOf } from "./relay.js"
 import type { RelayQueries } from "./relayQueries.js"
 
 /**
@@ -46,6 +48,33 @@ const snapshotText = (s: Snapshot): string =>
 
 /** The snapshot part of a relay position: rows visible in it are covered whatever the paging. */
 const coveredOf = (c: Cursor): Snapshot => (c.kind === "steady" ? c.at : c.from)
+
+/**
+ * The envelope of a row of a relay read: `event_time` already ISO-8601 text (see
+ * `relayQueries.ts`), headers kept only when they are strings (as every reader does).
+ */
+const relayedEnvelope = (r: Record<string, unknown>): Envelope => {
+  const raw = r.headers
+  let headers: Record<string, string> | undefined
+  if (typeof raw === "object" && raw !== null && !Array.isArray(raw)) {
+    for (const k of Object.keys(raw)) {
+      const v = (raw as Record<string, unknown>)[k]
+      if (typeof v !== "string") continue
+      headers ??= {}
+      headers[k] = v
+    }
+  }
+  return {
+    id: r.id as string,
+    tenant: r.tenant as string,
+    channel: r.channel as string,
+    type: r.type as string,
+    data: (r.data ?? null) as Json,
+    headers: headers ?? noHeaders,
+    time: r.event_time as string,
+  }
+}
+const noHeaders: Readonly<Record<string, string>> = Object.freeze({})
 
 /** The relay log over the store's pool. */
 export const makeRelayLog = (
@@ -131,18 +160,28 @@ export const makeRelayLog = (
       if (more) yield* refreshStatistics
       const page = more ? found.slice(0, size) : found
       const head: Cursor = { kind: "steady", epoch, at: now }
-      const events: Array<RelayedEvent> = page.map((r, i) => {
-        const last: Position = { xid: BigInt(String(r.xid)), seq: BigInt(String(r.seq)) }
+      // Every row's frontier shares its snapshots with the page (a row of the paged delta
+      // continues the cursor's own; a later one pages from `base` to `now`): their text is
+      // built once per page, and a row adds only its position and the check.
+      let inDelta: ((last: Position) => string) | undefined
+      let afterBase: ((last: Position) => string) | undefined
+      const events: Array<RelayedEvent> = new Array(page.length)
+      for (let i = 0; i < page.length; i++) {
+        const r = page[i]!
+        const last: Position = { xid: BigInt(r.xid as string), seq: BigInt(r.seq as string) }
         // The read position after this row: it covers, of this row's address, exactly the
         // rows forwarded before it, so it is the row's frontier too.
-        const after: Cursor =
-          !more && i === page.length - 1
-            ? head
-            : Number(r.phase) === 0 && cursor.kind === "paging"
-              ? { kind: "paging", epoch, from: cursor.from, to: cursor.to, last }
-              : { kind: "paging", epoch, from: base, to: now, last }
-        return { event: envelopeOf(r), position: encodePosition(epoch, last), frontier: encodeCursor(after) }
-      })
+        let frontier: string
+        if (!more && i === page.length - 1) frontier = encodeCursor(head)
+        else if (Number(r.phase) === 0 && cursor.kind === "paging") {
+          inDelta ??= pagingCursors(epoch, cursor.from, cursor.to)
+          frontier = inDelta(last)
+        } else {
+          afterBase ??= pagingCursors(epoch, base, now)
+          frontier = afterBase(last)
+        }
+        events[i] = { event: relayedEnvelope(r), position: encodePosition(epoch, last), frontier }
+      }
       const next = more ? events[events.length - 1]!.frontier : encodeCursor(head)
       return { rows: events, next, more }
     })

@@ -43,7 +43,9 @@ const partitionExpr = (S: string, N: number, alias: string) =>
  * A snapshot-safe read of rows in `scope` (see `cursor.ts`): the union of index range
  * scans, each in (xid, seq) order and cut at the limit. Rows a v3 relay already forwarded
  * or parked are skipped (schema upgrades). `$k` numbering starts after the scope's own
- * parameters (`base`).
+ * parameters (`base`). `event_time` comes back as the ISO-8601 text an envelope carries
+ * (UTC, milliseconds, truncated as `Date#toISOString` of the parsed value would be), so the
+ * relay parses and formats no date per row.
  */
 const readSql = (S: string, scope: string, base: number, paging: boolean): string => {
   const $ = (n: number) => `$${base + n}`
@@ -65,7 +67,8 @@ const readSql = (S: string, scope: string, base: number, paging: boolean): strin
 SELECT m.epoch::text AS epoch, m.prune_xid::text AS prune_xid, m.prune_seq::text AS prune_seq,
        pg_current_snapshot()::text AS snapshot,
        r.phase, r.xid::text AS xid, r.seq::text AS seq, r.id::text AS id, r.tenant, r.channel,
-       r.type, r.data, r.headers, r.event_time
+       r.type, r.data, r.headers,
+       to_char(r.event_time AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"') AS event_time
 FROM ${S}.meta m
 LEFT JOIN LATERAL (
   SELECT * FROM (${branches.join("\n    UNION ALL\n    ")}) u
