@@ -57,7 +57,10 @@ export const decodeEntry = (
     if (idField !== undefined && idField !== envelope.id) {
       return yield* Effect.fail("the id field does not match the envelope's id")
     }
-    return { ...envelope, cursor: withFrontier(toCursor(entry.id, binding), fieldOf(entry, "front"), envelope) }
+    return {
+      ...envelope,
+      cursor: withFrontier(toCursor(entry.id, binding), fieldOf(entry, "front"), envelope),
+    }
   })
 
 /** The outbox position the relay stored with an entry, if any. */

@@ -519,7 +519,9 @@ export const outboxTransport = (
           checkAddress(address).pipe(
             Effect.flatMap((a) =>
               Effect.flatMap(startOf(a, from), (start) =>
-                logs.get(keyOf(a))?.indexOf(start) !== undefined ? Effect.void : checkStartCursor(store, a, start),
+                logs.get(keyOf(a))?.indexOf(start) !== undefined
+                  ? Effect.void
+                  : checkStartCursor(store, a, start),
               ),
             ),
           ),
