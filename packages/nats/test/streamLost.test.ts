@@ -1,5 +1,5 @@
 import { readdirSync, readFileSync, rmSync } from "node:fs"
-import { type Bus, createBus, type DeliveredEvent, MemoryOutbox } from "@bus/core"
+import { type Bus, createBus, type DeliveredEvent, MemoryOutbox, splitCursor } from "@bus/core"
 import { type ServerHandle, startNats } from "@bus/test-infra"
 import { jetstreamManager } from "@nats-io/jetstream"
 import type { NatsConnection } from "@nats-io/transport-node"
@@ -206,7 +206,7 @@ it("cursors carry their address: another channel's cursor is refused (ready reje
     expect(legacy.ids()).toEqual(ids.slice(2))
     await legacy.close()
     // An outbox cursor (flip, docs/flip.md) is checked by the outbox and resumes exactly.
-    const outboxCursor = live.events[2]!.cursor.split("~")[1]!
+    const outboxCursor = splitCursor(live.events[2]!.cursor).frontier!
     const flipped = collect(bus, { tenant, channel, from: outboxCursor })
     await flipped.sub.ready
     await waitFor(() => flipped.events.length >= 2, 20_000, "the rest after the outbox cursor")

@@ -125,6 +125,9 @@ export class FeedLog {
    * epoch changed) and the feed starts again from the head.
    */
   refuse(error: BusError): void {
+    // Every mark is a position of the refused history: a client resuming from one must be
+    // checked (and refused) by the store, not joined here.
+    this.#marks.clear()
     this.#refusals.set(this.end, error)
     for (const at of this.#refusals.keys()) if (at < this.#base) this.#refusals.delete(at)
     this.#pages.push([])
