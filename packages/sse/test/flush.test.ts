@@ -54,7 +54,7 @@ describe("flushing", () => {
       // The opening frames (retry, position) leave together too.
       await waitFor(() => writes.length > 0, "opening frames")
       expect(writes).toHaveLength(1)
-      expect(writes[0]!.join("")).toMatch(/^retry: \d+\n\nid: mem1:/)
+      expect(writes[0]!.join("")).toMatch(/^retry: \d+\n\nid: mem2:/)
       // Let the subscription start, then three events in one transaction: one page, one turn.
       await new Promise((resolve) => setTimeout(resolve, 100))
       await bus.outbox.transaction((tx) =>
