@@ -1,4 +1,4 @@
-import { replayDeadLetters } from "@bus/postgres-notify"
+import { invalidEventIds, replayDeadLetters } from "@bus/postgres-notify"
 import pg from "pg"
 import { CliError, postgresError } from "./errors.js"
 import type { Out, Styles } from "./style.js"
@@ -26,9 +26,7 @@ export const deadLetters = async (o: DeadLettersOptions): Promise<void> => {
   try {
     if (o.action === "replay") {
       if (o.ids.length === 0) throw new CliError("usage: bus dead-letters replay <event id>…", 2)
-      const bad = o.ids.filter(
-        (id) => !/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(id),
-      )
+      const bad = invalidEventIds(o.ids)
       if (bad.length > 0) throw new CliError(`not event ids: ${bad.join(", ")}`, 2)
       const result = await replayDeadLetters({ connectionString: o.url, schema: o.schema }, o.ids)
       if (o.json) o.out.write(`${JSON.stringify(result)}\n`)

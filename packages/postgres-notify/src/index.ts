@@ -26,7 +26,7 @@ export {
   parsePgSnapshot,
   type Snapshot,
 } from "./outbox/cursor.js"
-export { type ReplayResult, replayDeadLetters } from "./outbox/deadLetters.js"
+export { invalidEventIds, type ReplayResult, replayDeadLetters } from "./outbox/deadLetters.js"
 export type { PostgresOutboxOptions } from "./outbox/options.js"
 export {
   builtinAdapters,

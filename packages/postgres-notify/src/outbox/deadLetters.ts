@@ -36,6 +36,10 @@ export interface ReplayResult {
 
 const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 
+/** The ids of `ids` that are not event ids (UUIDs): {@link replayDeadLetters} refuses them. */
+export const invalidEventIds = (ids: ReadonlyArray<string>): Array<string> =>
+  ids.filter((id) => !uuid.test(id))
+
 /**
  * Replays the dead letters of `ids` in one transaction (all or nothing), removing them from
  * the dead-letter table. Ids that are not dead letters are reported as `missing` and change
@@ -58,7 +62,7 @@ export const replayDeadLetters = async (
     | { readonly connectionString: string; readonly schema?: string },
   ids: ReadonlyArray<string>,
 ): Promise<ReplayResult> => {
-  const bad = ids.filter((id) => !uuid.test(id))
+  const bad = invalidEventIds(ids)
   if (bad.length > 0) throw new TypeError(`replayDeadLetters: not event ids (UUIDs): ${bad.join(", ")}`)
   const S = schemaName(target.schema ?? "bus").quoted
   const own =

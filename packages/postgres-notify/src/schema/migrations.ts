@@ -10,7 +10,7 @@
  * @module
  */
 
-import { createHash } from "node:crypto"
+import { relayChannel } from "../outbox/channels.js"
 
 /** One schema migration. */
 export interface Migration {
@@ -180,10 +180,6 @@ LEFT JOIN LATERAL (
 ) first ON true;
 `
 
-/** The NOTIFY channel of the relay for a schema, as channels.ts computes it (the SQL publish function sends it literally). */
-const relayChannelOf = (schemaName: string): string =>
-  `bus_relay_${createHash("sha256").update(`relay\u0000${schemaName}`).digest("hex").slice(0, 24)}`
-
 /** `"name"` to name (schema names are lower-case identifiers: nothing to unescape). */
 const unquoted = (S: string): string => S.replace(/^"|"$/g, "")
 
@@ -273,7 +269,7 @@ BEGIN
       '1:' || tenant || ':' || channel);
   END IF;
   IF m.sql_notify IN ('relay', 'both') THEN
-    PERFORM pg_notify('${relayChannelOf(unquoted(S))}', '1');
+    PERFORM pg_notify('${relayChannel(unquoted(S))}', '1');
   END IF;
   RETURN event_id;
 END
