@@ -1,9 +1,16 @@
 import { readdirSync, readFileSync, rmSync } from "node:fs"
-import { type Bus, createBus, type DeliveredEvent, MemoryOutbox, splitCursor } from "@bus/core"
+import {
+  type Bus,
+  createBus,
+  type DeliveredEvent,
+  MemoryOutbox,
+  memoryTransport,
+  splitCursor,
+} from "@bus/core"
 import { type ServerHandle, startNats } from "@bus/test-infra"
 import { jetstreamManager } from "@nats-io/jetstream"
 import type { NatsConnection } from "@nats-io/transport-node"
-import { afterAll, beforeAll, expect, it } from "vitest"
+import { afterAll, beforeAll, expect, it, vi } from "vitest"
 import { durableName, natsTransport } from "../src/index.js"
 import { plainConnection, uniqueName, waitFor } from "./support.js"
 
@@ -331,5 +338,77 @@ it("a group's durable consumer deleted from outside is made again; the group ski
   } finally {
     await consumer.close()
     await bus.close()
+  }
+})
+
+it("a first start (no stream, no relay position stored) forwards the backlog once and warns of nothing; a stream lost while no bus ran is refilled at the next start", async () => {
+  const lines: Array<string> = []
+  const log = console.log.bind(console)
+  vi.spyOn(console, "log").mockImplementation((...args: Array<unknown>) => {
+    const line = args.map(String).join(" ")
+    if (line.includes("relay:")) lines.push(line)
+    log(...args)
+  })
+  const name = uniqueName("first")
+    .replace(/[^a-z0-9]/gi, "")
+    .toUpperCase()
+  const prefix = name.toLowerCase()
+  const outbox = MemoryOutbox.make()
+  // Events committed before any relay ran: published through a bus that needs none.
+  const writer = await createBus({
+    outbox: outbox.layer,
+    transports: { memory: memoryTransport() },
+    transport: "memory",
+    env: false,
+  })
+  const jsm = await jetstreamManager(nc)
+  const stored = async () => (await jsm.streams.info(name).catch(() => undefined))?.state.messages ?? 0
+  const publish = (n: number, label: string) =>
+    outbox.transaction((tx) =>
+      writer.publish(
+        tx,
+        Array.from({ length: n }, (_, seq) => ({
+          tenant: `t${seq % 5}`,
+          channel: "first",
+          type: "first.start",
+          data: { label, seq },
+        })),
+      ),
+    )
+  const start = () =>
+    createBus({
+      outbox: outbox.layer,
+      transports: { nats: natsTransport({ servers: server.url, subjectPrefix: prefix, stream: { name } }) },
+      transport: "nats",
+      env: false,
+    })
+  let bus: Bus | undefined
+  try {
+    await publish(200, "before")
+    bus = await start()
+    await waitFor(async () => (await stored()) === 200, 30_000, "the backlog on the new stream")
+    // Nothing was lost: the stream is new because this is the first start.
+    expect(lines.filter((l) => l.includes("resen"))).toEqual([])
+    await bus.close()
+    bus = undefined
+
+    // Now the stream is lost while no bus runs; the next start creates it and must resend.
+    await jsm.streams.delete(name)
+    await publish(50, "after")
+    bus = await start()
+    await waitFor(
+      async () => (await stored()) === 250,
+      30_000,
+      () => `all 250 events on the re-created stream`,
+    )
+    expect(
+      lines.some((l) => l.includes("resends the retained outbox") && l.includes("did not exist at start")),
+    ).toBe(true)
+  } finally {
+    vi.restoreAllMocks()
+    await bus?.close()
+    await writer.close()
+    await jsm.streams.delete(name).catch(() => undefined)
+    await jsm.streams.delete(`${name}_DLQ`).catch(() => undefined)
   }
 })

@@ -131,6 +131,17 @@ afterAll(async () => {
 })
 
 describe("the relay reads the outbox as a log", () => {
+  it("a partition is fresh until a relay stores a position for it (a broker found empty then lost nothing of it)", async () => {
+    const { s } = await store()
+    const b = broker(s)
+    const claimOf = () => b.provide(OutboxStore.use((st) => st.relay.claim(0, "probe", 1_000)))
+    const first = await claimOf()
+    expect(first?.state.fresh).toBe(true)
+    expect(await b.provide(first!.commit(first!.state))).toBe(true)
+    await b.provide(OutboxStore.use((st) => st.relay.release(0, "probe")))
+    expect((await claimOf())?.state.fresh).toBe(false)
+  })
+
   it("forwards every committed row once, per address in order, across out-of-order commits, and never updates an outbox row", async () => {
     const { s, schema } = await store()
     const b = broker(s)
@@ -390,6 +401,18 @@ describe("upgrade", () => {
     expect(result.applied).toEqual(migrations.filter((m) => m.version > 3).map((m) => m.version))
     const { s } = await store(schema)
     const b = broker(s)
+    // The partitions holding v3 rows are not fresh: a v3 relay may have put them on a broker,
+    // so a broker found empty at the next start must be refilled from them.
+    const partitionsOfRows = new Set(
+      (await rows(`SELECT DISTINCT ${S}.relay_partition(tenant, channel, 8) AS p FROM ${S}.outbox`)).map(
+        (r) => Number(r.p),
+      ),
+    )
+    for (const p of partitionsOfRows) {
+      const claim = await b.provide(OutboxStore.use((st) => st.relay.claim(p, "probe", 1_000)))
+      expect(claim?.state.fresh).toBe(false)
+      await b.provide(OutboxStore.use((st) => st.relay.release(p, "probe")))
+    }
     await b.provide(relayBatch({ owner: "new" }))
     expect(new Set(relayedIds(b))).toEqual(new Set([leased.id, ...waiting.map((e) => e.id)]))
     expect(relayedIds(b)).toHaveLength(3)

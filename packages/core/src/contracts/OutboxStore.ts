@@ -64,6 +64,12 @@ export interface RelayPage {
 export interface RelayState {
   readonly position: string
   readonly ahead: Readonly<Record<string, string>>
+  /**
+   * True when no relay ever stored a state for this partition: nothing of it was forwarded
+   * yet, so a broker found empty at start has lost nothing of it (the relay does not rewind
+   * it). Set by the store on claim; ignored on commit.
+   */
+  readonly fresh?: boolean | undefined
 }
 
 /** A partition held by one relay: its stored state and the means to move it. */

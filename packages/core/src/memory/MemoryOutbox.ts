@@ -118,7 +118,7 @@ export class MemoryOutbox {
 
   constructor() {
     this.#partitions = Array.from({ length: this.partitions }, () => ({
-      state: { position: this.#cursor(0), ahead: {} },
+      state: { position: this.#cursor(0), ahead: {}, fresh: true },
       owner: undefined,
       leaseUntil: 0,
     }))
@@ -259,7 +259,7 @@ export class MemoryOutbox {
       commit: (state) =>
         Effect.sync(() => {
           if (!held(leaseMs)) return false
-          row.state = state
+          row.state = { position: state.position, ahead: state.ahead }
           return true
         }),
       renew: Effect.sync(() => held(leaseMs)),

@@ -153,6 +153,13 @@ const rewindOnLoss = (
     if (loss.generation === seen.generation) return undefined
     seen.generation = loss.generation
     markRepaired(resend, claim.partition, loss.generation)
+    // A partition no relay ever forwarded from, not yet moved by this one: the broker lost
+    // nothing of it (a first start finds the stream missing for every partition), so there
+    // is nothing to resend and nothing to warn about.
+    if (claim.state.fresh === true && s.position === claim.state.position && s.ahead.size === 0) {
+      yield* Effect.logDebug(`relay: partition ${claim.partition} has forwarded nothing yet: ${loss.reason}`)
+      return undefined
+    }
     s.position = "beginning"
     s.ahead.clear()
     s.attempts.clear()

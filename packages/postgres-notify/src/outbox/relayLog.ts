@@ -203,7 +203,11 @@ export const makeRelayLog = (
       if (typeof row.ahead === "object" && row.ahead !== null) {
         for (const [k, v] of Object.entries(row.ahead)) if (typeof v === "string") ahead[k] = v
       }
-      const state: RelayState = { position: encodeCursor(position(stored, epoch)), ahead }
+      const state: RelayState = {
+        position: encodeCursor(position(stored, epoch)),
+        ahead,
+        fresh: row.fresh === true,
+      }
       const held = (r: ReadonlyArray<Record<string, unknown>>) => r.length > 0
       return {
         partition,

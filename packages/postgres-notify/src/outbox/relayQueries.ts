@@ -109,10 +109,16 @@ WHERE ${partitionExpr(S, N, "a")} = $1::int
 LIMIT $6`),
 
     // Free, ours, or its holder stopped renewing: then it is ours until lease_until.
+    // `fresh`: no relay stored a position yet and no row of the partition is older than
+    // where it starts, so nothing of it can be on a broker (a v3 upgrade's rows, forwarded
+    // by the old relay, make it not fresh). One index probe (outbox_relay), per claim.
     claim: `
-UPDATE ${S}.relay_partitions SET owner = $2, lease_until = ${lease("$3")}, updated_at = now()
-WHERE partition = $1 AND (owner IS NULL OR owner = $2 OR lease_until IS NULL OR lease_until < clock_timestamp())
-RETURNING position, covered::text AS covered, ahead, (SELECT m.epoch::text FROM ${S}.meta m) AS epoch`,
+UPDATE ${S}.relay_partitions rp SET owner = $2, lease_until = ${lease("$3")}, updated_at = now()
+WHERE rp.partition = $1 AND (rp.owner IS NULL OR rp.owner = $2 OR rp.lease_until IS NULL OR rp.lease_until < clock_timestamp())
+RETURNING rp.position, rp.covered::text AS covered, rp.ahead, (SELECT m.epoch::text FROM ${S}.meta m) AS epoch,
+  rp.position IS NULL AND NOT EXISTS (
+    SELECT 1 FROM ${S}.outbox o
+    WHERE ${partitionExpr(S, N, "o")} = $1::int AND o.xid < pg_snapshot_xmax(rp.covered)) AS fresh`,
 
     // Once per batch. Committed without waiting for the WAL flush (for this statement only):
     // a database crash can lose the last positions, and the relay then re-sends rows the
