@@ -176,9 +176,12 @@ export function groupTests(ctx: SuiteContext): void {
         const all = new Tally()
         const tenantsOf = { one: new Set<string>(), two: new Set<string>(), three: new Set<string>() }
         const counts = { one: 0, two: 0, three: 0 }
+        // Who handled what, when: printed for an address whose order broke.
+        const trace: Array<{ member: string; tenant: string; seq: number | undefined; at: number }> = []
         const strangers: Array<string> = []
         const handler = (member: keyof typeof tenantsOf) => (e: DeliveredEvent) => {
           counts[member]++
+          trace.push({ member, tenant: e.tenant, seq: (e.data as { seq?: number } | null)?.seq, at: Date.now() })
           if (e.channel !== channel || (!tenants.includes(e.tenant) && e.tenant !== late))
             strangers.push(`${e.tenant}/${e.channel}`)
           all.add(e)
@@ -256,7 +259,16 @@ export function groupTests(ctx: SuiteContext): void {
         const published = [...first, ...second, ...third, ...fourth, ...fifth]
         expect(strangers, "events of other addresses").toEqual([])
         expect(all.duplicates, "events handled more than once").toEqual([])
-        expect(orderViolations(all.events), "per-address order").toEqual([])
+        const violations = orderViolations(all.events)
+        const broken = new Set(violations.map((v) => v.split("/")[0]))
+        const t0 = trace[0]?.at ?? 0
+        expect(
+          violations,
+          `per-address order; handled (member seq +ms): ${trace
+            .filter((t) => broken.has(t.tenant))
+            .map((t) => `${t.member} ${t.seq} +${t.at - t0}`)
+            .join(", ")}`,
+        ).toEqual([])
         expect(all.distinct).toBe(published.length)
         expect(counts.one, "a member that left handles nothing more").toBe(oneStoppedAt)
         console.log(
