@@ -102,10 +102,13 @@ export const consumeAllTenants = <R>(
     const running = new Map<string, Fiber.Fiber<void, never>>()
     const failed = yield* Deferred.make<never, BusError>()
     let nextDiscoverAt = 0
-    let lastBeatAt = Date.now()
-    let others: ReadonlyArray<string> = []
-    // Until the first heartbeat this member is not live: it takes nothing.
-    let live = false
+    /** When each held lease was confirmed taken (the lease statement had returned). */
+    const takenAt = new Map<string, number>()
+    /** The last heartbeat that succeeded: when it began, the other members, this member's leases. */
+    let lastBeat:
+      | { readonly at: number; readonly others: ReadonlyArray<string>; readonly held: ReadonlySet<string> }
+      | undefined
+    let fenced = false
 
     const stop = (tenants: ReadonlyArray<string>) =>
       Effect.gen(function* () {
@@ -145,30 +148,16 @@ export const consumeAllTenants = <R>(
         ),
       )
 
-    const tick = Effect.gen(function* () {
-      const beganAt = Date.now()
+    // The heartbeat runs on its own fiber, so a rebalance that waits for handlers to finish
+    // never delays the renewal that keeps this member's leases.
+    const beatOnce = Effect.gen(function* () {
+      const at = Date.now()
       const beat = yield* attempt("the membership heartbeat", members.heartbeat(key, me, leaseMs))
-      if (beat !== undefined) {
-        live = true
-        lastBeatAt = beganAt
-        others = beat.others
-        // A lease no longer ours (this member looked dead to the others for a while): stop at once.
-        const stillHeld = new Set(beat.held)
-        const lost = [...held].filter((t) => !stillHeld.has(t))
-        for (const t of lost) held.delete(t)
-        for (const t of stillHeld) held.add(t)
-        yield* stop(lost.filter((t) => running.has(t)))
-      } else if (live && Date.now() - lastBeatAt >= leaseMs - tickMs) {
-        // Fencing: this member's lease runs out before it can renew it, after which another
-        // member may take its addresses. Stop them all first, and take nothing until renewed.
-        yield* Effect.logWarning(
-          `consumer group ${key.group} of */${key.channel}: could not renew membership for ${Date.now() - lastBeatAt} ms; stopping its ${running.size} addresses until it can`,
-        )
-        live = false
-        yield* stop([...running.keys()])
-        held.clear()
-      }
+      if (beat !== undefined) lastBeat = { at, others: beat.others, held: new Set(beat.held) }
+    })
+    const heartbeats = Effect.sleep(tickMs).pipe(Effect.andThen(beatOnce), Effect.forever)
 
+    const tick = Effect.gen(function* () {
       if (Date.now() >= nextDiscoverAt) {
         const tenants = yield* attempt("listing the channel's tenants", members.tenants(key.channel))
         if (tenants !== undefined) {
@@ -176,21 +165,54 @@ export const consumeAllTenants = <R>(
           nextDiscoverAt = Date.now() + discoverMs
         }
       }
-      if (!live) return
+      const beat = lastBeat
+      if (beat === undefined) return
+      if (Date.now() - beat.at >= leaseMs - tickMs) {
+        // Fencing: this member's lease runs out before it can be renewed, after which another
+        // member may take its addresses. Stop them all first; take nothing until renewed.
+        if (!fenced)
+          yield* Effect.logWarning(
+            `consumer group ${key.group} of */${key.channel}: membership not renewed for ${Date.now() - beat.at} ms; stopping its ${running.size} addresses until it is`,
+          )
+        fenced = true
+        yield* stop([...running.keys()])
+        held.clear()
+        takenAt.clear()
+        return
+      }
+      fenced = false
+      // A lease the heartbeat no longer lists although it was taken before the heartbeat
+      // began went to another member (this one looked dead for a while): stop at once.
+      const lost = [...held].filter((t) => !beat.held.has(t) && (takenAt.get(t) ?? 0) < beat.at)
+      if (lost.length > 0) {
+        for (const t of lost) {
+          held.delete(t)
+          takenAt.delete(t)
+        }
+        yield* stop(lost)
+      }
 
-      const everyone = [me, ...others]
+      const everyone = [me, ...beat.others]
       const mine = new Set([...known].filter((t) => ownerOf(t, everyone) === me))
       // Addresses that moved to another member: stop them, then give their leases up.
       const moving = [...held].filter((t) => !mine.has(t))
       if (moving.length > 0) {
         yield* stop(moving)
         const released = yield* attempt("giving address leases up", members.release(key, me, moving))
-        if (released !== undefined) for (const t of moving) held.delete(t)
+        if (released !== undefined)
+          for (const t of moving) {
+            held.delete(t)
+            takenAt.delete(t)
+          }
       }
       const wanted = [...mine].filter((t) => !held.has(t)).sort()
       if (wanted.length > 0) {
         const taken = yield* attempt("taking address leases", members.lease(key, me, wanted))
-        for (const t of taken ?? []) held.add(t)
+        const now = Date.now()
+        for (const t of taken ?? []) {
+          held.add(t)
+          takenAt.set(t, now)
+        }
       }
       for (const t of held) if (mine.has(t) && !running.has(t)) yield* start(t)
       yield* Metric.update(gauge, running.size)
@@ -200,25 +222,34 @@ export const consumeAllTenants = <R>(
 
     // Stopping: every address first (their handlers finish or are interrupted, their
     // deliveries go back), then the member leaves, so the others take over at their next tick.
-    const leave = Effect.gen(function* () {
-      yield* stop([...running.keys()])
-      yield* Metric.update(gauge, 0)
-      yield* members.leave(key, me).pipe(
-        Effect.timeoutOption(5_000),
-        Effect.flatMap((done) =>
-          done._tag === "Some"
-            ? Effect.void
-            : Effect.logWarning(
-                `consumer group ${key.group} of */${key.channel}: leaving got no reply in 5 s; the others take over when its lease (${leaseMs} ms) runs out`,
-              ),
-        ),
-        Effect.catch((e: BusError) =>
-          Effect.logWarning(
-            `consumer group ${key.group} of */${key.channel}: leaving failed (${e.message}); the others take over when its lease (${leaseMs} ms) runs out`,
+    const leave = (beating: Fiber.Fiber<void, never>) =>
+      Effect.gen(function* () {
+        yield* stop([...running.keys()])
+        yield* Metric.update(gauge, 0)
+        // Only now: the heartbeat kept the leases while the addresses stopped.
+        yield* Fiber.interrupt(beating)
+        yield* members.leave(key, me).pipe(
+          Effect.timeoutOption(5_000),
+          Effect.flatMap((done) =>
+            done._tag === "Some"
+              ? Effect.void
+              : Effect.logWarning(
+                  `consumer group ${key.group} of */${key.channel}: leaving got no reply in 5 s; the others take over when its lease (${leaseMs} ms) runs out`,
+                ),
           ),
-        ),
-      )
-    })
+          Effect.catch((e: BusError) =>
+            Effect.logWarning(
+              `consumer group ${key.group} of */${key.channel}: leaving failed (${e.message}); the others take over when its lease (${leaseMs} ms) runs out`,
+            ),
+          ),
+        )
+      })
 
-    yield* Effect.raceFirst(loop, Deferred.await(failed)).pipe(Effect.ensuring(leave))
+    yield* beatOnce
+    const beating = yield* heartbeats.pipe(
+      Effect.catch((e: BusError) => Deferred.fail(failed, e)),
+      Effect.asVoid,
+      Effect.forkDetach,
+    )
+    yield* Effect.raceFirst(loop, Deferred.await(failed)).pipe(Effect.ensuring(leave(beating)))
   })
