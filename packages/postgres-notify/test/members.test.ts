@@ -1,6 +1,10 @@
 import type { GroupMembership } from "@bus/core"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { createPostgresOutboxStore, type PostgresOutboxHandle, type PostgresOutboxService } from "../src/index.js"
+import {
+  createPostgresOutboxStore,
+  type PostgresOutboxHandle,
+  type PostgresOutboxService,
+} from "../src/index.js"
 import { event, inTransaction, startDb, type TestDb } from "./support/db.js"
 import { failure, run } from "./support/run.js"
 
@@ -40,7 +44,7 @@ afterAll(async () => {
   await db?.close()
 })
 
-describe("group membership (tenant \"*\")", () => {
+describe('group membership (tenant "*")', () => {
   it("members see each other; an address lease has one holder; leave frees it at once", async () => {
     const m = membersOf(await store())
     expect(await run(m.heartbeat(key, "a", 10_000))).toEqual({ others: [], held: [] })

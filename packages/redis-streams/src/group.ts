@@ -119,7 +119,10 @@ const killOnServer = (main: Redis, conn: Redis): Effect.Effect<void> =>
       .split("\n")
       .find((l) => {
         const addr = / addr=(\S+)/.exec(l)?.[1]
-        return addr !== undefined && addr.endsWith(`:${port}`) && addr.includes(socket?.localAddress?.replace(/^::ffff:/, "") ?? "")
+        return (
+          addr?.endsWith(`:${port}`) === true &&
+          addr.includes(socket?.localAddress?.replace(/^::ffff:/, "") ?? "")
+        )
       })
     const id = line === undefined ? undefined : /^id=(\d+)/.exec(line)?.[1]
     if (id !== undefined) yield* command("CLIENT KILL", () => main.call("CLIENT", "KILL", "ID", id))
@@ -587,7 +590,8 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
             main.call("XPENDING", stream, group, "-", "+", 1_000, consumer),
           ).pipe(Effect.orElseSucceed(() => []))
           const ids = new Set(held.keys())
-          for (const row of Array.isArray(pending) ? pending : []) if (Array.isArray(row)) ids.add(String(row[0]))
+          for (const row of Array.isArray(pending) ? pending : [])
+            if (Array.isArray(row)) ids.add(String(row[0]))
           held.clear()
           if (ids.size > 0) yield* script(touchScript, [handBackIdleMs, ...ids])
           yield* runScript(main, retireScript, [stream], [group, consumer])

@@ -186,7 +186,11 @@ export interface GroupMembership {
     tenants: ReadonlyArray<string>,
   ) => Effect.Effect<ReadonlyArray<string>, BusError>
   /** Gives the leases of `tenants` up (after the member stopped running those addresses). */
-  readonly release: (key: MemberKey, member: string, tenants: ReadonlyArray<string>) => Effect.Effect<void, BusError>
+  readonly release: (
+    key: MemberKey,
+    member: string,
+    tenants: ReadonlyArray<string>,
+  ) => Effect.Effect<void, BusError>
   /** Leaves the group at once: the member and every lease it holds. */
   readonly leave: (key: MemberKey, member: string) => Effect.Effect<void, BusError>
 }

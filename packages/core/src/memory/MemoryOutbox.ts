@@ -481,12 +481,18 @@ export class MemoryOutbox {
     const keyOf = (key: MemberKey) => `${key.channel}\u0000${key.group}`
     const membersOf = (key: MemberKey) => {
       let m = this.#members.get(keyOf(key))
-      if (m === undefined) this.#members.set(keyOf(key), (m = new Map()))
+      if (m === undefined) {
+        m = new Map()
+        this.#members.set(keyOf(key), m)
+      }
       return m
     }
     const leasesOf = (key: MemberKey) => {
       let l = this.#addressLeases.get(keyOf(key))
-      if (l === undefined) this.#addressLeases.set(keyOf(key), (l = new Map()))
+      if (l === undefined) {
+        l = new Map()
+        this.#addressLeases.set(keyOf(key), l)
+      }
       return l
     }
     const isLive = (key: MemberKey, member: string) => (membersOf(key).get(member) ?? 0) >= Date.now()

@@ -1,4 +1,4 @@
-import { type BusError, checkName, type GroupMembership, type MemberKey } from "@bus/core"
+import { checkName, type GroupMembership, type MemberKey } from "@bus/core"
 import { Effect } from "effect"
 import { runQuery, type SqlExecutor } from "../sql/executor.js"
 
@@ -119,7 +119,12 @@ export const makeMembership = (executor: SqlExecutor, S: string): GroupMembershi
         ? Effect.void
         : keyOf(key).pipe(
             Effect.flatMap(([channel, group]) =>
-              runQuery(executor, "giving address leases up", q.release, [channel, group, member, [...tenants]]),
+              runQuery(executor, "giving address leases up", q.release, [
+                channel,
+                group,
+                member,
+                [...tenants],
+              ]),
             ),
             Effect.asVoid,
           ),

@@ -159,7 +159,7 @@ export function groupTests(ctx: SuiteContext): void {
         )
       }))
 
-    it("10d. a group across tenants (tenant \"*\"): every tenant's events once, in order per address, shared by the members, through a member joining and one leaving, a new tenant picked up", async ({
+    it('10d. a group across tenants (tenant "*"): every tenant\'s events once, in order per address, shared by the members, through a member joining and one leaving, a new tenant picked up', async ({
       skip,
     }) =>
       withSession(ctx, async (s) => {
@@ -181,7 +181,12 @@ export function groupTests(ctx: SuiteContext): void {
         const strangers: Array<string> = []
         const handler = (member: keyof typeof tenantsOf) => (e: DeliveredEvent) => {
           counts[member]++
-          trace.push({ member, tenant: e.tenant, seq: (e.data as { seq?: number } | null)?.seq, at: Date.now() })
+          trace.push({
+            member,
+            tenant: e.tenant,
+            seq: (e.data as { seq?: number } | null)?.seq,
+            at: Date.now(),
+          })
           if (e.channel !== channel || (!tenants.includes(e.tenant) && e.tenant !== late))
             strangers.push(`${e.tenant}/${e.channel}`)
           all.add(e)
@@ -240,7 +245,11 @@ export function groupTests(ctx: SuiteContext): void {
         // A third member joins while events flow: it takes its share.
         const bus3 = await s.bus()
         s.consume(bus3, request, handler("three"))
-        const third = await roundsUntil(bus2, () => tenantsOf.three.size > 0, "the member that joined taking tenants over")
+        const third = await roundsUntil(
+          bus2,
+          () => tenantsOf.three.size > 0,
+          "the member that joined taking tenants over",
+        )
 
         // Member one leaves mid-run: the others take its tenants over.
         const fourth: Array<string> = []
@@ -291,7 +300,10 @@ export function groupTests(ctx: SuiteContext): void {
         ).toMatchObject({ _tag: "InvalidName", rule: "wildcard" })
         // Nor as a channel or group name of a group across tenants.
         const consumer = bus.consume({ tenant: "*", channel: "*", group: "g" }, () => {})
-        expect(await rejectionOf(() => consumer.done)).toMatchObject({ _tag: "InvalidName", field: "channel" })
+        expect(await rejectionOf(() => consumer.done)).toMatchObject({
+          _tag: "InvalidName",
+          field: "channel",
+        })
         const consumer2 = bus.consume({ tenant: "t", channel, group: "*" }, () => {})
         expect(await rejectionOf(() => consumer2.done)).toMatchObject({ _tag: "InvalidName", field: "group" })
       }))
