@@ -23,6 +23,9 @@ export {
   type DeadLetter,
   type GroupClaim,
   type GroupKey,
+  type GroupMembership,
+  type Heartbeat,
+  type MemberKey,
   type OutboxPage,
   OutboxStore,
   type RelayClaim,
@@ -95,7 +98,14 @@ export { isOutboxFrontier } from "./flip/frontier.js"
 export { MemoryOutbox, MemoryTransaction } from "./memory/MemoryOutbox.js"
 export { memoryBroker, memoryTransport } from "./memory/memoryTransports.js"
 export * as Metrics from "./metrics/metrics.js"
-export { checkAddress, checkName, maxNameLength, type NameField, validateName } from "./names/Name.js"
+export {
+  allTenants,
+  checkAddress,
+  checkName,
+  maxNameLength,
+  type NameField,
+  validateName,
+} from "./names/Name.js"
 export {
   ageOf,
   destinationOf,

@@ -99,9 +99,19 @@ describe("naming rule: each rule's typed error", () => {
   it.each(hostile)("invalid-character: %j (%s) anywhere in the name", (char) => {
     for (const value of [`a${char}b`, `ab${char}`, `${char}ab`, char]) {
       const e = refused(value)
-      expect(e.rule, JSON.stringify(value)).toBe("invalid-character")
+      // "*" alone is the consume-only tenant wildcard: refused with its own rule.
+      expect(e.rule, JSON.stringify(value)).toBe(value === "*" ? "wildcard" : "invalid-character")
       expect(e.value).toBe(value)
       expect(e.message).toContain(JSON.stringify(char))
+    }
+  })
+
+  it('wildcard: "*" is refused as a name, with a message that names consume as its only place', () => {
+    for (const field of ["tenant", "channel", "group"] as const) {
+      const e = validateName(field, "*") as InvalidName
+      expect(e).toBeInstanceOf(InvalidName)
+      expect(e).toMatchObject({ field, value: "*", rule: "wildcard" })
+      expect(e.message).toContain("only by consume")
     }
   })
 
@@ -195,7 +205,9 @@ describe("naming rule: properties", () => {
         if (typeof result === "string") return result === value
         return (
           result instanceof InvalidName &&
-          ["empty", "too-long", "invalid-character", "invalid-start", "not-a-string"].includes(result.rule)
+          ["empty", "too-long", "invalid-character", "invalid-start", "not-a-string", "wildcard"].includes(
+            result.rule,
+          )
         )
       }),
     )

@@ -103,6 +103,31 @@ const parseClaimed = (reply: unknown): Array<Claimed> => {
   return out
 }
 
+/**
+ * Closes `conn` on the server and returns once the server has: found by its address in
+ * CLIENT LIST (the port of our end of the socket) and killed by id. A command the server
+ * had read from it before is done by then; one it had not is dropped. Best effort: when
+ * the connection is not found (not connected, a proxy in between), nothing is killed.
+ */
+const killOnServer = (main: Redis, conn: Redis): Effect.Effect<void> =>
+  Effect.gen(function* () {
+    const socket = (conn as unknown as { stream?: { localPort?: number; localAddress?: string } }).stream
+    const port = socket?.localPort
+    if (conn.status !== "ready" || port === undefined) return
+    const list = yield* command("CLIENT LIST", () => main.call("CLIENT", "LIST", "TYPE", "normal"))
+    const line = String(list)
+      .split("\n")
+      .find((l) => {
+        const addr = / addr=(\S+)/.exec(l)?.[1]
+        return (
+          addr?.endsWith(`:${port}`) === true &&
+          addr.includes(socket?.localAddress?.replace(/^::ffff:/, "") ?? "")
+        )
+      })
+    const id = line === undefined ? undefined : /^id=(\d+)/.exec(line)?.[1]
+    if (id !== undefined) yield* command("CLIENT KILL", () => main.call("CLIENT", "KILL", "ID", id))
+  }).pipe(Effect.ignore)
+
 /** Creates the group (at the start of the stream, creating the stream) unless it exists. */
 export const ensureGroup = (main: Redis, stream: string, group: string): Effect.Effect<void, BusError> =>
   command("XGROUP CREATE", () => main.call("XGROUP", "CREATE", stream, group, "0", "MKSTREAM")).pipe(
@@ -553,9 +578,22 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
       // back what this member still holds, then leave the group if nothing is pending.
       yield* Effect.addFinalizer(() =>
         Effect.gen(function* () {
-          const ids = [...held.keys()]
+          // A read sent on the read connection (XREADGROUP … BLOCK) outlives the loop that
+          // sent it: the server may still assign an entry to this consumer, unseen, which would
+          // wait claimIdleMs for another member while later entries overtake it (the next
+          // member of the address reads ">" at once). So the server drops the read connection
+          // first (CLIENT KILL: after it returns, nothing more is assigned through it), then
+          // every entry pending for this consumer is handed back, held or not.
+          yield* killOnServer(main, conn)
+          conn.disconnect()
+          const pending = yield* command("XPENDING", () =>
+            main.call("XPENDING", stream, group, "-", "+", 1_000, consumer),
+          ).pipe(Effect.orElseSucceed(() => []))
+          const ids = new Set(held.keys())
+          for (const row of Array.isArray(pending) ? pending : [])
+            if (Array.isArray(row)) ids.add(String(row[0]))
           held.clear()
-          if (ids.length > 0) yield* script(touchScript, [handBackIdleMs, ...ids])
+          if (ids.size > 0) yield* script(touchScript, [handBackIdleMs, ...ids])
           yield* runScript(main, retireScript, [stream], [group, consumer])
         }).pipe(
           Effect.timeout("2 seconds"),

@@ -74,6 +74,30 @@ describe("authorization", () => {
     expect(await otherChannel.text()).toContain("payroll")
   })
 
+  it('never streams the wildcard tenant "*": asked for by the browser (403) or granted by the hook (400), nothing opens', async () => {
+    const opened = stats.opened
+    const asked = await get("?tenant=*&channel=orders", "acme")
+    expect(asked.status).toBe(403)
+    expect(await asked.text()).toContain('"*"')
+    const encoded = await get("?tenant=%2A&channel=orders", "acme")
+    expect(encoded.status).toBe(403)
+    await encoded.body?.cancel()
+    // A hook that grants "*" (meaning "every tenant") is refused as a name, not obeyed.
+    const wide = await serve(
+      nodeSseHandler(bus.bus, { authorize: () => ({ tenant: "*", channels: ["orders", "*"] }) }),
+    )
+    try {
+      for (const query of ["?channel=orders", "?tenant=*&channel=orders", "?channel=*"]) {
+        const res = await fetch(`${wide.url}/${query}`)
+        expect(res.status, query).toBe(400)
+        expect(await res.text(), query).toContain("only by consume")
+      }
+    } finally {
+      await wide.close()
+    }
+    expect(stats.opened).toBe(opened)
+  })
+
   it("answers 400 when there are too many channels", async () => {
     const handler = nodeSseHandler(bus.bus, {
       authorize: () => ({ tenant: "acme", channels: ["a", "b"] }),

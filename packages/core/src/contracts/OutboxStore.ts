@@ -147,6 +147,60 @@ export interface GroupKey extends Address {
   readonly group: string
 }
 
+/** A consumer group across tenants: every address of `channel` (see {@link GroupMembership}). */
+export interface MemberKey {
+  readonly channel: string
+  readonly group: string
+}
+
+/** What one member's heartbeat returns: who else is live, and which addresses this member holds. */
+export interface Heartbeat {
+  /** Live members of the group other than the caller (any order). */
+  readonly others: ReadonlyArray<string>
+  /** Tenants whose address lease the caller holds (see {@link GroupMembership}'s `lease`). */
+  readonly held: ReadonlyArray<string>
+}
+
+/**
+ * Membership and per-address hand-off for consumer groups across tenants (`consume` with
+ * `tenant: "*"`). Members of one (channel, group) register with a lease they renew; each
+ * runs the addresses that hash to it among the live members, and holds a lease on every
+ * address it runs, so two members never run one address at once (per-address order
+ * through a rebalance, on brokers too). An address lease lives as long as its member: a
+ * member's heartbeat renews all of its address leases in one write, and a lease whose member
+ * is no longer live may be taken by another.
+ */
+export interface GroupMembership {
+  /**
+   * Tenants with committed events on `channel` in the outbox now (any order). Read from an
+   * index the outbox already has: publishing pays nothing for it.
+   */
+  readonly tenants: (channel: string) => Effect.Effect<ReadonlyArray<string>, BusError>
+  /**
+   * Registers `member` as live for `leaseMs` (or renews it), forgets members whose lease ran
+   * out, and reports the others and the caller's address leases.
+   */
+  readonly heartbeat: (key: MemberKey, member: string, leaseMs: number) => Effect.Effect<Heartbeat, BusError>
+  /**
+   * Takes the address leases of `tenants` for `member` where they are free, already the
+   * member's, or held by a member that is no longer live; returns the tenants now held. A
+   * member that is not live itself takes nothing.
+   */
+  readonly lease: (
+    key: MemberKey,
+    member: string,
+    tenants: ReadonlyArray<string>,
+  ) => Effect.Effect<ReadonlyArray<string>, BusError>
+  /** Gives the leases of `tenants` up (after the member stopped running those addresses). */
+  readonly release: (
+    key: MemberKey,
+    member: string,
+    tenants: ReadonlyArray<string>,
+  ) => Effect.Effect<void, BusError>
+  /** Leaves the group at once: the member and every lease it holds. */
+  readonly leave: (key: MemberKey, member: string) => Effect.Effect<void, BusError>
+}
+
 /**
  * Header a replayed dead letter carries (the replay's time): consumer groups look such an
  * event up in their inbox even when it arrives live, so only the group that gave up on it
@@ -239,6 +293,11 @@ export class OutboxStore extends Context.Service<
      * never committed one. Read only: it does not claim the group.
      */
     readonly groupCursor: (key: GroupKey) => Effect.Effect<string | undefined, BusError>
+    /**
+     * Membership for consumer groups across tenants. Optional: a store without it serves
+     * only single-address groups (`consume` with `tenant: "*"` fails with `ConfigError`).
+     */
+    readonly members?: GroupMembership | undefined
     /**
      * Deletes rows committed more than `olderThanMs` ago; with `keepUnforwarded` (a broker
      * transport is in use) rows the relay has not forwarded yet are kept. Cursors older

@@ -12,7 +12,14 @@ import { Schema } from "effect"
 export class InvalidName extends Schema.TaggedError<InvalidName>()("InvalidName", {
   field: Schema.Literals(["tenant", "channel", "group"]),
   value: Schema.String,
-  rule: Schema.Literals(["empty", "too-long", "invalid-character", "invalid-start", "not-a-string"]),
+  rule: Schema.Literals([
+    "empty",
+    "too-long",
+    "invalid-character",
+    "invalid-start",
+    "not-a-string",
+    "wildcard",
+  ]),
   message: Schema.String,
 }) {
   /** Retrying with the same name fails the same way. */

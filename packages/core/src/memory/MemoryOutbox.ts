@@ -5,6 +5,8 @@ import {
   type Address,
   type DeadLetter,
   type GroupClaim,
+  type GroupMembership,
+  type MemberKey,
   OutboxStore,
   type RelayClaim,
   type RelayedEvent,
@@ -110,6 +112,10 @@ export class MemoryOutbox {
   readonly partitions = 4
   readonly #partitions: Array<PartitionRow>
   readonly #relays = new Map<string, number>()
+  /** Members of groups across tenants: `channel\0group` → member → live until (ms). */
+  readonly #members = new Map<string, Map<string, number>>()
+  /** Their address leases: `channel\0group` → tenant → member. */
+  readonly #addressLeases = new Map<string, Map<string, string>>()
   #position = 0
   /** Lowest position still retained; cursors below it are expired. */
   #retainedFrom = 0
@@ -400,6 +406,7 @@ export class MemoryOutbox {
     changes: Stream.fromPubSub(this.#changes),
     watch: () => Effect.void,
     relay: this.#relay,
+    members: this.#membership,
     claimGroup: (address, group) => {
       const state = this.#group(address, group)
       return Effect.gen(function* () {
@@ -468,6 +475,78 @@ export class MemoryOutbox {
         return removed
       }),
   })
+
+  /** Group membership as on Postgres (see `GroupMembership`), with the process clock. */
+  get #membership(): GroupMembership {
+    const keyOf = (key: MemberKey) => `${key.channel}\u0000${key.group}`
+    const membersOf = (key: MemberKey) => {
+      let m = this.#members.get(keyOf(key))
+      if (m === undefined) {
+        m = new Map()
+        this.#members.set(keyOf(key), m)
+      }
+      return m
+    }
+    const leasesOf = (key: MemberKey) => {
+      let l = this.#addressLeases.get(keyOf(key))
+      if (l === undefined) {
+        l = new Map()
+        this.#addressLeases.set(keyOf(key), l)
+      }
+      return l
+    }
+    const isLive = (key: MemberKey, member: string) => (membersOf(key).get(member) ?? 0) >= Date.now()
+    return {
+      tenants: (channel) =>
+        Effect.sync(() => {
+          const tenants = new Set<string>()
+          for (const rows of this.#byAddress.values()) {
+            const first = rows[0]?.envelope
+            if (first !== undefined && first.channel === channel) tenants.add(first.tenant)
+          }
+          return [...tenants]
+        }),
+      heartbeat: (key, member, leaseMs) =>
+        Effect.sync(() => {
+          const members = membersOf(key)
+          const now = Date.now()
+          members.set(member, now + leaseMs)
+          const others: Array<string> = []
+          for (const [m, until] of members) {
+            if (m === member) continue
+            if (until < now) members.delete(m)
+            else others.push(m)
+          }
+          const held = [...leasesOf(key)].filter(([, m]) => m === member).map(([t]) => t)
+          return { others, held }
+        }),
+      lease: (key, member, tenants) =>
+        Effect.sync(() => {
+          if (!isLive(key, member)) return []
+          const leases = leasesOf(key)
+          const taken: Array<string> = []
+          for (const t of tenants) {
+            const holder = leases.get(t)
+            if (holder === undefined || holder === member || !isLive(key, holder)) {
+              leases.set(t, member)
+              taken.push(t)
+            }
+          }
+          return taken
+        }),
+      release: (key, member, tenants) =>
+        Effect.sync(() => {
+          const leases = leasesOf(key)
+          for (const t of tenants) if (leases.get(t) === member) leases.delete(t)
+        }),
+      leave: (key, member) =>
+        Effect.sync(() => {
+          membersOf(key).delete(member)
+          const leases = leasesOf(key)
+          for (const [t, m] of leases) if (m === member) leases.delete(t)
+        }),
+    }
+  }
 
   /** Provides this outbox as the {@link OutboxStore} service. */
   get layer(): Layer.Layer<OutboxStore> {

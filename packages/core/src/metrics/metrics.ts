@@ -47,3 +47,11 @@ export const fallbackPollHits = Metric.counter("bus_fallback_poll_hits", {
 export const inboxSkipped = Metric.counter("bus_inbox_skipped", {
   description: "group deliveries skipped because the group had handled them (after a flip or a lost ack)",
 })
+/**
+ * Addresses one member of a consumer group across tenants (`consume` with `tenant: "*"`) runs
+ * now, by `group` and `channel`: its share of the channel's tenants, which moves as members
+ * come and go.
+ */
+export const assignedAddresses = Metric.gauge("bus_group_assigned_addresses", {
+  description: "addresses a member of a consumer group across tenants runs now",
+})

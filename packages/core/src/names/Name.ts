@@ -17,6 +17,14 @@ import { InvalidName } from "../errors/BusError.js"
  * @module
  */
 
+/**
+ * The tenant of a consumer group across tenants: `consume({ tenant: "*", channel, group })`
+ * runs one channel for every tenant. Accepted by `consume` only; everywhere else (subscribe,
+ * publish, SSE, group and channel names) it is refused with {@link InvalidName} rule
+ * `wildcard`, so it can never widen what a subscriber or a browser sees.
+ */
+export const allTenants = "*"
+
 /** Longest accepted name, in characters (all ASCII, so also bytes). */
 export const maxNameLength = 64
 
@@ -45,6 +53,14 @@ export const validateName = (field: NameField, value: unknown): InvalidName | st
       value: show(value),
       rule: "not-a-string",
       message: `${field} must be a string, got ${typeof value}`,
+    })
+  }
+  if (value === allTenants) {
+    return new InvalidName({
+      field,
+      value,
+      rule: "wildcard",
+      message: `${field} "*" (every tenant) is accepted only by consume, for a consumer group across tenants; a subscription, a publish or an SSE stream names one ${field}`,
     })
   }
   if (value.length === 0) {

@@ -1,9 +1,9 @@
 import { Cause, Context, Effect, Exit, Fiber, Layer, Metric, Option, Stream } from "effect"
-import { type GroupKey, OutboxStore } from "../contracts/OutboxStore.js"
+import { type Address, type GroupKey, OutboxStore } from "../contracts/OutboxStore.js"
 import type { Delivery, SubscribeRequest } from "../contracts/Transport.js"
 import { Transport } from "../contracts/Transport.js"
 import type { DeliveredEvent } from "../envelope/Envelope.js"
-import type { BusError } from "../errors/BusError.js"
+import { type BusError, ConfigError } from "../errors/BusError.js"
 import {
   deadLettered,
   deliveryLag,
@@ -11,9 +11,10 @@ import {
   handlerRetries,
   inboxSkipped,
 } from "../metrics/metrics.js"
-import { checkAddress, checkName } from "../names/Name.js"
+import { allTenants, checkAddress, checkName } from "../names/Name.js"
 import { ageOf, messageAttributes, messagingAttributes, producerLinks } from "../observability/telemetry.js"
 import { backoffDelay, cappedBackoff } from "../schedule/backoff.js"
+import { consumeAllTenants } from "./allTenants.js"
 
 /**
  * Consuming: `subscribe` for a stream of events from a cursor, `consume` for a consumer
@@ -34,6 +35,13 @@ import { backoffDelay, cappedBackoff } from "../schedule/backoff.js"
 
 /** A consumer-group request for {@link Subscriber}'s `consume`. */
 export interface ConsumeRequest {
+  /**
+   * The tenant whose events of `channel` the group handles, or `"*"` ({@link allTenants})
+   * for every tenant: a consumer group across tenants. Its members share the channel's
+   * addresses (each runs some tenants, each tenant runs on one member at a time, in order)
+   * and rebalance as members come and go; the handler reads `event.tenant`. Needs an
+   * outbox with membership (Postgres, the in-memory one). See docs/concepts.md.
+   */
   readonly tenant: string
   readonly channel: string
   /** Group name: members of one group share the work; each group sees every event. */
@@ -53,6 +61,17 @@ export interface ConsumeRequest {
    * is interrupted, and its event is delivered again.
    */
   readonly stopGraceMs?: number
+  /**
+   * `tenant: "*"` only: how long a member stays registered without renewing (default 5 000
+   * ms). A member that dies is replaced within about this long and a quarter more; one that
+   * closes, within about half of it. Members renew every quarter of it (one write each).
+   */
+  readonly memberLeaseMs?: number
+  /**
+   * `tenant: "*"` only: how often a member looks for tenants that published on the channel
+   * for the first time (default 5 000 ms; one index-only read of the outbox's tenants).
+   */
+  readonly discoverIntervalMs?: number
 }
 
 /** A handler for `consume`: fails (or throws, in the Promise facade) to ask for a retry. */
@@ -108,10 +127,14 @@ export class Subscriber extends Context.Service<
           ),
         )
 
-      const consume = <E, R>(request: ConsumeRequest, handler: Handler<E, R>) =>
+      /** The group of one (checked) address: the whole of `consume`, and one address of a group across tenants. */
+      const consumeAddress = <E, R>(
+        address: Address,
+        group: string,
+        request: ConsumeRequest,
+        handler: Handler<E, R>,
+      ) =>
         Effect.gen(function* () {
-          const address = yield* checkAddress(request)
-          const group = yield* checkName("group", request.group)
           const concurrency = Math.max(1, request.concurrency ?? 1)
           const maxAttempts = Math.max(1, request.maxAttempts ?? 5)
           const initial = request.initialBackoffMs ?? 200
@@ -250,6 +273,32 @@ export class Subscriber extends Context.Service<
           yield* transport
             .group({ ...address, group, maxInFlight: concurrency })
             .pipe(Stream.mapEffect(handleGracefully, { concurrency }), Stream.runDrain)
+        })
+
+      const consume = <E, R>(request: ConsumeRequest, handler: Handler<E, R>) =>
+        Effect.gen(function* () {
+          const group = yield* checkName("group", request.group)
+          if (request.tenant !== allTenants) {
+            const address = yield* checkAddress(request)
+            return yield* consumeAddress(address, group, request, handler)
+          }
+          const channel = yield* checkName("channel", request.channel)
+          const members = store?.members
+          if (members === undefined) {
+            return yield* new ConfigError({
+              message: `consume with tenant "*" (a consumer group across tenants) needs an outbox store with group membership (the Postgres or in-memory outbox); ${store === undefined ? "this bus has no outbox store" : `the outbox store ${store.name} has none`}`,
+            })
+          }
+          return yield* consumeAllTenants(
+            {
+              members,
+              key: { channel, group },
+              memberLeaseMs: request.memberLeaseMs ?? 5_000,
+              discoverIntervalMs: request.discoverIntervalMs ?? 5_000,
+              transport: system,
+            },
+            (tenant) => consumeAddress({ tenant, channel }, group, request, handler),
+          )
         })
 
       return Subscriber.of({ subscribe, consume })

@@ -36,6 +36,7 @@ import { relayChannel, relayPayload } from "./channels.js"
 import { coversPosition, decodeCursor, decodePosition } from "./cursor.js"
 import { claimGroup } from "./groups.js"
 import { relayPartitionOf } from "./hashtext.js"
+import { makeMembership } from "./members.js"
 import { type PostgresOutboxOptions, resolveOptions } from "./options.js"
 import { makeQueries } from "./queries.js"
 import { compactEpoch, head, read } from "./read.js"
@@ -408,6 +409,7 @@ export const makePostgresOutboxStore = (
       relay: { ...relayLog, wakeups: relayWakeupStream },
       claimGroup: (address, group) =>
         claimGroup(executor, queries, o.groupLeaseMs, address, group, o.closeGraceMs),
+      members: makeMembership(executor, schema.quoted),
       ownsCursor,
       covers,
       handled: relay.handled,

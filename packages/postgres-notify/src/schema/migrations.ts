@@ -351,6 +351,29 @@ END
 $$;
 `
 
+const v6 = (S: string): string => `
+-- Consumer groups across tenants (consume with tenant "*"): members of a (channel, group)
+-- register with a lease they renew, and hold a lease on each address (tenant) they run, so
+-- two members never run one address at once. An address lease is as live as its member:
+-- renewing the member renews them all in one write.
+CREATE TABLE ${S}.group_members (
+  channel text NOT NULL,
+  group_name text NOT NULL,
+  member text NOT NULL,
+  seen_until timestamptz NOT NULL,
+  PRIMARY KEY (channel, group_name, member)
+);
+CREATE TABLE ${S}.group_leases (
+  channel text NOT NULL,
+  group_name text NOT NULL,
+  tenant text NOT NULL,
+  member text NOT NULL,
+  taken_at timestamptz NOT NULL DEFAULT now(),
+  PRIMARY KEY (channel, group_name, tenant)
+);
+CREATE INDEX group_leases_member ON ${S}.group_leases (channel, group_name, member);
+`
+
 /** Every migration, oldest first. */
 export const migrations: ReadonlyArray<Migration> = [
   { version: 1, name: "outbox", sql: v1 },
@@ -358,6 +381,7 @@ export const migrations: ReadonlyArray<Migration> = [
   { version: 3, name: "lease index", sql: v3 },
   { version: 4, name: "log relay", sql: v4 },
   { version: 5, name: "sql publish", sql: v5 },
+  { version: 6, name: "groups across tenants", sql: v6 },
 ]
 
 /** The schema version this build of the package reads and writes. */

@@ -3,6 +3,8 @@ import type { Bus, DeadLetter, DeliveredEvent } from "@bus/core"
 import { describe, expect, it } from "vitest"
 import {
   event,
+  orderViolations,
+  rejectionOf,
   Tally,
   txEvents,
   uniqueAddress,
@@ -155,6 +157,155 @@ export function groupTests(ctx: SuiteContext): void {
         console.log(
           `conformance[${ctx.target.name}] group members: before the takeover handled ${firstBatches} (one/two/three); member ${busier} stopped, ${survivor} took over ${batch2.length} events`,
         )
+      }))
+
+    it('10d. a group across tenants (tenant "*"): every tenant\'s events once, in order per address, shared by the members, through a member joining and one leaving, a new tenant picked up', async ({
+      skip,
+    }) =>
+      withSession(ctx, async (s) => {
+        const bus1 = await s.bus()
+        const bus2 = await s.bus()
+        skip(!groupsSupported(ctx, bus1), "the transport has no consumer groups")
+        const channel = uniqueName("c")
+        const group = uniqueName("g")
+        // 16 tenants, so that rendezvous hashing leaves no member without a tenant (the odds
+        // that one of three members gets none are (2/3)^16, about 0.15%).
+        const tenants = Array.from({ length: 16 }, () => uniqueName("t"))
+        const late = uniqueName("t")
+        const request = { tenant: "*", channel, group, memberLeaseMs: 2_000, discoverIntervalMs: 300 }
+        const all = new Tally()
+        const tenantsOf = { one: new Set<string>(), two: new Set<string>(), three: new Set<string>() }
+        const counts = { one: 0, two: 0, three: 0 }
+        // Who handled what, when: printed for an address whose order broke.
+        const trace: Array<{ member: string; tenant: string; seq: number | undefined; at: number }> = []
+        const strangers: Array<string> = []
+        const handler = (member: keyof typeof tenantsOf) => (e: DeliveredEvent) => {
+          counts[member]++
+          trace.push({
+            member,
+            tenant: e.tenant,
+            seq: (e.data as { seq?: number } | null)?.seq,
+            at: Date.now(),
+          })
+          if (e.channel !== channel || (!tenants.includes(e.tenant) && e.tenant !== late))
+            strangers.push(`${e.tenant}/${e.channel}`)
+          all.add(e)
+          tenantsOf[member].add(e.tenant)
+        }
+        // Per tenant one running sequence across transactions: {tx: "address", seq} checks
+        // the order of each whole address, not only within a transaction.
+        const nextSeq = new Map<string, number>()
+        const round = async (bus: Bus, of: ReadonlyArray<string>, perTenant: number) => {
+          const ids: Array<string> = []
+          for (const tenant of of) {
+            const start = nextSeq.get(tenant) ?? 0
+            nextSeq.set(tenant, start + perTenant)
+            const events = Array.from({ length: perTenant }, (_, i) =>
+              event({ tenant, channel }, "conformance.wild", { tx: "address", seq: start + i }),
+            )
+            ids.push(...(await s.publish(bus, events)).ids)
+          }
+          return ids
+        }
+        const handledAll = (ids: ReadonlyArray<string>, what: string) =>
+          waitFor(
+            () => all.hasAll(ids),
+            timeout * 2,
+            () => `${what}: ${all.missing(ids).length} of ${ids.length} not handled`,
+          )
+
+        /** Publishes rounds while events flow until `done` holds (members see each other within a tick or two). */
+        const roundsUntil = async (bus: Bus, done: () => boolean, what: string) => {
+          const ids: Array<string> = []
+          await waitFor(
+            async () => {
+              const batch = await round(bus, tenants, 2)
+              ids.push(...batch)
+              await handledAll(batch, what)
+              return done()
+            },
+            timeout * 2,
+            what,
+          )
+          return ids
+        }
+
+        // Tenants with events before the members start are found at start. The member that
+        // starts first may run them all until it sees the second one.
+        const first = await round(bus1, tenants, 3)
+        const one = s.consume(bus1, request, handler("one"))
+        s.consume(bus2, request, handler("two"))
+        await handledAll(first, "the events published before the members started")
+        const second = await roundsUntil(
+          bus1,
+          () => tenantsOf.one.size > 0 && tenantsOf.two.size > 0,
+          "both members running some tenants",
+        )
+
+        // A third member joins while events flow: it takes its share.
+        const bus3 = await s.bus()
+        s.consume(bus3, request, handler("three"))
+        const third = await roundsUntil(
+          bus2,
+          () => tenantsOf.three.size > 0,
+          "the member that joined taking tenants over",
+        )
+
+        // Member one leaves mid-run: the others take its tenants over.
+        const fourth: Array<string> = []
+        const publishing = (async () => {
+          for (let r = 0; r < 3; r++) fourth.push(...(await round(bus2, tenants, 2)))
+        })()
+        await within(one.close(), ctx.closeTimeoutMs, "close() of a member of a group across tenants")
+        const oneStoppedAt = counts.one
+        await publishing
+        await handledAll(fourth, "after a member left")
+
+        // A tenant that publishes on the channel for the first time is picked up.
+        const fifth = [...(await round(bus2, [late], 3)), ...(await round(bus2, tenants.slice(0, 4), 1))]
+        await handledAll(fifth, "a new tenant")
+
+        const published = [...first, ...second, ...third, ...fourth, ...fifth]
+        expect(strangers, "events of other addresses").toEqual([])
+        expect(all.duplicates, "events handled more than once").toEqual([])
+        const violations = orderViolations(all.events)
+        const broken = new Set(violations.map((v) => v.split("/")[0]))
+        const t0 = trace[0]?.at ?? 0
+        expect(
+          violations,
+          `per-address order; handled (member seq +ms): ${trace
+            .filter((t) => broken.has(t.tenant))
+            .map((t) => `${t.member} ${t.seq} +${t.at - t0}`)
+            .join(", ")}`,
+        ).toEqual([])
+        expect(all.distinct).toBe(published.length)
+        expect(counts.one, "a member that left handles nothing more").toBe(oneStoppedAt)
+        console.log(
+          `conformance[${ctx.target.name}] group across tenants: ${published.length} events of ${tenants.length + 1} tenants; tenants run by one/two/three: ${tenantsOf.one.size}/${tenantsOf.two.size}/${tenantsOf.three.size}`,
+        )
+      }))
+
+    it('10e. tenant "*" is a consume-only wildcard: subscribe and publish refuse it with InvalidName', async () =>
+      withSession(ctx, async (s) => {
+        const bus = await s.bus()
+        const channel = uniqueName("c")
+        const sub = bus.subscribe({ tenant: "*", channel, from: "beginning" })
+        const refused = await rejectionOf(async () => {
+          for await (const _ of sub) break
+        })
+        expect(refused).toMatchObject({ _tag: "InvalidName", field: "tenant", rule: "wildcard" })
+        await sub.close()
+        expect(
+          await rejectionOf(() => s.publish(bus, event({ tenant: "*", channel }, "conformance.wild"))),
+        ).toMatchObject({ _tag: "InvalidName", rule: "wildcard" })
+        // Nor as a channel or group name of a group across tenants.
+        const consumer = bus.consume({ tenant: "*", channel: "*", group: "g" }, () => {})
+        expect(await rejectionOf(() => consumer.done)).toMatchObject({
+          _tag: "InvalidName",
+          field: "channel",
+        })
+        const consumer2 = bus.consume({ tenant: "t", channel, group: "*" }, () => {})
+        expect(await rejectionOf(() => consumer2.done)).toMatchObject({ _tag: "InvalidName", field: "group" })
       }))
 
     it("10c. a restarted consumer resumes from the group position: nothing skipped, nothing handled again", async ({
