@@ -350,6 +350,7 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
       unbind()
       handles.delete(subscription)
       page = []
+      at = 0
       cancelWait?.()
       wake?.()
       if (step !== undefined) await Effect.runPromise(Fiber.interrupt(step))
