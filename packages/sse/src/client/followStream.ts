@@ -176,11 +176,12 @@ const issuesOf = (
  * ```ts
  * import { defineChannel } from "@bus/core"
  * import { followStream } from "@bus/sse/client"
- * import { z } from "zod"
+ * import { Schema } from "effect"
  *
+ * // Usually imported from a module shared with the server (zod and valibot schemas work too).
  * const orders = defineChannel("orders", {
- *   "order.paid": z.object({ orderId: z.string(), total: z.number() }),
- *   "order.shipped": z.object({ orderId: z.string(), carrier: z.string() }),
+ *   "order.paid": Schema.toStandardSchemaV1(Schema.Struct({ orderId: Schema.String, total: Schema.Number })),
+ *   "order.shipped": Schema.toStandardSchemaV1(Schema.Struct({ orderId: Schema.String, carrier: Schema.String })),
  * })
  * const stream = followStream({ url: "/events", channels: [orders] }, {
  *   onEvent: (e) => {
