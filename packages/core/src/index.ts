@@ -8,6 +8,17 @@
 
 export { type BusOptions, busLayer, resolveSelection, TransportSelection } from "./bus/busLayer.js"
 export {
+  type AnyChannel,
+  type Channel,
+  type ChannelEvent,
+  type ChannelEventInput,
+  type ChannelRef,
+  defineChannel,
+  type EventSchemas,
+  type OnInvalidEvent,
+  type StandardSchemaV1,
+} from "./channel/Channel.js"
+export {
   type BrokerName,
   defaultNotifyRateThreshold,
   type SelectionConfig,
@@ -77,6 +88,8 @@ export {
 } from "./errors/BusError.js"
 export {
   type Bus,
+  type ConsumeHandler,
+  type ConsumeOptions,
   type Consumer,
   createBus,
   iteratorBuffer,
@@ -124,7 +137,12 @@ export {
   outboxFeedStats,
   outboxTransport,
 } from "./outbox-transport/OutboxTransport.js"
-export { Publisher, type PublisherOptions, type PublishReceipt } from "./publisher/Publisher.js"
+export {
+  Publisher,
+  type PublisherOptions,
+  type PublishInput,
+  type PublishReceipt,
+} from "./publisher/Publisher.js"
 export { type RelayBatchResult, type RelayOptions, relayBatch, runRelay } from "./relay/Relay.js"
 export {
   attachResendSignal,
@@ -137,4 +155,9 @@ export {
   resendSignalOf,
 } from "./relay/resend.js"
 export { backoffDelay, cappedBackoff } from "./schedule/backoff.js"
-export { type ConsumeRequest, type Handler, Subscriber } from "./subscriber/Subscriber.js"
+export {
+  type ConsumeRequest,
+  type Handler,
+  type SubscribeInput,
+  Subscriber,
+} from "./subscriber/Subscriber.js"

@@ -1,4 +1,5 @@
-import { type Bus, createBus, type EventInput, uuidv7 } from "@bus/core"
+import { type Bus, createBus, defineChannel, type EventInput, uuidv7 } from "@bus/core"
+import { Schema } from "effect"
 import { Kysely, PostgresDialect } from "kysely"
 import type pg from "pg"
 import postgres from "postgres"
@@ -147,6 +148,33 @@ describe("publish fast path", () => {
     })
     expect((await rows(schema)).map((r) => r.data)).toEqual([{ ok: 3 }, "\\u0000 is text here"])
     expect((await db.pool.query(`SELECT count(*)::int AS n FROM "${schema}".orders`)).rows[0].n).toBe(2)
+  })
+
+  it("refuses an event that fails its typed channel's schema before any statement, the transaction usable", async () => {
+    const { bus, schema } = await openBus()
+    const paid = defineChannel("paid", {
+      "order.paid": Schema.toStandardSchemaV1(Schema.Struct({ orderId: Schema.String, cents: Schema.Int })),
+    })
+    await pgTx(async (c) => {
+      const err = await rejection(
+        bus.publish(c, [
+          { tenant: "acme", channel: paid, type: "order.paid", data: { orderId: "o-1", cents: 100 } },
+          { tenant: "acme", channel: paid, type: "order.paid", data: { orderId: "o-2", cents: 1.5 } },
+        ]),
+      )
+      expect(err).toMatchObject({ _tag: "InvalidEvent", reason: "schema" })
+      // Not aborted: the next statements of the caller's transaction run and commit.
+      expect((await c.query(`SELECT count(*)::int AS n FROM "${schema}".outbox`)).rows[0].n).toBe(0)
+      await bus.publish(c, {
+        tenant: "acme",
+        channel: paid,
+        type: "order.paid",
+        data: { orderId: "o-3", cents: 7 },
+      })
+    })
+    expect((await rows(schema)).map((r) => [r.channel, r.data])).toEqual([
+      ["paid", { orderId: "o-3", cents: 7 }],
+    ])
   })
 
   it("re-publishing an id is a no-op, alone or in a batch, in the same or a later transaction", async () => {

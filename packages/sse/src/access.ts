@@ -1,5 +1,5 @@
 import { validateName } from "@bus/core"
-import type { AuthorizeResult, ResolvedSseOptions, SseGrant } from "./options.js"
+import { type AuthorizeResult, nameOf, type ResolvedSseOptions, type SseGrant } from "./options.js"
 import { decodeSseId, type SseIdError } from "./sseId.js"
 
 /**
@@ -79,12 +79,13 @@ export const decide = (
   const tenant = query.get("tenant") ?? options.tenant ?? answer.tenant
   if (tenant !== answer.tenant) return refuse(403, `tenant ${JSON.stringify(tenant)} is not allowed`)
   const asked = query.getAll("channel")
-  const channels = [...new Set(asked.length > 0 ? asked : (options.channels ?? answer.channels))]
+  const grantedNames = answer.channels.map(nameOf)
+  const channels = [...new Set(asked.length > 0 ? asked : (options.channels ?? grantedNames))]
   if (channels.length === 0) return refuse(400, "no channel to stream: add ?channel=NAME")
   if (channels.length > options.maxChannels) {
     return refuse(400, `at most ${options.maxChannels} channels per connection; got ${channels.length}`)
   }
-  const granted = new Set(answer.channels)
+  const granted = new Set(grantedNames)
   const denied = channels.find((c) => !granted.has(c))
   if (denied !== undefined) return refuse(403, `channel ${JSON.stringify(denied)} is not allowed`)
   for (const [field, name] of [

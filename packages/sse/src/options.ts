@@ -1,4 +1,4 @@
-import type { DeliveredEvent, StartPosition } from "@bus/core"
+import type { AnyChannel, DeliveredEvent, StartPosition } from "@bus/core"
 import { FrameCache } from "./frames.js"
 
 /**
@@ -8,11 +8,18 @@ import { FrameCache } from "./frames.js"
  * @module
  */
 
-/** What a request may read: one tenant and the channels of it this request may open. */
+/**
+ * What a request may read: one tenant and the channels of it this request may open (names,
+ * or typed channels from `defineChannel`, which stand for their names).
+ */
 export interface SseGrant {
   readonly tenant: string
-  readonly channels: ReadonlyArray<string>
+  readonly channels: ReadonlyArray<string | AnyChannel>
 }
+
+/** A channel's name, whether given by name or as a typed channel. */
+export const nameOf = (channel: string | AnyChannel): string =>
+  typeof channel === "object" && channel !== null ? channel.name : channel
 
 /**
  * A refusal from the authorization hook: `401` when the caller is not authenticated,
@@ -48,9 +55,11 @@ export interface SseOptions<Req> {
   readonly tenant?: string
   /**
    * Channels to stream when the request does not name any (`?channel=a&channel=b`);
-   * default: every granted channel.
+   * default: every granted channel. Typed channels stand for their names: the stream
+   * carries events as stored (the schema's input form) and `@bus/sse/client`, given the
+   * same channels, checks and decodes them in the browser.
    */
-  readonly channels?: ReadonlyArray<string>
+  readonly channels?: ReadonlyArray<string | AnyChannel>
   /** Where a connection without `Last-Event-ID` starts: a cursor, `"beginning"` or `"now"` (default). */
   readonly from?: StartPosition
   /**
@@ -88,6 +97,7 @@ export interface SseOptions<Req> {
 
 /** Options with every default filled in. */
 export interface ResolvedSseOptions<Req> extends SseOptions<Req> {
+  readonly channels?: ReadonlyArray<string>
   readonly from: StartPosition
   readonly retryMs: number
   readonly heartbeatMs: number
@@ -132,6 +142,7 @@ export const resolveOptions = <Req>(options: SseOptions<Req> | undefined): Resol
   const serialize = options.serialize ?? ((event: DeliveredEvent) => JSON.stringify(event))
   return {
     ...options,
+    channels: options.channels?.map(nameOf),
     from: options.from ?? "now",
     retryMs: positive("retryMs", options.retryMs, defaultRetryMs),
     heartbeatMs: positive("heartbeatMs", options.heartbeatMs, defaultHeartbeatMs),

@@ -11,18 +11,28 @@ import {
   Stream,
 } from "effect"
 import { type BusOptions, busLayer, TransportSelection } from "../bus/busLayer.js"
+import {
+  type AnyChannel,
+  type ChannelEvent,
+  type ChannelRef,
+  channelName,
+  checkPage,
+  invalidEventWarning,
+  isChannel,
+  type OnInvalidEvent,
+} from "../channel/Channel.js"
 import type { TransportChoice } from "../config/BusConfig.js"
 import type { TransportCapabilities } from "../contracts/Capabilities.js"
 import type { StartPosition } from "../contracts/Cursor.js"
 import { type DeadLetter, OutboxStore } from "../contracts/OutboxStore.js"
 import { Transport } from "../contracts/Transport.js"
-import type { DeliveredEvent, EventInput } from "../envelope/Envelope.js"
+import type { DeliveredEvent } from "../envelope/Envelope.js"
 import { BusClosed, type BusError } from "../errors/BusError.js"
 import { deliveryLag, eventsDelivered } from "../metrics/metrics.js"
 import { checkAddress } from "../names/Name.js"
 import { ageOf } from "../observability/telemetry.js"
 import { outboxFeedCursor } from "../outbox-transport/OutboxTransport.js"
-import { Publisher, type PublishReceipt } from "../publisher/Publisher.js"
+import { Publisher, type PublishInput, type PublishReceipt } from "../publisher/Publisher.js"
 import { cappedBackoff } from "../schedule/backoff.js"
 import { type ConsumeRequest, Subscriber } from "../subscriber/Subscriber.js"
 import { EventQueue } from "./EventQueue.js"
@@ -35,8 +45,11 @@ import { EventQueue } from "./EventQueue.js"
  * @module
  */
 
-/** A live subscription: iterate it with `for await`, stop it with `close()` or `break`. */
-export interface Subscription extends AsyncIterable<DeliveredEvent>, AsyncDisposable {
+/**
+ * A live subscription: iterate it with `for await`, stop it with `close()`, `break`, its
+ * `signal` or `await using`. `Event` is a typed channel's event union ({@link ChannelEvent}).
+ */
+export interface Subscription<Event = DeliveredEvent> extends AsyncIterable<Event>, AsyncDisposable {
   /**
    * Resolves with the cursor the subscription starts after, once that position is fixed
    * (for `from: "now"`, the head at subscribe time; on the outbox transports, the
@@ -59,25 +72,64 @@ export interface Subscription extends AsyncIterable<DeliveredEvent>, AsyncDispos
   close(): Promise<void>
 }
 
-/** A running consumer-group member. */
+/** A running consumer-group member; `await using` closes it at the end of the block. */
 export interface Consumer extends AsyncDisposable {
   /** Settles when the consumer stops: resolves after `close()`, rejects on a fatal error. */
   readonly done: Promise<void>
   /**
    * Stops. A handler in flight may finish and have its event acknowledged for up to
-   * `stopGraceMs` (default 1 s); after that it is interrupted, and its event is delivered
-   * again later.
+   * `stopGraceMs` (default 1 s); after that its `signal` aborts, the bus stops waiting for
+   * it, and its event is delivered again later (to this group's next member).
    */
   close(): Promise<void>
 }
 
-/** Subscription request of the facade. */
-export interface SubscribeOptions {
+/**
+ * Subscription request of the facade. `channel` is a name, or a typed channel from
+ * `defineChannel`: then the events are typed by its schemas and checked on receipt.
+ */
+export interface SubscribeOptions<C extends ChannelRef = string> {
   readonly tenant: string
-  readonly channel: string
+  readonly channel: C
   /** A cursor, `"beginning"` or `"now"` (default). */
   readonly from?: StartPosition
+  /**
+   * Closes the subscription when aborted: a `for await` over it ends (no error), `ready`
+   * rejects with `BusClosed` if it had not resolved. Already aborted: the subscription
+   * starts closed and reads nothing.
+   */
+  readonly signal?: AbortSignal
+  /**
+   * Typed channels: told about each received event that fails its schema. Such an event is
+   * not yielded (a subscription is a live view; consumer groups dead-letter instead) and
+   * the subscription goes on past it. Default: a warning with the event's id, cursor and
+   * the schema's issues is logged. A throw here ends the iterator with that error.
+   */
+  readonly onInvalid?: OnInvalidEvent
 }
+
+/** Consumer-group request of the facade: {@link ConsumeRequest} and a `signal`. */
+export interface ConsumeOptions<C extends ChannelRef = string> extends ConsumeRequest<C> {
+  /**
+   * Stops the consumer when aborted, as `close()` does (`done` resolves). Already aborted:
+   * the consumer does not start and `done` is resolved.
+   */
+  readonly signal?: AbortSignal
+}
+
+/**
+ * A consumer's handler. Throwing or rejecting asks for a retry (with backoff, then the dead
+ * letters). `attempt` counts deliveries of this event to the group, from 1. `signal` aborts
+ * when the handler's time is up: its member stopped (`close()`, the consumer's `signal`,
+ * `bus.close()`) and the `stopGraceMs` grace period passed without the handler settling.
+ * From then on the bus no longer waits for it, its outcome is ignored and the event will be
+ * delivered again: pass `signal` to `fetch` and the like so the work stops too.
+ */
+export type ConsumeHandler<Event = DeliveredEvent> = (
+  event: Event,
+  attempt: number,
+  signal: AbortSignal,
+) => Promise<void> | void
 
 /**
  * Events a subscription's iterator may hold before delivery to it pauses (plus at most
@@ -91,16 +143,28 @@ export interface Bus extends AsyncDisposable {
   readonly selection: TransportChoice
   /** What the transport in use can do. */
   readonly capabilities: TransportCapabilities
-  /** Appends events inside the caller's transaction `tx`; delivered when it commits. */
-  publish(tx: unknown, events: EventInput | ReadonlyArray<EventInput>): Promise<PublishReceipt>
-  /** Events of one tenant channel after `from`, then live. */
-  subscribe(options: SubscribeOptions): Subscription
+  /**
+   * Appends events inside the caller's transaction `tx`; delivered when it commits. An
+   * event of a typed channel (`channel: orders`) is checked against the schema of its
+   * `type` first; a mismatch rejects with `InvalidEvent` (reason `schema`) before anything
+   * is written, leaving `tx` untouched and usable.
+   */
+  publish<C extends AnyChannel = never>(
+    tx: unknown,
+    events: PublishInput<C> | ReadonlyArray<PublishInput<C>>,
+  ): Promise<PublishReceipt>
+  /** Events of one tenant channel after `from`, then live (typed for a typed channel). */
+  subscribe<C extends ChannelRef = string>(options: SubscribeOptions<C>): Subscription<ChannelEvent<C>>
   /** The cursor `from: "now"` would start after on this address: everything delivered so far. */
   head(address: { readonly tenant: string; readonly channel: string }): Promise<string>
-  /** Runs `handler` for every event of a consumer group; a throw or rejection retries with backoff. */
-  consume(
-    request: ConsumeRequest,
-    handler: (event: DeliveredEvent, attempt: number) => Promise<void> | void,
+  /**
+   * Runs `handler` for every event of a consumer group; a throw or rejection retries with
+   * backoff. With a typed channel the handler gets typed events, and an event that fails its
+   * schema is dead-lettered (never handed to the handler, never dropped).
+   */
+  consume<C extends ChannelRef = string>(
+    request: ConsumeOptions<C>,
+    handler: ConsumeHandler<ChannelEvent<C>>,
   ): Consumer
   /** Dead-lettered events, newest first. */
   deadLetters(limit?: number): Promise<ReadonlyArray<DeadLetter>>
@@ -164,11 +228,45 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
   /** Pages whose delivery lag was recorded (weak: a page lives as long as the log or a reader holds it). */
   const lagRecorded = new WeakSet<ReadonlyArray<DeliveredEvent>>()
 
+  /** Where a typed subscription reports an event that fails its schema. */
+  const onInvalidOf = (request: SubscribeOptions<ChannelRef>): OnInvalidEvent =>
+    request.onInvalid ??
+    ((event, error) => runtime.runFork(Effect.logWarning(invalidEventWarning(event, error))))
+
+  /**
+   * Ties a subscription's or consumer's `close` to the caller's signal. The listener is
+   * removed when the handle closes, so a long-lived signal does not keep closed handles alive.
+   */
+  const bindSignal = (signal: AbortSignal | undefined, close: () => Promise<void>) => {
+    if (signal === undefined) return () => {}
+    const onAbort = () => void close().catch(() => {})
+    signal.addEventListener("abort", onAbort, { once: true })
+    return () => signal.removeEventListener("abort", onAbort)
+  }
+
+  /** A subscription whose signal was aborted before it started: ends at once, holds nothing. */
+  const abortedSubscription = (): Subscription => {
+    const ready = Promise.reject(new BusClosed({ message: "the subscription was aborted before it started" }))
+    ready.catch(() => {})
+    const close = async () => {}
+    const done: IteratorResult<DeliveredEvent> = { done: true, value: undefined }
+    return {
+      ready,
+      cursor: undefined,
+      buffered: 0,
+      close,
+      [Symbol.asyncDispose]: close,
+      [Symbol.asyncIterator]: () => ({ next: async () => done, return: async () => done }),
+    }
+  }
+
   const subscribeByCursor = (
-    request: SubscribeOptions,
+    request: SubscribeOptions<ChannelRef>,
     open: NonNullable<typeof openCursor>,
     context: Context.Context<never>,
   ): Subscription => {
+    const typed = isChannel(request.channel) ? request.channel : undefined
+    const onInvalid = onInvalidOf(request)
     const scope = Scope.makeUnsafe()
     let closed = false
     let failure: { readonly error: unknown } | undefined
@@ -180,7 +278,7 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
     let at = 0
     const opened = runtime.runPromise(
       Effect.gen(function* () {
-        const address = yield* checkAddress(request)
+        const address = yield* checkAddress({ tenant: request.tenant, channel: channelName(request.channel) })
         const transport = yield* Transport
         const from = request.from ?? "now"
         // A refused start cursor rejects `ready` (and ends the iterator with the same error);
@@ -227,24 +325,32 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
         }
         const next = found === "step" ? ((await runStep(feedCursor.step)) as typeof found | undefined) : found
         if (next === undefined || typeof next === "string") continue
-        page = next.events
-        at = 0
-        delivered.updateUnsafe(page.length, context)
+        const events = next.events
+        delivered.updateUnsafe(events.length, context)
         // A page of the shared log is the same array for every local subscriber: its lag is
         // recorded once per process (by whoever takes it first), not once per subscriber.
-        if (!lagRecorded.has(page)) {
-          lagRecorded.add(page)
+        if (!lagRecorded.has(events)) {
+          lagRecorded.add(events)
           const now = Date.now()
-          for (const event of page) lag.updateUnsafe(ageOf(event, now), context)
+          for (const event of events) lag.updateUnsafe(ageOf(event, now), context)
         }
+        // A typed channel's events are checked here, as the page is taken (an async schema
+        // is awaited); those that fail go to `onInvalid` and are not yielded.
+        const kept = typed === undefined ? events : await checkPage(typed, events, onInvalid)
+        if (closed) return false
+        if (kept.length === 0) continue
+        page = kept
+        at = 0
         return true
       }
     }
     const close = async () => {
       if (closed) return
       closed = true
+      unbind()
       handles.delete(subscription)
       page = []
+      at = 0
       cancelWait?.()
       wake?.()
       if (step !== undefined) await Effect.runPromise(Fiber.interrupt(step))
@@ -287,15 +393,19 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
         },
       }),
     }
+    const unbind = bindSignal(request.signal, close)
     handles.add(subscription)
     return subscription
   }
 
-  const subscribe = (request: SubscribeOptions): Subscription => {
+  const subscribe = (request: SubscribeOptions<ChannelRef>): Subscription => {
     ensureOpen()
+    if (request.signal?.aborted === true) return abortedSubscription()
     if (openCursor !== undefined && metricContext !== undefined)
       return subscribeByCursor(request, openCursor, metricContext)
+    const address = { tenant: request.tenant, channel: channelName(request.channel) }
     const queue = new EventQueue<DeliveredEvent>(iteratorBuffer)
+    const onInvalid = onInvalidOf(request)
     let markReady: (cursor: string) => void = () => {}
     let failReady: (error: unknown) => void = () => {}
     const ready = new Promise<string>((resolve, reject) => {
@@ -312,13 +422,14 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
         // "now" is fixed here, before any event is read, so `ready` marks a definite position.
         // A transient failure (the store unreachable) is retried: the subscription waits
         // for the store rather than dying; closing it ends the wait.
-        const start = from === "now" ? yield* transport.head(request).pipe(Effect.retry(startRetry)) : from
+        const start = from === "now" ? yield* transport.head(address).pipe(Effect.retry(startRetry)) : from
         // A refused start cursor rejects `ready` (and ends the iterator with the same error).
-        if (from !== "now" && transport.checkStart) yield* transport.checkStart(request, from)
+        if (from !== "now" && transport.checkStart) yield* transport.checkStart(address, from)
         markReady(start)
         yield* subscriber
-          .subscribe({ ...request, from: start })
-          .pipe(Stream.runForEachArray((events) => queue.offer(events)))
+          .subscribe({ tenant: request.tenant, channel: request.channel, from: start, onInvalid })
+          // Typed events are delivered events with `data` decoded by the schema.
+          .pipe(Stream.runForEachArray((events) => queue.offer(events as ReadonlyArray<DeliveredEvent>)))
       }),
     )
     fiber.addObserver((exit) => {
@@ -333,6 +444,7 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
     })
     let cursor: string | undefined
     const close = async () => {
+      unbind()
       handles.delete(subscription)
       await Effect.runPromise(Fiber.interrupt(fiber))
       queue.end()
@@ -362,15 +474,30 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
         }
       },
     }
+    const unbind = bindSignal(request.signal, close)
     handles.add(subscription)
     return subscription
   }
 
-  const consume: Bus["consume"] = (request, handler) => {
+  const consume = (
+    request: ConsumeOptions<ChannelRef>,
+    handler: ConsumeHandler<ChannelEvent<ChannelRef>>,
+  ): Consumer => {
     ensureOpen()
+    if (request.signal?.aborted === true) {
+      const close = async () => {}
+      return { done: Promise.resolve(), close, [Symbol.asyncDispose]: close }
+    }
     const fiber = runtime.runFork(
       Subscriber.use((s) =>
-        s.consume(request, (event, attempt) => Effect.tryPromise(async () => handler(event, attempt))),
+        s.consume(request, (event, attempt) =>
+          // The signal is Effect's own: it aborts when this handler's fiber is interrupted,
+          // which a stopping member does once `stopGraceMs` has passed.
+          Effect.tryPromise({
+            try: async (signal) => handler(event, attempt, signal),
+            catch: (error) => error,
+          }),
+        ),
       ),
     )
     const done = new Promise<void>((resolve, reject) => {
@@ -382,10 +509,12 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
     // `done` is for callers who wait on it; an unobserved failure must not crash the process.
     done.catch(() => {})
     const close = async () => {
+      unbind()
       handles.delete(consumer)
       await Effect.runPromise(Fiber.interrupt(fiber))
     }
     const consumer: Consumer = { done, close, [Symbol.asyncDispose]: close }
+    const unbind = bindSignal(request.signal, close)
     handles.add(consumer)
     return consumer
   }
@@ -404,12 +533,12 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
       ensureOpen()
       return runtime.runPromise(Publisher.use((p) => p.publish(tx, events)))
     },
-    subscribe,
+    subscribe: subscribe as Bus["subscribe"],
     head: (address) => {
       ensureOpen()
       return runtime.runPromise(Transport.use((t) => t.head(address)))
     },
-    consume,
+    consume: consume as Bus["consume"],
     deadLetters: (limit = 100) =>
       runtime.runPromise(
         Effect.gen(function* () {

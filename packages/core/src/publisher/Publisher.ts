@@ -1,4 +1,11 @@
 import { Context, Effect, Layer, Metric, Option, Tracer } from "effect"
+import {
+  type AnyChannel,
+  type ChannelEventInput,
+  type Checked,
+  checkData,
+  isChannel,
+} from "../channel/Channel.js"
 import { OutboxStore } from "../contracts/OutboxStore.js"
 import { Transport } from "../contracts/Transport.js"
 import {
@@ -9,7 +16,7 @@ import {
   isEnvelopeError,
   isoNow,
 } from "../envelope/Envelope.js"
-import type { BusError } from "../errors/BusError.js"
+import type { BusError, InvalidEvent } from "../errors/BusError.js"
 import { eventsPublished } from "../metrics/metrics.js"
 import { destinationOf, traceparentOf } from "../observability/telemetry.js"
 
@@ -25,6 +32,44 @@ export interface PublishReceipt {
   readonly ids: ReadonlyArray<string>
 }
 
+/**
+ * What `publish` takes: an untyped {@link EventInput} (channel by name), or an event of a
+ * typed channel (`channel` a channel from `defineChannel`), whose `type` and `data` are
+ * checked against the channel's schemas before anything is written.
+ */
+export type PublishInput<C extends AnyChannel = never> = EventInput | ChannelEventInput<C>
+
+/**
+ * Events of typed channels checked against their schemas and turned into plain inputs
+ * (channel by name, data as given: the schema's input form is the wire form). Untyped
+ * inputs pass through untouched; `undefined` when the call has no typed event (nothing to do).
+ */
+const resolveTyped = (
+  inputs: ReadonlyArray<PublishInput<AnyChannel>>,
+): Effect.Effect<ReadonlyArray<EventInput>, InvalidEvent> | undefined => {
+  if (!inputs.some((e) => typeof e === "object" && e !== null && isChannel(e.channel))) return undefined
+  const checks: Array<Checked<unknown> | Promise<Checked<unknown>> | undefined> = inputs.map((e) =>
+    typeof e === "object" && e !== null && isChannel(e.channel)
+      ? checkData(e.channel, e.type, e.data)
+      : undefined,
+  )
+  const finish = (settled: ReadonlyArray<Checked<unknown> | undefined>) => {
+    for (const c of settled) if (c !== undefined && "error" in c) return Effect.fail(c.error)
+    return Effect.succeed(
+      inputs.map((e) =>
+        isChannel(e.channel) ? ({ ...e, channel: e.channel.name } as EventInput) : (e as EventInput),
+      ),
+    )
+  }
+  // Async schemas are awaited here, before the outbox is touched: a refusal changes nothing.
+  return checks.some((c) => c instanceof Promise)
+    ? Effect.flatMap(
+        Effect.promise(() => Promise.all(checks)),
+        finish,
+      )
+    : finish(checks as ReadonlyArray<Checked<unknown> | undefined>)
+}
+
 /** Options of {@link Publisher.layer}. */
 export interface PublisherOptions {
   /** Largest encoded event accepted; the transport's own limit applies when lower. */
@@ -35,10 +80,14 @@ export interface PublisherOptions {
 export class Publisher extends Context.Service<
   Publisher,
   {
-    /** Appends one or more events inside `tx`; they are delivered if and when `tx` commits. */
-    readonly publish: (
+    /**
+     * Appends one or more events inside `tx`; they are delivered if and when `tx` commits.
+     * Events of a typed channel are checked against its schemas first: a mismatch fails with
+     * `InvalidEvent` (reason `schema`) before any write, so it changes nothing in `tx`.
+     */
+    readonly publish: <C extends AnyChannel = never>(
       tx: unknown,
-      events: EventInput | ReadonlyArray<EventInput>,
+      events: PublishInput<C> | ReadonlyArray<PublishInput<C>>,
     ) => Effect.Effect<PublishReceipt, BusError>
   }
 >()("@bus/core/Publisher") {
@@ -57,8 +106,19 @@ export class Publisher extends Context.Service<
         )
         const system = transport.capabilities.name
         const published = Metric.withAttributes(eventsPublished, { transport: system })
-        const publish = (tx: unknown, input: EventInput | ReadonlyArray<EventInput>) => {
-          const inputs: ReadonlyArray<EventInput> = Array.isArray(input) ? input : [input as EventInput]
+        const publish = (
+          tx: unknown,
+          input: PublishInput<AnyChannel> | ReadonlyArray<PublishInput<AnyChannel>>,
+        ): Effect.Effect<PublishReceipt, BusError> => {
+          const given: ReadonlyArray<PublishInput<AnyChannel>> = Array.isArray(input)
+            ? input
+            : [input as PublishInput<AnyChannel>]
+          const typed = resolveTyped(given)
+          return typed === undefined
+            ? publishPlain(tx, given as ReadonlyArray<EventInput>)
+            : Effect.flatMap(typed, (inputs) => publishPlain(tx, inputs))
+        }
+        const publishPlain = (tx: unknown, inputs: ReadonlyArray<EventInput>) => {
           // `inSpan`: run inside the publish span (found without a failing lookup: a
           // NoSuchElementError per publish costs a stack trace).
           const body = (inSpan: boolean) =>
@@ -130,7 +190,7 @@ export class Publisher extends Context.Service<
                 ),
           )
         }
-        return Publisher.of({ publish })
+        return Publisher.of({ publish: publish as Publisher["Service"]["publish"] })
       }),
     )
 }

@@ -1,9 +1,20 @@
 import { Cause, Context, Effect, Exit, Fiber, Layer, Metric, Option, Stream } from "effect"
+import {
+  type ChannelEvent,
+  type ChannelRef,
+  channelName,
+  checkDelivered,
+  checkPage,
+  invalidEventWarning,
+  isChannel,
+  type OnInvalidEvent,
+} from "../channel/Channel.js"
+import type { StartPosition } from "../contracts/Cursor.js"
 import { type Address, type GroupKey, OutboxStore } from "../contracts/OutboxStore.js"
-import type { Delivery, SubscribeRequest } from "../contracts/Transport.js"
+import type { Delivery } from "../contracts/Transport.js"
 import { Transport } from "../contracts/Transport.js"
 import type { DeliveredEvent } from "../envelope/Envelope.js"
-import { type BusError, ConfigError } from "../errors/BusError.js"
+import { type BusError, ConfigError, type InvalidEvent } from "../errors/BusError.js"
 import {
   deadLettered,
   deliveryLag,
@@ -33,8 +44,30 @@ import { consumeAllTenants } from "./allTenants.js"
  * @module
  */
 
-/** A consumer-group request for {@link Subscriber}'s `consume`. */
-export interface ConsumeRequest {
+/**
+ * A subscription request for {@link Subscriber}'s `subscribe`: `channel` is a name, or a
+ * typed channel from `defineChannel`, whose events are then checked and typed.
+ */
+export interface SubscribeInput<C extends ChannelRef = string> {
+  readonly tenant: string
+  readonly channel: C
+  /** A cursor, `"beginning"` or `"now"` (default). */
+  readonly from?: StartPosition
+  /**
+   * Typed channels: told about each received event that fails its schema. Such an event is
+   * not delivered (a subscription is a live view; a consumer group dead-letters instead),
+   * and the subscription goes on past it. Default: a warning is logged with the event's id,
+   * cursor and the schema's issues. A throw here ends the subscription with that error.
+   */
+  readonly onInvalid?: OnInvalidEvent
+}
+
+/**
+ * A consumer-group request for {@link Subscriber}'s `consume`. With a typed channel, an
+ * event that fails its schema is dead-lettered at once (retrying cannot fix it) with the
+ * schema's issues as its reason; the handler never sees it.
+ */
+export interface ConsumeRequest<C extends ChannelRef = string> {
   /**
    * The tenant whose events of `channel` the group handles, or `"*"` ({@link allTenants})
    * for every tenant: a consumer group across tenants. Its members share the channel's
@@ -43,7 +76,7 @@ export interface ConsumeRequest {
    * outbox with membership (Postgres, the in-memory one). See docs/concepts.md.
    */
   readonly tenant: string
-  readonly channel: string
+  readonly channel: C
   /** Group name: members of one group share the work; each group sees every event. */
   readonly group: string
   /** Handlers running at once (default 1, which keeps channel order). */
@@ -74,9 +107,12 @@ export interface ConsumeRequest {
   readonly discoverIntervalMs?: number
 }
 
-/** A handler for `consume`: fails (or throws, in the Promise facade) to ask for a retry. */
-export type Handler<E = unknown, R = never> = (
-  event: DeliveredEvent,
+/**
+ * A handler for `consume`: fails (or throws, in the Promise facade) to ask for a retry.
+ * `Event` is the event type (a typed channel's {@link ChannelEvent}).
+ */
+export type Handler<E = unknown, R = never, Event = DeliveredEvent> = (
+  event: Event,
   attempt: number,
 ) => Effect.Effect<void, E, R>
 
@@ -87,12 +123,14 @@ const handledWindow = 10_000
 export class Subscriber extends Context.Service<
   Subscriber,
   {
-    /** Events of one address after `from`, then live. */
-    readonly subscribe: (request: SubscribeRequest) => Stream.Stream<DeliveredEvent, BusError>
+    /** Events of one address after `from`, then live (typed and checked for a typed channel). */
+    readonly subscribe: <C extends ChannelRef = string>(
+      request: SubscribeInput<C>,
+    ) => Stream.Stream<ChannelEvent<C>, BusError>
     /** Runs `handler` for every event of the group until interrupted or the transport fails for good. */
-    readonly consume: <E, R>(
-      request: ConsumeRequest,
-      handler: Handler<E, R>,
+    readonly consume: <C extends ChannelRef, E, R>(
+      request: ConsumeRequest<C>,
+      handler: Handler<E, R, ChannelEvent<C>>,
     ) => Effect.Effect<void, BusError, R>
   }
 >()("@bus/core/Subscriber") {
@@ -108,9 +146,10 @@ export class Subscriber extends Context.Service<
       const lag = Metric.withAttributes(deliveryLag, { transport: system })
       const skipped = Metric.withAttributes(inboxSkipped, { transport: system })
 
-      const subscribe = (request: SubscribeRequest) =>
-        Stream.unwrap(
-          checkAddress(request).pipe(
+      const subscribe = (request: SubscribeInput<ChannelRef>): Stream.Stream<DeliveredEvent, BusError> => {
+        const channel = request.channel
+        const events = Stream.unwrap(
+          checkAddress({ tenant: request.tenant, channel: channelName(channel) }).pipe(
             Effect.map((address) =>
               transport.subscribe({ ...address, from: request.from ?? "now" }).pipe(
                 // Once per chunk (a page shared by every subscriber of the address), not
@@ -126,15 +165,44 @@ export class Subscriber extends Context.Service<
             ),
           ),
         )
+        if (!isChannel(channel)) return events
+        const onInvalid = request.onInvalid
+        // Checked per chunk; a chunk whose events all fail becomes empty and is dropped
+        // (streams carry non-empty chunks only), the rest keep their order.
+        return events.pipe(
+          Stream.mapArrayEffect((chunk) => {
+            const invalid: Array<readonly [DeliveredEvent, InvalidEvent]> = []
+            const checked = checkPage(channel, chunk, (event, error) => invalid.push([event, error]))
+            const report = (kept: ReadonlyArray<DeliveredEvent>) =>
+              Effect.as(
+                Effect.forEach(invalid, ([event, error]) =>
+                  onInvalid !== undefined
+                    ? Effect.sync(() => onInvalid(event, error))
+                    : Effect.logWarning(invalidEventWarning(event, error)),
+                ),
+                [kept] as const,
+              )
+            return checked instanceof Promise
+              ? Effect.flatMap(
+                  Effect.promise(() => checked),
+                  report,
+                )
+              : report(checked)
+          }),
+          Stream.filter((kept) => kept.length > 0),
+          Stream.flattenIterable,
+        )
+      }
 
       /** The group of one (checked) address: the whole of `consume`, and one address of a group across tenants. */
       const consumeAddress = <E, R>(
         address: Address,
         group: string,
-        request: ConsumeRequest,
-        handler: Handler<E, R>,
+        request: ConsumeRequest<ChannelRef>,
+        handler: Handler<E, R, DeliveredEvent>,
       ) =>
         Effect.gen(function* () {
+          const typed = isChannel(request.channel) ? request.channel : undefined
           const concurrency = Math.max(1, request.concurrency ?? 1)
           const maxAttempts = Math.max(1, request.maxAttempts ?? 5)
           const initial = request.initialBackoffMs ?? 200
@@ -195,6 +263,19 @@ export class Subscriber extends Context.Service<
           // if the consumer dies anyway, the event is redelivered and deduplicated.
           const ack = (delivery: Delivery) => delivery.ack.pipe(Effect.retry(transient))
 
+          /** Dead-letters the delivery with `reason` and settles it for this group. */
+          const park = (delivery: Delivery, reason: string) =>
+            Effect.gen(function* () {
+              const { event } = delivery
+              yield* delivery.deadLetter(reason)
+              yield* mark(delivery)
+              remember(event.id)
+              deadLetteredAt.set(event.id, event.cursor)
+              if (deadLetteredAt.size > handledWindow)
+                deadLetteredAt.delete(deadLetteredAt.keys().next().value as string)
+              yield* Metric.update(Metric.withAttributes(deadLettered, { source: group }), 1)
+            })
+
           const handle = (delivery: Delivery) =>
             Effect.gen(function* () {
               const { event, attempt } = delivery
@@ -212,8 +293,20 @@ export class Subscriber extends Context.Service<
                 yield* Metric.update(skipped, 1)
                 return
               }
+              // A typed channel's event that fails its schema is parked at once: no attempt
+              // can make it pass, and skipping it silently would lose it.
+              let given: DeliveredEvent = event
+              if (typed !== undefined) {
+                const check = checkDelivered(typed, event)
+                const checked = check instanceof Promise ? yield* Effect.promise(() => check) : check
+                if ("error" in checked) {
+                  yield* Effect.logWarning(`dead-lettering event ${event.id}: ${checked.error.message}`)
+                  return yield* park(delivery, checked.error.message)
+                }
+                given = checked.value
+              }
               const exit = yield* Effect.exit(
-                handler(event, attempt).pipe(
+                handler(given, attempt).pipe(
                   Effect.withSpan(`process ${event.channel}`, {
                     kind: "consumer",
                     links: producerLinks([event]),
@@ -242,14 +335,7 @@ export class Subscriber extends Context.Service<
               const reason = Cause.pretty(exit.cause)
               if (attempt >= maxAttempts) {
                 yield* Effect.logWarning(`dead-lettering event ${event.id} after ${attempt} attempts`)
-                yield* delivery.deadLetter(reason)
-                yield* mark(delivery)
-                remember(event.id)
-                deadLetteredAt.set(event.id, event.cursor)
-                if (deadLetteredAt.size > handledWindow)
-                  deadLetteredAt.delete(deadLetteredAt.keys().next().value as string)
-                yield* Metric.update(Metric.withAttributes(deadLettered, { source: group }), 1)
-                return
+                return yield* park(delivery, reason)
               }
               yield* Metric.update(handlerRetries, 1)
               yield* delivery.retry(backoffDelay(attempt, initial, cap))
@@ -275,14 +361,14 @@ export class Subscriber extends Context.Service<
             .pipe(Stream.mapEffect(handleGracefully, { concurrency }), Stream.runDrain)
         })
 
-      const consume = <E, R>(request: ConsumeRequest, handler: Handler<E, R>) =>
+      const consume = <E, R>(request: ConsumeRequest<ChannelRef>, handler: Handler<E, R, DeliveredEvent>) =>
         Effect.gen(function* () {
           const group = yield* checkName("group", request.group)
           if (request.tenant !== allTenants) {
-            const address = yield* checkAddress(request)
+            const address = yield* checkAddress({ tenant: request.tenant, channel: channelName(request.channel) })
             return yield* consumeAddress(address, group, request, handler)
           }
-          const channel = yield* checkName("channel", request.channel)
+          const channel = yield* checkName("channel", channelName(request.channel))
           const members = store?.members
           if (members === undefined) {
             return yield* new ConfigError({
@@ -301,7 +387,10 @@ export class Subscriber extends Context.Service<
           )
         })
 
-      return Subscriber.of({ subscribe, consume })
+      return Subscriber.of({
+        subscribe: subscribe as Subscriber["Service"]["subscribe"],
+        consume: consume as Subscriber["Service"]["consume"],
+      })
     }),
   )
 }

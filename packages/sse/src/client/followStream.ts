@@ -1,3 +1,4 @@
+import type { AnyChannel, StandardSchemaV1 } from "@bus/core"
 import { EventStreamParser } from "./parse.js"
 import { defaultStorage, type ResumeStorage, streamKey } from "./storage.js"
 
@@ -40,6 +41,21 @@ export type EventOf<Types extends Record<string, unknown>> = {
   [T in keyof Types & string]: BusEvent<T, Types[T]>
 }[keyof Types & string]
 
+/**
+ * The events of a typed channel as the client delivers them: a union discriminated by `type`,
+ * `data` in its schema's output form (for a channel given by name, untyped).
+ */
+export type ChannelEventOf<C> = C extends AnyChannel
+  ? {
+      readonly [T in keyof C["events"] & string]: BusEvent<
+        T,
+        StandardSchemaV1.InferOutput<C["events"][T]>
+      > & {
+        readonly channel: C["name"]
+      }
+    }[keyof C["events"] & string]
+  : BusEvent<string, unknown>
+
 /** Where a stream is: shown to users as "live", "reconnecting…". */
 export type StreamStatus =
   | { readonly state: "connecting"; readonly attempt: number }
@@ -64,8 +80,12 @@ export interface ResetInfo {
 export interface FollowStreamOptions {
   /** The endpoint, e.g. `/events` (relative to the page). */
   readonly url: string
-  /** The channels to follow (sent as `channel` query parameters; the server's `authorize` decides). */
-  readonly channels: ReadonlyArray<string>
+  /**
+   * The channels to follow (sent as `channel` query parameters; the server's `authorize`
+   * decides): names, or typed channels from `defineChannel` (`@bus/core`), whose events
+   * are then typed and checked here against their schemas (see `onInvalid`).
+   */
+  readonly channels: ReadonlyArray<string | AnyChannel>
   /** Headers of every (re)connect, e.g. `() => ({ Authorization: \`Bearer ${token()}\` })`; called again on each one, so a refreshed token is used. */
   readonly headers?:
     | Readonly<Record<string, string>>
@@ -85,9 +105,14 @@ export interface FollowStreamOptions {
   readonly credentials?: "omit" | "same-origin" | "include"
 }
 
-export interface StreamHandlers<Types extends Record<string, unknown>> {
+export interface StreamHandlers<Types extends Record<string, unknown>, Event = EventOf<Types>> {
   /** Every event, in order, once (a reconnect resumes after the last one handled). */
-  readonly onEvent: (event: EventOf<Types>) => void
+  readonly onEvent: (event: Event) => void
+  /**
+   * An event of a typed channel failed its schema: it is not given to `onEvent`, and the
+   * stream goes on past it. Default: `console.warn` with the event's id and the issues.
+   */
+  readonly onInvalid?: (event: BusEvent, issues: ReadonlyArray<StandardSchemaV1.Issue>) => void
   /** The stream restarted from now: reload the state the events were applied to. */
   readonly onReset?: (info: ResetInfo) => void
   readonly onStatus?: (status: StreamStatus) => void
@@ -119,8 +144,52 @@ const report = (error: unknown) =>
     throw error
   })
 
+/** Why an event failed its channel's schema, as issues. */
+const issuesOf = (
+  channel: AnyChannel,
+  event: BusEvent,
+):
+  | ReadonlyArray<StandardSchemaV1.Issue>
+  | { readonly value: unknown }
+  | Promise<ReadonlyArray<StandardSchemaV1.Issue> | { readonly value: unknown }> => {
+  const schema = Object.hasOwn(channel.events, event.type) ? channel.events[event.type] : undefined
+  if (schema === undefined)
+    return [{ message: `channel ${channel.name} declares no event type ${event.type}` }]
+  const settle = (r: StandardSchemaV1.Result<unknown>) =>
+    r.issues === undefined ? { value: r.value } : r.issues
+  try {
+    const result = schema["~standard"].validate(event.data)
+    return result instanceof Promise
+      ? result.then(settle, (e: unknown) => [{ message: `the schema threw: ${String(e)}` }])
+      : settle(result)
+  } catch (e) {
+    return [{ message: `the schema threw: ${String(e)}` }]
+  }
+}
+
 /**
- * Follows one `@bus/sse` stream until `close()`.
+ * Follows one `@bus/sse` stream until `close()`. Give typed channels (from `defineChannel`)
+ * in `channels` and the events are typed by their schemas and checked on arrival; or name
+ * the channels and declare the payloads as a type argument (not checked).
+ *
+ * @example
+ * ```ts
+ * import { defineChannel } from "@bus/core"
+ * import { followStream } from "@bus/sse/client"
+ * import { Schema } from "effect"
+ *
+ * // Usually imported from a module shared with the server (zod and valibot schemas work too).
+ * const orders = defineChannel("orders", {
+ *   "order.paid": Schema.toStandardSchemaV1(Schema.Struct({ orderId: Schema.String, total: Schema.Number })),
+ *   "order.shipped": Schema.toStandardSchemaV1(Schema.Struct({ orderId: Schema.String, carrier: Schema.String })),
+ * })
+ * const stream = followStream({ url: "/events", channels: [orders] }, {
+ *   onEvent: (e) => {
+ *     if (e.type === "order.shipped") console.log(e.data.carrier)
+ *   },
+ * })
+ * stream.close()
+ * ```
  *
  * @example
  * ```ts
@@ -139,13 +208,24 @@ const report = (error: unknown) =>
  * stream.close()
  * ```
  */
-export const followStream = <Types extends Record<string, unknown> = Record<string, unknown>>(
+export function followStream<const Channels extends ReadonlyArray<string | AnyChannel>>(
+  options: FollowStreamOptions & { readonly channels: Channels },
+  handlers: StreamHandlers<Record<string, unknown>, ChannelEventOf<Channels[number]>>,
+): BusStream
+export function followStream<Types extends Record<string, unknown> = Record<string, unknown>>(
   options: FollowStreamOptions,
   handlers: StreamHandlers<Types>,
-): BusStream => {
+): BusStream
+export function followStream(
+  options: FollowStreamOptions,
+  handlers: StreamHandlers<Record<string, unknown>, BusEvent>,
+): BusStream {
   if (options.channels.length === 0) throw new TypeError("followStream: give at least one channel")
+  const names = options.channels.map((c) => (typeof c === "string" ? c : c.name))
+  const typed = new Map<string, AnyChannel>()
+  for (const c of options.channels) if (typeof c !== "string") typed.set(c.name, c)
   const storage = options.storage ?? defaultStorage()
-  const key = options.key ?? streamKey(options.url, options.channels)
+  const key = options.key ?? streamKey(options.url, names)
   const initialRetryMs = Math.max(1, options.initialRetryMs ?? 1_000)
   const maxRetryMs = Math.max(initialRetryMs, options.maxRetryMs ?? 30_000)
   const fetchFn = options.fetch ?? globalThis.fetch.bind(globalThis)
@@ -174,7 +254,7 @@ export const followStream = <Types extends Record<string, unknown> = Record<stri
     options.url,
     (globalThis as { location?: { href: string } }).location?.href ?? undefined,
   )
-  for (const channel of options.channels) url.searchParams.append("channel", channel)
+  for (const channel of names) url.searchParams.append("channel", channel)
 
   const run = async () => {
     let attempt = 0
@@ -215,16 +295,37 @@ export const followStream = <Types extends Record<string, unknown> = Record<stri
             for (const e of parser.push(value)) {
               if (e.event === "message") {
                 attempt = 0
-                let event: EventOf<Types>
+                let event: BusEvent
                 try {
-                  event = JSON.parse(e.data) as EventOf<Types>
+                  event = JSON.parse(e.data) as BusEvent
                 } catch {
                   continue // Not one of ours; a conforming server sends JSON.
                 }
-                try {
-                  handlers.onEvent(event)
-                } catch (error) {
-                  report(error)
+                // A typed channel's event is checked (an async schema awaited: events stay in
+                // order) and handed on in the schema's output form; one that fails is reported
+                // and skipped, and the resume id still moves past it.
+                const channel = typed.get(event.channel)
+                const checked = channel === undefined ? undefined : issuesOf(channel, event)
+                const outcome = checked instanceof Promise ? await checked : checked
+                if (outcome !== undefined && !("value" in outcome)) {
+                  try {
+                    if (handlers.onInvalid) handlers.onInvalid(event, outcome)
+                    else
+                      console.warn(
+                        `@bus/sse/client: skipping event ${event.id}: it does not match its schema`,
+                        outcome,
+                      )
+                  } catch (error) {
+                    report(error)
+                  }
+                } else {
+                  if (outcome !== undefined && outcome.value !== event.data)
+                    event = { ...event, data: outcome.value }
+                  try {
+                    handlers.onEvent(event)
+                  } catch (error) {
+                    report(error)
+                  }
                 }
                 // Stored once the handler has seen the event: a reload resumes after it.
                 save(e.lastEventId)
@@ -284,7 +385,7 @@ export const followStream = <Types extends Record<string, unknown> = Record<stri
   if (options.signal?.aborted) close()
   else options.signal?.addEventListener("abort", close, { once: true })
   void run()
-  return {
+  const stream: BusStream = {
     get lastEventId() {
       return stored
     },
@@ -293,4 +394,5 @@ export const followStream = <Types extends Record<string, unknown> = Record<stri
     },
     close,
   }
+  return stream
 }

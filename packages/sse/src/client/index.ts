@@ -10,6 +10,7 @@
 export {
   type BusEvent,
   type BusStream,
+  type ChannelEventOf,
   type EventOf,
   type FollowStreamOptions,
   followStream,

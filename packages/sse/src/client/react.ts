@@ -49,7 +49,10 @@ export const makeUseBusStream =
     const [status, setStatus] = react.useState<StreamStatus>({ state: "connecting", attempt: 0 })
     const handlers = react.useRef({ onEvent, onReset })
     handlers.current = { onEvent, onReset }
-    const channels = [...options.channels].sort().join(",")
+    const channels = options.channels
+      .map((c) => (typeof c === "string" ? c : c.name))
+      .sort()
+      .join(",")
     react.useEffect(() => {
       const stream = followStream<Types>(options, {
         onEvent: (e) => handlers.current.onEvent(e),
