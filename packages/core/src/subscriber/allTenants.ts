@@ -109,6 +109,10 @@ export const consumeAllTenants = <R>(
       | { readonly at: number; readonly others: ReadonlyArray<string>; readonly held: ReadonlySet<string> }
       | undefined
     let fenced = false
+    /** Addresses whose group ended without being stopped (to start again). */
+    const ended = new Set<string>()
+    /** Consecutive failures of each membership call, so an outage logs once, not every tick. */
+    const failures = new Map<string, number>()
 
     const stop = (tenants: ReadonlyArray<string>) =>
       Effect.gen(function* () {
@@ -124,6 +128,8 @@ export const consumeAllTenants = <R>(
     const start = (tenant: string) =>
       Effect.gen(function* () {
         const fiber = yield* runAddress(tenant).pipe(
+          // An address whose group ended by itself is started again at the next tick.
+          Effect.andThen(Effect.sync(() => ended.add(tenant))),
           Effect.catchCause((cause) =>
             Cause.hasInterruptsOnly(cause) ? Effect.void : Deferred.failCause(failed, cause),
           ),
@@ -138,14 +144,22 @@ export const consumeAllTenants = <R>(
     /** A membership call: a retryable failure waits for the next tick; any other ends the member. */
     const attempt = <A>(what: string, effect: Effect.Effect<A, BusError>) =>
       effect.pipe(
-        Effect.map((a): A | undefined => a),
-        Effect.catch((e: BusError) =>
-          e.retryable
-            ? Effect.logWarning(
-                `consumer group ${key.group} of */${key.channel}: ${what} failed (${e.message}); trying again in ${tickMs} ms`,
-              ).pipe(Effect.as(undefined))
-            : Effect.fail(e),
-        ),
+        Effect.map((a): A | undefined => {
+          failures.delete(what)
+          return a
+        }),
+        Effect.catch((e: BusError) => {
+          if (!e.retryable) return Effect.fail(e)
+          const n = (failures.get(what) ?? 0) + 1
+          failures.set(what, n)
+          return (
+            n === 1 || n % 20 === 0
+              ? Effect.logWarning(
+                  `consumer group ${key.group} of */${key.channel}: ${what} failed ${n} time(s) in a row (${e.message}); trying again every ${tickMs} ms`,
+                )
+              : Effect.void
+          ).pipe(Effect.as(undefined))
+        }),
       )
 
     // The heartbeat runs on its own fiber, so a rebalance that waits for handlers to finish
@@ -192,6 +206,8 @@ export const consumeAllTenants = <R>(
         yield* stop(lost)
       }
 
+      for (const t of ended) if (running.has(t)) running.delete(t)
+      ended.clear()
       const everyone = [me, ...beat.others]
       const mine = new Set([...known].filter((t) => ownerOf(t, everyone) === me))
       // Addresses that moved to another member: stop them, then give their leases up.
