@@ -241,6 +241,38 @@ describe("subscribe({ signal })", () => {
     })
   }
 
+  for (const transport of ["memory", "nats"] as const) {
+    it(`${transport}: aborted while it starts: ready settles (BusClosed if it had not resolved) and the loop ends`, async () => {
+      const outbox = MemoryOutbox.make()
+      const bus = await makeBus(outbox, transport)
+      try {
+        await outbox.transaction((tx) => bus.publish(tx, { tenant: "acme", channel: "news", type: "n" }))
+        const controller = new AbortController()
+        const subscription = bus.subscribe({
+          tenant: "acme",
+          channel: "news",
+          from: "beginning",
+          signal: controller.signal,
+        })
+        controller.abort()
+        const settled = await within(
+          subscription.ready.then(
+            () => "resolved",
+            (e: unknown) => (e as { _tag?: string })._tag,
+          ),
+          2_000,
+          "ready after an abort during start",
+        )
+        expect(["resolved", "BusClosed"]).toContain(settled)
+        let n = 0
+        for await (const _ of subscription) n++
+        expect(n).toBe(0)
+      } finally {
+        await bus.close()
+      }
+    })
+  }
+
   it("aborted before it starts: the loop ends at once and ready rejects with BusClosed", async () => {
     const outbox = MemoryOutbox.make()
     const bus = await makeBus(outbox, "memory")

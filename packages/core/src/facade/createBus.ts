@@ -31,7 +31,7 @@ import { BusClosed, type BusError } from "../errors/BusError.js"
 import { deliveryLag, eventsDelivered } from "../metrics/metrics.js"
 import { checkAddress } from "../names/Name.js"
 import { ageOf } from "../observability/telemetry.js"
-import { outboxFeedCursor } from "../outbox-transport/OutboxTransport.js"
+import { type FeedCursor, outboxFeedCursor } from "../outbox-transport/OutboxTransport.js"
 import { Publisher, type PublishInput, type PublishReceipt } from "../publisher/Publisher.js"
 import { cappedBackoff } from "../schedule/backoff.js"
 import { type ConsumeRequest, Subscriber } from "../subscriber/Subscriber.js"
@@ -276,7 +276,7 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
     let cursor: string | undefined
     let page: ReadonlyArray<DeliveredEvent> = []
     let at = 0
-    const opened = runtime.runPromise(
+    const opening = runtime.runFork(
       Effect.gen(function* () {
         const address = yield* checkAddress({ tenant: request.tenant, channel: channelName(request.channel) })
         const transport = yield* Transport
@@ -292,6 +292,17 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
         const feedCursor = yield* Scope.provide(open(address, from, true), scope)
         return { start: feedCursor.start, feedCursor }
       }),
+    )
+    // A subscription closed while it starts (`close()`, its signal) interrupts the start:
+    // `ready` then rejects with BusClosed rather than waiting for ever.
+    const opened = new Promise<{ readonly start: string; readonly feedCursor: FeedCursor }>(
+      (resolve, reject) =>
+        opening.addObserver((exit) => {
+          if (Exit.isSuccess(exit)) resolve(exit.value)
+          else if (Exit.hasInterrupts(exit))
+            reject(new BusClosed({ message: "the subscription closed before it started" }))
+          else reject(Cause.squash(exit.cause))
+        }),
     )
     const ready = opened.then((o) => o.start)
     // Only for callers who await it; an unobserved start failure also ends the iterator.
@@ -353,6 +364,7 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
       at = 0
       cancelWait?.()
       wake?.()
+      await Effect.runPromise(Fiber.interrupt(opening))
       if (step !== undefined) await Effect.runPromise(Fiber.interrupt(step))
       await runtime.runPromise(Scope.close(scope, Exit.void)).catch(() => {})
     }
@@ -375,6 +387,8 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
             try {
               more = await fill()
             } catch (error) {
+              // Closed by its owner while starting: a clean end, not an error.
+              if (closed) return done
               // A subscription that cannot go on (an invalid cursor, a feed failed for good)
               // ends with its error, for this and every later call; it releases its feed.
               failure = { error }
@@ -493,10 +507,7 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
         s.consume(request, (event, attempt) =>
           // The signal is Effect's own: it aborts when this handler's fiber is interrupted,
           // which a stopping member does once `stopGraceMs` has passed.
-          Effect.tryPromise({
-            try: async (signal) => handler(event, attempt, signal),
-            catch: (error) => error,
-          }),
+          Effect.tryPromise(async (signal) => handler(event, attempt, signal)),
         ),
       ),
     )
