@@ -15,20 +15,23 @@ import {
   validateName,
 } from "@bus/core"
 import { Cause, Effect, Layer } from "effect"
-import { Redis } from "ioredis"
+import { Cluster, Redis } from "ioredis"
 import { encodeEntry } from "./codec.js"
 import {
+  type Client,
   closeConnection,
   command,
   connectionLosses,
-  runScript,
+  isCluster,
+  notReplicated,
+  runScriptReplicated,
   toBusError,
   transportName,
 } from "./connection.js"
 import { listDeadLetters } from "./deadLetters.js"
 import { groupMember } from "./group.js"
 import { channelKeys } from "./keys.js"
-import { type RedisStreamsOptions, resolveOptions } from "./options.js"
+import { type RedisStreamsOptions, type ResolvedOptions, replicaAck, resolveOptions } from "./options.js"
 import { sendBatchScript, sendScript } from "./scripts.js"
 import { makeSubscribe } from "./subscribe.js"
 
@@ -78,20 +81,17 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
     Effect.gen(function* () {
       const config = resolveOptions(options)
       if (config instanceof ConfigError) return yield* config
-      const main =
+      const main: Client =
         config.client ??
         (yield* Effect.acquireRelease(
           Effect.sync(() => {
-            const conn = new Redis(config.url, {
-              connectionName: config.connectionName,
-              maxRetriesPerRequest: null,
-              connectTimeout: config.connectTimeoutMs,
-            })
+            const conn = openClient(config)
             conn.on("error", () => {})
             return conn
           }),
           closeConnection,
         ))
+      const ack = replicaAck(config)
       yield* command("PING", () => main.ping()).pipe(
         Effect.timeoutOrElse({
           duration: config.connectTimeoutMs,
@@ -122,7 +122,7 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
               message: `event ${event.id} is ${bytes} bytes encoded; redis-streams carries at most ${redisStreamsCapabilities.maxPayloadBytes}`,
             })
           }
-          yield* runScript(
+          yield* runScriptReplicated(
             main,
             sendScript,
             [keys.stream, keys.dedupe(event.id)],
@@ -134,6 +134,8 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
               meta?.position ?? "",
               meta?.frontier ?? "",
             ],
+            ack,
+            true,
           )
         })
 
@@ -206,13 +208,7 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
             close()
             if (calls.length === 0)
               return invalid === undefined ? { sent: done } : { sent: done, error: invalid }
-            const replies = yield* Effect.exit(
-              command(`${sendBatchScript.name} script`, async () => {
-                const pipeline = main.pipeline()
-                for (const c of calls) pipeline.call("EVALSHA", c.argv)
-                return (await pipeline.exec()) ?? []
-              }),
-            )
+            const replies = yield* Effect.exit(execCalls(calls.map((c) => c.argv)))
             if (replies._tag === "Failure") {
               return {
                 sent: done,
@@ -253,6 +249,61 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
           }
         })
 
+      /**
+       * The replies of the batch-script calls, in the order given. On one server: one pipeline.
+       * On a cluster a pipeline must stay on one node, so each stream's calls are a pipeline of
+       * their own (streams of different tenants usually live on different nodes), run side by
+       * side; Redis runs one connection's commands in order, so each stream's entries still land
+       * in the order given. With a replica acknowledgement required, each pipeline ends with
+       * `WAIT`, and the calls of a pipeline whose writes did not reach enough replicas in time
+       * count as failed (retryable): the relay sends them again, and the dedupe keys make that
+       * append only what the failover lost.
+       */
+      const execCalls = (
+        argvs: ReadonlyArray<ReadonlyArray<string | number>>,
+      ): Effect.Effect<Array<[Error | null, unknown]>, BusError> =>
+        command(`${sendBatchScript.name} script`, async () => {
+          if (!isCluster(main)) {
+            const pipeline = main.pipeline()
+            for (const argv of argvs) pipeline.call("EVALSHA", ...argv)
+            return ((await pipeline.exec()) ?? []) as Array<[Error | null, unknown]>
+          }
+          const byStream = new Map<string, Array<number>>()
+          argvs.forEach((argv, index) => {
+            const stream = String(argv[2])
+            const indexes = byStream.get(stream)
+            if (indexes === undefined) byStream.set(stream, [index])
+            else indexes.push(index)
+          })
+          const out: Array<[Error | null, unknown]> = argvs.map(() => [new Error("no reply"), null])
+          await Promise.all(
+            [...byStream.values()].map(async (indexes) => {
+              const pipeline = main.pipeline()
+              for (const index of indexes) pipeline.call("EVALSHA", ...argvs[index]!)
+              if (ack !== undefined) pipeline.call("WAIT", ack.minReplicas, ack.timeoutMs)
+              let replies: Array<[Error | null, unknown]>
+              try {
+                replies = ((await pipeline.exec()) ?? []) as Array<[Error | null, unknown]>
+              } catch (error) {
+                const failed = error instanceof Error ? error : new Error(String(error))
+                for (const index of indexes) out[index] = [failed, null]
+                return
+              }
+              indexes.forEach((index, i) => {
+                out[index] = replies[i] ?? [new Error("no reply"), null]
+              })
+              if (ack === undefined) return
+              const waited = replies[indexes.length]
+              const acked = waited?.[0] ? 0 : Number(waited?.[1])
+              if (acked >= ack.minReplicas) return
+              const failed = waited?.[0] ?? notReplicated(`${sendBatchScript.name} script`, acked, ack)
+              // Calls that failed on their own keep their error; the rest are unconfirmed.
+              for (const index of indexes) if (out[index]![0] === null) out[index] = [failed, null]
+            }),
+          )
+          return out
+        })
+
       return Transport.of({
         capabilities: redisStreamsCapabilities,
         head,
@@ -265,3 +316,34 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
       })
     }),
   )
+
+/** The shared client: one server, or a cluster client discovering the nodes from the seeds. */
+const openClient = (config: ResolvedOptions): Client => {
+  if (config.cluster === undefined) {
+    return new Redis(config.url, {
+      connectionName: config.connectionName,
+      maxRetriesPerRequest: null,
+      connectTimeout: config.connectTimeoutMs,
+    })
+  }
+  const seeds = config.cluster.nodes.map((node) => new URL(node))
+  const first = seeds[0]!
+  return new Cluster(
+    seeds.map((url) => ({ host: url.hostname.replace(/^\[|\]$/g, ""), port: Number(url.port || 6379) })),
+    {
+      // Commands wait through a failover (CLUSTERDOWN, MOVED, a closed node connection) and
+      // are retried by the cluster client, then by the transport's own bounded backoff.
+      enableOfflineQueue: true,
+      ...config.cluster.clusterOptions,
+      redisOptions: {
+        connectionName: config.connectionName,
+        maxRetriesPerRequest: null,
+        connectTimeout: config.connectTimeoutMs,
+        ...(first.username ? { username: decodeURIComponent(first.username) } : {}),
+        ...(first.password ? { password: decodeURIComponent(first.password) } : {}),
+        ...(first.protocol === "rediss:" ? { tls: {} } : {}),
+        ...config.cluster.clusterOptions?.redisOptions,
+      },
+    },
+  )
+}

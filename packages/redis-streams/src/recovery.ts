@@ -8,8 +8,7 @@ import {
   Transport,
 } from "@bus/core"
 import { Effect } from "effect"
-import type { Redis } from "ioredis"
-import { runScript } from "./connection.js"
+import { type Client, type ReplicaAck, runScriptReplicated } from "./connection.js"
 import { type ChannelKeys, newIdentity } from "./keys.js"
 import { identityScript } from "./scripts.js"
 
@@ -92,16 +91,25 @@ export const resendFromOutbox = (
  * The identity of a stream (see `identityKey`): the current one, created when the key is
  * missing. With `rotate`, a `known` identity still in place is replaced (the stream itself
  * vanished: deleted by hand while its identity key stayed), once across all processes.
+ * On a cluster (`ack`), a new identity is waited on until a replica has it (best effort): an
+ * identity lost in a failover would look like the stream's data was lost, and readers would
+ * re-read from the outbox for nothing.
  */
 export const streamIdentity = (
-  main: Redis,
+  main: Client,
   keys: ChannelKeys,
   known?: string,
   rotate = false,
+  ack?: ReplicaAck,
 ): Effect.Effect<string, BusError> =>
-  runScript(main, identityScript, [keys.identity], [newIdentity(), known ?? "", rotate ? "1" : "0"]).pipe(
-    Effect.map(String),
-  )
+  runScriptReplicated(
+    main,
+    identityScript,
+    [keys.identity],
+    [newIdentity(), known ?? "", rotate ? "1" : "0"],
+    ack,
+    false,
+  ).pipe(Effect.map(String))
 
 /**
  * Sends every committed event of `address` after the outbox frontier `from` (or

@@ -13,9 +13,9 @@ import {
   type SubscribeRequest,
 } from "@bus/core"
 import { Effect, Option, PubSub, RcMap, type Scope, Stream } from "effect"
-import type { Redis } from "ioredis"
 import { decodeOrSkip, frontierOf, positionOf } from "./codec.js"
 import {
+  type Client,
   ownedConnection,
   parseEntries,
   parseReadReply,
@@ -35,7 +35,7 @@ import {
   toCursor,
   toHeadCursor,
 } from "./keys.js"
-import type { ResolvedOptions } from "./options.js"
+import { type ResolvedOptions, replicaAck } from "./options.js"
 import { streamIdentity } from "./recovery.js"
 import { positionScript } from "./scripts.js"
 
@@ -90,7 +90,7 @@ export interface StreamPosition {
 }
 
 /** The stream's last and first entry ids and whether it was ever trimmed, read atomically (where "now" is, and whether a replay can be complete). */
-export const streamPosition = (main: Redis, stream: string): Effect.Effect<StreamPosition, BusError> =>
+export const streamPosition = (main: Client, stream: string): Effect.Effect<StreamPosition, BusError> =>
   runScript(main, positionScript, [stream], []).pipe(
     Effect.map((reply) => {
       const [last, first, trimmed, maxDeleted] = Array.isArray(reply) ? reply : []
@@ -196,7 +196,7 @@ interface Start {
 
 /** Builds the subscribe function; the feeds live in the caller's (the layer's) scope. */
 export const makeSubscribe = (
-  main: Redis,
+  main: Client,
   config: ResolvedOptions,
   store: Option.Option<OutboxStore["Service"]>,
 ): Effect.Effect<
@@ -210,7 +210,10 @@ export const makeSubscribe = (
 > =>
   Effect.gen(function* () {
     const identityOf = (keys: ChannelKeys, known?: string, rotate = false) =>
-      retryTransient(streamIdentity(main, keys, known, rotate), "reading the stream identity")
+      retryTransient(
+        streamIdentity(main, keys, known, rotate, replicaAck(config)),
+        "reading the stream identity",
+      )
 
     /**
      * The live feed of one address. Every read is followed, in the same round trip, by a
@@ -268,12 +271,34 @@ export const makeSubscribe = (
               }),
             ),
           )
-          // Transient failures (a killed connection, a restarting server) are retried for
-          // ever from the same position; ioredis reconnects underneath.
+          /**
+           * After a failed read (a failover, a restart), checks that the stream still reaches
+           * the last entry this feed read. Replication is asynchronous: a replica promoted in
+           * a failover may lack the newest entries of its master (with `minReplicas` 0, or when
+           * a replica that had not acknowledged them was promoted). Their ids are gone while the
+           * identity key survived; the stream's identity moves on here (once, whoever notices
+           * first), so every reader treats it like any other loss and re-reads from the outbox.
+           */
+          const checkTail = Effect.gen(function* () {
+            if (position === "0-0") return
+            const at = yield* streamPosition(main, stream)
+            if (compareStreamIds(at.last, position) >= 0) return
+            const next = yield* streamIdentity(main, keys, identity, true, replicaAck(config))
+            const from = identity
+            yield* Effect.logWarning(
+              `redis-streams: stream ${stream} lost its newest entries (it ends at ${at.last}, this process had read up to ${position}: a failover to a replica that was behind); identity ${from} → ${next}; subscriptions re-read what they had not delivered from the outbox`,
+            )
+            identity = next
+            position = "0-0"
+            existed = false
+            if (next !== from) yield* PubSub.publish(pubsub, { lost: { from, to: next } })
+          })
+          // Transient failures (a killed connection, a restarting server, a failover) are
+          // retried for ever from the same position; ioredis reconnects underneath.
           yield* Effect.gen(function* () {
             let failures = 0
             for (;;) {
-              const error = yield* readOnce.pipe(
+              const error = yield* (failures > 0 ? Effect.andThen(checkTail, readOnce) : readOnce).pipe(
                 Effect.as(undefined),
                 Effect.catch((e: BusError) => Effect.succeed(e)),
               )
