@@ -24,6 +24,8 @@ import {
   connectionLosses,
   isCluster,
   notReplicated,
+  ownedConnection,
+  refreshOnMoved,
   runScriptReplicated,
   toBusError,
   transportName,
@@ -92,6 +94,14 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
           closeConnection,
         ))
       const ack = replicaAck(config)
+      /**
+       * Sends that wait for replicas (`WAIT`) run on a cluster connection of their own: WAIT
+       * holds the connection it runs on until the replicas answer (up to
+       * `replicaAckTimeoutMs` while a master has none, e.g. right after a failover), and on
+       * the shared one it would hold up every other command for that node (acks, claims, reads).
+       */
+      const sender: Client =
+        ack === undefined ? main : yield* ownedConnection(main, `${config.connectionName}-send`)
       yield* command("PING", () => main.ping()).pipe(
         Effect.timeoutOrElse({
           duration: config.connectTimeoutMs,
@@ -123,7 +133,7 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
             })
           }
           yield* runScriptReplicated(
-            main,
+            sender,
             sendScript,
             [keys.stream, keys.dedupe(event.id)],
             [
@@ -240,8 +250,16 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
               return { sent: done, error: toBusError(failure, `${sendBatchScript.name} script`) }
             const error = replies.value[ok]?.[0] ?? new Error("no reply")
             if (error instanceof Error && error.message.startsWith("NOSCRIPT") && reloads < 3) {
+              // On a cluster every master has its own script cache (SCRIPT LOAD on the cluster
+              // client reaches one node only).
               const loaded = yield* Effect.exit(
-                command("script load", () => main.script("LOAD", sendBatchScript.lua)),
+                command("script load", () =>
+                  isCluster(main)
+                    ? Promise.all(
+                        main.nodes("master").map((node) => node.script("LOAD", sendBatchScript.lua)),
+                      )
+                    : main.script("LOAD", sendBatchScript.lua),
+                ),
               )
               if (loaded._tag === "Success") continue
             }
@@ -263,8 +281,8 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
         argvs: ReadonlyArray<ReadonlyArray<string | number>>,
       ): Effect.Effect<Array<[Error | null, unknown]>, BusError> =>
         command(`${sendBatchScript.name} script`, async () => {
-          if (!isCluster(main)) {
-            const pipeline = main.pipeline()
+          if (!isCluster(sender)) {
+            const pipeline = sender.pipeline()
             for (const argv of argvs) pipeline.call("EVALSHA", ...argv)
             return ((await pipeline.exec()) ?? []) as Array<[Error | null, unknown]>
           }
@@ -278,7 +296,7 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
           const out: Array<[Error | null, unknown]> = argvs.map(() => [new Error("no reply"), null])
           await Promise.all(
             [...byStream.values()].map(async (indexes) => {
-              const pipeline = main.pipeline()
+              const pipeline = sender.pipeline()
               for (const index of indexes) pipeline.call("EVALSHA", ...argvs[index]!)
               if (ack !== undefined) pipeline.call("WAIT", ack.minReplicas, ack.timeoutMs)
               let replies: Array<[Error | null, unknown]>
@@ -300,6 +318,10 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
               // Calls that failed on their own keep their error; the rest are unconfirmed.
               for (const index of indexes) if (out[index]![0] === null) out[index] = [failed, null]
             }),
+          )
+          refreshOnMoved(
+            sender,
+            out.map(([error]) => error),
           )
           return out
         })
@@ -334,6 +356,9 @@ const openClient = (config: ResolvedOptions): Client => {
       // Commands wait through a failover (CLUSTERDOWN, MOVED, a closed node connection) and
       // are retried by the cluster client, then by the transport's own bounded backoff.
       enableOfflineQueue: true,
+      // A slot map gone stale (a failover nobody's command was redirected by) is noticed
+      // within this long even without traffic to the moved slots.
+      slotsRefreshInterval: 5_000,
       ...config.cluster.clusterOptions,
       redisOptions: {
         connectionName: config.connectionName,

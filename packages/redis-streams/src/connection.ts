@@ -28,9 +28,12 @@ export const isCluster = (client: Client): client is Cluster =>
 
 /**
  * Reply errors after which the same command can succeed later: the server is loading,
- * busy with a script, out of memory, a replica, or a cluster is failing over.
+ * busy with a script, out of memory, a replica, or a cluster is failing over or moved a slot.
  */
 const retryableReplies = new Set([
+  // A cluster's slot moved (a failover, a resharding): sent again once the slot map is refreshed.
+  "MOVED",
+  "ASK",
   "LOADING",
   "BUSY",
   "TRYAGAIN",
@@ -63,6 +66,23 @@ export const toBusError = (error: unknown, what: string): BusError => {
 
 /** True when the error says the consumer group (or its stream) does not exist. */
 export const isNoGroup = (error: BusError): boolean => error.message.includes("NOGROUP")
+
+/**
+ * A pipeline on a cluster client goes to the node its keys' slot maps to, and ioredis
+ * follows a MOVED reply for a pipeline only when all of it was read-only: for the writes
+ * here the reply comes back as an error, and the slot map would stay stale (ioredis
+ * refreshes it on its own only after a single command's redirection). Refreshed here, so
+ * the retry goes to the new owner.
+ */
+export const refreshOnMoved = (conn: Client, errors: ReadonlyArray<unknown>): void => {
+  if (!isCluster(conn)) return
+  for (const error of errors) {
+    if (error instanceof Error && /^(MOVED|ASK|CLUSTERDOWN) /.test(error.message)) {
+      conn.refreshSlotsCache()
+      return
+    }
+  }
+}
 
 /** Runs one command promise, failing with a {@link BusError}. */
 export const command = <A>(what: string, run: () => Promise<A>): Effect.Effect<A, BusError> =>
@@ -298,12 +318,19 @@ export const connectionLosses = (
 
 const reconnectsMetric = Metric.withAttributes(Metrics.reconnects, { transport: transportName })
 
+/**
+ * How long a read may take beyond its BLOCK time before it counts as lost (see
+ * `readWithIdentity`): generous, as a loaded server or machine can be slow to answer.
+ */
+export const replyMarginMs = 10_000
+
 /** The reply of one pipelined read: the entries, then the stream's identity and whether the stream exists. */
 export const readWithIdentity = (
   what: string,
   conn: Client,
   read: ReadonlyArray<string | number>,
   keys: ChannelKeys,
+  replyTimeoutMs: number,
 ): Effect.Effect<
   { readonly reply: unknown; readonly identity: string | null; readonly exists: boolean },
   BusError
@@ -318,6 +345,7 @@ export const readWithIdentity = (
       .exists(keys.stream)
       .exec()) as Array<[Error | null, unknown]> | null
     const [readReply, identityReply, existsReply] = replies ?? []
+    refreshOnMoved(conn, [readReply?.[0], identityReply?.[0], existsReply?.[0]])
     for (const r of [readReply, identityReply, existsReply]) if (r?.[0]) throw r[0]
     if (readReply === undefined) throw new Error("no reply")
     return {
@@ -325,4 +353,18 @@ export const readWithIdentity = (
       identity: typeof identityReply?.[1] === "string" ? identityReply[1] : null,
       exists: Number(existsReply?.[1]) === 1,
     }
-  })
+  }).pipe(
+    // A pipeline on a cluster client whose node died can stay unanswered (ioredis re-sends
+    // it after the failover, and may never settle it): the read gives up after a bound and
+    // the caller retries (and, for a group, re-reads its own pending entries).
+    Effect.timeoutOrElse({
+      duration: replyTimeoutMs,
+      orElse: () =>
+        Effect.fail(
+          new TransportUnavailable({
+            transport: transportName,
+            message: `${what}: no reply within ${replyTimeoutMs} ms`,
+          }),
+        ),
+    }),
+  )

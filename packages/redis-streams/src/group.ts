@@ -22,12 +22,13 @@ import {
   parseReadReply,
   type RawEntry,
   readWithIdentity,
+  replyMarginMs,
   retryTransient,
   runScript,
   transientDelay,
 } from "./connection.js"
 import { type ChannelKeys, channelKeys, compareStreamIds, type StreamId } from "./keys.js"
-import { type ResolvedOptions, replicaAck } from "./options.js"
+import type { ResolvedOptions } from "./options.js"
 import { resendAfter, streamIdentity } from "./recovery.js"
 import {
   autoclaimScript,
@@ -133,7 +134,6 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
   Stream.unwrap(
     Effect.gen(function* () {
       const { main, config } = ctx
-      const ack = replicaAck(config)
       const address = yield* checkAddress(request)
       const group = yield* checkName("group", request.group)
       const keys: ChannelKeys = channelKeys(config.keyPrefix, address)
@@ -146,10 +146,7 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
       yield* retryTransient(ensureGroup(main, stream, group), `creating group ${group} on ${stream}`)
       const tag = addressTag(address)
       /** The identity of the stream this member reads (see `identityKey`). */
-      let identity = yield* retryTransient(
-        streamIdentity(main, keys, undefined, false, ack),
-        "reading the stream identity",
-      )
+      let identity = yield* retryTransient(streamIdentity(main, keys), "reading the stream identity")
       /** The group's floor while the stream had `identity` (see the module doc), or undefined. */
       let floor: string | undefined
       /** The newest entry a read of this member was assigned, in the stream with `identity`. */
@@ -199,7 +196,7 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
        */
       const groupGone = Effect.gen(function* () {
         const exists = yield* command("EXISTS", () => main.exists(stream))
-        const current = yield* streamIdentity(main, keys, identity, exists === 0, ack)
+        const current = yield* streamIdentity(main, keys, identity, exists === 0)
         if (current !== identity) pendingLoss = { kind: "stream", to: current }
         else pendingLoss ??= { kind: "group" }
         yield* ensureGroup(main, stream, group)
@@ -420,7 +417,7 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
         yield* Effect.logWarning(
           `redis-streams: stream ${stream} lost its newest entries (it ends at ${at.last}, member ${consumer} of ${group} had read up to ${highestRead}: a failover to a replica that was behind)`,
         )
-        const current = yield* streamIdentity(main, keys, identity, true, ack)
+        const current = yield* streamIdentity(main, keys, identity, true)
         highestRead = "0-0"
         if (current !== identity) pendingLoss = { kind: "stream", to: current }
       })
@@ -462,11 +459,12 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
             conn,
             ["XREADGROUP", "GROUP", group, consumer, "COUNT", slots - used, ...block, "STREAMS", stream, ">"],
             keys,
+            config.blockMs + replyMarginMs,
           )
           if (read.identity !== identity) {
             // The stream was replaced: what this read assigned stays pending for this member
             // and is delivered after the recovery (own pending entries are read again).
-            const current = read.identity ?? (yield* streamIdentity(main, keys, undefined, false, ack))
+            const current = read.identity ?? (yield* streamIdentity(main, keys))
             if (current !== identity) pendingLoss = { kind: "stream", to: current }
             return
           }

@@ -8,7 +8,7 @@ import {
   Transport,
 } from "@bus/core"
 import { Effect } from "effect"
-import { type Client, type ReplicaAck, runScriptReplicated } from "./connection.js"
+import { type Client, runScript } from "./connection.js"
 import { type ChannelKeys, newIdentity } from "./keys.js"
 import { identityScript } from "./scripts.js"
 
@@ -91,25 +91,19 @@ export const resendFromOutbox = (
  * The identity of a stream (see `identityKey`): the current one, created when the key is
  * missing. With `rotate`, a `known` identity still in place is replaced (the stream itself
  * vanished: deleted by hand while its identity key stayed), once across all processes.
- * On a cluster (`ack`), a new identity is waited on until a replica has it (best effort): an
- * identity lost in a failover would look like the stream's data was lost, and readers would
- * re-read from the outbox for nothing.
+ * On a cluster the key is not waited on until a replica has it (a `WAIT` would hold the
+ * shared connection): an identity lost in a failover right after it was created looks like a
+ * lost stream, and readers re-read from the outbox once for nothing (ids drop the repeats).
  */
 export const streamIdentity = (
   main: Client,
   keys: ChannelKeys,
   known?: string,
   rotate = false,
-  ack?: ReplicaAck,
 ): Effect.Effect<string, BusError> =>
-  runScriptReplicated(
-    main,
-    identityScript,
-    [keys.identity],
-    [newIdentity(), known ?? "", rotate ? "1" : "0"],
-    ack,
-    false,
-  ).pipe(Effect.map(String))
+  runScript(main, identityScript, [keys.identity], [newIdentity(), known ?? "", rotate ? "1" : "0"]).pipe(
+    Effect.map(String),
+  )
 
 /**
  * Sends every committed event of `address` after the outbox frontier `from` (or

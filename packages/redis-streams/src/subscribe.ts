@@ -21,6 +21,7 @@ import {
   parseReadReply,
   type RawEntry,
   readWithIdentity,
+  replyMarginMs,
   retryTransient,
   runScript,
   transientDelay,
@@ -35,7 +36,7 @@ import {
   toCursor,
   toHeadCursor,
 } from "./keys.js"
-import { type ResolvedOptions, replicaAck } from "./options.js"
+import type { ResolvedOptions } from "./options.js"
 import { streamIdentity } from "./recovery.js"
 import { positionScript } from "./scripts.js"
 
@@ -210,10 +211,7 @@ export const makeSubscribe = (
 > =>
   Effect.gen(function* () {
     const identityOf = (keys: ChannelKeys, known?: string, rotate = false) =>
-      retryTransient(
-        streamIdentity(main, keys, known, rotate, replicaAck(config)),
-        "reading the stream identity",
-      )
+      retryTransient(streamIdentity(main, keys, known, rotate), "reading the stream identity")
 
     /**
      * The live feed of one address. Every read is followed, in the same round trip, by a
@@ -243,6 +241,7 @@ export const makeSubscribe = (
               conn,
               ["XREAD", "COUNT", config.pageSize, "BLOCK", config.blockMs, "STREAMS", stream, position],
               keys,
+              config.blockMs + replyMarginMs,
             ),
           ).pipe(
             Effect.flatMap(({ reply, identity: seen, exists }) =>
@@ -283,7 +282,7 @@ export const makeSubscribe = (
             if (position === "0-0") return
             const at = yield* streamPosition(main, stream)
             if (compareStreamIds(at.last, position) >= 0) return
-            const next = yield* streamIdentity(main, keys, identity, true, replicaAck(config))
+            const next = yield* streamIdentity(main, keys, identity, true)
             const from = identity
             yield* Effect.logWarning(
               `redis-streams: stream ${stream} lost its newest entries (it ends at ${at.last}, this process had read up to ${position}: a failover to a replica that was behind); identity ${from} → ${next}; subscriptions re-read what they had not delivered from the outbox`,
@@ -332,6 +331,7 @@ export const makeSubscribe = (
           main,
           ["XRANGE", keys.stream, `(${after}`, "+", "COUNT", config.pageSize],
           keys,
+          replyMarginMs,
         ),
         `catching up on ${keys.stream}`,
       ).pipe(
