@@ -158,7 +158,7 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
        * the rest again appends each event once (later calls that did run are dropped as
        * repeats by their dedupe keys — behind the re-sent ones, a rare reorder that needs a
        * call to fail while a later one succeeds). A server that lost its script cache
-       * (NOSCRIPT) gets the script loaded and the rest sent again.
+       * (NOSCRIPT) gets the script loaded and the rest sent again (on a cluster: sent with EVAL).
        */
       const sendAll = (
         items: ReadonlyArray<SendItem>,
@@ -166,6 +166,7 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
       ): Effect.Effect<SendOutcome> =>
         Effect.gen(function* () {
           let done = 0
+          let withEval = false
           for (let reloads = 0; ; reloads++) {
             const calls: Array<{ readonly count: number; readonly argv: Array<string | number> }> = []
             let invalid: BusError | undefined
@@ -218,7 +219,12 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
             close()
             if (calls.length === 0)
               return invalid === undefined ? { sent: done } : { sent: done, error: invalid }
-            const replies = yield* Effect.exit(execCalls(calls.map((c) => c.argv)))
+            const replies = yield* Effect.exit(
+              execCalls(
+                calls.map((c) => c.argv),
+                withEval,
+              ),
+            )
             if (replies._tag === "Failure") {
               return {
                 sent: done,
@@ -250,16 +256,15 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
               return { sent: done, error: toBusError(failure, `${sendBatchScript.name} script`) }
             const error = replies.value[ok]?.[0] ?? new Error("no reply")
             if (error instanceof Error && error.message.startsWith("NOSCRIPT") && reloads < 3) {
-              // On a cluster every master has its own script cache (SCRIPT LOAD on the cluster
-              // client reaches one node only).
+              // On a cluster every master has its own script cache, and the client may not
+              // know every master yet (a replica promoted a moment ago): the rest is sent with
+              // EVAL, which loads the script on whichever node runs it.
+              if (isCluster(main)) {
+                withEval = true
+                continue
+              }
               const loaded = yield* Effect.exit(
-                command("script load", () =>
-                  isCluster(main)
-                    ? Promise.all(
-                        main.nodes("master").map((node) => node.script("LOAD", sendBatchScript.lua)),
-                      )
-                    : main.script("LOAD", sendBatchScript.lua),
-                ),
+                command("script load", () => main.script("LOAD", sendBatchScript.lua)),
               )
               if (loaded._tag === "Success") continue
             }
@@ -279,6 +284,7 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
        */
       const execCalls = (
         argvs: ReadonlyArray<ReadonlyArray<string | number>>,
+        withEval: boolean,
       ): Effect.Effect<Array<[Error | null, unknown]>, BusError> =>
         command(`${sendBatchScript.name} script`, async () => {
           if (!isCluster(sender)) {
@@ -297,7 +303,11 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
           await Promise.all(
             [...byStream.values()].map(async (indexes) => {
               const pipeline = sender.pipeline()
-              for (const index of indexes) pipeline.call("EVALSHA", ...argvs[index]!)
+              for (const index of indexes) {
+                const [, ...rest] = argvs[index]!
+                if (withEval) pipeline.call("EVAL", sendBatchScript.lua, ...rest)
+                else pipeline.call("EVALSHA", ...argvs[index]!)
+              }
               if (ack !== undefined) pipeline.call("WAIT", ack.minReplicas, ack.timeoutMs)
               let replies: Array<[Error | null, unknown]>
               try {

@@ -34,6 +34,8 @@ const retryableReplies = new Set([
   // A cluster's slot moved (a failover, a resharding): sent again once the slot map is refreshed.
   "MOVED",
   "ASK",
+  // A node without the script (a promoted replica, a restart): sent again, with EVAL.
+  "NOSCRIPT",
   "LOADING",
   "BUSY",
   "TRYAGAIN",

@@ -413,7 +413,8 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
       const checkTail = Effect.gen(function* () {
         if (highestRead === "0-0") return
         const at = yield* streamPosition(main, stream)
-        if (compareStreamIds(at.last, highestRead) >= 0) return
+        // A stream that is gone entirely is the identity check's case (it reports it as such).
+        if (at.last === "0-0" || compareStreamIds(at.last, highestRead) >= 0) return
         yield* Effect.logWarning(
           `redis-streams: stream ${stream} lost its newest entries (it ends at ${at.last}, member ${consumer} of ${group} had read up to ${highestRead}: a failover to a replica that was behind)`,
         )

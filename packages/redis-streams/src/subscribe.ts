@@ -16,6 +16,7 @@ import { Effect, Option, PubSub, RcMap, type Scope, Stream } from "effect"
 import { decodeOrSkip, frontierOf, positionOf } from "./codec.js"
 import {
   type Client,
+  connectionLosses,
   ownedConnection,
   parseEntries,
   parseReadReply,
@@ -230,6 +231,7 @@ export const makeSubscribe = (
           const { stream } = keys
           const tag = addressTag(address)
           const conn = yield* ownedConnection(main, `${config.connectionName}-feed`)
+          const losses = yield* connectionLosses(conn)
           const pubsub = yield* Effect.acquireRelease(PubSub.unbounded<FeedMessage>(), PubSub.shutdown)
           let identity = yield* identityOf(keys)
           let position = (yield* retryTransient(streamPosition(main, stream), "reading the stream position"))
@@ -281,7 +283,8 @@ export const makeSubscribe = (
           const checkTail = Effect.gen(function* () {
             if (position === "0-0") return
             const at = yield* streamPosition(main, stream)
-            if (compareStreamIds(at.last, position) >= 0) return
+            // A stream that is gone entirely is the identity check's case (it reports it as such).
+        if (at.last === "0-0" || compareStreamIds(at.last, position) >= 0) return
             const next = yield* streamIdentity(main, keys, identity, true)
             const from = identity
             yield* Effect.logWarning(
@@ -296,8 +299,15 @@ export const makeSubscribe = (
           // retried for ever from the same position; ioredis reconnects underneath.
           yield* Effect.gen(function* () {
             let failures = 0
+            let seenLosses = losses.count
             for (;;) {
-              const error = yield* (failures > 0 ? Effect.andThen(checkTail, readOnce) : readOnce).pipe(
+              // A read the cluster client re-sent to the new master after a failover does not
+              // fail: a dropped node connection counts as a failure here.
+              const dropped = losses.count !== seenLosses
+              seenLosses = losses.count
+              const error = yield* (
+                failures > 0 || dropped ? Effect.andThen(checkTail, readOnce) : readOnce
+              ).pipe(
                 Effect.as(undefined),
                 Effect.catch((e: BusError) => Effect.succeed(e)),
               )

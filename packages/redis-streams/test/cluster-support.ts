@@ -83,3 +83,17 @@ const newer = (a: string, b: string): boolean => {
 
 /** The seed URLs the transport is given: every node, so it finds the cluster whichever is down. */
 export const seeds = (cluster: RedisClusterHandle): ReadonlyArray<string> => cluster.urls
+
+/** Index into `cluster.nodes` of a replica of the master at `master`. */
+export const replicaOf = async (cluster: RedisClusterHandle, master: number): Promise<number> => {
+  const lines = await onNode(cluster, master, async (node) => {
+    const id = String(await node.call("CLUSTER", "MYID"))
+    return (await node.call("CLUSTER", "REPLICAS", id)) as Array<string>
+  })
+  for (const line of lines) {
+    const port = /:(\d+)@/.exec(line)?.[1]
+    const index = cluster.urls.findIndex((url) => new URL(url).port === port)
+    if (index >= 0) return index
+  }
+  throw new Error(`node ${master} has no replica`)
+}
