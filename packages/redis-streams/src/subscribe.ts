@@ -284,7 +284,7 @@ export const makeSubscribe = (
             if (position === "0-0") return
             const at = yield* streamPosition(main, stream)
             // A stream that is gone entirely is the identity check's case (it reports it as such).
-        if (at.last === "0-0" || compareStreamIds(at.last, position) >= 0) return
+            if (at.last === "0-0" || compareStreamIds(at.last, position) >= 0) return
             const next = yield* streamIdentity(main, keys, identity, true)
             const from = identity
             yield* Effect.logWarning(

@@ -79,7 +79,7 @@ export async function startRedisCluster(options: StartRedisClusterOptions = {}):
         const results = await Promise.allSettled(servers.map((server) => server.start()))
         const failed = results.find((result) => result.status === "rejected")
         if (failed !== undefined) throw failed.reason
-        await formCluster(plans, masters, replicas)
+        await formCluster(plans, masters)
       } catch (error) {
         await Promise.all(servers.map((server) => server.kill()))
         throw error
@@ -147,7 +147,7 @@ function nodeProcess(binary: string, plan: NodePlan, nodeTimeoutMs: number): Ser
 }
 
 /** Slots, meet, replicate, then waits until the cluster is whole and every replica in sync. */
-async function formCluster(plans: readonly NodePlan[], masters: number, replicas: number): Promise<void> {
+async function formCluster(plans: readonly NodePlan[], masters: number): Promise<void> {
   const ids = await Promise.all(
     plans.map(async (plan) => String(await redisCommand(plan.port, ["CLUSTER", "MYID"]))),
   )
@@ -174,6 +174,7 @@ async function formCluster(plans: readonly NodePlan[], masters: number, replicas
     "the nodes did not all meet",
   )
   for (let index = masters; index < plans.length; index++) {
+    // Replicas go round the masters, so each gets `replicasPerMaster` of them.
     const master = ids[(index - masters) % masters]!
     await redisCommand(plans[index]!.port, ["CLUSTER", "REPLICATE", master])
   }
