@@ -15,20 +15,25 @@ import {
   validateName,
 } from "@bus/core"
 import { Cause, Effect, Layer } from "effect"
-import { Redis } from "ioredis"
+import { Cluster, Redis } from "ioredis"
 import { encodeEntry } from "./codec.js"
 import {
+  type Client,
   closeConnection,
   command,
   connectionLosses,
-  runScript,
+  isCluster,
+  notReplicated,
+  ownedConnection,
+  refreshOnMoved,
+  runScriptReplicated,
   toBusError,
   transportName,
 } from "./connection.js"
 import { listDeadLetters } from "./deadLetters.js"
 import { groupMember } from "./group.js"
 import { channelKeys } from "./keys.js"
-import { type RedisStreamsOptions, resolveOptions } from "./options.js"
+import { type RedisStreamsOptions, type ResolvedOptions, replicaAck, resolveOptions } from "./options.js"
 import { sendBatchScript, sendScript } from "./scripts.js"
 import { makeSubscribe } from "./subscribe.js"
 
@@ -78,20 +83,25 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
     Effect.gen(function* () {
       const config = resolveOptions(options)
       if (config instanceof ConfigError) return yield* config
-      const main =
+      const main: Client =
         config.client ??
         (yield* Effect.acquireRelease(
           Effect.sync(() => {
-            const conn = new Redis(config.url, {
-              connectionName: config.connectionName,
-              maxRetriesPerRequest: null,
-              connectTimeout: config.connectTimeoutMs,
-            })
+            const conn = openClient(config)
             conn.on("error", () => {})
             return conn
           }),
           closeConnection,
         ))
+      const ack = replicaAck(config)
+      /**
+       * Sends that wait for replicas (`WAIT`) run on a cluster connection of their own: WAIT
+       * holds the connection it runs on until the replicas answer (up to
+       * `replicaAckTimeoutMs` while a master has none, e.g. right after a failover), and on
+       * the shared one it would hold up every other command for that node (acks, claims, reads).
+       */
+      const sender: Client =
+        ack === undefined ? main : yield* ownedConnection(main, `${config.connectionName}-send`)
       yield* command("PING", () => main.ping()).pipe(
         Effect.timeoutOrElse({
           duration: config.connectTimeoutMs,
@@ -122,8 +132,8 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
               message: `event ${event.id} is ${bytes} bytes encoded; redis-streams carries at most ${redisStreamsCapabilities.maxPayloadBytes}`,
             })
           }
-          yield* runScript(
-            main,
+          yield* runScriptReplicated(
+            sender,
             sendScript,
             [keys.stream, keys.dedupe(event.id)],
             [
@@ -134,6 +144,8 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
               meta?.position ?? "",
               meta?.frontier ?? "",
             ],
+            ack,
+            true,
           )
         })
 
@@ -146,7 +158,7 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
        * the rest again appends each event once (later calls that did run are dropped as
        * repeats by their dedupe keys — behind the re-sent ones, a rare reorder that needs a
        * call to fail while a later one succeeds). A server that lost its script cache
-       * (NOSCRIPT) gets the script loaded and the rest sent again.
+       * (NOSCRIPT) gets the script loaded and the rest sent again (on a cluster: sent with EVAL).
        */
       const sendAll = (
         items: ReadonlyArray<SendItem>,
@@ -154,6 +166,7 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
       ): Effect.Effect<SendOutcome> =>
         Effect.gen(function* () {
           let done = 0
+          let withEval = false
           for (let reloads = 0; ; reloads++) {
             const calls: Array<{ readonly count: number; readonly argv: Array<string | number> }> = []
             let invalid: BusError | undefined
@@ -207,11 +220,10 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
             if (calls.length === 0)
               return invalid === undefined ? { sent: done } : { sent: done, error: invalid }
             const replies = yield* Effect.exit(
-              command(`${sendBatchScript.name} script`, async () => {
-                const pipeline = main.pipeline()
-                for (const c of calls) pipeline.call("EVALSHA", c.argv)
-                return (await pipeline.exec()) ?? []
-              }),
+              execCalls(
+                calls.map((c) => c.argv),
+                withEval,
+              ),
             )
             if (replies._tag === "Failure") {
               return {
@@ -244,6 +256,13 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
               return { sent: done, error: toBusError(failure, `${sendBatchScript.name} script`) }
             const error = replies.value[ok]?.[0] ?? new Error("no reply")
             if (error instanceof Error && error.message.startsWith("NOSCRIPT") && reloads < 3) {
+              // On a cluster every master has its own script cache, and the client may not
+              // know every master yet (a replica promoted a moment ago): the rest is sent with
+              // EVAL, which loads the script on whichever node runs it.
+              if (isCluster(main)) {
+                withEval = true
+                continue
+              }
               const loaded = yield* Effect.exit(
                 command("script load", () => main.script("LOAD", sendBatchScript.lua)),
               )
@@ -251,6 +270,70 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
             }
             return { sent: done, error: toBusError(error, `${sendBatchScript.name} script`) }
           }
+        })
+
+      /**
+       * The replies of the batch-script calls, in the order given. On one server: one pipeline.
+       * On a cluster a pipeline must stay on one node, so each stream's calls are a pipeline of
+       * their own (streams of different tenants usually live on different nodes), run side by
+       * side; Redis runs one connection's commands in order, so each stream's entries still land
+       * in the order given. With a replica acknowledgement required, each pipeline ends with
+       * `WAIT`, and the calls of a pipeline whose writes did not reach enough replicas in time
+       * count as failed (retryable): the relay sends them again, and the dedupe keys make that
+       * append only what the failover lost.
+       */
+      const execCalls = (
+        argvs: ReadonlyArray<ReadonlyArray<string | number>>,
+        withEval: boolean,
+      ): Effect.Effect<Array<[Error | null, unknown]>, BusError> =>
+        command(`${sendBatchScript.name} script`, async () => {
+          if (!isCluster(sender)) {
+            const pipeline = sender.pipeline()
+            for (const argv of argvs) pipeline.call("EVALSHA", ...argv)
+            return ((await pipeline.exec()) ?? []) as Array<[Error | null, unknown]>
+          }
+          const byStream = new Map<string, Array<number>>()
+          argvs.forEach((argv, index) => {
+            const stream = String(argv[2])
+            const indexes = byStream.get(stream)
+            if (indexes === undefined) byStream.set(stream, [index])
+            else indexes.push(index)
+          })
+          const out: Array<[Error | null, unknown]> = argvs.map(() => [new Error("no reply"), null])
+          await Promise.all(
+            [...byStream.values()].map(async (indexes) => {
+              const pipeline = sender.pipeline()
+              for (const index of indexes) {
+                const [, ...rest] = argvs[index]!
+                if (withEval) pipeline.call("EVAL", sendBatchScript.lua, ...rest)
+                else pipeline.call("EVALSHA", ...argvs[index]!)
+              }
+              if (ack !== undefined) pipeline.call("WAIT", ack.minReplicas, ack.timeoutMs)
+              let replies: Array<[Error | null, unknown]>
+              try {
+                replies = ((await pipeline.exec()) ?? []) as Array<[Error | null, unknown]>
+              } catch (error) {
+                const failed = error instanceof Error ? error : new Error(String(error))
+                for (const index of indexes) out[index] = [failed, null]
+                return
+              }
+              indexes.forEach((index, i) => {
+                out[index] = replies[i] ?? [new Error("no reply"), null]
+              })
+              if (ack === undefined) return
+              const waited = replies[indexes.length]
+              const acked = waited?.[0] ? 0 : Number(waited?.[1])
+              if (acked >= ack.minReplicas) return
+              const failed = waited?.[0] ?? notReplicated(`${sendBatchScript.name} script`, acked, ack)
+              // Calls that failed on their own keep their error; the rest are unconfirmed.
+              for (const index of indexes) if (out[index]![0] === null) out[index] = [failed, null]
+            }),
+          )
+          refreshOnMoved(
+            sender,
+            out.map(([error]) => error),
+          )
+          return out
         })
 
       return Transport.of({
@@ -265,3 +348,37 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
       })
     }),
   )
+
+/** The shared client: one server, or a cluster client discovering the nodes from the seeds. */
+const openClient = (config: ResolvedOptions): Client => {
+  if (config.cluster === undefined) {
+    return new Redis(config.url, {
+      connectionName: config.connectionName,
+      maxRetriesPerRequest: null,
+      connectTimeout: config.connectTimeoutMs,
+    })
+  }
+  const seeds = config.cluster.nodes.map((node) => new URL(node))
+  const first = seeds[0]!
+  return new Cluster(
+    seeds.map((url) => ({ host: url.hostname.replace(/^\[|\]$/g, ""), port: Number(url.port || 6379) })),
+    {
+      // Commands wait through a failover (CLUSTERDOWN, MOVED, a closed node connection) and
+      // are retried by the cluster client, then by the transport's own bounded backoff.
+      enableOfflineQueue: true,
+      // A slot map gone stale (a failover nobody's command was redirected by) is noticed
+      // within this long even without traffic to the moved slots.
+      slotsRefreshInterval: 5_000,
+      ...config.cluster.clusterOptions,
+      redisOptions: {
+        connectionName: config.connectionName,
+        maxRetriesPerRequest: null,
+        connectTimeout: config.connectTimeoutMs,
+        ...(first.username ? { username: decodeURIComponent(first.username) } : {}),
+        ...(first.password ? { password: decodeURIComponent(first.password) } : {}),
+        ...(first.protocol === "rediss:" ? { tls: {} } : {}),
+        ...config.cluster.clusterOptions?.redisOptions,
+      },
+    },
+  )
+}

@@ -7,7 +7,7 @@ import {
   TransportUnavailable,
 } from "@bus/core"
 import { Effect, Metric, type Scope } from "effect"
-import type { Redis } from "ioredis"
+import type { Cluster, Redis } from "ioredis"
 import type { ChannelKeys } from "./keys.js"
 import type { LuaScript } from "./scripts.js"
 
@@ -19,11 +19,23 @@ import type { LuaScript } from "./scripts.js"
 
 export const transportName = "redis-streams"
 
+/** A client of one Redis server, or of a Redis Cluster (commands routed by key slot). */
+export type Client = Redis | Cluster
+
+/** True for an ioredis `Cluster`. */
+export const isCluster = (client: Client): client is Cluster =>
+  (client as { isCluster?: boolean }).isCluster === true
+
 /**
  * Reply errors after which the same command can succeed later: the server is loading,
- * busy with a script, out of memory, a replica, or a cluster is failing over.
+ * busy with a script, out of memory, a replica, or a cluster is failing over or moved a slot.
  */
 const retryableReplies = new Set([
+  // A cluster's slot moved (a failover, a resharding): sent again once the slot map is refreshed.
+  "MOVED",
+  "ASK",
+  // A node without the script (a promoted replica, a restart): sent again, with EVAL.
+  "NOSCRIPT",
   "LOADING",
   "BUSY",
   "TRYAGAIN",
@@ -57,13 +69,30 @@ export const toBusError = (error: unknown, what: string): BusError => {
 /** True when the error says the consumer group (or its stream) does not exist. */
 export const isNoGroup = (error: BusError): boolean => error.message.includes("NOGROUP")
 
+/**
+ * A pipeline on a cluster client goes to the node its keys' slot maps to, and ioredis
+ * follows a MOVED reply for a pipeline only when all of it was read-only: for the writes
+ * here the reply comes back as an error, and the slot map would stay stale (ioredis
+ * refreshes it on its own only after a single command's redirection). Refreshed here, so
+ * the retry goes to the new owner.
+ */
+export const refreshOnMoved = (conn: Client, errors: ReadonlyArray<unknown>): void => {
+  if (!isCluster(conn)) return
+  for (const error of errors) {
+    if (error instanceof Error && /^(MOVED|ASK|CLUSTERDOWN) /.test(error.message)) {
+      conn.refreshSlotsCache()
+      return
+    }
+  }
+}
+
 /** Runs one command promise, failing with a {@link BusError}. */
 export const command = <A>(what: string, run: () => Promise<A>): Effect.Effect<A, BusError> =>
   Effect.tryPromise({ try: run, catch: (e) => toBusError(e, what) })
 
 /** Runs a Lua script with EVALSHA, loading it with EVAL when the server does not know it (yet). */
 export const runScript = (
-  conn: Redis,
+  conn: Client,
   script: LuaScript,
   keys: ReadonlyArray<string>,
   args: ReadonlyArray<string | number>,
@@ -78,6 +107,62 @@ export const runScript = (
       throw error
     }
   })
+
+/**
+ * How many replicas a write must reach before it counts (Redis `WAIT`), and for how long to
+ * wait: set in cluster mode (see `RedisClusterOptions.minReplicas`).
+ */
+export interface ReplicaAck {
+  readonly minReplicas: number
+  readonly timeoutMs: number
+}
+
+/** The error of a write that `WAIT` did not see reach enough replicas: retryable, the write is repeated. */
+export const notReplicated = (what: string, acked: unknown, ack: ReplicaAck): TransportFailure =>
+  new TransportFailure({
+    transport: transportName,
+    retryable: true,
+    message: `${what}: acknowledged by ${Number(acked) || 0} of the ${ack.minReplicas} replica(s) required within ${ack.timeoutMs} ms; not counted as sent (a failover could lose it), it is sent again`,
+  })
+
+/**
+ * {@link runScript} followed, on the same node connection, by `WAIT`: the script's writes
+ * reach `ack.minReplicas` replicas before it resolves. With `strict`, fewer acknowledgements
+ * fail it with a retryable error; otherwise they are ignored (best effort).
+ */
+export const runScriptReplicated = (
+  conn: Client,
+  script: LuaScript,
+  keys: ReadonlyArray<string>,
+  args: ReadonlyArray<string | number>,
+  ack: ReplicaAck | undefined,
+  strict: boolean,
+): Effect.Effect<unknown, BusError> =>
+  ack === undefined || ack.minReplicas === 0
+    ? runScript(conn, script, keys, args)
+    : command(`${script.name} script`, async () => {
+        const attempt = async (first: "EVALSHA" | "EVAL") => {
+          // One pipeline, so WAIT runs on the connection the script wrote on, right after it.
+          const replies = (await conn
+            .pipeline()
+            .call(first, first === "EVALSHA" ? script.sha : script.lua, keys.length, ...keys, ...args)
+            .call("WAIT", ack.minReplicas, ack.timeoutMs)
+            .exec()) as Array<[Error | null, unknown]> | null
+          const [ran, waited] = replies ?? []
+          if (ran === undefined) throw new Error("no reply")
+          return { ran, waited }
+        }
+        let { ran, waited } = await attempt("EVALSHA")
+        if (ran[0] instanceof Error && ran[0].message.startsWith("NOSCRIPT"))
+          ({ ran, waited } = await attempt("EVAL"))
+        if (ran[0]) throw ran[0]
+        if (strict) {
+          if (waited?.[0]) throw waited[0]
+          if (Number(waited?.[1]) < ack.minReplicas)
+            throw notReplicated(`${script.name} script`, waited?.[1], ack)
+        }
+        return ran[1]
+      })
 
 /** Delay before retry `failures` (1-based) of a transient failure: 50 ms doubling to 2 s, with jitter. */
 export const transientDelay = (failures: number): number => {
@@ -115,20 +200,30 @@ export const retryTransient = <A, R>(
  * on such a connection, never on the shared one. A command in flight when the connection
  * drops is sent again after the reconnect.
  */
-export const ownedConnection = (base: Redis, name: string): Effect.Effect<Redis, never, Scope.Scope> =>
+export const ownedConnection = (base: Client, name: string): Effect.Effect<Client, never, Scope.Scope> =>
   Effect.acquireRelease(
     Effect.sync(() => {
-      const conn = base.duplicate({
+      const own = {
         connectionName: name,
-        lazyConnect: false,
         maxRetriesPerRequest: null,
         enableOfflineQueue: true,
         // Without it, ioredis drops the commands in flight when the connection drops and
         // their promises never settle (with maxRetriesPerRequest null): reads would hang.
         autoResendUnfulfilledCommands: true,
         commandTimeout: undefined,
-        protocol: 2,
-      })
+        protocol: 2 as const,
+      }
+      // On a cluster, a blocking read holds the connection to its node: it gets a cluster
+      // client of its own (connections to the nodes it reads from, opened on first use). A
+      // node connection that drops fails its commands with "Connection is closed", which the
+      // cluster client sends again (to the new master after a failover).
+      const conn: Client = isCluster(base)
+        ? base.duplicate([], {
+            ...base.options,
+            enableOfflineQueue: true,
+            redisOptions: { ...base.options.redisOptions, ...own },
+          })
+        : base.duplicate({ ...own, lazyConnect: false })
       // Errors surface through the commands that fail; without a listener ioredis prints them.
       conn.on("error", () => {})
       return conn
@@ -137,7 +232,7 @@ export const ownedConnection = (base: Redis, name: string): Effect.Effect<Redis,
   )
 
 /** Closes a connection: QUIT when it is up (pending replies are delivered), then a hard disconnect. */
-export const closeConnection = (conn: Redis): Effect.Effect<void> =>
+export const closeConnection = (conn: Client): Effect.Effect<void> =>
   Effect.suspend(() => {
     if (conn.status === "end") return Effect.void
     const quit =
@@ -197,7 +292,7 @@ export const fieldOf = (entry: RawEntry, name: string): string | undefined => {
  * the count before and after.
  */
 export const connectionLosses = (
-  conn: Redis,
+  conn: Client,
 ): Effect.Effect<{ readonly count: number }, never, Scope.Scope> =>
   Effect.acquireRelease(
     Effect.sync(() => {
@@ -210,23 +305,34 @@ export const connectionLosses = (
       }
       conn.on("close", onClose)
       conn.on("reconnecting", onReconnecting)
+      // A cluster client stays up while one of its node connections drops (a killed master):
+      // the node leaves the pool, and what was in flight on it may have run without a reply.
+      conn.on("-node", onClose)
       return { counter, onClose, onReconnecting }
     }),
     ({ onClose, onReconnecting }) =>
       Effect.sync(() => {
         conn.off("close", onClose)
         conn.off("reconnecting", onReconnecting)
+        conn.off("-node", onClose)
       }),
   ).pipe(Effect.map(({ counter }) => counter))
 
 const reconnectsMetric = Metric.withAttributes(Metrics.reconnects, { transport: transportName })
 
+/**
+ * How long a read may take beyond its BLOCK time before it counts as lost (see
+ * `readWithIdentity`): generous, as a loaded server or machine can be slow to answer.
+ */
+export const replyMarginMs = 10_000
+
 /** The reply of one pipelined read: the entries, then the stream's identity and whether the stream exists. */
 export const readWithIdentity = (
   what: string,
-  conn: Redis,
+  conn: Client,
   read: ReadonlyArray<string | number>,
   keys: ChannelKeys,
+  replyTimeoutMs: number,
 ): Effect.Effect<
   { readonly reply: unknown; readonly identity: string | null; readonly exists: boolean },
   BusError
@@ -241,6 +347,7 @@ export const readWithIdentity = (
       .exists(keys.stream)
       .exec()) as Array<[Error | null, unknown]> | null
     const [readReply, identityReply, existsReply] = replies ?? []
+    refreshOnMoved(conn, [readReply?.[0], identityReply?.[0], existsReply?.[0]])
     for (const r of [readReply, identityReply, existsReply]) if (r?.[0]) throw r[0]
     if (readReply === undefined) throw new Error("no reply")
     return {
@@ -248,4 +355,18 @@ export const readWithIdentity = (
       identity: typeof identityReply?.[1] === "string" ? identityReply[1] : null,
       exists: Number(existsReply?.[1]) === 1,
     }
-  })
+  }).pipe(
+    // A pipeline on a cluster client whose node died can stay unanswered (ioredis re-sends
+    // it after the failover, and may never settle it): the read gives up after a bound and
+    // the caller retries (and, for a group, re-reads its own pending entries).
+    Effect.timeoutOrElse({
+      duration: replyTimeoutMs,
+      orElse: () =>
+        Effect.fail(
+          new TransportUnavailable({
+            transport: transportName,
+            message: `${what}: no reply within ${replyTimeoutMs} ms`,
+          }),
+        ),
+    }),
+  )

@@ -1,7 +1,6 @@
 import { type BusError, type DeadLetter, decodeEnvelope } from "@bus/core"
 import { Effect } from "effect"
-import type { Redis } from "ioredis"
-import { command, fieldOf, parseEntries, type RawEntry } from "./connection.js"
+import { type Client, command, fieldOf, parseEntries, type RawEntry } from "./connection.js"
 import { deadLetterIndexKey } from "./keys.js"
 
 /**
@@ -34,7 +33,7 @@ const toDeadLetter = (entry: RawEntry): Effect.Effect<DeadLetter | undefined> =>
 
 /** The newest `limit` dead letters of every consumer group under `prefix`, newest first. */
 export const listDeadLetters = (
-  main: Redis,
+  main: Client,
   prefix: string,
   limit: number,
 ): Effect.Effect<ReadonlyArray<DeadLetter>, BusError> =>

@@ -12,9 +12,9 @@ import {
   type SendOutcome,
 } from "@bus/core"
 import { type Cause, Effect, Option, Queue, Semaphore, Stream } from "effect"
-import type { Redis } from "ioredis"
 import { decodeEntry, positionOf } from "./codec.js"
 import {
+  type Client,
   command,
   connectionLosses,
   isNoGroup,
@@ -22,11 +22,12 @@ import {
   parseReadReply,
   type RawEntry,
   readWithIdentity,
+  replyMarginMs,
   retryTransient,
   runScript,
   transientDelay,
 } from "./connection.js"
-import { type ChannelKeys, channelKeys, type StreamId } from "./keys.js"
+import { type ChannelKeys, channelKeys, compareStreamIds, type StreamId } from "./keys.js"
 import type { ResolvedOptions } from "./options.js"
 import { resendAfter, streamIdentity } from "./recovery.js"
 import {
@@ -38,6 +39,7 @@ import {
   retireScript,
   touchScript,
 } from "./scripts.js"
+import { streamPosition } from "./subscribe.js"
 
 /**
  * Consumer groups on Redis Streams.
@@ -129,7 +131,7 @@ const killOnServer = (main: Redis, conn: Redis): Effect.Effect<void> =>
   }).pipe(Effect.ignore)
 
 /** Creates the group (at the start of the stream, creating the stream) unless it exists. */
-export const ensureGroup = (main: Redis, stream: string, group: string): Effect.Effect<void, BusError> =>
+export const ensureGroup = (main: Client, stream: string, group: string): Effect.Effect<void, BusError> =>
   command("XGROUP CREATE", () => main.call("XGROUP", "CREATE", stream, group, "0", "MKSTREAM")).pipe(
     Effect.asVoid,
     Effect.catch((error: BusError) =>
@@ -139,7 +141,7 @@ export const ensureGroup = (main: Redis, stream: string, group: string): Effect.
 
 /** Everything a group member needs from the transport. */
 export interface GroupContext {
-  readonly main: Redis
+  readonly main: Client
   readonly config: ResolvedOptions
   /** How often the shared connection was lost (one listener for the whole transport). */
   readonly mainLosses: { readonly count: number }
@@ -172,6 +174,8 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
       let identity = yield* retryTransient(streamIdentity(main, keys), "reading the stream identity")
       /** The group's floor while the stream had `identity` (see the module doc), or undefined. */
       let floor: string | undefined
+      /** The newest entry a read of this member was assigned, in the stream with `identity`. */
+      let highestRead: StreamId = "0-0"
       /** A loss noticed and not yet recovered from. */
       let pendingLoss: Loss | undefined
       /** The outbox head when the member last recovered: deliveries it covers may have been handled. */
@@ -242,7 +246,10 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
           const startedAt = Date.now()
           yield* retryTransient(ensureGroup(main, stream, group), "re-creating the group")
           if (Option.isNone(ctx.store)) {
-            if (loss.kind === "stream") identity = loss.to
+            if (loss.kind === "stream") {
+              identity = loss.to
+              highestRead = "0-0"
+            }
             return yield* Effect.logError(
               `redis-streams: ${loss.kind === "stream" ? `stream ${stream} lost its data` : `group ${group} of ${stream} was deleted`}; group ${group} was re-created at the start of the stream, and without an outbox at hand its pending and unread entries cannot be recovered`,
             )
@@ -258,6 +265,7 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
           const from = floor ?? "beginning"
           const lostIdentity = identity
           identity = loss.to
+          highestRead = "0-0"
           floor = undefined
           yield* Effect.logWarning(
             `redis-streams: stream ${stream} lost its data (identity ${lostIdentity} → ${loss.to}: Redis restarted without persistence, was flushed, or the stream was deleted); the pending and unread entries of group ${group} went with it; re-sending every event after ${from} from the outbox`,
@@ -421,6 +429,25 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
         Semaphore.release(permits, 1),
       )
 
+      /**
+       * After a dropped connection or a failed round: does the stream still reach the newest
+       * entry this member read? A replica promoted in a failover may lack its master's newest
+       * entries (replication is asynchronous); the identity then moves on (see the feed's
+       * `checkTail`) and the member recovers like after any loss: re-sends from the floor.
+       */
+      const checkTail = Effect.gen(function* () {
+        if (highestRead === "0-0") return
+        const at = yield* streamPosition(main, stream)
+        // A stream that is gone entirely is the identity check's case (it reports it as such).
+        if (at.last === "0-0" || compareStreamIds(at.last, highestRead) >= 0) return
+        yield* Effect.logWarning(
+          `redis-streams: stream ${stream} lost its newest entries (it ends at ${at.last}, member ${consumer} of ${group} had read up to ${highestRead}: a failover to a replica that was behind)`,
+        )
+        const current = yield* streamIdentity(main, keys, identity, true)
+        highestRead = "0-0"
+        if (current !== identity) pendingLoss = { kind: "stream", to: current }
+      })
+
       let claimStart: StreamId = "0-0"
       let nextClaimAt = 0
 
@@ -458,6 +485,7 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
             conn,
             ["XREADGROUP", "GROUP", group, consumer, "COUNT", slots - used, ...block, "STREAMS", stream, ">"],
             keys,
+            config.blockMs + replyMarginMs,
           )
           if (read.identity !== identity) {
             // The stream was replaced: what this read assigned stays pending for this member
@@ -467,6 +495,8 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
             return
           }
           const entries = parseReadReply(read.reply)
+          const newest = entries[entries.length - 1]
+          if (newest !== undefined && compareStreamIds(newest.id, highestRead) > 0) highestRead = newest.id
           if (lossCount() === lossesAtStart) {
             for (const entry of entries) yield* use(entry, 1)
             return
@@ -495,6 +525,7 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
         for (;;) {
           const error = yield* Effect.gen(function* () {
             if (lossCount() !== seenLosses) recover = true
+            if (recover && pendingLoss === undefined) yield* checkTail
             if (pendingLoss !== undefined) {
               const loss = pendingLoss
               yield* recoverLoss(loss)

@@ -1,5 +1,6 @@
 import { ConfigError } from "@bus/core"
-import type { Redis } from "ioredis"
+import type { Cluster, ClusterOptions, Redis } from "ioredis"
+import type { ReplicaAck } from "./connection.js"
 import { defaultKeyPrefix } from "./keys.js"
 
 /** Options of `redisStreamsTransport`. */
@@ -14,7 +15,14 @@ export interface RedisStreamsOptions {
    * it and never closes it; blocking reads always run on connections it duplicates from
    * it (and closes).
    */
-  readonly client?: Redis
+  readonly client?: Redis | Cluster
+  /**
+   * Redis Cluster: the seed nodes to discover the cluster from, and how many replicas must
+   * hold a relayed event before it counts as sent (see {@link RedisClusterOptions}). Passing
+   * an ioredis `Cluster` as `client` turns cluster mode on too (then give no `nodes` here).
+   * Not together with `url`.
+   */
+  readonly cluster?: RedisClusterOptions
   /** First segment of every key (default `"bus"`): `<keyPrefix>:{<tenant>}:<channel>`. Must not contain `{` or `}`. */
   readonly keyPrefix?: string
   /**
@@ -53,10 +61,44 @@ export interface RedisStreamsOptions {
   readonly connectionName?: string
 }
 
+/** Cluster mode of `redisStreamsTransport` (docs/redis.md, "Redis Cluster"). */
+export interface RedisClusterOptions {
+  /**
+   * Seed nodes, e.g. `["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]` (a few are enough;
+   * the rest are discovered). Credentials and TLS (`rediss:`) are taken from the first URL.
+   * Required unless `client` is an ioredis `Cluster`.
+   */
+  readonly nodes?: ReadonlyArray<string>
+  /**
+   * Replicas that must acknowledge a send (Redis `WAIT`) before the relay counts it as sent
+   * (default 1). Replication is asynchronous: an entry acknowledged by a master that dies
+   * before its replica has it is gone from the cluster. With `WAIT`, a send counts only once a
+   * replica holds it, so a failed-over master loses nothing the relay considers sent; sends
+   * that miss the acknowledgement fail (retryable) and the relay sends them again (dedupe
+   * keeps that idempotent). 0 turns it off: faster, and a failover can then lose the newest
+   * entries, which readers detect and recover from the outbox (docs/redis.md).
+   */
+  readonly minReplicas?: number
+  /** How long a send waits for `minReplicas` acknowledgements before it fails, in ms (default 2 000). */
+  readonly replicaAckTimeoutMs?: number
+  /** Further ioredis `Cluster` options (e.g. `natMap`, `dnsLookup`, `redisOptions.tls`), over the transport's. */
+  readonly clusterOptions?: ClusterOptions
+}
+
+/** Cluster mode with defaults applied. */
+export interface ResolvedCluster {
+  readonly nodes: ReadonlyArray<string>
+  readonly minReplicas: number
+  readonly replicaAckTimeoutMs: number
+  readonly clusterOptions: ClusterOptions | undefined
+}
+
 /** Options with defaults applied. */
 export interface ResolvedOptions {
   readonly url: string
-  readonly client: Redis | undefined
+  readonly client: Redis | Cluster | undefined
+  /** Set in cluster mode (a `cluster` option, or a `Cluster` client). */
+  readonly cluster: ResolvedCluster | undefined
   readonly keyPrefix: string
   readonly maxLen: number | undefined
   readonly blockMs: number
@@ -98,6 +140,41 @@ export const resolveOptions = (options: RedisStreamsOptions): ResolvedOptions | 
   if (options.url !== undefined && options.client !== undefined) {
     return new ConfigError({ message: "redis-streams: pass either url or client, not both" })
   }
+  const clusterClient = options.client !== undefined && isClusterClient(options.client)
+  let cluster: ResolvedCluster | undefined
+  if (options.cluster !== undefined || clusterClient) {
+    const c = options.cluster ?? {}
+    if (options.url !== undefined) {
+      return new ConfigError({ message: "redis-streams: pass either url or cluster, not both" })
+    }
+    if (options.client !== undefined && !clusterClient) {
+      return new ConfigError({
+        message:
+          "redis-streams: cluster mode needs an ioredis Cluster as client (or cluster.nodes and no client)",
+      })
+    }
+    const nodes = c.nodes ?? []
+    if (clusterClient && nodes.length > 0) {
+      return new ConfigError({
+        message: "redis-streams: pass either a Cluster client or cluster.nodes, not both",
+      })
+    }
+    if (!clusterClient && (!Array.isArray(nodes) || nodes.length === 0)) {
+      return new ConfigError({ message: "redis-streams: cluster.nodes must list at least one node URL" })
+    }
+    for (const node of nodes) {
+      if (typeof node !== "string" || !/^rediss?:\/\/[^/\s]+/.test(node)) {
+        return new ConfigError({
+          message: `redis-streams: cluster.nodes must be redis:// or rediss:// URLs, got ${JSON.stringify(node)}`,
+        })
+      }
+    }
+    const minReplicas = positiveInt("cluster.minReplicas", c.minReplicas, 1, 0)
+    if (minReplicas instanceof ConfigError) return minReplicas
+    const replicaAckTimeoutMs = positiveInt("cluster.replicaAckTimeoutMs", c.replicaAckTimeoutMs, 2_000)
+    if (replicaAckTimeoutMs instanceof ConfigError) return replicaAckTimeoutMs
+    cluster = { nodes, minReplicas, replicaAckTimeoutMs, clusterOptions: c.clusterOptions }
+  }
   const maxLen = options.maxLen === undefined ? undefined : positiveInt("maxLen", options.maxLen, 0)
   const blockMs = positiveInt("blockMs", options.blockMs, 2_000)
   const claimIdleMs = positiveInt("claimIdleMs", options.claimIdleMs, 30_000, 100)
@@ -111,6 +188,7 @@ export const resolveOptions = (options: RedisStreamsOptions): ResolvedOptions | 
   return {
     url: options.url ?? "redis://127.0.0.1:6379",
     client: options.client,
+    cluster,
     keyPrefix,
     maxLen: maxLen as number | undefined,
     blockMs: blockMs as number,
@@ -122,3 +200,13 @@ export const resolveOptions = (options: RedisStreamsOptions): ResolvedOptions | 
     connectionName,
   }
 }
+
+/** True for an ioredis `Cluster` (checked by its flag, so a client of another ioredis copy counts too). */
+export const isClusterClient = (client: Redis | Cluster): client is Cluster =>
+  (client as { isCluster?: boolean }).isCluster === true
+
+/** The replica acknowledgement writes wait for (cluster mode with `minReplicas` > 0), or undefined. */
+export const replicaAck = (config: ResolvedOptions): ReplicaAck | undefined =>
+  config.cluster === undefined || config.cluster.minReplicas === 0
+    ? undefined
+    : { minReplicas: config.cluster.minReplicas, timeoutMs: config.cluster.replicaAckTimeoutMs }

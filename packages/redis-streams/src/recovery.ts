@@ -8,8 +8,7 @@ import {
   Transport,
 } from "@bus/core"
 import { Effect } from "effect"
-import type { Redis } from "ioredis"
-import { runScript } from "./connection.js"
+import { type Client, runScript } from "./connection.js"
 import { type ChannelKeys, newIdentity } from "./keys.js"
 import { identityScript } from "./scripts.js"
 
@@ -92,9 +91,12 @@ export const resendFromOutbox = (
  * The identity of a stream (see `identityKey`): the current one, created when the key is
  * missing. With `rotate`, a `known` identity still in place is replaced (the stream itself
  * vanished: deleted by hand while its identity key stayed), once across all processes.
+ * On a cluster the key is not waited on until a replica has it (a `WAIT` would hold the
+ * shared connection): an identity lost in a failover right after it was created looks like a
+ * lost stream, and readers re-read from the outbox once for nothing (ids drop the repeats).
  */
 export const streamIdentity = (
-  main: Redis,
+  main: Client,
   keys: ChannelKeys,
   known?: string,
   rotate = false,

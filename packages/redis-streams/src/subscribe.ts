@@ -13,14 +13,16 @@ import {
   type SubscribeRequest,
 } from "@bus/core"
 import { Effect, Option, PubSub, RcMap, type Scope, Stream } from "effect"
-import type { Redis } from "ioredis"
 import { decodeOrSkip, frontierOf, positionOf } from "./codec.js"
 import {
+  type Client,
+  connectionLosses,
   ownedConnection,
   parseEntries,
   parseReadReply,
   type RawEntry,
   readWithIdentity,
+  replyMarginMs,
   retryTransient,
   runScript,
   transientDelay,
@@ -90,7 +92,7 @@ export interface StreamPosition {
 }
 
 /** The stream's last and first entry ids and whether it was ever trimmed, read atomically (where "now" is, and whether a replay can be complete). */
-export const streamPosition = (main: Redis, stream: string): Effect.Effect<StreamPosition, BusError> =>
+export const streamPosition = (main: Client, stream: string): Effect.Effect<StreamPosition, BusError> =>
   runScript(main, positionScript, [stream], []).pipe(
     Effect.map((reply) => {
       const [last, first, trimmed, maxDeleted] = Array.isArray(reply) ? reply : []
@@ -196,7 +198,7 @@ interface Start {
 
 /** Builds the subscribe function; the feeds live in the caller's (the layer's) scope. */
 export const makeSubscribe = (
-  main: Redis,
+  main: Client,
   config: ResolvedOptions,
   store: Option.Option<OutboxStore["Service"]>,
 ): Effect.Effect<
@@ -229,6 +231,7 @@ export const makeSubscribe = (
           const { stream } = keys
           const tag = addressTag(address)
           const conn = yield* ownedConnection(main, `${config.connectionName}-feed`)
+          const losses = yield* connectionLosses(conn)
           const pubsub = yield* Effect.acquireRelease(PubSub.unbounded<FeedMessage>(), PubSub.shutdown)
           let identity = yield* identityOf(keys)
           let position = (yield* retryTransient(streamPosition(main, stream), "reading the stream position"))
@@ -240,6 +243,7 @@ export const makeSubscribe = (
               conn,
               ["XREAD", "COUNT", config.pageSize, "BLOCK", config.blockMs, "STREAMS", stream, position],
               keys,
+              config.blockMs + replyMarginMs,
             ),
           ).pipe(
             Effect.flatMap(({ reply, identity: seen, exists }) =>
@@ -268,12 +272,42 @@ export const makeSubscribe = (
               }),
             ),
           )
-          // Transient failures (a killed connection, a restarting server) are retried for
-          // ever from the same position; ioredis reconnects underneath.
+          /**
+           * After a failed read (a failover, a restart), checks that the stream still reaches
+           * the last entry this feed read. Replication is asynchronous: a replica promoted in
+           * a failover may lack the newest entries of its master (with `minReplicas` 0, or when
+           * a replica that had not acknowledged them was promoted). Their ids are gone while the
+           * identity key survived; the stream's identity moves on here (once, whoever notices
+           * first), so every reader treats it like any other loss and re-reads from the outbox.
+           */
+          const checkTail = Effect.gen(function* () {
+            if (position === "0-0") return
+            const at = yield* streamPosition(main, stream)
+            // A stream that is gone entirely is the identity check's case (it reports it as such).
+            if (at.last === "0-0" || compareStreamIds(at.last, position) >= 0) return
+            const next = yield* streamIdentity(main, keys, identity, true)
+            const from = identity
+            yield* Effect.logWarning(
+              `redis-streams: stream ${stream} lost its newest entries (it ends at ${at.last}, this process had read up to ${position}: a failover to a replica that was behind); identity ${from} → ${next}; subscriptions re-read what they had not delivered from the outbox`,
+            )
+            identity = next
+            position = "0-0"
+            existed = false
+            if (next !== from) yield* PubSub.publish(pubsub, { lost: { from, to: next } })
+          })
+          // Transient failures (a killed connection, a restarting server, a failover) are
+          // retried for ever from the same position; ioredis reconnects underneath.
           yield* Effect.gen(function* () {
             let failures = 0
+            let seenLosses = losses.count
             for (;;) {
-              const error = yield* readOnce.pipe(
+              // A read the cluster client re-sent to the new master after a failover does not
+              // fail: a dropped node connection counts as a failure here.
+              const dropped = losses.count !== seenLosses
+              seenLosses = losses.count
+              const error = yield* (
+                failures > 0 || dropped ? Effect.andThen(checkTail, readOnce) : readOnce
+              ).pipe(
                 Effect.as(undefined),
                 Effect.catch((e: BusError) => Effect.succeed(e)),
               )
@@ -307,6 +341,7 @@ export const makeSubscribe = (
           main,
           ["XRANGE", keys.stream, `(${after}`, "+", "COUNT", config.pageSize],
           keys,
+          replyMarginMs,
         ),
         `catching up on ${keys.stream}`,
       ).pipe(

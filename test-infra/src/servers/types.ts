@@ -88,3 +88,44 @@ export interface StartNatsClusterOptions {
   /** Number of JetStream nodes; defaults to 3. */
   readonly nodes?: number
 }
+
+/** What a Redis Cluster node is right now, as the cluster sees it. */
+export type RedisNodeRole = "master" | "replica" | "down"
+
+/** A Redis Cluster on loopback: masters sharing the slots, each with replicas that take over when it dies. */
+export interface RedisClusterHandle {
+  /** Every node's URL, comma-separated. */
+  readonly url: string
+  /** Every node's URL (`redis://127.0.0.1:port`); masters first, then their replicas. */
+  readonly urls: readonly string[]
+  /** One handle per node, in the order of `urls`; kill a master to fail over to its replica. */
+  readonly nodes: readonly ServerHandle[]
+  /** False when the handle points at an external cluster named by `BUS_REDIS_CLUSTER_URL`. */
+  readonly controllable: boolean
+  /** Index into `nodes` of the live master serving `slot` now. */
+  masterOfSlot(slot: number): Promise<number>
+  /** Index into `nodes` of the live master serving `key`'s slot now. */
+  masterOfKey(key: string): Promise<number>
+  /** Each node's role now (`down` when it does not answer), in the order of `nodes`. */
+  roles(): Promise<RedisNodeRole[]>
+  /**
+   * Resolves once every answering node says `cluster_state:ok`, flags no answering node as
+   * failed, and every answering replica is linked to its master (after a failover, or after a
+   * killed node was restarted and rejoined). Rejects after `timeoutMs` (default 60 000).
+   */
+  waitHealthy(timeoutMs?: number): Promise<void>
+  /** Stops every node and removes their data. Idempotent. */
+  stop(): Promise<void>
+  /** Same as `stop()`, for `await using`. */
+  [Symbol.asyncDispose](): Promise<void>
+}
+
+/** Options for `startRedisCluster`. */
+export interface StartRedisClusterOptions {
+  /** Masters sharing the 16384 slots; defaults to 3. */
+  readonly masters?: number
+  /** Replicas per master; defaults to 1 (so a killed master fails over). */
+  readonly replicasPerMaster?: number
+  /** `cluster-node-timeout` in ms: how soon a dead master is failed over; defaults to 1 000. */
+  readonly nodeTimeoutMs?: number
+}

@@ -1,0 +1,78 @@
+import { createBus, MemoryOutbox, OutboxStore, runRelay } from "@bus/core"
+import { pauseFor, type RedisClusterHandle, startRedisCluster } from "@bus/test-infra"
+import { runConformanceSuite } from "@bus/test-infra/conformance"
+import { Layer, ManagedRuntime } from "effect"
+import { type RedisStreamsOptions, redisStreamsTransport } from "../src/index.js"
+import { busiestStream, killClientConnections } from "./cluster-support.js"
+
+/**
+ * The conformance suite against a Redis Cluster of 3 masters with a replica each, the
+ * transport in cluster mode (`minReplicas` 1: a send counts once a replica has it). One
+ * outbox for the run, as one database serves every process; the relay runs as a process of
+ * its own. Faults: every client connection killed on every node; every node restarted; the
+ * master of the stream being written frozen past the node timeout (its replica takes over,
+ * the old master comes back as a replica); and that master SIGKILLed and later restarted.
+ */
+const outbox = MemoryOutbox.make()
+let cluster: RedisClusterHandle | undefined
+let relay: { dispose(): Promise<void> } | undefined
+
+const options = (): RedisStreamsOptions => ({
+  cluster: { nodes: cluster!.urls },
+  blockMs: 500,
+  claimIdleMs: 10_000,
+})
+
+/** Index of the master serving the stream written most recently: the fault scenario's own. */
+const busiestMaster = async () => cluster!.masterOfKey(await busiestStream(cluster!))
+
+runConformanceSuite({
+  name: "redis-streams (cluster)",
+  setup: async () => {
+    cluster = await startRedisCluster()
+    const runtime = ManagedRuntime.make(
+      Layer.merge(redisStreamsTransport(options()), Layer.succeed(OutboxStore, outbox.store)),
+    )
+    runtime.runFork(runRelay({ owner: "relay-cluster", batchSize: 100_000, leaseMs: 2_000, maxIdleMs: 100 }))
+    relay = runtime
+  },
+  teardown: async () => {
+    await relay?.dispose()
+    await cluster?.stop()
+  },
+  makeBus: () =>
+    createBus({
+      outbox: outbox.layer,
+      transports: { "redis-streams": redisStreamsTransport(options()) },
+      transport: "redis-streams",
+      env: false,
+      relay: false,
+    }),
+  transaction: (fn) => outbox.transaction(fn),
+  faults: {
+    killConnections: () => killClientConnections(cluster!),
+    restartServer: async () => {
+      // Every node at once: the whole cluster goes down and comes back from its AOF and nodes.conf.
+      await Promise.all(cluster!.nodes.map((node) => node.restart()))
+      await cluster!.waitHealthy(60_000)
+    },
+    pauseServer: async (ms) => {
+      await pauseFor(cluster!.nodes[await busiestMaster()]!, ms)
+      await cluster!.waitHealthy(60_000)
+    },
+  },
+  extraFaults: {
+    "the stream's master SIGKILLed: its replica takes over; the old master restarted rejoins as a replica":
+      async () => {
+        const victim = await busiestMaster()
+        await cluster!.nodes[victim]!.kill()
+        await cluster!.waitHealthy(60_000)
+        const roles = await cluster!.roles()
+        if (roles.filter((role) => role === "master").length !== 3) {
+          throw new Error(`no replica took over from node ${victim}: ${roles.join(", ")}`)
+        }
+        await cluster!.nodes[victim]!.restart()
+        await cluster!.waitHealthy(60_000)
+      },
+  },
+})
