@@ -277,12 +277,13 @@ export class Subscriber extends Context.Service<
 
       const consume = <E, R>(request: ConsumeRequest, handler: Handler<E, R>) =>
         Effect.gen(function* () {
-          const group = yield* checkName("group", request.group)
           if (request.tenant !== allTenants) {
             const address = yield* checkAddress(request)
+            const group = yield* checkName("group", request.group)
             return yield* consumeAddress(address, group, request, handler)
           }
           const channel = yield* checkName("channel", request.channel)
+          const group = yield* checkName("group", request.group)
           const members = store?.members
           if (members === undefined) {
             return yield* new ConfigError({
