@@ -39,6 +39,8 @@ describe("migrate", () => {
       "consumer_groups",
       "dead_letters",
       "group_inbox",
+      "group_leases",
+      "group_members",
       "meta",
       "outbox",
       "relay_members",

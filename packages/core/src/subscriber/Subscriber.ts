@@ -363,12 +363,13 @@ export class Subscriber extends Context.Service<
 
       const consume = <E, R>(request: ConsumeRequest<ChannelRef>, handler: Handler<E, R, DeliveredEvent>) =>
         Effect.gen(function* () {
-          const group = yield* checkName("group", request.group)
           if (request.tenant !== allTenants) {
             const address = yield* checkAddress({ tenant: request.tenant, channel: channelName(request.channel) })
+            const group = yield* checkName("group", request.group)
             return yield* consumeAddress(address, group, request, handler)
           }
           const channel = yield* checkName("channel", channelName(request.channel))
+          const group = yield* checkName("group", request.group)
           const members = store?.members
           if (members === undefined) {
             return yield* new ConfigError({
