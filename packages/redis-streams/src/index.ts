@@ -23,6 +23,6 @@ export {
   toCursor,
   toHeadCursor,
 } from "./keys.js"
-export type { RedisStreamsOptions } from "./options.js"
+export type { RedisClusterOptions, RedisStreamsOptions } from "./options.js"
 export { redisStreamsCapabilities, redisStreamsTransport } from "./RedisStreamsTransport.js"
 export { type ResendOptions, type ResendResult, resendAfter, resendFromOutbox } from "./recovery.js"
