@@ -271,18 +271,17 @@ export const runFeed = (
       }
     })
 
+    // Out of the map first (a later subscription, or one told "replaced", starts a new feed),
+    // then the log ends, in one uninterruptible step: ending the feed may close its scope.
+    const end = (leave: Effect.Effect<void>, error: BusError) =>
+      Effect.uninterruptible(leave.pipe(Effect.andThen(Effect.sync(() => log.fail(error)))))
     const running = yield* loop.pipe(
-      Effect.catch((error: BusError) =>
-        // Out of the map first (a later subscription starts a new feed), then the log ends.
-        onFailure(error).pipe(Effect.andThen(Effect.sync(() => log.fail(error)))),
-      ),
+      Effect.catch((error: BusError) => end(onFailure(error), error)),
       Effect.forkScoped,
     )
     yield* deps.watch.changedSince(generation).pipe(
-      // Out of the map first, so that a subscriber told "replaced" finds a new feed.
-      Effect.andThen(onReplaced),
+      Effect.andThen(end(onReplaced, replaced)),
       Effect.andThen(Fiber.interrupt(running)),
-      Effect.andThen(Effect.sync(() => log.fail(replaced))),
       Effect.forkScoped,
     )
     return {
