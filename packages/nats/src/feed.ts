@@ -279,11 +279,13 @@ export const runFeed = (
       Effect.catch((error: BusError) => end(onFailure(error), error)),
       Effect.forkScoped,
     )
-    yield* deps.watch.changedSince(generation).pipe(
-      Effect.andThen(end(onReplaced, replaced)),
-      Effect.andThen(Fiber.interrupt(running)),
-      Effect.forkScoped,
-    )
+    yield* deps.watch
+      .changedSince(generation)
+      .pipe(
+        Effect.andThen(end(onReplaced, replaced)),
+        Effect.andThen(Fiber.interrupt(running)),
+        Effect.forkScoped,
+      )
     return {
       log,
       meta: (page) => metas.get(page)!,
