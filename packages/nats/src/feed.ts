@@ -79,6 +79,8 @@ export interface Feed {
   readonly position: () => number
   /** The log's end when the feed's stream was lost: its subscribers resume on the new one. */
   readonly replaced: BusError
+  /** The stream generation (`streamWatch.ts`) the feed reads. */
+  readonly generation: number
 }
 
 /**
@@ -292,5 +294,6 @@ export const runFeed = (
       indexFor,
       position: () => position,
       replaced,
+      generation,
     } satisfies Feed
   })

@@ -692,6 +692,13 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
               return undefined
             }
             const f = feed ?? (yield* useFeed)
+            if (f.generation !== generation) {
+              // The stream was just lost and this feed, of the old one, is about to leave the
+              // map: wait for the new one rather than read the old stream's log.
+              yield* leaveFeed
+              yield* Effect.sleep(1)
+              return undefined
+            }
             if (f.log.failure !== undefined && f.log.failure !== f.replaced)
               return yield* Effect.fail(f.log.failure)
             // In the log from `last` on: no read. Otherwise read the stream up to where the
