@@ -39,12 +39,17 @@ import { decodeMessage, positionOfMessage, retryWhileRetryable } from "./wire.js
 
 /**
  * Subscriptions share one feed per address and process (see `feed.ts`): one ordered
- * JetStream consumer per (tenant, channel) in this process, fanned out in memory to every
- * local subscriber of it. A subscriber joins the feed first, then reads what lies between
- * its own cursor and the feed's position from the stream (by sequence), then takes the
- * feed's batches; it drops every message at or below the last sequence it delivered, so
- * the seam has no gap and no duplicate. A subscriber that lets its bounded buffer fill up
- * is dropped from the feed and resumes the same way from its own cursor.
+ * JetStream consumer per (tenant, channel) in this process, whose pages go, once, into a
+ * shared log (core's `FeedLog`) that every local subscriber of it reads by index. A
+ * subscriber is a {@link FeedCursor} (core's contract, attached to the transport with
+ * `attachFeedCursor`): the Promise facade pulls it directly, with no fiber, stream or queue
+ * per subscription, and the Effect `Stream` of `subscribe` reads the same cursor, so there
+ * is one delivery path. Its state is the last stream sequence it delivered and its index
+ * in the log: it joins at the page covering the sequence after its cursor, or, when the log
+ * no longer holds it, first reads the stream up to where the feed stands (catch-up) and
+ * looks again; it drops every message at or below the last sequence it delivered, so the
+ * seam has no gap and no duplicate. A subscriber that falls out of the log's window holds
+ * nothing and resumes the same way from its own sequence.
  *
  * The stream-state and outbox-head requests every subscription makes at its start are
  * coalesced: the subscriptions started in one burst (10,000 in a loop) share one request,
