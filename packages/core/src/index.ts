@@ -130,7 +130,18 @@ export {
   traceparentOf,
 } from "./observability/telemetry.js"
 export { dedupeById, defaultDedupeWindow } from "./outbox-transport/dedupe.js"
-export type { FeedStats } from "./outbox-transport/feed.js"
+export {
+  attachFeedCursor,
+  type FeedCursor,
+  FeedLog,
+  type FeedPage,
+  type FeedStats,
+  feedCursorOf,
+  feedStatsOf,
+  nextFeedPage,
+  type OpenFeedCursor,
+  type Take,
+} from "./outbox-transport/feed.js"
 export {
   defaultFeedWindow,
   type OutboxTransportOptions,

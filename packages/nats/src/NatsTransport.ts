@@ -1,4 +1,5 @@
 import {
+  attachFeedCursor,
   attachResendSignal,
   type BusError,
   ConfigError,
@@ -356,7 +357,7 @@ export const natsTransport = (options: NatsTransportOptions = {}): Layer.Layer<T
       // Ordered consumers are cheap to create again: time their requests out sooner, so that
       // after a node loss they come back soon after the election rather than a timeout later.
       const jsOrdered = jetstream(nc, { timeout: Math.min(o.requestTimeoutMs, 2_000) })
-      const { head, subscribe, checkStart } = yield* makeSubscribe({
+      const { head, subscribe, checkStart, openCursor, stats } = yield* makeSubscribe({
         js: jsOrdered,
         jsm,
         o,
@@ -380,6 +381,7 @@ export const natsTransport = (options: NatsTransportOptions = {}): Layer.Layer<T
         deadLetters: (limit) => readDeadLetters(jsm, js, o, limit),
       })
       // The relay reads it to resend the outbox after a lost stream (core relay/resend.ts).
-      return attachResendSignal(service, watch.resend)
+      // The Promise facade pulls subscriptions straight from the feeds' logs (subscribe.ts).
+      return attachFeedCursor(attachResendSignal(service, watch.resend), openCursor, stats)
     }),
   )

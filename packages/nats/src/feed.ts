@@ -1,32 +1,44 @@
-import { type Address, addressTag, BusClosed, type BusError, type DeliveredEvent } from "@bus/core"
+import {
+  type Address,
+  addressTag,
+  BusClosed,
+  type BusError,
+  type DeliveredEvent,
+  FeedLog,
+  TransportUnavailable,
+} from "@bus/core"
 import { DeliverPolicy, type JsMsg } from "@nats-io/jetstream"
-import { Cause, Deferred, Effect, Exit, Fiber } from "effect"
+import { Cause, Effect, Fiber } from "effect"
 import { toBusError } from "./errors.js"
 import type { SubscribeDeps } from "./subscribe.js"
 import { decodeMessage, positionOfMessage } from "./wire.js"
 
 /**
  * The shared live feed of one address in one process: one ordered JetStream consumer
- * reads the address's subject, each message is decoded once, and the decoded batch is
- * handed to every local subscriber of that address (a push of a shared array into its
- * buffer). 10,000 subscribers of one channel cost one consumer on the server and one
- * decode per event here.
+ * reads the address's subject, each message is decoded once, and each burst of decoded
+ * events is appended, once, as one page of core's {@link FeedLog} (the log the outbox
+ * transports use). Every local subscriber of the address reads that log by index
+ * (`subscribe.ts`): 10,000 subscribers of one channel cost one consumer on the server,
+ * one decode per event and one page per burst here, and a subscriber's own cost per page
+ * is a sequence check and a hand-off of the shared array.
  *
- * Positions are stream sequences, which only grow along a subject: the feed's
- * `position` is the sequence up to which every message of the subject has been handed
- * out. A subscriber that joins gets every later batch, and reads what lies between its
- * own cursor and that position itself (catch-up, see `subscribe.ts`); it drops anything
- * at or below the last sequence it delivered, so the seam between the two has no gap and
- * no duplicate without a set of ids.
+ * Positions are stream sequences, which only grow along a subject. Beside each page the
+ * feed keeps the sequences it covers ({@link PageMeta}: from the feed's position before
+ * the burst to the last message in it, malformed messages included), so a subscriber that
+ * needs every message from a sequence on finds the page to start at ({@link Feed.indexFor})
+ * and drops what it already delivered by sequence: no gap, no duplicate, no set of ids.
+ * A sequence older than the log's window is read from the stream by the subscriber itself.
  *
- * Each subscriber's buffer is bounded (`subscriberBuffer` events): a subscriber that lets
- * it fill up is removed from the feed, its buffer is released at once, and it resumes
- * from its own cursor when it reads again. One slow reader never holds the feed (or the
- * others) back and never grows memory without bound.
+ * The log keeps at most `subscriberBuffer` events (at least the newest page): a subscriber
+ * that falls further behind holds nothing but its cursor and reads the stream from it when
+ * it pulls again. One slow reader never holds the feed (or the others) back and never
+ * grows memory.
  *
  * A feed reads one stream, as `streamWatch.ts` knows it. When that stream is lost (deleted,
- * or gone with the server's store), the feed ends and tells each member "replaced": the
- * member resumes on the new stream by outbox position (`subscribe.ts`).
+ * or gone with the server's store), the feed leaves the map and ends its log with
+ * {@link Feed.replaced}: each subscriber, once it took the pages before, resumes on the new
+ * stream by outbox position (`subscribe.ts`). A feed that fails for good ends its log with
+ * the error, which every subscriber then gets.
  *
  * @module
  */
@@ -42,87 +54,38 @@ export interface Item {
   readonly at: number
 }
 
-/** One subscriber's place in a feed. */
-export interface Member {
-  /** Batches handed over and not read yet (shared arrays, never copied). */
-  batches: Array<ReadonlyArray<Item>>
-  /** Items in `batches`. */
-  buffered: number
-  /** Set when the buffer overflowed: the member is out of the feed and must resume from its cursor. */
-  dropped: boolean
-  /** Set when the feed failed for good. */
-  failure: BusError | undefined
-  /** Set when the feed's stream was lost: the member resumes on the new one. */
-  replaced: boolean
-  /** Completed when something arrives while the member waits. */
-  wake: Deferred.Deferred<void> | undefined
+/** What the feed knows of one page of its log. */
+export interface PageMeta {
+  /** Every message of the subject from `from` to `to` is in the page (or was malformed and skipped). */
+  readonly from: number
+  readonly to: number
+  /** The page's items, one per event, in the same order. */
+  readonly items: ReadonlyArray<Item>
+  /** The earliest event time of the page (ms): a head cursor's filter is one compare per page. */
+  readonly minAt: number
 }
 
-/** What a member gets when it joins. */
-export interface Joined {
-  /** Every message of the subject up to here has been handed out before the member joined. */
-  readonly upTo: number
-  /**
-   * The items after the member's cursor up to `upTo`, when the feed still holds all of
-   * them in memory (recent items); undefined when the member must read them from the stream.
-   */
-  readonly recent: ReadonlyArray<Item> | undefined
-}
-
+/** One address's feed, as its subscribers see it. */
 export interface Feed {
-  /** Adds `member` to the feed; `from` is the first sequence it still needs. */
-  readonly join: (member: Member, from: number) => Joined | BusError | "replaced"
-  /** Removes `member` (idempotent). */
-  readonly leave: (member: Member) => void
-  /** Members in the feed (for tests and metrics). */
-  readonly size: () => number
+  readonly log: FeedLog
+  /** The sequences and items of a page of {@link Feed.log}. */
+  readonly meta: (page: ReadonlyArray<DeliveredEvent>) => PageMeta
+  /**
+   * The log index a subscriber that needs every message from `seq` on starts at, or
+   * undefined when the log no longer holds them all (it reads the stream first).
+   */
+  readonly indexFor: (seq: number) => number | undefined
+  /** Every message of the subject up to this sequence is in the log (or before its window). */
+  readonly position: () => number
+  /** The log's end when the feed's stream was lost: its subscribers resume on the new one. */
+  readonly replaced: BusError
+  /** The stream generation (`streamWatch.ts`) the feed reads. */
+  readonly generation: number
 }
-
-export const newMember = (): Member => ({
-  batches: [],
-  buffered: 0,
-  dropped: false,
-  failure: undefined,
-  replaced: false,
-  wake: undefined,
-})
-
-const wake = (member: Member): void => {
-  const w = member.wake
-  if (w !== undefined) {
-    member.wake = undefined
-    Deferred.doneUnsafe(w, Exit.void)
-  }
-}
-
-/**
- * Waits until the member has batches, was dropped or the feed failed, and takes what is
- * there. Returns "dropped" once after an overflow.
- */
-export const take = (
-  member: Member,
-): Effect.Effect<ReadonlyArray<ReadonlyArray<Item>> | "dropped" | "replaced", BusError> =>
-  Effect.suspend(() => {
-    if (member.batches.length > 0) {
-      const batches = member.batches
-      member.batches = []
-      member.buffered = 0
-      return Effect.succeed(batches)
-    }
-    if (member.replaced) return Effect.succeed("replaced" as const)
-    if (member.failure !== undefined) return Effect.fail(member.failure)
-    if (member.dropped) return Effect.succeed("dropped" as const)
-    const w = Deferred.makeUnsafe<void>()
-    member.wake = w
-    return Deferred.await(w).pipe(Effect.andThen(take(member)))
-  })
-
-/** Recent items kept per feed, so that a subscriber joining just behind the feed needs no read. */
-const recentItems = 512
 
 /**
  * Runs the feed of `address` for the life of the calling scope. `startAfter` is the
- * stream sequence the feed starts after (the stream's last sequence when it was made).
+ * stream sequence the feed starts after.
  */
 export const runFeed = (
   deps: SubscribeDeps,
@@ -136,69 +99,52 @@ export const runFeed = (
     // The stream this feed reads, fixed for its life: a lost stream replaces the feed.
     const { id: stream, generation } = deps.watch.current()
     const place = { address: addressTag(address), stream }
-    let replaced = false
-    const members = new Set<Member>()
-    const cap = deps.o.subscriberBuffer
-    /** Every message of the subject up to here has been handed out. */
+    const log = new FeedLog(deps.o.subscriberBuffer)
+    const metas = new WeakMap<ReadonlyArray<DeliveredEvent>, PageMeta>()
+    const replaced = new TransportUnavailable({
+      transport: "nats",
+      message: `nats: stream ${deps.o.streamName} was lost under the feed of ${subject}`,
+    })
+    /** Every message of the subject up to here has been appended. */
     let position = startAfter
-    /** Last sequence received from the consumer (handed out or waiting in `pending`). */
+    /** Last sequence received from the consumer (appended or waiting in `pending`). */
     let received = startAfter
     let pending: Array<Item> = []
-    /** The last items handed out, oldest first; they cover every message from `recentFloor` to `position`. */
-    const recent: Array<Item> = []
-    let recentFloor = startAfter + 1
-    let failure: BusError | undefined
 
     const flush = () => {
       if (pending.length === 0) return
       const batch = pending
       pending = []
+      const from = position + 1
       position = batch[batch.length - 1]!.seq
+      const items: Array<Item> = []
+      const events: Array<DeliveredEvent> = []
+      let minAt = Number.POSITIVE_INFINITY
       for (const item of batch) {
         if (item.event === undefined) continue
-        recent.push(item)
+        items.push(item)
+        events.push(item.event)
+        if (item.at < minAt) minAt = item.at
       }
-      if (recent.length > recentItems) {
-        const evicted = recent.splice(0, recent.length - recentItems)
-        recentFloor = evicted[evicted.length - 1]!.seq + 1
-      }
-      const delivered = batch.filter((i) => i.event !== undefined)
-      if (delivered.length === 0) return
-      // Over a copy: waking a member runs it at once, and a dropped one may join again
-      // (at the new position) before this loop ends.
-      for (const member of Array.from(members)) {
-        // A member with an empty buffer always takes the batch (it is shared: no extra
-        // memory), so a burst larger than the bound drops nobody who keeps up.
-        if (member.buffered > 0 && member.buffered + delivered.length > cap) {
-          // Too far behind: out of the feed, its buffer released now; it resumes from its
-          // own cursor (a read of the stream) when it reads again.
-          members.delete(member)
-          member.dropped = true
-          member.batches = []
-          member.buffered = 0
-        } else {
-          member.batches.push(delivered)
-          member.buffered += delivered.length
-        }
-        wake(member)
-      }
+      if (events.length === 0) return
+      metas.set(events, { from, to: position, items, minAt })
+      log.append(events)
     }
 
-    const feed: Feed = {
-      join: (member, from) => {
-        if (replaced) return "replaced"
-        if (failure !== undefined) return failure
-        members.add(member)
-        if (from < recentFloor) return { upTo: position, recent: undefined }
-        // Binary search would do; joins are rare next to deliveries and the list is short.
-        let i = recent.length
-        while (i > 0 && recent[i - 1]!.seq >= from) i--
-        return { upTo: position, recent: recent.slice(i) }
-      },
-      leave: (member) => {
-        members.delete(member)
-      },
-      size: () => members.size,
+    const indexFor = (seq: number): number | undefined => {
+      if (seq > position) return log.end
+      // Newest first: a subscriber joining just behind the feed finds its page at once.
+      let found: number | undefined
+      for (let i = log.end - 1; ; i--) {
+        const page = log.take(i)
+        if (page._tag !== "page") break
+        const meta = metas.get(page.events)!
+        if (meta.to < seq) return i + 1
+        found = i
+        if (meta.from <= seq) return i
+      }
+      // No page kept covers `seq`: only a log that never had a page still covers it from its start.
+      return found === undefined && seq > startAfter ? log.end : undefined
     }
 
     const onMessage = (m: JsMsg) =>
@@ -270,8 +216,8 @@ export const runFeed = (
         for (;;) {
           nextMessage ??= iterator.next()
           const waiting = nextMessage
-          // One hand-over per burst, from this fiber: the messages the client has already
-          // buffered arrive before the event loop turns and join the batch; then it goes.
+          // One page per burst, from this fiber: the messages the client has already
+          // buffered arrive before the event loop turns and join the page; then it goes.
           if (pending.length > 0) {
             const arrived = yield* Effect.promise(() =>
               Promise.race([
@@ -327,38 +273,27 @@ export const runFeed = (
       }
     })
 
+    // Out of the map first (a later subscription, or one told "replaced", starts a new feed),
+    // then the log ends, in one uninterruptible step: ending the feed may close its scope.
+    const end = (leave: Effect.Effect<void>, error: BusError) =>
+      Effect.uninterruptible(leave.pipe(Effect.andThen(Effect.sync(() => log.fail(error)))))
     const running = yield* loop.pipe(
-      Effect.catch((error: BusError) =>
-        Effect.suspend(() => {
-          failure = error
-          for (const member of members) {
-            member.failure = error
-            wake(member)
-          }
-          members.clear()
-          return onFailure(error)
-        }),
-      ),
+      Effect.catch((error: BusError) => end(onFailure(error), error)),
       Effect.forkScoped,
     )
-    yield* deps.watch.changedSince(generation).pipe(
-      Effect.andThen(
-        // Out of the map first, so that a member told "replaced" finds a new feed.
-        onReplaced.pipe(
-          Effect.andThen(
-            Effect.sync(() => {
-              replaced = true
-              for (const member of members) {
-                member.replaced = true
-                wake(member)
-              }
-              members.clear()
-            }),
-          ),
-        ),
-      ),
-      Effect.andThen(Fiber.interrupt(running)),
-      Effect.forkScoped,
-    )
-    return feed
+    yield* deps.watch
+      .changedSince(generation)
+      .pipe(
+        Effect.andThen(end(onReplaced, replaced)),
+        Effect.andThen(Fiber.interrupt(running)),
+        Effect.forkScoped,
+      )
+    return {
+      log,
+      meta: (page) => metas.get(page)!,
+      indexFor,
+      position: () => position,
+      replaced,
+      generation,
+    } satisfies Feed
   })

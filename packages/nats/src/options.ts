@@ -69,9 +69,10 @@ export interface NatsTransportOptions {
   /** How long a consumer-group pull waits for events before it is renewed, in ms (default 10 s, minimum 1 s). */
   readonly pullExpiresMs?: number
   /**
-   * Events a subscription may hold unread (default 1024). The subscriptions of one
-   * channel in a process share one feed; one that falls further behind is taken off it,
-   * its buffer released, and it resumes from its own cursor when it reads again.
+   * Events the shared log of a channel keeps for its subscribers in this process (default
+   * 1024). The subscriptions of one channel in a process share one feed and its log; one
+   * that falls further behind holds nothing and resumes from its own cursor when it reads
+   * again.
    */
   readonly subscriberBuffer?: number
   /**

@@ -6,8 +6,14 @@ import {
   CursorInvalid,
   checkAddress,
   type DeliveredEvent,
+  type FeedCursor,
+  type FeedLog,
+  type FeedPage,
+  type FeedStats,
   flipCursorExpired,
+  nextFeedPage,
   notCoveredBy,
+  type OpenFeedCursor,
   type OutboxStore,
   outboxCursorOf,
   type SubscribeRequest,
@@ -25,7 +31,7 @@ import { Cause, Deferred, Effect, Exit, Option, Queue, RcMap, Scope, Semaphore, 
 import type { ConnectionWatch } from "./connection.js"
 import { type CursorPlace, encodeCursor, encodeHeadCursor, parseCursor } from "./cursor.js"
 import { toBusError } from "./errors.js"
-import { type Feed, type Item, type Member, newMember, runFeed, take } from "./feed.js"
+import { type Feed, type Item, type PageMeta, runFeed } from "./feed.js"
 import type { ResolvedOptions } from "./options.js"
 import type { StreamWatch } from "./streamWatch.js"
 import { subjectOf } from "./subjects.js"
@@ -33,12 +39,17 @@ import { decodeMessage, positionOfMessage, retryWhileRetryable } from "./wire.js
 
 /**
  * Subscriptions share one feed per address and process (see `feed.ts`): one ordered
- * JetStream consumer per (tenant, channel) in this process, fanned out in memory to every
- * local subscriber of it. A subscriber joins the feed first, then reads what lies between
- * its own cursor and the feed's position from the stream (by sequence), then takes the
- * feed's batches; it drops every message at or below the last sequence it delivered, so
- * the seam has no gap and no duplicate. A subscriber that lets its bounded buffer fill up
- * is dropped from the feed and resumes the same way from its own cursor.
+ * JetStream consumer per (tenant, channel) in this process, whose pages go, once, into a
+ * shared log (core's `FeedLog`) that every local subscriber of it reads by index. A
+ * subscriber is a {@link FeedCursor} (core's contract, attached to the transport with
+ * `attachFeedCursor`): the Promise facade pulls it directly, with no fiber, stream or queue
+ * per subscription, and the Effect `Stream` of `subscribe` reads the same cursor, so there
+ * is one delivery path. Its state is the last stream sequence it delivered and its index
+ * in the log: it joins at the page covering the sequence after its cursor, or, when the log
+ * no longer holds it, first reads the stream up to where the feed stands (catch-up) and
+ * looks again; it drops every message at or below the last sequence it delivered, so the
+ * seam has no gap and no duplicate. A subscriber that falls out of the log's window holds
+ * nothing and resumes the same way from its own sequence.
  *
  * The stream-state and outbox-head requests every subscription makes at its start are
  * coalesced: the subscriptions started in one burst (10,000 in a loop) share one request,
@@ -67,6 +78,8 @@ export interface SubscribeDeps {
 interface Classify {
   readonly now: (item: Item) => boolean | undefined
   readonly later: (item: Item) => Effect.Effect<boolean, BusError>
+  /** True when every item of a log page is kept (one check per page instead of one per event). */
+  readonly keepsAll?: (page: PageMeta) => boolean
 }
 
 /**
@@ -154,6 +167,8 @@ const committedAfterHead = (
   return {
     now: (item) => (unreadable || item.at > anchor.at || after.delete(item.event!.id) ? true : undefined),
     later: (item) => scan.pipe(Effect.map(() => unreadable || after.delete(item.event!.id))),
+    // Events after the anchor's time are all kept: a page of only those needs no look at each.
+    keepsAll: (page) => unreadable || page.minAt > anchor.at,
   }
 }
 
@@ -168,6 +183,8 @@ interface Start {
   readonly frontier?: string
   /** The stream generation the start was resolved on. */
   readonly generation: number
+  /** For "now": the head cursor it was resolved to (what the subscription reports as its start). */
+  readonly head?: string
 }
 
 /** A filter keeping the stream messages an outbox cursor does not cover (by their stored position). */
@@ -176,11 +193,13 @@ const byOutboxCursor = (store: OutboxStore["Service"], cursor: string): Classify
   return { now: (item) => keep(item.position), later: () => Effect.succeed(false) }
 }
 
-/** `head`, `subscribe` and `checkStart` of the NATS transport. */
+/** `head`, `subscribe` and `checkStart` of the NATS transport, and its feed cursors (core `attachFeedCursor`). */
 export interface Subscribe {
   readonly head: (address: Address) => Effect.Effect<string, BusError>
   readonly checkStart: (address: Address, from: string) => Effect.Effect<void, BusError>
   readonly subscribe: (request: SubscribeRequest) => Stream.Stream<DeliveredEvent, BusError>
+  readonly openCursor: OpenFeedCursor
+  readonly stats: () => ReadonlyMap<string, FeedStats>
 }
 
 /** `head` and `subscribe` of the NATS transport; the feeds live in the caller's (the layer's) scope. */
@@ -295,7 +314,7 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
           ...(frontier !== undefined ? { frontier } : {}),
           generation,
         }
-        if (from === "now") return { seq: parsed.seq + 1, ...base }
+        if (from === "now") return { seq: parsed.seq + 1, ...base, head: cursor }
         const s = yield* state
         if (parsed.seq > s.last_seq) {
           return yield* new CursorInvalid({
@@ -327,6 +346,8 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
     const catchUpPermits = Semaphore.makeUnsafe(catchUpConcurrency)
     /** The earliest start asked for by the subscriptions about to create an address's feed. */
     const wanted = new Map<string, number>()
+    /** The logs of the feeds that exist now (for `stats`). */
+    const logs = new Map<string, FeedLog>()
     const feeds: RcMap.RcMap<string, Feed, BusError> = yield* RcMap.make({
       lookup: (key: string): Effect.Effect<Feed, BusError, Scope.Scope> =>
         Effect.gen(function* () {
@@ -342,7 +363,7 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
             from !== undefined && from - 1 >= last_seq - feedStartWindow
               ? Math.min(from - 1, last_seq)
               : last_seq
-          return yield* runFeed(
+          const feed = yield* runFeed(
             deps,
             address,
             subjectOf(deps.o.prefix, address),
@@ -351,6 +372,13 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
             () => RcMap.invalidate(feeds, key),
             RcMap.invalidate(feeds, key),
           )
+          logs.set(key, feed.log)
+          yield* Effect.addFinalizer(() =>
+            Effect.sync(() => {
+              if (logs.get(key) === feed.log) logs.delete(key)
+            }),
+          )
+          return feed
         }),
     })
 
@@ -461,160 +489,262 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
         )
       })
 
+    /**
+     * A subscriber's place in the address's pages after `from` (see the module comment):
+     * what it delivered is one sequence, `last`; it is in the feed's log at `index`, or
+     * reads the stream up to the feed's position first. Its filter (a head cursor's or a
+     * flip cursor's, rare) is applied per page, or per item only where the page needs it.
+     */
+    const openCursor: OpenFeedCursor = (request, from) =>
+      Effect.gen(function* () {
+        const address = yield* checkAddress(request)
+        const subject = subjectOf(deps.o.prefix, address)
+        const start = yield* resolveStart(address, from)
+        const scope = yield* Effect.scope
+        const key = keyOf(address)
+        /** Last sequence handed on (or skipped): everything at or below it is done. */
+        let last = start.seq - 1
+        let classify = start.classify
+        /** The stream generation `last` counts in. */
+        let generation = start.generation
+        /** The last event handed on: its outbox frontier is where a lost stream resumes. */
+        let lastEvent: DeliveredEvent | undefined
+        let feed: Feed | undefined
+        let feedScope: Scope.Closeable | undefined
+        /** Log index of the next page; -1 while not in the log. */
+        let index = -1
+        /** Why the log ended for this subscriber (the feed failed, or its stream was lost). */
+        let ended: BusError | undefined
+        /** Items of a page behind one the filter must ask the outbox about (in `step`). */
+        let held: ReadonlyArray<Item> | undefined
+        /** A catch-up read of the stream in progress, and the sequence it reads up to. */
+        let catching:
+          | { readonly queue: Queue.Queue<Item, BusError | Cause.Done>; readonly upTo: number }
+          | undefined
+
+        /**
+         * What of `items` this subscriber delivers: those above `last` that its filter keeps,
+         * `shared` itself when that is all of them. Stops at an item the filter must ask the
+         * outbox about: the rest is `held` for `step`.
+         */
+        const admit = (
+          items: ReadonlyArray<Item>,
+          shared?: ReadonlyArray<DeliveredEvent>,
+        ): ReadonlyArray<DeliveredEvent> => {
+          let out: Array<DeliveredEvent> | undefined = shared === undefined ? [] : undefined
+          for (let i = 0; i < items.length; i++) {
+            const item = items[i]!
+            let keep: boolean | undefined = item.seq > last && item.event !== undefined
+            if (keep && classify !== undefined) keep = classify.now(item)
+            if (keep === undefined) {
+              held = items.slice(i)
+              return out ?? shared!.slice(0, i)
+            }
+            if (item.seq > last) last = item.seq
+            if (keep) {
+              lastEvent = item.event
+              out?.push(item.event!)
+            } else out ??= shared!.slice(0, i)
+          }
+          return out ?? shared!
+        }
+
+        /** Delivers the held items, asking the outbox where the filter cannot tell at once. */
+        const admitHeld = Effect.gen(function* () {
+          const items = held!
+          held = undefined
+          const out: Array<DeliveredEvent> = []
+          for (const item of items) {
+            if (item.seq <= last) continue
+            last = item.seq
+            if (item.event === undefined) continue
+            const keep = classify?.now(item) ?? (classify === undefined ? true : yield* classify.later(item))
+            if (keep) {
+              out.push(item.event)
+              lastEvent = item.event
+            }
+          }
+          return out
+        })
+
+        const poll = (): FeedPage | "wait" | "step" => {
+          if (index < 0 || held !== undefined || ended !== undefined) return "step"
+          const log = feed!.log
+          for (;;) {
+            const found = log.take(index)
+            switch (found._tag) {
+              case "page": {
+                index++
+                const meta = feed!.meta(found.events)
+                if (meta.to <= last) continue
+                if (meta.from > last && (classify === undefined || classify.keepsAll?.(meta) === true)) {
+                  // The common case: the whole shared page, no per-event work.
+                  last = meta.to
+                  lastEvent = found.events[found.events.length - 1]
+                  return { events: found.events, live: true }
+                }
+                const events = admit(meta.items, found.events)
+                if (held === undefined && meta.to > last) last = meta.to
+                if (events.length > 0) return { events, live: true }
+                if (held !== undefined) return "step"
+                continue
+              }
+              case "wait":
+                return "wait"
+              case "lagged":
+                // Fell out of the window: nothing was kept for it; it reads the stream from `last`.
+                index = -1
+                return "step"
+              case "failed":
+                ended = found.error
+                return "step"
+            }
+          }
+        }
+
+        /** The address's feed on the stream as it is now, held until the next one. */
+        const useFeed = Effect.gen(function* () {
+          if (feedScope !== undefined) yield* Scope.close(feedScope, Exit.void)
+          feedScope = yield* Scope.fork(scope)
+          wanted.set(key, Math.min(wanted.get(key) ?? Number.POSITIVE_INFINITY, last + 1))
+          feed = yield* RcMap.get(feeds, key).pipe(Scope.provide(feedScope))
+          return feed
+        })
+        const leaveFeed = Effect.suspend(() => {
+          feed = undefined
+          index = -1
+          const closing = feedScope
+          feedScope = undefined
+          return closing === undefined ? Effect.void : Scope.close(closing, Exit.void)
+        })
+
+        /**
+         * The stream was lost under this subscription (streamWatch.ts). The new stream
+         * gets the retained outbox again from the relay, each event with its outbox
+         * position: read it from its start and skip what the outbox frontier of the last
+         * event handed on covers. No gap, no duplicate; where that is impossible (no
+         * frontier, no outbox, or the outbox pruned past it) the subscription ends with
+         * `CursorInvalid`, never a silent skip.
+         */
+        const resume = Effect.gen(function* () {
+          const frontier = lastEvent !== undefined ? splitCursor(lastEvent.cursor).frontier : start.frontier
+          const lostAt = lastEvent?.cursor ?? from
+          generation = deps.watch.current().generation
+          if (frontier === "beginning") classify = undefined
+          else if (frontier === undefined || Option.isNone(deps.store)) {
+            return yield* new CursorInvalid({
+              cursor: lostAt,
+              reason: "expired",
+              message: `stream ${deps.o.streamName} was lost under a subscription of ${subject}, and its position ${lostAt} carries no outbox frontier to resume from on the new stream; resume from "beginning" or "now"`,
+            })
+          } else {
+            // The outbox still holds what follows the frontier (its retention), or this fails.
+            yield* deps.store.value.read(address, frontier, 1)
+            classify = byOutboxCursor(deps.store.value, frontier)
+          }
+          last = 0
+          yield* Effect.logWarning(
+            `nats: stream ${deps.o.streamName} was lost under a subscription of ${subject} (at ${lostAt}); it resumes on the new stream after outbox position ${frontier}`,
+          )
+        })
+
+        /** Reads (last, upTo] of the stream in the background, into a bounded queue `step` takes from. */
+        const startCatchUp = (upTo: number) =>
+          Effect.gen(function* () {
+            const queue = yield* Queue.bounded<Item, BusError | Cause.Done>(catchUpBuffer)
+            const seen = generation
+            yield* catchUpPermits
+              .withPermit(catchUp(address, subject, last + 1, upTo, (items) => Queue.offerAll(queue, items)))
+              .pipe(
+                // A catch-up on a lost stream would retry for ever: stop it at the change.
+                Effect.raceFirst(deps.watch.changedSince(seen)),
+                Effect.andThen(Queue.end(queue)),
+                Effect.catch((error: BusError) => Queue.fail(queue, error)),
+                Effect.forkIn(scope),
+              )
+            catching = { queue, upTo }
+          })
+
+        const step: Effect.Effect<FeedPage | undefined, BusError> = Effect.suspend(() =>
+          Effect.gen(function* () {
+            if (held !== undefined) {
+              const events = yield* admitHeld
+              return events.length > 0 ? { events, live: index >= 0 } : undefined
+            }
+            if (ended !== undefined) {
+              // Only a lost stream is resumed from; any other end of the feed ends the subscription.
+              if (ended !== feed?.replaced) return yield* Effect.fail(ended)
+              ended = undefined
+              yield* leaveFeed
+            }
+            if (deps.watch.current().generation !== generation) {
+              catching = undefined
+              yield* leaveFeed
+              yield* resume
+            }
+            if (catching !== undefined) {
+              const taken = yield* Effect.exit(Queue.takeAll(catching.queue))
+              if (taken._tag === "Success") {
+                const events = admit(taken.value)
+                return events.length > 0 ? { events, live: false } : undefined
+              }
+              const error = Cause.squash(taken.cause)
+              if (!Cause.isDone(error)) return yield* Effect.fail(error as BusError)
+              // Read to the end: nothing of the subject up to `upTo` is left (or the stream
+              // was lost, which the next step sees).
+              if (deps.watch.current().generation === generation && catching.upTo > last) last = catching.upTo
+              catching = undefined
+              return undefined
+            }
+            const f = feed ?? (yield* useFeed)
+            if (f.generation !== generation) {
+              // The stream was just lost and this feed, of the old one, is about to leave the
+              // map: wait for the new one rather than read the old stream's log.
+              yield* leaveFeed
+              yield* Effect.sleep(1)
+              return undefined
+            }
+            if (f.log.failure !== undefined && f.log.failure !== f.replaced)
+              return yield* Effect.fail(f.log.failure)
+            // In the log from `last` on: no read. Otherwise read the stream up to where the
+            // feed stands, then look again (the log has moved on meanwhile).
+            const at = f.indexFor(last + 1)
+            if (at !== undefined) index = at
+            else yield* startCatchUp(f.position())
+            return undefined
+          }),
+        )
+
+        return {
+          start: start.head ?? from,
+          poll,
+          step,
+          onAppend: (wake: () => void) => feed!.log.onAppend(wake),
+        } satisfies FeedCursor
+      })
+
     const subscribe = (request: SubscribeRequest): Stream.Stream<DeliveredEvent, BusError> =>
       Stream.unwrap(
-        Effect.gen(function* () {
-          const address = yield* checkAddress(request)
-          const subject = subjectOf(deps.o.prefix, address)
-          const start = yield* resolveStart(address, request.from ?? "now")
-          const key = keyOf(address)
-          const want = (seq: number) =>
-            wanted.set(key, Math.min(wanted.get(key) ?? Number.POSITIVE_INFINITY, seq))
-          return Stream.callback<DeliveredEvent, BusError>(
-            (queue) => {
-              /** Last sequence handed on (or skipped): everything at or below it is done. */
-              let last = start.seq - 1
-              let classify = start.classify
-              /** The stream generation `last` counts in. */
-              let generation = start.generation
-              /** The last event handed on: its outbox frontier is where a lost stream resumes. */
-              let lastItem: Item | undefined
-              let member: Member | undefined
-              let feed: Feed | undefined
-              let feedScope: Scope.Closeable | undefined
-              const emit = (items: ReadonlyArray<Item>): Effect.Effect<void, BusError> =>
-                Effect.suspend(() => {
-                  const out: Array<DeliveredEvent> = []
-                  for (let i = 0; i < items.length; i++) {
-                    const item = items[i]!
-                    if (item.seq <= last) continue
-                    if (item.event === undefined) {
-                      last = item.seq
-                      continue
-                    }
-                    const keep = classify === undefined ? true : classify.now(item)
-                    if (keep === undefined) {
-                      // Rare (the relay's backlog behind a head cursor): ask the outbox, in order.
-                      return Queue.offerAll(queue, out).pipe(
-                        Effect.andThen(classify!.later(item)),
-                        Effect.flatMap((k) => {
-                          last = item.seq
-                          if (!k) return Effect.void
-                          lastItem = item
-                          return Queue.offer(queue, item.event!)
-                        }),
-                        Effect.andThen(emit(items.slice(i + 1))),
-                      )
-                    }
-                    last = item.seq
-                    if (keep) {
-                      out.push(item.event)
-                      lastItem = item
-                    }
-                  }
-                  return out.length === 0 ? Effect.void : Effect.asVoid(Queue.offerAll(queue, out))
-                })
-              /** The address's feed on the stream as it is now, held until the next one. */
-              const useFeed = Effect.gen(function* () {
-                if (feedScope !== undefined) yield* Scope.close(feedScope, Exit.void)
-                feedScope = yield* Scope.make()
-                want(last + 1)
-                feed = yield* RcMap.get(feeds, key).pipe(Scope.provide(feedScope))
-                return feed
-              })
-              /**
-               * The stream was lost under this subscription (streamWatch.ts). The new stream
-               * gets the retained outbox again from the relay, each event with its outbox
-               * position: read it from its start and skip what the outbox frontier of the last
-               * event handed on covers. No gap, no duplicate; where that is impossible (no
-               * frontier, no outbox, or the outbox pruned past it) the subscription ends with
-               * `CursorInvalid`, never a silent skip.
-               */
-              const resume = Effect.gen(function* () {
-                const frontier =
-                  lastItem !== undefined ? splitCursor(lastItem.event!.cursor).frontier : start.frontier
-                const lostAt = lastItem?.event?.cursor ?? request.from ?? "now"
-                generation = deps.watch.current().generation
-                if (frontier === "beginning") classify = undefined
-                else if (frontier === undefined || Option.isNone(deps.store)) {
-                  return yield* new CursorInvalid({
-                    cursor: lostAt,
-                    reason: "expired",
-                    message: `stream ${deps.o.streamName} was lost under a subscription of ${subject}, and its position ${lostAt} carries no outbox frontier to resume from on the new stream; resume from "beginning" or "now"`,
-                  })
-                } else {
-                  // The outbox still holds what follows the frontier (its retention), or this fails.
-                  yield* deps.store.value.read(address, frontier, 1)
-                  classify = byOutboxCursor(deps.store.value, frontier)
-                }
-                last = 0
-                yield* Effect.logWarning(
-                  `nats: stream ${deps.o.streamName} was lost under a subscription of ${subject} (at ${lostAt}); it resumes on the new stream after outbox position ${frontier}`,
-                )
-              })
-              return Effect.gen(function* () {
-                for (;;) {
-                  if (deps.watch.current().generation !== generation) yield* resume
-                  const f = feed === undefined ? yield* useFeed : feed
-                  const m = newMember()
-                  member = m
-                  // Join first, then read up to where the feed stood: nothing falls in between.
-                  const joined = f.join(m, last + 1)
-                  if (joined === "replaced") {
-                    // A feed is marked replaced after it left the map: the next one is new.
-                    feed = undefined
-                    yield* Effect.sleep(1)
-                    continue
-                  }
-                  if (!("upTo" in joined)) return yield* Effect.fail(joined)
-                  const seen = generation
-                  if (joined.recent !== undefined) yield* emit(joined.recent)
-                  else if (last < joined.upTo) {
-                    const done = yield* catchUpPermits
-                      .withPermit(catchUp(address, subject, last + 1, joined.upTo, emit))
-                      .pipe(
-                        Effect.as(true),
-                        // A catch-up on a lost stream would retry for ever: stop it at the change.
-                        Effect.raceFirst(deps.watch.changedSince(seen).pipe(Effect.as(false))),
-                      )
-                    if (!done) {
-                      f.leave(m)
-                      feed = undefined
-                      continue
-                    }
-                  }
-                  let replaced = false
-                  for (;;) {
-                    const got = yield* take(m)
-                    if (got === "dropped") break
-                    if (got === "replaced") {
-                      replaced = true
-                      break
-                    }
-                    for (const batch of got) yield* emit(batch)
-                  }
-                  if (replaced) {
-                    feed = undefined
-                    continue
-                  }
-                  yield* Effect.logDebug(
-                    `nats: a subscriber of ${subject} fell ${deps.o.subscriberBuffer} events behind; it resumes from its cursor`,
-                  )
-                }
-              }).pipe(
-                Effect.ensuring(
-                  Effect.suspend(() => {
-                    if (member !== undefined) feed?.leave(member)
-                    return feedScope === undefined ? Effect.void : Scope.close(feedScope, Exit.void)
-                  }),
-                ),
-              )
-            },
-            { bufferSize: 256, strategy: "suspend" },
-          )
-        }),
+        Effect.map(openCursor(request, request.from ?? "now"), (cursor) =>
+          // Each chunk is the page itself: the log's shared array, not a copy.
+          Stream.fromPull(
+            Effect.succeed(
+              Effect.map(
+                nextFeedPage(cursor),
+                (page) => page.events as readonly [DeliveredEvent, ...Array<DeliveredEvent>],
+              ),
+            ),
+          ),
+        ),
       )
-    return { head, subscribe, checkStart }
+
+    const stats = () => {
+      const out = new Map<string, FeedStats>()
+      for (const [key, log] of logs) out.set(key.replace("\u0000", "/"), log.stats())
+      return out
+    }
+
+    return { head, subscribe, checkStart, openCursor, stats }
   })
 
 /** Catch-ups reading the stream at once, per process. */
@@ -622,6 +752,9 @@ const catchUpConcurrency = 8
 
 /** How far back (in stream sequences) a new feed may start to serve its first subscribers from memory. */
 const feedStartWindow = 10_000
+
+/** Items a catch-up read holds ahead of its reader (it waits while the reader does not pull). */
+const catchUpBuffer = 256
 
 /** Single reads of a catch-up before it pages through a temporary consumer instead. */
 const directReads = 16

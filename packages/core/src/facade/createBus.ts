@@ -31,7 +31,7 @@ import { BusClosed, type BusError } from "../errors/BusError.js"
 import { deliveryLag, eventsDelivered } from "../metrics/metrics.js"
 import { checkAddress } from "../names/Name.js"
 import { ageOf } from "../observability/telemetry.js"
-import { type FeedCursor, outboxFeedCursor } from "../outbox-transport/OutboxTransport.js"
+import { type FeedCursor, feedCursorOf } from "../outbox-transport/feed.js"
 import { Publisher, type PublishInput, type PublishReceipt } from "../publisher/Publisher.js"
 import { cappedBackoff } from "../schedule/backoff.js"
 import { type ConsumeRequest, Subscriber } from "../subscriber/Subscriber.js"
@@ -217,10 +217,10 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
     if (closed) throw new BusClosed({ message: "the bus is closed" })
   }
 
-  // Outbox transports (postgres-notify, memory) let the iterator pull pages from the
-  // address's shared log itself: no fiber, stream or queue per subscription, and nothing
-  // held beyond the page being iterated (back-pressure is the pull itself).
-  const openCursor = outboxFeedCursor(transportService)
+  // Transports with a shared feed log (postgres-notify, memory, NATS) let the iterator pull
+  // pages from the address's log itself: no fiber, stream or queue per subscription, and
+  // nothing held beyond the page being iterated (back-pressure is the pull itself).
+  const openCursor = feedCursorOf(transportService)
   const metricContext =
     openCursor !== undefined ? await runtime.runPromise(Effect.context<never>()) : undefined
   const delivered = Metric.withAttributes(eventsDelivered, { transport: capabilities.name })

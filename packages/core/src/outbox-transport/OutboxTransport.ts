@@ -1,4 +1,4 @@
-import { type Cause, Deferred, Effect, Layer, Metric, Queue, RcMap, type Scope, Stream } from "effect"
+import { type Cause, Deferred, Effect, Layer, Metric, Queue, RcMap, Stream } from "effect"
 import { capabilities as makeCapabilities, type TransportCapabilities } from "../contracts/Capabilities.js"
 import { type Address, OutboxStore, replayedHeader } from "../contracts/OutboxStore.js"
 import { type Delivery, type GroupRequest, type SubscribeRequest, Transport } from "../contracts/Transport.js"
@@ -8,7 +8,16 @@ import { checkCursorAddress, splitCursor } from "../flip/flip.js"
 import { catchUpReads, inboxSkipped } from "../metrics/metrics.js"
 import { checkAddress, checkName } from "../names/Name.js"
 import { cappedBackoff } from "../schedule/backoff.js"
-import { FeedLog, type FeedStats } from "./feed.js"
+import {
+  attachFeedCursor,
+  type FeedCursor,
+  FeedLog,
+  type FeedPage,
+  type FeedStats,
+  feedStatsOf,
+  nextFeedPage,
+  type OpenFeedCursor,
+} from "./feed.js"
 import { checkStartCursor, headWithRetry, readFeed } from "./feedCursor.js"
 
 /**
@@ -52,52 +61,7 @@ export interface OutboxTransportOptions {
 /** Default of {@link OutboxTransportOptions}' `feedWindow`. */
 export const defaultFeedWindow = 4096
 
-/** A page of events, and whether it came from the live feed (committed after the stream joined it). */
-interface Page {
-  readonly events: ReadonlyArray<DeliveredEvent>
-  readonly live: boolean
-}
-
-/**
- * A subscriber's position in an address's feed, for a reader that pulls without a fiber
- * of its own (the Promise facade). `poll` hands over the next log page when there is one
- * (an index check); `"wait"`: nothing yet, call `onAppend`; `"step"`: run `step` (a join
- * and catch-up read from the outbox, or the feed's failure), then poll again.
- *
- * @internal
- */
-export interface FeedCursor {
-  /** The cursor this subscriber starts after (for `"now"`, the feed's position when it joined). */
-  readonly start: string
-  readonly poll: () => Page | "wait" | "step"
-  readonly step: Effect.Effect<Page | undefined, BusError>
-  readonly onAppend: (wake: () => void) => () => void
-}
-
-const feedCursorKey = Symbol.for("@bus/core/outboxTransport/feedCursor")
-
-/**
- * Opens a {@link FeedCursor} on an outbox transport (in the scope: closing it leaves the
- * feed), or `undefined` for a transport that is not one.
- *
- * @internal
- */
-export const outboxFeedCursor = (transport: Transport["Service"]): OpenFeedCursor | undefined =>
-  (transport as unknown as { [feedCursorKey]?: OpenFeedCursor })[feedCursorKey]
-
-/**
- * Opens a subscriber's {@link FeedCursor}. With `joinNow`, `"now"` is the feed's position
- * after a read that begins after the call (for a reader that reports its start, like the
- * facade's `ready`: no head query, no catch-up read); without it, `"now"` is the head when
- * the call is made.
- *
- * @internal
- */
-export type OpenFeedCursor = (
-  address: Address,
-  from: string,
-  joinNow?: boolean,
-) => Effect.Effect<FeedCursor, BusError, Scope.Scope>
+type Page = FeedPage
 
 /** Where a joiner stands: the feed's cursor after a read, and the log index of what follows it. */
 interface Joined {
@@ -130,19 +94,13 @@ const retryable = (e: BusError): boolean => e.retryable
 
 const emptySet: ReadonlySet<string> = new Set()
 
-const feedStatsKey = Symbol.for("@bus/core/outboxTransport/feedStats")
-
 /**
- * The shared logs of an outbox transport, per address (`tenant/channel`), or `undefined`
- * for another transport. For tests and diagnostics: it shows that what a process holds
- * for its subscribers is bounded whatever they do.
+ * The shared logs of a transport, per address (`tenant/channel`).
  *
  * @internal
+ * @deprecated use {@link feedStatsOf} (every transport with a shared log has them).
  */
-export const outboxFeedStats = (
-  transport: Transport["Service"],
-): ReadonlyMap<string, FeedStats> | undefined =>
-  (transport as unknown as { [feedStatsKey]?: () => ReadonlyMap<string, FeedStats> })[feedStatsKey]?.()
+export const outboxFeedStats = feedStatsOf
 
 /** Builds a {@link Transport} over the {@link OutboxStore} in context. */
 export const outboxTransport = (
@@ -377,24 +335,7 @@ export const outboxTransport = (
           } satisfies FeedCursor
         })
 
-      /** The next non-empty page of `cursor`, as an effect (the Effect `Stream`s and groups). */
-      const pageEffect = (cursor: FeedCursor): Effect.Effect<Page, BusError> => {
-        // One-argument callback: no AbortSignal is made per wait.
-        const waitAppend = Effect.callback<void>((resume) => {
-          const cancel = cursor.onAppend(() => resume(Effect.void))
-          return Effect.sync(cancel)
-        })
-        const next = (): Effect.Effect<Page, BusError> => {
-          const found = cursor.poll()
-          if (found === "wait") return Effect.flatMap(waitAppend, next)
-          if (found === "step")
-            return Effect.flatMap(cursor.step, (page) => (page !== undefined ? Effect.succeed(page) : next()))
-          return Effect.succeed(found)
-        }
-        return Effect.suspend(next)
-      }
-
-      const nextPage = (address: Address, from: string) => Effect.map(openCursor(address, from), pageEffect)
+      const nextPage = (address: Address, from: string) => Effect.map(openCursor(address, from), nextFeedPage)
 
       const subscribe = (request: SubscribeRequest): Stream.Stream<DeliveredEvent, BusError> =>
         Stream.unwrap(
@@ -531,19 +472,10 @@ export const outboxTransport = (
         send: () => Effect.fail(noRelay),
         sendAll: (items) => Effect.succeed(items.length === 0 ? { sent: 0 } : { sent: 0, error: noRelay }),
       })
-      // Not enumerable: a transport that wraps this one by spreading it (memoryBroker)
-      // has its own `subscribe`, so it must not inherit the facade's direct path.
-      Object.defineProperties(service, {
-        [feedCursorKey]: { value: openCursor, enumerable: false },
-        [feedStatsKey]: {
-          enumerable: false,
-          value: () => {
-            const out = new Map<string, FeedStats>()
-            for (const [key, log] of logs) out.set(key.replace("\u0000", "/"), log.stats())
-            return out
-          },
-        },
+      return attachFeedCursor(service, openCursor, () => {
+        const out = new Map<string, FeedStats>()
+        for (const [key, log] of logs) out.set(key.replace("\u0000", "/"), log.stats())
+        return out
       })
-      return service
     }),
   )

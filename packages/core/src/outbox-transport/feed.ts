@@ -1,3 +1,6 @@
+import { Effect, type Scope } from "effect"
+import type { Address } from "../contracts/OutboxStore.js"
+import type { Transport } from "../contracts/Transport.js"
 import type { DeliveredEvent } from "../envelope/Envelope.js"
 import type { BusError } from "../errors/BusError.js"
 
@@ -18,6 +21,12 @@ import type { BusError } from "../errors/BusError.js"
  * marked cursor (one the transport handed out as "now") joins the log at that index with
  * no read of its own: ten thousand subscribers starting together cost the feed's reads,
  * not ten thousand catch-up queries.
+ *
+ * A transport whose feed is such a log hands its subscribers out as {@link FeedCursor}s
+ * ({@link attachFeedCursor}): the Promise facade then pulls pages itself, with no fiber,
+ * stream or queue per subscription. The outbox transports (`OutboxTransport.ts`) and NATS
+ * (`@bus/nats` `subscribe.ts`) do; what differs between them is only how a subscriber
+ * catches up and where it joins the log.
  *
  * @module
  */
@@ -164,4 +173,100 @@ export class FeedLog {
     this.#waiters = new Set()
     for (const wake of waiters) wake()
   }
+}
+
+/** A page a {@link FeedCursor} hands over, and whether it came from the shared log (live) or a catch-up read. */
+export interface FeedPage {
+  readonly events: ReadonlyArray<DeliveredEvent>
+  readonly live: boolean
+}
+
+/**
+ * A subscriber's position in an address's feed, for a reader that pulls without a fiber
+ * of its own (the Promise facade). `poll` hands over the next log page when there is one
+ * (an index check); `"wait"`: nothing yet, call `onAppend`; `"step"`: run `step` (a join
+ * and catch-up read, or the feed's failure), then poll again.
+ *
+ * @internal
+ */
+export interface FeedCursor {
+  /** The cursor this subscriber starts after (for `"now"`, the feed's position when it joined). */
+  readonly start: string
+  readonly poll: () => FeedPage | "wait" | "step"
+  readonly step: Effect.Effect<FeedPage | undefined, BusError>
+  readonly onAppend: (wake: () => void) => () => void
+}
+
+/**
+ * Opens a subscriber's {@link FeedCursor} (in the scope: closing it leaves the feed). With
+ * `joinNow`, `"now"` is fixed by the feed itself after the call (for a reader that reports
+ * its start, like the facade's `ready`); without it, `"now"` is the head when the call is made.
+ *
+ * @internal
+ */
+export type OpenFeedCursor = (
+  address: Address,
+  from: string,
+  joinNow?: boolean,
+) => Effect.Effect<FeedCursor, BusError, Scope.Scope>
+
+const feedCursorKey = Symbol.for("@bus/core/feedCursor")
+const feedStatsKey = Symbol.for("@bus/core/feedStats")
+
+/**
+ * Gives a transport's service its {@link OpenFeedCursor} (and, for tests and diagnostics,
+ * its logs' {@link FeedStats} per address `tenant/channel`). Not enumerable: a transport
+ * that wraps another by spreading it (memoryBroker) has its own `subscribe`, so it must not
+ * inherit the facade's direct path.
+ *
+ * @internal
+ */
+export const attachFeedCursor = <S extends Transport["Service"]>(
+  service: S,
+  open: OpenFeedCursor,
+  stats?: () => ReadonlyMap<string, FeedStats>,
+): S => {
+  Object.defineProperty(service, feedCursorKey, { value: open, enumerable: false })
+  if (stats !== undefined) Object.defineProperty(service, feedStatsKey, { value: stats, enumerable: false })
+  return service
+}
+
+/**
+ * The {@link OpenFeedCursor} of a transport that serves its subscribers from a {@link FeedLog},
+ * or `undefined` for one that does not.
+ *
+ * @internal
+ */
+export const feedCursorOf = (transport: Transport["Service"]): OpenFeedCursor | undefined =>
+  (transport as unknown as { [feedCursorKey]?: OpenFeedCursor })[feedCursorKey]
+
+/**
+ * The shared logs of a transport, per address (`tenant/channel`), or `undefined` for a
+ * transport without them. For tests and diagnostics: it shows that what a process holds
+ * for its subscribers is bounded whatever they do.
+ *
+ * @internal
+ */
+export const feedStatsOf = (transport: Transport["Service"]): ReadonlyMap<string, FeedStats> | undefined =>
+  (transport as unknown as { [feedStatsKey]?: () => ReadonlyMap<string, FeedStats> })[feedStatsKey]?.()
+
+/**
+ * The next non-empty page of `cursor`, as an effect: how an Effect `Stream` (or a consumer
+ * group) reads a {@link FeedCursor}. Each page is handed on as it is (the log's shared
+ * array, not a copy).
+ */
+export const nextFeedPage = (cursor: FeedCursor): Effect.Effect<FeedPage, BusError> => {
+  // One-argument callback: no AbortSignal is made per wait.
+  const waitAppend = Effect.callback<void>((resume) => {
+    const cancel = cursor.onAppend(() => resume(Effect.void))
+    return Effect.sync(cancel)
+  })
+  const next = (): Effect.Effect<FeedPage, BusError> => {
+    const found = cursor.poll()
+    if (found === "wait") return Effect.flatMap(waitAppend, next)
+    if (found === "step")
+      return Effect.flatMap(cursor.step, (page) => (page !== undefined ? Effect.succeed(page) : next()))
+    return Effect.succeed(found)
+  }
+  return Effect.suspend(next)
 }
