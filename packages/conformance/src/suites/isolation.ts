@@ -207,7 +207,7 @@ export function isolationTests(ctx: SuiteContext): void {
                 `the subscription of ${key} to be refused`,
               )
               if (sub !== undefined) expect(tagOf(sub.error), `subscribe to ${key}`).toBe("InvalidName")
-              if (ctx.features.consumerGroups && bus.capabilities.consumerGroups) {
+              if (bus.capabilities.consumerGroups) {
                 const consumer = s.consume(bus, { ...x, group: "g" }, () => {})
                 expect(tagOf(await rejectionOf(() => consumer.done)), `consume on ${key}`).toBe("InvalidName")
               }
@@ -226,7 +226,7 @@ export function isolationTests(ctx: SuiteContext): void {
           }
 
           const subscribeAny = async (x: Address): Promise<Collector | undefined> => {
-            if (ctx.features.replay && bus.capabilities.replay) return s.subscribe(bus, x, "beginning")
+            if (bus.capabilities.replay) return s.subscribe(bus, x, "beginning")
             try {
               return await s.live(bus, x)
             } catch (error) {

@@ -34,7 +34,7 @@ export function loadTests(ctx: SuiteContext): void {
         withSession(ctx, async (s) => {
           const bus = await s.bus()
           const a = uniqueAddress()
-          const replay = ctx.features.replay && bus.capabilities.replay
+          const replay = bus.capabilities.replay
           // Committed before anyone subscribes: a replaying transport delivers them too.
           const early = replay ? (await s.publish(bus, txEvents(a, "early", 10))).ids : []
           const subs: Array<Collector> = []
@@ -64,7 +64,7 @@ export function loadTests(ctx: SuiteContext): void {
         withSession(ctx, async (s) => {
           const bus = await s.bus()
           const a = uniqueAddress()
-          const groups = ctx.features.consumerGroups && bus.capabilities.consumerGroups
+          const groups = bus.capabilities.consumerGroups
           const handled = new Tally()
           if (groups) s.consume(bus, { ...a, group: "load" }, (e) => handled.add(e))
           const sub = await s.live(bus, a)

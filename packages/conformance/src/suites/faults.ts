@@ -41,7 +41,7 @@ async function runFaultScenario(
   return withSession(ctx, async (s) => {
     const bus = await s.bus()
     const a = uniqueAddress()
-    const groups = ctx.features.consumerGroups && bus.capabilities.consumerGroups
+    const groups = bus.capabilities.consumerGroups
     const handledByGroup = new Tally()
     if (groups)
       s.consume(bus, { ...a, group: "faults", initialBackoffMs: 50, maxBackoffMs: 1_000 }, (e) =>
@@ -152,13 +152,13 @@ export function faultTests(ctx: SuiteContext): void {
     afterAll(() => {
       const skipped = scenarios.map(([name]) => name).filter((name) => !ran.includes(name))
       console.log(
-        `conformance[${target.name}] fault scenarios ran: ${ran.join("; ") || "none"}; not run: ${skipped.join("; ") || "none"}${ctx.features.faults ? "" : " (features.faults is false)"}`,
+        `conformance[${target.name}] fault scenarios ran: ${ran.join("; ") || "none"}; not run: ${skipped.join("; ") || "none"}`,
       )
     })
     // Like Watermill's feature flags: a scenario the target has no hook for is not
     // registered at all (the log line above names it), rather than left as a skipped test.
     for (const [name, inject] of scenarios) {
-      if (!ctx.features.faults || inject === undefined) continue
+      if (inject === undefined) continue
       it(`12. fault "${name}" mid-stream while publishing continues: 0 lost, 0 duplicates to the handler`, async () => {
         ran.push(name)
         await runFaultScenario(ctx, name, inject)

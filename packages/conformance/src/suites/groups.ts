@@ -1,5 +1,5 @@
 import { performance } from "node:perf_hooks"
-import type { Bus, DeadLetter, DeliveredEvent } from "@bus/core"
+import type { DeadLetter, DeliveredEvent } from "@bus/core"
 import { describe, expect, it } from "vitest"
 import {
   event,
@@ -13,22 +13,17 @@ import {
 } from "../support.js"
 import type { SuiteContext } from "../target.js"
 
-const groupsSupported = (ctx: SuiteContext, bus: Bus) =>
-  ctx.features.consumerGroups && bus.capabilities.consumerGroups
-
 /** Consumer groups: retries with backoff, dead letters, exclusive handling, resume after restart. */
 export function groupTests(ctx: SuiteContext): void {
   const timeout = ctx.deliveryTimeoutMs
 
-  // A transport without consumer groups does not register these tests at all.
-  if (!ctx.features.consumerGroups) return
   describe.concurrent("consumer groups", () => {
     it("10a. a failing event is retried with backoff, then dead-lettered after maxAttempts; the others keep flowing", async ({
       skip,
     }) =>
       withSession(ctx, async (s) => {
         const bus = await s.bus()
-        skip(!groupsSupported(ctx, bus), "the transport has no consumer groups")
+        skip(!bus.capabilities.consumerGroups, "the transport has no consumer groups")
         const a = uniqueAddress()
         const group = uniqueName("g")
         const maxAttempts = 3
@@ -94,7 +89,7 @@ export function groupTests(ctx: SuiteContext): void {
         // Separate buses: separate processes sharing one group.
         const bus1 = await s.bus()
         const bus2 = await s.bus()
-        skip(!groupsSupported(ctx, bus1), "the transport has no consumer groups")
+        skip(!bus1.capabilities.consumerGroups, "the transport has no consumer groups")
         const a = uniqueAddress()
         const group = uniqueName("g")
         const byMember = { one: new Tally(), two: new Tally(), three: new Tally() }
@@ -162,7 +157,7 @@ export function groupTests(ctx: SuiteContext): void {
     }) =>
       withSession(ctx, async (s) => {
         const bus1 = await s.bus()
-        skip(!groupsSupported(ctx, bus1), "the transport has no consumer groups")
+        skip(!bus1.capabilities.consumerGroups, "the transport has no consumer groups")
         const a = uniqueAddress()
         const group = uniqueName("g")
         const handled = new Tally()

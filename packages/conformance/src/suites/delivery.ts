@@ -1,4 +1,4 @@
-import type { Bus, DeliveredEvent, EventInput } from "@bus/core"
+import type { DeliveredEvent, EventInput } from "@bus/core"
 import { describe, expect, it } from "vitest"
 import {
   type Address,
@@ -36,10 +36,6 @@ const expectEvents = (
   if (ordered) expect(got, label).toEqual(want)
   else expect([...got].sort(), label).toEqual([...want].sort())
 }
-
-const groupsSupported = (ctx: SuiteContext, bus: Bus) =>
-  ctx.features.consumerGroups && bus.capabilities.consumerGroups
-const replaySupported = (ctx: SuiteContext, bus: Bus) => ctx.features.replay && bus.capabilities.replay
 
 /** Invariants 1, 2, 3 and 4: no loss, no uncommitted reads, out-of-order commits, dedupe, order, resume. */
 export function deliveryTests(ctx: SuiteContext): void {
@@ -216,7 +212,7 @@ export function deliveryTests(ctx: SuiteContext): void {
         const bus = await s.bus()
         const a = uniqueAddress()
         const sub = await s.live(bus, a)
-        const groups = groupsSupported(ctx, bus)
+        const groups = bus.capabilities.consumerGroups
         const handled = new Tally()
         if (groups) s.consume(bus, { ...a, group: uniqueName("g") }, (e) => handled.add(e))
 
@@ -252,7 +248,7 @@ export function deliveryTests(ctx: SuiteContext): void {
         )
         if (groups) expect(handled.duplicates, "handler duplicates").toEqual([])
 
-        if (!replaySupported(ctx, bus)) return
+        if (!bus.capabilities.replay) return
         // A reader that resumes from the cursor of whichever event it saw first must still get the other.
         const first = sub.events.find((e) => e.id === idA || e.id === idB)!
         const resumeCursor = cursorB ?? first.cursor
@@ -274,7 +270,7 @@ export function deliveryTests(ctx: SuiteContext): void {
     }) =>
       withSession(ctx, async (s) => {
         const bus = await s.bus()
-        skip(!groupsSupported(ctx, bus), "the transport has no consumer groups")
+        skip(!bus.capabilities.consumerGroups, "the transport has no consumer groups")
         const a = uniqueAddress()
         const g1 = new Tally()
         const g2 = new Tally()
@@ -314,7 +310,7 @@ export function deliveryTests(ctx: SuiteContext): void {
     }) =>
       withSession(ctx, async (s) => {
         const bus = await s.bus()
-        skip(!replaySupported(ctx, bus), "the transport does not replay")
+        skip(!bus.capabilities.replay, "the transport does not replay")
         const a = uniqueAddress()
         const ids = [
           ...(await s.publish(bus, txEvents(a, "tx1", 5))).ids,

@@ -243,7 +243,7 @@ export class Session {
    * probing until a probe comes through.
    */
   async live(bus: Bus, address: Address): Promise<Collector> {
-    if (this.ctx.features.replay && bus.capabilities.replay) return this.subscribe(bus, address, "beginning")
+    if (bus.capabilities.replay) return this.subscribe(bus, address, "beginning")
     const c = this.subscribe(bus, address, "now")
     await waitFor(
       async () => {

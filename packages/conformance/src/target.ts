@@ -25,15 +25,6 @@ export interface ConformanceTarget {
   setup?(): Promise<void>
   /** Stops servers; called once in `afterAll`. */
   teardown?(): Promise<void>
-  /**
-   * What the transport cannot do. Each flag defaults to `true`; the suite also reads
-   * `bus.capabilities` and skips what the bus itself declares it cannot do.
-   */
-  readonly features?: {
-    readonly consumerGroups?: boolean
-    readonly replay?: boolean
-    readonly faults?: boolean
-  }
   /** Fault hooks; each fault scenario runs only when its hook exists (the suite logs which ran). */
   readonly faults?: {
     /** Drops every connection the bus holds (e.g. `pg_terminate_backend`, `CLIENT KILL`), server stays up. */
@@ -72,7 +63,6 @@ export interface SuiteContext {
   readonly closeTimeoutMs: number
   readonly propertyRuns: number
   readonly pauseMs: number
-  readonly features: { readonly consumerGroups: boolean; readonly replay: boolean; readonly faults: boolean }
 }
 
 export const resolveTarget = (target: ConformanceTarget): SuiteContext => ({
@@ -81,9 +71,4 @@ export const resolveTarget = (target: ConformanceTarget): SuiteContext => ({
   closeTimeoutMs: target.closeTimeoutMs ?? 5_000,
   propertyRuns: target.propertyRuns ?? 30,
   pauseMs: target.pauseMs ?? 3_000,
-  features: {
-    consumerGroups: target.features?.consumerGroups ?? true,
-    replay: target.features?.replay ?? true,
-    faults: target.features?.faults ?? true,
-  },
 })

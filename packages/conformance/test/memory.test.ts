@@ -1,5 +1,5 @@
 import { createBus, MemoryOutbox, memoryTransport } from "@bus/core"
-import { runConformanceSuite } from "../../src/conformance/index.js"
+import { runConformanceSuite } from "../src/index.js"
 
 // One outbox for the whole run, as one database serves every process: each bus the
 // suite makes is another "process" over it.

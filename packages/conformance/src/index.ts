@@ -1,22 +1,33 @@
 /**
- * The universal transport conformance suite (Watermill-style): one set of vitest tests
- * that every @bus transport runs against itself, checking the invariants of the design
- * brief. A transport package calls {@link runConformanceSuite} from one of its test files
- * with a {@link ConformanceTarget} describing how to make a bus and a producer
- * transaction, which features it lacks, and its fault hooks.
+ * The @bus transport conformance suite (Watermill-style): one set of vitest tests that
+ * every transport runs against itself, checking the invariants of the design brief. A
+ * transport's own test file (in this repository or a third party's) calls
+ * {@link runConformanceSuite} at the top level with a {@link ConformanceTarget}: how to
+ * make a bus and a producer transaction, how to start and stop its servers, and which
+ * faults it can inject.
  *
  * ```ts
- * import { runConformanceSuite } from "@bus/test-infra/conformance"
+ * // test/conformance.test.ts of a transport package, run with `vitest run`
+ * import { createBus, MemoryOutbox, memoryTransport } from "@bus/core"
+ * import { runConformanceSuite } from "@bus/conformance"
+ *
+ * const outbox = MemoryOutbox.make()
  * runConformanceSuite({
  *   name: "memory",
- *   makeBus: () => createBus({ outbox: outbox.layer, transports: { memory: memoryTransport() }, transport: "memory", env: false }),
+ *   makeBus: () =>
+ *     createBus({ outbox: outbox.layer, transports: { memory: memoryTransport() }, transport: "memory", env: false }),
  *   transaction: (fn) => outbox.transaction(fn),
  * })
  * ```
  *
+ * What a transport supports is read from the bus it makes (`bus.capabilities`, declared
+ * by the transport): the tests of consumer groups or replay skip themselves on a bus
+ * whose capabilities say it has none, and the large-payload test sizes its event to
+ * `capabilities.maxPayloadBytes`. Fault scenarios run only for the hooks the target gives.
+ *
  * Every test uses its own random tenant and channel, closes what it opens even when it
  * fails, and waits by polling for conditions rather than sleeping. The suite imports no
- * transport package: only `@bus/core`, vitest and fast-check.
+ * transport package and starts no server: only `@bus/core`, vitest and fast-check.
  *
  * @module
  */

@@ -37,13 +37,9 @@ export function resourceTests(ctx: SuiteContext): void {
         const bus = await target.makeBus()
         s.defer(() => bus.close())
         const a = uniqueAddress()
-        const groups = ctx.features.consumerGroups && bus.capabilities.consumerGroups
+        const groups = bus.capabilities.consumerGroups
         const sub = await s.live(bus, a)
-        const early = s.subscribe(
-          bus,
-          a,
-          ctx.features.replay && bus.capabilities.replay ? "beginning" : "now",
-        )
+        const early = s.subscribe(bus, a, bus.capabilities.replay ? "beginning" : "now")
         const handled = new Tally()
         const failing: Array<number> = []
         let stuck = 0
