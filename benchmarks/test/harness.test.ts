@@ -9,8 +9,8 @@ import { median, quantile, ratio, spread } from "../src/harness/stats.js"
 import type { MachineFacts, RunResult } from "../src/harness/types.js"
 import { renderReport } from "../src/report/markdown.js"
 import { barChart, linearTicks, lineChart, logTicks } from "../src/report/svg.js"
-import { analyseKnee, kneeOf } from "../src/scenarios/knee.js"
-import { analyseRelay } from "../src/scenarios/relay.js"
+import { analyseKnee, kneeOf } from "../src/scenarios/knee/measure.js"
+import { analyseRelay } from "../src/scenarios/relay/measure.js"
 
 describe("LatencyHistogram", () => {
   it("gives the percentiles of known data within HdrHistogram's precision", () => {

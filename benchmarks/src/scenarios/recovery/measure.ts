@@ -1,10 +1,10 @@
 import { Redis } from "ioredis"
-import { type Arm, runInterleaved } from "../harness/blocks.js"
-import { LatencyHistogram } from "../harness/histogram.js"
-import { runOpenLoop } from "../harness/schedule.js"
-import type { BlockMeasurement, TransportId } from "../harness/types.js"
-import { sleep } from "../targets/pipe.js"
-import type { Scenario, ScenarioContext } from "./context.js"
+import { type Arm, runInterleaved } from "../../harness/blocks.js"
+import { LatencyHistogram } from "../../harness/histogram.js"
+import { runOpenLoop } from "../../harness/schedule.js"
+import type { BlockMeasurement, TransportId } from "../../harness/types.js"
+import { sleep } from "../../targets/pipe.js"
+import type { Scenario, ScenarioContext } from "../context.js"
 
 /**
  * 7. Recovery: under steady open-loop load, the subscriber's connection is cut for a

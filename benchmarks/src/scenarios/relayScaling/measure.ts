@@ -4,12 +4,12 @@ import { migrate } from "@bus/postgres-notify"
 import { jetstreamManager } from "@nats-io/jetstream"
 import { connect } from "@nats-io/transport-node"
 import { Redis } from "ioredis"
-import { type Arm, runInterleaved } from "../harness/blocks.js"
-import { CpuMeter, treeCpuMs } from "../harness/cpu.js"
-import { makePool } from "../harness/pg.js"
-import type { ArmSummary, BlockMeasurement } from "../harness/types.js"
-import { sleep } from "../targets/pipe.js"
-import type { Scenario } from "./context.js"
+import { type Arm, runInterleaved } from "../../harness/blocks.js"
+import { CpuMeter, treeCpuMs } from "../../harness/cpu.js"
+import { makePool } from "../../harness/pg.js"
+import type { ArmSummary, BlockMeasurement } from "../../harness/types.js"
+import { sleep } from "../../targets/pipe.js"
+import type { Scenario } from "../context.js"
 
 /**
  * 10. Relay scaling (issue 16): does adding application processes add relay throughput?
@@ -24,7 +24,7 @@ import type { Scenario } from "./context.js"
 const tenants = 64
 const payloadPad = "x".repeat(216)
 const here = fileURLToPath(new URL(".", import.meta.url))
-const relayProcess = fileURLToPath(new URL("../targets/relay-process.ts", import.meta.url))
+const relayProcess = fileURLToPath(new URL("../../targets/relay-process.ts", import.meta.url))
 
 interface Relay {
   readonly child: ChildProcess
