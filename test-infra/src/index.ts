@@ -19,6 +19,13 @@ export { NATS_CLUSTER_URL_ENV, startNatsCluster } from "./servers/nats-cluster.j
 export { pauseFor } from "./servers/pause-for.js"
 export { PG_URL_ENV, startPostgres } from "./servers/postgres.js"
 export { PG_OS_USER_ENV } from "./servers/postgres-os-user.js"
+export {
+  type ProcessEntry,
+  parseProcStat,
+  processTree,
+  processTreeCpuMs,
+  readProcessTable,
+} from "./servers/process-table.js"
 export { REDIS_URL_ENV, startRedis } from "./servers/redis.js"
 export { RUN_DIR_ENV } from "./servers/run-dir.js"
 export { resolveServerMode, SERVER_MODE_ENV, type TestServerMode } from "./servers/server-mode.js"
