@@ -35,6 +35,7 @@ export type {
   PostgresHandle,
   ServerHandle,
   StartNatsClusterOptions,
+  StartNatsOptions,
   StartPostgresOptions,
   StartRedisOptions,
   TerminateConnectionsFilter,

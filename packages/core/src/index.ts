@@ -63,7 +63,6 @@ export {
   type BusError,
   ConfigError,
   CursorInvalid,
-  HandlerFailed,
   InvalidEvent,
   InvalidName,
   isBusError,

@@ -90,6 +90,16 @@ export interface StartRedisOptions {
   readonly appendOnly?: boolean
 }
 
+/** Options for `startNats`. */
+export interface StartNatsOptions {
+  /**
+   * Require this user (with `password`) from every client; the URL stays without credentials,
+   * so a test connects with or without them (e.g. to see an authorization failure).
+   */
+  readonly user?: string
+  readonly password?: string
+}
+
 /** Options for `startNatsCluster`. */
 export interface StartNatsClusterOptions {
   /** Number of JetStream nodes; defaults to 3. */
