@@ -7,6 +7,7 @@
  * @packageDocumentation
  */
 
+export { rejectionOf } from "./rejection.js"
 export {
   type BlackholeProxy,
   type BlackholeProxyOptions,
@@ -14,6 +15,7 @@ export {
   viaProxy,
 } from "./servers/blackhole-proxy.js"
 export { MissingBinaryError } from "./servers/find-executable.js"
+export { freePort } from "./servers/free-port.js"
 export { NATS_URL_ENV, startNats } from "./servers/nats.js"
 export { NATS_CLUSTER_URL_ENV, startNatsCluster } from "./servers/nats-cluster.js"
 export { pauseFor } from "./servers/pause-for.js"

@@ -1,6 +1,5 @@
-import { createServer } from "node:net"
 import { isBusError } from "@bus/core"
-import { type ServerHandle, startNats } from "@bus/test-infra"
+import { freePort, rejectionOf, type ServerHandle, startNats } from "@bus/test-infra"
 import { jetstreamManager } from "@nats-io/jetstream"
 import { connect, type NatsConnection } from "@nats-io/transport-node"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
@@ -13,25 +12,6 @@ import { uniqueName } from "./support.js"
  * `retryable` saying whether the same call can succeed later. (An event over the server's
  * max_payload is `PayloadTooLarge`: see transport.test.ts.)
  */
-
-/** A loopback port nothing listens on: bound once, then closed. */
-const closedPort = async (): Promise<number> => {
-  const probe = createServer()
-  await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve))
-  const { port } = probe.address() as { port: number }
-  await new Promise<void>((resolve) => probe.close(() => resolve()))
-  return port
-}
-
-/** What `run` rejects with; fails the test if it resolves. */
-const failure = async (run: () => Promise<unknown>): Promise<unknown> => {
-  try {
-    await run()
-  } catch (error) {
-    return error
-  }
-  throw new Error("expected the call to fail")
-}
 
 let server: ServerHandle
 let nc: NatsConnection
@@ -48,8 +28,8 @@ afterAll(async () => {
 
 describe("toBusError (nats)", () => {
   it("connection refused: TransportUnavailable, retryable", async () => {
-    const port = await closedPort()
-    const error = await failure(() =>
+    const port = await freePort()
+    const error = await rejectionOf(() =>
       connect({ servers: `nats://127.0.0.1:${port}`, reconnect: false, timeout: 5_000 }),
     )
     const mapped = toBusError(error, "connect")
@@ -58,7 +38,7 @@ describe("toBusError (nats)", () => {
   })
 
   it("wrong credentials: ConfigError, not retryable", async () => {
-    const error = await failure(() =>
+    const error = await rejectionOf(() =>
       connect({ servers: server.url, user: "bus", pass: "wrong", reconnect: false, timeout: 5_000 }),
     )
     const mapped = toBusError(error, "connect")
@@ -72,7 +52,7 @@ describe("toBusError (nats)", () => {
     const first = uniqueName("S")
     await jsm.streams.add({ name: first, subjects: [subject] })
     try {
-      const error = await failure(() => jsm.streams.add({ name: uniqueName("S"), subjects: [subject] }))
+      const error = await rejectionOf(() => jsm.streams.add({ name: uniqueName("S"), subjects: [subject] }))
       expect(toBusError(error, "add stream")).toMatchObject({
         _tag: "TransportFailure",
         transport: "nats",
@@ -84,7 +64,7 @@ describe("toBusError (nats)", () => {
   })
 
   it("a request nobody answers in time: TransportUnavailable, retryable", async () => {
-    const error = await failure(() => nc.request(uniqueName("nobody."), "ping", { timeout: 200 }))
+    const error = await rejectionOf(() => nc.request(uniqueName("nobody."), "ping", { timeout: 200 }))
     expect(toBusError(error, "request")).toMatchObject({ _tag: "TransportUnavailable", retryable: true })
   })
 

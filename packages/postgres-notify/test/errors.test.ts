@@ -1,5 +1,4 @@
-import { createServer } from "node:net"
-import { type PostgresHandle, startPostgres } from "@bus/test-infra"
+import { freePort, type PostgresHandle, startPostgres } from "@bus/test-infra"
 import pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { toBusError } from "../src/errors.js"
@@ -9,15 +8,6 @@ import { toBusError } from "../src/errors.js"
  * the member of the error family every transport uses for it, with `retryable` saying whether
  * the same call can succeed later.
  */
-
-/** A loopback port nothing listens on: bound once, then closed. */
-const closedPort = async (): Promise<number> => {
-  const probe = createServer()
-  await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve))
-  const { port } = probe.address() as { port: number }
-  await new Promise<void>((resolve) => probe.close(() => resolve()))
-  return port
-}
 
 /** What `pg` throws for `sql` on a fresh client of `url` (connecting included); fails the test if nothing. */
 const pgFailure = async (
@@ -60,7 +50,7 @@ afterAll(async () => {
 
 describe("toBusError (postgres-notify)", () => {
   it("connection refused: TransportUnavailable, retryable", async () => {
-    const port = await closedPort()
+    const port = await freePort()
     const mapped = toBusError(await pgFailure(withUrl(server.url, (u) => (u.port = String(port)))), "connect")
     expect(mapped).toMatchObject({
       _tag: "TransportUnavailable",

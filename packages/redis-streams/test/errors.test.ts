@@ -1,6 +1,5 @@
-import { createServer } from "node:net"
 import { isBusError } from "@bus/core"
-import { type ServerHandle, startRedis } from "@bus/test-infra"
+import { freePort, rejectionOf, type ServerHandle, startRedis } from "@bus/test-infra"
 import { Redis } from "ioredis"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { toBusError } from "../src/connection.js"
@@ -12,25 +11,6 @@ import { uniqueName } from "./support.js"
  * whether the same call can succeed later. (A payload over the limit is `PayloadTooLarge`:
  * see transport.test.ts.)
  */
-
-/** A loopback port nothing listens on: bound once, then closed. */
-const closedPort = async (): Promise<number> => {
-  const probe = createServer()
-  await new Promise<void>((resolve) => probe.listen(0, "127.0.0.1", resolve))
-  const { port } = probe.address() as { port: number }
-  await new Promise<void>((resolve) => probe.close(() => resolve()))
-  return port
-}
-
-/** What `run` rejects with; fails the test if it resolves. */
-const failure = async (run: () => Promise<unknown>): Promise<unknown> => {
-  try {
-    await run()
-  } catch (error) {
-    return error
-  }
-  throw new Error("expected the call to fail")
-}
 
 /** A client that neither retries nor queues: each command fails at once with what the server said. */
 const client = (url: string, password?: string): Redis => {
@@ -66,9 +46,9 @@ afterAll(async () => {
 
 describe("toBusError (redis-streams)", () => {
   it("connection refused: TransportUnavailable, retryable", async () => {
-    const redis = client(`redis://127.0.0.1:${await closedPort()}`)
+    const redis = client(`redis://127.0.0.1:${await freePort()}`)
     try {
-      const mapped = toBusError(await failure(() => redis.connect()), "connect")
+      const mapped = toBusError(await rejectionOf(() => redis.connect()), "connect")
       expect(mapped).toMatchObject({
         _tag: "TransportUnavailable",
         transport: "redis-streams",
@@ -104,7 +84,7 @@ describe("toBusError (redis-streams)", () => {
   it("a command the same key refuses again (WRONGTYPE): TransportFailure, not retryable", async () => {
     const key = uniqueName("k")
     await admin.set(key, "a string")
-    const mapped = toBusError(await failure(() => admin.xadd(key, "*", "f", "v")), `XADD ${key}`)
+    const mapped = toBusError(await rejectionOf(() => admin.xadd(key, "*", "f", "v")), `XADD ${key}`)
     expect(mapped).toMatchObject({ _tag: "TransportFailure", transport: "redis-streams", retryable: false })
     expect(mapped.message).toMatch(/WRONGTYPE/)
   })
