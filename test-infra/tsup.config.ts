@@ -6,7 +6,6 @@ export default defineConfig({
   entry: {
     index: "src/index.ts",
     "global-setup": "src/servers/global-setup.ts",
-    "conformance/index": "src/conformance/index.ts",
   },
   format: ["esm"],
   dts: true,

@@ -35,6 +35,7 @@ export const usage = `pnpm bench [options]
   --pg-fsync on|off       Postgres fsync + full_page_writes (default on; test-infra starts it with both off)
   --docs / --no-docs      write docs/benchmarks.md (default: only when every scenario and transport ran)
   --render <results.json> only re-render docs/benchmarks.md and its charts from a results file
+                          ("--render latest": the newest run in benchmarks/results/)
   -h, --help              this text
 `
 

@@ -39,8 +39,9 @@ const main = async (): Promise<number> => {
     return 0
   }
   if (cli.render !== undefined) {
-    const run = JSON.parse(readFileSync(resolve(process.cwd(), cli.render), "utf8")) as RunResult
-    writeDocs(run, new Progress(), `${JSON.stringify(run, null, 2)}\n`)
+    const file = cli.render === "latest" ? latestResults() : resolve(process.cwd(), cli.render)
+    const run = JSON.parse(readFileSync(file, "utf8")) as RunResult
+    writeDocs(run, new Progress(), file)
     return 0
   }
   const profile = cli.quick ? quickProfile : fullProfile
@@ -200,16 +201,30 @@ const stamp = (d: Date) =>
     .replace(/:/g, "")
     .replace(/\.\d+Z$/, "Z")
 
-/** docs/benchmarks.md, its charts and docs/benchmarks/latest.json; returns the number of charts. */
-const writeDocs = (run: RunResult, progress: Progress, json: string): number => {
+const resultsDir = join(benchDir, "results")
+
+/**
+ * The newest committed run. Each run is one file, `results/<start time>.json`; "latest" is
+ * derived from the names (ISO stamps sort by time) rather than kept as a second copy.
+ */
+const latestResults = (): string => {
+  const newest = readdirSync(resultsDir)
+    .filter((f) => f.endsWith(".json"))
+    .sort()
+    .at(-1)
+  if (newest === undefined) throw new Error(`no results file in ${relative(repoDir, resultsDir)}`)
+  return join(resultsDir, newest)
+}
+
+/** docs/benchmarks.md and its charts, linking to the run's results file; returns the number of charts. */
+const writeDocs = (run: RunResult, progress: Progress, resultFile: string): number => {
   const docsDir = join(repoDir, "docs")
   const chartsDir = join(docsDir, "benchmarks")
   mkdirSync(chartsDir, { recursive: true })
   for (const f of readdirSync(chartsDir)) if (f.endsWith(".svg")) rmSync(join(chartsDir, f))
-  writeFileSync(join(chartsDir, "latest.json"), json)
   const rendered = renderReport(run, {
     chartsPath: "benchmarks",
-    jsonPath: "benchmarks/latest.json",
+    jsonPath: relative(docsDir, resultFile),
     command: `pnpm bench${run.quick ? " --quick" : ""}`,
   })
   for (const [file, svg] of Object.entries(rendered.svgs)) writeFileSync(join(chartsDir, file), `${svg}\n`)
@@ -224,14 +239,12 @@ const writeOutputs = (run: RunResult, complete: boolean, docs: boolean | undefin
   const toDocs = docs ?? complete
   if (toDocs) {
     // Quick runs are smoke tests: their JSON stays out of the committed results.
-    const resultsDir = join(benchDir, "results", ...(run.quick ? ["tmp"] : []))
-    mkdirSync(resultsDir, { recursive: true })
-    const resultFile = join(resultsDir, `${name}.json`)
+    const dir = run.quick ? join(resultsDir, "tmp") : resultsDir
+    mkdirSync(dir, { recursive: true })
+    const resultFile = join(dir, `${name}.json`)
     writeFileSync(resultFile, json)
-    const charts = writeDocs(run, progress, json)
-    progress.line(
-      `wrote ${relative(repoDir, resultFile)}, docs/benchmarks/latest.json, docs/benchmarks.md and ${charts} charts`,
-    )
+    const charts = writeDocs(run, progress, resultFile)
+    progress.line(`wrote ${relative(repoDir, resultFile)}, docs/benchmarks.md and ${charts} charts`)
   } else {
     const dir = join(benchDir, "results", "tmp", name)
     mkdirSync(join(dir, "charts"), { recursive: true })

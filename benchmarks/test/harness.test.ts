@@ -1,7 +1,6 @@
 import { describe, expect, it } from "vitest"
 import { CliError, parseArgs, scenarioIds } from "../src/cli.js"
 import { describeMetrics, roundOrder, summarize } from "../src/harness/blocks.js"
-import { parseStat, treeCpuMs } from "../src/harness/cpu.js"
 import { backlogGrowth } from "../src/harness/delivery.js"
 import { LatencyHistogram } from "../src/harness/histogram.js"
 import { firstMeasuredIndex, runClosedLoop, runOpenLoop, scheduleOffsets } from "../src/harness/schedule.js"
@@ -9,8 +8,8 @@ import { median, quantile, ratio, spread } from "../src/harness/stats.js"
 import type { MachineFacts, RunResult } from "../src/harness/types.js"
 import { renderReport } from "../src/report/markdown.js"
 import { barChart, linearTicks, lineChart, logTicks } from "../src/report/svg.js"
-import { analyseKnee, kneeOf } from "../src/scenarios/knee.js"
-import { analyseRelay } from "../src/scenarios/relay.js"
+import { analyseKnee, kneeOf } from "../src/scenarios/knee/measure.js"
+import { analyseRelay } from "../src/scenarios/relay/measure.js"
 
 describe("LatencyHistogram", () => {
   it("gives the percentiles of known data within HdrHistogram's precision", () => {
@@ -244,27 +243,6 @@ describe("the knee", () => {
     )
     expect(d.knees.coalesced).toBe(4)
     expect(d.flip).toMatchObject({ concurrency: 16, notifyingCommitsPerSec: 320, against: "broker-relay" })
-  })
-})
-
-describe("/proc parsing", () => {
-  it("reads utime, stime and the children's times from a stat line with spaces in the name", () => {
-    const line = "1234 (postgres: bus x) S 1 1234 1234 0 -1 4194560 100 0 0 0 250 50 7 3 20 0 1 0 100 0 0"
-    expect(parseStat(line)).toEqual({ pid: 1234, ppid: 1, own: 300, children: 10 })
-  })
-
-  it("sums a process tree", () => {
-    const stats = [
-      { pid: 10, ppid: 1, own: 100, children: 50 },
-      { pid: 11, ppid: 10, own: 30, children: 0 },
-      { pid: 12, ppid: 11, own: 20, children: 0 },
-      { pid: 99, ppid: 1, own: 1000, children: 0 },
-    ]
-    const ticks = 200 // 100 + 50 + 30 + 20
-    const ms = treeCpuMs(10, stats) as number
-    expect(ms / ticks).toBeCloseTo(ms / ticks) // unit depends on CLK_TCK
-    expect(treeCpuMs(10, stats)).toBe(treeCpuMs(10, stats.slice(0, 3)))
-    expect(treeCpuMs(42, stats)).toBeUndefined()
   })
 })
 

@@ -7,6 +7,7 @@
  * @packageDocumentation
  */
 
+export { rejectionOf } from "./rejection.js"
 export {
   type BlackholeProxy,
   type BlackholeProxyOptions,
@@ -14,11 +15,19 @@ export {
   viaProxy,
 } from "./servers/blackhole-proxy.js"
 export { MissingBinaryError } from "./servers/find-executable.js"
+export { freePort } from "./servers/free-port.js"
 export { NATS_URL_ENV, startNats } from "./servers/nats.js"
 export { NATS_CLUSTER_URL_ENV, startNatsCluster } from "./servers/nats-cluster.js"
 export { pauseFor } from "./servers/pause-for.js"
 export { PG_URL_ENV, startPostgres } from "./servers/postgres.js"
 export { PG_OS_USER_ENV } from "./servers/postgres-os-user.js"
+export {
+  type ProcessEntry,
+  parseProcStat,
+  processTree,
+  processTreeCpuMs,
+  readProcessTable,
+} from "./servers/process-table.js"
 export { REDIS_URL_ENV, startRedis } from "./servers/redis.js"
 export { REDIS_CLUSTER_URL_ENV, startRedisCluster } from "./servers/redis-cluster.js"
 export { RUN_DIR_ENV } from "./servers/run-dir.js"
@@ -31,6 +40,7 @@ export type {
   RedisNodeRole,
   ServerHandle,
   StartNatsClusterOptions,
+  StartNatsOptions,
   StartPostgresOptions,
   StartRedisClusterOptions,
   StartRedisOptions,

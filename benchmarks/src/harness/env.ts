@@ -1,6 +1,5 @@
 import { type PostgresHandle, type ServerHandle, startNats, startPostgres, startRedis } from "@bus/test-infra"
 import type pg from "pg"
-import { pidListeningOn } from "./cpu.js"
 import { makeClient } from "./pg.js"
 import type { Progress } from "./progress.js"
 import type { TransportId } from "./types.js"
@@ -29,13 +28,30 @@ export class BenchEnv {
   readonly unavailable = new Map<TransportId, string>()
   readonly versions: Record<string, string> = {}
   readonly postgresSettings: Record<string, string> = {}
-  readonly serverPids: Record<string, number> = {}
   queryCountMethod: QueryCountMethod = "pg_stat_database.xact_commit"
   readonly warnings: string[] = []
   #stopped = false
 
   constructor(o: EnvOptions) {
     this.#o = o
+  }
+
+  /**
+   * The root process of each server this run started, read from the test-infra handles at
+   * every call (a restart spawns a new process). An external server has none: its CPU is
+   * not measured.
+   */
+  serverPids(): Record<string, number> {
+    const pids: Record<string, number> = {}
+    for (const [name, handle] of [
+      ["postgres", this.postgres],
+      ["redis", this.redis],
+      ["nats", this.nats],
+    ] as const) {
+      const pid = handle?.pid()
+      if (pid !== undefined) pids[name] = pid
+    }
+    return pids
   }
 
   get pgUrl(): string {
@@ -58,6 +74,7 @@ export class BenchEnv {
             ...(this.#o.pgFsync ? { settings: { fsync: "on", full_page_writes: "on" } } : {}),
           })
           await this.#preparePostgres()
+          this.#warnWithoutPid("postgres", this.postgres)
           p.line(`Postgres ${this.versions.postgres ?? "?"} up; query counting: ${this.queryCountMethod}`)
         })(),
       )
@@ -67,7 +84,7 @@ export class BenchEnv {
         (async () => {
           try {
             this.redis = await startRedis({ appendOnly: true })
-            this.#trackPid("redis", this.redis.url)
+            this.#warnWithoutPid("redis", this.redis)
           } catch (error) {
             this.unavailable.set("redis-streams", `redis-server could not start: ${errorText(error)}`)
           }
@@ -79,7 +96,7 @@ export class BenchEnv {
         (async () => {
           try {
             this.nats = await startNats()
-            this.#trackPid("nats", this.nats.url)
+            this.#warnWithoutPid("nats", this.nats)
           } catch (error) {
             this.unavailable.set("nats", `nats-server could not start: ${errorText(error)}`)
           }
@@ -96,11 +113,11 @@ export class BenchEnv {
     if (this.nats !== undefined) this.versions.nats = await natsVersion(this.nats.url)
   }
 
-  #trackPid(name: string, url: string): void {
-    const port = Number(new URL(url.split(",")[0] as string).port)
-    const pid = pidListeningOn(port)
-    if (pid !== undefined) this.serverPids[name] = pid
-    else this.warnings.push(`could not find the ${name} server process (CPU of ${name} not measured)`)
+  #warnWithoutPid(name: string, handle: ServerHandle): void {
+    if (handle.pid() === undefined)
+      this.warnings.push(
+        `the ${name} server is external, not a process of this run (CPU of ${name} not measured)`,
+      )
   }
 
   async #preparePostgres(): Promise<void> {
@@ -146,11 +163,6 @@ export class BenchEnv {
           "Postgres runs with fsync=off although fsync on was asked for: commits are cheaper than on a production server (no WAL flush), which moves the commit-lock knee up.",
         )
       }
-      const pid = await c.query("SELECT setting FROM pg_settings WHERE name = 'port'")
-      const port = Number(pid.rows[0]?.setting)
-      const postmaster = pidListeningOn(port)
-      if (postmaster !== undefined) this.serverPids.postgres = postmaster
-      else this.warnings.push("could not find the Postgres postmaster (CPU of Postgres not measured)")
     })
   }
 

@@ -27,7 +27,7 @@ export class ScenarioContext {
     readonly aborted: () => boolean,
     readonly runId: string,
   ) {
-    this.cpu = new CpuMeter(env.serverPids)
+    this.cpu = new CpuMeter(() => env.serverPids())
   }
 
   /** A channel name no earlier block of this run used. */

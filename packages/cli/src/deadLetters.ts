@@ -1,6 +1,6 @@
 import { invalidEventIds, replayDeadLetters } from "@bus/postgres-notify"
-import pg from "pg"
 import { CliError, postgresError } from "./errors.js"
+import { withOutboxClient } from "./outboxClient.js"
 import type { Out, Styles } from "./style.js"
 
 /**
@@ -39,15 +39,7 @@ export const deadLetters = async (o: DeadLettersOptions): Promise<void> => {
         throw new CliError(`${result.missing.length} id(s) were not dead letters`, 1)
       return
     }
-    const client = new pg.Client({
-      connectionString: o.url,
-      application_name: "bus-cli",
-      connectionTimeoutMillis: 10_000,
-    })
-    client.on("error", () => {})
-    await client.connect()
-    try {
-      await client.query("SET statement_timeout = '30s'")
+    await withOutboxClient(o.url, o.schema, async (client) => {
       const { rows } = await client.query<{
         id: string
         tenant: string
@@ -76,9 +68,7 @@ export const deadLetters = async (o: DeadLettersOptions): Promise<void> => {
           `${o.styles.dim(r.at.toISOString())} ${r.id} ${r.tenant}/${r.channel} ${r.type} · ${r.source} gave up after ${r.attempts} · ${reason}\n`,
         )
       }
-    } finally {
-      await client.end().catch(() => {})
-    }
+    })
   } catch (error) {
     if (error instanceof CliError) throw error
     throw postgresError(error, o.url, o.schema)

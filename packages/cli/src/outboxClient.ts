@@ -10,13 +10,16 @@ import { CliError, postgresError, redact } from "./errors.js"
  */
 
 /** Connects to `url` and checks that `schema` exists; the caller ends the client. */
-export const openOutboxClient = async (url: string, schema: string): Promise<pg.Client> => {
+const openOutboxClient = async (url: string, schema: string): Promise<pg.Client> => {
   const client = new pg.Client({
     connectionString: url,
     application_name: "bus-cli",
-    connectionTimeoutMillis: 5_000,
-    // A command never hangs on a silent connection (a NAT or proxy that dropped the flow).
+    connectionTimeoutMillis: 10_000,
+    // A command never hangs on a silent connection (a NAT or proxy that dropped the flow)…
     query_timeout: 30_000,
+    // …nor holds a lock for long on the server side (an ALTER waiting on a busy table gives up
+    // there too, instead of queueing every writer of the table behind it).
+    statement_timeout: 30_000,
     keepAlive: true,
   })
   // A connection lost mid-command surfaces as the failed query; this keeps it from crashing the process.
@@ -33,5 +36,22 @@ export const openOutboxClient = async (url: string, schema: string): Promise<pg.
   } catch (error) {
     await client.end().catch(() => {})
     throw error instanceof CliError ? error : postgresError(error, url, schema)
+  }
+}
+
+/**
+ * Runs `fn` with a client from {@link openOutboxClient}, ended afterwards whatever happens.
+ * Errors of `fn` pass through as they are: each command knows which of its refusals to explain.
+ */
+export const withOutboxClient = async <A>(
+  url: string,
+  schema: string,
+  fn: (client: pg.Client) => Promise<A>,
+): Promise<A> => {
+  const client = await openOutboxClient(url, schema)
+  try {
+    return await fn(client)
+  } finally {
+    await client.end().catch(() => {})
   }
 }

@@ -14,7 +14,7 @@ import {
 import { Effect, Exit, Layer, ManagedRuntime, Option, References } from "effect"
 import { type BrokerUrls, brokerTransport } from "./brokers.js"
 import { CliError, postgresError, redact } from "./errors.js"
-import { openOutboxClient } from "./outboxClient.js"
+import { withOutboxClient } from "./outboxClient.js"
 import { count, duration, type Styles, table } from "./style.js"
 
 /**
@@ -162,8 +162,7 @@ const iso = (u: unknown): string | undefined =>
 export const collectStatus = async (options: StatusOptions): Promise<StatusReport> => {
   const { url, schema } = options
   const S = `"${schema}"`
-  const client = await openOutboxClient(url, schema)
-  try {
+  return withOutboxClient(url, schema, async (client) => {
     const q = async (text: string, params: ReadonlyArray<unknown> = []) => {
       try {
         return (await client.query(text, [...params])).rows as Array<Record<string, unknown>>
@@ -432,9 +431,7 @@ export const collectStatus = async (options: StatusOptions): Promise<StatusRepor
       })),
     }
     return { ...report, recommendation: recommend(report, options.env, brokerInUse) }
-  } finally {
-    await client.end().catch(() => {})
-  }
+  })
 }
 
 const round = (n: number, digits = 1): number => {

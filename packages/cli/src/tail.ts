@@ -13,7 +13,7 @@ import { postgresNotify } from "@bus/postgres-notify"
 import { Layer as L, type Layer, References } from "effect"
 import { type BrokerUrls, brokerTransport } from "./brokers.js"
 import { CliError, postgresError } from "./errors.js"
-import { openOutboxClient } from "./outboxClient.js"
+import { withOutboxClient } from "./outboxClient.js"
 import type { Out, Styles } from "./style.js"
 
 /**
@@ -147,12 +147,9 @@ export const tail = async (o: TailOptions): Promise<void> => {
 
 /** Connects once to check the URL, the server and the schema, with messages an operator can act on. */
 export const checkOutbox = async (url: string, schema: string): Promise<void> => {
-  const client = await openOutboxClient(url, schema)
-  try {
-    await client.query(`SELECT epoch FROM "${schema}".meta`)
-  } catch (error) {
-    throw postgresError(error, url, schema)
-  } finally {
-    await client.end().catch(() => {})
-  }
+  await withOutboxClient(url, schema, (client) =>
+    client.query(`SELECT epoch FROM "${schema}".meta`).catch((error: unknown) => {
+      throw postgresError(error, url, schema)
+    }),
+  )
 }

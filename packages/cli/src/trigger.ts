@@ -1,5 +1,6 @@
-import pg from "pg"
+import type pg from "pg"
 import { CliError, postgresError } from "./errors.js"
+import { withOutboxClient } from "./outboxClient.js"
 import type { Out } from "./style.js"
 
 /**
@@ -35,17 +36,12 @@ const need = (value: string | undefined, flag: string, usage: string): string =>
 export const attachUsage =
   "bus trigger attach <table> --tenant-column <column> --channel <channel> --type <prefix> [--columns a,b | --key <column>] [--on insert,update,delete]"
 
-export const trigger = async (o: TriggerOptions): Promise<void> => {
-  const client = new pg.Client({
-    connectionString: o.url,
-    application_name: "bus-cli",
-    connectionTimeoutMillis: 10_000,
-  })
-  client.on("error", () => {})
+export const trigger = (o: TriggerOptions): Promise<void> =>
+  // The client's statement_timeout bounds a statement waiting on a lock (an ALTER on a busy table).
+  withOutboxClient(o.url, o.schema, (client) => runTrigger(o, client))
+
+const runTrigger = async (o: TriggerOptions, client: pg.Client): Promise<void> => {
   try {
-    await client.connect()
-    // Bounded: a statement that waits on a lock (an ALTER on a busy table) gives up.
-    await client.query("SET statement_timeout = '30s'")
     if (o.action === "list") {
       const { rows } = await client.query<{ table: string; name: string; args: string; events: string }>(
         `SELECT t.tgrelid::regclass::text AS table, t.tgname AS name,
@@ -117,7 +113,5 @@ export const trigger = async (o: TriggerOptions): Promise<void> => {
         1,
       )
     throw postgresError(error, o.url, o.schema)
-  } finally {
-    await client.end().catch(() => {})
   }
 }

@@ -77,7 +77,6 @@ export {
   type BusError,
   ConfigError,
   CursorInvalid,
-  HandlerFailed,
   InvalidEvent,
   InvalidName,
   isBusError,

@@ -11,7 +11,6 @@ import {
   type SendMeta,
   type SendOutcome,
   Transport,
-  TransportFailure,
   TransportUnavailable,
   validateName,
 } from "@bus/core"
@@ -24,7 +23,7 @@ const isStored = (r: AckResult | undefined): r is Stored => r !== undefined && !
 
 import { type ConnectionWatch, watchConnection } from "./connection.js"
 import { readDeadLetters } from "./deadLetters.js"
-import { toBusError } from "./errors.js"
+import { overMaxPayload, toBusError } from "./errors.js"
 import { makeGroup } from "./group.js"
 import { type NatsTransportOptions, type ResolvedOptions, resolveOptions } from "./options.js"
 import { ensureStreams } from "./stream.js"
@@ -125,13 +124,7 @@ const makeSend = (
       const subject = subjectOf(o.prefix, address)
       const payload = encodeEnvelope(event)
       const total = payload.byteLength + headerBytes(event, meta)
-      if (total > serverMaxPayload) {
-        return yield* new TransportFailure({
-          transport: "nats",
-          retryable: false,
-          message: `nats: event ${event.id} is ${total} bytes with headers; the server's max_payload is ${serverMaxPayload}`,
-        })
-      }
+      if (total > serverMaxPayload) return yield* overMaxPayload(event, total, serverMaxPayload)
       const headers = traceHeadersOf(event, meta)
       const started = Date.now()
       for (let attempt = 1; ; attempt++) {
@@ -224,11 +217,7 @@ const makeSend = (
           const block = publishHeaderBlock(event, meta)
           const total = payload.byteLength + block.byteLength
           if (total > serverMaxPayload) {
-            invalid = new TransportFailure({
-              transport: "nats",
-              retryable: false,
-              message: `nats: event ${event.id} is ${total} bytes with headers; the server's max_payload is ${serverMaxPayload}`,
-            })
+            invalid = overMaxPayload(event, total, serverMaxPayload)
             break
           }
           // `nc.publish` only encodes the headers it is given: hand it the block built once.

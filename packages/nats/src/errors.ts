@@ -1,19 +1,33 @@
-import { type BusError, isBusError, TransportFailure, TransportUnavailable } from "@bus/core"
+import {
+  type BusError,
+  ConfigError,
+  type Envelope,
+  isBusError,
+  PayloadTooLarge,
+  TransportFailure,
+  TransportUnavailable,
+} from "@bus/core"
 import { JetStreamApiError, JetStreamError } from "@nats-io/jetstream"
 import {
+  AuthorizationError,
   ClosedConnectionError,
   ConnectionError,
   DrainingConnectionError,
   InvalidArgumentError,
   NoRespondersError,
+  PermissionViolationError,
   RequestError,
   TimeoutError,
+  UserAuthenticationExpiredError,
 } from "@nats-io/transport-node"
 
 /**
  * Maps what the NATS client throws to the bus error family: `TransportUnavailable`
  * when the server cannot be reached or did not answer in time (retrying later helps),
- * `TransportFailure` when it answered with an error (retryable or not by its kind).
+ * `ConfigError` when it refused the credentials or a subject's permissions (only a
+ * configuration change helps), `TransportFailure` when it answered with another error
+ * (retryable or not by its kind). An event over the server's `max_payload` is caught before
+ * it is sent, as `PayloadTooLarge` ({@link overMaxPayload}), as on every transport.
  *
  * @module
  */
@@ -30,10 +44,27 @@ const permanentApiCodes = new Set([
 
 const describe = (error: unknown): string => (error instanceof Error ? error.message : String(error))
 
+/** An event whose message (envelope and headers) is over the server's `max_payload`. */
+export const overMaxPayload = (event: Envelope, bytes: number, limit: number): PayloadTooLarge =>
+  new PayloadTooLarge({
+    bytes,
+    limit,
+    message: `nats: event ${event.id} is ${bytes} bytes with headers; the server's max_payload is ${limit}`,
+  })
+
 /** Wraps any failure of a NATS call; `what` says which call, for the message. */
 export const toBusError = (error: unknown, what: string): BusError => {
   if (isBusError(error)) return error
   const message = `nats: ${what}: ${describe(error)}`
+  if (
+    error instanceof AuthorizationError ||
+    error instanceof UserAuthenticationExpiredError ||
+    error instanceof PermissionViolationError
+  ) {
+    return new ConfigError({
+      message: `${message} (check the credentials and permissions the bus connects with)`,
+    })
+  }
   if (
     error instanceof TimeoutError ||
     error instanceof ConnectionError ||

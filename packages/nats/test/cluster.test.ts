@@ -1,5 +1,7 @@
 import { setTimeout as delay } from "node:timers/promises"
-import { type Bus, createBus, type DeliveredEvent, MemoryOutbox, uuidv7 } from "@bus/core"
+// The counting and order checks of the conformance suite, so this fault is judged the same way.
+import { orderViolations, Tally } from "@bus/conformance"
+import { type Bus, createBus, MemoryOutbox, uuidv7 } from "@bus/core"
 import { type NatsClusterHandle, startNatsCluster } from "@bus/test-infra"
 import { jetstreamManager } from "@nats-io/jetstream"
 import type { NatsConnection } from "@nats-io/transport-node"
@@ -20,35 +22,6 @@ afterAll(async () => {
   await nc?.close()
   await cluster?.stop()
 })
-
-/** Counts handled events by id, in arrival order. */
-class Tally {
-  readonly counts = new Map<string, number>()
-  readonly events: Array<DeliveredEvent> = []
-  add(e: DeliveredEvent) {
-    this.counts.set(e.id, (this.counts.get(e.id) ?? 0) + 1)
-    this.events.push(e)
-  }
-  missing(ids: Iterable<string>) {
-    return [...ids].filter((id) => !this.counts.has(id))
-  }
-  get duplicates() {
-    return [...this.counts].filter(([, n]) => n > 1).map(([id]) => id)
-  }
-}
-
-/** Events of one producer transaction that arrived out of order. */
-const orderViolations = (events: ReadonlyArray<DeliveredEvent>): Array<string> => {
-  const last = new Map<string, number>()
-  const bad: Array<string> = []
-  for (const e of events) {
-    const { tx, seq } = e.data as { tx: string; seq: number }
-    const prev = last.get(tx)
-    if (prev !== undefined && seq <= prev) bad.push(`${tx}: ${seq} after ${prev}`)
-    last.set(tx, seq)
-  }
-  return bad
-}
 
 /** Index of the node that leads `stream` (server names end in -n<index+1>). */
 const leaderIndex = async (stream: string): Promise<number> => {

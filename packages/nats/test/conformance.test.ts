@@ -1,6 +1,6 @@
+import { runConformanceSuite } from "@bus/conformance"
 import { createBus, MemoryOutbox } from "@bus/core"
 import { pauseFor, type ServerHandle, startNats } from "@bus/test-infra"
-import { runConformanceSuite } from "@bus/test-infra/conformance"
 import { type NatsTransportOptions, natsTransport } from "../src/index.js"
 import { KillableRelay, TcpProxy } from "./support.js"
 

@@ -1,4 +1,6 @@
 import { createServer, type Server, Socket } from "node:net"
+// The same polling and naming helpers the conformance suite uses.
+import { uniqueName, waitFor } from "@bus/conformance"
 import {
   type BusError,
   type Envelope,
@@ -12,8 +14,6 @@ import {
   sendEach,
   Transport,
 } from "@bus/core"
-// The same polling and naming helpers the conformance suite uses.
-import { uniqueName, waitFor } from "@bus/test-infra/conformance"
 import { jetstreamManager } from "@nats-io/jetstream"
 import { connect, type NatsConnection } from "@nats-io/transport-node"
 import { Effect, Fiber, Layer, ManagedRuntime } from "effect"

@@ -124,7 +124,7 @@ describe("send", () => {
       const exit = await rt.runPromiseExit(t.send(big))
       expect(Exit.isFailure(exit)).toBe(true)
       const error = Exit.isFailure(exit) ? Cause.squash(exit.cause) : undefined
-      expect(error).toMatchObject({ _tag: "TransportFailure", retryable: false })
+      expect(error).toMatchObject({ _tag: "PayloadTooLarge", retryable: false, limit: 1024 * 1024 })
     }))
 })
 
@@ -181,7 +181,7 @@ describe("sendAll (pipelined)", () => {
       const heard: Array<number> = []
       const outcome = await rt.runPromise(t.sendAll(items, (n) => heard.push(n)))
       expect(outcome.sent).toBe(12)
-      expect(outcome.error).toMatchObject({ _tag: "TransportFailure", retryable: false })
+      expect(outcome.error).toMatchObject({ _tag: "PayloadTooLarge", retryable: false, limit: 1024 * 1024 })
       expect(heard.at(-1)).toBe(12)
       const stored = await storedIds(nc, "BUS", `bus.${tenant}.${channel}`)
       expect(stored.ids).toEqual(items.slice(0, 12).map((x) => x.event.id))

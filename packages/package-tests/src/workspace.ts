@@ -5,4 +5,12 @@ import { fileURLToPath } from "node:url"
 export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), "..", "..", "..")
 
 /** The published packages (directory names under packages/), in dependency order. */
-export const publishedPackages = ["core", "postgres-notify", "nats", "redis-streams", "sse", "cli"] as const
+export const publishedPackages = [
+  "core",
+  "conformance",
+  "postgres-notify",
+  "nats",
+  "redis-streams",
+  "sse",
+  "cli",
+] as const

@@ -44,16 +44,29 @@ export const isConnectionError = (cause: unknown): boolean => {
   )
 }
 
-/** Maps a `pg` failure of `what` (e.g. "read") to a {@link TransportUnavailable}, {@link TransportFailure} or {@link ConfigError}. */
-export const fromPgError = (
-  what: string,
+/**
+ * Maps a `pg` (or postgres.js) failure of `what` (e.g. "read") to the bus error family, with the
+ * same argument order as every transport's mapper (`toBusError(cause, what)`):
+ * {@link TransportUnavailable} when the server is unreachable or the connection went away (retry
+ * helps), {@link ConfigError} when the configuration is wrong (credentials, a database or schema
+ * that does not exist), else {@link TransportFailure}, retryable only for transient conflicts.
+ */
+export const toBusError = (
   cause: unknown,
+  what: string,
 ): TransportUnavailable | TransportFailure | ConfigError => {
   const message = `${what}: ${messageOf(cause)}`
   if (isConnectionError(cause)) {
     return new TransportUnavailable({ transport: transportName, message, cause })
   }
   const code = codeOf(cause)
+  // Class 28 invalid authorization (wrong password, no pg_hba entry), 3D000 no such database:
+  // the same settings fail the same way until someone changes them.
+  if (code?.startsWith("28") || code === "3D000") {
+    return new ConfigError({
+      message: `${message} (check the connection string's user, password and database)`,
+    })
+  }
   // 42P01 undefined_table, 3F000 invalid_schema_name: the outbox schema is missing.
   if (code === "42P01" || code === "3F000") {
     return new ConfigError({

@@ -5,7 +5,7 @@
  * @packageDocumentation
  */
 
-export { fromPgError, isConnectionError, transportName } from "./errors.js"
+export { isConnectionError, toBusError, transportName } from "./errors.js"
 export type { NotifyHealth } from "./listener/health.js"
 export type { NotifyMode } from "./outbox/append.js"
 export type { NotifyBatcher, TransactionOptions } from "./outbox/batched.js"

@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto"
+import { runConformanceSuite } from "@bus/conformance"
 import { type Bus, createBus } from "@bus/core"
 import { type PostgresHandle, pauseFor, startPostgres } from "@bus/test-infra"
-import { runConformanceSuite } from "@bus/test-infra/conformance"
 import { Effect, type ManagedRuntime } from "effect"
 import pg from "pg"
 import { migrate, PostgresOutbox, type PostgresOutboxService, postgresNotify } from "../src/index.js"

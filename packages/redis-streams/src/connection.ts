@@ -1,6 +1,7 @@
 import {
   type BusError,
   backoffDelay,
+  ConfigError,
   isBusError,
   Metrics,
   TransportFailure,
@@ -47,15 +48,27 @@ const retryableReplies = new Set([
   "UNBLOCKED",
 ])
 
+/** Reply errors that only a configuration change fixes: no or wrong credentials, an ACL that forbids the command. */
+const configReplies = new Set(["NOAUTH", "WRONGPASS", "NOPERM"])
+
 const isReplyError = (error: unknown): error is Error =>
   error instanceof Error && (error.name === "ReplyError" || error.constructor?.name === "ReplyError")
 
-/** Maps what ioredis throws to the bus error family: reply errors to `TransportFailure`, the rest to `TransportUnavailable`. */
+/**
+ * Maps what ioredis throws to the bus error family: credential and ACL replies to
+ * `ConfigError`, other reply errors to `TransportFailure` (retryable for the transient
+ * ones), the rest (refused, reset, timed out) to `TransportUnavailable`.
+ */
 export const toBusError = (error: unknown, what: string): BusError => {
   if (isBusError(error)) return error
   const message = error instanceof Error ? error.message : String(error)
   if (isReplyError(error)) {
     const code = message.split(" ", 1)[0] ?? ""
+    if (configReplies.has(code)) {
+      return new ConfigError({
+        message: `${what}: ${message} (check the password or ACL user the bus connects with)`,
+      })
+    }
     return new TransportFailure({
       transport: transportName,
       retryable: retryableReplies.has(code),

@@ -1,3 +1,4 @@
+import { runConformanceSuite } from "@bus/conformance"
 import {
   createBus,
   type Envelope,
@@ -8,7 +9,6 @@ import {
   Transport,
 } from "@bus/core"
 import { pauseFor, type ServerHandle, startRedis } from "@bus/test-infra"
-import { runConformanceSuite } from "@bus/test-infra/conformance"
 import { Effect, Layer, ManagedRuntime } from "effect"
 import { Redis } from "ioredis"
 import { type RedisStreamsOptions, redisStreamsTransport } from "../src/index.js"

@@ -1,3 +1,5 @@
+// The same polling, naming and counting helpers the conformance suite uses.
+import { type Address, orderViolations, Tally, uniqueAddress, uniqueName, waitFor } from "@bus/conformance"
 import {
   type Bus,
   type BusError,
@@ -9,15 +11,6 @@ import {
   type RelayLog,
   type RelayOptions,
 } from "@bus/core"
-// The same polling, naming and counting helpers the conformance suite uses.
-import {
-  type Address,
-  orderViolations,
-  Tally,
-  uniqueAddress,
-  uniqueName,
-  waitFor,
-} from "@bus/test-infra/conformance"
 import { Effect, Layer } from "effect"
 import { Redis } from "ioredis"
 import { type RedisStreamsOptions, redisStreamsTransport } from "../src/index.js"

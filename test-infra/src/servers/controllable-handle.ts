@@ -22,6 +22,7 @@ export function controllableHandle(url: string, server: ServerProcess, tempDir: 
   return {
     url,
     controllable: true,
+    pid: () => (stopping === undefined ? server.pid : undefined),
     stop,
     restart: () => live("restart", () => server.restart()),
     kill: () => live("kill", () => server.kill()),

@@ -17,6 +17,7 @@ export function externalHandle(url: string, envVar: string): ServerHandle {
   return {
     url,
     controllable: false,
+    pid: () => undefined,
     stop,
     restart: refuse("restart"),
     kill: refuse("kill"),

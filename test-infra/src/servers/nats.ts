@@ -9,7 +9,7 @@ import { resolveServerMode } from "./server-mode.js"
 import { ServerProcess } from "./server-process.js"
 import { assertReachable } from "./tcp-probe.js"
 import { createTempDir, removeTempDir } from "./temp-dir.js"
-import type { ServerHandle } from "./types.js"
+import type { ServerHandle, StartNatsOptions } from "./types.js"
 
 /** Environment variable pointing tests at an existing NATS (with JetStream) instead of starting one. */
 export const NATS_URL_ENV = "BUS_NATS_URL"
@@ -26,7 +26,7 @@ export function natsServerBinary(): string {
  * @throws MissingBinaryError when nats-server is not installed.
  * @throws ServerStartError (with the server's log tail) when it does not come up.
  */
-export async function startNats(): Promise<ServerHandle> {
+export async function startNats(options: StartNatsOptions = {}): Promise<ServerHandle> {
   resolveServerMode()
   const external = process.env[NATS_URL_ENV]
   if (external) {
@@ -53,6 +53,7 @@ export async function startNats(): Promise<ServerHandle> {
           "-js",
           "-sd",
           join(dir, "store"),
+          ...(options.user === undefined ? [] : ["--user", options.user, "--pass", options.password ?? ""]),
         ],
         logFile,
         stopSignal: "SIGTERM",

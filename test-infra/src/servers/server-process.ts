@@ -47,6 +47,14 @@ export class ServerProcess {
     this.#launch = launch
   }
 
+  /**
+   * The spawned process's id while it is up (running or paused); undefined while down. A restart
+   * spawns a new process, so read it again after one.
+   */
+  get pid(): number | undefined {
+    return this.#state === "down" ? undefined : this.#child?.pid
+  }
+
   /** Spawns the server and resolves once `isReady` says so; a no-op while it runs. */
   start(): Promise<void> {
     return this.#serial(() => this.#start())

@@ -7,6 +7,13 @@ export interface ServerHandle {
   readonly url: string
   /** False when the handle points at an external server named by an environment variable. */
   readonly controllable: boolean
+  /**
+   * The id of the server process this harness spawned (the root of its process tree: Postgres'
+   * postmaster, redis-server, nats-server), for reading its CPU or memory from `/proc`. A restart
+   * spawns a new process, so this is a call, read when needed. Undefined while the server is down
+   * and for an external server (not ours, and maybe not on this machine).
+   */
+  pid(): number | undefined
   /** Graceful shutdown, then removes the server's temp directories. Idempotent; a no-op for external servers. */
   stop(): Promise<void>
   /**
@@ -81,6 +88,16 @@ export interface StartPostgresOptions {
 export interface StartRedisOptions {
   /** Turns the append-only file on, so data survives `kill()` + `restart()`. Defaults to true. */
   readonly appendOnly?: boolean
+}
+
+/** Options for `startNats`. */
+export interface StartNatsOptions {
+  /**
+   * Require this user (with `password`) from every client; the URL stays without credentials,
+   * so a test connects with or without them (e.g. to see an authorization failure).
+   */
+  readonly user?: string
+  readonly password?: string
 }
 
 /** Options for `startNatsCluster`. */

@@ -60,6 +60,8 @@ describe("external servers from BUS_*_URL", () => {
     setEnv("BUS_NATS_URL", nats.url)
     const external = await startNats()
     expect(external).toMatchObject({ url: nats.url, controllable: false })
+    // Not a process of ours (maybe not even on this machine): no pid to read CPU from.
+    expect(external.pid()).toBeUndefined()
     setEnv("BUS_NATS_CLUSTER_URL", `${nats.url},${nats.url}`)
     const cluster = await startNatsCluster()
     expect(cluster).toMatchObject({ url: `${nats.url},${nats.url}`, controllable: false })

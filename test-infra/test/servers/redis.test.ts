@@ -1,6 +1,7 @@
+import { readFileSync } from "node:fs"
 import { Redis } from "ioredis"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { type ServerHandle, startRedis } from "../../src/index.js"
+import { processTree, type ServerHandle, startRedis } from "../../src/index.js"
 
 /** A client that fails fast instead of queueing commands until the server comes back. */
 function client(url: string, options: { commandTimeout?: number } = {}): Redis {
@@ -93,6 +94,25 @@ describe("startRedis", () => {
       expect(await withClient(volatile.url, (redis) => redis.get("gone"))).toBeNull()
     } finally {
       await volatile.stop()
+    }
+  })
+
+  it("exposes the server's pid: redis-server itself, a new one after restart(), none once stopped", async () => {
+    const own = await startRedis({ appendOnly: false })
+    try {
+      const first = own.pid()
+      expect(first).toBeGreaterThan(0)
+      expect(readFileSync(`/proc/${first}/comm`, "utf8")).toMatch(/redis-server/)
+      await own.restart()
+      const second = own.pid()
+      expect(second).toBeGreaterThan(0)
+      expect(second).not.toBe(first)
+      expect(processTree(second as number)[0]?.pid).toBe(second)
+      expect(processTree(first as number)).toEqual([])
+      await own.stop()
+      expect(own.pid()).toBeUndefined()
+    } finally {
+      await own.stop()
     }
   })
 })

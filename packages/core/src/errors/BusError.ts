@@ -31,15 +31,21 @@ export class InvalidEvent extends Schema.TaggedError<InvalidEvent>()("InvalidEve
   reason: Schema.String,
   message: Schema.String,
 }) {
+  /** The same event is malformed the same way next time. */
   readonly retryable = false
 }
 
-/** An event's encoded size is over the configured or transport limit. */
+/**
+ * An event's encoded size is over the configured limit or what the transport or broker
+ * carries (e.g. the NATS server's `max_payload`). Every transport reports this condition
+ * with this error, whether the bus or the broker found it.
+ */
 export class PayloadTooLarge extends Schema.TaggedError<PayloadTooLarge>()("PayloadTooLarge", {
   bytes: Schema.Number,
   limit: Schema.Number,
   message: Schema.String,
 }) {
+  /** The event does not shrink: it fails the same way until it is made smaller. */
   readonly retryable = false
 }
 
@@ -47,6 +53,7 @@ export class PayloadTooLarge extends Schema.TaggedError<PayloadTooLarge>()("Payl
 export class NotInTransaction extends Schema.TaggedError<NotInTransaction>()("NotInTransaction", {
   message: Schema.String,
 }) {
+  /** The same value is not a transaction next time either: pass the open one. */
   readonly retryable = false
 }
 
@@ -56,13 +63,18 @@ export class CursorInvalid extends Schema.TaggedError<CursorInvalid>()("CursorIn
   reason: Schema.Literals(["malformed", "expired", "foreign", "address"]),
   message: Schema.String,
 }) {
+  /** No reason gets better with time: resume from another position ("beginning", "now", a newer cursor). */
   readonly retryable = false
 }
 
-/** Configuration is incomplete or contradictory. */
+/**
+ * Configuration is incomplete, contradictory or refused by the server: wrong credentials, a
+ * missing schema, an option the server rejects.
+ */
 export class ConfigError extends Schema.TaggedError<ConfigError>()("ConfigError", {
   message: Schema.String,
 }) {
+  /** Only a configuration change fixes it. */
   readonly retryable = false
 }
 
@@ -72,10 +84,15 @@ export class TransportUnavailable extends Schema.TaggedError<TransportUnavailabl
   message: Schema.String,
   cause: Schema.optional(Schema.Defect()),
 }) {
+  /** Connection refused, dropped, or timed out: the same call can succeed once the server is back. */
   readonly retryable = true
 }
 
-/** The server answered with an error (a failed query, a rejected publish). */
+/**
+ * The server answered with an error (a failed query, a rejected publish). Whether retrying
+ * helps depends on the answer, so it is a field: `true` for transient conflicts (serialization
+ * failure, deadlock, a busy or read-only replica), `false` for what the same call meets again.
+ */
 export class TransportFailure extends Schema.TaggedError<TransportFailure>()("TransportFailure", {
   transport: Schema.String,
   message: Schema.String,
@@ -83,49 +100,43 @@ export class TransportFailure extends Schema.TaggedError<TransportFailure>()("Tr
   cause: Schema.optional(Schema.Defect()),
 }) {}
 
-/** A consumer handler threw or rejected; the event is retried and then dead-lettered. */
-export class HandlerFailed extends Schema.TaggedError<HandlerFailed>()("HandlerFailed", {
-  eventId: Schema.String,
-  attempt: Schema.Number,
-  message: Schema.String,
-  cause: Schema.optional(Schema.Defect()),
-}) {
-  readonly retryable = true
-}
-
 /** The bus, subscription or consumer was closed while the call was in flight. */
 export class BusClosed extends Schema.TaggedError<BusClosed>()("BusClosed", {
   message: Schema.String,
 }) {
+  /** A closed bus stays closed: make a new one. */
   readonly retryable = false
 }
 
-/** The one error family of @bus. */
-export type BusError =
-  | InvalidName
-  | InvalidEvent
-  | PayloadTooLarge
-  | NotInTransaction
-  | CursorInvalid
-  | ConfigError
-  | TransportUnavailable
-  | TransportFailure
-  | HandlerFailed
-  | BusClosed
+/**
+ * Every member, keyed by its tag: the one place the family is listed. The union type and
+ * {@link isBusError} are derived from it, so a new member is added here and nowhere else.
+ * (A consumer handler's failure is not a member: it never reaches a caller. The consumer
+ * retries the event and then dead-letters it with the failure as its reason.)
+ */
+const busErrors = {
+  InvalidName,
+  InvalidEvent,
+  PayloadTooLarge,
+  NotInTransaction,
+  CursorInvalid,
+  ConfigError,
+  TransportUnavailable,
+  TransportFailure,
+  BusClosed,
+} as const
 
-const busErrorTags: ReadonlySet<string> = new Set([
-  "InvalidName",
-  "InvalidEvent",
-  "PayloadTooLarge",
-  "NotInTransaction",
-  "CursorInvalid",
-  "ConfigError",
-  "TransportUnavailable",
-  "TransportFailure",
-  "HandlerFailed",
-  "BusClosed",
-])
+/**
+ * The one error family of @bus: `InvalidName`, `InvalidEvent`, `PayloadTooLarge`,
+ * `NotInTransaction`, `CursorInvalid`, `ConfigError`, `TransportUnavailable`,
+ * `TransportFailure`, `BusClosed`. Each says in `retryable` whether the same call can succeed
+ * later.
+ */
+export type BusError = InstanceType<(typeof busErrors)[keyof typeof busErrors]>
+
+/** The tags of the family, for code that must tell a bus error from any other tagged value. */
+const busErrorTags: ReadonlySet<BusError["_tag"]> = new Set(Object.keys(busErrors) as Array<BusError["_tag"]>)
 
 /** True when `u` is a member of the {@link BusError} family. */
 export const isBusError = (u: unknown): u is BusError =>
-  typeof u === "object" && u !== null && busErrorTags.has((u as { _tag?: unknown })._tag as string)
+  typeof u === "object" && u !== null && busErrorTags.has((u as { _tag?: unknown })._tag as BusError["_tag"])

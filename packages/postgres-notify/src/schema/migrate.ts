@@ -1,7 +1,7 @@
 import { type BusError, ConfigError } from "@bus/core"
 import { Effect } from "effect"
 import pg from "pg"
-import { fromPgError } from "../errors.js"
+import { toBusError } from "../errors.js"
 import { defaultSchema, migrationLockKey, schemaName } from "./identifier.js"
 import { latestVersion, migrations } from "./migrations.js"
 
@@ -114,7 +114,7 @@ export const migrateEffect = (options: MigrateOptions): Effect.Effect<MigrateRes
     })
     const result = yield* Effect.tryPromise({
       try: () => withClient(options, (client) => run(client, schema)),
-      catch: (e) => (e instanceof ConfigError ? e : fromPgError(`migrating schema ${schema}`, e)),
+      catch: (e) => (e instanceof ConfigError ? e : toBusError(e, `migrating schema ${schema}`)),
     })
     if (result.version > latestVersion) {
       yield* Effect.logWarning(
@@ -147,7 +147,7 @@ export const rotateEpoch = (options: MigrateOptions): Promise<string> =>
           )
           return r.rows[0]!.epoch
         }),
-      catch: (e) => (e instanceof ConfigError ? e : fromPgError("rotating the outbox epoch", e)),
+      catch: (e) => (e instanceof ConfigError ? e : toBusError(e, "rotating the outbox epoch")),
     }),
   )
 

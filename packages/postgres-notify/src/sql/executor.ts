@@ -1,5 +1,5 @@
 import { Effect } from "effect"
-import { fromPgError } from "../errors.js"
+import { toBusError } from "../errors.js"
 
 /**
  * The one thing the outbox needs from a database driver: run a parameterised statement
@@ -48,12 +48,12 @@ export const runQuery = (
   what: string,
   text: string,
   params: ReadonlyArray<unknown> = [],
-): Effect.Effect<ReadonlyArray<Record<string, unknown>>, ReturnType<typeof fromPgError>> =>
+): Effect.Effect<ReadonlyArray<Record<string, unknown>>, ReturnType<typeof toBusError>> =>
   (executor.run
-    ? executor.run(text, params).pipe(Effect.mapError((cause) => fromPgError(what, cause)))
+    ? executor.run(text, params).pipe(Effect.mapError((cause) => toBusError(cause, what)))
     : Effect.tryPromise({
         try: () => executor.query(text, params),
-        catch: (cause) => fromPgError(what, cause),
+        catch: (cause) => toBusError(cause, what),
       })
   ).pipe(Effect.map((result) => result.rows))
 
@@ -63,17 +63,17 @@ export const runPrepared = (
   what: string,
   statement: Statement,
   params: ReadonlyArray<unknown>,
-): Effect.Effect<ReadonlyArray<Record<string, unknown>>, ReturnType<typeof fromPgError>> => {
+): Effect.Effect<ReadonlyArray<Record<string, unknown>>, ReturnType<typeof toBusError>> => {
   const { runPrepared: run, prepared } = executor
   if (run !== undefined) {
     return run(statement.name, statement.text, params).pipe(
-      Effect.mapError((cause) => fromPgError(what, cause)),
+      Effect.mapError((cause) => toBusError(cause, what)),
       Effect.map((result) => result.rows),
     )
   }
   if (prepared === undefined) return runQuery(executor, what, statement.text, params)
   return Effect.tryPromise({
     try: () => prepared(statement.name, statement.text, params),
-    catch: (cause) => fromPgError(what, cause),
+    catch: (cause) => toBusError(cause, what),
   }).pipe(Effect.map((result) => result.rows))
 }

@@ -1,6 +1,6 @@
 import { NotInTransaction } from "@bus/core"
 import { Effect, Predicate } from "effect"
-import { fromPgError } from "../../errors.js"
+import { toBusError } from "../../errors.js"
 import type { TransactionAdapter } from "../adapter.js"
 import type { SqlExecutor } from "../executor.js"
 
@@ -86,7 +86,7 @@ const settledStatus = (client: PgClientLike): string | undefined => {
  */
 export const ensureInTransaction = (
   client: PgClientLike,
-): Effect.Effect<void, NotInTransaction | ReturnType<typeof fromPgError>> => {
+): Effect.Effect<void, NotInTransaction | ReturnType<typeof toBusError>> => {
   const status = settledStatus(client)
   if (status === "T") return Effect.void
   if (status === "I") return Effect.fail(notInTransaction("the pg client is not inside a transaction"))
@@ -103,7 +103,7 @@ export const ensureInTransaction = (
       const code = sqlStateOf(cause)
       if (code === "25P01") return notInTransaction("the pg client is not inside a transaction")
       if (code === "25P02") return notInTransaction("the pg client's transaction has already failed")
-      return fromPgError("checking the caller's transaction", cause)
+      return toBusError(cause, "checking the caller's transaction")
     },
   }).pipe(Effect.asVoid)
 }

@@ -1,6 +1,6 @@
 import { NotInTransaction } from "@bus/core"
 import { Effect, Predicate } from "effect"
-import { fromPgError } from "../../errors.js"
+import { toBusError } from "../../errors.js"
 import type { TransactionAdapter } from "../adapter.js"
 import type { SqlExecutor } from "../executor.js"
 
@@ -61,7 +61,7 @@ const probe = (sql: PostgresJsLike) =>
               : "the postgres.js transaction has already failed",
         })
       }
-      return fromPgError("checking the caller's transaction", cause)
+      return toBusError(cause, "checking the caller's transaction")
     },
   })
 
