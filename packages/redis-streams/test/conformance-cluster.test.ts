@@ -1,6 +1,6 @@
 import { createBus, MemoryOutbox, OutboxStore, runRelay } from "@bus/core"
 import { pauseFor, type RedisClusterHandle, startRedisCluster } from "@bus/test-infra"
-import { runConformanceSuite } from "@bus/test-infra/conformance"
+import { runConformanceSuite } from "@bus/conformance"
 import { Layer, ManagedRuntime } from "effect"
 import { type RedisStreamsOptions, redisStreamsTransport } from "../src/index.js"
 import { busiestStream, killClientConnections } from "./cluster-support.js"
