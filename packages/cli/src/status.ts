@@ -1,16 +1,12 @@
+import { ConfigError } from "@bus/core"
 import {
   type BrokerName,
-  ConfigError,
   defaultNotifyRateThreshold,
   selectionFromEnv,
   selectTransport,
-} from "@bus/core"
-import {
-  createPostgresOutboxStore,
-  latestVersion,
-  type NotifyHealth,
-  pressureSql,
-} from "@bus/postgres-notify"
+} from "@bus/core/adapter"
+import type { NotifyHealth } from "@bus/postgres-notify"
+import { createPostgresOutboxStore, latestVersion, pressureSql } from "@bus/postgres-notify/adapter"
 import { Effect, Exit, Layer, ManagedRuntime, Option, References } from "effect"
 import { type BrokerUrls, brokerTransport } from "./brokers.js"
 import { CliError, postgresError, redact } from "./errors.js"
@@ -452,7 +448,7 @@ const brokerDeadLetters = async (
       layer.pipe(Layer.provide(Layer.succeed(References.MinimumLogLevel, "None"))),
     )
     try {
-      const { Transport } = await import("@bus/core")
+      const { Transport } = await import("@bus/core/adapter")
       const exit = await runtime.runPromiseExit(
         Transport.use((t) => t.deadLetters(10_000)).pipe(Effect.timeout("5 seconds")),
       )

@@ -6,10 +6,10 @@
  * ```ts
  * import { createBus } from "@bus/core"
  * import { nats } from "@bus/nats"
- * import { postgres } from "@bus/postgres-notify"
+ * import { postgresOutbox } from "@bus/postgres-notify"
  *
  * const bus = await createBus({
- *   outbox: postgres({ connectionString: process.env.DATABASE_URL }),
+ *   outbox: postgresOutbox({ connectionString: process.env.DATABASE_URL }),
  *   transport: { use: "auto", notifyRate: 300, broker: nats({ servers: process.env.NATS_URL }) },
  * })
  * ```
@@ -37,6 +37,6 @@ export {
   TransportUnavailable,
 } from "./errors/BusError.js"
 export { type Bus, type Consumer, createBus, type Subscription } from "./facade/createBus.js"
-export { type MemoryOutbox, memory } from "./memory/MemoryOutbox.js"
+export { type MemoryOutbox, memoryOutbox } from "./memory/MemoryOutbox.js"
 export { Publisher } from "./publisher/Publisher.js"
 export { Subscriber } from "./subscriber/Subscriber.js"

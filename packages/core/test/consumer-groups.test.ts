@@ -1,12 +1,12 @@
 import { Effect, Fiber, Layer } from "effect"
 import { describe, expect, it } from "vitest"
 import { type ConsumeRequest, memoryTransport, OutboxStore } from "../src/adapter.js"
-import { createBus, type DeliveredEvent, memory, Subscriber } from "../src/index.js"
+import { createBus, type DeliveredEvent, memoryOutbox, Subscriber } from "../src/index.js"
 import { collectInto, events, instrumentedStore, quiet, waitFor } from "./support.js"
 
 /** Subscriber + memory transport over a fresh outbox. */
 const setup = (options: { readonly changesDelayMs?: number } = {}) => {
-  const outbox = memory()
+  const outbox = memoryOutbox()
   const store = instrumentedStore(outbox, options)
   const layer = Subscriber.layer.pipe(Layer.provideMerge(memoryTransport()), Layer.provideMerge(store.layer))
   const provide = <A, E>(self: Effect.Effect<A, E, Subscriber | OutboxStore>) =>
@@ -198,7 +198,7 @@ describe("consumer groups on the memory transport", () => {
   })
 
   it("the Promise facade: a throwing handler is retried, then dead-lettered; deadLetters() lists it", async () => {
-    const outbox = memory()
+    const outbox = memoryOutbox()
     const bus = await createBus({
       outbox: outbox,
       env: false,

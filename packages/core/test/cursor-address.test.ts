@@ -1,7 +1,7 @@
 import { Effect } from "effect"
 import { describe, expect, it } from "vitest"
 import { addressTag, checkCursorAddress, memoryBroker, splitCursor, withFrontier } from "../src/adapter.js"
-import { type Bus, CursorInvalid, createBus, type MemoryOutbox, memory } from "../src/index.js"
+import { type Bus, CursorInvalid, createBus, type MemoryOutbox, memoryOutbox } from "../src/index.js"
 
 /**
  * Cursors from elsewhere (issue 13, item 4): every address of an outbox shares its
@@ -55,7 +55,7 @@ const refusal = async (bus: Bus, address: typeof orders, from: string) => {
 
 describe("cursors name their address (outbox transport)", () => {
   it("a cursor of another channel or tenant is refused: ready rejects, the iterator throws, nothing is skipped", async () => {
-    const outbox = memory()
+    const outbox = memoryOutbox()
     const bus = await createBus({
       outbox: outbox,
       env: false,
@@ -87,7 +87,7 @@ describe("cursors name their address (outbox transport)", () => {
   })
 
   it("a cursor of the older format (mem1:, no address) is still accepted, unchecked", async () => {
-    const outbox = memory()
+    const outbox = memoryOutbox()
     const bus = await createBus({
       outbox: outbox,
       env: false,
@@ -105,7 +105,7 @@ describe("cursors name their address (outbox transport)", () => {
   })
 
   it("consumer groups of several addresses are unaffected: each handles its own events once", async () => {
-    const outbox = memory()
+    const outbox = memoryOutbox()
     const bus = await createBus({
       outbox: outbox,
       env: false,
@@ -169,8 +169,8 @@ describe("composite cursors across a flip name their address", () => {
   })
 
   it("a broker cursor of another channel is refused on the broker and back on the outbox; an outbox cursor of another channel on the broker", async () => {
-    const outbox = memory()
-    const broker = memory()
+    const outbox = memoryOutbox()
+    const broker = memoryOutbox()
     let bus = await start(outbox, broker, "memory-broker")
     try {
       await publish(bus, outbox, invoices, 0, 3)

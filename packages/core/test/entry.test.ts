@@ -10,7 +10,11 @@ const exportedNames = (file: string): ReadonlyArray<string> => {
   const names: Array<string> = []
   for (const [, block] of source.matchAll(/export\s+(?:type\s+)?\{([^}]*)\}/g)) {
     for (const item of block!.split(",")) {
-      const name = item.replace(/^\s*type\s+/, "").split(" as ").at(-1)!.trim()
+      const name = item
+        .replace(/^\s*type\s+/, "")
+        .split(" as ")
+        .at(-1)!
+        .trim()
       if (name !== "") names.push(name)
     }
   }

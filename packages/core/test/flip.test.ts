@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest"
 import { memoryBroker, splitCursor } from "../src/adapter.js"
-import { type Bus, createBus, type DeliveredEvent, type MemoryOutbox, memory } from "../src/index.js"
+import { type Bus, createBus, type DeliveredEvent, type MemoryOutbox, memoryOutbox } from "../src/index.js"
 
 /**
  * The transport flip on the in-memory reference: the same outbox, first delivered straight
@@ -75,8 +75,8 @@ const publish = async (bus: Bus, outbox: MemoryOutbox, n: number, offset: number
 
 describe("transport flip (in memory)", () => {
   it("outbox → broker → outbox: subscribers resume with no gap, groups never handle twice", async () => {
-    const outbox = memory()
-    const broker = memory()
+    const outbox = memoryOutbox()
+    const broker = memoryOutbox()
     const handled: Array<string> = []
 
     // 1. Straight from the outbox.
@@ -126,8 +126,8 @@ describe("transport flip (in memory)", () => {
   })
 
   it("a broker given an outbox cursor skips exactly what it covers", async () => {
-    const outbox = memory()
-    const broker = memory()
+    const outbox = memoryOutbox()
+    const broker = memoryOutbox()
     const bus = await start(outbox, broker, "memory-broker")
     await publish(bus, outbox, 12, 0)
     const cursor = `mem1:${outbox.epoch}:7`

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest"
 import { memoryBroker } from "../src/adapter.js"
-import { createBus, memory } from "../src/index.js"
+import { createBus, memoryOutbox } from "../src/index.js"
 
 /**
  * Stopping a consumer lets the handler in flight finish and settle its event (within
@@ -10,8 +10,8 @@ import { createBus, memory } from "../src/index.js"
 describe("stopping a consumer", () => {
   for (const transport of ["memory", "memory-broker"] as const) {
     it(`${transport}: a handler in flight finishes and is not run again by the next member`, async () => {
-      const outbox = memory()
-      const broker = memory()
+      const outbox = memoryOutbox()
+      const broker = memoryOutbox()
       const make = () =>
         createBus({
           outbox: outbox,
@@ -52,7 +52,7 @@ describe("stopping a consumer", () => {
   }
 
   it("interrupts a handler that does not finish within stopGraceMs", async () => {
-    const outbox = memory()
+    const outbox = memoryOutbox()
     const bus = await createBus({
       outbox: outbox,
       env: false,

@@ -10,7 +10,7 @@ import {
   memoryTransport,
   validateName,
 } from "../src/adapter.js"
-import { InvalidName, isBusError, memory, Subscriber } from "../src/index.js"
+import { InvalidName, isBusError, memoryOutbox, Subscriber } from "../src/index.js"
 import { runFail } from "./support.js"
 
 const refused = (value: unknown, field: "tenant" | "channel" | "group" = "tenant"): InvalidName => {
@@ -240,7 +240,7 @@ describe("naming rule: enforced at every entry point", () => {
   })
 
   it("subscribe and consume (including the group name)", async () => {
-    const outbox = memory()
+    const outbox = memoryOutbox()
     const layer = Subscriber.layer.pipe(Layer.provide(memoryTransport()), Layer.provide(outbox.layer))
     const sub = await runFail(
       Subscriber.use((s) => Stream.runDrain(s.subscribe({ tenant: "acme", channel: ">" }))).pipe(

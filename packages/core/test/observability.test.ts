@@ -1,7 +1,7 @@
 import { Effect, Layer, Metric, Tracer } from "effect"
 import { describe, expect, it } from "vitest"
 import { memoryBroker, memoryTransport } from "../src/adapter.js"
-import { createBus, type DeliveredEvent, memory, Publisher } from "../src/index.js"
+import { createBus, type DeliveredEvent, memoryOutbox, Publisher } from "../src/index.js"
 
 /**
  * Spans and metrics read back: a test tracer records every span the bus makes; metrics
@@ -43,7 +43,7 @@ const counter = async (name: string, attributes: Record<string, string> = {}) =>
 describe("observability", () => {
   it("publish, relay send and process spans follow the messaging conventions and are linked by traceparent", async () => {
     const { spans, layer } = recorder()
-    const outbox = memory()
+    const outbox = memoryOutbox()
     const bus = await createBus({
       outbox,
       transport: { use: "memory-broker", broker: memoryBroker() },
@@ -106,7 +106,7 @@ describe("observability", () => {
   })
 
   it("adds no traceparent when the caller has no span, and keeps one the event brings", async () => {
-    const outbox = memory()
+    const outbox = memoryOutbox()
     const bus = await createBus({
       outbox: outbox,
       env: false,
@@ -123,8 +123,8 @@ describe("observability", () => {
   })
 
   it("counts published, delivered, catch-up reads, forwarded, lag and inbox skips", async () => {
-    const outbox = memory()
-    const broker = memory()
+    const outbox = memoryOutbox()
+    const broker = memoryOutbox()
     const before = {
       published: await counter("bus_events_published", { transport: "memory" }),
       delivered: await counter("bus_events_delivered", { transport: "memory" }),

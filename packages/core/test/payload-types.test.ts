@@ -7,7 +7,7 @@
 import { describe, expect, expectTypeOf, it } from "vitest"
 import type { Json } from "../src/adapter.js"
 import type { JsonInput } from "../src/envelope/Envelope.js"
-import { createBus, type EventInput, memory } from "../src/index.js"
+import { createBus, type EventInput, memoryOutbox } from "../src/index.js"
 
 // The most common way TypeScript users type a payload: interfaces, which carry no index signature.
 interface LineItem {
@@ -78,7 +78,7 @@ describe("publish's payload type", () => {
 
 describe("publish with interface payloads", () => {
   it("round-trips an interface-typed payload; non-JSON deeper down is still refused at run time", async () => {
-    const outbox = memory()
+    const outbox = memoryOutbox()
     const bus = await createBus({
       outbox: outbox,
       env: false,

@@ -4,7 +4,7 @@ import { type Envelope, OutboxStore, relayBatch, runRelay, Transport } from "../
 import {
   type BusError,
   type DeliveredEvent,
-  memory,
+  memoryOutbox,
   TransportFailure,
   TransportUnavailable,
 } from "../src/index.js"
@@ -26,8 +26,8 @@ const setup = (
     readonly failRelay?: () => BusError | undefined
   } = {},
 ) => {
-  const outbox = memory()
-  const brokerOutbox = memory()
+  const outbox = memoryOutbox()
+  const brokerOutbox = memoryOutbox()
   const broker = instrumentedBroker(brokerOutbox, options.before)
   const store = instrumentedStore(
     outbox,

@@ -7,7 +7,7 @@ import {
   resendClaimGraceMs,
   Transport,
 } from "../src/adapter.js"
-import { memory } from "../src/index.js"
+import { memoryOutbox } from "../src/index.js"
 import { events, instrumentedBroker, instrumentedStore, quiet } from "./support.js"
 
 /**
@@ -15,8 +15,8 @@ import { events, instrumentedBroker, instrumentedStore, quiet } from "./support.
  * through its resend signal gets the retained outbox again, once per loss.
  */
 it("a reported broker loss rewinds every partition to the retained outbox's beginning, once per loss", async () => {
-  const outbox = memory()
-  const broker = instrumentedBroker(memory())
+  const outbox = memoryOutbox()
+  const broker = instrumentedBroker(memoryOutbox())
   const signal = makeResendSignal()
   const withSignal = Layer.effect(
     Transport,

@@ -9,7 +9,7 @@ import {
   selectTransport,
   type TransportChoice,
 } from "../src/adapter.js"
-import { type BusOptions, ConfigError, createBus, memory } from "../src/index.js"
+import { type BusOptions, ConfigError, createBus, memoryOutbox } from "../src/index.js"
 import { asOutbox } from "./support.js"
 
 const pick = (config: SelectionConfig): TransportChoice => {
@@ -157,7 +157,7 @@ describe("selectionFromEnv", () => {
 describe("resolveSelection and createBus", () => {
   // A memory outbox standing in for Postgres (its own transport named postgres-notify), so
   // the choice is observable without a database.
-  const options = (extra: Partial<BusOptions> = {}, store = memory()): BusOptions => ({
+  const options = (extra: Partial<BusOptions> = {}, store = memoryOutbox()): BusOptions => ({
     outbox: asOutbox(store, "postgres-notify"),
     transport: { use: "auto", notifyRate: 10, broker: memoryBroker() },
     relay: false,
@@ -172,8 +172,8 @@ describe("resolveSelection and createBus", () => {
     expect(resolveSelection(options({ env: { BUS_NOTIFY_RATE: "x" } }))).toBeInstanceOf(ConfigError)
   })
 
-  it("auto below the threshold keeps the outbox's own transport: memory for memory()", async () => {
-    const bus = await createBus({ outbox: memory(), env: false })
+  it("auto below the threshold keeps the outbox's own transport: memory for memoryOutbox()", async () => {
+    const bus = await createBus({ outbox: memoryOutbox(), env: false })
     expect(bus.selection.transport).toBe("memory")
     await bus.close()
   })
@@ -204,7 +204,7 @@ describe("resolveSelection and createBus", () => {
   })
 
   it("createBus flips with the environment alone, and events flow through the relay to the broker", async () => {
-    const outbox = memory()
+    const outbox = memoryOutbox()
     const bus = await createBus(
       options({ env: { BUS_NOTIFY_RATE: "5000" }, relay: { maxIdleMs: 20 } }, outbox),
     )
@@ -229,7 +229,7 @@ describe("resolveSelection and createBus", () => {
     const e = await createBus(options({ env: { BUS_TRANSPORT: "redis-streams" } })).catch((x: unknown) => x)
     expect(e).toBeInstanceOf(ConfigError)
     expect((e as ConfigError).message).toContain("no redis-streams transport was provided")
-    const e2 = await createBus({ outbox: memory(), env: { BUS_TRANSPORT: "postgres-notify" } }).catch(
+    const e2 = await createBus({ outbox: memoryOutbox(), env: { BUS_TRANSPORT: "postgres-notify" } }).catch(
       (x: unknown) => x,
     )
     expect((e2 as ConfigError)._tag).toBe("ConfigError")

@@ -1,9 +1,9 @@
 import { describe, expect, it } from "vitest"
-import { createBus, memory } from "../src/index.js"
+import { createBus, memoryOutbox } from "../src/index.js"
 
 describe("memory bus", () => {
   it("delivers committed, drops rolled back", async () => {
-    const outbox = memory()
+    const outbox = memoryOutbox()
     const bus = await createBus({
       outbox: outbox,
       env: false,

@@ -1,7 +1,7 @@
 import { Effect, Fiber, Layer, Stream } from "effect"
 import { describe, expect, it } from "vitest"
 import { memoryTransport, OutboxStore, Transport } from "../src/adapter.js"
-import { CursorInvalid, createBus, type DeliveredEvent, memory } from "../src/index.js"
+import { CursorInvalid, createBus, type DeliveredEvent, memoryOutbox } from "../src/index.js"
 import {
   asOutbox,
   collectInto,
@@ -18,7 +18,7 @@ const address = { tenant: "acme", channel: "orders" } as const
 
 /** Memory transport over a fresh outbox whose store counts reads. */
 const setup = (options: { readonly changesDelayMs?: number } = {}) => {
-  const outbox = memory()
+  const outbox = memoryOutbox()
   const store = instrumentedStore(outbox, options)
   const layer = memoryTransport().pipe(Layer.provideMerge(store.layer))
   const provide = <A, E>(self: Effect.Effect<A, E, Transport | OutboxStore>) =>
@@ -148,7 +148,7 @@ describe("subscribe: CursorInvalid", () => {
 
   it("a cursor from another outbox is foreign; one ahead of the outbox is malformed", async () => {
     const { outbox, provide } = setup()
-    const other = memory()
+    const other = memoryOutbox()
     other.commitBatch(events("acme", "orders", 1))
     const foreign = (await run(other.store.read(address, "beginning", 1))).events[0]!.cursor
     outbox.commitBatch(events("acme", "orders", 1))
@@ -173,7 +173,7 @@ describe("subscribe: CursorInvalid", () => {
   })
 
   it("the Promise facade throws the same CursorInvalid from the iterator", async () => {
-    const outbox = memory()
+    const outbox = memoryOutbox()
     const bus = await createBus({
       outbox: outbox,
       env: false,
@@ -187,8 +187,8 @@ describe("subscribe: CursorInvalid", () => {
   })
 
   it("ready rejects when the start cursor is refused, and resolves for one that is not", async () => {
-    const outbox = memory()
-    const other = memory()
+    const outbox = memoryOutbox()
+    const other = memoryOutbox()
     const bus = await createBus({
       outbox: outbox,
       env: false,
@@ -230,7 +230,7 @@ describe("subscribe: CursorInvalid", () => {
   })
 
   it("the store's read refuses the same cursors directly", async () => {
-    const outbox = memory()
+    const outbox = memoryOutbox()
     const e = await runFail(outbox.store.read(address, "mem1:00000000:0", 10))
     expect(e).toMatchObject({ _tag: "CursorInvalid", reason: "foreign" })
   })
@@ -310,7 +310,7 @@ describe("subscribe: the shared feed", () => {
 
 describe("subscribe: the Promise facade", () => {
   it("subscription.cursor resumes a new subscription where the last one stopped", async () => {
-    const outbox = memory()
+    const outbox = memoryOutbox()
     const bus = await createBus({
       outbox: outbox,
       env: false,
@@ -342,7 +342,7 @@ describe("subscribe: the Promise facade", () => {
     await bus.close()
   })
   it('many subscribers from "now", and one from a head the feed handed out, start with no read of their own and get every later event once', async () => {
-    const outbox = memory()
+    const outbox = memoryOutbox()
     const store = instrumentedStore(outbox)
     const bus = await createBus({
       outbox: asOutbox(store),

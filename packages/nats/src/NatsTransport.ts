@@ -1,7 +1,6 @@
+import { type BusError, ConfigError, TransportFailure, TransportUnavailable } from "@bus/core"
 import {
   attachResendSignal,
-  type BusError,
-  ConfigError,
   capabilities,
   checkAddress,
   type Envelope,
@@ -10,10 +9,8 @@ import {
   type SendMeta,
   type SendOutcome,
   Transport,
-  TransportFailure,
-  TransportUnavailable,
   validateName,
-} from "@bus/core"
+} from "@bus/core/adapter"
 import { type JetStreamClient, jetstream, jetstreamManager } from "@nats-io/jetstream"
 import { connect, type MsgHdrs } from "@nats-io/transport-node"
 import { Cause, Effect, Layer } from "effect"

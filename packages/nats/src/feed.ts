@@ -1,4 +1,5 @@
-import { type Address, addressTag, BusClosed, type BusError, type DeliveredEvent } from "@bus/core"
+import { BusClosed, type BusError, type DeliveredEvent } from "@bus/core"
+import { type Address, addressTag } from "@bus/core/adapter"
 import { DeliverPolicy, type JsMsg } from "@nats-io/jetstream"
 import { Cause, Deferred, Effect, Exit, Fiber } from "effect"
 import { toBusError } from "./errors.js"

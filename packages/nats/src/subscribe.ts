@@ -1,18 +1,15 @@
+import { BusClosed, type BusError, CursorInvalid, type DeliveredEvent } from "@bus/core"
 import {
   type Address,
   addressTag,
-  BusClosed,
-  type BusError,
-  CursorInvalid,
   checkAddress,
-  type DeliveredEvent,
   flipCursorExpired,
   notCoveredBy,
   type OutboxStore,
   outboxCursorOf,
   type SubscribeRequest,
   splitCursor,
-} from "@bus/core"
+} from "@bus/core/adapter"
 import {
   DeliverPolicy,
   type JetStreamClient,

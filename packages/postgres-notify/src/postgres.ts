@@ -1,131 +1,133 @@
+import { type Bus, ConfigError } from "@bus/core"
 import {
-  type BusError,
-  ConfigError,
   defaultMaxPayloadBytes,
-  type OutboxStore,
+  type Outbox,
+  type OutboxLayers,
   outboxTransport,
-  type SelectionConfig,
-  selectionFromEnv,
-  selectTransport,
-  type Transport,
+  type TransportChoice,
   type TransportName,
-} from "@bus/core"
-import type { Layer } from "effect"
+} from "@bus/core/adapter"
+import { Effect, Option } from "effect"
 import { transportName } from "./errors.js"
 import type { NotifyMode } from "./outbox/append.js"
 import type { PostgresOutboxOptions } from "./outbox/options.js"
-import { type PostgresOutbox, postgresOutboxLayer } from "./outbox/PostgresOutboxStore.js"
+import {
+  PostgresOutbox,
+  type PostgresOutboxService,
+  postgresOutboxLayer,
+} from "./outbox/PostgresOutboxStore.js"
 
 /**
- * `postgresNotify(options)`: what `createBus` needs from this package, in one call: the
- * outbox layer and the postgres-notify transport layer, with the NOTIFY mode that fits
- * the transport the bus will select.
+ * `postgresOutbox(options)`: the Postgres outbox for `createBus`, from a connection string or a
+ * pool. It is the source of truth on every transport; its own transport (postgres-notify:
+ * LISTEN/NOTIFY wake-ups, reads from the outbox) serves subscribers until the bus selects
+ * a broker.
  *
  * @module
  */
 
-/** Options of {@link postgresNotify}. */
-export interface PostgresNotifyOptions extends PostgresOutboxOptions {
-  /**
-   * The bus's transport selection (the same `transport`, `notifyRate`,
-   * `notifyRateThreshold`, `broker` you pass to `createBus`), read together with the
-   * `BUS_*` environment exactly as the bus reads it. It decides `notify` when that is
-   * not given: the postgres-notify transport gets a NOTIFY per address (subscribers
-   * read the outbox directly); a broker gets one on the relay channel (subscribers read
-   * the broker; the relay forwards the outbox). Omit it for a postgres-notify bus.
-   */
-  readonly selection?: SelectionConfig
-  /** Environment for `BUS_*` overrides; `false` ignores it. Default `process.env`. */
-  readonly env?: Readonly<Record<string, string | undefined>> | false
+/** Options of {@link postgresOutbox}: the outbox's (connection, schema, timeouts, retention…) and its transport's. */
+export interface PostgresOptions extends PostgresOutboxOptions {
   /** Largest encoded event the transport accepts (default 1 MiB; NOTIFY carries only a pointer, so this is not NOTIFY's 8 000 bytes). */
   readonly maxPayloadBytes?: number
   /** Rows per outbox read of the transport (default 500). */
   readonly pageSize?: number
 }
 
-/** The layers of {@link postgresNotify}. */
-export interface PostgresNotify {
-  /** The outbox (`OutboxStore`, and `PostgresOutbox` for the Postgres-only parts). */
-  readonly outbox: Layer.Layer<OutboxStore | PostgresOutbox, BusError>
-  /** The postgres-notify transport over that outbox (core's outbox transport). */
-  readonly transport: Layer.Layer<Transport, BusError, OutboxStore>
-  /** The NOTIFY mode chosen, and the transport it was chosen for (`undefined` when the selection is invalid). */
-  readonly notify: NotifyMode
-  readonly selected: TransportName | undefined
-}
-
 /**
  * The NOTIFY mode for a selected transport: `addresses` for postgres-notify (and the
  * memory transport); `none` for a broker, because escaping NOTIFY's commit lock is the
  * reason to run one — the relay polls the outbox instead (at once after a full batch,
- * backing off to its `maxIdleMs` when idle). An invalid selection gets `both`, which is
- * correct for either (the bus itself then refuses to start with the selection's error).
+ * backing off to its `maxIdleMs` when idle).
  */
-export const notifyModeFor = (selected: TransportName | undefined): NotifyMode =>
-  selected === undefined ? "both" : selected === "nats" || selected === "redis-streams" ? "none" : "addresses"
+export const notifyModeFor = (selected: TransportName): NotifyMode =>
+  selected === "postgres-notify" || selected === "memory" ? "addresses" : "none"
 
 /**
- * Builds the outbox and transport layers for `createBus`:
+ * The Postgres outbox for `createBus({ outbox })`. The bus tells it which transport it
+ * selected (configuration and `BUS_*` environment, read once by the bus), and the outbox
+ * fits itself to it: a NOTIFY per address when subscribers read the outbox, none inside
+ * producer transactions when a broker does (the relay forwards the rows), and retention
+ * that never deletes a row the relay has not forwarded.
  *
+ * @example
  * ```ts
  * import { createBus } from "@bus/core"
- * import { natsTransport } from "@bus/nats"
- * import { postgresNotify } from "@bus/postgres-notify"
+ * import { nats } from "@bus/nats"
+ * import { postgresOutbox } from "@bus/postgres-notify"
  *
- * const selection = { transport: "auto", notifyRate: 200, broker: "nats" } as const
- * const pg = postgresNotify({ connectionString: process.env.DATABASE_URL, selection })
  * const bus = await createBus({
- *   ...selection,
- *   outbox: pg.outbox,
- *   transports: { "postgres-notify": pg.transport, nats: natsTransport({ servers: process.env.NATS_URL }) },
+ *   outbox: postgresOutbox({ connectionString: process.env.DATABASE_URL }),
+ *   transport: { use: "auto", notifyRate: 200, broker: nats({ servers: process.env.NATS_URL }) },
  * })
  * ```
  */
-export const postgresNotify = (options: PostgresNotifyOptions = {}): PostgresNotify => {
-  const { selection, env, maxPayloadBytes, pageSize, ...storeOptions } = options
-  let selected: TransportName | undefined
-  const config = env === false ? (selection ?? {}) : selectionFromEnv(selection ?? {}, env ?? process.env)
-  if (!(config instanceof ConfigError)) {
-    const choice = selectTransport(config)
-    if (!(choice instanceof ConfigError)) selected = choice.transport
-  }
-  const notify = options.notify ?? notifyModeFor(selected)
-  // The transport in the pool's application_name, so operators see which transport each
-  // process runs (`bus status` lists them from pg_stat_activity).
-  const applicationName =
-    storeOptions.applicationName ?? (selected === undefined ? "bus" : `bus (${selected})`)
-  // With a broker the relay marks rows forwarded; retention must never delete a row it
-  // has not forwarded yet, whatever the notify mode.
-  const broker = selected === "nats" || selected === "redis-streams"
-  const retention =
-    broker && storeOptions.retention !== undefined && storeOptions.retention !== false
-      ? {
-          ...(storeOptions.retention === true ? {} : storeOptions.retention),
-          keepUnforwarded:
-            (storeOptions.retention === true ? undefined : storeOptions.retention.keepUnforwarded) ?? true,
-        }
-      : storeOptions.retention
-  const outbox = postgresOutboxLayer({
-    ...storeOptions,
-    ...(retention !== undefined ? { retention } : {}),
-    applicationName,
-    notify,
-  })
-  const transport = outboxTransport({
-    name: transportName,
-    ...(pageSize !== undefined ? { pageSize } : {}),
-    capabilities: {
-      maxPayloadBytes: maxPayloadBytes ?? defaultMaxPayloadBytes,
-      replay: true,
-      consumerGroups: true,
-      needsRelay: false,
-      ordering: "per-transaction",
-      dedupesSends: false,
-    },
-  })
-  return { outbox, transport, notify, selected }
-}
+export const postgresOutbox = (options: PostgresOptions = {}): Outbox => ({
+  transport: transportName,
+  layers: (choice: TransportChoice): OutboxLayers => {
+    const { maxPayloadBytes, pageSize, ...storeOptions } = options
+    const selected = choice.transport
+    const notify = options.notify ?? notifyModeFor(selected)
+    // The transport in the pool's application_name, so operators see which transport each
+    // process runs (`bus status` lists them from pg_stat_activity).
+    const applicationName = storeOptions.applicationName ?? `bus (${selected})`
+    // With a broker the relay marks rows forwarded; retention must never delete a row it
+    // has not forwarded yet, whatever the notify mode.
+    const broker = notifyModeFor(selected) === "none"
+    const retention =
+      broker && storeOptions.retention !== undefined && storeOptions.retention !== false
+        ? {
+            ...(storeOptions.retention === true ? {} : storeOptions.retention),
+            keepUnforwarded:
+              (storeOptions.retention === true ? undefined : storeOptions.retention.keepUnforwarded) ?? true,
+          }
+        : storeOptions.retention
+    const outbox = postgresOutboxLayer({
+      ...storeOptions,
+      ...(retention !== undefined ? { retention } : {}),
+      applicationName,
+      notify,
+    })
+    const transport = outboxTransport({
+      name: transportName,
+      ...(pageSize !== undefined ? { pageSize } : {}),
+      capabilities: {
+        maxPayloadBytes: maxPayloadBytes ?? defaultMaxPayloadBytes,
+        replay: true,
+        consumerGroups: true,
+        needsRelay: false,
+        ordering: "per-transaction",
+        dedupesSends: false,
+      },
+    })
+    return { outbox, transport }
+  },
+})
 
-// Type-level check: the outbox layer fits where createBus expects an OutboxStore layer.
-const _fits: (l: PostgresNotify["outbox"]) => Layer.Layer<OutboxStore, BusError> = (l) => l
-void _fits
+/**
+ * The Postgres-only parts of a bus's outbox (LISTEN/NOTIFY health, NOTIFY pressure, the
+ * after-commit batched `transaction`, retention status, its pool). Fails with
+ * `ConfigError` when the bus was not built on {@link postgresOutbox}.
+ *
+ * @example
+ * ```ts
+ * import { createBus } from "@bus/core"
+ * import { postgresOutbox, postgresOutboxOf } from "@bus/postgres-notify"
+ *
+ * const bus = await createBus({ outbox: postgresOutbox({ connectionString: process.env.DATABASE_URL }) })
+ * const outbox = await postgresOutboxOf(bus)
+ * console.log(outbox.healthNow().notify, outbox.pressure())
+ * ```
+ */
+export const postgresOutboxOf = (bus: Pick<Bus, "runtime">): Promise<PostgresOutboxService> =>
+  // The bus's context holds the service whenever its outbox is `postgresOutbox(…)`; its type
+  // names only the core services, so look it up as an option.
+  (bus.runtime as unknown as { runPromise: <A, E>(e: Effect.Effect<A, E, never>) => Promise<A> }).runPromise(
+    Effect.flatMap(
+      Effect.serviceOption(PostgresOutbox) as Effect.Effect<Option.Option<PostgresOutboxService>>,
+      (service) =>
+        Option.isSome(service)
+          ? Effect.succeed(service.value)
+          : Effect.fail(new ConfigError({ message: "this bus's outbox is not postgresOutbox(…)" })),
+    ),
+  )

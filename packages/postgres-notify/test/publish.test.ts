@@ -1,9 +1,11 @@
-import { type Bus, createBus, type EventInput, uuidv7 } from "@bus/core"
+import { type Bus, createBus, type EventInput } from "@bus/core"
+import { uuidv7 } from "@bus/core/adapter"
 import { Kysely, PostgresDialect } from "kysely"
 import type pg from "pg"
 import postgres from "postgres"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { addressChannel, postgresNotify } from "../src/index.js"
+import { addressChannel } from "../src/adapter.js"
+import { postgresOutbox } from "../src/index.js"
 import { eventually, startDb, type TestDb } from "./support/db.js"
 
 /**
@@ -33,7 +35,7 @@ afterAll(async () => {
 
 const openBus = async (prepare?: boolean): Promise<{ bus: Bus; schema: string }> => {
   const schema = await db.freshSchema()
-  const pgn = postgresNotify({
+  const pgn = postgresOutbox({
     connectionString: db.url,
     schema,
     migrate: false,
@@ -43,9 +45,7 @@ const openBus = async (prepare?: boolean): Promise<{ bus: Bus; schema: string }>
     ...(prepare === undefined ? {} : { prepare }),
   })
   const bus = await createBus({
-    outbox: pgn.outbox,
-    transports: { "postgres-notify": pgn.transport },
-    transport: "postgres-notify",
+    outbox: pgn,
     env: false,
   })
   closers.push(() => bus.close())

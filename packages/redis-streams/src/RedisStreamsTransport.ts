@@ -1,19 +1,16 @@
+import { type BusError, ConfigError, PayloadTooLarge, TransportUnavailable } from "@bus/core"
 import {
-  type BusError,
-  ConfigError,
   capabilities,
   checkAddress,
   defaultMaxPayloadBytes,
   type Envelope,
   OutboxStore,
-  PayloadTooLarge,
   type SendItem,
   type SendMeta,
   type SendOutcome,
   Transport,
-  TransportUnavailable,
   validateName,
-} from "@bus/core"
+} from "@bus/core/adapter"
 import { Cause, Effect, Layer } from "effect"
 import { Redis } from "ioredis"
 import { encodeEntry } from "./codec.js"

@@ -1,11 +1,5 @@
-import {
-  type BusError,
-  backoffDelay,
-  isBusError,
-  Metrics,
-  TransportFailure,
-  TransportUnavailable,
-} from "@bus/core"
+import { type BusError, isBusError, TransportFailure, TransportUnavailable } from "@bus/core"
+import { backoffDelay, Metrics } from "@bus/core/adapter"
 import { Effect, Metric, type Scope } from "effect"
 import type { Redis } from "ioredis"
 import type { ChannelKeys } from "./keys.js"

@@ -9,7 +9,7 @@
  * import { runConformanceSuite } from "@bus/test-infra/conformance"
  * runConformanceSuite({
  *   name: "memory",
- *   makeBus: () => createBus({ outbox: outbox.layer, transports: { memory: memoryTransport() }, transport: "memory", env: false }),
+ *   makeBus: () => createBus({ outbox: outbox, env: false }),
  *   transaction: (fn) => outbox.transaction(fn),
  * })
  * ```

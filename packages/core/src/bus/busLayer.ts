@@ -51,7 +51,7 @@ export interface TransportOptions {
 
 /** Options of `createBus` and {@link busLayer}. */
 export interface BusOptions {
-  /** The outbox (source of truth): `postgres({ connectionString })` from `@bus/postgres-notify`, or `memory()`. */
+  /** The outbox (source of truth): `postgresOutbox({ connectionString })` from `@bus/postgres-notify`, or `memoryOutbox()`. */
   readonly outbox: Outbox
   /** Transport selection; default `"auto"` on the outbox's own transport. */
   readonly transport?: TransportOptions
@@ -101,10 +101,10 @@ export const resolveSelection = (options: BusOptions): TransportChoice | ConfigE
  *
  * @example
  * ```ts
- * import { busLayer, memory, Publisher } from "@bus/core"
+ * import { busLayer, memoryOutbox, Publisher } from "@bus/core"
  * import { Effect } from "effect"
  *
- * const outbox = memory()
+ * const outbox = memoryOutbox()
  * const program = Effect.gen(function* () {
  *   const publisher = yield* Publisher
  *   const tx = outbox.begin()
@@ -137,7 +137,7 @@ const busLayerWithout = (
         return yield* new ConfigError({
           message: `${choice.reason}, but no ${choice.transport} transport was provided to the bus (provided: ${provided}); ${
             choice.transport === "postgres-notify" || choice.transport === "memory"
-              ? `it reads the ${choice.transport === "memory" ? "memory()" : "postgres(…)"} outbox`
+              ? `it reads the ${choice.transport === "memory" ? "memoryOutbox()" : "postgresOutbox(…)"} outbox`
               : `pass transport: { broker: … } from @bus/${choice.transport}`
           }`,
         })

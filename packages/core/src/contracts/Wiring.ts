@@ -7,7 +7,7 @@ import type { Transport } from "./Transport.js"
 /**
  * What `createBus` is wired with: one outbox (the source of truth, with the transport
  * that reads it directly) and, optionally, brokers by name. Adapter packages implement
- * these; users only call their constructors (`postgres(…)`, `memory()`, `nats(…)`,
+ * these; users only call their constructors (`postgresOutbox(…)`, `memoryOutbox()`, `nats(…)`,
  * `redisStreams(…)`).
  *
  * @module
@@ -21,8 +21,8 @@ export interface OutboxLayers {
 }
 
 /**
- * An outbox for `createBus({ outbox })`: `postgres(…)` from `@bus/postgres-notify`, or
- * `memory()` from `@bus/core` for unit tests.
+ * An outbox for `createBus({ outbox })`: `postgresOutbox(…)` from `@bus/postgres-notify`, or
+ * `memoryOutbox()` from `@bus/core` for unit tests.
  */
 export interface Outbox {
   /** Name of the transport that reads this outbox directly: what `"auto"` keeps below the threshold. */

@@ -125,9 +125,9 @@ const startRetry = {
  *
  * @example
  * ```ts
- * import { createBus, memory } from "@bus/core"
+ * import { createBus, memoryOutbox } from "@bus/core"
  *
- * const outbox = memory()
+ * const outbox = memoryOutbox()
  * const bus = await createBus({ outbox })
  * await outbox.transaction((tx) => bus.publish(tx, { tenant: "acme", channel: "orders", type: "order.paid", data: { id: 1 } }))
  * for await (const event of bus.subscribe({ tenant: "acme", channel: "orders", from: "beginning" })) console.log(event)

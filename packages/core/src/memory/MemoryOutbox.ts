@@ -95,7 +95,7 @@ export class MemoryOutbox implements Outbox {
   /** The in-memory transport reads this outbox directly, as postgres-notify reads Postgres. */
   readonly transport = "memory" as const
 
-  /** The outbox and its own transport, for `createBus({ outbox: memory() })`. */
+  /** The outbox and its own transport, for `createBus({ outbox: memoryOutbox() })`. */
   layers(_choice: TransportChoice): OutboxLayers {
     return {
       outbox: this.layer,
@@ -490,17 +490,17 @@ export class MemoryOutbox implements Outbox {
 }
 
 /**
- * The in-memory outbox for unit tests: `createBus({ outbox: memory() })`, then publish in
+ * The in-memory outbox for unit tests: `createBus({ outbox: memoryOutbox() })`, then publish in
  * `outbox.transaction((tx) => bus.publish(tx, event))`. Same commit semantics, cursors,
  * consumer groups and dead letters as the Postgres outbox; nothing survives the process.
  *
  * @example
  * ```ts
- * import { createBus, memory } from "@bus/core"
+ * import { createBus, memoryOutbox } from "@bus/core"
  *
- * const outbox = memory()
+ * const outbox = memoryOutbox()
  * const bus = await createBus({ outbox })
  * await outbox.transaction((tx) => bus.publish(tx, { tenant: "acme", channel: "orders", type: "order.paid", data: { id: 1 } }))
  * ```
  */
-export const memory = (): MemoryOutbox => new MemoryOutbox()
+export const memoryOutbox = (): MemoryOutbox => new MemoryOutbox()

@@ -9,7 +9,7 @@ import { MemoryOutbox } from "./MemoryOutbox.js"
 
 /**
  * The in-memory broker for unit tests of relay setups (the in-memory outbox's own
- * transport is built by `memory()`).
+ * transport is built by `memoryOutbox()`).
  *
  * @module
  */
@@ -22,7 +22,7 @@ const stored = new WeakMap<
 
 /**
  * The in-memory outbox's own transport as a layer over the `OutboxStore` in context (what
- * `memory()` gives `createBus`), for Effect tests that assemble layers by hand.
+ * `memoryOutbox()` gives `createBus`), for Effect tests that assemble layers by hand.
  */
 export const memoryTransport = (): Layer.Layer<Transport, never, OutboxStore> =>
   outboxTransport({ name: "memory", capabilities: { needsRelay: false } })

@@ -1,12 +1,5 @@
-import {
-  type Address,
-  type BusError,
-  ConfigError,
-  CursorInvalid,
-  checkAddress,
-  type Envelope,
-  OutboxStore,
-} from "@bus/core"
+import { type BusError, ConfigError, CursorInvalid } from "@bus/core"
+import { type Address, checkAddress, type Envelope, OutboxStore } from "@bus/core/adapter"
 import { Cause, Context, Effect, Exit, Fiber, Layer, PubSub, Scope, Stream } from "effect"
 import pg from "pg"
 import { transportName } from "../errors.js"
@@ -481,13 +474,3 @@ export const createPostgresOutboxStore = async (
     },
   }
 }
-
-/**
- * The after-commit batched mode as a function: `const transaction = createTransactionRunner(store)`,
- * then `await transaction(async (tx) => { …; await bus.publish(tx, event) })`. The SDK owns
- * BEGIN / COMMIT on a connection of `options.pool` (default: the store's pool).
- */
-export const createTransactionRunner =
-  (store: PostgresOutboxService | PostgresOutboxHandle, options: TransactionOptions = {}) =>
-  <A>(fn: (tx: pg.PoolClient) => Promise<A>): Promise<A> =>
-    store.transaction(fn, options)
