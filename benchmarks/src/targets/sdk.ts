@@ -87,7 +87,7 @@ export const openSdkBus = async (o: SdkBusOptions): Promise<SdkBus> => {
   if (o.transport === "memory") {
     const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox,
+      outbox,
       env: false,
     })
     return {

@@ -57,7 +57,7 @@ export interface StatusReport {
     readonly configured: { readonly transport: string; readonly reason: string } | { readonly error: string }
     /**
      * Connections of running buses per transport (from their `application_name`);
-     * `unnamed` for stores built without `postgresNotify()`, which cannot say.
+     * `unnamed` for stores built without `postgresOutbox()`, which cannot say.
      */
     readonly running: ReadonlyArray<{ readonly transport: string; readonly connections: number }>
     /** LISTEN connections of running buses (`bus-listener`). */
@@ -329,7 +329,7 @@ export const collectStatus = async (options: StatusOptions): Promise<StatusRepor
       choice instanceof ConfigError
         ? { error: choice.message }
         : { transport: choice.transport, reason: choice.reason }
-    // Buses built with postgresNotify() name their pool connections after their transport;
+    // Buses built with postgresOutbox() name their pool connections after their transport;
     // a store built by hand keeps the plain name "bus".
     const runningByTransport = running
       .filter((r) => String(r.name).startsWith("bus (") || r.name === "bus")

@@ -200,7 +200,7 @@ describe("consumer groups on the memory transport", () => {
   it("the Promise facade: a throwing handler is retried, then dead-lettered; deadLetters() lists it", async () => {
     const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox,
+      outbox,
       env: false,
     })
     const seen: Array<[string, number]> = []

@@ -57,7 +57,7 @@ describe("cursors name their address (outbox transport)", () => {
   it("a cursor of another channel or tenant is refused: ready rejects, the iterator throws, nothing is skipped", async () => {
     const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox,
+      outbox,
       env: false,
     })
     try {
@@ -89,7 +89,7 @@ describe("cursors name their address (outbox transport)", () => {
   it("a cursor of the older format (mem1:, no address) is still accepted, unchecked", async () => {
     const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox,
+      outbox,
       env: false,
     })
     try {
@@ -107,7 +107,7 @@ describe("cursors name their address (outbox transport)", () => {
   it("consumer groups of several addresses are unaffected: each handles its own events once", async () => {
     const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox,
+      outbox,
       env: false,
     })
     const handled = { orders: [] as Array<number>, invoices: [] as Array<number> }
@@ -142,7 +142,7 @@ describe("cursors name their address (outbox transport)", () => {
 describe("composite cursors across a flip name their address", () => {
   const start = (outbox: MemoryOutbox, broker: MemoryOutbox, transport: "memory" | "memory-broker") =>
     createBus({
-      outbox: outbox,
+      outbox,
       transport: { use: transport, broker: memoryBroker(broker) },
       env: false,
       relay: { maxIdleMs: 20 },

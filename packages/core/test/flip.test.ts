@@ -23,7 +23,7 @@ const until = async (condition: () => boolean, what: string, timeoutMs = 5_000) 
 /** One application run: the same code each time; only `transport` differs. */
 const start = (outbox: MemoryOutbox, broker: MemoryOutbox, transport: "memory" | "memory-broker") =>
   createBus({
-    outbox: outbox,
+    outbox,
     transport: { use: transport, broker: memoryBroker(broker) },
     env: false,
     relay: { maxIdleMs: 20 },

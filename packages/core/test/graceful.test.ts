@@ -14,7 +14,7 @@ describe("stopping a consumer", () => {
       const broker = memoryOutbox()
       const make = () =>
         createBus({
-          outbox: outbox,
+          outbox,
           transport: { use: transport, broker: memoryBroker(broker) },
           env: false,
           relay: { maxIdleMs: 20 },
@@ -54,7 +54,7 @@ describe("stopping a consumer", () => {
   it("interrupts a handler that does not finish within stopGraceMs", async () => {
     const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox,
+      outbox,
       env: false,
     })
     let calls = 0

@@ -108,7 +108,7 @@ describe("observability", () => {
   it("adds no traceparent when the caller has no span, and keeps one the event brings", async () => {
     const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox,
+      outbox,
       env: false,
     })
     const own = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"

@@ -66,7 +66,7 @@ describe("OpenTelemetry export (effect/observability Otlp)", () => {
     }).pipe(Layer.provide(FetchHttpClient.layer)) as Layer.Layer<never>
     const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox,
+      outbox,
       env: false,
       telemetry,
     })

@@ -80,7 +80,7 @@ describe("publish with interface payloads", () => {
   it("round-trips an interface-typed payload; non-JSON deeper down is still refused at run time", async () => {
     const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox,
+      outbox,
       env: false,
     })
     try {

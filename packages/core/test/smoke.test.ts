@@ -5,7 +5,7 @@ describe("memory bus", () => {
   it("delivers committed, drops rolled back", async () => {
     const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox,
+      outbox,
       env: false,
     })
     const sub = bus.subscribe({ tenant: "acme", channel: "orders", from: "beginning" })

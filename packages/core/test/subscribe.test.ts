@@ -175,7 +175,7 @@ describe("subscribe: CursorInvalid", () => {
   it("the Promise facade throws the same CursorInvalid from the iterator", async () => {
     const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox,
+      outbox,
       env: false,
     })
     const sub = bus.subscribe({ ...address, from: "mem1:nope" })
@@ -190,7 +190,7 @@ describe("subscribe: CursorInvalid", () => {
     const outbox = memoryOutbox()
     const other = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox,
+      outbox,
       env: false,
     })
     try {
@@ -312,7 +312,7 @@ describe("subscribe: the Promise facade", () => {
   it("subscription.cursor resumes a new subscription where the last one stopped", async () => {
     const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox,
+      outbox,
       env: false,
     })
     await outbox.transaction((tx) =>

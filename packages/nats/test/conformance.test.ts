@@ -38,7 +38,7 @@ runConformanceSuite({
   },
   makeBus: () =>
     createBus({
-      outbox: outbox,
+      outbox,
       transport: { use: "nats", broker: nats(transportOptions()) },
       env: false,
       relay: false,

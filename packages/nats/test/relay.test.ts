@@ -19,7 +19,7 @@ it("a relay killed mid-batch and restarted re-sends the batch: the stream stores
   const outbox = memoryOutbox()
   const relay = new KillableRelay(outbox, { servers: server.url }, { leaseMs: 1_000, batchSize: 100 })
   const bus = await createBus({
-    outbox: outbox,
+    outbox,
     transport: { use: "nats", broker: nats({ servers: server.url }) },
     env: false,
     relay: false,
@@ -89,7 +89,7 @@ it('"now" leaves out events committed before it that the relay sends later, and 
   const outbox = memoryOutbox()
   const relay = new KillableRelay(outbox, { servers: server.url }, { leaseMs: 1_000 })
   const bus = await createBus({
-    outbox: outbox,
+    outbox,
     transport: { use: "nats", broker: nats({ servers: server.url }) },
     env: false,
     relay: false,

@@ -442,7 +442,7 @@ describe("consumer groups", () => {
   it("dead-letters to <prefix>.dlq.<tenant>.<channel> and the outbox's dead letters, then stops delivering", async () => {
     const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox,
+      outbox,
       transport: { use: "nats", broker: nats({ servers: server.url }) },
       env: false,
     })

@@ -58,7 +58,7 @@ const targets: ReadonlyArray<Target> = [
     open: async () => {
       const outbox = memoryOutbox()
       const bus = await createBus({
-        outbox: outbox,
+        outbox,
         env: false,
       })
       return {
@@ -70,7 +70,7 @@ const targets: ReadonlyArray<Target> = [
     storeHeap: async () => {
       const outbox = memoryOutbox()
       const bus = await createBus({
-        outbox: outbox,
+        outbox,
         env: false,
       })
       try {

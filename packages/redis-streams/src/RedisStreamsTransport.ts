@@ -58,15 +58,10 @@ export const redisStreamsCapabilities = capabilities(transportName, {
  *
  * @example
  * ```ts
- * import { createBus } from "@bus/core"
- * import { postgresNotify } from "@bus/postgres-notify"
- * import { redisStreamsTransport } from "@bus/redis-streams"
+ * import { redisStreamsTransport } from "@bus/redis-streams/adapter"
  *
- * const bus = await createBus({
- *   outbox: postgresNotify({ connectionString: process.env.DATABASE_URL }).outbox,
- *   transports: { "redis-streams": redisStreamsTransport({ url: "redis://127.0.0.1:6379" }) },
- *   transport: "redis-streams",
- * })
+ * // Applications pass `redisStreams({ url })` to `createBus`; the layer is for Effect tools and tests.
+ * const layer = redisStreamsTransport({ url: "redis://127.0.0.1:6379" })
  * ```
  */
 export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.Layer<Transport, BusError> =>

@@ -92,7 +92,7 @@ runConformanceSuite({
   },
   makeBus: () =>
     createBus({
-      outbox: outbox,
+      outbox,
       transport: { use: "redis-streams", broker: redisStreams(options()) },
       env: false,
       relay: false,

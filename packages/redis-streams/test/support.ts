@@ -41,7 +41,7 @@ export class Resources {
     relay: RelayOptions | false = { maxIdleMs: 100 },
   ): Promise<Bus> {
     const bus = await createBus({
-      outbox: outbox,
+      outbox,
       transport: { use: "redis-streams", broker: redisStreams(options) },
       env: false,
       relay,

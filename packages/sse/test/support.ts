@@ -26,7 +26,7 @@ export interface TestBus {
 export const startBus = async (): Promise<TestBus> => {
   const outbox = memoryOutbox()
   const bus = await createBus({
-    outbox: outbox,
+    outbox,
     env: false,
   })
   return {

@@ -6,10 +6,13 @@
  * transaction, which features it lacks, and its fault hooks.
  *
  * ```ts
+ * import { createBus, memoryOutbox } from "@bus/core"
  * import { runConformanceSuite } from "@bus/test-infra/conformance"
+ *
+ * const outbox = memoryOutbox()
  * runConformanceSuite({
  *   name: "memory",
- *   makeBus: () => createBus({ outbox: outbox, env: false }),
+ *   makeBus: () => createBus({ outbox, env: false }),
  *   transaction: (fn) => outbox.transaction(fn),
  * })
  * ```

@@ -204,7 +204,7 @@ export const makePostgresOutboxStore = (
     }
     // Publishers in SQL (`bus.publish(…)`, the publish trigger) wake readers as this bus's
     // producers do: they read the mode from meta, so each bus store records its own. Only a
-    // store told its mode (postgresNotify always tells it) records it; tools that open a
+    // store told its mode (postgresOutbox always tells it) records it; tools that open a
     // store to read (bus status, tail) leave it alone.
     if (options.notify !== undefined) {
       yield* runQuery(
