@@ -1,5 +1,5 @@
 import { type Bus, createBus } from "@bus/core"
-import { postgresNotify } from "@bus/postgres-notify"
+import { postgresOutbox } from "@bus/postgres-notify"
 import { type PostgresHandle, startPostgres } from "@bus/test-infra"
 import * as OtelTracer from "@effect/opentelemetry/OtelTracer"
 import { context, trace } from "@opentelemetry/api"
@@ -28,11 +28,9 @@ beforeAll(async () => {
   provider.register()
   postgres = await startPostgres()
   pool = new pg.Pool({ connectionString: postgres.url, max: 2 })
-  const pgn = postgresNotify({ connectionString: postgres.url, pressure: false, env: false })
+  const pgn = postgresOutbox({ connectionString: postgres.url, pressure: false })
   bus = await createBus({
-    outbox: pgn.outbox,
-    transports: { "postgres-notify": pgn.transport },
-    transport: "postgres-notify",
+    outbox: pgn,
     env: false,
     telemetry: OtelTracer.layerGlobal,
   })

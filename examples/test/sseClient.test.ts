@@ -3,7 +3,7 @@ import http from "node:http"
 import type { AddressInfo } from "node:net"
 import { fileURLToPath } from "node:url"
 import { type Bus, createBus } from "@bus/core"
-import { postgresNotify } from "@bus/postgres-notify"
+import { postgresOutbox } from "@bus/postgres-notify"
 import { nodeSseHandler } from "@bus/sse"
 import { type PostgresHandle, startPostgres } from "@bus/test-infra"
 import pg from "pg"
@@ -85,11 +85,9 @@ interface Server {
 let server: Server | undefined
 
 const startServer = async (port = 0): Promise<Server> => {
-  const pgn = postgresNotify({ connectionString: postgres.url, pressure: false, env: false })
+  const pgn = postgresOutbox({ connectionString: postgres.url, pressure: false })
   const bus = await createBus({
-    outbox: pgn.outbox,
-    transports: { "postgres-notify": pgn.transport },
-    transport: "postgres-notify",
+    outbox: pgn,
     env: false,
   })
   const events = nodeSseHandler(bus, {

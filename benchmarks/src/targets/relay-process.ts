@@ -10,9 +10,9 @@
  * BENCH_OWNER (the relay's owner name in `relay_partitions`).
  */
 import { createBus } from "@bus/core"
-import { natsTransport } from "@bus/nats"
-import { postgresOutboxLayer } from "@bus/postgres-notify"
-import { redisStreamsTransport } from "@bus/redis-streams"
+import { nats } from "@bus/nats"
+import { postgresOutbox } from "@bus/postgres-notify"
+import { redisStreams } from "@bus/redis-streams"
 
 const env = (name: string): string => {
   const v = process.env[name]
@@ -23,24 +23,24 @@ const env = (name: string): string => {
 const broker = env("BENCH_BROKER") as "nats" | "redis-streams"
 const prefix = env("BENCH_PREFIX")
 const bus = await createBus({
-  outbox: postgresOutboxLayer({
+  outbox: postgresOutbox({
     connectionString: env("BENCH_PG_URL"),
     schema: env("BENCH_SCHEMA"),
     migrate: false,
     notify: "none",
     applicationName: `bench-relay-${env("BENCH_OWNER")}`,
   }),
-  transports:
-    broker === "nats"
-      ? {
-          nats: natsTransport({
+  transport: {
+    use: broker,
+    broker:
+      broker === "nats"
+        ? nats({
             servers: env("BENCH_BROKER_URL"),
             subjectPrefix: prefix,
             stream: { name: prefix.toUpperCase() },
-          }),
-        }
-      : { "redis-streams": redisStreamsTransport({ url: env("BENCH_BROKER_URL"), keyPrefix: prefix }) },
-  transport: broker,
+          })
+        : redisStreams({ url: env("BENCH_BROKER_URL"), keyPrefix: prefix }),
+  },
   env: false,
   relay: { owner: env("BENCH_OWNER") },
 })

@@ -1,20 +1,6 @@
-import {
-  type Bus,
-  createBus,
-  type EventInput,
-  MemoryOutbox,
-  memoryTransport,
-  OutboxStore,
-  outboxTransport,
-  type RelayOptions,
-  type Subscription,
-} from "@bus/core"
-import {
-  migrate,
-  type NotifyMode,
-  type PostgresOutboxService,
-  postgresOutboxLayer,
-} from "@bus/postgres-notify"
+import { type Bus, createBus, type EventInput, memoryOutbox, type Subscription } from "@bus/core"
+import { OutboxStore, type RelayOptions } from "@bus/core/adapter"
+import { migrate, type NotifyMode, type PostgresOutboxService, postgresOutbox } from "@bus/postgres-notify"
 import { Effect, type Layer } from "effect"
 import type pg from "pg"
 import type { BenchEnv } from "../harness/env.js"
@@ -39,29 +25,26 @@ import {
  * (what `createBus` does by default).
  */
 
-type TransportLayer = Layer.Layer<import("@bus/core").Transport, import("@bus/core").BusError>
+type Broker = import("@bus/core/adapter").Broker
 
 /** Loads a broker package; a package that is missing or not built makes its transport unavailable. */
 export const loadBroker = async (
   transport: "nats" | "redis-streams",
   env: BenchEnv,
-): Promise<TransportLayer | string> => {
+): Promise<Broker | string> => {
   const unavailable = env.unavailable.get(transport)
   if (unavailable !== undefined) return unavailable
   try {
     if (transport === "nats") {
       const mod = await import("@bus/nats")
-      if (typeof mod.natsTransport !== "function") return "@bus/nats does not export natsTransport yet"
-      return mod.natsTransport({
+      return mod.nats({
         servers: env.nats?.url as string,
         subjectPrefix: "bench",
         connectOptions: { name: "bench-nats-sdk" },
       })
     }
     const mod = await import("@bus/redis-streams")
-    if (typeof mod.redisStreamsTransport !== "function")
-      return "@bus/redis-streams does not export redisStreamsTransport yet"
-    return mod.redisStreamsTransport({ url: env.redis?.url as string, keyPrefix: "bench" })
+    return mod.redisStreams({ url: env.redis?.url as string, keyPrefix: "bench" })
   } catch (error) {
     const message = error instanceof Error ? error.message.split("\n")[0] : String(error)
     return `@bus/${transport} could not be loaded (not built yet?): ${message}`
@@ -102,11 +85,9 @@ const migrated = new Set<string>()
 
 export const openSdkBus = async (o: SdkBusOptions): Promise<SdkBus> => {
   if (o.transport === "memory") {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox.layer,
-      transports: { memory: memoryTransport() },
-      transport: "memory",
+      outbox,
       env: false,
     })
     return {
@@ -121,11 +102,9 @@ export const openSdkBus = async (o: SdkBusOptions): Promise<SdkBus> => {
       close: () => bus.close(),
     }
   }
-  const transport: TransportLayer | string =
-    o.transport === "postgres-notify"
-      ? (outboxTransport({ name: "postgres-notify" }) as unknown as TransportLayer)
-      : await loadBroker(o.transport, o.env)
-  if (typeof transport === "string") throw new Error(transport)
+  const broker: Broker | string | undefined =
+    o.transport === "postgres-notify" ? undefined : await loadBroker(o.transport, o.env)
+  if (typeof broker === "string") throw new Error(broker)
   const schema = o.schema ?? `bench_${o.transport.replace("-", "_")}`
   const url = o.storeUrl ?? o.env.pgUrl
   if (!migrated.has(schema)) {
@@ -134,7 +113,7 @@ export const openSdkBus = async (o: SdkBusOptions): Promise<SdkBus> => {
   }
   const notify = o.notify ?? (o.transport === "postgres-notify" ? "addresses" : "none")
   const bus = await createBus({
-    outbox: postgresOutboxLayer({
+    outbox: postgresOutbox({
       connectionString: url,
       schema,
       migrate: false,
@@ -143,8 +122,7 @@ export const openSdkBus = async (o: SdkBusOptions): Promise<SdkBus> => {
       applicationName: `bench-store-${schema}`,
       listenerApplicationName: `bench-listener-${schema}`,
     }),
-    transports: { [o.transport]: transport },
-    transport: o.transport,
+    transport: { use: o.transport, ...(broker !== undefined ? { broker } : {}) },
     env: false,
     ...(o.relay !== undefined ? { relay: o.relay } : {}),
   })

@@ -2,17 +2,11 @@ import { randomBytes } from "node:crypto"
 import { readFileSync } from "node:fs"
 import http from "node:http"
 import type { AddressInfo } from "node:net"
-import { type Bus, createBus, type TransportChoice } from "@bus/core"
-import {
-  migrate,
-  type NotifyHealth,
-  PostgresOutbox,
-  type PostgresOutboxService,
-  postgresNotify,
-} from "@bus/postgres-notify"
+import { type Bus, createBus } from "@bus/core"
+import type { TransportChoice } from "@bus/core/adapter"
+import { migrate, type NotifyHealth, postgresOutbox, postgresOutboxOf } from "@bus/postgres-notify"
 import { encodeSseId, nodeSseHandler } from "@bus/sse"
 import { type PostgresHandle, startPostgres } from "@bus/test-infra"
-import type { ManagedRuntime } from "effect"
 import pg from "pg"
 import { LatencyWindow, QueryMeter, type QueryRate, RateMeter } from "./metrics.js"
 import { channels, type ProducerOptions, type ProducerStats, startProducer, tenant } from "./producer.js"
@@ -257,29 +251,24 @@ export const startDemo = async (options: DemoOptions = {}): Promise<Demo> => {
       if (b) cleanups.push(() => b.server.stop())
     }
 
-    const pgNotify = postgresNotify({
-      connectionString: database.url,
-      migrate: false,
-      selection,
-      ...(env === false ? { env: false as const } : {}),
-      applicationName: "bus",
-      listenerApplicationName,
-      poolSize: 4,
-    })
     const bus = await createBus({
-      ...selection,
-      ...(env === false ? { env: false as const } : {}),
-      outbox: pgNotify.outbox,
-      transports: {
-        "postgres-notify": pgNotify.transport,
-        ...(broker ? { [broker.name]: broker.transport } : {}),
+      outbox: postgresOutbox({
+        connectionString: database.url,
+        migrate: false,
+        applicationName: "bus",
+        listenerApplicationName,
+        poolSize: 4,
+      }),
+      transport: {
+        ...(selection.transport !== undefined ? { use: selection.transport } : {}),
+        ...(selection.notifyRate !== undefined ? { notifyRate: selection.notifyRate } : {}),
+        ...(broker ? { broker: broker.broker } : {}),
       },
+      ...(env === false ? { env: false as const } : {}),
     })
     cleanups.push(() => bus.close())
-    // The Postgres-only parts of the outbox (listener health, NOTIFY pressure) live in the bus's runtime.
-    const outbox = await (
-      bus.runtime as unknown as ManagedRuntime.ManagedRuntime<PostgresOutbox, unknown>
-    ).runPromise(PostgresOutbox.useSync((s: PostgresOutboxService) => s))
+    // The Postgres-only parts of the outbox (listener health, NOTIFY pressure).
+    const outbox = await postgresOutboxOf(bus)
 
     const appPool = new pg.Pool({ connectionString: database.url, application_name: "bus-demo-app", max: 4 })
     appPool.on("error", () => {})

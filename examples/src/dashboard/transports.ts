@@ -1,19 +1,17 @@
+import { ConfigError } from "@bus/core"
 import {
-  type BusError,
-  ConfigError,
+  type Broker as BusBroker,
   type SelectionConfig,
   selectionFromEnv,
   selectTransport,
-  type Transport,
   type TransportChoice,
   type TransportName,
-} from "@bus/core"
+} from "@bus/core/adapter"
 import { type ServerHandle, startNats, startRedis } from "@bus/test-infra"
-import type { Layer } from "effect"
 
 /**
  * Which transport the demo runs on, and the broker server it needs. The producer and the
- * dashboard do not change with it: only the `transports` map handed to `createBus` does.
+ * dashboard do not change with it: only the `transport` option handed to `createBus` does.
  *
  * @module
  */
@@ -54,11 +52,11 @@ export const resolveDemoSelection = (
   return choice as TransportChoice & { readonly transport: DemoTransport }
 }
 
-/** A broker started for the demo, with the transport layer that talks to it. */
+/** A broker started for the demo, with the `createBus` broker that talks to it. */
 export interface Broker {
   readonly name: "nats" | "redis-streams"
   readonly url: string
-  readonly transport: Layer.Layer<Transport, BusError>
+  readonly broker: BusBroker
   readonly server: ServerHandle
 }
 
@@ -97,7 +95,7 @@ export const startBroker = async (transport: DemoTransport): Promise<Broker | un
       url: server.url,
       server,
       // The demo's data is thrown away at exit: memory storage keeps the broker's disk quiet.
-      transport: mod.natsTransport({ servers: server.url, stream: { storage: "memory" } }),
+      broker: mod.nats({ servers: server.url, stream: { storage: "memory" } }),
     }
   }
   if (transport === "redis-streams") {
@@ -115,7 +113,7 @@ export const startBroker = async (transport: DemoTransport): Promise<Broker | un
       name: "redis-streams",
       url: server.url,
       server,
-      transport: mod.redisStreamsTransport({ url: server.url }),
+      broker: mod.redisStreams({ url: server.url }),
     }
   }
   return undefined

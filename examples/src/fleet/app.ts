@@ -26,10 +26,10 @@
  *
  * Run: `DATABASE_URL=… BUS_BROKER=nats BROKER_URL=127.0.0.1:4222 node --import tsx src/fleet/app.ts`
  */
-import { createBus, type TransportName } from "@bus/core"
-import { natsTransport } from "@bus/nats"
-import { postgresNotify } from "@bus/postgres-notify"
-import { redisStreamsTransport } from "@bus/redis-streams"
+import { createBus } from "@bus/core"
+import { nats } from "@bus/nats"
+import { postgresOutbox } from "@bus/postgres-notify"
+import { redisStreams } from "@bus/redis-streams"
 import pg from "pg"
 
 const env = (name: string, fallback?: string): string => {
@@ -49,21 +49,16 @@ const leaseMs = Number(env("FLEET_LEASE_MS", "3000"))
 const report = (line: Record<string, unknown>) =>
   process.stdout.write(`${JSON.stringify({ name, ...line })}\n`)
 
-const selection = { transport: broker as TransportName } as const
-const pgBus = postgresNotify({
-  connectionString: env("DATABASE_URL"),
-  selection,
-  env: false,
-  relayWake: "notify",
-})
 const bus = await createBus({
-  ...selection,
+  outbox: postgresOutbox({ connectionString: env("DATABASE_URL"), relayWake: "notify" }),
+  transport: {
+    use: broker,
+    broker:
+      broker === "nats"
+        ? nats({ servers: brokerUrl, ackWaitMs: leaseMs })
+        : redisStreams({ url: brokerUrl, claimIdleMs: leaseMs }),
+  },
   env: false,
-  outbox: pgBus.outbox,
-  transports:
-    broker === "nats"
-      ? { nats: natsTransport({ servers: brokerUrl, ackWaitMs: leaseMs }) }
-      : { "redis-streams": redisStreamsTransport({ url: brokerUrl, claimIdleMs: leaseMs }) },
   relay: { owner: name, leaseMs },
 })
 

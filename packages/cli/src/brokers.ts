@@ -1,4 +1,5 @@
-import type { BusError, Transport } from "@bus/core"
+import type { BusError } from "@bus/core"
+import type { Transport } from "@bus/core/adapter"
 import type { Layer } from "effect"
 import { CliError, checkBrokerUrl } from "./errors.js"
 
@@ -47,7 +48,7 @@ export const brokerTransport = async (
         2,
       )
     }
-    const { redisStreamsTransport } = await import("@bus/redis-streams")
+    const { redisStreamsTransport } = await import("@bus/redis-streams/adapter")
     return redisStreamsTransport({
       url: urls.redis,
       connectionName: "bus-cli",
@@ -60,6 +61,6 @@ export const brokerTransport = async (
       2,
     )
   }
-  const { natsTransport } = await import("@bus/nats")
+  const { natsTransport } = await import("@bus/nats/adapter")
   return natsTransport({ servers: urls.nats.split(",") }) as Layer.Layer<Transport, BusError>
 }

@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs"
 import { parseArgs } from "node:util"
-import { migrate, validateSchemaName } from "@bus/postgres-notify"
+import { migrate } from "@bus/postgres-notify"
+import { migrationSql, rotateEpoch, validateSchemaName } from "@bus/postgres-notify/adapter"
 import { brokerUrls } from "./brokers.js"
 import { deadLetters } from "./deadLetters.js"
 import { CliError, checkPostgresUrl, postgresError, redact } from "./errors.js"
@@ -19,6 +20,8 @@ export const usage = `usage: bus <command> [options]
 
 commands
   migrate                       apply the outbox schema (idempotent, safe to run from many processes)
+  migrate --sql                 print the whole schema as one SQL script instead (for your own migration tool)
+  rotate-epoch                  give the outbox a new epoch after a restore: every earlier cursor is refused
   status                        transport in use and why, NOTIFY health and pressure, backlog,
                                 relay lag, dead letters, consumer groups, recommended transport
   tail <tenant> <channel>       print a channel's events as they arrive (tail -f)
@@ -117,6 +120,10 @@ const run = async (argv: ReadonlyArray<string>, io: Io): Promise<number> => {
   switch (command) {
     case "migrate": {
       if (positionals.length > 1) throw new CliError("bus migrate takes no arguments", 2)
+      if (values.sql === true) {
+        io.out.write(migrationSql(schema))
+        return 0
+      }
       const target = url()
       const result = await migrate({ connectionString: target, schema, applicationName: "bus-cli" }).catch(
         (error: unknown) => {
@@ -131,6 +138,21 @@ const run = async (argv: ReadonlyArray<string>, io: Io): Promise<number> => {
             : `schema ${result.schema} on ${redact(target)}: already at version ${result.version}\n`,
         )
       }
+      return 0
+    }
+    case "rotate-epoch": {
+      if (positionals.length > 1) throw new CliError("bus rotate-epoch takes no arguments", 2)
+      const target = url()
+      const epoch = await rotateEpoch({ connectionString: target, schema, applicationName: "bus-cli" }).catch(
+        (error: unknown) => {
+          throw postgresError((error as { cause?: unknown }).cause ?? error, target, schema)
+        },
+      )
+      if (values.json === true) io.out.write(`${JSON.stringify({ schema, epoch })}\n`)
+      else
+        io.out.write(
+          `schema ${schema} on ${redact(target)}: new epoch ${epoch}; every earlier cursor is now refused\n`,
+        )
       return 0
     }
     case "status": {
@@ -256,6 +278,7 @@ const parse = (argv: ReadonlyArray<string>) =>
       url: { type: "string" },
       schema: { type: "string" },
       json: { type: "boolean" },
+      sql: { type: "boolean" },
       window: { type: "string" },
       threshold: { type: "string" },
       from: { type: "string" },

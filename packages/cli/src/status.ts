@@ -1,16 +1,12 @@
+import { ConfigError } from "@bus/core"
 import {
   type BrokerName,
-  ConfigError,
   defaultNotifyRateThreshold,
   selectionFromEnv,
   selectTransport,
-} from "@bus/core"
-import {
-  createPostgresOutboxStore,
-  latestVersion,
-  type NotifyHealth,
-  pressureSql,
-} from "@bus/postgres-notify"
+} from "@bus/core/adapter"
+import type { NotifyHealth } from "@bus/postgres-notify"
+import { createPostgresOutboxStore, latestVersion, pressureSql } from "@bus/postgres-notify/adapter"
 import { Effect, Exit, Layer, ManagedRuntime, Option, References } from "effect"
 import { type BrokerUrls, brokerTransport } from "./brokers.js"
 import { CliError, postgresError, redact } from "./errors.js"
@@ -61,7 +57,7 @@ export interface StatusReport {
     readonly configured: { readonly transport: string; readonly reason: string } | { readonly error: string }
     /**
      * Connections of running buses per transport (from their `application_name`);
-     * `unnamed` for stores built without `postgresNotify()`, which cannot say.
+     * `unnamed` for stores built without `postgresOutbox()`, which cannot say.
      */
     readonly running: ReadonlyArray<{ readonly transport: string; readonly connections: number }>
     /** LISTEN connections of running buses (`bus-listener`). */
@@ -332,7 +328,7 @@ export const collectStatus = async (options: StatusOptions): Promise<StatusRepor
       choice instanceof ConfigError
         ? { error: choice.message }
         : { transport: choice.transport, reason: choice.reason }
-    // Buses built with postgresNotify() name their pool connections after their transport;
+    // Buses built with postgresOutbox() name their pool connections after their transport;
     // a store built by hand keeps the plain name "bus".
     const runningByTransport = running
       .filter((r) => String(r.name).startsWith("bus (") || r.name === "bus")
@@ -449,7 +445,7 @@ const brokerDeadLetters = async (
       layer.pipe(Layer.provide(Layer.succeed(References.MinimumLogLevel, "None"))),
     )
     try {
-      const { Transport } = await import("@bus/core")
+      const { Transport } = await import("@bus/core/adapter")
       const exit = await runtime.runPromiseExit(
         Transport.use((t) => t.deadLetters(10_000)).pipe(Effect.timeout("5 seconds")),
       )

@@ -1,15 +1,6 @@
-import {
-  type Bus,
-  ConfigError,
-  createBus,
-  type DeliveredEvent,
-  isBusError,
-  selectionFromEnv,
-  selectTransport,
-  type Transport,
-  type TransportName,
-} from "@bus/core"
-import { postgresNotify } from "@bus/postgres-notify"
+import { type Bus, ConfigError, createBus, type DeliveredEvent, isBusError } from "@bus/core"
+import { selectionFromEnv, selectTransport, type Transport, type TransportName } from "@bus/core/adapter"
+import { postgresOutbox } from "@bus/postgres-notify"
 import { Layer as L, type Layer, References } from "effect"
 import { type BrokerUrls, brokerTransport } from "./brokers.js"
 import { CliError, postgresError } from "./errors.js"
@@ -73,7 +64,7 @@ export const tail = async (o: TailOptions): Promise<void> => {
   }
   // Fails fast, with a clear message, on a bad URL, an unreachable server or a missing schema.
   await checkOutbox(o.url, o.schema)
-  const pgLayers = postgresNotify({
+  const outbox = postgresOutbox({
     connectionString: o.url,
     schema: o.schema,
     migrate: false,
@@ -81,22 +72,19 @@ export const tail = async (o: TailOptions): Promise<void> => {
     applicationName: "bus-cli",
     listenerApplicationName: "bus-cli-listener",
     poolSize: 2,
-    env: false,
-    selection: { transport: choice.transport },
     notify: "none",
   })
-  const transports: Partial<Record<TransportName, Layer.Layer<Transport, never, never>>> = {
-    "postgres-notify": pgLayers.transport as never,
-  }
-  if (choice.transport === "nats" || choice.transport === "redis-streams") {
-    transports[choice.transport] = (await brokerTransport(choice.transport, o.brokers)) as never
-  }
+  const brokerName =
+    choice.transport === "nats" || choice.transport === "redis-streams" ? choice.transport : undefined
+  const broker =
+    brokerName === undefined
+      ? undefined
+      : { name: brokerName, layer: await brokerTransport(brokerName, o.brokers) }
   let bus: Bus
   try {
     bus = await createBus({
-      outbox: pgLayers.outbox,
-      transports,
-      transport: choice.transport,
+      outbox,
+      transport: { use: choice.transport, ...(broker !== undefined ? { broker } : {}) },
       env: false,
       relay: false,
       telemetry: L.succeed(References.MinimumLogLevel, "None") as Layer.Layer<never>,

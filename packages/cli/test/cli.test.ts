@@ -1,8 +1,10 @@
 import { spawn } from "node:child_process"
 import { fileURLToPath } from "node:url"
-import { type Bus, createBus, OutboxStore, type Transport } from "@bus/core"
-import { latestVersion, postgresNotify } from "@bus/postgres-notify"
-import { redisStreamsTransport } from "@bus/redis-streams"
+import { type Bus, createBus } from "@bus/core"
+import { OutboxStore, type Transport } from "@bus/core/adapter"
+import { postgresOutbox } from "@bus/postgres-notify"
+import { latestVersion } from "@bus/postgres-notify/adapter"
+import { redisStreams } from "@bus/redis-streams"
 import { type PostgresHandle, type ServerHandle, startPostgres, startRedis } from "@bus/test-infra"
 import { Layer as L, type Layer, References } from "effect"
 import pg from "pg"
@@ -65,20 +67,9 @@ const appBus = (
   schema = "bus",
   relay: { readonly maxIdleMs: number } | false = { maxIdleMs: 50 },
 ): Promise<Bus> => {
-  const p = postgresNotify({
-    connectionString: postgres.url,
-    schema,
-    pressure: false,
-    env: false,
-    selection: { transport },
-  })
   return createBus({
-    outbox: p.outbox,
-    transports: {
-      "postgres-notify": p.transport,
-      "redis-streams": redisStreamsTransport({ url: redis.url }) as Layer.Layer<Transport, never>,
-    },
-    transport,
+    outbox: postgresOutbox({ connectionString: postgres.url, schema, pressure: false }),
+    transport: { use: transport, broker: redisStreams({ url: redis.url }) },
     env: false,
     relay,
     telemetry: quiet,

@@ -7,15 +7,13 @@
  * faults it can inject.
  *
  * ```ts
- * // test/conformance.test.ts of a transport package, run with `vitest run`
- * import { createBus, MemoryOutbox, memoryTransport } from "@bus/core"
+ * import { createBus, memoryOutbox } from "@bus/core"
  * import { runConformanceSuite } from "@bus/conformance"
  *
- * const outbox = MemoryOutbox.make()
+ * const outbox = memoryOutbox()
  * runConformanceSuite({
  *   name: "memory",
- *   makeBus: () =>
- *     createBus({ outbox: outbox.layer, transports: { memory: memoryTransport() }, transport: "memory", env: false }),
+ *   makeBus: () => createBus({ outbox, env: false }),
  *   transaction: (fn) => outbox.transaction(fn),
  * })
  * ```

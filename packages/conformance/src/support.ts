@@ -1,16 +1,8 @@
 import { createHook } from "node:async_hooks"
 import { randomBytes } from "node:crypto"
 import { setTimeout as delay } from "node:timers/promises"
-import type {
-  Bus,
-  ConsumeRequest,
-  Consumer,
-  DeliveredEvent,
-  EventInput,
-  Json,
-  StartPosition,
-  Subscription,
-} from "@bus/core"
+import type { Bus, Consumer, DeliveredEvent, EventInput, Subscription } from "@bus/core"
+import type { ConsumeRequest, Json, StartPosition } from "@bus/core/adapter"
 import type { SuiteContext } from "./target.js"
 
 /**

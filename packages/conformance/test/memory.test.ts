@@ -1,17 +1,15 @@
-import { createBus, MemoryOutbox, memoryTransport } from "@bus/core"
+import { createBus, memoryOutbox } from "@bus/core"
 import { runConformanceSuite } from "../src/index.js"
 
 // One outbox for the whole run, as one database serves every process: each bus the
 // suite makes is another "process" over it.
-const outbox = MemoryOutbox.make()
+const outbox = memoryOutbox()
 
 runConformanceSuite({
   name: "memory",
   makeBus: () =>
     createBus({
-      outbox: outbox.layer,
-      transports: { memory: memoryTransport() },
-      transport: "memory",
+      outbox,
       env: false,
     }),
   transaction: (fn) => outbox.transaction(fn),

@@ -1,77 +1,35 @@
 /**
- * @bus/core — the transport-agnostic contract of the @bus event bus: the event envelope,
- * the naming rule, the Transport / OutboxStore / Publisher / Subscriber services, the
- * relay, transport selection, the in-memory transport and the Promise facade.
+ * @bus/core — what an application uses: `createBus` wired with one outbox and, when it
+ * outgrows Postgres NOTIFY, a broker by name; the in-memory outbox for unit tests; the
+ * error family; and the same bus as an Effect Layer.
+ *
+ * ```ts
+ * import { createBus } from "@bus/core"
+ * import { nats } from "@bus/nats"
+ * import { postgresOutbox } from "@bus/postgres-notify"
+ *
+ * const bus = await createBus({
+ *   outbox: postgresOutbox({ connectionString: process.env.DATABASE_URL }),
+ *   transport: { use: "auto", notifyRate: 300, broker: nats({ servers: process.env.NATS_URL }) },
+ * })
+ * ```
+ *
+ * Contracts, the relay, cursor helpers and test hooks for transport authors are in
+ * `@bus/core/adapter`.
  *
  * @packageDocumentation
  */
 
-export { type BusOptions, busLayer, resolveSelection, TransportSelection } from "./bus/busLayer.js"
+export { type BusOptions, busLayer, type TransportOptions } from "./bus/busLayer.js"
 export {
-  type AnyChannel,
   type Channel,
   type ChannelEvent,
-  type ChannelEventInput,
   type ChannelRef,
   defineChannel,
-  type EventSchemas,
   type OnInvalidEvent,
   type StandardSchemaV1,
 } from "./channel/Channel.js"
-export {
-  type BrokerName,
-  defaultNotifyRateThreshold,
-  type SelectionConfig,
-  selectionFromEnv,
-  selectTransport,
-  type TransportChoice,
-  type TransportName,
-} from "./config/BusConfig.js"
-export { capabilities, defaultCapabilities, type TransportCapabilities } from "./contracts/Capabilities.js"
-export { addressTag, isSymbolicStart, type StartPosition } from "./contracts/Cursor.js"
-export {
-  type Address,
-  type DeadLetter,
-  type GroupClaim,
-  type GroupKey,
-  type GroupMembership,
-  type Heartbeat,
-  type MemberKey,
-  type OutboxPage,
-  OutboxStore,
-  type RelayClaim,
-  type RelayedEvent,
-  type RelayLog,
-  type RelayPage,
-  type RelayState,
-  replayedHeader,
-} from "./contracts/OutboxStore.js"
-export {
-  type Delivery,
-  type GroupRequest,
-  type SendItem,
-  type SendMeta,
-  type SendOutcome,
-  type SubscribeRequest,
-  sendEach,
-  Transport,
-} from "./contracts/Transport.js"
-export { type CloudEvent, fromCloudEvent, toCloudEvent } from "./envelope/CloudEvent.js"
-export {
-  type DeliveredEvent,
-  decodeEnvelope,
-  defaultMaxPayloadBytes,
-  type EncodedEnvelope,
-  type Envelope,
-  EnvelopeSchema,
-  type EventInput,
-  encodedEnvelope,
-  encodedSize,
-  envelopeToJson,
-  type Json,
-  makeEnvelope,
-} from "./envelope/Envelope.js"
-export { isUuidv7, uuidv7 } from "./envelope/uuidv7.js"
+export type { DeliveredEvent, EventInput } from "./envelope/Envelope.js"
 export {
   BusClosed,
   type BusError,
@@ -91,83 +49,8 @@ export {
   type ConsumeOptions,
   type Consumer,
   createBus,
-  iteratorBuffer,
-  type SubscribeOptions,
   type Subscription,
 } from "./facade/createBus.js"
-export {
-  checkCursorAddress,
-  cursorAddressOf,
-  cursorOfAnotherAddress,
-  flipCursorExpired,
-  frontierSeparator,
-  notCoveredBy,
-  outboxCursorOf,
-  splitCursor,
-  withFrontier,
-} from "./flip/flip.js"
-export { isOutboxFrontier } from "./flip/frontier.js"
-export { MemoryOutbox, MemoryTransaction } from "./memory/MemoryOutbox.js"
-export { memoryBroker, memoryTransport } from "./memory/memoryTransports.js"
-export * as Metrics from "./metrics/metrics.js"
-export {
-  allTenants,
-  checkAddress,
-  checkName,
-  maxNameLength,
-  type NameField,
-  validateName,
-} from "./names/Name.js"
-export {
-  ageOf,
-  destinationOf,
-  type MessagingOperation,
-  messageAttributes,
-  messagingAttributes,
-  producerLinks,
-  producerSpanOf,
-  traceparentOf,
-} from "./observability/telemetry.js"
-export { dedupeById, defaultDedupeWindow } from "./outbox-transport/dedupe.js"
-export {
-  attachFeedCursor,
-  type FeedCursor,
-  FeedLog,
-  type FeedPage,
-  type FeedStats,
-  feedCursorOf,
-  feedStatsOf,
-  nextFeedPage,
-  type OpenFeedCursor,
-  type Take,
-} from "./outbox-transport/feed.js"
-export {
-  defaultFeedWindow,
-  type OutboxTransportOptions,
-  outboxFeedStats,
-  outboxTransport,
-} from "./outbox-transport/OutboxTransport.js"
-export {
-  Publisher,
-  type PublisherOptions,
-  type PublishInput,
-  type PublishReceipt,
-} from "./publisher/Publisher.js"
-export { type RelayBatchResult, type RelayOptions, relayBatch, runRelay } from "./relay/Relay.js"
-export {
-  attachResendSignal,
-  type BrokerLoss,
-  makeResendSignal,
-  markRepaired,
-  type ResendSignal,
-  repairedOnClaim,
-  resendClaimGraceMs,
-  resendSignalOf,
-} from "./relay/resend.js"
-export { backoffDelay, cappedBackoff } from "./schedule/backoff.js"
-export {
-  type ConsumeRequest,
-  type Handler,
-  type SubscribeInput,
-  Subscriber,
-} from "./subscriber/Subscriber.js"
+export { type MemoryOutbox, memoryOutbox } from "./memory/MemoryOutbox.js"
+export { Publisher } from "./publisher/Publisher.js"
+export { Subscriber } from "./subscriber/Subscriber.js"

@@ -1,6 +1,13 @@
 import fc from "fast-check"
 import { describe, expect, it } from "vitest"
-import { type Envelope, fromCloudEvent, type Json, makeEnvelope, toCloudEvent, uuidv7 } from "../src/index.js"
+import {
+  type Envelope,
+  fromCloudEvent,
+  type Json,
+  makeEnvelope,
+  toCloudEvent,
+  uuidv7,
+} from "../src/adapter.js"
 import { run, runFail } from "./support.js"
 
 const traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"

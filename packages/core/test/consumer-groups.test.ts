@@ -1,19 +1,12 @@
 import { Effect, Fiber, Layer } from "effect"
 import { describe, expect, it } from "vitest"
-import {
-  type ConsumeRequest,
-  createBus,
-  type DeliveredEvent,
-  MemoryOutbox,
-  memoryTransport,
-  OutboxStore,
-  Subscriber,
-} from "../src/index.js"
+import { type ConsumeRequest, memoryTransport, OutboxStore } from "../src/adapter.js"
+import { createBus, type DeliveredEvent, memoryOutbox, Subscriber } from "../src/index.js"
 import { collectInto, events, instrumentedStore, quiet, waitFor } from "./support.js"
 
 /** Subscriber + memory transport over a fresh outbox. */
 const setup = (options: { readonly changesDelayMs?: number } = {}) => {
-  const outbox = MemoryOutbox.make()
+  const outbox = memoryOutbox()
   const store = instrumentedStore(outbox, options)
   const layer = Subscriber.layer.pipe(Layer.provideMerge(memoryTransport()), Layer.provideMerge(store.layer))
   const provide = <A, E>(self: Effect.Effect<A, E, Subscriber | OutboxStore>) =>
@@ -205,11 +198,9 @@ describe("consumer groups on the memory transport", () => {
   })
 
   it("the Promise facade: a throwing handler is retried, then dead-lettered; deadLetters() lists it", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox.layer,
-      transports: { memory: memoryTransport() },
-      transport: "memory",
+      outbox,
       env: false,
     })
     const seen: Array<[string, number]> = []

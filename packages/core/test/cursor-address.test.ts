@@ -1,17 +1,7 @@
 import { Effect } from "effect"
 import { describe, expect, it } from "vitest"
-import {
-  addressTag,
-  type Bus,
-  CursorInvalid,
-  checkCursorAddress,
-  createBus,
-  MemoryOutbox,
-  memoryBroker,
-  memoryTransport,
-  splitCursor,
-  withFrontier,
-} from "../src/index.js"
+import { addressTag, checkCursorAddress, memoryBroker, splitCursor, withFrontier } from "../src/adapter.js"
+import { type Bus, CursorInvalid, createBus, type MemoryOutbox, memoryOutbox } from "../src/index.js"
 
 /**
  * Cursors from elsewhere (issue 13, item 4): every address of an outbox shares its
@@ -65,11 +55,9 @@ const refusal = async (bus: Bus, address: typeof orders, from: string) => {
 
 describe("cursors name their address (outbox transport)", () => {
   it("a cursor of another channel or tenant is refused: ready rejects, the iterator throws, nothing is skipped", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox.layer,
-      transports: { memory: memoryTransport() },
-      transport: "memory",
+      outbox,
       env: false,
     })
     try {
@@ -99,11 +87,9 @@ describe("cursors name their address (outbox transport)", () => {
   })
 
   it("a cursor of the older format (mem1:, no address) is still accepted, unchecked", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox.layer,
-      transports: { memory: memoryTransport() },
-      transport: "memory",
+      outbox,
       env: false,
     })
     try {
@@ -119,11 +105,9 @@ describe("cursors name their address (outbox transport)", () => {
   })
 
   it("consumer groups of several addresses are unaffected: each handles its own events once", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox.layer,
-      transports: { memory: memoryTransport() },
-      transport: "memory",
+      outbox,
       env: false,
     })
     const handled = { orders: [] as Array<number>, invoices: [] as Array<number> }
@@ -156,11 +140,10 @@ describe("cursors name their address (outbox transport)", () => {
 })
 
 describe("composite cursors across a flip name their address", () => {
-  const start = (outbox: MemoryOutbox, broker: MemoryOutbox, transport: "memory" | "nats") =>
+  const start = (outbox: MemoryOutbox, broker: MemoryOutbox, transport: "memory" | "memory-broker") =>
     createBus({
-      outbox: outbox.layer,
-      transports: { memory: memoryTransport(), nats: memoryBroker(broker) },
-      transport,
+      outbox,
+      transport: { use: transport, broker: memoryBroker(broker) },
       env: false,
       relay: { maxIdleMs: 20 },
     })
@@ -186,9 +169,9 @@ describe("composite cursors across a flip name their address", () => {
   })
 
   it("a broker cursor of another channel is refused on the broker and back on the outbox; an outbox cursor of another channel on the broker", async () => {
-    const outbox = MemoryOutbox.make()
-    const broker = MemoryOutbox.make()
-    let bus = await start(outbox, broker, "nats")
+    const outbox = memoryOutbox()
+    const broker = memoryOutbox()
+    let bus = await start(outbox, broker, "memory-broker")
     try {
       await publish(bus, outbox, invoices, 0, 3)
       await publish(bus, outbox, orders, 0, 4)

@@ -5,17 +5,20 @@ import {
   decodeEnvelope,
   defaultMaxPayloadBytes,
   type Envelope,
-  type EventInput,
   encodedSize,
-  InvalidEvent,
   isUuidv7,
-  MemoryOutbox,
   makeEnvelope,
   memoryTransport,
   outboxTransport,
+  uuidv7,
+} from "../src/adapter.js"
+import {
+  type EventInput,
+  InvalidEvent,
+  type MemoryOutbox,
+  memoryOutbox,
   PayloadTooLarge,
   Publisher,
-  uuidv7,
 } from "../src/index.js"
 import { run, runFail } from "./support.js"
 
@@ -171,7 +174,7 @@ describe("Publisher: validation before append", () => {
   const good = (i: number): EventInput => ({ ...base, data: { i } })
 
   it("a batch with one bad event appends nothing, then commits nothing", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const bad: ReadonlyArray<EventInput> = [
       { ...base, data: (() => 1) as unknown as null },
       { ...base, tenant: "a.b" },
@@ -194,7 +197,7 @@ describe("Publisher: validation before append", () => {
   })
 
   it("a good batch returns the ids in order and commits them in order", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const receipt = await outbox.transaction((tx) =>
       Effect.runPromise(
         Publisher.use((p) => p.publish(tx, [good(1), good(2), good(3)])).pipe(
@@ -208,7 +211,7 @@ describe("Publisher: validation before append", () => {
   })
 
   it("the transport's own payload limit applies when it is lower than the configured one", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const small = outboxTransport({ name: "small", capabilities: { maxPayloadBytes: 500 } })
     const tx = outbox.begin()
     const e = await runFail(
@@ -220,8 +223,8 @@ describe("Publisher: validation before append", () => {
   })
 
   it("publish outside an open transaction of this outbox fails with NotInTransaction and appends nothing", async () => {
-    const outbox = MemoryOutbox.make()
-    const other = MemoryOutbox.make()
+    const outbox = memoryOutbox()
+    const other = memoryOutbox()
     const committed = outbox.begin()
     committed.commit()
     const rolledBack = outbox.begin()

@@ -1,13 +1,6 @@
 import { describe, expect, it } from "vitest"
-import {
-  type Bus,
-  createBus,
-  type DeliveredEvent,
-  MemoryOutbox,
-  memoryBroker,
-  memoryTransport,
-  splitCursor,
-} from "../src/index.js"
+import { memoryBroker, splitCursor } from "../src/adapter.js"
+import { type Bus, createBus, type DeliveredEvent, type MemoryOutbox, memoryOutbox } from "../src/index.js"
 
 /**
  * The transport flip on the in-memory reference: the same outbox, first delivered straight
@@ -28,11 +21,10 @@ const until = async (condition: () => boolean, what: string, timeoutMs = 5_000) 
 }
 
 /** One application run: the same code each time; only `transport` differs. */
-const start = (outbox: MemoryOutbox, broker: MemoryOutbox, transport: "memory" | "nats") =>
+const start = (outbox: MemoryOutbox, broker: MemoryOutbox, transport: "memory" | "memory-broker") =>
   createBus({
-    outbox: outbox.layer,
-    transports: { memory: memoryTransport(), nats: memoryBroker(broker) },
-    transport,
+    outbox,
+    transport: { use: transport, broker: memoryBroker(broker) },
     env: false,
     relay: { maxIdleMs: 20 },
   })
@@ -83,8 +75,8 @@ const publish = async (bus: Bus, outbox: MemoryOutbox, n: number, offset: number
 
 describe("transport flip (in memory)", () => {
   it("outbox → broker → outbox: subscribers resume with no gap, groups never handle twice", async () => {
-    const outbox = MemoryOutbox.make()
-    const broker = MemoryOutbox.make()
+    const outbox = memoryOutbox()
+    const broker = memoryOutbox()
     const handled: Array<string> = []
 
     // 1. Straight from the outbox.
@@ -103,7 +95,7 @@ describe("transport flip (in memory)", () => {
     await bus.close()
 
     // 2. The same code on the broker: the relay forwards the whole outbox.
-    bus = await start(outbox, broker, "nats")
+    bus = await start(outbox, broker, "memory-broker")
     run = await consumers(bus, cursor1, handled)
     await publish(bus, outbox, 30, 36)
     await until(() => run.received.length === 36 && handled.length === 66, "phase 2")
@@ -134,9 +126,9 @@ describe("transport flip (in memory)", () => {
   })
 
   it("a broker given an outbox cursor skips exactly what it covers", async () => {
-    const outbox = MemoryOutbox.make()
-    const broker = MemoryOutbox.make()
-    const bus = await start(outbox, broker, "nats")
+    const outbox = memoryOutbox()
+    const broker = memoryOutbox()
+    const bus = await start(outbox, broker, "memory-broker")
     await publish(bus, outbox, 12, 0)
     const cursor = `mem1:${outbox.epoch}:7`
     const got: Array<number> = []

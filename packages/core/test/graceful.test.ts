@@ -1,5 +1,6 @@
 import { describe, expect, it } from "vitest"
-import { createBus, MemoryOutbox, memoryBroker, memoryTransport } from "../src/index.js"
+import { memoryBroker } from "../src/adapter.js"
+import { createBus, memoryOutbox } from "../src/index.js"
 
 /**
  * Stopping a consumer lets the handler in flight finish and settle its event (within
@@ -7,15 +8,14 @@ import { createBus, MemoryOutbox, memoryBroker, memoryTransport } from "../src/i
  * in time is interrupted and its event comes again.
  */
 describe("stopping a consumer", () => {
-  for (const transport of ["memory", "nats"] as const) {
+  for (const transport of ["memory", "memory-broker"] as const) {
     it(`${transport}: a handler in flight finishes and is not run again by the next member`, async () => {
-      const outbox = MemoryOutbox.make()
-      const broker = MemoryOutbox.make()
+      const outbox = memoryOutbox()
+      const broker = memoryOutbox()
       const make = () =>
         createBus({
-          outbox: outbox.layer,
-          transports: { memory: memoryTransport(), nats: memoryBroker(broker) },
-          transport,
+          outbox,
+          transport: { use: transport, broker: memoryBroker(broker) },
           env: false,
           relay: { maxIdleMs: 20 },
         })
@@ -52,11 +52,9 @@ describe("stopping a consumer", () => {
   }
 
   it("interrupts a handler that does not finish within stopGraceMs", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox.layer,
-      transports: { memory: memoryTransport() },
-      transport: "memory",
+      outbox,
       env: false,
     })
     let calls = 0

@@ -1,13 +1,7 @@
 import { Effect, Layer, Metric, Tracer } from "effect"
 import { describe, expect, it } from "vitest"
-import {
-  createBus,
-  type DeliveredEvent,
-  MemoryOutbox,
-  memoryBroker,
-  memoryTransport,
-  Publisher,
-} from "../src/index.js"
+import { memoryBroker, memoryTransport } from "../src/adapter.js"
+import { createBus, type DeliveredEvent, memoryOutbox, Publisher } from "../src/index.js"
 
 /**
  * Spans and metrics read back: a test tracer records every span the bus makes; metrics
@@ -49,11 +43,10 @@ const counter = async (name: string, attributes: Record<string, string> = {}) =>
 describe("observability", () => {
   it("publish, relay send and process spans follow the messaging conventions and are linked by traceparent", async () => {
     const { spans, layer } = recorder()
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox.layer,
-      transports: { memory: memoryTransport(), nats: memoryBroker() },
-      transport: "nats",
+      outbox,
+      transport: { use: "memory-broker", broker: memoryBroker() },
       env: false,
       relay: { maxIdleMs: 20 },
       telemetry: layer,
@@ -113,11 +106,9 @@ describe("observability", () => {
   })
 
   it("adds no traceparent when the caller has no span, and keeps one the event brings", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox.layer,
-      transports: { memory: memoryTransport() },
-      transport: "memory",
+      outbox,
       env: false,
     })
     const own = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -132,8 +123,8 @@ describe("observability", () => {
   })
 
   it("counts published, delivered, catch-up reads, forwarded, lag and inbox skips", async () => {
-    const outbox = MemoryOutbox.make()
-    const broker = MemoryOutbox.make()
+    const outbox = memoryOutbox()
+    const broker = memoryOutbox()
     const before = {
       published: await counter("bus_events_published", { transport: "memory" }),
       delivered: await counter("bus_events_delivered", { transport: "memory" }),
@@ -143,9 +134,8 @@ describe("observability", () => {
       lag: await counter("bus_delivery_lag_ms", { transport: "memory" }),
     }
     let bus = await createBus({
-      outbox: outbox.layer,
-      transports: { memory: memoryTransport(), nats: memoryBroker(broker) },
-      transport: "memory",
+      outbox,
+      transport: { use: "memory", broker: memoryBroker(broker) },
       env: false,
     })
     const seen: Array<string> = []
@@ -164,9 +154,8 @@ describe("observability", () => {
     await bus.close()
     // The same group on the broker: the relay forwards all three; the group skips them.
     bus = await createBus({
-      outbox: outbox.layer,
-      transports: { memory: memoryTransport(), nats: memoryBroker(broker) },
-      transport: "nats",
+      outbox,
+      transport: { use: "memory-broker", broker: memoryBroker(broker) },
       env: false,
       relay: { maxIdleMs: 20 },
     })

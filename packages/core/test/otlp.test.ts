@@ -4,7 +4,7 @@ import { Effect, Layer } from "effect"
 import { FetchHttpClient } from "effect/http"
 import { Otlp } from "effect/observability"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { createBus, MemoryOutbox, memoryTransport, Publisher } from "../src/index.js"
+import { createBus, memoryOutbox, Publisher } from "../src/index.js"
 
 /**
  * The OpenTelemetry bridge: Effect's own OTLP exporter (in `effect`, no extra dependency)
@@ -64,11 +64,9 @@ describe("OpenTelemetry export (effect/observability Otlp)", () => {
       tracerExportInterval: "50 millis",
       metricsExportInterval: "50 millis",
     }).pipe(Layer.provide(FetchHttpClient.layer)) as Layer.Layer<never>
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox.layer,
-      transports: { memory: memoryTransport() },
-      transport: "memory",
+      outbox,
       env: false,
       telemetry,
     })

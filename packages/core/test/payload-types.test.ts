@@ -5,8 +5,9 @@
  * type lets through deeper down is still refused by publish's validation.
  */
 import { describe, expect, expectTypeOf, it } from "vitest"
+import type { Json } from "../src/adapter.js"
 import type { JsonInput } from "../src/envelope/Envelope.js"
-import { createBus, type EventInput, type Json, MemoryOutbox, memoryTransport } from "../src/index.js"
+import { createBus, type EventInput, memoryOutbox } from "../src/index.js"
 
 // The most common way TypeScript users type a payload: interfaces, which carry no index signature.
 interface LineItem {
@@ -77,11 +78,9 @@ describe("publish's payload type", () => {
 
 describe("publish with interface payloads", () => {
   it("round-trips an interface-typed payload; non-JSON deeper down is still refused at run time", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox.layer,
-      transports: { memory: memoryTransport() },
-      transport: "memory",
+      outbox,
       env: false,
     })
     try {

@@ -1,14 +1,10 @@
 import { Effect, Fiber, Layer, Stream } from "effect"
 import { describe, expect, it } from "vitest"
+import { type Envelope, OutboxStore, relayBatch, runRelay, Transport } from "../src/adapter.js"
 import {
   type BusError,
   type DeliveredEvent,
-  type Envelope,
-  MemoryOutbox,
-  OutboxStore,
-  relayBatch,
-  runRelay,
-  Transport,
+  memoryOutbox,
   TransportFailure,
   TransportUnavailable,
 } from "../src/index.js"
@@ -30,8 +26,8 @@ const setup = (
     readonly failRelay?: () => BusError | undefined
   } = {},
 ) => {
-  const outbox = MemoryOutbox.make()
-  const brokerOutbox = MemoryOutbox.make()
+  const outbox = memoryOutbox()
+  const brokerOutbox = memoryOutbox()
   const broker = instrumentedBroker(brokerOutbox, options.before)
   const store = instrumentedStore(
     outbox,

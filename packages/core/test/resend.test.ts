@@ -2,12 +2,12 @@ import { Effect, Layer } from "effect"
 import { expect, it } from "vitest"
 import {
   attachResendSignal,
-  MemoryOutbox,
   makeResendSignal,
   relayBatch,
   resendClaimGraceMs,
   Transport,
-} from "../src/index.js"
+} from "../src/adapter.js"
+import { memoryOutbox } from "../src/index.js"
 import { events, instrumentedBroker, instrumentedStore, quiet } from "./support.js"
 
 /**
@@ -15,8 +15,8 @@ import { events, instrumentedBroker, instrumentedStore, quiet } from "./support.
  * through its resend signal gets the retained outbox again, once per loss.
  */
 it("a reported broker loss rewinds every partition to the retained outbox's beginning, once per loss", async () => {
-  const outbox = MemoryOutbox.make()
-  const broker = instrumentedBroker(MemoryOutbox.make())
+  const outbox = memoryOutbox()
+  const broker = instrumentedBroker(memoryOutbox())
   const signal = makeResendSignal()
   const withSignal = Layer.effect(
     Transport,

@@ -1,10 +1,6 @@
 import { describe, expect, it } from "vitest"
 import {
-  type BusOptions,
-  ConfigError,
-  createBus,
   defaultNotifyRateThreshold,
-  MemoryOutbox,
   memoryBroker,
   memoryTransport,
   resolveSelection,
@@ -12,7 +8,9 @@ import {
   selectionFromEnv,
   selectTransport,
   type TransportChoice,
-} from "../src/index.js"
+} from "../src/adapter.js"
+import { type BusOptions, ConfigError, createBus, memoryOutbox } from "../src/index.js"
+import { asOutbox } from "./support.js"
 
 const pick = (config: SelectionConfig): TransportChoice => {
   const choice = selectTransport(config)
@@ -157,13 +155,11 @@ describe("selectionFromEnv", () => {
 })
 
 describe("resolveSelection and createBus", () => {
-  const options = (extra: Partial<BusOptions> = {}): BusOptions => ({
-    outbox: MemoryOutbox.make().layer,
-    // Memory stand-ins registered under the production names, so the choice is observable.
-    transports: { "postgres-notify": memoryTransport(), nats: memoryBroker() },
-    transport: "auto",
-    notifyRate: 10,
-    broker: "nats",
+  // A memory outbox standing in for Postgres (its own transport named postgres-notify), so
+  // the choice is observable without a database.
+  const options = (extra: Partial<BusOptions> = {}, store = memoryOutbox()): BusOptions => ({
+    outbox: asOutbox(store, "postgres-notify"),
+    transport: { use: "auto", notifyRate: 10, broker: memoryBroker() },
     relay: false,
     ...extra,
   })
@@ -172,11 +168,17 @@ describe("resolveSelection and createBus", () => {
     expect((resolveSelection(options({ env: false })) as TransportChoice).transport).toBe("postgres-notify")
     expect(
       (resolveSelection(options({ env: { BUS_NOTIFY_RATE: "2000" } })) as TransportChoice).transport,
-    ).toBe("nats")
+    ).toBe("memory-broker")
     expect(resolveSelection(options({ env: { BUS_NOTIFY_RATE: "x" } }))).toBeInstanceOf(ConfigError)
   })
 
-  it("createBus picks postgres-notify below the threshold from config", async () => {
+  it("auto below the threshold keeps the outbox's own transport: memory for memoryOutbox()", async () => {
+    const bus = await createBus({ outbox: memoryOutbox(), env: false })
+    expect(bus.selection.transport).toBe("memory")
+    await bus.close()
+  })
+
+  it("createBus picks the outbox's transport below the threshold from config", async () => {
     const bus = await createBus(options({ env: false }))
     expect(bus.selection.transport).toBe("postgres-notify")
     expect(bus.capabilities.name).toBe("memory")
@@ -184,18 +186,29 @@ describe("resolveSelection and createBus", () => {
   })
 
   it("createBus picks the broker at the threshold from config", async () => {
-    const bus = await createBus(options({ env: false, notifyRate: 1_000 }))
-    expect(bus.selection.transport).toBe("nats")
+    const bus = await createBus(
+      options({ env: false, transport: { notifyRate: 1_000, broker: memoryBroker() } }),
+    )
+    expect(bus.selection.transport).toBe("memory-broker")
     expect(bus.capabilities).toMatchObject({ name: "memory-broker", needsRelay: true, dedupesSends: true })
     await bus.close()
   })
 
-  it("createBus flips with the environment alone, and events flow through the relay to the broker", async () => {
-    const outbox = MemoryOutbox.make()
-    const bus = await createBus(
-      options({ outbox: outbox.layer, env: { BUS_NOTIFY_RATE: "5000" }, relay: { maxIdleMs: 20 } }),
+  it("BUS_BROKER picks one of several brokers by name", () => {
+    const fake = { ...memoryBroker(), name: "nats" as const }
+    const two = options({ transport: { notifyRate: 5_000, broker: [memoryBroker(), fake] } })
+    expect((resolveSelection({ ...two, env: {} }) as TransportChoice).transport).toBe("memory-broker")
+    expect((resolveSelection({ ...two, env: { BUS_BROKER: "nats" } }) as TransportChoice).transport).toBe(
+      "nats",
     )
-    expect(bus.selection.transport).toBe("nats")
+  })
+
+  it("createBus flips with the environment alone, and events flow through the relay to the broker", async () => {
+    const outbox = memoryOutbox()
+    const bus = await createBus(
+      options({ env: { BUS_NOTIFY_RATE: "5000" }, relay: { maxIdleMs: 20 } }, outbox),
+    )
+    expect(bus.selection.transport).toBe("memory-broker")
     const sub = bus.subscribe({ tenant: "acme", channel: "orders", from: "beginning" })
     await outbox.transaction((tx) =>
       bus.publish(tx, [
@@ -216,17 +229,19 @@ describe("resolveSelection and createBus", () => {
     const e = await createBus(options({ env: { BUS_TRANSPORT: "redis-streams" } })).catch((x: unknown) => x)
     expect(e).toBeInstanceOf(ConfigError)
     expect((e as ConfigError).message).toContain("no redis-streams transport was provided")
-    const e2 = await createBus(options({ env: false, transports: {}, transport: "memory" })).catch(
+    const e2 = await createBus({ outbox: memoryOutbox(), env: { BUS_TRANSPORT: "postgres-notify" } }).catch(
       (x: unknown) => x,
     )
     expect((e2 as ConfigError)._tag).toBe("ConfigError")
+    expect((e2 as ConfigError).message).toContain("provided: memory")
   })
 
   it("createBus fails with ConfigError for bad environment values and a missing broker", async () => {
     const e1 = await createBus(options({ env: { BUS_NOTIFY_RATE_THRESHOLD: "-5" } })).catch((x: unknown) => x)
     expect(e1).toBeInstanceOf(ConfigError)
-    const { broker: _none, ...noBroker } = options({ env: { BUS_NOTIFY_RATE: "5000" } })
-    const e2 = await createBus(noBroker).catch((x: unknown) => x)
+    const e2 = await createBus(options({ env: { BUS_NOTIFY_RATE: "5000" }, transport: {} })).catch(
+      (x: unknown) => x,
+    )
     expect(e2).toBeInstanceOf(ConfigError)
     expect((e2 as ConfigError).message).toContain("no broker")
   })

@@ -1,13 +1,11 @@
 import { describe, expect, it } from "vitest"
-import { createBus, MemoryOutbox, memoryTransport } from "../src/index.js"
+import { createBus, memoryOutbox } from "../src/index.js"
 
 describe("memory bus", () => {
   it("delivers committed, drops rolled back", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox.layer,
-      transports: { memory: memoryTransport() },
-      transport: "memory",
+      outbox,
       env: false,
     })
     const sub = bus.subscribe({ tenant: "acme", channel: "orders", from: "beginning" })

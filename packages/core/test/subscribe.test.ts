@@ -1,21 +1,24 @@
 import { Effect, Fiber, Layer, Stream } from "effect"
 import { describe, expect, it } from "vitest"
+import { memoryTransport, OutboxStore, Transport } from "../src/adapter.js"
+import { CursorInvalid, createBus, type DeliveredEvent, memoryOutbox } from "../src/index.js"
 import {
-  CursorInvalid,
-  createBus,
-  type DeliveredEvent,
-  MemoryOutbox,
-  memoryTransport,
-  OutboxStore,
-  Transport,
-} from "../src/index.js"
-import { collectInto, events, indices, instrumentedStore, quiet, run, runFail, waitFor } from "./support.js"
+  asOutbox,
+  collectInto,
+  events,
+  indices,
+  instrumentedStore,
+  quiet,
+  run,
+  runFail,
+  waitFor,
+} from "./support.js"
 
 const address = { tenant: "acme", channel: "orders" } as const
 
 /** Memory transport over a fresh outbox whose store counts reads. */
 const setup = (options: { readonly changesDelayMs?: number } = {}) => {
-  const outbox = MemoryOutbox.make()
+  const outbox = memoryOutbox()
   const store = instrumentedStore(outbox, options)
   const layer = memoryTransport().pipe(Layer.provideMerge(store.layer))
   const provide = <A, E>(self: Effect.Effect<A, E, Transport | OutboxStore>) =>
@@ -145,7 +148,7 @@ describe("subscribe: CursorInvalid", () => {
 
   it("a cursor from another outbox is foreign; one ahead of the outbox is malformed", async () => {
     const { outbox, provide } = setup()
-    const other = MemoryOutbox.make()
+    const other = memoryOutbox()
     other.commitBatch(events("acme", "orders", 1))
     const foreign = (await run(other.store.read(address, "beginning", 1))).events[0]!.cursor
     outbox.commitBatch(events("acme", "orders", 1))
@@ -170,11 +173,9 @@ describe("subscribe: CursorInvalid", () => {
   })
 
   it("the Promise facade throws the same CursorInvalid from the iterator", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox.layer,
-      transports: { memory: memoryTransport() },
-      transport: "memory",
+      outbox,
       env: false,
     })
     const sub = bus.subscribe({ ...address, from: "mem1:nope" })
@@ -186,12 +187,10 @@ describe("subscribe: CursorInvalid", () => {
   })
 
   it("ready rejects when the start cursor is refused, and resolves for one that is not", async () => {
-    const outbox = MemoryOutbox.make()
-    const other = MemoryOutbox.make()
+    const outbox = memoryOutbox()
+    const other = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox.layer,
-      transports: { memory: memoryTransport() },
-      transport: "memory",
+      outbox,
       env: false,
     })
     try {
@@ -231,7 +230,7 @@ describe("subscribe: CursorInvalid", () => {
   })
 
   it("the store's read refuses the same cursors directly", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const e = await runFail(outbox.store.read(address, "mem1:00000000:0", 10))
     expect(e).toMatchObject({ _tag: "CursorInvalid", reason: "foreign" })
   })
@@ -311,11 +310,9 @@ describe("subscribe: the shared feed", () => {
 
 describe("subscribe: the Promise facade", () => {
   it("subscription.cursor resumes a new subscription where the last one stopped", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox.layer,
-      transports: { memory: memoryTransport() },
-      transport: "memory",
+      outbox,
       env: false,
     })
     await outbox.transaction((tx) =>
@@ -345,12 +342,10 @@ describe("subscribe: the Promise facade", () => {
     await bus.close()
   })
   it('many subscribers from "now", and one from a head the feed handed out, start with no read of their own and get every later event once', async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const store = instrumentedStore(outbox)
     const bus = await createBus({
-      outbox: store.layer,
-      transports: { memory: memoryTransport() },
-      transport: "memory",
+      outbox: asOutbox(store),
       env: false,
     })
     try {

@@ -1,17 +1,18 @@
 import { Effect, Fiber, Layer, References, Stream } from "effect"
 import {
-  type BusError,
   type Envelope,
-  type EventInput,
-  type MemoryOutbox,
   makeEnvelope,
   memoryBroker,
+  memoryTransport,
+  type Outbox,
   OutboxStore,
   type RelayClaim,
   type RelayLog,
   sendEach,
   Transport,
-} from "../src/index.js"
+  type TransportName,
+} from "../src/adapter.js"
+import type { BusError, EventInput, MemoryOutbox } from "../src/index.js"
 
 /** Silences the bus's own logs (relay warnings, the selection line) in tests. */
 export const quiet = <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
@@ -113,7 +114,7 @@ export const instrumentedBroker = (
         })
       return Transport.of({ ...inner, send, sendAll: sendEach(send) })
     }),
-  ).pipe(Layer.provide(memoryBroker(brokerOutbox)))
+  ).pipe(Layer.provide(memoryBroker(brokerOutbox).layer))
   return { layer, log }
 }
 
@@ -211,3 +212,9 @@ export const instrumentedStore = (
 /** `data.i` of delivered events, for compact order assertions. */
 export const indices = (list: ReadonlyArray<{ readonly data: unknown }>): Array<number> =>
   list.map((e) => (e.data as { i: number }).i)
+
+/** An outbox for `createBus` from a hand-built store layer (wrapped or instrumented), read by the memory transport. */
+export const asOutbox = (
+  store: { readonly layer: Layer.Layer<OutboxStore> },
+  transport: TransportName = "memory",
+): Outbox => ({ transport, layers: () => ({ outbox: store.layer, transport: memoryTransport() }) })

@@ -1,6 +1,6 @@
 import { randomUUID } from "node:crypto"
 import { describe, expect, it } from "vitest"
-import { isUuidv7, uuidv7 } from "../src/index.js"
+import { isUuidv7, uuidv7 } from "../src/adapter.js"
 
 // The module keeps its last timestamp and counter; tests in this file run in order and
 // the ones that pass explicit (future) timestamps come last.

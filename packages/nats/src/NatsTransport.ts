@@ -1,8 +1,7 @@
+import { type BusError, ConfigError, TransportFailure, TransportUnavailable } from "@bus/core"
 import {
   attachFeedCursor,
   attachResendSignal,
-  type BusError,
-  ConfigError,
   capabilities,
   checkAddress,
   type Envelope,
@@ -11,9 +10,8 @@ import {
   type SendMeta,
   type SendOutcome,
   Transport,
-  TransportUnavailable,
   validateName,
-} from "@bus/core"
+} from "@bus/core/adapter"
 import { type JetStreamClient, jetstream, jetstreamManager } from "@nats-io/jetstream"
 import { connect, type MsgHdrs } from "@nats-io/transport-node"
 import { Cause, Effect, Layer } from "effect"
@@ -310,7 +308,7 @@ const makeSend = (
  * publishes each committed outbox row with `Nats-Msg-Id` = event id, so a row sent twice
  * is stored once within the stream's duplicate window.
  *
- * Provide it to `createBus` under `transports: { nats: natsTransport({ servers }) }`. When
+ * Applications pass it to `createBus` as `transport: { broker: nats({ servers }) }`. When
  * an outbox is in context (as in `createBus`), `head` and `"now"` are measured against the
  * outbox, so a subscription leaves out events committed before it that the relay sends
  * later. Consumer groups dead-letter to `<prefix>.dlq.<tenant>.<channel>` (stream

@@ -1,4 +1,5 @@
-import { CursorInvalid, isOutboxFrontier, splitCursor } from "@bus/core"
+import { CursorInvalid } from "@bus/core"
+import { isOutboxFrontier, splitCursor } from "@bus/core/adapter"
 
 /**
  * NATS cursors. A delivered event's cursor is `nats2:<address>.<stream>.<sequence>`: the

@@ -1,4 +1,5 @@
-import { type BusError, type DeadLetter, decodeEnvelope } from "@bus/core"
+import type { BusError } from "@bus/core"
+import { type DeadLetter, decodeEnvelope } from "@bus/core/adapter"
 import type { JetStreamClient, JetStreamManager } from "@nats-io/jetstream"
 import { Effect } from "effect"
 import { toBusError } from "./errors.js"

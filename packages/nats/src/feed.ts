@@ -1,12 +1,5 @@
-import {
-  type Address,
-  addressTag,
-  BusClosed,
-  type BusError,
-  type DeliveredEvent,
-  FeedLog,
-  TransportUnavailable,
-} from "@bus/core"
+import { BusClosed, type BusError, type DeliveredEvent, TransportUnavailable } from "@bus/core"
+import { type Address, addressTag, FeedLog } from "@bus/core/adapter"
 import { DeliverPolicy, type JsMsg } from "@nats-io/jetstream"
 import { Cause, Effect, Fiber } from "effect"
 import { toBusError } from "./errors.js"

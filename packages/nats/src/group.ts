@@ -1,14 +1,5 @@
-import {
-  addressTag,
-  BusClosed,
-  type BusError,
-  ConfigError,
-  checkAddress,
-  checkName,
-  type DeliveredEvent,
-  type Delivery,
-  type GroupRequest,
-} from "@bus/core"
+import { BusClosed, type BusError, ConfigError, type DeliveredEvent } from "@bus/core"
+import { addressTag, checkAddress, type Delivery, type GroupRequest, validateName } from "@bus/core/adapter"
 import {
   AckPolicy,
   type Consumer,
@@ -189,7 +180,8 @@ export const makeGroup =
       Effect.gen(function* () {
         const { o } = deps
         const address = yield* checkAddress(request)
-        const group = yield* checkName("group", request.group)
+        const group = validateName("group", request.group)
+        if (typeof group !== "string") return yield* group
         const subject = subjectOf(o.prefix, address)
         const durable = durableName(o.streamName, subject, group)
         const maxInFlight = Math.max(1, Math.floor(request.maxInFlight))

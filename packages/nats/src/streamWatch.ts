@@ -1,4 +1,5 @@
-import { type BusError, makeResendSignal, type ResendSignal } from "@bus/core"
+import type { BusError } from "@bus/core"
+import { makeResendSignal, type ResendSignal } from "@bus/core/adapter"
 import type { JetStreamManager, StreamInfo } from "@nats-io/jetstream"
 import { Deferred, Effect, Exit, type Scope, Semaphore } from "effect"
 import type { ConnectionWatch } from "./connection.js"

@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto"
-import { type Address, ConfigError } from "@bus/core"
+import { ConfigError } from "@bus/core"
+import type { Address } from "@bus/core/adapter"
 
 /**
  * Subjects, stream and consumer names. Tenants and channels are checked by the core

@@ -1,11 +1,8 @@
+import { BusClosed, type BusError, CursorInvalid, type DeliveredEvent } from "@bus/core"
 import {
   type Address,
   addressTag,
-  BusClosed,
-  type BusError,
-  CursorInvalid,
   checkAddress,
-  type DeliveredEvent,
   type FeedCursor,
   type FeedLog,
   type FeedPage,
@@ -18,7 +15,7 @@ import {
   outboxCursorOf,
   type SubscribeRequest,
   splitCursor,
-} from "@bus/core"
+} from "@bus/core/adapter"
 import {
   DeliverPolicy,
   type JetStreamClient,

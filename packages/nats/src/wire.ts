@@ -1,14 +1,13 @@
+import type { BusError, DeliveredEvent } from "@bus/core"
 import {
   type Address,
-  type BusError,
   cappedBackoff,
-  type DeliveredEvent,
   decodeEnvelope,
   type Envelope,
   envelopeToJson,
   type SendMeta,
   withFrontier,
-} from "@bus/core"
+} from "@bus/core/adapter"
 import { type MsgHdrs, headers as natsHeaders } from "@nats-io/transport-node"
 import { Effect } from "effect"
 import { type CursorPlace, encodeCursor } from "./cursor.js"

@@ -1,13 +1,15 @@
 import { setTimeout as delay } from "node:timers/promises"
 // The counting and order checks of the conformance suite, so this fault is judged the same way.
 import { orderViolations, Tally } from "@bus/conformance"
-import { type Bus, createBus, MemoryOutbox, uuidv7 } from "@bus/core"
+import { type Bus, createBus, type DeliveredEvent, memoryOutbox } from "@bus/core"
+import { uuidv7 } from "@bus/core/adapter"
 import { type NatsClusterHandle, startNatsCluster } from "@bus/test-infra"
 import { jetstreamManager } from "@nats-io/jetstream"
 import type { NatsConnection } from "@nats-io/transport-node"
 import { Effect, ManagedRuntime } from "effect"
 import { afterAll, beforeAll, expect, it } from "vitest"
-import { natsTransport } from "../src/index.js"
+import { natsTransport } from "../src/adapter.js"
+import { nats } from "../src/index.js"
 import { plainConnection, storedIds, uniqueName, waitFor } from "./support.js"
 
 let cluster: NatsClusterHandle
@@ -32,7 +34,7 @@ const leaderIndex = async (stream: string): Promise<number> => {
 }
 
 it("R3 stream on a 3-node cluster: the stream leader, which the bus is connected to, SIGKILLed mid-stream and restarted later: 0 lost, 0 duplicates", async () => {
-  const outbox = MemoryOutbox.make()
+  const outbox = memoryOutbox()
   let bus: Bus | undefined
   let stop = false
   let producer: Promise<void> = Promise.resolve()
@@ -45,16 +47,16 @@ it("R3 stream on a 3-node cluster: the stream leader, which the bus is connected
     const leader = await leaderIndex("BUS")
     const servers = [cluster.urls[leader]!, ...cluster.urls.filter((_, i) => i !== leader)]
     bus = await createBus({
-      outbox: outbox.layer,
-      transports: {
-        nats: natsTransport({
+      outbox,
+      transport: {
+        use: "nats",
+        broker: nats({
           servers,
           connectOptions: { noRandomize: true },
           stream: { replicas: 3 },
           ackWaitMs: 5_000,
         }),
       },
-      transport: "nats",
       env: false,
     })
     const b = bus

@@ -1,13 +1,15 @@
 import { runConformanceSuite } from "@bus/conformance"
-import { createBus, MemoryOutbox } from "@bus/core"
+import { createBus, memoryOutbox } from "@bus/core"
 import { pauseFor, type ServerHandle, startNats } from "@bus/test-infra"
-import { type NatsTransportOptions, natsTransport } from "../src/index.js"
+import { natsTransport } from "../src/adapter.js"
+import type { NatsTransportOptions } from "../src/index.js"
+import { nats } from "../src/index.js"
 import { KillableRelay, TcpProxy } from "./support.js"
 
 // One outbox for the run, as one database serves every process; each bus the suite makes
 // is another process over it. Every connection goes through a TCP proxy so "kill
 // connections" can drop them all while the server stays up.
-const outbox = MemoryOutbox.make()
+const outbox = memoryOutbox()
 let server: ServerHandle | undefined
 let proxy: TcpProxy | undefined
 let relay: KillableRelay | undefined
@@ -36,9 +38,8 @@ runConformanceSuite({
   },
   makeBus: () =>
     createBus({
-      outbox: outbox.layer,
-      transports: { nats: natsTransport(transportOptions()) },
-      transport: "nats",
+      outbox,
+      transport: { use: "nats", broker: nats(transportOptions()) },
       env: false,
       relay: false,
     }),

@@ -1,7 +1,8 @@
-import { createBus, type DeliveredEvent, MemoryOutbox } from "@bus/core"
+import { createBus, type DeliveredEvent, memoryOutbox } from "@bus/core"
 import { type ServerHandle, startNats } from "@bus/test-infra"
 import { afterAll, beforeAll, expect, it } from "vitest"
-import { natsTransport } from "../src/index.js"
+import { natsTransport } from "../src/adapter.js"
+import { nats } from "../src/index.js"
 import { KillableRelay, plainConnection, storedIds, uniqueName, waitFor } from "./support.js"
 
 let server: ServerHandle
@@ -15,12 +16,11 @@ afterAll(async () => {
 })
 
 it("a relay killed mid-batch and restarted re-sends the batch: the stream stores every event once, handlers see each once", async () => {
-  const outbox = MemoryOutbox.make()
+  const outbox = memoryOutbox()
   const relay = new KillableRelay(outbox, { servers: server.url }, { leaseMs: 1_000, batchSize: 100 })
   const bus = await createBus({
-    outbox: outbox.layer,
-    transports: { nats: natsTransport({ servers: server.url }) },
-    transport: "nats",
+    outbox,
+    transport: { use: "nats", broker: nats({ servers: server.url }) },
     env: false,
     relay: false,
   })
@@ -86,12 +86,11 @@ it("a relay killed mid-batch and restarted re-sends the batch: the stream stores
 })
 
 it('"now" leaves out events committed before it that the relay sends later, and keeps everything committed after `ready`', async () => {
-  const outbox = MemoryOutbox.make()
+  const outbox = memoryOutbox()
   const relay = new KillableRelay(outbox, { servers: server.url }, { leaseMs: 1_000 })
   const bus = await createBus({
-    outbox: outbox.layer,
-    transports: { nats: natsTransport({ servers: server.url }) },
-    transport: "nats",
+    outbox,
+    transport: { use: "nats", broker: nats({ servers: server.url }) },
     env: false,
     relay: false,
   })

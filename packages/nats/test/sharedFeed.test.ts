@@ -1,21 +1,14 @@
 import { setFlagsFromString } from "node:v8"
 import { runInNewContext } from "node:vm"
-import {
-  type BusError,
-  createBus,
-  type DeliveredEvent,
-  feedCursorOf,
-  feedStatsOf,
-  MemoryOutbox,
-  makeEnvelope,
-  Transport,
-} from "@bus/core"
+import { type BusError, createBus, type DeliveredEvent, memoryOutbox } from "@bus/core"
+import { feedCursorOf, feedStatsOf, MemoryOutbox, makeEnvelope, Transport } from "@bus/core/adapter"
 import { type ServerHandle, startNats } from "@bus/test-infra"
 import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream"
 import type { NatsConnection } from "@nats-io/transport-node"
 import { Cause, Effect, Fiber, ManagedRuntime, Stream } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { decodeCursor, type NatsTransportOptions, natsTransport } from "../src/index.js"
+import { decodeCursor, natsTransport } from "../src/adapter.js"
+import type { NatsTransportOptions } from "../src/index.js"
 import { plainConnection, uniqueName, waitFor } from "./support.js"
 
 /**

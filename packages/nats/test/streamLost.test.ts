@@ -1,17 +1,12 @@
 import { readdirSync, readFileSync, rmSync } from "node:fs"
-import {
-  type Bus,
-  createBus,
-  type DeliveredEvent,
-  MemoryOutbox,
-  memoryTransport,
-  splitCursor,
-} from "@bus/core"
+import { type Bus, createBus, type DeliveredEvent, memoryOutbox } from "@bus/core"
+import { MemoryOutbox, memoryTransport, splitCursor } from "@bus/core/adapter"
 import { type ServerHandle, startNats } from "@bus/test-infra"
 import { jetstreamManager } from "@nats-io/jetstream"
 import type { NatsConnection } from "@nats-io/transport-node"
 import { afterAll, beforeAll, expect, it, vi } from "vitest"
-import { durableName, natsTransport } from "../src/index.js"
+import { durableName, natsTransport } from "../src/adapter.js"
+import { nats } from "../src/index.js"
 import { plainConnection, uniqueName, waitFor } from "./support.js"
 
 /**
@@ -82,13 +77,13 @@ const collect = (bus: Bus, request: { tenant: string; channel: string; from?: st
 }
 
 const setup = async (streamCheckMs?: number, group = true) => {
-  const outbox = MemoryOutbox.make()
+  const outbox = memoryOutbox()
   const bus = await createBus({
-    outbox: outbox.layer,
-    transports: {
-      nats: natsTransport({ servers: server.url, ...(streamCheckMs ? { streamCheckMs } : {}) }),
+    outbox,
+    transport: {
+      use: "nats",
+      broker: nats({ servers: server.url, ...(streamCheckMs ? { streamCheckMs } : {}) }),
     },
-    transport: "nats",
     env: false,
   })
   const tenant = uniqueName("t")

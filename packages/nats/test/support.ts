@@ -1,10 +1,7 @@
 import { createServer, type Server, Socket } from "node:net"
-// The same polling and naming helpers the conformance suite uses.
-import { uniqueName, waitFor } from "@bus/conformance"
+import type { BusError, MemoryOutbox } from "@bus/core"
 import {
-  type BusError,
   type Envelope,
-  type MemoryOutbox,
   OutboxStore,
   type RelayClaim,
   type RelayLog,
@@ -13,11 +10,14 @@ import {
   type SendMeta,
   sendEach,
   Transport,
-} from "@bus/core"
+} from "@bus/core/adapter"
+// The same polling and naming helpers the conformance suite uses.
+import { uniqueName, waitFor } from "@bus/conformance"
 import { jetstreamManager } from "@nats-io/jetstream"
 import { connect, type NatsConnection } from "@nats-io/transport-node"
 import { Effect, Fiber, Layer, ManagedRuntime } from "effect"
-import { type NatsTransportOptions, natsTransport } from "../src/index.js"
+import { natsTransport } from "../src/adapter.js"
+import type { NatsTransportOptions } from "../src/index.js"
 
 export { uniqueName, waitFor }
 

@@ -1,21 +1,20 @@
+import { type BusError, createBus, type DeliveredEvent, memoryOutbox } from "@bus/core"
 import {
-  type BusError,
-  createBus,
-  type DeliveredEvent,
   type Delivery,
   type Envelope,
-  MemoryOutbox,
   makeEnvelope,
   type SendItem,
   type SendOutcome,
   Transport,
-} from "@bus/core"
+} from "@bus/core/adapter"
 import { type ServerHandle, startNats } from "@bus/test-infra"
 import { jetstreamManager, RetentionPolicy } from "@nats-io/jetstream"
 import type { NatsConnection } from "@nats-io/transport-node"
 import { Cause, Effect, Exit, Fiber, ManagedRuntime, Queue, Stream } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { decodeCursor, durableName, type NatsTransportOptions, natsTransport } from "../src/index.js"
+import { decodeCursor, durableName, natsTransport } from "../src/adapter.js"
+import type { NatsTransportOptions } from "../src/index.js"
+import { nats } from "../src/index.js"
 import { plainConnection, storedIds, uniqueName, waitFor } from "./support.js"
 
 let server: ServerHandle
@@ -441,11 +440,10 @@ describe("consumer groups", () => {
     }))
 
   it("dead-letters to <prefix>.dlq.<tenant>.<channel> and the outbox's dead letters, then stops delivering", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox.layer,
-      transports: { nats: natsTransport({ servers: server.url }) },
-      transport: "nats",
+      outbox,
+      transport: { use: "nats", broker: nats({ servers: server.url }) },
       env: false,
     })
     try {

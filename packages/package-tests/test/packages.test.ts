@@ -166,14 +166,24 @@ describe("installed from the tarballs", () => {
     },
   )
 
-  it("a plain require() of every library package works", async () => {
+  it("a plain require() of every library package and adapter entry works; internals are not exported", async () => {
     const dir = join(work, "commonjs")
-    const script = ["@bus/core", "@bus/postgres-notify", "@bus/sse"]
+    const script = [
+      "@bus/core",
+      "@bus/core/adapter",
+      "@bus/postgres-notify",
+      "@bus/postgres-notify/adapter",
+      "@bus/sse",
+    ]
       .map(
         (p) => `if (typeof require(${JSON.stringify(p)}) !== "object") throw new Error(${JSON.stringify(p)})`,
       )
       .join("\n")
-    const { stdout } = await run(process.execPath, ["-e", `${script}\nconsole.log("ok")`], { cwd: dir })
+    // A deep import is refused by the exports map, whatever file it names.
+    const internal = `try { require("@bus/core/internal/names"); throw new Error("internal exported") } catch (e) { if (e.code !== "ERR_PACKAGE_PATH_NOT_EXPORTED") throw e }`
+    const { stdout } = await run(process.execPath, ["-e", `${script}\n${internal}\nconsole.log("ok")`], {
+      cwd: dir,
+    })
     expect(stdout.trim()).toBe("ok")
   })
 })

@@ -1,4 +1,4 @@
-import type { Envelope } from "@bus/core"
+import type { Envelope } from "@bus/core/adapter"
 import { PgClient } from "@effect/sql-pg"
 import { PrismaPg } from "@prisma/adapter-pg"
 import { sql as dsql } from "drizzle-orm"
@@ -8,11 +8,8 @@ import { SqlClient } from "effect/sql"
 import { Kysely, sql as ksql, PostgresDialect } from "kysely"
 import pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import {
-  createPostgresOutboxStore,
-  type PostgresOutboxHandle,
-  type PostgresOutboxService,
-} from "../src/index.js"
+import { createPostgresOutboxStore, type PostgresOutboxHandle } from "../src/adapter.js"
+import type { PostgresOutboxService } from "../src/index.js"
 import { PrismaClient } from "./prisma/generated/client.js"
 import { event, startDb, type TestDb } from "./support/db.js"
 import { failure, run } from "./support/run.js"

@@ -1,6 +1,8 @@
-import { addressTag, type Bus, CursorInvalid, createBus } from "@bus/core"
+import { type Bus, CursorInvalid, createBus } from "@bus/core"
+import { addressTag } from "@bus/core/adapter"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { createPostgresOutboxStore, decodeCursor, encodeCursor, postgresNotify } from "../src/index.js"
+import { createPostgresOutboxStore, decodeCursor, encodeCursor } from "../src/adapter.js"
+import { postgresOutbox } from "../src/index.js"
 import { event, eventually, inTransaction, startDb, type TestDb } from "./support/db.js"
 import { failure, run } from "./support/run.js"
 
@@ -81,16 +83,14 @@ describe("cursors of another address (Postgres outbox)", () => {
   })
 
   it("API: subscribe with another tenant's or channel's cursor fails (ready rejects); nothing is skipped; groups are unaffected", async () => {
-    const pgn = postgresNotify({
+    const pgn = postgresOutbox({
       connectionString: db.url,
       schema: await db.freshSchema(),
       migrate: false,
       pressure: false,
     })
     const bus = await createBus({
-      outbox: pgn.outbox,
-      transports: { "postgres-notify": pgn.transport },
-      transport: "postgres-notify",
+      outbox: pgn,
       env: false,
     })
     closers.push(() => bus.close())

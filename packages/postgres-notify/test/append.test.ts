@@ -1,7 +1,7 @@
-import type { Envelope } from "@bus/core"
+import type { Envelope } from "@bus/core/adapter"
 import type pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { addressChannel, createPostgresOutboxStore, type PostgresOutboxHandle } from "../src/index.js"
+import { addressChannel, createPostgresOutboxStore, type PostgresOutboxHandle } from "../src/adapter.js"
 import { event, eventually, inTransaction, startDb, type TestDb } from "./support/db.js"
 import { failure, run } from "./support/run.js"
 

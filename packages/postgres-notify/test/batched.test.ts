@@ -1,12 +1,7 @@
 import { createBus, type DeliveredEvent } from "@bus/core"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import {
-  addressChannel,
-  createPostgresOutboxStore,
-  createTransactionRunner,
-  type PostgresOutboxHandle,
-  postgresNotify,
-} from "../src/index.js"
+import { addressChannel, createPostgresOutboxStore, type PostgresOutboxHandle } from "../src/adapter.js"
+import { postgresOutbox } from "../src/index.js"
 import { event, eventually, startDb, type TestDb } from "./support/db.js"
 import { run } from "./support/run.js"
 
@@ -56,20 +51,17 @@ const counter = async (schema: string) => {
   }
 }
 
-/** A consumer bus built with postgresNotify(), subscribed to A from now. */
+/** A consumer bus built with postgresOutbox(), subscribed to A from now. */
 const consumer = async (schema: string, pollIntervalMs: number) => {
-  const pgn = postgresNotify({
+  const pgn = postgresOutbox({
     connectionString: db.url,
     schema,
     migrate: false,
     pollIntervalMs,
     pressure: false,
   })
-  expect(pgn.notify).toBe("addresses")
   const bus = await createBus({
-    outbox: pgn.outbox,
-    transports: { "postgres-notify": pgn.transport },
-    transport: "postgres-notify",
+    outbox: pgn,
     env: false,
   })
   closers.push(() => bus.close())
@@ -90,7 +82,7 @@ describe("after-commit batched NOTIFY", () => {
     const p = await producer(schema, 60_000)
     const notes = await counter(schema)
     const { got } = await consumer(schema, 0)
-    const transaction = createTransactionRunner(p)
+    const transaction = p.transaction
     const sent = await Promise.all(
       Array.from({ length: 20 }, (_, i) =>
         transaction(async (tx) => {

@@ -4,7 +4,8 @@ import { type Bus, createBus } from "@bus/core"
 import { type PostgresHandle, pauseFor, startPostgres } from "@bus/test-infra"
 import { Effect, type ManagedRuntime } from "effect"
 import pg from "pg"
-import { migrate, PostgresOutbox, type PostgresOutboxService, postgresNotify } from "../src/index.js"
+import { PostgresOutbox } from "../src/adapter.js"
+import { migrate, type PostgresOutboxService, postgresOutbox } from "../src/index.js"
 
 // One Postgres and one outbox schema for the run, as one database serves every process;
 // each bus the suite makes is another process over it, with its own pool and LISTEN
@@ -39,7 +40,7 @@ runConformanceSuite({
     await server?.stop()
   },
   makeBus: async () => {
-    const pgn = postgresNotify({
+    const pgn = postgresOutbox({
       connectionString: server!.url,
       schema,
       migrate: false,
@@ -51,9 +52,7 @@ runConformanceSuite({
       poolSize: 4,
     })
     const bus = await createBus({
-      outbox: pgn.outbox,
-      transports: { "postgres-notify": pgn.transport },
-      transport: "postgres-notify",
+      outbox: pgn,
       env: false,
     })
     const store = await storeOf(bus)

@@ -7,7 +7,7 @@ import {
   isExpired,
   isVisible,
   parsePgSnapshot,
-} from "../src/index.js"
+} from "../src/adapter.js"
 import { seal } from "./support/db.js"
 
 const epoch = "0123456789abcdef0123456789abcdef"

@@ -1,6 +1,7 @@
-import { type Bus, createBus } from "@bus/core"
+import { type Bus, createBus, memoryOutbox } from "@bus/core"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { postgresNotify, replayDeadLetters } from "../src/index.js"
+import { replayDeadLetters } from "../src/adapter.js"
+import { postgresOutbox } from "../src/index.js"
 import { eventually, inTransaction, startDb, type TestDb } from "./support/db.js"
 
 /**
@@ -22,17 +23,14 @@ afterAll(async () => {
 })
 
 const openBus = async (schema: string): Promise<Bus> => {
-  const pgn = postgresNotify({
+  const pgn = postgresOutbox({
     connectionString: db.url,
     schema,
     migrate: false,
     pressure: false,
-    env: false,
   })
   const bus = await createBus({
-    outbox: pgn.outbox,
-    transports: { "postgres-notify": pgn.transport },
-    transport: "postgres-notify",
+    outbox: pgn,
     env: false,
   })
   closers.push(() => bus.close())

@@ -1,6 +1,7 @@
 import { type Bus, CursorInvalid, createBus, type DeliveredEvent, type Subscription } from "@bus/core"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { postgresNotify, rotateEpoch } from "../src/index.js"
+import { rotateEpoch } from "../src/adapter.js"
+import { postgresOutbox } from "../src/index.js"
 import { event, eventually, inTransaction, startDb, type TestDb } from "./support/db.js"
 
 /**
@@ -53,11 +54,9 @@ const publish = async (bus: Bus, n: number) => {
 describe("epoch rotation", () => {
   it("no cursor: never a reset; an old-epoch cursor: exactly one", async () => {
     const schema = await db.freshSchema()
-    const pgn = postgresNotify({ connectionString: db.url, schema, migrate: false, pressure: false })
+    const pgn = postgresOutbox({ connectionString: db.url, schema, migrate: false, pressure: false })
     const bus = await createBus({
-      outbox: pgn.outbox,
-      transports: { "postgres-notify": pgn.transport },
-      transport: "postgres-notify",
+      outbox: pgn,
       env: false,
     })
     closers.push(() => bus.close())

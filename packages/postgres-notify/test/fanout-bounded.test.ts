@@ -1,20 +1,10 @@
 import { setFlagsFromString } from "node:v8"
 import { runInNewContext } from "node:vm"
-import {
-  type Bus,
-  createBus,
-  type DeliveredEvent,
-  iteratorBuffer,
-  MemoryOutbox,
-  memoryTransport,
-  outboxFeedStats,
-  outboxTransport,
-  Subscriber,
-  Transport,
-} from "@bus/core"
+import { type Bus, createBus, type DeliveredEvent, memoryOutbox, Subscriber } from "@bus/core"
+import { iteratorBuffer, outboxFeedStats, outboxTransport, Transport } from "@bus/core/adapter"
 import { Deferred, Effect, Fiber, Stream } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { postgresOutboxLayer } from "../src/index.js"
+import { postgresOutbox } from "../src/index.js"
 import { inTransaction, startDb, type TestDb } from "./support/db.js"
 
 /**
@@ -66,11 +56,9 @@ const targets: ReadonlyArray<Target> = [
   {
     name: "memory",
     open: async () => {
-      const outbox = MemoryOutbox.make()
+      const outbox = memoryOutbox()
       const bus = await createBus({
-        outbox: outbox.layer,
-        transports: { memory: memoryTransport() },
-        transport: "memory",
+        outbox,
         env: false,
       })
       return {
@@ -80,11 +68,9 @@ const targets: ReadonlyArray<Target> = [
       }
     },
     storeHeap: async () => {
-      const outbox = MemoryOutbox.make()
+      const outbox = memoryOutbox()
       const bus = await createBus({
-        outbox: outbox.layer,
-        transports: { memory: memoryTransport() },
-        transport: "memory",
+        outbox,
         env: false,
       })
       try {
@@ -102,9 +88,7 @@ const targets: ReadonlyArray<Target> = [
     open: async () => {
       const schema = await db!.freshSchema()
       const bus = await createBus({
-        outbox: postgresOutboxLayer({ connectionString: db!.url, schema, migrate: false }),
-        transports: { "postgres-notify": outboxTransport({ name: "postgres-notify" }) },
-        transport: "postgres-notify",
+        outbox: postgresOutbox({ connectionString: db!.url, schema, migrate: false }),
         env: false,
       })
       return {

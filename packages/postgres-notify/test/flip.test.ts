@@ -1,12 +1,10 @@
-import type { DeliveredEvent, Envelope, RelayedEvent } from "@bus/core"
+import type { DeliveredEvent } from "@bus/core"
+import type { Envelope, RelayedEvent } from "@bus/core/adapter"
 import { Effect } from "effect"
 import type pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import {
-  createPostgresOutboxStore,
-  type PostgresOutboxHandle,
-  type PostgresOutboxService,
-} from "../src/index.js"
+import { createPostgresOutboxStore, type PostgresOutboxHandle } from "../src/adapter.js"
+import type { PostgresOutboxService } from "../src/index.js"
 import { event, inTransaction, startDb, type TestDb } from "./support/db.js"
 import { run } from "./support/run.js"
 

@@ -2,13 +2,9 @@ import { type Bus, createBus, type DeliveredEvent } from "@bus/core"
 import { type BlackholeProxy, startBlackholeProxy, viaProxy } from "@bus/test-infra"
 import { Effect, type ManagedRuntime } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import {
-  createPostgresOutboxStore,
-  PostgresOutbox,
-  type PostgresOutboxHandle,
-  type PostgresOutboxService,
-  postgresNotify,
-} from "../src/index.js"
+import { createPostgresOutboxStore, PostgresOutbox, type PostgresOutboxHandle } from "../src/adapter.js"
+import type { PostgresOutboxService } from "../src/index.js"
+import { postgresOutbox } from "../src/index.js"
 import { event, eventually, inTransaction, startDb, type TestDb } from "./support/db.js"
 import { run } from "./support/run.js"
 
@@ -69,11 +65,9 @@ const setup = async () => {
     pressure: false,
   })
   cleanups.push(() => producer.close())
-  const pgn = postgresNotify({ connectionString: viaProxy(db.url, proxy), schema, migrate: false, ...bounds })
+  const pgn = postgresOutbox({ connectionString: viaProxy(db.url, proxy), schema, migrate: false, ...bounds })
   const bus = await createBus({
-    outbox: pgn.outbox,
-    transports: { "postgres-notify": pgn.transport },
-    transport: "postgres-notify",
+    outbox: pgn,
     env: false,
   })
   cleanups.push(() => bus.close())

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto"
-import type { Address } from "@bus/core"
+import type { Address } from "@bus/core/adapter"
 import { Effect } from "effect"
 import pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
@@ -9,7 +9,7 @@ import {
   type PostgresOutboxHandle,
   type PostgresOutboxOptions,
   relayChannel,
-} from "../src/index.js"
+} from "../src/adapter.js"
 import { event, eventually, inTransaction, startDb, type TestDb } from "./support/db.js"
 import { collect, openScope, run } from "./support/run.js"
 

@@ -3,11 +3,11 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import {
   createPostgresOutboxStore,
   latestVersion,
-  migrate,
   migrationSql,
   rotateEpoch,
   validateSchemaName,
-} from "../src/index.js"
+} from "../src/adapter.js"
+import { migrate } from "../src/index.js"
 import { startDb, type TestDb } from "./support/db.js"
 import { failure, run } from "./support/run.js"
 

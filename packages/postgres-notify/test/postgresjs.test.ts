@@ -1,10 +1,7 @@
 import postgres from "postgres"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import {
-  createPostgresOutboxStore,
-  type PostgresOutboxHandle,
-  type PostgresOutboxService,
-} from "../src/index.js"
+import { createPostgresOutboxStore, type PostgresOutboxHandle } from "../src/adapter.js"
+import type { PostgresOutboxService } from "../src/index.js"
 import { event, startDb, type TestDb } from "./support/db.js"
 import { failure, run } from "./support/run.js"
 

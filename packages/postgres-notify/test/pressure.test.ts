@@ -1,20 +1,21 @@
-import { CursorInvalid } from "@bus/core"
+import { type BusOptions, CursorInvalid, createBus } from "@bus/core"
+import { memoryBroker } from "@bus/core/adapter"
 import { Effect, Exit, Logger, Metric, Scope, Stream } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import {
   createPostgresOutboxStore,
   makePostgresOutboxStore,
-  notifyModeFor,
   type PostgresOutboxHandle,
-  type PostgresOutboxService,
-  postgresNotify,
   pressureMetrics,
   relayWakeupAddress,
-} from "../src/index.js"
+} from "../src/adapter.js"
+import type { PostgresOutboxService } from "../src/index.js"
+import { type NotifyMode, postgresOutbox, postgresOutboxOf } from "../src/index.js"
+import { notifyModeFor } from "../src/postgres.js"
 import { event, eventually, inTransaction, startDb, type TestDb } from "./support/db.js"
 import { failure, run } from "./support/run.js"
 
-/** The NOTIFY-pressure monitor, the retention job, and postgresNotify()'s NOTIFY mode. */
+/** The NOTIFY-pressure monitor, the retention job, and postgresOutbox()'s NOTIFY mode. */
 
 let db: TestDb
 const closers: Array<() => Promise<unknown>> = []
@@ -208,43 +209,36 @@ describe("retention job", () => {
   })
 })
 
-describe("postgresNotify()", () => {
-  it("picks the NOTIFY mode from the transport the bus will select", () => {
+describe("postgresOutbox()", () => {
+  it("picks the NOTIFY mode from the transport the bus selected (configuration and BUS_* read once, by the bus)", async () => {
     expect(notifyModeFor("postgres-notify")).toBe("addresses")
-    expect(postgresNotify({ connectionString: db.url, env: false }).notify).toBe("addresses")
-    expect(
-      postgresNotify({ connectionString: db.url, env: false, selection: { transport: "nats" } }).notify,
-    ).toBe("none")
-    const auto = {
-      transport: "auto",
-      notifyRate: 5_000,
-      notifyRateThreshold: 1_000,
-      broker: "redis-streams",
-    } as const
-    expect(postgresNotify({ connectionString: db.url, env: false, selection: auto })).toMatchObject({
-      notify: "none",
-      selected: "redis-streams",
-    })
-    expect(
-      postgresNotify({
+    expect(notifyModeFor("nats")).toBe("none")
+    const schema = await db.freshSchema()
+    const broker = memoryBroker()
+    const modeOf = async (options: Omit<BusOptions, "outbox">, notify?: NotifyMode) => {
+      const outbox = postgresOutbox({
         connectionString: db.url,
-        env: { BUS_TRANSPORT: "nats" },
-        selection: { transport: "auto" },
-      }).notify,
-    ).toBe("none")
-    expect(
-      postgresNotify({ connectionString: db.url, env: { BUS_NOTIFY_RATE: "10" }, selection: auto }).notify,
-    ).toBe("addresses")
-    // An invalid selection (the bus will refuse it) wakes both, which is right for either.
-    expect(
-      postgresNotify({
-        connectionString: db.url,
-        env: false,
-        selection: { transport: "auto", notifyRate: 9e9 },
-      }).notify,
-    ).toBe("both")
+        schema,
+        migrate: false,
+        pressure: false,
+        ...(notify !== undefined ? { notify } : {}),
+      })
+      const bus = await createBus({ outbox, relay: false, ...options })
+      try {
+        return (await postgresOutboxOf(bus)).notify
+      } finally {
+        await bus.close()
+      }
+    }
+    expect(await modeOf({ env: false })).toBe("addresses")
+    expect(await modeOf({ env: false, transport: { use: "memory-broker", broker } })).toBe("none")
+    expect(await modeOf({ env: false, transport: { notifyRate: 5_000, broker } })).toBe("none")
+    expect(await modeOf({ env: { BUS_TRANSPORT: "memory-broker" }, transport: { broker } })).toBe("none")
+    expect(await modeOf({ env: { BUS_NOTIFY_RATE: "10" }, transport: { notifyRate: 5_000, broker } })).toBe(
+      "addresses",
+    )
     // An explicit notify wins.
-    expect(postgresNotify({ connectionString: db.url, env: false, notify: "none" }).notify).toBe("none")
+    expect(await modeOf({ env: false }, "none")).toBe("none")
   })
 
   it("with a broker selected, producers wake relays on the relay channel, seen on changes", async () => {

@@ -1,10 +1,12 @@
-import { type Bus, createBus, defineChannel, type EventInput, uuidv7 } from "@bus/core"
+import { type Bus, createBus, defineChannel, type EventInput } from "@bus/core"
+import { uuidv7 } from "@bus/core/adapter"
 import { Schema } from "effect"
 import { Kysely, PostgresDialect } from "kysely"
 import type pg from "pg"
 import postgres from "postgres"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { addressChannel, postgresNotify } from "../src/index.js"
+import { addressChannel } from "../src/adapter.js"
+import { postgresOutbox } from "../src/index.js"
 import { eventually, startDb, type TestDb } from "./support/db.js"
 
 /**
@@ -34,7 +36,7 @@ afterAll(async () => {
 
 const openBus = async (prepare?: boolean): Promise<{ bus: Bus; schema: string }> => {
   const schema = await db.freshSchema()
-  const pgn = postgresNotify({
+  const pgn = postgresOutbox({
     connectionString: db.url,
     schema,
     migrate: false,
@@ -44,9 +46,7 @@ const openBus = async (prepare?: boolean): Promise<{ bus: Bus; schema: string }>
     ...(prepare === undefined ? {} : { prepare }),
   })
   const bus = await createBus({
-    outbox: pgn.outbox,
-    transports: { "postgres-notify": pgn.transport },
-    transport: "postgres-notify",
+    outbox: pgn,
     env: false,
   })
   closers.push(() => bus.close())

@@ -1,10 +1,7 @@
 import type { DeliveredEvent } from "@bus/core"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import {
-  createPostgresOutboxStore,
-  type PostgresOutboxHandle,
-  type PostgresOutboxService,
-} from "../src/index.js"
+import { createPostgresOutboxStore, type PostgresOutboxHandle } from "../src/adapter.js"
+import type { PostgresOutboxService } from "../src/index.js"
 import { event, eventually, inTransaction, startDb, type TestDb } from "./support/db.js"
 import { failure, openScope, run } from "./support/run.js"
 

@@ -1,7 +1,6 @@
+import { type BusError, memoryOutbox, TransportFailure, TransportUnavailable } from "@bus/core"
 import {
-  type BusError,
   type Envelope,
-  MemoryOutbox,
   memoryBroker,
   OutboxStore,
   type RelayLog,
@@ -9,13 +8,12 @@ import {
   runRelay,
   sendEach,
   Transport,
-  TransportFailure,
-  TransportUnavailable,
-} from "@bus/core"
+} from "@bus/core/adapter"
 import { Effect, Fiber, Layer, References } from "effect"
 import type pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { createPostgresOutboxStore, migrate, migrations, type PostgresOutboxService } from "../src/index.js"
+import { createPostgresOutboxStore, migrations } from "../src/adapter.js"
+import { migrate, type PostgresOutboxService } from "../src/index.js"
 import { event, eventually, inTransaction, startDb, type TestDb } from "./support/db.js"
 import { run } from "./support/run.js"
 
@@ -50,7 +48,7 @@ type Hook = (event: Envelope) => BusError | undefined
 
 /** A memory broker behind a send hook, and a runtime holding it with the store. */
 const broker = (s: PostgresOutboxService, hook: Hook = () => undefined, dead: Set<string> = new Set()) => {
-  const brokerOutbox = MemoryOutbox.make()
+  const brokerOutbox = memoryOutbox()
   const sends = new Map<string, number>()
   const transport = Layer.effect(
     Transport,
@@ -64,7 +62,7 @@ const broker = (s: PostgresOutboxService, hook: Hook = () => undefined, dead: Se
         })
       return Transport.of({ ...inner, send, sendAll: sendEach(send) })
     }),
-  ).pipe(Layer.provide(memoryBroker(brokerOutbox)))
+  ).pipe(Layer.provide(memoryBroker(brokerOutbox).layer))
   // Owners in `dead` act as a killed process: nothing they store, renew or release arrives.
   const alive = <A>(owner: string, effect: Effect.Effect<A, BusError>, fallback: A) =>
     Effect.suspend(() => (dead.has(owner) ? Effect.succeed(fallback) : effect))

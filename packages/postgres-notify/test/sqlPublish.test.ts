@@ -1,7 +1,9 @@
-import { type Bus, createBus, type DeliveredEvent, isUuidv7 } from "@bus/core"
+import { type Bus, createBus, type DeliveredEvent } from "@bus/core"
+import { isUuidv7 } from "@bus/core/adapter"
 import type pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { addressChannel, postgresNotify } from "../src/index.js"
+import { addressChannel } from "../src/adapter.js"
+import { postgresOutbox } from "../src/index.js"
 import { eventually, inTransaction, startDb, type TestDb } from "./support/db.js"
 
 /**
@@ -26,7 +28,7 @@ const openBus = async (
   transport: "postgres-notify" | "nats" = "postgres-notify",
 ): Promise<{ bus: Bus; schema: string }> => {
   const schema = await db.freshSchema()
-  const pgn = postgresNotify({
+  const pgn = postgresOutbox({
     connectionString: db.url,
     schema,
     migrate: false,
@@ -35,9 +37,7 @@ const openBus = async (
     notify: transport === "postgres-notify" ? "addresses" : "none",
   })
   const bus = await createBus({
-    outbox: pgn.outbox,
-    transports: { "postgres-notify": pgn.transport },
-    transport: "postgres-notify",
+    outbox: pgn,
     env: false,
   })
   closers.push(() => bus.close())

@@ -1,9 +1,10 @@
 import { randomBytes } from "node:crypto"
-import { type DeliveredEvent, type Envelope, outboxTransport, Transport } from "@bus/core"
+import type { DeliveredEvent } from "@bus/core"
+import { type Envelope, outboxTransport, Transport } from "@bus/core/adapter"
 import { Effect, Fiber, Layer, ManagedRuntime, Stream } from "effect"
 import pg from "pg"
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest"
-import { PostgresOutbox, postgresOutboxLayer } from "../src/index.js"
+import { PostgresOutbox, postgresOutboxLayer } from "../src/adapter.js"
 import { event, eventually, startDb, type TestDb } from "./support/db.js"
 
 /**

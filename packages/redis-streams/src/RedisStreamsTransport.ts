@@ -1,19 +1,16 @@
+import { type BusError, ConfigError, PayloadTooLarge, TransportUnavailable } from "@bus/core"
 import {
-  type BusError,
-  ConfigError,
   capabilities,
   checkAddress,
   defaultMaxPayloadBytes,
   type Envelope,
   OutboxStore,
-  PayloadTooLarge,
   type SendItem,
   type SendMeta,
   type SendOutcome,
   Transport,
-  TransportUnavailable,
   validateName,
-} from "@bus/core"
+} from "@bus/core/adapter"
 import { Cause, Effect, Layer } from "effect"
 import { Cluster, Redis } from "ioredis"
 import { encodeEntry } from "./codec.js"
@@ -66,15 +63,10 @@ export const redisStreamsCapabilities = capabilities(transportName, {
  *
  * @example
  * ```ts
- * import { createBus } from "@bus/core"
- * import { postgresNotify } from "@bus/postgres-notify"
- * import { redisStreamsTransport } from "@bus/redis-streams"
+ * import { redisStreamsTransport } from "@bus/redis-streams/adapter"
  *
- * const bus = await createBus({
- *   outbox: postgresNotify({ connectionString: process.env.DATABASE_URL }).outbox,
- *   transports: { "redis-streams": redisStreamsTransport({ url: "redis://127.0.0.1:6379" }) },
- *   transport: "redis-streams",
- * })
+ * // Applications pass `redisStreams({ url })` to `createBus`; the layer is for Effect tools and tests.
+ * const layer = redisStreamsTransport({ url: "redis://127.0.0.1:6379" })
  * ```
  */
 export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.Layer<Transport, BusError> =>

@@ -1,11 +1,5 @@
-import {
-  type Address,
-  type DeliveredEvent,
-  decodeEnvelope,
-  type Envelope,
-  envelopeToJson,
-  withFrontier,
-} from "@bus/core"
+import type { DeliveredEvent } from "@bus/core"
+import { type Address, decodeEnvelope, type Envelope, envelopeToJson, withFrontier } from "@bus/core/adapter"
 import { Effect } from "effect"
 import { fieldOf, type RawEntry } from "./connection.js"
 import { type CursorBinding, toCursor } from "./keys.js"

@@ -1,12 +1,5 @@
-import {
-  type BusError,
-  backoffDelay,
-  ConfigError,
-  isBusError,
-  Metrics,
-  TransportFailure,
-  TransportUnavailable,
-} from "@bus/core"
+import { type BusError, ConfigError, isBusError, TransportFailure, TransportUnavailable } from "@bus/core"
+import { backoffDelay, Metrics } from "@bus/core/adapter"
 import { Effect, Metric, type Scope } from "effect"
 import type { Cluster, Redis } from "ioredis"
 import type { ChannelKeys } from "./keys.js"

@@ -1,4 +1,5 @@
-import { type BusError, type DeadLetter, decodeEnvelope } from "@bus/core"
+import type { BusError } from "@bus/core"
+import { type DeadLetter, decodeEnvelope } from "@bus/core/adapter"
 import { Effect } from "effect"
 import { type Client, command, fieldOf, parseEntries, type RawEntry } from "./connection.js"
 import { deadLetterIndexKey } from "./keys.js"

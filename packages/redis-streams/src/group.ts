@@ -1,16 +1,16 @@
 import { randomUUID } from "node:crypto"
 import { hostname } from "node:os"
+import type { BusError } from "@bus/core"
 import {
   addressTag,
-  type BusError,
   checkAddress,
-  checkName,
   type Delivery,
   type GroupRequest,
   type OutboxStore,
   type SendItem,
   type SendOutcome,
-} from "@bus/core"
+  validateName,
+} from "@bus/core/adapter"
 import { type Cause, Effect, Option, Queue, Semaphore, Stream } from "effect"
 import { decodeEntry, positionOf } from "./codec.js"
 import {
@@ -160,7 +160,8 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
     Effect.gen(function* () {
       const { main, config } = ctx
       const address = yield* checkAddress(request)
-      const group = yield* checkName("group", request.group)
+      const group = validateName("group", request.group)
+      if (typeof group !== "string") return yield* group
       const keys: ChannelKeys = channelKeys(config.keyPrefix, address)
       const stream = keys.stream
       const maxInFlight = Math.max(1, Math.floor(request.maxInFlight) || 1)

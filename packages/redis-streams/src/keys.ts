@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto"
-import { type Address, CursorInvalid, isOutboxFrontier, splitCursor } from "@bus/core"
+import { CursorInvalid } from "@bus/core"
+import { type Address, isOutboxFrontier, splitCursor } from "@bus/core/adapter"
 
 /**
  * Key layout and cursors of the Redis Streams transport.

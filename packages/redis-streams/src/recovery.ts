@@ -1,12 +1,12 @@
+import type { BusError } from "@bus/core"
 import {
   type Address,
-  type BusError,
   checkAddress,
   OutboxStore,
   type SendItem,
   type SendOutcome,
   Transport,
-} from "@bus/core"
+} from "@bus/core/adapter"
 import { Effect } from "effect"
 import { type Client, runScript } from "./connection.js"
 import { type ChannelKeys, newIdentity } from "./keys.js"

@@ -1,17 +1,15 @@
+import { type BusError, CursorInvalid, type DeliveredEvent } from "@bus/core"
 import {
   type Address,
   addressTag,
-  type BusError,
-  CursorInvalid,
   checkAddress,
-  type DeliveredEvent,
   dedupeById,
   flipCursorExpired,
   notCoveredBy,
   type OutboxStore,
   outboxCursorOf,
   type SubscribeRequest,
-} from "@bus/core"
+} from "@bus/core/adapter"
 import { Effect, Option, PubSub, RcMap, type Scope, Stream } from "effect"
 import { decodeOrSkip, frontierOf, positionOf } from "./codec.js"
 import {

@@ -1,22 +1,17 @@
 import { runConformanceSuite } from "@bus/conformance"
-import {
-  createBus,
-  type Envelope,
-  MemoryOutbox,
-  runRelay,
-  type SendMeta,
-  sendEach,
-  Transport,
-} from "@bus/core"
+import { createBus, memoryOutbox } from "@bus/core"
+import { type Envelope, runRelay, type SendMeta, sendEach, Transport } from "@bus/core/adapter"
 import { pauseFor, type ServerHandle, startRedis } from "@bus/test-infra"
 import { Effect, Layer, ManagedRuntime } from "effect"
 import { Redis } from "ioredis"
-import { type RedisStreamsOptions, redisStreamsTransport } from "../src/index.js"
+import { redisStreamsTransport } from "../src/adapter.js"
+import type { RedisStreamsOptions } from "../src/index.js"
+import { redisStreams } from "../src/index.js"
 import { killableStore, waitFor } from "./support.js"
 
 // One outbox for the whole run, as one database serves every process: each bus the
 // suite makes is another "process" over it.
-const outbox = MemoryOutbox.make()
+const outbox = memoryOutbox()
 let server: ServerHandle | undefined
 let admin: Redis | undefined
 
@@ -97,9 +92,8 @@ runConformanceSuite({
   },
   makeBus: () =>
     createBus({
-      outbox: outbox.layer,
-      transports: { "redis-streams": redisStreamsTransport(options()) },
-      transport: "redis-streams",
+      outbox,
+      transport: { use: "redis-streams", broker: redisStreams(options()) },
       env: false,
       relay: false,
     }),

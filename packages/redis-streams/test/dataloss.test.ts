@@ -1,9 +1,11 @@
 import { setTimeout as delay } from "node:timers/promises"
-import { addressTag, type Bus, CursorInvalid, type DeliveredEvent, MemoryOutbox } from "@bus/core"
+import { type Bus, CursorInvalid, type DeliveredEvent, type MemoryOutbox, memoryOutbox } from "@bus/core"
+import { addressTag } from "@bus/core/adapter"
 import { type ServerHandle, startRedis } from "@bus/test-infra"
 import type { Redis } from "ioredis"
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest"
-import { channelKeys, type RedisStreamsOptions, toCursor } from "../src/index.js"
+import { channelKeys, toCursor } from "../src/adapter.js"
+import type { RedisStreamsOptions } from "../src/index.js"
 import {
   type Address,
   orderViolations,
@@ -96,7 +98,7 @@ describe("Redis loses its data while consumers run", () => {
     it(`${scenario.name}: detected and recovered from the outbox, nothing lost, no duplicate`, async () => {
       const r = new Resources()
       try {
-        const outbox = MemoryOutbox.make()
+        const outbox = memoryOutbox()
         const bus = await r.bus(outbox, options())
         const admin = r.redis(server.url)
         const a = uniqueAddress()
@@ -172,7 +174,7 @@ describe("a stream or a group deleted by hand", () => {
   it("DEL of the stream (identity key kept): noticed by the feed and the group, recovered; XGROUP DESTROY: re-read, no handler runs twice", async () => {
     const r = new Resources()
     try {
-      const outbox = MemoryOutbox.make()
+      const outbox = memoryOutbox()
       const bus = await r.bus(outbox, options())
       const admin = r.redis(server.url)
       const a = uniqueAddress()
@@ -241,7 +243,7 @@ describe("cursors after a loss, and cursors of another address", () => {
   it("a cursor of a lost stream resumes from the outbox with its frontier, and is refused without one", async () => {
     const r = new Resources()
     try {
-      const outbox = MemoryOutbox.make()
+      const outbox = memoryOutbox()
       const bus = await r.bus(outbox, options())
       const admin = r.redis(server.url)
       const a = uniqueAddress()
@@ -297,7 +299,7 @@ describe("cursors after a loss, and cursors of another address", () => {
   it("a cursor of another tenant or channel is refused (reason address); a legacy redis1 cursor is accepted unchecked", async () => {
     const r = new Resources()
     try {
-      const outbox = MemoryOutbox.make()
+      const outbox = memoryOutbox()
       const bus = await r.bus(outbox, options())
       const a = uniqueAddress()
       const b = { tenant: a.tenant, channel: `${a.channel}x` }

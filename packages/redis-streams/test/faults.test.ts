@@ -1,24 +1,12 @@
 import { setTimeout as delay } from "node:timers/promises"
-import {
-  type DeliveredEvent,
-  type Envelope,
-  MemoryOutbox,
-  OutboxStore,
-  runRelay,
-  type SendMeta,
-  sendEach,
-  Transport,
-} from "@bus/core"
+import { type DeliveredEvent, memoryOutbox } from "@bus/core"
+import { type Envelope, OutboxStore, runRelay, type SendMeta, sendEach, Transport } from "@bus/core/adapter"
 import { type ServerHandle, startRedis } from "@bus/test-infra"
 import { Effect, Layer, ManagedRuntime } from "effect"
 import { Redis } from "ioredis"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import {
-  channelKeys,
-  type RedisStreamsOptions,
-  redisStreamsTransport,
-  resendFromOutbox,
-} from "../src/index.js"
+import { channelKeys, redisStreamsTransport } from "../src/adapter.js"
+import { type RedisStreamsOptions, resendFromOutbox } from "../src/index.js"
 import {
   type Address,
   duplicatesOf,
@@ -96,7 +84,7 @@ async function steadyStream(
   options: Partial<RedisStreamsOptions> = {},
 ) {
   const r = new Resources()
-  const outbox = MemoryOutbox.make()
+  const outbox = memoryOutbox()
   let stop = false
   let producer: Promise<void> = Promise.resolve()
   try {
@@ -182,7 +170,7 @@ describe("fault scenarios", () => {
 
   it("a consumer killed before it acked: its entries are claimed and handled by another member", async () => {
     const r = new Resources()
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     let stop = false
     let producer: Promise<void> = Promise.resolve()
     try {
@@ -286,7 +274,7 @@ describe("fault scenarios", () => {
   it("the relay killed mid-batch and restarted: no duplicate stream entries, nothing lost", async () => {
     const r = new Resources()
     try {
-      const outbox = MemoryOutbox.make()
+      const outbox = memoryOutbox()
       const options = { url: aof.url, blockMs: 200 }
       const bus = await r.bus(outbox, options, false) // the relay runs apart, to be killed
       const redis = r.redis(aof.url)
@@ -390,7 +378,7 @@ describe("Redis restarted WITHOUT persistence", () => {
   it("streams, groups and dedupe markers are gone; running consumers recover on their own, an offline group by resendFromOutbox", async () => {
     const r = new Resources()
     try {
-      const outbox = MemoryOutbox.make()
+      const outbox = memoryOutbox()
       const options = { url: volatile.url, blockMs: 200, claimIdleMs: 5_000 }
       const bus = await r.bus(outbox, options)
       const redis = r.redis(volatile.url)

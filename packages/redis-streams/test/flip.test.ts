@@ -1,15 +1,10 @@
-import {
-  type Bus,
-  createBus,
-  type DeliveredEvent,
-  MemoryOutbox,
-  memoryTransport,
-  splitCursor,
-} from "@bus/core"
+import { type Bus, createBus, type DeliveredEvent, type MemoryOutbox, memoryOutbox } from "@bus/core"
+import { memoryTransport, splitCursor } from "@bus/core/adapter"
 import { type ServerHandle, startRedis } from "@bus/test-infra"
 import { Redis } from "ioredis"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { redisStreamsTransport } from "../src/index.js"
+import { redisStreamsTransport } from "../src/adapter.js"
+import { redisStreams } from "../src/index.js"
 import { uniqueAddress, waitFor } from "./support.js"
 
 /**
@@ -30,19 +25,15 @@ afterAll(async () => {
 
 const start = (outbox: MemoryOutbox, transport: "memory" | "redis-streams", keyPrefix: string) =>
   createBus({
-    outbox: outbox.layer,
-    transports: {
-      memory: memoryTransport(),
-      "redis-streams": redisStreamsTransport({ url: redis.url, keyPrefix, blockMs: 200 }),
-    },
-    transport,
+    outbox,
+    transport: { use: transport, broker: redisStreams({ url: redis.url, keyPrefix, blockMs: 200 }) },
     env: false,
     relay: { maxIdleMs: 20, batchSize: 7 },
   })
 
 describe("flip to Redis Streams and back", () => {
   it("resumes subscribers from their cursors and groups from their positions: no gap, no duplicate to handlers", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const keyPrefix = `flip${Date.now().toString(36)}`
     const address = uniqueAddress()
     const handled: Array<string> = []
@@ -119,7 +110,7 @@ describe("flip to Redis Streams and back", () => {
   })
 
   it("refuses an outbox cursor when the stream was trimmed", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const keyPrefix = `trim${Date.now().toString(36)}`
     const address = uniqueAddress()
     const bus = await start(outbox, "redis-streams", keyPrefix)

@@ -1,19 +1,19 @@
+import { type Bus, type BusError, createBus, type EventInput, type MemoryOutbox } from "@bus/core"
+import { OutboxStore, type RelayClaim, type RelayLog, type RelayOptions } from "@bus/core/adapter"
 // The same polling, naming and counting helpers the conformance suite uses.
-import { type Address, orderViolations, Tally, uniqueAddress, uniqueName, waitFor } from "@bus/conformance"
 import {
-  type Bus,
-  type BusError,
-  createBus,
-  type EventInput,
-  type MemoryOutbox,
-  OutboxStore,
-  type RelayClaim,
-  type RelayLog,
-  type RelayOptions,
-} from "@bus/core"
+  type Address,
+  orderViolations,
+  Tally,
+  uniqueAddress,
+  uniqueName,
+  waitFor,
+} from "@bus/conformance"
 import { Effect, Layer } from "effect"
 import { Redis } from "ioredis"
-import { type RedisStreamsOptions, redisStreamsTransport } from "../src/index.js"
+import { redisStreamsTransport } from "../src/adapter.js"
+import type { RedisStreamsOptions } from "../src/index.js"
+import { redisStreams } from "../src/index.js"
 
 export { type Address, orderViolations, Tally, uniqueAddress, uniqueName, waitFor }
 
@@ -41,9 +41,8 @@ export class Resources {
     relay: RelayOptions | false = { maxIdleMs: 100 },
   ): Promise<Bus> {
     const bus = await createBus({
-      outbox: outbox.layer,
-      transports: { "redis-streams": redisStreamsTransport(options) },
-      transport: "redis-streams",
+      outbox,
+      transport: { use: "redis-streams", broker: redisStreams(options) },
       env: false,
       relay,
     })

@@ -1,16 +1,15 @@
+import { CursorInvalid, memoryOutbox } from "@bus/core"
 import {
   addressTag,
-  CursorInvalid,
   type Delivery,
   type Envelope,
   type GroupRequest,
-  MemoryOutbox,
   makeEnvelope,
   OutboxStore,
   type SendItem,
   type SendOutcome,
   Transport,
-} from "@bus/core"
+} from "@bus/core/adapter"
 import { type ServerHandle, startRedis } from "@bus/test-infra"
 import { Effect, Exit, Fiber, Layer, ManagedRuntime, Stream } from "effect"
 import { Redis } from "ioredis"
@@ -19,11 +18,11 @@ import {
   channelKeys,
   compareStreamIds,
   parseCursor,
-  type RedisStreamsOptions,
   redisStreamsTransport,
   toCursor,
   toHeadCursor,
-} from "../src/index.js"
+} from "../src/adapter.js"
+import type { RedisStreamsOptions } from "../src/index.js"
 import {
   publish,
   Resources,
@@ -50,7 +49,7 @@ const envelope = (a: { tenant: string; channel: string }, type = "test.event", d
 const transportRuntime = (
   r: Resources,
   options: Partial<RedisStreamsOptions> = {},
-  outbox = MemoryOutbox.make(),
+  outbox = memoryOutbox(),
 ) => {
   const runtime = ManagedRuntime.make(
     redisStreamsTransport({ url: server.url, blockMs: 200, ...options }).pipe(
@@ -381,7 +380,7 @@ describe("subscribe", () => {
   it("from beginning, from a cursor, from now; malformed entries are skipped", async () => {
     const r = new Resources()
     try {
-      const outbox = MemoryOutbox.make()
+      const outbox = memoryOutbox()
       const bus = await r.bus(outbox, { url: server.url, blockMs: 200 })
       const redis = r.redis(server.url)
       const a = uniqueAddress()
@@ -424,7 +423,7 @@ describe("subscribe", () => {
   it('"now" leaves out events committed before it that the relay sends later, and keeps everything after `ready`', async () => {
     const r = new Resources()
     try {
-      const outbox = MemoryOutbox.make()
+      const outbox = memoryOutbox()
       // No relay yet: committed events wait in the outbox, as behind a lagging relay.
       const bus = await r.bus(outbox, { url: server.url, blockMs: 200 }, false)
       const a = uniqueAddress()
@@ -461,7 +460,7 @@ describe("subscribe", () => {
   it("one live-read connection per channel and process, however many subscribers; closed with the last one", async () => {
     const r = new Resources()
     try {
-      const outbox = MemoryOutbox.make()
+      const outbox = memoryOutbox()
       const name = uniqueName("feedtest")
       const bus = await r.bus(outbox, { url: server.url, blockMs: 200, connectionName: name })
       const redis = r.redis(server.url)
@@ -568,7 +567,7 @@ describe("consumer groups", () => {
   it("maxInFlight bounds unsettled deliveries; two members share the work and never both handle an event", async () => {
     const r = new Resources()
     try {
-      const outbox = MemoryOutbox.make()
+      const outbox = memoryOutbox()
       const bus1 = await r.bus(outbox, { url: server.url, blockMs: 100 })
       const bus2 = await r.bus(outbox, { url: server.url, blockMs: 100 }, false)
       const a = uniqueAddress()
@@ -607,7 +606,7 @@ describe("consumer groups", () => {
   it("a member that stops cleanly hands its unsettled entries back at once (well before claimIdleMs)", async () => {
     const r = new Resources()
     try {
-      const outbox = MemoryOutbox.make()
+      const outbox = memoryOutbox()
       const opts = { url: server.url, blockMs: 100, claimIdleMs: 20_000 }
       const bus1 = await r.bus(outbox, opts)
       const bus2 = await r.bus(outbox, opts, false)
@@ -713,7 +712,7 @@ describe("connections", () => {
     try {
       const mine = r.redis(server.url)
       const name = uniqueName("own")
-      const outbox = MemoryOutbox.make()
+      const outbox = memoryOutbox()
       const redis = r.redis(server.url)
       const count = async () =>
         String(await redis.call("CLIENT", "LIST", "TYPE", "normal"))

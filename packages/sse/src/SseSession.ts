@@ -1,4 +1,5 @@
-import type { DeliveredEvent, StartPosition } from "@bus/core"
+import type { DeliveredEvent } from "@bus/core"
+import type { StartPosition } from "@bus/core/adapter"
 import type { StreamPlan } from "./access.js"
 import type { ResolvedSseOptions } from "./options.js"
 import type { HeadFn, SseSubscription, SubscribeFn } from "./source.js"

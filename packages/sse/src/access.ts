@@ -1,4 +1,4 @@
-import { validateName } from "@bus/core"
+import { validateName } from "@bus/core/adapter"
 import { type AuthorizeResult, nameOf, type ResolvedSseOptions, type SseGrant } from "./options.js"
 import { decodeSseId, type SseIdError } from "./sseId.js"
 

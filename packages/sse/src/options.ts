@@ -1,4 +1,5 @@
-import type { AnyChannel, DeliveredEvent, StartPosition } from "@bus/core"
+import type { AnyChannel, DeliveredEvent } from "@bus/core"
+import type { StartPosition } from "@bus/core/adapter"
 import { FrameCache } from "./frames.js"
 
 /**

@@ -1,4 +1,5 @@
-import type { Bus, DeliveredEvent, SubscribeOptions } from "@bus/core"
+import type { Bus, DeliveredEvent } from "@bus/core"
+import type { SubscribeOptions } from "@bus/core/adapter"
 
 /**
  * Where the SSE helpers get events from: a `Bus` from `createBus`, or any function with

@@ -1,6 +1,6 @@
 import { createServer, type IncomingMessage, request, type Server, type ServerResponse } from "node:http"
 import type { AddressInfo } from "node:net"
-import { type Bus, createBus, type DeliveredEvent, MemoryOutbox, memoryTransport } from "@bus/core"
+import { type Bus, createBus, type DeliveredEvent, type MemoryOutbox, memoryOutbox } from "@bus/core"
 import { EventSource, type FetchLike } from "eventsource"
 import type { SseSubscription, SubscribeFn } from "../src/index.js"
 
@@ -24,11 +24,9 @@ export interface TestBus {
 
 /** A fresh in-memory bus for tenant `acme`. */
 export const startBus = async (): Promise<TestBus> => {
-  const outbox = MemoryOutbox.make()
+  const outbox = memoryOutbox()
   const bus = await createBus({
-    outbox: outbox.layer,
-    transports: { memory: memoryTransport() },
-    transport: "memory",
+    outbox,
     env: false,
   })
   return {

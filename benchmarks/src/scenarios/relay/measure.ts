@@ -1,4 +1,4 @@
-import { type Address, uuidv7 } from "@bus/core"
+import { type Address, uuidv7 } from "@bus/core/adapter"
 import { migrate } from "@bus/postgres-notify"
 import { jetstreamManager } from "@nats-io/jetstream"
 import { connect } from "@nats-io/transport-node"

@@ -10,7 +10,7 @@
 // Logs are NDJSON files the test reads afterwards.
 import { createWriteStream, existsSync, readFileSync, writeFileSync } from "node:fs"
 import { createBus } from "@bus/core"
-import { postgresNotify } from "@bus/postgres-notify"
+import { postgresOutbox } from "@bus/postgres-notify"
 import pg from "pg"
 
 const env = process.env
@@ -30,21 +30,21 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms))
 
 /** The bus, exactly as an application builds it: every transport it ships, one selected by configuration. */
 const startBus = async () => {
-  const postgres = postgresNotify({
-    connectionString: env.DATABASE_URL,
-    pollIntervalMs: 2_000,
-    pressure: false,
-  })
-  const transports = { "postgres-notify": postgres.transport }
+  // Every broker it ships, passed by name; BUS_TRANSPORT or BUS_BROKER picks one.
+  const broker = []
   if (env.REDIS_URL) {
-    const { redisStreamsTransport } = await import("@bus/redis-streams")
-    transports["redis-streams"] = redisStreamsTransport({ url: env.REDIS_URL, blockMs: 500 })
+    const { redisStreams } = await import("@bus/redis-streams")
+    broker.push(redisStreams({ url: env.REDIS_URL, blockMs: 500 }))
   }
   if (env.NATS_URL) {
-    const { natsTransport } = await import("@bus/nats")
-    transports.nats = natsTransport({ servers: env.NATS_URL })
+    const { nats } = await import("@bus/nats")
+    broker.push(nats({ servers: env.NATS_URL }))
   }
-  return createBus({ outbox: postgres.outbox, transports, relay: { maxIdleMs: 200 } })
+  return createBus({
+    outbox: postgresOutbox({ connectionString: env.DATABASE_URL, pollIntervalMs: 2_000, pressure: false }),
+    transport: { broker },
+    relay: { maxIdleMs: 200 },
+  })
 }
 
 const producer = async () => {

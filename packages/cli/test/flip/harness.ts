@@ -3,8 +3,8 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs"
 import { tmpdir } from "node:os"
 import { join } from "node:path"
 import { fileURLToPath } from "node:url"
-import { type Bus, createBus, type DeliveredEvent, type TransportName } from "@bus/core"
-import { postgresNotify } from "@bus/postgres-notify"
+import { type Bus, createBus, type DeliveredEvent } from "@bus/core"
+import { postgresOutbox } from "@bus/postgres-notify"
 import { Layer, References } from "effect"
 import pg from "pg"
 import { expect } from "vitest"
@@ -358,20 +358,13 @@ const readBroker = async (
   addresses: ReadonlyArray<{ tenant: string; channel: string }>,
   admin: pg.Pool,
 ): Promise<Map<string, Array<string>>> => {
-  const postgres = postgresNotify({
-    connectionString: servers.pg,
-    pressure: false,
-    listen: false,
-    env: false,
-  })
-  const layer =
+  const broker =
     transport === "redis-streams"
-      ? (await import("@bus/redis-streams")).redisStreamsTransport({ url: servers.redis! })
-      : (await import("@bus/nats")).natsTransport({ servers: servers.nats! })
+      ? (await import("@bus/redis-streams")).redisStreams({ url: servers.redis! })
+      : (await import("@bus/nats")).nats({ servers: servers.nats! })
   const bus: Bus = await createBus({
-    outbox: postgres.outbox,
-    transports: { [transport]: layer } as Partial<Record<TransportName, never>>,
-    transport,
+    outbox: postgresOutbox({ connectionString: servers.pg, pressure: false, listen: false }),
+    transport: { use: transport, broker },
     env: false,
     relay: false,
     telemetry: Layer.succeed(References.MinimumLogLevel, "None") as Layer.Layer<never>,

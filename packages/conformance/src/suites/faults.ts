@@ -1,6 +1,7 @@
 import { performance } from "node:perf_hooks"
 import { setTimeout as delay } from "node:timers/promises"
-import { type EventInput, uuidv7 } from "@bus/core"
+import type { EventInput } from "@bus/core"
+import { uuidv7 } from "@bus/core/adapter"
 import { afterAll, describe, expect, it } from "vitest"
 import {
   event,

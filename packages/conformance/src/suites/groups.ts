@@ -1,5 +1,6 @@
 import { performance } from "node:perf_hooks"
-import type { DeadLetter, DeliveredEvent } from "@bus/core"
+import type { Bus, DeliveredEvent } from "@bus/core"
+import type { DeadLetter } from "@bus/core/adapter"
 import { describe, expect, it } from "vitest"
 import {
   event,

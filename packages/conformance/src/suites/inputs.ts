@@ -1,5 +1,6 @@
 import { createHash } from "node:crypto"
-import { type Bus, type EventInput, isBusError, uuidv7 } from "@bus/core"
+import { type Bus, type EventInput, isBusError } from "@bus/core"
+import { uuidv7 } from "@bus/core/adapter"
 import { describe, expect, it } from "vitest"
 import {
   type Address,

@@ -8,6 +8,7 @@ import {
 } from "../config/BusConfig.js"
 import type { OutboxStore } from "../contracts/OutboxStore.js"
 import { Transport } from "../contracts/Transport.js"
+import type { Broker, Outbox } from "../contracts/Wiring.js"
 import { type BusError, ConfigError } from "../errors/BusError.js"
 import { Publisher } from "../publisher/Publisher.js"
 import { type RelayOptions, runRelay } from "../relay/Relay.js"
@@ -25,15 +26,35 @@ export class TransportSelection extends Context.Service<TransportSelection, Tran
   "@bus/core/TransportSelection",
 ) {}
 
-/** Options shared by {@link busLayer} and `createBus`. */
-export interface BusOptions extends SelectionConfig {
-  /** The outbox (source of truth), e.g. `postgresNotify(...).outbox` from `@bus/postgres-notify`. */
-  readonly outbox: Layer.Layer<OutboxStore, BusError>
+/**
+ * How the bus picks its transport. One value picks it: `"auto"` (the default) keeps the
+ * outbox's own transport (Postgres LISTEN/NOTIFY) below `notifyRateThreshold` and moves to
+ * the broker at and above it. `BUS_TRANSPORT`, `BUS_NOTIFY_RATE`,
+ * `BUS_NOTIFY_RATE_THRESHOLD` and `BUS_BROKER` override these at deploy time (docs/flip.md).
+ */
+export interface TransportOptions {
   /**
-   * Transport implementations this application ships, by name. Only the selected one is
-   * built, so listing a broker costs nothing until the configuration picks it.
+   * `"auto"` (default), or a transport by name: the outbox's own (`postgres-notify`,
+   * `memory`) or a broker's (`nats`, `redis-streams`).
    */
-  readonly transports: Partial<Record<TransportName, Layer.Layer<Transport, BusError, OutboxStore>>>
+  readonly use?: TransportName | "auto"
+  /** Expected notifying commits per second (producer transactions that publish). */
+  readonly notifyRate?: number
+  /** Rate at and above which `"auto"` leaves the outbox's transport for the broker. Default 1 000 (`defaultNotifyRateThreshold`). */
+  readonly notifyRateThreshold?: number
+  /**
+   * The broker(s) this application ships, e.g. `nats({ servers })`. `"auto"` picks the
+   * first, or the one `BUS_BROKER` names. Only the selected one is ever built.
+   */
+  readonly broker?: Broker | ReadonlyArray<Broker>
+}
+
+/** Options of `createBus` and {@link busLayer}. */
+export interface BusOptions {
+  /** The outbox (source of truth): `postgresOutbox({ connectionString })` from `@bus/postgres-notify`, or `memoryOutbox()`. */
+  readonly outbox: Outbox
+  /** Transport selection; default `"auto"` on the outbox's own transport. */
+  readonly transport?: TransportOptions
   /** Environment to read `BUS_*` overrides from; `false` ignores the environment. Default `process.env`. */
   readonly env?: Readonly<Record<string, string | undefined>> | false
   /** Relay settings, or `false` to run the relay elsewhere. Runs only when the transport needs one. */
@@ -51,14 +72,48 @@ export interface BusOptions extends SelectionConfig {
   readonly telemetry?: Layer.Layer<never, never, never>
 }
 
-/** Resolves configuration and environment to a transport choice. */
-export const resolveSelection = (options: BusOptions): TransportChoice | ConfigError => {
-  const selection = options.env === false ? options : selectionFromEnv(options, options.env ?? process.env)
-  if (selection instanceof ConfigError) return selection
-  return selectTransport(selection)
+const brokersOf = (options: BusOptions): ReadonlyArray<Broker> => {
+  const b = options.transport?.broker
+  return b === undefined ? [] : "layer" in b ? [b as Broker] : (b as ReadonlyArray<Broker>)
 }
 
-/** Builds the bus layer; fails with `ConfigError` when the selected transport is not provided. */
+/**
+ * Resolves the options and the environment to a transport choice, as the bus will: for
+ * code that must know the choice before it builds a bus.
+ */
+export const resolveSelection = (options: BusOptions): TransportChoice | ConfigError => {
+  const t = options.transport ?? {}
+  const base: SelectionConfig = {
+    ...(t.use !== undefined ? { transport: t.use } : {}),
+    ...(t.notifyRate !== undefined ? { notifyRate: t.notifyRate } : {}),
+    ...(t.notifyRateThreshold !== undefined ? { notifyRateThreshold: t.notifyRateThreshold } : {}),
+    ...(brokersOf(options)[0] !== undefined ? { broker: brokersOf(options)[0]!.name } : {}),
+  }
+  const selection = options.env === false ? base : selectionFromEnv(base, options.env ?? process.env)
+  if (selection instanceof ConfigError) return selection
+  return selectTransport(selection, options.outbox.transport)
+}
+
+/**
+ * The whole bus as one Layer, for Effect code: the same options as `createBus`. Fails
+ * with `ConfigError` when the configuration or environment selects a transport it was
+ * not given.
+ *
+ * @example
+ * ```ts
+ * import { busLayer, memoryOutbox, Publisher } from "@bus/core"
+ * import { Effect } from "effect"
+ *
+ * const outbox = memoryOutbox()
+ * const program = Effect.gen(function* () {
+ *   const publisher = yield* Publisher
+ *   const tx = outbox.begin()
+ *   yield* publisher.publish(tx, { tenant: "acme", channel: "orders", type: "order.paid", data: { id: 1 } })
+ *   tx.commit()
+ * })
+ * await Effect.runPromise(program.pipe(Effect.provide(busLayer({ outbox }))))
+ * ```
+ */
 export const busLayer = (
   options: BusOptions,
 ): Layer.Layer<Publisher | Subscriber | Transport | OutboxStore | TransportSelection, BusError> => {
@@ -74,15 +129,24 @@ const busLayerWithout = (
     Effect.gen(function* () {
       const choice = resolveSelection(options)
       if (choice instanceof ConfigError) return yield* choice
-      const transport = options.transports[choice.transport]
-      if (transport === undefined) {
-        const provided = Object.keys(options.transports).join(", ") || "none"
+      const brokers = brokersOf(options)
+      const own = options.outbox.transport
+      const broker = brokers.find((b) => b.name === choice.transport)
+      if (choice.transport !== own && broker === undefined) {
+        const provided = [own, ...brokers.map((b) => b.name)].join(", ")
         return yield* new ConfigError({
-          message: `${choice.reason}, but no ${choice.transport} transport was provided to the bus (provided: ${provided}); install and pass @bus/${choice.transport === "memory" ? "core memoryTransport()" : choice.transport}`,
+          message: `${choice.reason}, but no ${choice.transport} transport was provided to the bus (provided: ${provided}); ${
+            choice.transport === "postgres-notify" || choice.transport === "memory"
+              ? `it reads the ${choice.transport === "memory" ? "memoryOutbox()" : "postgresOutbox(…)"} outbox`
+              : `pass transport: { broker: … } from @bus/${choice.transport}`
+          }`,
         })
       }
       yield* Effect.logInfo(`bus: using ${choice.transport} (${choice.reason})`)
-      const base = transport.pipe(Layer.provideMerge(options.outbox))
+      // The outbox is built for the choice (its NOTIFY mode depends on who reads it).
+      const layers = options.outbox.layers(choice)
+      const transport = broker === undefined ? layers.transport : broker.layer
+      const base = transport.pipe(Layer.provideMerge(layers.outbox))
       const relay = Layer.effectDiscard(
         Effect.gen(function* () {
           const t = yield* Transport

@@ -9,10 +9,13 @@ import { ConfigError } from "../errors/BusError.js"
  */
 
 /** Transports a bus can run on. */
-export type TransportName = "postgres-notify" | "nats" | "redis-streams" | "memory"
+export type TransportName = "postgres-notify" | "nats" | "redis-streams" | "memory" | "memory-broker"
 
-/** Brokers `"auto"` can pick when the notify rate is over the threshold. */
-export type BrokerName = "nats" | "redis-streams"
+/**
+ * Brokers `"auto"` can pick when the notify rate is over the threshold (`memory-broker`:
+ * core's in-memory stand-in for unit tests of relay setups).
+ */
+export type BrokerName = "nats" | "redis-streams" | "memory-broker"
 
 /** Selection-relevant configuration. */
 export interface SelectionConfig {
@@ -40,11 +43,24 @@ export interface TransportChoice {
   readonly reason: string
 }
 
-const transportNames: ReadonlyArray<TransportName> = ["postgres-notify", "nats", "redis-streams", "memory"]
-const brokerNames: ReadonlyArray<BrokerName> = ["nats", "redis-streams"]
+const transportNames: ReadonlyArray<TransportName> = [
+  "postgres-notify",
+  "nats",
+  "redis-streams",
+  "memory",
+  "memory-broker",
+]
+const brokerNames: ReadonlyArray<BrokerName> = ["nats", "redis-streams", "memory-broker"]
 
-/** Picks the transport for a configuration, or says what is missing. */
-export const selectTransport = (config: SelectionConfig): TransportChoice | ConfigError => {
+/**
+ * Picks the transport for a configuration, or says what is missing. `own` is the
+ * transport that reads the outbox directly (what `"auto"` keeps below the threshold):
+ * `postgres-notify` for the Postgres outbox, `memory` for the in-memory one.
+ */
+export const selectTransport = (
+  config: SelectionConfig,
+  own: TransportName = "postgres-notify",
+): TransportChoice | ConfigError => {
   const transport = config.transport ?? "auto"
   if (transport !== "auto") {
     if (!transportNames.includes(transport)) {
@@ -57,7 +73,7 @@ export const selectTransport = (config: SelectionConfig): TransportChoice | Conf
   // Checked even below the threshold, so a typo surfaces at deploy time rather than at the flip.
   if (config.broker !== undefined && !brokerNames.includes(config.broker)) {
     return new ConfigError({
-      message: `unknown broker ${JSON.stringify(config.broker)}; expected nats or redis-streams`,
+      message: `unknown broker ${JSON.stringify(config.broker)}; expected ${brokerNames.join(" or ")}`,
     })
   }
   const threshold = config.notifyRateThreshold ?? defaultNotifyRateThreshold
@@ -66,7 +82,7 @@ export const selectTransport = (config: SelectionConfig): TransportChoice | Conf
   if (!(rate >= 0)) return new ConfigError({ message: "notifyRate must be a number ≥ 0" })
   if (rate < threshold) {
     return {
-      transport: "postgres-notify",
+      transport: own,
       reason: `auto: notifyRate ${rate}/s is below notifyRateThreshold ${threshold}/s`,
     }
   }

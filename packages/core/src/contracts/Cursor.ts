@@ -29,7 +29,7 @@ export const isSymbolicStart = (from: StartPosition): from is "beginning" | "now
  *
  * @example
  * ```ts
- * import { addressTag } from "@bus/core"
+ * import { addressTag } from "@bus/core/adapter"
  * addressTag({ tenant: "acme", channel: "orders" }) // "3f1c…" (8 hex digits)
  * ```
  */

@@ -189,10 +189,10 @@ const startRetry = {
  *
  * @example
  * ```ts
- * import { createBus, MemoryOutbox, memoryTransport } from "@bus/core"
+ * import { createBus, memoryOutbox } from "@bus/core"
  *
- * const outbox = MemoryOutbox.make()
- * const bus = await createBus({ outbox: outbox.layer, transports: { memory: memoryTransport() }, transport: "memory" })
+ * const outbox = memoryOutbox()
+ * const bus = await createBus({ outbox })
  * await outbox.transaction((tx) => bus.publish(tx, { tenant: "acme", channel: "orders", type: "order.paid", data: { id: 1 } }))
  * for await (const event of bus.subscribe({ tenant: "acme", channel: "orders", from: "beginning" })) console.log(event)
  * ```

@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto"
 import { Effect, Layer, PubSub, Semaphore, Stream } from "effect"
+import type { TransportChoice } from "../config/BusConfig.js"
 import { addressTag } from "../contracts/Cursor.js"
 import {
   type Address,
@@ -13,9 +14,11 @@ import {
   type RelayLog,
   type RelayState,
 } from "../contracts/OutboxStore.js"
+import type { Outbox, OutboxLayers } from "../contracts/Wiring.js"
 import type { DeliveredEvent, Envelope } from "../envelope/Envelope.js"
 import { CursorInvalid, NotInTransaction } from "../errors/BusError.js"
 import { cursorOfAnotherAddress } from "../flip/flip.js"
+import { outboxTransport } from "../outbox-transport/OutboxTransport.js"
 
 /** `mem1:<epoch>:<position>` or `mem2:<address>:<epoch>:<position>`: groups address, epoch, position. */
 const cursorPattern = /^mem(?:1|2:([0-9a-f]{8})):([0-9a-f]{8}):(\d{1,16})$/
@@ -90,7 +93,18 @@ const addressKey = (a: Address): string => `${a.tenant}\u0000${a.channel}`
  * State of one in-memory outbox. Build one per test with {@link MemoryOutbox.make} and
  * provide it with {@link MemoryOutbox.layer}.
  */
-export class MemoryOutbox {
+export class MemoryOutbox implements Outbox {
+  /** The in-memory transport reads this outbox directly, as postgres-notify reads Postgres. */
+  readonly transport = "memory" as const
+
+  /** The outbox and its own transport, for `createBus({ outbox: memoryOutbox() })`. */
+  layers(_choice: TransportChoice): OutboxLayers {
+    return {
+      outbox: this.layer,
+      transport: outboxTransport({ name: "memory", capabilities: { needsRelay: false } }),
+    }
+  }
+
   #epoch = randomUUID().slice(0, 8)
   /** Changes with every new outbox (and {@link MemoryOutbox.rotateEpoch}), so cursors from another instance are recognised as foreign. */
   get epoch(): string {
@@ -553,3 +567,19 @@ export class MemoryOutbox {
     return Layer.succeed(OutboxStore, this.store)
   }
 }
+
+/**
+ * The in-memory outbox for unit tests: `createBus({ outbox: memoryOutbox() })`, then publish in
+ * `outbox.transaction((tx) => bus.publish(tx, event))`. Same commit semantics, cursors,
+ * consumer groups and dead letters as the Postgres outbox; nothing survives the process.
+ *
+ * @example
+ * ```ts
+ * import { createBus, memoryOutbox } from "@bus/core"
+ *
+ * const outbox = memoryOutbox()
+ * const bus = await createBus({ outbox })
+ * await outbox.transaction((tx) => bus.publish(tx, { tenant: "acme", channel: "orders", type: "order.paid", data: { id: 1 } }))
+ * ```
+ */
+export const memoryOutbox = (): MemoryOutbox => new MemoryOutbox()

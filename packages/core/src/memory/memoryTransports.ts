@@ -1,29 +1,31 @@
 import { Effect, Layer, Option, Stream } from "effect"
 import { OutboxStore } from "../contracts/OutboxStore.js"
 import { type SendItem, type SendMeta, Transport } from "../contracts/Transport.js"
+import type { Broker } from "../contracts/Wiring.js"
 import type { DeliveredEvent } from "../envelope/Envelope.js"
 import { checkCursorAddress, notCoveredBy, outboxCursorOf, splitCursor, withFrontier } from "../flip/flip.js"
 import { outboxTransport } from "../outbox-transport/OutboxTransport.js"
 import { MemoryOutbox } from "./MemoryOutbox.js"
 
 /**
- * In-memory transports for users' unit tests.
+ * The in-memory broker for unit tests of relay setups (the in-memory outbox's own
+ * transport is built by `memoryOutbox()`).
  *
  * @module
  */
-
-/**
- * The in-memory transport: delivers straight from the in-memory outbox in context,
- * as postgres-notify does from Postgres.
- */
-export const memoryTransport = (): Layer.Layer<Transport, never, OutboxStore> =>
-  outboxTransport({ name: "memory", capabilities: { needsRelay: false } })
 
 /** What a broker outbox stored with each event: kept per broker, like a real broker's stream. */
 const stored = new WeakMap<
   MemoryOutbox,
   { readonly sent: Set<string>; readonly meta: Map<string, SendMeta> }
 >()
+
+/**
+ * The in-memory outbox's own transport as a layer over the `OutboxStore` in context (what
+ * `memoryOutbox()` gives `createBus`), for Effect tests that assemble layers by hand.
+ */
+export const memoryTransport = (): Layer.Layer<Transport, never, OutboxStore> =>
+  outboxTransport({ name: "memory", capabilities: { needsRelay: false } })
 
 /**
  * An in-memory broker: a stand-in for NATS or Redis in unit tests of relay setups.
@@ -34,7 +36,14 @@ const stored = new WeakMap<
  * cursors carry the outbox frontier and their address (`mem2:…~@<tag>:mem1:…`): an outbox or
  * composite cursor of another address is refused (`CursorInvalid` reason `address`).
  */
-export const memoryBroker = (broker: MemoryOutbox = MemoryOutbox.make()): Layer.Layer<Transport> =>
+export const memoryBroker = (
+  broker: MemoryOutbox = MemoryOutbox.make(),
+): Broker & { readonly layer: Layer.Layer<Transport> } => ({
+  name: "memory-broker",
+  layer: memoryBrokerLayer(broker),
+})
+
+const memoryBrokerLayer = (broker: MemoryOutbox): Layer.Layer<Transport> =>
   Layer.effect(
     Transport,
     Effect.gen(function* () {

@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto"
-import { type BusError, backoffDelay, Metrics } from "@bus/core"
+import type { BusError } from "@bus/core"
+import { backoffDelay, Metrics } from "@bus/core/adapter"
 import { Deferred, Effect, Exit, Metric, type Scope } from "effect"
 import pg from "pg"
 import { isConnectionError } from "../errors.js"

@@ -1,4 +1,5 @@
-import { type Address, type BusError, checkAddress, Metrics } from "@bus/core"
+import type { BusError } from "@bus/core"
+import { type Address, checkAddress, Metrics } from "@bus/core/adapter"
 import { Effect, Metric, PubSub, Queue, type Scope, Stream } from "effect"
 import type pg from "pg"
 import { notifyParam } from "../outbox/append.js"

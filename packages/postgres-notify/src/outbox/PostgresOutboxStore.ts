@@ -1,12 +1,5 @@
-import {
-  type Address,
-  type BusError,
-  ConfigError,
-  CursorInvalid,
-  checkAddress,
-  type Envelope,
-  OutboxStore,
-} from "@bus/core"
+import { type BusError, ConfigError, CursorInvalid } from "@bus/core"
+import { type Address, checkAddress, type Envelope, OutboxStore } from "@bus/core/adapter"
 import { Cause, Context, Effect, Exit, Fiber, Layer, PubSub, Scope, Stream } from "effect"
 import pg from "pg"
 import { transportName } from "../errors.js"
@@ -212,7 +205,7 @@ export const makePostgresOutboxStore = (
     }
     // Publishers in SQL (`bus.publish(…)`, the publish trigger) wake readers as this bus's
     // producers do: they read the mode from meta, so each bus store records its own. Only a
-    // store told its mode (postgresNotify always tells it) records it; tools that open a
+    // store told its mode (postgresOutbox always tells it) records it; tools that open a
     // store to read (bus status, tail) leave it alone.
     if (options.notify !== undefined) {
       yield* runQuery(
@@ -483,13 +476,3 @@ export const createPostgresOutboxStore = async (
     },
   }
 }
-
-/**
- * The after-commit batched mode as a function: `const transaction = createTransactionRunner(store)`,
- * then `await transaction(async (tx) => { …; await bus.publish(tx, event) })`. The SDK owns
- * BEGIN / COMMIT on a connection of `options.pool` (default: the store's pool).
- */
-export const createTransactionRunner =
-  (store: PostgresOutboxService | PostgresOutboxHandle, options: TransactionOptions = {}) =>
-  <A>(fn: (tx: pg.PoolClient) => Promise<A>): Promise<A> =>
-    store.transaction(fn, options)

@@ -1,12 +1,5 @@
-import {
-  type Address,
-  type BusError,
-  decodeEnvelope,
-  type Envelope,
-  encodedEnvelope,
-  InvalidEvent,
-  NotInTransaction,
-} from "@bus/core"
+import { type BusError, InvalidEvent, NotInTransaction } from "@bus/core"
+import { type Address, decodeEnvelope, type Envelope, encodedEnvelope } from "@bus/core/adapter"
 import { Effect } from "effect"
 import type { TransactionAdapter } from "../sql/adapter.js"
 import { runPrepared, runQuery, type SqlExecutor, type Statement } from "../sql/executor.js"

@@ -1,4 +1,5 @@
-import type { Address, BusError } from "@bus/core"
+import type { BusError } from "@bus/core"
+import type { Address } from "@bus/core/adapter"
 import { Effect, Queue, type Scope } from "effect"
 import type pg from "pg"
 

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from "node:crypto"
-import { type Address, validateName } from "@bus/core"
+import { type Address, validateName } from "@bus/core/adapter"
 
 /**
  * NOTIFY channel names and payloads.

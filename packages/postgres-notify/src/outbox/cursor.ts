@@ -1,5 +1,6 @@
 import { hash } from "node:crypto"
-import { type Address, addressTag, CursorInvalid, cursorOfAnotherAddress } from "@bus/core"
+import { CursorInvalid } from "@bus/core"
+import { type Address, addressTag, cursorOfAnotherAddress } from "@bus/core/adapter"
 
 /**
  * Snapshot cursors.

@@ -1,4 +1,4 @@
-import { replayedHeader } from "@bus/core"
+import { replayedHeader } from "@bus/core/adapter"
 import pg from "pg"
 import { schemaName } from "../schema/identifier.js"
 
@@ -48,7 +48,7 @@ export const invalidEventIds = (ids: ReadonlyArray<string>): Array<string> =>
  * @example
  * ```ts
  * import { replayDeadLetters } from "@bus/postgres-notify"
- * import { replayedHeader } from "@bus/core"
+ * import { replayedHeader } from "@bus/core/adapter"
 import pg from "pg"
  *
  * const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL })

@@ -1,14 +1,7 @@
 import { randomUUID } from "node:crypto"
 import { hostname } from "node:os"
-import {
-  type Address,
-  type BusError,
-  cappedBackoff,
-  checkAddress,
-  checkName,
-  type GroupClaim,
-  TransportFailure,
-} from "@bus/core"
+import { type BusError, TransportFailure } from "@bus/core"
+import { type Address, cappedBackoff, checkAddress, type GroupClaim, validateName } from "@bus/core/adapter"
 import { Effect, type Scope } from "effect"
 import { transportName } from "../errors.js"
 import { runQuery, type SqlExecutor } from "../sql/executor.js"
@@ -42,7 +35,8 @@ export const claimGroup = (
       schedule: cappedBackoff("50 millis", "2 seconds"),
       while: (e: BusError) => e.retryable,
     }
-    const name = yield* checkName("group", group)
+    const name = validateName("group", group)
+    if (typeof name !== "string") return yield* name
     const owner = `${hostname()}:${process.pid}:${randomUUID()}`
     const key = [tenant, channel, name, owner]
     const retryMs = Math.min(1_000, Math.max(50, Math.floor(leaseMs / 5)))

@@ -1,13 +1,5 @@
-import {
-  type Address,
-  addressTag,
-  type BusError,
-  CursorInvalid,
-  checkAddress,
-  type DeliveredEvent,
-  type Json,
-  type OutboxPage,
-} from "@bus/core"
+import { type BusError, CursorInvalid, type DeliveredEvent } from "@bus/core"
+import { type Address, addressTag, checkAddress, type Json, type OutboxPage } from "@bus/core/adapter"
 import { Effect } from "effect"
 import { runPrepared, runQuery, type SqlExecutor } from "../sql/executor.js"
 import {

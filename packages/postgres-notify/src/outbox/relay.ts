@@ -1,4 +1,5 @@
-import type { BusError, DeadLetter, Envelope, GroupKey, Json } from "@bus/core"
+import type { BusError } from "@bus/core"
+import type { DeadLetter, Envelope, GroupKey, Json } from "@bus/core/adapter"
 import { Effect } from "effect"
 import { runQuery, type SqlExecutor } from "../sql/executor.js"
 import type { OutboxQueries } from "./queries.js"

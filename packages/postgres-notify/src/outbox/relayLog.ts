@@ -1,7 +1,6 @@
+import { type BusError, CursorInvalid } from "@bus/core"
 import {
   type Address,
-  type BusError,
-  CursorInvalid,
   checkAddress,
   type Envelope,
   type Json,
@@ -10,7 +9,7 @@ import {
   type RelayLog,
   type RelayPage,
   type RelayState,
-} from "@bus/core"
+} from "@bus/core/adapter"
 import { Effect } from "effect"
 import { runPrepared, runQuery, type SqlExecutor } from "../sql/executor.js"
 import {

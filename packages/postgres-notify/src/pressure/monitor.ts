@@ -1,4 +1,5 @@
-import { type BusError, defaultNotifyRateThreshold } from "@bus/core"
+import type { BusError } from "@bus/core"
+import { defaultNotifyRateThreshold } from "@bus/core/adapter"
 import { Effect, Metric, type Scope } from "effect"
 import { runQuery, type SqlExecutor } from "../sql/executor.js"
 

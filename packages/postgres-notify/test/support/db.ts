@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from "node:crypto"
-import type { Envelope } from "@bus/core"
-import { makeEnvelope } from "@bus/core"
+import type { Envelope } from "@bus/core/adapter"
+import { makeEnvelope } from "@bus/core/adapter"
 import { type PostgresHandle, startPostgres } from "@bus/test-infra"
 import { Effect } from "effect"
 import pg from "pg"

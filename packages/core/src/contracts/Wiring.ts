@@ -1,0 +1,49 @@
+import type { Layer } from "effect"
+import type { BrokerName, TransportChoice, TransportName } from "../config/BusConfig.js"
+import type { BusError } from "../errors/BusError.js"
+import type { OutboxStore } from "./OutboxStore.js"
+import type { Transport } from "./Transport.js"
+
+/**
+ * What `createBus` is wired with: one outbox (the source of truth, with the transport
+ * that reads it directly) and, optionally, brokers by name. Adapter packages implement
+ * these; users only call their constructors (`postgresOutbox(…)`, `memoryOutbox()`, `nats(…)`,
+ * `redisStreams(…)`).
+ *
+ * @module
+ */
+
+/** The outbox and its own transport, as built for one bus. */
+export interface OutboxLayers {
+  readonly outbox: Layer.Layer<OutboxStore, BusError>
+  /** The transport that reads this outbox directly (used when the bus selects {@link Outbox.transport}). */
+  readonly transport: Layer.Layer<Transport, BusError, OutboxStore>
+}
+
+/**
+ * An outbox for `createBus({ outbox })`: `postgresOutbox(…)` from `@bus/postgres-notify`, or
+ * `memoryOutbox()` from `@bus/core` for unit tests.
+ */
+export interface Outbox {
+  /** Name of the transport that reads this outbox directly: what `"auto"` keeps below the threshold. */
+  readonly transport: TransportName
+  /**
+   * Builds the layers for the transport the bus selected. The choice comes first because
+   * the outbox serves it differently: the Postgres outbox sends NOTIFY per address only
+   * when subscribers read it directly, and keeps unforwarded rows when a relay feeds a broker.
+   */
+  readonly layers: (choice: TransportChoice) => OutboxLayers
+}
+
+/** A broker transport by name, for `createBus({ transport: { broker } })`: `nats(…)`, `redisStreams(…)`. */
+export interface Broker {
+  readonly name: BrokerName
+  /** Built only when the bus selects this broker, so naming one costs nothing until the flip. */
+  readonly layer: Layer.Layer<Transport, BusError, OutboxStore>
+}
+
+/** Names a broker transport layer: how adapter packages define their broker constructor. */
+export const broker = (name: BrokerName, layer: Layer.Layer<Transport, BusError, OutboxStore>): Broker => ({
+  name,
+  layer,
+})

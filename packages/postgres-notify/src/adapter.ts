@@ -1,0 +1,57 @@
+/**
+ * @bus/postgres-notify/adapter — the parts of the Postgres outbox for tools, tests and
+ * other adapters: the store outside a bus (Effect and Promise), its cursor codec, NOTIFY
+ * channel names, dead-letter replay, pressure SQL, the schema's migrations, and the
+ * transaction adapters. Applications use `postgresOutbox(…)` and `migrate` from
+ * `@bus/postgres-notify`.
+ *
+ * @packageDocumentation
+ */
+
+export { isConnectionError, toBusError, transportName } from "./errors.js"
+export type { NotifyBatcher, TransactionOptions } from "./outbox/batched.js"
+export {
+  addressChannel,
+  decodePayload,
+  encodePayload,
+  relayChannel,
+} from "./outbox/channels.js"
+export {
+  type Cursor,
+  decodeCursor,
+  emptySnapshot,
+  encodeCursor,
+  isExpired,
+  isVisible,
+  type Position,
+  parsePgSnapshot,
+  type Snapshot,
+} from "./outbox/cursor.js"
+export { invalidEventIds, type ReplayResult, replayDeadLetters } from "./outbox/deadLetters.js"
+export type { PostgresOutboxOptions } from "./outbox/options.js"
+export {
+  builtinAdapters,
+  createPostgresOutboxStore,
+  makePostgresOutboxStore,
+  PostgresOutbox,
+  type PostgresOutboxHandle,
+  postgresOutboxLayer,
+  relayWakeupAddress,
+} from "./outbox/PostgresOutboxStore.js"
+export { maxPageSize } from "./outbox/read.js"
+export {
+  defaultRetentionIntervalMs,
+  defaultRetentionMaxAgeMs,
+  type RetentionStatus,
+} from "./outbox/retention.js"
+export { pressureMetrics, pressureSql } from "./pressure/monitor.js"
+export { defaultSchema, validateSchemaName } from "./schema/identifier.js"
+export { migrateEffect, migrationSql, rotateEpoch } from "./schema/migrate.js"
+export { latestVersion, type Migration, migrations } from "./schema/migrations.js"
+export { drizzleAdapter, isDrizzle } from "./sql/adapters/drizzle.js"
+export { effectSqlAdapter, isEffectSqlClient } from "./sql/adapters/effectSql.js"
+export { isKysely, kyselyAdapter } from "./sql/adapters/kysely.js"
+export { ensureInTransaction, isPgClient, isPgPool, pgAdapter } from "./sql/adapters/pg.js"
+export { isPostgresJs, postgresJsAdapter } from "./sql/adapters/postgresjs.js"
+export { isPrisma, prismaAdapter } from "./sql/adapters/prisma.js"
+export type { QueryResultLike, SqlExecutor } from "./sql/executor.js"
