@@ -8,7 +8,7 @@
  */
 
 export { resolveSelection, TransportSelection } from "./bus/busLayer.js"
-export { type AnyChannel, type ChannelEventInput, type EventSchemas } from "./channel/Channel.js"
+export type { AnyChannel, ChannelEventInput, EventSchemas } from "./channel/Channel.js"
 export {
   type BrokerName,
   defaultNotifyRateThreshold,

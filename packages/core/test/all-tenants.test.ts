@@ -1,14 +1,17 @@
 import { Effect, Fiber, Layer } from "effect"
 import { describe, expect, it } from "vitest"
 import {
-  type BusError,
   type ConsumeRequest,
-  type DeliveredEvent,
   type GroupMembership,
   type Heartbeat,
-  MemoryOutbox,
   memoryTransport,
   OutboxStore,
+} from "../src/adapter.js"
+import {
+  type BusError,
+  type DeliveredEvent,
+  type MemoryOutbox,
+  memoryOutbox,
   Subscriber,
   TransportFailure,
 } from "../src/index.js"
@@ -67,7 +70,7 @@ describe('consumer groups across tenants (tenant "*")', () => {
   })
 
   it("a member that dies without leaving: its tenants run elsewhere once its lease ran out, in order, none lost", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const members = outbox.store.members!
     const key = { channel: "orders", group: "billing" }
     outbox.commitBatch([...events("acme", "orders", 3), ...events("globex", "orders", 3)])
@@ -99,7 +102,7 @@ describe('consumer groups across tenants (tenant "*")', () => {
   })
 
   it("a member that cannot renew its membership stops its addresses before its lease runs out, and resumes when it can", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const real = outbox.store.members!
     let down = false
     let failedBeats = 0
@@ -147,7 +150,7 @@ describe('consumer groups across tenants (tenant "*")', () => {
   })
 
   it("a store without membership: ConfigError that names what is missing; bad names are InvalidName", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const run = provideWith(outbox, null)
     const error = await run(Subscriber.use((s) => s.consume(wildcard(), () => Effect.void)).pipe(Effect.flip))
     expect(error).toMatchObject({ _tag: "ConfigError" })

@@ -5,13 +5,13 @@
  * was aborted before they started.
  */
 import { describe, expect, it } from "vitest"
-import { createBus, MemoryOutbox, memoryBroker, memoryTransport } from "../src/index.js"
+import { memoryBroker } from "../src/adapter.js"
+import { createBus, type MemoryOutbox, memoryOutbox } from "../src/index.js"
 
-const makeBus = (outbox: MemoryOutbox, transport: "memory" | "nats", broker = MemoryOutbox.make()) =>
+const makeBus = (outbox: MemoryOutbox, transport: "memory" | "memory-broker", broker = memoryOutbox()) =>
   createBus({
-    outbox: outbox.layer,
-    transports: { memory: memoryTransport(), nats: memoryBroker(broker) },
-    transport,
+    outbox,
+    transport: { use: transport, broker: memoryBroker(broker) },
     env: false,
     relay: { maxIdleMs: 20 },
   })
@@ -48,10 +48,10 @@ const untilAborted = (signal: AbortSignal) =>
   })
 
 describe("a consume handler's signal", () => {
-  for (const transport of ["memory", "nats"] as const) {
+  for (const transport of ["memory", "memory-broker"] as const) {
     it(`${transport}: fires when its consumer closes (after stopGraceMs); the event is then handled by the next member`, async () => {
-      const outbox = MemoryOutbox.make()
-      const broker = MemoryOutbox.make()
+      const outbox = memoryOutbox()
+      const broker = memoryOutbox()
       const bus = await makeBus(outbox, transport, broker)
       try {
         const calls: Array<{ id: string; attempt: number; aborted: boolean }> = []
@@ -87,7 +87,7 @@ describe("a consume handler's signal", () => {
   }
 
   it("fires when the bus closes", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const bus = await makeBus(outbox, "memory")
     let reason: unknown
     let started = false
@@ -109,7 +109,7 @@ describe("a consume handler's signal", () => {
   })
 
   it("does not fire for a handler that finishes within the grace period (its event is settled)", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const bus = await makeBus(outbox, "memory")
     try {
       const signals: Array<AbortSignal> = []
@@ -142,7 +142,7 @@ describe("a consume handler's signal", () => {
 
 describe("consume({ signal })", () => {
   it("stops the consumer when aborted: done resolves and no handler runs after", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const bus = await makeBus(outbox, "memory")
     try {
       const controller = new AbortController()
@@ -170,7 +170,7 @@ describe("consume({ signal })", () => {
   })
 
   it("aborted before it starts: never runs the handler, done is resolved", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const bus = await makeBus(outbox, "memory")
     try {
       await outbox.transaction((tx) => bus.publish(tx, { tenant: "acme", channel: "jobs", type: "job" }))
@@ -191,7 +191,7 @@ describe("consume({ signal })", () => {
   })
 
   it("await using closes the consumer at the end of the block", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const bus = await makeBus(outbox, "memory")
     try {
       let done: Promise<void> | undefined
@@ -207,9 +207,9 @@ describe("consume({ signal })", () => {
 })
 
 describe("subscribe({ signal })", () => {
-  for (const transport of ["memory", "nats"] as const) {
+  for (const transport of ["memory", "memory-broker"] as const) {
     it(`${transport}: aborting ends a waiting for await promptly, without an error`, async () => {
-      const outbox = MemoryOutbox.make()
+      const outbox = memoryOutbox()
       const bus = await makeBus(outbox, transport)
       try {
         const controller = new AbortController()
@@ -241,9 +241,9 @@ describe("subscribe({ signal })", () => {
     })
   }
 
-  for (const transport of ["memory", "nats"] as const) {
+  for (const transport of ["memory", "memory-broker"] as const) {
     it(`${transport}: aborted while it starts: ready settles (BusClosed if it had not resolved) and the loop ends`, async () => {
-      const outbox = MemoryOutbox.make()
+      const outbox = memoryOutbox()
       const bus = await makeBus(outbox, transport)
       try {
         await outbox.transaction((tx) => bus.publish(tx, { tenant: "acme", channel: "news", type: "n" }))
@@ -274,7 +274,7 @@ describe("subscribe({ signal })", () => {
   }
 
   it("aborted before it starts: the loop ends at once and ready rejects with BusClosed", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const bus = await makeBus(outbox, "memory")
     try {
       await outbox.transaction((tx) => bus.publish(tx, { tenant: "acme", channel: "news", type: "n" }))
@@ -294,7 +294,7 @@ describe("subscribe({ signal })", () => {
   })
 
   it("await using closes the subscription at the end of the block", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const bus = await makeBus(outbox, "memory")
     try {
       let iterator: AsyncIterator<unknown> | undefined

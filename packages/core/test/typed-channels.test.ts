@@ -7,6 +7,7 @@
 import { Effect, Schema, Stream } from "effect"
 import { describe, expect, expectTypeOf, it } from "vitest"
 import { z } from "zod"
+import { type Json, memoryBroker } from "../src/adapter.js"
 import {
   type Bus,
   type ChannelEvent,
@@ -14,10 +15,8 @@ import {
   type DeliveredEvent,
   defineChannel,
   type InvalidEvent,
-  type Json,
-  MemoryOutbox,
-  memoryBroker,
-  memoryTransport,
+  type MemoryOutbox,
+  memoryOutbox,
   Publisher,
   Subscriber,
 } from "../src/index.js"
@@ -35,12 +34,11 @@ const users = defineChannel("users", { "user.joined": z.object({ name: z.string(
 
 type Orders = typeof orders
 
-const makeBus = async (transport: "memory" | "nats" = "memory") => {
-  const outbox = MemoryOutbox.make()
+const makeBus = async (transport: "memory" | "memory-broker" = "memory") => {
+  const outbox = memoryOutbox()
   const bus = await createBus({
-    outbox: outbox.layer,
-    transports: { memory: memoryTransport(), nats: memoryBroker(MemoryOutbox.make()) },
-    transport,
+    outbox,
+    transport: { use: transport, broker: memoryBroker(memoryOutbox()) },
     env: false,
     relay: { maxIdleMs: 20 },
   })
@@ -308,7 +306,7 @@ const publishWithOneBad = (outbox: MemoryOutbox, bus: Bus) =>
   )
 
 describe("receiving an event that fails its schema", () => {
-  for (const transport of ["memory", "nats"] as const) {
+  for (const transport of ["memory", "memory-broker"] as const) {
     it(`${transport}: subscribe skips it, tells onInvalid, and goes on`, async () => {
       const { outbox, bus } = await makeBus(transport)
       try {

@@ -1,12 +1,12 @@
 import {
   type BusError,
   ConfigError,
-  type Envelope,
   isBusError,
   PayloadTooLarge,
   TransportFailure,
   TransportUnavailable,
 } from "@bus/core"
+import type { Envelope } from "@bus/core/adapter"
 import { JetStreamApiError, JetStreamError } from "@nats-io/jetstream"
 import {
   AuthorizationError,

@@ -1,14 +1,14 @@
 import { setFlagsFromString } from "node:v8"
 import { runInNewContext } from "node:vm"
 import { type BusError, createBus, type DeliveredEvent, memoryOutbox } from "@bus/core"
-import { feedCursorOf, feedStatsOf, MemoryOutbox, makeEnvelope, Transport } from "@bus/core/adapter"
+import { feedCursorOf, feedStatsOf, makeEnvelope, Transport } from "@bus/core/adapter"
 import { type ServerHandle, startNats } from "@bus/test-infra"
 import { type JetStreamManager, jetstreamManager } from "@nats-io/jetstream"
 import type { NatsConnection } from "@nats-io/transport-node"
 import { Cause, Effect, Fiber, ManagedRuntime, Stream } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { decodeCursor, natsTransport } from "../src/adapter.js"
-import type { NatsTransportOptions } from "../src/index.js"
+import { type NatsTransportOptions, nats } from "../src/index.js"
 import { plainConnection, uniqueName, waitFor } from "./support.js"
 
 /**
@@ -266,12 +266,11 @@ describe("shared feed", () => {
 
 describe("the Promise facade on NATS", () => {
   it("pulls from the feed's shared log: a subscriber that never reads while 30,000 events flow holds at most one page, the log stays within its window, the others get everything meanwhile, and it resumes without gap or repeat", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const window = 1024
     const bus = await createBus({
-      outbox: outbox.layer,
-      transports: { nats: natsTransport({ servers: server.url, subscriberBuffer: window }) },
-      transport: "nats",
+      outbox,
+      transport: { use: "nats", broker: nats({ servers: server.url, subscriberBuffer: window }) },
       env: false,
     })
     try {

@@ -1,6 +1,6 @@
 import { readdirSync, readFileSync, rmSync } from "node:fs"
 import { type Bus, createBus, type DeliveredEvent, memoryOutbox } from "@bus/core"
-import { MemoryOutbox, memoryTransport, splitCursor } from "@bus/core/adapter"
+import { splitCursor } from "@bus/core/adapter"
 import { type ServerHandle, startNats } from "@bus/test-infra"
 import { jetstreamManager } from "@nats-io/jetstream"
 import type { NatsConnection } from "@nats-io/transport-node"
@@ -348,14 +348,9 @@ it("a first start (no stream, no relay position stored) forwards the backlog onc
     .replace(/[^a-z0-9]/gi, "")
     .toUpperCase()
   const prefix = name.toLowerCase()
-  const outbox = MemoryOutbox.make()
+  const outbox = memoryOutbox()
   // Events committed before any relay ran: published through a bus that needs none.
-  const writer = await createBus({
-    outbox: outbox.layer,
-    transports: { memory: memoryTransport() },
-    transport: "memory",
-    env: false,
-  })
+  const writer = await createBus({ outbox, transport: { use: "memory" }, env: false })
   const jsm = await jetstreamManager(nc)
   const stored = async () => (await jsm.streams.info(name).catch(() => undefined))?.state.messages ?? 0
   const publish = (n: number, label: string) =>
@@ -372,9 +367,11 @@ it("a first start (no stream, no relay position stored) forwards the backlog onc
     )
   const start = () =>
     createBus({
-      outbox: outbox.layer,
-      transports: { nats: natsTransport({ servers: server.url, subjectPrefix: prefix, stream: { name } }) },
-      transport: "nats",
+      outbox,
+      transport: {
+        use: "nats",
+        broker: nats({ servers: server.url, subjectPrefix: prefix, stream: { name } }),
+      },
       env: false,
     })
   let bus: Bus | undefined

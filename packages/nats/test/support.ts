@@ -1,4 +1,6 @@
 import { createServer, type Server, Socket } from "node:net"
+// The same polling and naming helpers the conformance suite uses.
+import { uniqueName, waitFor } from "@bus/conformance"
 import type { BusError, MemoryOutbox } from "@bus/core"
 import {
   type Envelope,
@@ -11,8 +13,6 @@ import {
   sendEach,
   Transport,
 } from "@bus/core/adapter"
-// The same polling and naming helpers the conformance suite uses.
-import { uniqueName, waitFor } from "@bus/conformance"
 import { jetstreamManager } from "@nats-io/jetstream"
 import { connect, type NatsConnection } from "@nats-io/transport-node"
 import { Effect, Fiber, Layer, ManagedRuntime } from "effect"

@@ -1,10 +1,7 @@
-import type { GroupMembership } from "@bus/core"
+import type { GroupMembership } from "@bus/core/adapter"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import {
-  createPostgresOutboxStore,
-  type PostgresOutboxHandle,
-  type PostgresOutboxService,
-} from "../src/index.js"
+import { createPostgresOutboxStore, type PostgresOutboxHandle } from "../src/adapter.js"
+import type { PostgresOutboxService } from "../src/index.js"
 import { event, inTransaction, startDb, type TestDb } from "./support/db.js"
 import { failure, run } from "./support/run.js"
 

@@ -111,7 +111,7 @@ const parseClaimed = (reply: unknown): Array<Claimed> => {
  * had read from it before is done by then; one it had not is dropped. Best effort: when
  * the connection is not found (not connected, a proxy in between), nothing is killed.
  */
-const killOnServer = (main: Redis, conn: Redis): Effect.Effect<void> =>
+const killOnServer = (main: Client, conn: Client): Effect.Effect<void> =>
   Effect.gen(function* () {
     const socket = (conn as unknown as { stream?: { localPort?: number; localAddress?: string } }).stream
     const port = socket?.localPort

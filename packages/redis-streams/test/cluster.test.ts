@@ -1,8 +1,9 @@
-import { type DeliveredEvent, MemoryOutbox } from "@bus/core"
+import { type DeliveredEvent, memoryOutbox } from "@bus/core"
 import { type RedisClusterHandle, startRedisCluster } from "@bus/test-infra"
 import type { Cluster } from "ioredis"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { channelKeys, type RedisStreamsOptions } from "../src/index.js"
+import { channelKeys } from "../src/adapter.js"
+import type { RedisStreamsOptions } from "../src/index.js"
 import { clusterAdmin, onNode, replicaOf } from "./cluster-support.js"
 import { orderViolations, publish, Resources, Tally, txEvents, uniqueAddress, waitFor } from "./support.js"
 
@@ -68,7 +69,7 @@ describe("a master failed over to a replica that lacks its newest entries", () =
   it("minReplicas 1: the unacknowledged sends are not counted and are sent again; readers started after the failover get every event once", async () => {
     const r = new Resources()
     try {
-      const outbox = MemoryOutbox.make()
+      const outbox = memoryOutbox()
       const a = uniqueAddress()
       const stream = channelKeys("bus", a).stream
       const bus = await r.bus(outbox, options(1))
@@ -116,7 +117,7 @@ describe("a master failed over to a replica that lacks its newest entries", () =
   it("minReplicas 0: the lost entries are detected by the reader that had read them; subscriber and group recover from the outbox, nothing lost, no handler duplicate", async () => {
     const r = new Resources()
     try {
-      const outbox = MemoryOutbox.make()
+      const outbox = memoryOutbox()
       const a = uniqueAddress()
       const stream = channelKeys("bus", a).stream
       const bus = await r.bus(outbox, options(0))

@@ -1,8 +1,10 @@
-import { createBus, MemoryOutbox, OutboxStore, runRelay } from "@bus/core"
-import { pauseFor, type RedisClusterHandle, startRedisCluster } from "@bus/test-infra"
 import { runConformanceSuite } from "@bus/conformance"
+import { createBus, memoryOutbox } from "@bus/core"
+import { OutboxStore, runRelay } from "@bus/core/adapter"
+import { pauseFor, type RedisClusterHandle, startRedisCluster } from "@bus/test-infra"
 import { Layer, ManagedRuntime } from "effect"
-import { type RedisStreamsOptions, redisStreamsTransport } from "../src/index.js"
+import { redisStreamsTransport } from "../src/adapter.js"
+import { type RedisStreamsOptions, redisStreams } from "../src/index.js"
 import { busiestStream, killClientConnections } from "./cluster-support.js"
 
 /**
@@ -13,7 +15,7 @@ import { busiestStream, killClientConnections } from "./cluster-support.js"
  * master of the stream being written frozen past the node timeout (its replica takes over,
  * the old master comes back as a replica); and that master SIGKILLed and later restarted.
  */
-const outbox = MemoryOutbox.make()
+const outbox = memoryOutbox()
 let cluster: RedisClusterHandle | undefined
 let relay: { dispose(): Promise<void> } | undefined
 
@@ -51,9 +53,8 @@ runConformanceSuite({
   },
   makeBus: () =>
     createBus({
-      outbox: outbox.layer,
-      transports: { "redis-streams": redisStreamsTransport(options()) },
-      transport: "redis-streams",
+      outbox,
+      transport: { use: "redis-streams", broker: redisStreams(options()) },
       env: false,
       relay: false,
     }),

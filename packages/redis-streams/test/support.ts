@@ -1,14 +1,7 @@
+// The same polling, naming and counting helpers the conformance suite uses.
+import { type Address, orderViolations, Tally, uniqueAddress, uniqueName, waitFor } from "@bus/conformance"
 import { type Bus, type BusError, createBus, type EventInput, type MemoryOutbox } from "@bus/core"
 import { OutboxStore, type RelayClaim, type RelayLog, type RelayOptions } from "@bus/core/adapter"
-// The same polling, naming and counting helpers the conformance suite uses.
-import {
-  type Address,
-  orderViolations,
-  Tally,
-  uniqueAddress,
-  uniqueName,
-  waitFor,
-} from "@bus/conformance"
 import { Effect, Layer } from "effect"
 import { Redis } from "ioredis"
 import { redisStreamsTransport } from "../src/adapter.js"

@@ -1,5 +1,5 @@
-import type { AnyChannel, DeliveredEvent } from "@bus/core"
-import type { StartPosition } from "@bus/core/adapter"
+import type { DeliveredEvent } from "@bus/core"
+import type { AnyChannel, StartPosition } from "@bus/core/adapter"
 import { FrameCache } from "./frames.js"
 
 /**

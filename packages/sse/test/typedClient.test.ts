@@ -4,7 +4,7 @@
  * events, checks them on arrival and hands them on decoded; one that fails its schema is
  * reported and skipped, and the resume id moves past it.
  */
-import { createBus, defineChannel, MemoryOutbox, memoryTransport } from "@bus/core"
+import { createBus, defineChannel, memoryOutbox } from "@bus/core"
 import { Schema } from "effect"
 import { describe, expect, expectTypeOf, it } from "vitest"
 import { type BusEvent, followStream, memoryStorage } from "../src/client/index.js"
@@ -22,11 +22,9 @@ const orders = defineChannel("orders", {
 
 describe("a typed channel through @bus/sse", () => {
   it("the client types, checks and decodes events; a bad one is reported and skipped", async () => {
-    const outbox = MemoryOutbox.make()
+    const outbox = memoryOutbox()
     const bus = await createBus({
-      outbox: outbox.layer,
-      transports: { memory: memoryTransport() },
-      transport: "memory",
+      outbox,
       env: false,
     })
     const handler = createSseHandler(bus, {

@@ -161,7 +161,7 @@ export function groupTests(ctx: SuiteContext): void {
       withSession(ctx, async (s) => {
         const bus1 = await s.bus()
         const bus2 = await s.bus()
-        skip(!groupsSupported(ctx, bus1), "the transport has no consumer groups")
+        skip(!bus1.capabilities.consumerGroups, "the transport has no consumer groups")
         const channel = uniqueName("c")
         const group = uniqueName("g")
         // 16 tenants, so that rendezvous hashing leaves no member without a tenant (the odds

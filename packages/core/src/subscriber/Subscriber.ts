@@ -364,7 +364,10 @@ export class Subscriber extends Context.Service<
       const consume = <E, R>(request: ConsumeRequest<ChannelRef>, handler: Handler<E, R, DeliveredEvent>) =>
         Effect.gen(function* () {
           if (request.tenant !== allTenants) {
-            const address = yield* checkAddress({ tenant: request.tenant, channel: channelName(request.channel) })
+            const address = yield* checkAddress({
+              tenant: request.tenant,
+              channel: channelName(request.channel),
+            })
             const group = yield* checkName("group", request.group)
             return yield* consumeAddress(address, group, request, handler)
           }

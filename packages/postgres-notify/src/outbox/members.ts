@@ -1,6 +1,13 @@
-import { checkName, type GroupMembership, type MemberKey } from "@bus/core"
+import { type GroupMembership, type MemberKey, type NameField, validateName } from "@bus/core/adapter"
 import { Effect } from "effect"
 import { runQuery, type SqlExecutor } from "../sql/executor.js"
+
+/** `validateName` as an effect: the name, or its `InvalidName`. */
+const checkName = (field: NameField, value: string) =>
+  Effect.suspend(() => {
+    const checked = validateName(field, value)
+    return typeof checked === "string" ? Effect.succeed(checked) : Effect.fail(checked)
+  })
 
 /**
  * Membership of consumer groups across tenants (`consume` with `tenant: "*"`; see the core
