@@ -1,7 +1,7 @@
 import { type Bus, createBus, type EventInput, memoryOutbox, type Subscription } from "@bus/core"
 import { OutboxStore, type RelayOptions } from "@bus/core/adapter"
 import { migrate, type NotifyMode, type PostgresOutboxService, postgresOutbox } from "@bus/postgres-notify"
-import { Effect, type Layer } from "effect"
+import { Effect } from "effect"
 import type pg from "pg"
 import type { BenchEnv } from "../harness/env.js"
 import { makePool } from "../harness/pg.js"

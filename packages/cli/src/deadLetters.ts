@@ -1,5 +1,4 @@
 import { invalidEventIds, replayDeadLetters } from "@bus/postgres-notify/adapter"
-import pg from "pg"
 import { CliError, postgresError } from "./errors.js"
 import { withOutboxClient } from "./outboxClient.js"
 import type { Out, Styles } from "./style.js"

@@ -1,5 +1,5 @@
 import { type Bus, ConfigError, createBus, type DeliveredEvent, isBusError } from "@bus/core"
-import { selectionFromEnv, selectTransport, type Transport, type TransportName } from "@bus/core/adapter"
+import { selectionFromEnv, selectTransport, type TransportName } from "@bus/core/adapter"
 import { postgresOutbox } from "@bus/postgres-notify"
 import { Layer as L, type Layer, References } from "effect"
 import { type BrokerUrls, brokerTransport } from "./brokers.js"

@@ -1,7 +1,7 @@
 import { spawn } from "node:child_process"
 import { fileURLToPath } from "node:url"
 import { type Bus, createBus } from "@bus/core"
-import { OutboxStore, type Transport } from "@bus/core/adapter"
+import { OutboxStore } from "@bus/core/adapter"
 import { postgresOutbox } from "@bus/postgres-notify"
 import { latestVersion } from "@bus/postgres-notify/adapter"
 import { redisStreams } from "@bus/redis-streams"

@@ -1,6 +1,6 @@
 import { Effect, Layer, Metric, Tracer } from "effect"
 import { describe, expect, it } from "vitest"
-import { memoryBroker, memoryTransport } from "../src/adapter.js"
+import { memoryBroker } from "../src/adapter.js"
 import { createBus, type DeliveredEvent, memoryOutbox, Publisher } from "../src/index.js"
 
 /**

@@ -2,7 +2,6 @@ import { describe, expect, it } from "vitest"
 import {
   defaultNotifyRateThreshold,
   memoryBroker,
-  memoryTransport,
   resolveSelection,
   type SelectionConfig,
   selectionFromEnv,

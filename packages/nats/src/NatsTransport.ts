@@ -1,4 +1,4 @@
-import { type BusError, ConfigError, TransportFailure, TransportUnavailable } from "@bus/core"
+import { type BusError, ConfigError, TransportUnavailable } from "@bus/core"
 import {
   attachFeedCursor,
   attachResendSignal,

@@ -1,7 +1,7 @@
 import { setTimeout as delay } from "node:timers/promises"
 // The counting and order checks of the conformance suite, so this fault is judged the same way.
 import { orderViolations, Tally } from "@bus/conformance"
-import { type Bus, createBus, type DeliveredEvent, memoryOutbox } from "@bus/core"
+import { type Bus, createBus, memoryOutbox } from "@bus/core"
 import { uuidv7 } from "@bus/core/adapter"
 import { type NatsClusterHandle, startNatsCluster } from "@bus/test-infra"
 import { jetstreamManager } from "@nats-io/jetstream"

@@ -1,7 +1,6 @@
 import { runConformanceSuite } from "@bus/conformance"
 import { createBus, memoryOutbox } from "@bus/core"
 import { pauseFor, type ServerHandle, startNats } from "@bus/test-infra"
-import { natsTransport } from "../src/adapter.js"
 import type { NatsTransportOptions } from "../src/index.js"
 import { nats } from "../src/index.js"
 import { KillableRelay, TcpProxy } from "./support.js"

@@ -1,7 +1,6 @@
 import { createBus, type DeliveredEvent, memoryOutbox } from "@bus/core"
 import { type ServerHandle, startNats } from "@bus/test-infra"
 import { afterAll, beforeAll, expect, it } from "vitest"
-import { natsTransport } from "../src/adapter.js"
 import { nats } from "../src/index.js"
 import { KillableRelay, plainConnection, storedIds, uniqueName, waitFor } from "./support.js"
 

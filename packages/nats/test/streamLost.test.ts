@@ -5,7 +5,7 @@ import { type ServerHandle, startNats } from "@bus/test-infra"
 import { jetstreamManager } from "@nats-io/jetstream"
 import type { NatsConnection } from "@nats-io/transport-node"
 import { afterAll, beforeAll, expect, it, vi } from "vitest"
-import { durableName, natsTransport } from "../src/adapter.js"
+import { durableName } from "../src/adapter.js"
 import { nats } from "../src/index.js"
 import { plainConnection, uniqueName, waitFor } from "./support.js"
 

@@ -1,4 +1,4 @@
-import { type Bus, createBus, memoryOutbox } from "@bus/core"
+import { type Bus, createBus } from "@bus/core"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { replayDeadLetters } from "../src/adapter.js"
 import { postgresOutbox } from "../src/index.js"

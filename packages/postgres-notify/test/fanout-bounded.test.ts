@@ -1,7 +1,7 @@
 import { setFlagsFromString } from "node:v8"
 import { runInNewContext } from "node:vm"
 import { type Bus, createBus, type DeliveredEvent, memoryOutbox, Subscriber } from "@bus/core"
-import { iteratorBuffer, outboxFeedStats, outboxTransport, Transport } from "@bus/core/adapter"
+import { iteratorBuffer, outboxFeedStats, Transport } from "@bus/core/adapter"
 import { Deferred, Effect, Fiber, Stream } from "effect"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { postgresOutbox } from "../src/index.js"

@@ -1,9 +1,8 @@
 import { type Bus, createBus, type DeliveredEvent, type MemoryOutbox, memoryOutbox } from "@bus/core"
-import { memoryTransport, splitCursor } from "@bus/core/adapter"
+import { splitCursor } from "@bus/core/adapter"
 import { type ServerHandle, startRedis } from "@bus/test-infra"
 import { Redis } from "ioredis"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { redisStreamsTransport } from "../src/adapter.js"
 import { redisStreams } from "../src/index.js"
 import { uniqueAddress, waitFor } from "./support.js"
 

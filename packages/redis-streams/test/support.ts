@@ -4,7 +4,6 @@ import { type Bus, type BusError, createBus, type EventInput, type MemoryOutbox 
 import { OutboxStore, type RelayClaim, type RelayLog, type RelayOptions } from "@bus/core/adapter"
 import { Effect, Layer } from "effect"
 import { Redis } from "ioredis"
-import { redisStreamsTransport } from "../src/adapter.js"
 import type { RedisStreamsOptions } from "../src/index.js"
 import { redisStreams } from "../src/index.js"
 
