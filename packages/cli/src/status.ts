@@ -543,11 +543,11 @@ export const formatStatus = (r: StatusReport, s: Styles): string => {
       : `${s.bold(r.transport.configured.transport)} ${s.dim(`(${r.transport.configured.reason})`)}`
   const running =
     r.transport.running.length === 0
-      ? s.dim("no bus connected (connections are named after their transport by postgresNotify())")
+      ? s.dim("no bus connected (connections are named after their transport by postgresOutbox())")
       : r.transport.running
           .map((t) =>
             t.transport === "unnamed"
-              ? `${t.connections} connection(s) of a store built without postgresNotify() ${s.dim("(transport not named)")}`
+              ? `${t.connections} connection(s) of a store built without postgresOutbox() ${s.dim("(transport not named)")}`
               : `${s.bold(t.transport)}: ${t.connections} connection(s)`,
           )
           .join(" · ")

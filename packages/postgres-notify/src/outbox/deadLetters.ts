@@ -47,7 +47,7 @@ export const invalidEventIds = (ids: ReadonlyArray<string>): Array<string> =>
  *
  * @example
  * ```ts
- * import { replayDeadLetters } from "@bus/postgres-notify"
+ * import { replayDeadLetters } from "@bus/postgres-notify/adapter"
  * import { replayedHeader } from "@bus/core/adapter"
 import pg from "pg"
  *
