@@ -21,14 +21,7 @@
  */
 
 export { type BusOptions, busLayer, type TransportOptions } from "./bus/busLayer.js"
-export {
-  type Channel,
-  type ChannelEvent,
-  type ChannelRef,
-  defineChannel,
-  type OnInvalidEvent,
-  type StandardSchemaV1,
-} from "./channel/Channel.js"
+export { type Channel, type ChannelEvent, defineChannel } from "./channel/Channel.js"
 export type { DeliveredEvent, EventInput } from "./envelope/Envelope.js"
 export {
   BusClosed,

@@ -140,7 +140,7 @@ describe("installed from the tarballs", () => {
   }
 
   it.each(consumers)(
-    "a %s project compiles and runs a round trip with an interface payload",
+    "a %s project compiles and runs a round trip with an interface payload and a typed channel",
     async (type) => {
       const dir = await project(type)
       expect(await typecheck(dir)).toBe("")
@@ -161,6 +161,7 @@ describe("installed from the tarballs", () => {
       expect(JSON.parse(line ?? "")).toEqual({
         type: "order.paid",
         data: { id: "o-1", total: 42.5 },
+        refused: "InvalidEvent",
         adapters: ["function", "function"],
       })
     },

@@ -1,5 +1,4 @@
-import type { StandardSchemaV1 } from "@bus/core"
-import type { AnyChannel } from "@bus/core/adapter"
+import type { AnyChannel, StandardSchemaV1 } from "@bus/core/adapter"
 import { EventStreamParser } from "./parse.js"
 import { defaultStorage, type ResumeStorage, streamKey } from "./storage.js"
 
