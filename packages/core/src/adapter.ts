@@ -8,7 +8,14 @@
  */
 
 export { resolveSelection, TransportSelection } from "./bus/busLayer.js"
-export type { AnyChannel, ChannelEventInput, EventSchemas } from "./channel/Channel.js"
+export type {
+  AnyChannel,
+  ChannelEventInput,
+  ChannelRef,
+  EventSchemas,
+  OnInvalidEvent,
+  StandardSchemaV1,
+} from "./channel/Channel.js"
 export {
   type BrokerName,
   defaultNotifyRateThreshold,
