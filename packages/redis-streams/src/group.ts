@@ -105,15 +105,48 @@ const parseClaimed = (reply: unknown): Array<Claimed> => {
   return out
 }
 
+/** A connection of one node: its socket's local end, and how to reach that node's commands. */
+interface NodeConnection {
+  readonly status: string
+  readonly stream?: { readonly localPort?: number; readonly localAddress?: string } | undefined
+  readonly options: { readonly host?: string | undefined; readonly port?: number | undefined }
+  readonly call: (...args: Array<string | number>) => Promise<unknown>
+}
+
+/** The node connections of a cluster client; undefined for a single-node client. */
+const nodesOf = (client: Client): ReadonlyArray<NodeConnection> | undefined => {
+  const nodes = (client as unknown as { nodes?: (role: "all") => ReadonlyArray<NodeConnection> }).nodes
+  return typeof nodes === "function" ? nodes.call(client, "all") : undefined
+}
+
 /**
  * Closes `conn` on the server and returns once the server has: found by its address in
  * CLIENT LIST (the port of our end of the socket) and killed by id. A command the server
  * had read from it before is done by then; one it had not is dropped. Best effort: when
  * the connection is not found (not connected, a proxy in between), nothing is killed.
+ * On a cluster, `conn` holds one connection per node it talked to (its blocking read went
+ * to the stream's master): each is killed through `main`'s connection to the same node.
  */
-const killOnServer = (main: Client, conn: Client): Effect.Effect<void> =>
+const killOnServer = (main: Client, conn: Client): Effect.Effect<void> => {
+  const connNodes = nodesOf(conn)
+  const mainNodes = nodesOf(main)
+  if (connNodes === undefined || mainNodes === undefined)
+    return killOnNode(main as unknown as NodeConnection, conn as unknown as NodeConnection)
+  return Effect.forEach(
+    connNodes,
+    (node) => {
+      const via = mainNodes.find(
+        (m) => m.options.host === node.options.host && m.options.port === node.options.port,
+      )
+      return via === undefined ? Effect.void : killOnNode(via, node)
+    },
+    { discard: true },
+  )
+}
+
+const killOnNode = (main: NodeConnection, conn: NodeConnection): Effect.Effect<void> =>
   Effect.gen(function* () {
-    const socket = (conn as unknown as { stream?: { localPort?: number; localAddress?: string } }).stream
+    const socket = conn.stream
     const port = socket?.localPort
     if (conn.status !== "ready" || port === undefined) return
     const list = yield* command("CLIENT LIST", () => main.call("CLIENT", "LIST", "TYPE", "normal"))
