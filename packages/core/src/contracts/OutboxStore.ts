@@ -260,7 +260,11 @@ export class OutboxStore extends Context.Service<
     readonly relay: RelayLog
     /** Claims a consumer group's position for the life of the scope; waits while another process holds it. */
     readonly claimGroup: (address: Address, group: string) => Effect.Effect<GroupClaim, BusError, Scope.Scope>
-    /** Parks an event a consumer group or relay gave up on. */
+    /**
+     * Parks an event a consumer group or relay gave up on. A group's letter also records the
+     * event in that group's inbox, in the same write: a replay (which removes both) then
+     * finds both or neither, never a letter whose inbox entry lands after the replay.
+     */
     readonly deadLetter: (letter: DeadLetter) => Effect.Effect<void, BusError>
     /** Dead-lettered events, newest first. */
     readonly deadLetters: (limit: number) => Effect.Effect<ReadonlyArray<DeadLetter>, BusError>

@@ -465,6 +465,10 @@ export class MemoryOutbox implements Outbox {
     deadLetter: (letter) =>
       Effect.sync(() => {
         this.#deadLetters.push(letter)
+        if (letter.source !== "relay") {
+          const inbox = this.#group(letter.event, letter.source).inbox
+          if (!inbox.has(letter.event.id)) inbox.set(letter.event.id, Date.now())
+        }
       }),
     deadLetters: (limit) => Effect.sync(() => this.#deadLetters.slice(-limit).reverse()),
     prune: (olderThanMs, options) =>

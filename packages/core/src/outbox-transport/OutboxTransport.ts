@@ -387,7 +387,9 @@ export const outboxTransport = (
                           at: new Date().toISOString(),
                         })
                         .pipe(
-                          Effect.andThen(claim.commit(event.cursor, event.id)),
+                          // The letter recorded the event in the group's inbox (one write);
+                          // recording it again here would undo a replay that ran between.
+                          Effect.andThen(claim.commit(event.cursor)),
                           Effect.andThen(Deferred.succeed(settled, "done")),
                         ),
                     inProgress: Effect.void,

@@ -154,9 +154,17 @@ export const makeQueries = (S: string): OutboxQueries => ({
   // driver (Prisma, Effect's own protocol, Kysely, …) binds them the same way.
   notify: `SELECT count(*)::int AS notified FROM (SELECT pg_notify(n.v->>0, n.v->>1) FROM jsonb_array_elements($1::text::jsonb) AS n(v)) x`,
 
+  // A group's letter goes into its inbox in the same statement (see OutboxStore.deadLetter):
+  // a replay removes both in one transaction, so it never runs between the two writes.
   deadLetter: `
-INSERT INTO ${S}.dead_letters (event_id, tenant, channel, type, data, headers, event_time, reason, source, attempts, at)
-VALUES ($1::uuid, $2, $3, $4, $5::jsonb, $6::jsonb, $7::timestamptz, $8, $9, $10::int, coalesce($11::timestamptz, now()))`,
+WITH d AS (
+  INSERT INTO ${S}.dead_letters (event_id, tenant, channel, type, data, headers, event_time, reason, source, attempts, at)
+  VALUES ($1::uuid, $2, $3, $4, $5::jsonb, $6::jsonb, $7::timestamptz, $8, $9, $10::int, coalesce($11::timestamptz, now()))
+  RETURNING event_id, tenant, channel, source
+)
+INSERT INTO ${S}.group_inbox (tenant, channel, group_name, event_id)
+SELECT tenant, channel, source, event_id FROM d WHERE source <> 'relay'
+ON CONFLICT DO NOTHING`,
 
   deadLetters: `
 SELECT event_id::text AS id, tenant, channel, type, data, headers, event_time, reason, source, attempts, at
