@@ -7,6 +7,7 @@
 import { describe, expect, it } from "vitest"
 import { memoryBroker } from "../src/adapter.js"
 import { createBus, type MemoryOutbox, memoryOutbox } from "../src/index.js"
+import { within } from "./support.js"
 
 const makeBus = (outbox: MemoryOutbox, transport: "memory" | "memory-broker", broker = memoryOutbox()) =>
   createBus({
@@ -23,22 +24,6 @@ const waitUntil = async (condition: () => boolean, what: string, timeoutMs = 5_0
     await new Promise((r) => setTimeout(r, 5))
   }
 }
-
-/** Settles with the promise, or rejects after `ms` (the bound every wait here has). */
-const within = <A>(promise: Promise<A>, ms: number, what: string): Promise<A> =>
-  new Promise<A>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms)
-    promise.then(
-      (a) => {
-        clearTimeout(timer)
-        resolve(a)
-      },
-      (e: unknown) => {
-        clearTimeout(timer)
-        reject(e)
-      },
-    )
-  })
 
 /** A handler that blocks until its signal aborts, then rejects with the signal's reason. */
 const untilAborted = (signal: AbortSignal) =>

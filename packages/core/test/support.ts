@@ -218,3 +218,19 @@ export const asOutbox = (
   store: { readonly layer: Layer.Layer<OutboxStore> },
   transport: TransportName = "memory",
 ): Outbox => ({ transport, layers: () => ({ outbox: store.layer, transport: memoryTransport() }) })
+
+/** Settles with the promise, or rejects after `ms` (the bound every wait in a test has). */
+export const within = <A>(promise: Promise<A>, ms: number, what: string): Promise<A> =>
+  new Promise<A>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms)
+    promise.then(
+      (a) => {
+        clearTimeout(timer)
+        resolve(a)
+      },
+      (e: unknown) => {
+        clearTimeout(timer)
+        reject(e)
+      },
+    )
+  })

@@ -20,6 +20,7 @@ import {
   Publisher,
   Subscriber,
 } from "../src/index.js"
+import { within } from "./support.js"
 
 // Effect Schema: the encoded side (a string) is what is published and stored, the decoded
 // side (a number) is what receivers get.
@@ -54,21 +55,6 @@ const take = async <E>(iterable: AsyncIterable<E>, n: number): Promise<Array<E>>
   }
   return out
 }
-
-const within = <A>(promise: Promise<A>, ms: number, what: string): Promise<A> =>
-  new Promise<A>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms: ${what}`)), ms)
-    promise.then(
-      (a) => {
-        clearTimeout(timer)
-        resolve(a)
-      },
-      (e: unknown) => {
-        clearTimeout(timer)
-        reject(e)
-      },
-    )
-  })
 
 describe("typed channel types", () => {
   it("infer type and data, as a union discriminated by type", () => {
