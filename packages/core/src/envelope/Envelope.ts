@@ -250,6 +250,16 @@ export const encodedEnvelope = (envelope: Envelope): EncodedEnvelope | undefined
  * re-publishing an id is a no-op, never a unique violation in the caller's transaction.
  *
  * Claim only after every check of the batch has passed: a claim is not given back.
+ *
+ * @example
+ * ```ts
+ * import { claimFreshId, makeEnvelope } from "@bus/core/adapter"
+ * import { Effect } from "effect"
+ *
+ * const event = Effect.runSync(makeEnvelope({ tenant: "acme", channel: "orders", type: "order.paid" }))
+ * console.log(claimFreshId(event)) // true: no store has written this id yet
+ * console.log(claimFreshId(event)) // false: every later write keeps the duplicate-id guard
+ * ```
  */
 export const claimFreshId = (envelope: Envelope): boolean =>
   typeof envelope === "object" && envelope !== null && BuiltEnvelope.claimFresh(envelope)
