@@ -57,6 +57,7 @@ export {
 export { type Broker, broker, type Outbox, type OutboxLayers } from "./contracts/Wiring.js"
 export { type CloudEvent, fromCloudEvent, toCloudEvent } from "./envelope/CloudEvent.js"
 export {
+  claimFreshId,
   decodeEnvelope,
   defaultMaxPayloadBytes,
   type EncodedEnvelope,

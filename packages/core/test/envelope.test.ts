@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto"
 import { Effect, Layer } from "effect"
 import { describe, expect, it } from "vitest"
 import {
+  claimFreshId,
   decodeEnvelope,
   defaultMaxPayloadBytes,
   type Envelope,
@@ -121,6 +122,18 @@ describe("makeEnvelope: other fields", () => {
       const e = await runFail(makeEnvelope({ ...base, id } as unknown as EventInput))
       expect(e, String(id)).toMatchObject({ _tag: "InvalidEvent", reason: "id" })
     }
+  })
+
+  it("a generated id is fresh exactly once; caller-chosen, copied and decoded ids never are", async () => {
+    const generated = await run(makeEnvelope(base))
+    const copy = { ...generated }
+    expect(claimFreshId(copy)).toBe(false)
+    expect(claimFreshId(generated)).toBe(true)
+    expect(claimFreshId(generated)).toBe(false)
+    expect(Object.isFrozen(generated)).toBe(true)
+    expect(claimFreshId(await run(makeEnvelope({ ...base, id: uuidv7() })))).toBe(false)
+    const decoded = await run(decodeEnvelope(JSON.parse(JSON.stringify(await run(makeEnvelope(base))))))
+    expect(claimFreshId(decoded)).toBe(false)
   })
 
   it("the event must be an object", async () => {

@@ -1,4 +1,4 @@
-import type { Envelope } from "@bus/core/adapter"
+import { type Envelope, makeEnvelope } from "@bus/core/adapter"
 import type pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { addressChannel, createPostgresOutboxStore, type PostgresOutboxHandle } from "../src/adapter.js"
@@ -142,6 +142,45 @@ describe("append inside the caller's pg transaction", () => {
     await inTransaction(db.pool, (c) => run(s.append(c, [e, e])))
     await inTransaction(db.pool, (c) => run(s.append(c, [e])))
     expect(await readAll(s, "acme", "orders")).toHaveLength(1)
+  })
+
+  it("writes makeEnvelope's fresh ids without the conflict guard, and guards every later write of them", async () => {
+    const s = await store(await db.freshSchema())
+    const prepared = (c: pg.PoolClient) =>
+      c
+        .query<{ name: string }>("SELECT name FROM pg_prepared_statements")
+        .then((r) => r.rows.map((x) => x.name))
+    const a = event("acme", "orders", { n: 1 })
+    const b = event("acme", "orders", { n: 2 })
+    // A rolled-back first write still claims the ids: the retry keeps the guard.
+    await expect(
+      inTransaction(db.pool, async (c) => {
+        await run(s.append(c, [a, b]))
+        expect((await prepared(c)).some((n) => n.startsWith("bus_appendfn1_"))).toBe(true)
+        throw new Error("business failure")
+      }),
+    ).rejects.toThrow("business failure")
+    await inTransaction(db.pool, async (c) => {
+      await run(s.append(c, [a, b]))
+      await run(s.append(c, [a]))
+      // The caller's transaction is intact after the repeats.
+      await c.query("SELECT 1")
+    })
+    // A caller-chosen id that a fresh publish already wrote: a no-op, never a unique violation.
+    const c0 = event("acme", "orders", { n: 3 })
+    await inTransaction(db.pool, (c) => run(s.append(c, [c0])))
+    const { id } = c0
+    const again = await run(makeEnvelope({ tenant: "acme", channel: "orders", type: "test.event", id }))
+    await inTransaction(db.pool, async (c) => {
+      await run(s.append(c, [again]))
+      await c.query("SELECT 1")
+    })
+    // A batch that mixes a built envelope with a copy takes the guarded path and claims both.
+    const d = event("acme", "orders", { n: 4 })
+    await inTransaction(db.pool, (c) => run(s.append(c, [d, { ...d }])))
+    await inTransaction(db.pool, (c) => run(s.append(c, [d])))
+    const events = await readAll(s, "acme", "orders")
+    expect(events.map((e) => (e.data as { n: number }).n)).toEqual([1, 2, 3, 4])
   })
 
   it("keeps the order of one transaction's events", async () => {

@@ -196,6 +196,10 @@ class BuiltEnvelope implements Envelope {
   readonly headers: Readonly<Record<string, string>>
   readonly time: string
   readonly #encoded: EncodedEnvelope
+  // True while no store can hold this id yet: makeEnvelope generated it, and no store has
+  // claimed it (see claimFreshId). Private, so it is not part of the envelope's data, and
+  // writable although the object is frozen (freezing does not reach private fields).
+  #fresh: boolean
   constructor(
     id: string,
     tenant: string,
@@ -205,6 +209,7 @@ class BuiltEnvelope implements Envelope {
     headers: Readonly<Record<string, string>>,
     time: string,
     encoded: EncodedEnvelope,
+    fresh: boolean,
   ) {
     this.id = id
     this.tenant = tenant
@@ -214,10 +219,16 @@ class BuiltEnvelope implements Envelope {
     this.headers = headers
     this.time = time
     this.#encoded = encoded
+    this.#fresh = fresh
     Object.freeze(this)
   }
   static encodedOf(u: object): EncodedEnvelope | undefined {
     return #encoded in u ? u.#encoded : undefined
+  }
+  static claimFresh(u: object): boolean {
+    if (!(#encoded in u) || !u.#fresh) return false
+    u.#fresh = false
+    return true
   }
 }
 
@@ -228,6 +239,30 @@ class BuiltEnvelope implements Envelope {
  */
 export const encodedEnvelope = (envelope: Envelope): EncodedEnvelope | undefined =>
   typeof envelope === "object" && envelope !== null ? BuiltEnvelope.encodedOf(envelope) : undefined
+
+/**
+ * True exactly once for an envelope whose id {@link makeEnvelope} generated, and false for
+ * every other envelope and every later call. A store that is told true may write the event
+ * without guarding against an existing row of that id: none can exist, because the id was
+ * minted in this process (strictly increasing, 62 random bits per millisecond) and this is
+ * its first write anywhere. A caller-chosen id, an envelope decoded or copied, or the same
+ * envelope appended again (a retried transaction, a second store) must keep the guard:
+ * re-publishing an id is a no-op, never a unique violation in the caller's transaction.
+ *
+ * Claim only after every check of the batch has passed: a claim is not given back.
+ *
+ * @example
+ * ```ts
+ * import { claimFreshId, makeEnvelope } from "@bus/core/adapter"
+ * import { Effect } from "effect"
+ *
+ * const event = Effect.runSync(makeEnvelope({ tenant: "acme", channel: "orders", type: "order.paid" }))
+ * console.log(claimFreshId(event)) // true: no store has written this id yet
+ * console.log(claimFreshId(event)) // false: every later write keeps the duplicate-id guard
+ * ```
+ */
+export const claimFreshId = (envelope: Envelope): boolean =>
+  typeof envelope === "object" && envelope !== null && BuiltEnvelope.claimFresh(envelope)
 
 // id (a UUID), tenant and channel (safe names) and time (ISO) never need escaping, so the
 // compact JSON of an envelope is these pieces around the encoded type, data and headers:
@@ -329,7 +364,8 @@ export const buildEnvelope = (
     headersJson = JSON.stringify(copy)
   }
   let id: string
-  if (input.id === undefined) id = uuidv7()
+  const generated = input.id === undefined
+  if (generated) id = uuidv7()
   else if (typeof input.id === "string" && isUuidv7(input.id)) id = input.id
   else return invalidEvent("id", "id must be a lower-case UUIDv7 string")
   const time = options.time ?? (options.now === undefined ? isoNow() : options.now.toISOString())
@@ -349,11 +385,21 @@ export const buildEnvelope = (
       })
     }
   }
-  return new BuiltEnvelope(id, tenant, channel, input.type, data as Json, headers, time, {
-    json,
-    data: dataJson,
-    headers: headersJson,
-  })
+  return new BuiltEnvelope(
+    id,
+    tenant,
+    channel,
+    input.type,
+    data as Json,
+    headers,
+    time,
+    {
+      json,
+      data: dataJson,
+      headers: headersJson,
+    },
+    generated,
+  )
 }
 
 /**

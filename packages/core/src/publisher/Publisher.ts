@@ -106,6 +106,11 @@ export class Publisher extends Context.Service<
         )
         const system = transport.capabilities.name
         const published = Metric.withAttributes(eventsPublished, { transport: system })
+        const spanAttributes = {
+          "messaging.system": system,
+          "messaging.operation.type": "send",
+          "messaging.operation.name": "publish",
+        }
         const publish = (
           tx: unknown,
           input: PublishInput<AnyChannel> | ReadonlyArray<PublishInput<AnyChannel>>,
@@ -163,30 +168,27 @@ export class Publisher extends Context.Service<
               yield* Metric.update(published, envelopes.length)
               return { ids: envelopes.map((e) => e.id) } satisfies PublishReceipt
             })
-          const channels = new Set(inputs.map((e) => (typeof e?.channel === "string" ? e.channel : "")))
-          const channel = channels.size === 1 ? [...channels][0]! : ""
-          const spanned = body(true).pipe(
-            Effect.withSpan(
-              channel === "" ? "publish" : `publish ${channel}`,
-              {
-                kind: "producer",
-                attributes: {
-                  "messaging.system": system,
-                  "messaging.operation.type": "send",
-                  "messaging.operation.name": "publish",
-                },
-              },
-              { captureStackTrace: false },
-            ),
-          )
+          // Built only when a span is wanted: its name needs a pass over the events.
+          const spanned = () => {
+            const first = inputs[0]?.channel
+            let channel = typeof first === "string" ? first : ""
+            for (const e of inputs) if (e?.channel !== first) channel = ""
+            return body(true).pipe(
+              Effect.withSpan(
+                channel === "" ? "publish" : `publish ${channel}`,
+                { kind: "producer", attributes: spanAttributes },
+                { captureStackTrace: false },
+              ),
+            )
+          }
           // Without a tracer of the application's and without a caller span, the publish
           // span would be recorded nowhere and carry no context: skip making it (span ids
           // and attributes cost more than the rest of the publish's client-side work).
           return Effect.flatMap(Effect.tracer, (tracer) =>
             tracer !== Tracer.nativeTracer
-              ? spanned
+              ? spanned()
               : Effect.flatMap(Effect.serviceOption(Tracer.ParentSpan), (parent) =>
-                  Option.isSome(parent) ? spanned : body(false),
+                  Option.isSome(parent) ? spanned() : body(false),
                 ),
           )
         }

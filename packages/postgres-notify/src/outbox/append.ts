@@ -1,5 +1,5 @@
 import { type BusError, InvalidEvent, NotInTransaction } from "@bus/core"
-import { type Address, decodeEnvelope, type Envelope, encodedEnvelope } from "@bus/core/adapter"
+import { type Address, claimFreshId, decodeEnvelope, type Envelope, encodedEnvelope } from "@bus/core/adapter"
 import { Effect } from "effect"
 import type { TransactionAdapter } from "../sql/adapter.js"
 import { runPrepared, runQuery, type SqlExecutor, type Statement } from "../sql/executor.js"
@@ -88,21 +88,33 @@ const checkEvent = (raw: unknown, index: number): Effect.Effect<Row, BusError> =
     }),
   )
 
+/** A checked batch, and whether every id in it is fresh (see `claimFreshId`). */
+interface Rows {
+  readonly rows: ReadonlyArray<Row>
+  readonly fresh: boolean
+}
+
 /**
  * Checks and encodes a batch: the stored encoding of makeEnvelope's envelopes, the full
- * check for anything else. Fails on the first bad event, before any statement.
+ * check for anything else. Fails on the first bad event, before any statement. Only a batch
+ * that passed claims its ids, and it claims every one of them: an envelope left unclaimed
+ * while its batch was written would later be taken for one never written.
  */
-const toRows = (events: ReadonlyArray<Envelope>): Effect.Effect<ReadonlyArray<Row>, BusError> =>
+const toRows = (events: ReadonlyArray<Envelope>): Effect.Effect<Rows, BusError> =>
   Effect.suspend(() => {
     const rows: Array<Row> = []
     for (let i = 0; i < events.length; i++) {
       const event = events[i]!
       const encoded = typeof event === "object" && event !== null ? encodedEnvelope(event) : undefined
       if (encoded === undefined) {
-        // Rare path (not from publish): finish the batch the slow way from here.
+        // Rare path (not from publish): finish the batch the slow way from here. Decoded or
+        // copied events are never fresh, so the batch keeps the conflict guard.
         return Effect.map(
           Effect.forEach(events.slice(i), (e, k) => checkEvent(e, i + k)),
-          (rest) => [...rows, ...rest],
+          (rest) => {
+            for (const e of events) claimFreshId(e)
+            return { rows: [...rows, ...rest], fresh: false }
+          },
         )
       }
       if (!isStorable(encoded.json)) return Effect.fail(unstorableError(i))
@@ -118,7 +130,10 @@ const toRows = (events: ReadonlyArray<Envelope>): Effect.Effect<ReadonlyArray<Ro
         json: encoded.json,
       })
     }
-    return Effect.succeed(rows)
+    let fresh = true
+    // No short cut: every envelope of the batch must be claimed (see above).
+    for (const event of events) fresh = claimFreshId(event) && fresh
+    return Effect.succeed({ rows, fresh })
   })
 
 const notInTransaction = (adapters: ReadonlyArray<TransactionAdapter>, tx: unknown) =>
@@ -246,24 +261,26 @@ export interface AppendOptions {
 /**
  * The append of one store: check and encode every event, open the caller's transaction
  * (adapter cached per class), then one prepared statement: the INSERT (`ON CONFLICT (id)
- * DO NOTHING`: re-publishing an id is a no-op) with the batch's wake-ups.
+ * DO NOTHING`: re-publishing an id is a no-op; left out when every id is fresh, which no
+ * row can hold) with the batch's wake-ups.
  */
 export const makeAppend = (
   options: AppendOptions,
 ): ((tx: unknown, events: ReadonlyArray<Envelope>) => Effect.Effect<void, BusError>) => {
   const open = makeTransactionOpener(options.adapters)
   const channelOf = cachedChannels(options.schema)
-  const { statements: q } = options
+  const { statements } = options
   return (tx, events) =>
     Effect.gen(function* () {
       if (!Array.isArray(events)) {
         return yield* new InvalidEvent({ reason: "batch", message: "append needs an array of events" })
       }
-      const rows = yield* toRows(events)
+      const { rows, fresh } = yield* toRows(events)
       const executor = yield* open(tx)
       if (rows.length === 0) return
       const mode = options.deferNotify?.(tx, rows) ? "none" : options.notify
       const { channels, payloads } = wakeUpsFor(options.schema, mode, rows, channelOf)
+      const q = fresh ? statements.fresh : statements
       let statement: Statement
       let params: Array<unknown>
       if (rows.length === 1) {

@@ -63,8 +63,15 @@ ORDER BY r.phase, r.xid, r.seq`
  * read with jsonb_to_recordset in array order (which reads JSON null as SQL NULL: hence
  * the coalesce back to a jsonb null). Wake-ups are ($n, $n+1) for one and a JSON
  * array of [channel, payload] pairs for several.
+ *
+ * Each shape comes twice. The guarded form (`ON CONFLICT (id) DO NOTHING`) makes
+ * re-publishing an id a no-op instead of a unique violation that would abort the caller's
+ * transaction. The `fresh` form leaves the guard out, for batches whose ids were all minted
+ * by makeEnvelope and never written before (`claimFreshId`): no row can hold them, and the
+ * guard is not free, since a speculative insertion probes the primary key before the insert
+ * and logs a confirmation record per row after it.
  */
-export interface AppendStatements {
+export interface AppendShapes {
   readonly one: Statement
   readonly oneNotifyOne: Statement
   readonly oneNotifyMany: Statement
@@ -73,19 +80,24 @@ export interface AppendStatements {
   readonly manyNotifyMany: Statement
 }
 
+/** The guarded statements, and the same shapes without the guard for fresh ids. */
+export interface AppendStatements extends AppendShapes {
+  readonly fresh: AppendShapes
+}
+
 const columns = "(id, tenant, channel, type, data, headers, event_time)"
 
-const makeAppendStatements = (S: string): AppendStatements => {
+const makeAppendShapes = (S: string, guarded: boolean): AppendShapes => {
+  const guard = guarded ? "\nON CONFLICT (id) DO NOTHING" : ""
+  const p = guarded ? "bus_append" : "bus_appendf"
   const one = `INSERT INTO ${S}.outbox ${columns}
-VALUES ($1::text::uuid, $2::text, $3::text, $4::text, $5::text::jsonb, $6::text::jsonb, $7::text::timestamptz)
-ON CONFLICT (id) DO NOTHING`
+VALUES ($1::text::uuid, $2::text, $3::text, $4::text, $5::text::jsonb, $6::text::jsonb, $7::text::timestamptz)${guard}`
   const many = `INSERT INTO ${S}.outbox ${columns}
 SELECT e.id, e.tenant, e.channel, e.type, coalesce(e.data, 'null'::jsonb), e.headers, e."time"
 FROM ROWS FROM (jsonb_to_recordset($1::text::jsonb)
        AS (id uuid, tenant text, channel text, type text, data jsonb, headers jsonb, "time" timestamptz))
      WITH ORDINALITY AS e(id, tenant, channel, type, data, headers, "time", n)
-ORDER BY e.n
-ON CONFLICT (id) DO NOTHING`
+ORDER BY e.n${guard}`
   const notifyOne = (insert: string, at: number) =>
     `WITH i AS (${insert}\nRETURNING 1)\nSELECT count(*)::int AS notified FROM (SELECT pg_notify($${at}::text, $${at + 1}::text)) x`
   const notifyMany = (insert: string, at: number) =>
@@ -93,14 +105,19 @@ ON CONFLICT (id) DO NOTHING`
 SELECT count(*)::int AS notified
 FROM (SELECT pg_notify(n.v->>0, n.v->>1) FROM jsonb_array_elements($${at}::text::jsonb) AS n(v)) x`
   return {
-    one: named("bus_append1", one),
-    oneNotifyOne: named("bus_append1n1", notifyOne(one, 8)),
-    oneNotifyMany: named("bus_append1n", notifyMany(one, 8)),
-    many: named("bus_append", many),
-    manyNotifyOne: named("bus_appendn1", notifyOne(many, 2)),
-    manyNotifyMany: named("bus_appendn", notifyMany(many, 2)),
+    one: named(`${p}1`, one),
+    oneNotifyOne: named(`${p}1n1`, notifyOne(one, 8)),
+    oneNotifyMany: named(`${p}1n`, notifyMany(one, 8)),
+    many: named(p, many),
+    manyNotifyOne: named(`${p}n1`, notifyOne(many, 2)),
+    manyNotifyMany: named(`${p}n`, notifyMany(many, 2)),
   }
 }
+
+const makeAppendStatements = (S: string): AppendStatements => ({
+  ...makeAppendShapes(S, true),
+  fresh: makeAppendShapes(S, false),
+})
 
 // A prepared statement's name is per connection, and one connection may serve stores of
 // several schemas (or package versions): the name carries a hash of the text.

@@ -117,12 +117,29 @@ export const pgExecutor = (client: PgClientLike): SqlExecutor => ({
   prepared: (name, text, params) => client.query({ name, text, values: [...params] }),
 })
 
+// A pool's clients live as long as the pool and publish again and again: one executor each,
+// kept while the client is.
+const executors = new WeakMap<PgClientLike, SqlExecutor>()
+
+const executorOf = (client: PgClientLike): SqlExecutor => {
+  let executor = executors.get(client)
+  if (executor === undefined) {
+    executor = pgExecutor(client)
+    executors.set(client, executor)
+  }
+  return executor
+}
+
 /** The `pg` adapter: `Client` / `PoolClient` inside `BEGIN … COMMIT`. */
 export const pgAdapter: TransactionAdapter = {
   name: "pg",
   open: (tx) => {
     if (isPgPool(tx)) return Effect.fail(new NotInTransaction({ message: poolMessage }))
     if (!isPgClient(tx)) return undefined
-    return ensureInTransaction(tx).pipe(Effect.as(pgExecutor(tx)))
+    const executor = executorOf(tx)
+    // The usual case, settled inside BEGIN, answered without building the check's effect.
+    return settledStatus(tx) === "T"
+      ? Effect.succeed(executor)
+      : ensureInTransaction(tx).pipe(Effect.as(executor))
   },
 }
