@@ -1,14 +1,16 @@
 import { randomUUID } from "node:crypto"
-import { Effect, Layer, PubSub, Semaphore, Stream } from "effect"
+import { Effect, type Layer, PubSub, Semaphore, Stream } from "effect"
 import type { TransportChoice } from "../config/BusConfig.js"
 import { addressTag } from "../contracts/Cursor.js"
 import {
   type Address,
+  type CompleteOutbox,
   type DeadLetter,
   type GroupClaim,
   type GroupMembership,
   type MemberKey,
-  OutboxStore,
+  type OutboxServices,
+  outboxLayer,
   type RelayClaim,
   type RelayedEvent,
   type RelayLog,
@@ -375,8 +377,11 @@ export class MemoryOutbox implements Outbox {
     return state
   }
 
-  /** The outbox contract over this state. */
-  readonly store: OutboxStore["Service"] = OutboxStore.of({
+  /**
+   * Every service of the outbox contract over this state, as one record (see
+   * {@link MemoryOutbox.layer} for the services themselves).
+   */
+  readonly store: CompleteOutbox = {
     name: "memory",
     append: (tx, events) =>
       Effect.suspend(() => {
@@ -492,7 +497,7 @@ export class MemoryOutbox implements Outbox {
         }
         return removed
       }),
-  })
+  }
 
   /** Group membership as on Postgres (see `GroupMembership`), with the process clock. */
   get #membership(): GroupMembership {
@@ -566,9 +571,13 @@ export class MemoryOutbox implements Outbox {
     }
   }
 
-  /** Provides this outbox as the {@link OutboxStore} service. */
-  get layer(): Layer.Layer<OutboxStore> {
-    return Layer.succeed(OutboxStore, this.store)
+  /**
+   * Provides this outbox as every service of the outbox contract (`OutboxWriter`,
+   * `OutboxReader`, `OutboxRelay`, `GroupStore`, `DeadLetterStore`, `OutboxRetention`): one
+   * layer, as docs/new-transport.md describes for a new database.
+   */
+  get layer(): Layer.Layer<OutboxServices> {
+    return outboxLayer(this.store)
   }
 }
 
