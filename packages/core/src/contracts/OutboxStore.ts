@@ -71,14 +71,34 @@ export interface CompleteOutbox
   readonly relay: RelayLog
 }
 
-/** Every service of a {@link CompleteOutbox}, in one context. */
-export const outboxContext = (store: CompleteOutbox): Context.Context<OutboxServices> =>
-  Context.make(OutboxWriter, store).pipe(
-    Context.add(OutboxReader, store),
-    Context.add(OutboxRelay, store.relay),
-    Context.add(GroupStore, store),
-    Context.add(DeadLetterStore, store),
-    Context.add(OutboxRetention, store),
+/** One implementation of each service of the outbox contract, by concern. */
+export interface OutboxParts {
+  readonly writer: WriterShape
+  readonly reader: ReaderShape
+  readonly relay: RelayLog
+  readonly groups: GroupStoreShape
+  readonly deadLetters: DeadLetterStoreShape
+  readonly retention: RetentionShape
+}
+
+/** The services of a {@link CompleteOutbox} record, each its own part. */
+export const partsOf = (store: CompleteOutbox): OutboxParts => ({
+  writer: store,
+  reader: store,
+  relay: store.relay,
+  groups: store,
+  deadLetters: store,
+  retention: store,
+})
+
+/** Every service of the outbox contract in one context, from its parts. */
+export const outboxContext = (parts: OutboxParts): Context.Context<OutboxServices> =>
+  Context.make(OutboxWriter, parts.writer).pipe(
+    Context.add(OutboxReader, parts.reader),
+    Context.add(OutboxRelay, parts.relay),
+    Context.add(GroupStore, parts.groups),
+    Context.add(DeadLetterStore, parts.deadLetters),
+    Context.add(OutboxRetention, parts.retention),
   )
 
 /**
@@ -96,7 +116,7 @@ export const outboxContext = (store: CompleteOutbox): Context.Context<OutboxServ
  * ```
  */
 export const outboxLayer = (store: CompleteOutbox): Layer.Layer<OutboxServices> =>
-  Layer.succeedContext(outboxContext(store))
+  Layer.succeedContext(outboxContext(partsOf(store)))
 
 const optionalServices: ReadonlyArray<readonly [Context.Key<unknown, unknown>, string]> = [
   [OutboxRelay, "OutboxRelay (the relay log)"],

@@ -6,6 +6,7 @@ import {
   type Envelope,
   type OutboxServices,
   outboxContext,
+  partsOf,
 } from "@bus/core/adapter"
 import { Cause, Context, Effect, Exit, Fiber, Layer, PubSub, Scope, Stream } from "effect"
 import pg from "pg"
@@ -442,7 +443,7 @@ export const postgresOutboxLayer = (
 ): Layer.Layer<OutboxServices | PostgresOutbox, BusError> =>
   Layer.effectContext(
     Effect.map(makePostgresOutboxStore(options), (service) =>
-      outboxContext(service).pipe(Context.add(PostgresOutbox, service)),
+      outboxContext(partsOf(service)).pipe(Context.add(PostgresOutbox, service)),
     ),
   )
 
