@@ -24,26 +24,13 @@ import { OutboxRelay, type RelayLog } from "./RelayLog.js"
  * @module
  */
 
-export { type DeadLetter, DeadLetterStore, replayedHeader } from "./DeadLetterStore.js"
-export {
-  type GroupClaim,
-  type GroupKey,
-  type GroupMembership,
-  GroupStore,
-  type Heartbeat,
-  type MemberKey,
-} from "./GroupStore.js"
-export { type Address, type OutboxPage, OutboxReader } from "./OutboxReader.js"
-export { OutboxRetention } from "./OutboxRetention.js"
-export { OutboxWriter } from "./OutboxWriter.js"
-export {
-  OutboxRelay,
-  type RelayClaim,
-  type RelayedEvent,
-  type RelayLog,
-  type RelayPage,
-  type RelayState,
-} from "./RelayLog.js"
+// One module to import the whole contract from: each service keeps its own file.
+export * from "./DeadLetterStore.js"
+export * from "./GroupStore.js"
+export * from "./OutboxReader.js"
+export * from "./OutboxRetention.js"
+export * from "./OutboxWriter.js"
+export * from "./RelayLog.js"
 
 /** What every outbox provides: enough for `publish` and `subscribe` on its own transport. */
 export type OutboxCore = OutboxWriter | OutboxReader
