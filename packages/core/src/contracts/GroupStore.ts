@@ -81,7 +81,21 @@ export interface GroupClaim {
   readonly commit: (cursor: string, handled?: string) => Effect.Effect<void, BusError>
 }
 
-/** Consumer groups' durable state in the outbox: positions, inboxes and membership. */
+/**
+ * Consumer groups' durable state in the outbox: positions, inboxes and membership. The
+ * outbox transport's `consume` needs it (with `DeadLetterStore`); on a broker, the
+ * subscriber uses it to keep a group's inbox across a flip.
+ *
+ * @example
+ * ```ts
+ * import { GroupStore } from "@bus/core/adapter"
+ *
+ * // Where group "billing" of acme/orders last stood on an outbox transport (no claim taken).
+ * const position = GroupStore.use((groups) =>
+ *   groups.groupCursor({ tenant: "acme", channel: "orders", group: "billing" }),
+ * )
+ * ```
+ */
 export class GroupStore extends Context.Service<
   GroupStore,
   {

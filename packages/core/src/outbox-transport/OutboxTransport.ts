@@ -499,7 +499,7 @@ export const outboxTransport = (
         subscribe,
         group,
         deadLetters: (limit) =>
-          groupStores === undefined ? Effect.succeed([]) : groupStores.letters.deadLetters(limit),
+          Option.isSome(letters) ? letters.value.deadLetters(limit) : Effect.succeed([]),
         send: () => Effect.fail(noRelay),
         sendAll: (items) => Effect.succeed(items.length === 0 ? { sent: 0 } : { sent: 0, error: noRelay }),
       })
