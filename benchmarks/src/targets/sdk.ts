@@ -1,7 +1,12 @@
 import { type Bus, createBus, type EventInput, memoryOutbox, type Subscription } from "@bus/core"
-import { OutboxStore, type RelayOptions } from "@bus/core/adapter"
-import { migrate, type NotifyMode, type PostgresOutboxService, postgresOutbox } from "@bus/postgres-notify"
-import { Effect } from "effect"
+import type { RelayOptions } from "@bus/core/adapter"
+import {
+  migrate,
+  type NotifyMode,
+  type PostgresOutboxService,
+  postgresOutbox,
+  postgresOutboxOf,
+} from "@bus/postgres-notify"
 import type pg from "pg"
 import type { BenchEnv } from "../harness/env.js"
 import { makePool } from "../harness/pg.js"
@@ -126,11 +131,7 @@ export const openSdkBus = async (o: SdkBusOptions): Promise<SdkBus> => {
     env: false,
     ...(o.relay !== undefined ? { relay: o.relay } : {}),
   })
-  const run = <A>(e: Effect.Effect<A, unknown>): Promise<A> =>
-    bus.runtime.runPromise(e as Effect.Effect<A, never>) as Promise<A>
-  const store = (await run(
-    OutboxStore.use((s) => Effect.succeed(s)) as Effect.Effect<unknown, never>,
-  )) as PostgresOutboxService
+  const store = await postgresOutboxOf(bus)
   const producer = makePool({
     connectionString: o.producerUrl ?? o.env.pgUrl,
     application_name: "bench-producer",

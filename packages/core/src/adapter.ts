@@ -1,6 +1,7 @@
 /**
  * @bus/core/adapter — for transport and outbox authors, tools and tests: the `Transport`
- * and `OutboxStore` contracts, the wiring contracts (`Outbox`, `Broker`), the relay, the
+ * contract and the outbox's services (`OutboxWriter`, `OutboxReader`, `OutboxRelay`,
+ * `GroupStore`, `DeadLetterStore`, `OutboxRetention`), the wiring contracts (`Outbox`, `Broker`), the relay, the
  * outbox transport, cursor and flip helpers, the envelope codec, naming, telemetry and
  * metrics, and the in-memory broker. Applications need only `@bus/core`.
  *
@@ -29,20 +30,35 @@ export { capabilities, defaultCapabilities, type TransportCapabilities } from ".
 export { addressTag, isSymbolicStart, type StartPosition } from "./contracts/Cursor.js"
 export {
   type Address,
+  type CompleteOutbox,
+  checkComplete,
   type DeadLetter,
+  DeadLetterStore,
   type GroupClaim,
   type GroupKey,
   type GroupMembership,
+  GroupStore,
   type Heartbeat,
   type MemberKey,
+  missingServices,
+  type OutboxCore,
   type OutboxPage,
-  OutboxStore,
+  type OutboxParts,
+  OutboxReader,
+  OutboxRelay,
+  OutboxRetention,
+  type OutboxServices,
+  OutboxWriter,
+  outboxContext,
+  outboxLayer,
+  partsOf,
   type RelayClaim,
   type RelayedEvent,
   type RelayLog,
   type RelayPage,
   type RelayState,
   replayedHeader,
+  requireComplete,
 } from "./contracts/OutboxStore.js"
 export {
   type Delivery,
@@ -117,7 +133,13 @@ export {
   outboxTransport,
 } from "./outbox-transport/OutboxTransport.js"
 export type { PublisherOptions, PublishInput, PublishReceipt } from "./publisher/Publisher.js"
-export { type RelayBatchResult, type RelayOptions, relayBatch, runRelay } from "./relay/Relay.js"
+export {
+  type RelayBatchResult,
+  type RelayOptions,
+  type RelayServices,
+  relayBatch,
+  runRelay,
+} from "./relay/Relay.js"
 export {
   attachResendSignal,
   type BrokerLoss,

@@ -5,7 +5,8 @@ import {
   type GroupMembership,
   type Heartbeat,
   memoryTransport,
-  OutboxStore,
+  type OutboxServices,
+  outboxLayer,
 } from "../src/adapter.js"
 import {
   type BusError,
@@ -28,16 +29,14 @@ import { events, quiet, waitFor } from "./support.js"
 /** Subscriber + memory transport over `outbox`, its membership replaced (`null`: none). */
 const provideWith =
   (outbox: MemoryOutbox, members: GroupMembership | null | undefined = outbox.store.members) =>
-  <A, E>(self: Effect.Effect<A, E, Subscriber | OutboxStore>) =>
+  <A, E>(self: Effect.Effect<A, E, Subscriber | OutboxServices>) =>
     Effect.runPromise(
       quiet(
         Effect.provide(
           self,
           Subscriber.layer.pipe(
             Layer.provideMerge(memoryTransport()),
-            Layer.provideMerge(
-              Layer.succeed(OutboxStore, { ...outbox.store, members: members ?? undefined }),
-            ),
+            Layer.provideMerge(outboxLayer({ ...outbox.store, members: members ?? undefined })),
           ),
         ),
       ),

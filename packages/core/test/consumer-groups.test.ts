@@ -1,6 +1,13 @@
 import { Effect, Fiber, Layer } from "effect"
 import { describe, expect, it } from "vitest"
-import { type ConsumeRequest, memoryTransport, OutboxStore } from "../src/adapter.js"
+import {
+  type ConsumeRequest,
+  DeadLetterStore,
+  GroupStore,
+  memoryTransport,
+  OutboxReader,
+  type OutboxServices,
+} from "../src/adapter.js"
 import { createBus, type DeliveredEvent, memoryOutbox, Subscriber } from "../src/index.js"
 import { collectInto, events, instrumentedStore, quiet, waitFor } from "./support.js"
 
@@ -9,7 +16,7 @@ const setup = (options: { readonly changesDelayMs?: number } = {}) => {
   const outbox = memoryOutbox()
   const store = instrumentedStore(outbox, options)
   const layer = Subscriber.layer.pipe(Layer.provideMerge(memoryTransport()), Layer.provideMerge(store.layer))
-  const provide = <A, E>(self: Effect.Effect<A, E, Subscriber | OutboxStore>) =>
+  const provide = <A, E>(self: Effect.Effect<A, E, Subscriber | OutboxServices>) =>
     Effect.runPromise(quiet(Effect.provide(self, layer)))
   return { outbox, provide }
 }
@@ -154,7 +161,7 @@ describe("consumer groups on the memory transport", () => {
           [1, 3],
           [2, 1],
         ])
-        const letters = yield* OutboxStore.use((s) => s.deadLetters(10))
+        const letters = yield* DeadLetterStore.use((s) => s.deadLetters(10))
         expect(letters).toHaveLength(1)
         expect(letters[0]).toMatchObject({ source: "g", attempts: 3 })
         expect(letters[0]!.event.data).toEqual({ i: 1 })
@@ -244,14 +251,15 @@ describe("consumer groups and the shared feed", () => {
     const calls: Array<number> = []
     await provide(
       Effect.gen(function* () {
-        const store = yield* OutboxStore
+        const reader = yield* OutboxReader
+        const store = yield* GroupStore
         const subscriber = yield* Subscriber
         // Another subscriber of the channel in this process keeps the shared feed alive.
         const keepAlive = yield* collectInto(subscriber.subscribe(address))
         yield* Effect.sleep(20)
         outbox.commitBatch(events("acme", "orders", 3))
         // A previous run of group g acknowledged events 0 and 1.
-        const page = yield* store.read(address, "beginning", 10)
+        const page = yield* reader.read(address, "beginning", 10)
         yield* Effect.scoped(
           store
             .claimGroup(address, "g")

@@ -1,6 +1,14 @@
 import { Effect, Fiber, Layer, Stream } from "effect"
 import { describe, expect, it } from "vitest"
-import { type Envelope, OutboxStore, relayBatch, runRelay, Transport } from "../src/adapter.js"
+import {
+  DeadLetterStore,
+  type Envelope,
+  OutboxRelay,
+  type RelayServices,
+  relayBatch,
+  runRelay,
+  Transport,
+} from "../src/adapter.js"
 import {
   type BusError,
   type DeliveredEvent,
@@ -34,13 +42,13 @@ const setup = (
     options.failRelay === undefined ? {} : { failRelay: options.failRelay },
   )
   const layer = Layer.merge(broker.layer, store.layer)
-  const provide = <A, E>(self: Effect.Effect<A, E, OutboxStore | Transport>) =>
+  const provide = <A, E>(self: Effect.Effect<A, E, RelayServices>) =>
     Effect.runPromise(quiet(Effect.provide(self, layer)))
   return { outbox, brokerOutbox, sends: broker.log, store: store.log, provide }
 }
 
 const ids = (list: ReadonlyArray<Envelope>) => list.map((e) => e.id)
-const backlog = OutboxStore.use((s) => s.relay.backlog)
+const backlog = OutboxRelay.use((s) => s.backlog)
 const backlogIsZero = backlog.pipe(Effect.map((n) => n === 0))
 
 /** Events of (tenant, channel) as the broker's subscribers see them, from the beginning. */
@@ -180,7 +188,7 @@ describe("relay: a poison row", () => {
         const r = yield* runRelay({ owner: "r", maxAttempts: 3 }).pipe(Effect.forkChild)
         yield* waitForEffect(backlogIsZero, 5_000)
         yield* Fiber.interrupt(r)
-        const letters = yield* OutboxStore.use((s) => s.deadLetters(10))
+        const letters = yield* DeadLetterStore.use((s) => s.deadLetters(10))
         expect(letters).toHaveLength(1)
         expect(letters[0]).toMatchObject({ source: "relay", attempts: 3 })
         expect(letters[0]!.event.id).toBe(poison)
@@ -206,7 +214,7 @@ describe("relay: a poison row", () => {
     expect(result).toEqual({ read: 8, forwarded: 7, failed: 0, parked: 1 })
     expect(sends.attempts.get(poison)).toBe(1)
     expect(brokerOutbox.committed()).toHaveLength(7)
-    const letters = await provide(OutboxStore.use((s) => s.deadLetters(10)))
+    const letters = await provide(DeadLetterStore.use((s) => s.deadLetters(10)))
     expect(letters.map((l) => [l.event.id, l.attempts])).toEqual([[poison, 1]])
     expect(await provide(backlog)).toBe(0)
   })
@@ -226,7 +234,7 @@ describe("relay: a poison row", () => {
         down = false
         yield* waitForEffect(backlogIsZero, 10_000)
         yield* Fiber.interrupt(r)
-        const letters = yield* OutboxStore.use((s) => s.deadLetters(100))
+        const letters = yield* DeadLetterStore.use((s) => s.deadLetters(100))
         expect(
           letters.map((l) => `${l.event.channel}/${(l.event.data as { i: number }).i}: ${l.reason}`),
         ).toEqual([])

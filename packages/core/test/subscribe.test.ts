@@ -1,6 +1,6 @@
 import { Effect, Fiber, Layer, Stream } from "effect"
 import { describe, expect, it } from "vitest"
-import { memoryTransport, OutboxStore, Transport } from "../src/adapter.js"
+import { memoryTransport, OutboxReader, Transport } from "../src/adapter.js"
 import { CursorInvalid, createBus, type DeliveredEvent, memoryOutbox } from "../src/index.js"
 import {
   asOutbox,
@@ -21,7 +21,7 @@ const setup = (options: { readonly changesDelayMs?: number } = {}) => {
   const outbox = memoryOutbox()
   const store = instrumentedStore(outbox, options)
   const layer = memoryTransport().pipe(Layer.provideMerge(store.layer))
-  const provide = <A, E>(self: Effect.Effect<A, E, Transport | OutboxStore>) =>
+  const provide = <A, E>(self: Effect.Effect<A, E, Transport | OutboxReader>) =>
     Effect.runPromise(quiet(Effect.provide(self, layer)))
   return { outbox, reads: store.log, provide }
 }
@@ -35,7 +35,7 @@ const take = (from: string | undefined, n: number, a: { tenant: string; channel:
   })
 
 /** Cursor of every committed event of `address`, read from the store. */
-const cursors = OutboxStore.use((s) => s.read(address, "beginning", 1_000)).pipe(
+const cursors = OutboxReader.use((s) => s.read(address, "beginning", 1_000)).pipe(
   Effect.map((page) => page.events.map((e) => e.cursor)),
 )
 

@@ -5,7 +5,8 @@ import {
   memoryBroker,
   memoryTransport,
   type Outbox,
-  OutboxStore,
+  type OutboxServices,
+  outboxLayer,
   type RelayClaim,
   type RelayLog,
   sendEach,
@@ -140,7 +141,7 @@ export interface StoreLog {
 export const instrumentedStore = (
   outbox: MemoryOutbox,
   options: { readonly failRelay?: () => BusError | undefined; readonly changesDelayMs?: number } = {},
-): { readonly layer: Layer.Layer<OutboxStore>; readonly log: StoreLog } => {
+): { readonly layer: Layer.Layer<OutboxServices>; readonly log: StoreLog } => {
   const log: StoreLog = {
     relayReads: 0,
     readCalls: 0,
@@ -190,22 +191,19 @@ export const instrumentedStore = (
         return inner.relay.read(partition, after, limit, address)
       }),
   }
-  const layer = Layer.succeed(
-    OutboxStore,
-    OutboxStore.of({
-      ...inner,
-      relay,
-      changes:
-        options.changesDelayMs === undefined
-          ? inner.changes
-          : inner.changes.pipe(Stream.tap(() => Effect.sleep(options.changesDelayMs!))),
-      read: (address, after, limit) =>
-        Effect.suspend(() => {
-          log.readCalls++
-          return inner.read(address, after, limit)
-        }),
-    }),
-  )
+  const layer = outboxLayer({
+    ...inner,
+    relay,
+    changes:
+      options.changesDelayMs === undefined
+        ? inner.changes
+        : inner.changes.pipe(Stream.tap(() => Effect.sleep(options.changesDelayMs!))),
+    read: (address, after, limit) =>
+      Effect.suspend(() => {
+        log.readCalls++
+        return inner.read(address, after, limit)
+      }),
+  })
   return { layer, log }
 }
 
@@ -215,7 +213,7 @@ export const indices = (list: ReadonlyArray<{ readonly data: unknown }>): Array<
 
 /** An outbox for `createBus` from a hand-built store layer (wrapped or instrumented), read by the memory transport. */
 export const asOutbox = (
-  store: { readonly layer: Layer.Layer<OutboxStore> },
+  store: { readonly layer: Layer.Layer<OutboxServices> },
   transport: TransportName = "memory",
 ): Outbox => ({ transport, layers: () => ({ outbox: store.layer, transport: memoryTransport() }) })
 

@@ -5,7 +5,7 @@ import {
   capabilities,
   checkAddress,
   type Envelope,
-  OutboxStore,
+  OutboxReader,
   type SendItem,
   type SendMeta,
   type SendOutcome,
@@ -323,7 +323,7 @@ export const natsTransport = (options: NatsTransportOptions = {}): Layer.Layer<T
     Effect.gen(function* () {
       const o = resolveOptions(options)
       if (o instanceof ConfigError) return yield* o
-      const store = yield* Effect.serviceOption(OutboxStore)
+      const store = yield* Effect.serviceOption(OutboxReader)
       const nc = options.connection ?? (yield* openConnection(options))
       if (nc.isClosed()) {
         return yield* new TransportUnavailable({

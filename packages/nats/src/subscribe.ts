@@ -11,7 +11,7 @@ import {
   nextFeedPage,
   notCoveredBy,
   type OpenFeedCursor,
-  type OutboxStore,
+  type OutboxReader,
   outboxCursorOf,
   type SubscribeRequest,
   splitCursor,
@@ -61,7 +61,7 @@ export interface SubscribeDeps {
   readonly js: JetStreamClient
   readonly jsm: JetStreamManager
   readonly o: ResolvedOptions
-  readonly store: Option.Option<OutboxStore["Service"]>
+  readonly store: Option.Option<OutboxReader["Service"]>
   readonly conn: ConnectionWatch
   readonly watch: StreamWatch
 }
@@ -131,7 +131,7 @@ const coalesce = <A>(
  * head was pruned), events are delivered rather than risk losing one.
  */
 const committedAfterHead = (
-  store: OutboxStore["Service"],
+  store: OutboxReader["Service"],
   address: Address,
   anchor: { readonly at: number; readonly outboxHead: string },
 ): Classify => {
@@ -185,7 +185,7 @@ interface Start {
 }
 
 /** A filter keeping the stream messages an outbox cursor does not cover (by their stored position). */
-const byOutboxCursor = (store: OutboxStore["Service"], cursor: string): Classify => {
+const byOutboxCursor = (store: OutboxReader["Service"], cursor: string): Classify => {
   const keep = notCoveredBy(store, cursor)
   return { now: (item) => keep(item.position), later: () => Effect.succeed(false) }
 }
@@ -218,7 +218,7 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
       ? undefined
       : coalesce(scope, (key) =>
           retryWhileRetryable(
-            (deps.store as Option.Some<OutboxStore["Service"]>).value.head(outboxHeads.get(key)!),
+            (deps.store as Option.Some<OutboxReader["Service"]>).value.head(outboxHeads.get(key)!),
             "outbox head",
           ),
         )
@@ -253,7 +253,7 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
       generation: number,
     ): Effect.Effect<Start, BusError> =>
       Effect.gen(function* () {
-        const store = (deps.store as Option.Some<OutboxStore["Service"]>).value
+        const store = (deps.store as Option.Some<OutboxReader["Service"]>).value
         if (outboxCursor !== "beginning") yield* store.read(address, outboxCursor, 1)
         const s = yield* state
         if (s.first_seq > 1 || s.num_deleted > 0) {

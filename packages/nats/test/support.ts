@@ -4,10 +4,11 @@ import { uniqueName, waitFor } from "@bus/conformance"
 import type { BusError, MemoryOutbox } from "@bus/core"
 import {
   type Envelope,
-  OutboxStore,
+  outboxLayer,
   type RelayClaim,
   type RelayLog,
   type RelayOptions,
+  type RelayServices,
   runRelay,
   type SendMeta,
   sendEach,
@@ -137,7 +138,7 @@ export async function storedIds(
  * here before it reaches the outbox, as in core's `instrumentedStore`.
  */
 export class KillableRelay {
-  readonly #runtime: ManagedRuntime.ManagedRuntime<OutboxStore | Transport, BusError>
+  readonly #runtime: ManagedRuntime.ManagedRuntime<RelayServices, BusError>
   readonly #options: RelayOptions
   #fiber: Fiber.Fiber<never, unknown> | undefined
   #armed: { readonly after: number; readonly resolve: () => void } | undefined
@@ -195,7 +196,7 @@ export class KillableRelay {
           ),
         ),
     }
-    const store = Layer.succeed(OutboxStore, OutboxStore.of({ ...outbox.store, relay }))
+    const store = outboxLayer({ ...outbox.store, relay })
     this.#runtime = ManagedRuntime.make(Layer.merge(hooked, store))
     this.#options = options
   }

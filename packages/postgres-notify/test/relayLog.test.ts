@@ -2,8 +2,10 @@ import { type BusError, memoryOutbox, TransportFailure, TransportUnavailable } f
 import {
   type Envelope,
   memoryBroker,
-  OutboxStore,
+  OutboxRelay,
+  outboxLayer,
   type RelayLog,
+  type RelayServices,
   relayBatch,
   runRelay,
   sendEach,
@@ -83,8 +85,8 @@ const broker = (s: PostgresOutboxService, hook: Hook = () => undefined, dead: Se
     release: (p, owner) => alive(owner, s.relay.release(p, owner), undefined),
     heartbeat: (owner, ms) => alive(owner, s.relay.heartbeat(owner, ms), 1),
   }
-  const layer = Layer.merge(transport, Layer.succeed(OutboxStore, OutboxStore.of({ ...s, relay })))
-  const provide = <A, E>(self: Effect.Effect<A, E, OutboxStore | Transport>) =>
+  const layer = Layer.merge(transport, outboxLayer({ ...s, relay }))
+  const provide = <A, E>(self: Effect.Effect<A, E, RelayServices>) =>
     Effect.runPromise(
       Effect.provideService(Effect.provide(self, layer), References.MinimumLogLevel, "None") as Effect.Effect<
         A,
@@ -132,11 +134,11 @@ describe("the relay reads the outbox as a log", () => {
   it("a partition is fresh until a relay stores a position for it (a broker found empty then lost nothing of it)", async () => {
     const { s } = await store()
     const b = broker(s)
-    const claimOf = () => b.provide(OutboxStore.use((st) => st.relay.claim(0, "probe", 1_000)))
+    const claimOf = () => b.provide(OutboxRelay.use((st) => st.claim(0, "probe", 1_000)))
     const first = await claimOf()
     expect(first?.state.fresh).toBe(true)
     expect(await b.provide(first!.commit(first!.state))).toBe(true)
-    await b.provide(OutboxStore.use((st) => st.relay.release(0, "probe")))
+    await b.provide(OutboxRelay.use((st) => st.release(0, "probe")))
     expect((await claimOf())?.state.fresh).toBe(false)
   })
 
@@ -167,7 +169,7 @@ describe("the relay reads the outbox as a log", () => {
       [schema],
     )
     expect(stats?.upd).toBe(0)
-    expect(await b.provide(OutboxStore.use((st) => st.relay.backlog))).toBe(0)
+    expect(await b.provide(OutboxRelay.use((st) => st.backlog))).toBe(0)
   })
 
   it("parks a row the broker refuses for good and moves on; a broker outage moves no position and parks nothing", async () => {
@@ -407,13 +409,13 @@ describe("upgrade", () => {
       ),
     )
     for (const p of partitionsOfRows) {
-      const claim = await b.provide(OutboxStore.use((st) => st.relay.claim(p, "probe", 1_000)))
+      const claim = await b.provide(OutboxRelay.use((st) => st.claim(p, "probe", 1_000)))
       expect(claim?.state.fresh).toBe(false)
-      await b.provide(OutboxStore.use((st) => st.relay.release(p, "probe")))
+      await b.provide(OutboxRelay.use((st) => st.release(p, "probe")))
     }
     await b.provide(relayBatch({ owner: "new" }))
     expect(new Set(relayedIds(b))).toEqual(new Set([leased.id, ...waiting.map((e) => e.id)]))
     expect(relayedIds(b)).toHaveLength(3)
-    expect(await b.provide(OutboxStore.use((st) => st.relay.backlog))).toBe(0)
+    expect(await b.provide(OutboxRelay.use((st) => st.backlog))).toBe(0)
   })
 })

@@ -4,7 +4,8 @@ import {
   checkAddress,
   defaultMaxPayloadBytes,
   type Envelope,
-  OutboxStore,
+  OutboxReader,
+  OutboxRelay,
   type SendItem,
   type SendMeta,
   type SendOutcome,
@@ -106,7 +107,8 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
             ),
         }),
       )
-      const store = yield* Effect.serviceOption(OutboxStore)
+      const store = yield* Effect.serviceOption(OutboxReader)
+      const relay = yield* Effect.serviceOption(OutboxRelay)
       const mainLosses = yield* connectionLosses(main)
       const { head, checkStart, subscribe } = yield* makeSubscribe(main, config, store)
       const maxLen = config.maxLen ?? 0
@@ -333,7 +335,7 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
         head,
         checkStart,
         subscribe,
-        group: (request) => groupMember({ main, config, mainLosses, store, sendAll }, request),
+        group: (request) => groupMember({ main, config, mainLosses, store, relay, sendAll }, request),
         send,
         sendAll,
         deadLetters: (limit) => listDeadLetters(main, config.keyPrefix, limit),

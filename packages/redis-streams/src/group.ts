@@ -6,7 +6,8 @@ import {
   checkAddress,
   type Delivery,
   type GroupRequest,
-  type OutboxStore,
+  type OutboxReader,
+  type RelayLog,
   type SendItem,
   type SendOutcome,
   validateName,
@@ -179,7 +180,9 @@ export interface GroupContext {
   /** How often the shared connection was lost (one listener for the whole transport). */
   readonly mainLosses: { readonly count: number }
   /** The outbox, when one is at hand: what is re-sent after Redis lost a stream. */
-  readonly store: Option.Option<OutboxStore["Service"]>
+  readonly store: Option.Option<OutboxReader["Service"]>
+  /** The outbox's relay log, read by those re-sends. */
+  readonly relay: Option.Option<RelayLog>
   /** The transport's `sendAll`, for those re-sends. */
   readonly sendAll: (items: ReadonlyArray<SendItem>) => Effect.Effect<SendOutcome>
 }
@@ -279,7 +282,7 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
         Effect.gen(function* () {
           const startedAt = Date.now()
           yield* retryTransient(ensureGroup(main, stream, group), "re-creating the group")
-          if (Option.isNone(ctx.store)) {
+          if (Option.isNone(ctx.store) || Option.isNone(ctx.relay)) {
             if (loss.kind === "stream") {
               identity = loss.to
               highestRead = "0-0"
@@ -309,7 +312,7 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
           const deadline = Date.now() + config.claimIdleMs
           while (held.size > 0 && Date.now() < deadline) yield* Effect.sleep(20)
           const resent = yield* retryTransient(
-            resendAfter(outbox, ctx.sendAll, address, from, config.pageSize),
+            resendAfter(ctx.relay.value, ctx.sendAll, address, from, config.pageSize),
             "re-sending from the outbox",
           )
           yield* Effect.logWarning(

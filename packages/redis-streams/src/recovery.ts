@@ -2,7 +2,8 @@ import type { BusError } from "@bus/core"
 import {
   type Address,
   checkAddress,
-  OutboxStore,
+  OutboxReader,
+  type RelayLog,
   type SendItem,
   type SendOutcome,
   Transport,
@@ -62,9 +63,9 @@ export interface ResendResult {
  */
 export const resendFromOutbox = (
   options: ResendOptions,
-): Effect.Effect<ResendResult, BusError, OutboxStore | Transport> =>
+): Effect.Effect<ResendResult, BusError, OutboxReader | Transport> =>
   Effect.gen(function* () {
-    const store = yield* OutboxStore
+    const store = yield* OutboxReader
     const transport = yield* Transport
     const pageSize = options.pageSize ?? 500
     const byAddress: Array<{ tenant: string; channel: string; resent: number }> = []
@@ -115,18 +116,18 @@ export const streamIdentity = (
  * again (repeats are dropped by their markers).
  */
 export const resendAfter = (
-  store: OutboxStore["Service"],
+  relay: RelayLog,
   sendAll: (items: ReadonlyArray<SendItem>) => Effect.Effect<SendOutcome>,
   address: Address,
   from: string,
   pageSize: number,
 ): Effect.Effect<number, BusError> =>
   Effect.gen(function* () {
-    const partition = yield* store.relay.partitionOf(address)
+    const partition = yield* relay.partitionOf(address)
     let after = from
     let resent = 0
     for (;;) {
-      const page = yield* store.relay.read(partition, after, pageSize, address)
+      const page = yield* relay.read(partition, after, pageSize, address)
       if (page.rows.length > 0) {
         const outcome = yield* sendAll(
           page.rows.map((row) => ({

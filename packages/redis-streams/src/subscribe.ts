@@ -6,7 +6,7 @@ import {
   dedupeById,
   flipCursorExpired,
   notCoveredBy,
-  type OutboxStore,
+  type OutboxReader,
   outboxCursorOf,
   type SubscribeRequest,
 } from "@bus/core/adapter"
@@ -133,7 +133,7 @@ const decodeAll = (
 
 /** The outbox and its head cursor when a "now" subscription started. */
 interface OutboxHead {
-  readonly store: OutboxStore["Service"]
+  readonly store: OutboxReader["Service"]
   readonly cursor: string
 }
 
@@ -198,7 +198,7 @@ interface Start {
 export const makeSubscribe = (
   main: Client,
   config: ResolvedOptions,
-  store: Option.Option<OutboxStore["Service"]>,
+  store: Option.Option<OutboxReader["Service"]>,
 ): Effect.Effect<
   {
     readonly head: (address: Address) => Effect.Effect<string, BusError>

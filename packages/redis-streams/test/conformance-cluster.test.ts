@@ -1,6 +1,6 @@
 import { runConformanceSuite } from "@bus/conformance"
 import { createBus, memoryOutbox } from "@bus/core"
-import { OutboxStore, runRelay } from "@bus/core/adapter"
+import { outboxLayer, runRelay } from "@bus/core/adapter"
 import { pauseFor, type RedisClusterHandle, startRedisCluster } from "@bus/test-infra"
 import { Layer, ManagedRuntime } from "effect"
 import { redisStreamsTransport } from "../src/adapter.js"
@@ -41,7 +41,7 @@ runConformanceSuite({
   setup: async () => {
     cluster = await startRedisCluster()
     const runtime = ManagedRuntime.make(
-      Layer.merge(redisStreamsTransport(options()), Layer.succeed(OutboxStore, outbox.store)),
+      Layer.merge(redisStreamsTransport(options()), outboxLayer(outbox.store)),
     )
     runtime.runFork(runRelay({ owner: "relay-cluster", batchSize: 100_000, leaseMs: 2_000, maxIdleMs: 100 }))
     relay = runtime

@@ -1,6 +1,6 @@
 import { setTimeout as delay } from "node:timers/promises"
 import { type DeliveredEvent, memoryOutbox } from "@bus/core"
-import { type Envelope, OutboxStore, runRelay, type SendMeta, sendEach, Transport } from "@bus/core/adapter"
+import { type Envelope, OutboxRelay, runRelay, type SendMeta, sendEach, Transport } from "@bus/core/adapter"
 import { type ServerHandle, startRedis } from "@bus/test-infra"
 import { Effect, Layer, ManagedRuntime } from "effect"
 import { Redis } from "ioredis"
@@ -318,7 +318,7 @@ describe("fault scenarios", () => {
       r.defer(() => relay2.dispose())
       relay2.runFork(runRelay({ owner: "relay-2", maxIdleMs: 100 }))
       await waitFor(
-        async () => (await relay2.runPromise(OutboxStore.use((s) => s.relay.backlog))) === 0,
+        async () => (await relay2.runPromise(OutboxRelay.use((s) => s.backlog))) === 0,
         30_000,
         "the outbox backlog to drain",
       )

@@ -1,8 +1,14 @@
 // The same polling, naming and counting helpers the conformance suite uses.
 import { type Address, orderViolations, Tally, uniqueAddress, uniqueName, waitFor } from "@bus/conformance"
 import { type Bus, type BusError, createBus, type EventInput, type MemoryOutbox } from "@bus/core"
-import { OutboxStore, type RelayClaim, type RelayLog, type RelayOptions } from "@bus/core/adapter"
-import { Effect, Layer } from "effect"
+import {
+  type OutboxServices,
+  outboxLayer,
+  type RelayClaim,
+  type RelayLog,
+  type RelayOptions,
+} from "@bus/core/adapter"
+import { Effect, type Layer } from "effect"
 import { Redis } from "ioredis"
 import type { RedisStreamsOptions } from "../src/index.js"
 import { redisStreams } from "../src/index.js"
@@ -106,7 +112,7 @@ export const duplicatesOf = (ids: ReadonlyArray<string>): Array<string> => {
  */
 export const killableStore = (
   outbox: MemoryOutbox,
-): { readonly layer: Layer.Layer<OutboxStore>; readonly kill: () => void } => {
+): { readonly layer: Layer.Layer<OutboxServices>; readonly kill: () => void } => {
   let dead = false
   const alive = <A>(effect: Effect.Effect<A, BusError>, ifDead: A) =>
     Effect.suspend(() => (dead ? Effect.succeed(ifDead) : effect))
@@ -129,7 +135,7 @@ export const killableStore = (
     heartbeat: (owner, leaseMs) => alive(inner.heartbeat(owner, leaseMs), 1),
   }
   return {
-    layer: Layer.succeed(OutboxStore, OutboxStore.of({ ...outbox.store, relay })),
+    layer: outboxLayer({ ...outbox.store, relay }),
     kill: () => {
       dead = true
     },

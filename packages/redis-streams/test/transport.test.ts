@@ -1,11 +1,12 @@
 import { CursorInvalid, memoryOutbox } from "@bus/core"
 import {
   addressTag,
+  DeadLetterStore,
   type Delivery,
   type Envelope,
   type GroupRequest,
   makeEnvelope,
-  OutboxStore,
+  type OutboxServices,
   type SendItem,
   type SendOutcome,
   Transport,
@@ -57,7 +58,7 @@ const transportRuntime = (
     ),
   )
   r.defer(() => runtime.dispose())
-  const run = <A, E>(effect: Effect.Effect<A, E, Transport | OutboxStore>) => runtime.runPromise(effect)
+  const run = <A, E>(effect: Effect.Effect<A, E, Transport | OutboxServices>) => runtime.runPromise(effect)
   const send = (event: Envelope) => run(Transport.use((t) => t.send(event)))
   /** A group member whose deliveries are collected; the test settles them by hand. */
   const member = (request: GroupRequest) => {
@@ -531,7 +532,7 @@ describe("consumer groups", () => {
       expect(listed.map((l) => [l.event.id, l.source, l.attempts, l.reason])).toEqual([
         [e2!.id, group, 2, "poison pill"],
       ])
-      expect(await t.run(OutboxStore.use((s) => s.deadLetters(10)))).toEqual([])
+      expect(await t.run(DeadLetterStore.use((s) => s.deadLetters(10)))).toEqual([])
       // Nothing more arrives.
       const e3 = envelope(a, "after")
       await t.send(e3)

@@ -6,7 +6,7 @@ import {
   type TransportChoice,
   type TransportName,
 } from "../config/BusConfig.js"
-import type { OutboxStore } from "../contracts/OutboxStore.js"
+import { checkComplete, type OutboxCore, requireComplete } from "../contracts/OutboxStore.js"
 import { Transport } from "../contracts/Transport.js"
 import type { Broker, Outbox } from "../contracts/Wiring.js"
 import { type BusError, ConfigError } from "../errors/BusError.js"
@@ -116,7 +116,7 @@ export const resolveSelection = (options: BusOptions): TransportChoice | ConfigE
  */
 export const busLayer = (
   options: BusOptions,
-): Layer.Layer<Publisher | Subscriber | Transport | OutboxStore | TransportSelection, BusError> => {
+): Layer.Layer<Publisher | Subscriber | Transport | OutboxCore | TransportSelection, BusError> => {
   const layer = busLayerWithout(options)
   // Built inside the telemetry layer, so the relay and every fiber the bus forks use its tracer.
   return options.telemetry === undefined ? layer : layer.pipe(Layer.provideMerge(options.telemetry))
@@ -124,7 +124,7 @@ export const busLayer = (
 
 const busLayerWithout = (
   options: BusOptions,
-): Layer.Layer<Publisher | Subscriber | Transport | OutboxStore | TransportSelection, BusError> =>
+): Layer.Layer<Publisher | Subscriber | Transport | OutboxCore | TransportSelection, BusError> =>
   Layer.unwrap(
     Effect.gen(function* () {
       const choice = resolveSelection(options)
@@ -145,13 +145,23 @@ const busLayerWithout = (
       yield* Effect.logInfo(`bus: using ${choice.transport} (${choice.reason})`)
       // The outbox is built for the choice (its NOTIFY mode depends on who reads it).
       const layers = options.outbox.layers(choice)
-      const transport = broker === undefined ? layers.transport : broker.layer
-      const base = transport.pipe(Layer.provideMerge(layers.outbox))
+      // A broker is fed by the relay, which needs the whole outbox contract: an outbox of a
+      // writer and a reader only is refused here, at start, naming what it lacks.
+      const complete =
+        broker === undefined ? undefined : requireComplete(layers.outbox, `the ${broker.name} transport`)
+      const base =
+        complete === undefined || broker === undefined
+          ? layers.transport.pipe(Layer.provideMerge(layers.outbox))
+          : broker.layer.pipe(Layer.provideMerge(complete))
       const relay = Layer.effectDiscard(
         Effect.gen(function* () {
           const t = yield* Transport
           if (t.capabilities.needsRelay && options.relay !== false) {
-            yield* Effect.forkScoped(runRelay(options.relay === undefined ? {} : options.relay))
+            // The relay reads the outbox's relay log and parks poison events in its dead letters.
+            const context = yield* checkComplete(yield* Effect.context<OutboxCore | Transport>(), "the relay")
+            yield* Effect.forkScoped(
+              runRelay(options.relay === undefined ? {} : options.relay).pipe(Effect.provideContext(context)),
+            )
           }
         }),
       )

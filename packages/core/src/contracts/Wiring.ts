@@ -1,7 +1,7 @@
 import type { Layer } from "effect"
 import type { BrokerName, TransportChoice, TransportName } from "../config/BusConfig.js"
 import type { BusError } from "../errors/BusError.js"
-import type { OutboxStore } from "./OutboxStore.js"
+import type { OutboxCore, OutboxServices } from "./OutboxStore.js"
 import type { Transport } from "./Transport.js"
 
 /**
@@ -15,9 +15,15 @@ import type { Transport } from "./Transport.js"
 
 /** The outbox and its own transport, as built for one bus. */
 export interface OutboxLayers {
-  readonly outbox: Layer.Layer<OutboxStore, BusError>
+  /**
+   * Every service the outbox implements, in one layer: at least its writer and reader
+   * ({@link OutboxCore}); groups, dead letters, the relay log and retention when it has them
+   * ({@link OutboxServices}). What it lacks, the bus does without: its transport declares no
+   * consumer groups, and selecting a broker over it fails with `ConfigError`.
+   */
+  readonly outbox: Layer.Layer<OutboxCore, BusError>
   /** The transport that reads this outbox directly (used when the bus selects {@link Outbox.transport}). */
-  readonly transport: Layer.Layer<Transport, BusError, OutboxStore>
+  readonly transport: Layer.Layer<Transport, BusError, OutboxCore>
 }
 
 /**
@@ -38,12 +44,18 @@ export interface Outbox {
 /** A broker transport by name, for `createBus({ transport: { broker } })`: `nats(…)`, `redisStreams(…)`. */
 export interface Broker {
   readonly name: BrokerName
-  /** Built only when the bus selects this broker, so naming one costs nothing until the flip. */
-  readonly layer: Layer.Layer<Transport, BusError, OutboxStore>
+  /**
+   * Built only when the bus selects this broker, so naming one costs nothing until the flip.
+   * It is given a complete outbox (every service of {@link OutboxServices}): the relay feeds it.
+   */
+  readonly layer: Layer.Layer<Transport, BusError, OutboxServices>
 }
 
 /** Names a broker transport layer: how adapter packages define their broker constructor. */
-export const broker = (name: BrokerName, layer: Layer.Layer<Transport, BusError, OutboxStore>): Broker => ({
+export const broker = (
+  name: BrokerName,
+  layer: Layer.Layer<Transport, BusError, OutboxServices>,
+): Broker => ({
   name,
   layer,
 })

@@ -6,6 +6,7 @@ import {
   Fiber,
   type ManagedRuntime,
   Metric,
+  Option,
   ManagedRuntime as Runtime,
   Scope,
   Stream,
@@ -24,7 +25,7 @@ import {
 import type { TransportChoice } from "../config/BusConfig.js"
 import type { TransportCapabilities } from "../contracts/Capabilities.js"
 import type { StartPosition } from "../contracts/Cursor.js"
-import { type DeadLetter, OutboxStore } from "../contracts/OutboxStore.js"
+import { type DeadLetter, DeadLetterStore, type OutboxCore } from "../contracts/OutboxStore.js"
 import { Transport } from "../contracts/Transport.js"
 import type { DeliveredEvent } from "../envelope/Envelope.js"
 import { BusClosed, type BusError } from "../errors/BusError.js"
@@ -170,7 +171,7 @@ export interface Bus extends AsyncDisposable {
   deadLetters(limit?: number): Promise<ReadonlyArray<DeadLetter>>
   /** The Effect runtime behind the facade, for mixing in Effect code. */
   readonly runtime: ManagedRuntime.ManagedRuntime<
-    Publisher | Subscriber | Transport | OutboxStore | TransportSelection,
+    Publisher | Subscriber | Transport | OutboxCore | TransportSelection,
     unknown
   >
   /** Stops every subscription, consumer, relay and connection of this bus. */
@@ -553,9 +554,10 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
     deadLetters: (limit = 100) =>
       runtime.runPromise(
         Effect.gen(function* () {
-          const store = yield* OutboxStore
+          const store = yield* Effect.serviceOption(DeadLetterStore)
           const transport = yield* Transport
-          const fromOutbox = yield* store.deadLetters(limit)
+          // An outbox of a writer and a reader only has no dead letters of its own.
+          const fromOutbox = Option.isSome(store) ? yield* store.value.deadLetters(limit) : []
           // Outbox transports keep consumer dead letters in the outbox too; brokers keep their own.
           if (!transport.capabilities.needsRelay) return fromOutbox
           const fromTransport = yield* transport.deadLetters(limit)

@@ -1,6 +1,6 @@
 import { Option } from "effect"
 import { addressTag } from "../contracts/Cursor.js"
-import type { Address, OutboxStore } from "../contracts/OutboxStore.js"
+import type { Address, OutboxReader } from "../contracts/OutboxStore.js"
 import { CursorInvalid } from "../errors/BusError.js"
 
 /**
@@ -11,7 +11,7 @@ import { CursorInvalid } from "../errors/BusError.js"
  *
  * - **Outbox → broker.** The relay stores each event's outbox *position* with it on the
  *   broker. A broker given an outbox cursor (`pg1:…`, `mem1:…`) reads its stream from the
- *   beginning and skips exactly the events that cursor covers (`OutboxStore.covers`, a pure
+ *   beginning and skips exactly the events that cursor covers (`OutboxReader.covers`, a pure
  *   comparison): no gap, no duplicate.
  * - **Broker → outbox.** The relay also stores a *frontier* with each event: an outbox
  *   cursor covering only events that reached the broker at or before it. A broker appends
@@ -127,7 +127,7 @@ export const checkCursorAddress = (cursor: string, address: Address): CursorInva
  * is then foreign or malformed, as the transport's own parser says).
  */
 export const outboxCursorOf = (
-  store: Option.Option<OutboxStore["Service"]>,
+  store: Option.Option<OutboxReader["Service"]>,
   from: string,
 ): string | undefined => {
   if (Option.isNone(store)) return undefined
@@ -144,7 +144,7 @@ export const outboxCursorOf = (
  * may come twice, it is never lost.
  */
 export const notCoveredBy =
-  (store: OutboxStore["Service"], cursor: string) =>
+  (store: OutboxReader["Service"], cursor: string) =>
   (position: string | undefined): boolean =>
     position === undefined || store.covers(cursor, position) !== true
 

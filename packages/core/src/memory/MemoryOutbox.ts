@@ -4,11 +4,18 @@ import type { TransportChoice } from "../config/BusConfig.js"
 import { addressTag } from "../contracts/Cursor.js"
 import {
   type Address,
+  type CompleteOutbox,
   type DeadLetter,
+  type DeadLetterStore,
   type GroupClaim,
   type GroupMembership,
+  type GroupStore,
   type MemberKey,
-  OutboxStore,
+  type OutboxReader,
+  type OutboxRetention,
+  type OutboxServices,
+  type OutboxWriter,
+  outboxContext,
   type RelayClaim,
   type RelayedEvent,
   type RelayLog,
@@ -375,8 +382,8 @@ export class MemoryOutbox implements Outbox {
     return state
   }
 
-  /** The outbox contract over this state. */
-  readonly store: OutboxStore["Service"] = OutboxStore.of({
+  /** Appends to a {@link MemoryTransaction} of this outbox (the `OutboxWriter` service). */
+  readonly writer: OutboxWriter["Service"] = {
     name: "memory",
     append: (tx, events) =>
       Effect.suspend(() => {
@@ -394,6 +401,11 @@ export class MemoryOutbox implements Outbox {
         tx.pending.push(...events)
         return Effect.void
       }),
+  }
+
+  /** Committed events by address and cursor (the `OutboxReader` service). */
+  readonly reader: OutboxReader["Service"] = {
+    name: "memory",
     read: (address, after, limit) =>
       this.#parseCursor(after, address).pipe(
         Effect.map((from) => {
@@ -419,8 +431,17 @@ export class MemoryOutbox implements Outbox {
     head: (address) => Effect.sync(() => this.#cursor(this.#position, addressTag(address))),
     changes: Stream.fromPubSub(this.#changes),
     watch: () => Effect.void,
-    relay: this.#relay,
-    members: this.#membership,
+    ownsCursor: (cursor) => MemoryOutbox.#parts(cursor)?.[0] === this.epoch,
+    covers: (cursor, position) => {
+      const c = MemoryOutbox.#parts(cursor)
+      const p = MemoryOutbox.#parts(position)
+      if (c === undefined || p === undefined || c[0] !== this.epoch || p[0] !== this.epoch) return undefined
+      return p[1] <= c[1]
+    },
+  }
+
+  /** Consumer groups' positions, inboxes and membership (the `GroupStore` service). */
+  readonly groups: GroupStore["Service"] = {
     claimGroup: (address, group) => {
       const state = this.#group(address, group)
       return Effect.gen(function* () {
@@ -439,13 +460,6 @@ export class MemoryOutbox implements Outbox {
         return claim
       })
     },
-    ownsCursor: (cursor) => MemoryOutbox.#parts(cursor)?.[0] === this.epoch,
-    covers: (cursor, position) => {
-      const c = MemoryOutbox.#parts(cursor)
-      const p = MemoryOutbox.#parts(position)
-      if (c === undefined || p === undefined || c[0] !== this.epoch || p[0] !== this.epoch) return undefined
-      return p[1] <= c[1]
-    },
     handled: (key, ids) =>
       Effect.sync(() => {
         const inbox = this.#group(key, key.group).inbox
@@ -462,6 +476,11 @@ export class MemoryOutbox implements Outbox {
         const cursor = this.#groups.get(`${addressKey(key)}\u0000${key.group}`)?.cursor
         return cursor === undefined || cursor === "beginning" ? undefined : cursor
       }),
+    members: this.#membership,
+  }
+
+  /** Parked events (the `DeadLetterStore` service). */
+  readonly deadLetterStore: DeadLetterStore["Service"] = {
     deadLetter: (letter) =>
       Effect.sync(() => {
         this.#deadLetters.push(letter)
@@ -471,6 +490,10 @@ export class MemoryOutbox implements Outbox {
         }
       }),
     deadLetters: (limit) => Effect.sync(() => this.#deadLetters.slice(-limit).reverse()),
+  }
+
+  /** Pruning (the `OutboxRetention` service). */
+  readonly retention: OutboxRetention["Service"] = {
     prune: (olderThanMs, options) =>
       Effect.sync(() => {
         const cutoff = Date.now() - olderThanMs
@@ -492,7 +515,20 @@ export class MemoryOutbox implements Outbox {
         }
         return removed
       }),
-  })
+  }
+
+  /**
+   * Every service of the outbox contract over this state, as one record (for tests that
+   * wrap one service of it; {@link MemoryOutbox.layer} provides the services themselves).
+   */
+  readonly store: CompleteOutbox = {
+    ...this.writer,
+    ...this.reader,
+    ...this.groups,
+    ...this.deadLetterStore,
+    ...this.retention,
+    relay: this.#relay,
+  }
 
   /** Group membership as on Postgres (see `GroupMembership`), with the process clock. */
   get #membership(): GroupMembership {
@@ -566,9 +602,22 @@ export class MemoryOutbox implements Outbox {
     }
   }
 
-  /** Provides this outbox as the {@link OutboxStore} service. */
-  get layer(): Layer.Layer<OutboxStore> {
-    return Layer.succeed(OutboxStore, this.store)
+  /**
+   * Provides this outbox as every service of the outbox contract (`OutboxWriter`,
+   * `OutboxReader`, `OutboxRelay`, `GroupStore`, `DeadLetterStore`, `OutboxRetention`): one
+   * layer, as docs/new-transport.md describes for a new database.
+   */
+  get layer(): Layer.Layer<OutboxServices> {
+    return Layer.succeedContext(
+      outboxContext({
+        writer: this.writer,
+        reader: this.reader,
+        relay: this.#relay,
+        groups: this.groups,
+        deadLetters: this.deadLetterStore,
+        retention: this.retention,
+      }),
+    )
   }
 }
 

@@ -1,5 +1,5 @@
 import { Effect, Layer, Option, Stream } from "effect"
-import { OutboxStore } from "../contracts/OutboxStore.js"
+import { OutboxReader } from "../contracts/OutboxStore.js"
 import { type SendItem, type SendMeta, Transport } from "../contracts/Transport.js"
 import type { Broker } from "../contracts/Wiring.js"
 import type { DeliveredEvent } from "../envelope/Envelope.js"
@@ -21,10 +21,10 @@ const stored = new WeakMap<
 >()
 
 /**
- * The in-memory outbox's own transport as a layer over the `OutboxStore` in context (what
+ * The in-memory outbox's own transport as a layer over the `OutboxReader` in context (what
  * `memoryOutbox()` gives `createBus`), for Effect tests that assemble layers by hand.
  */
-export const memoryTransport = (): Layer.Layer<Transport, never, OutboxStore> =>
+export const memoryTransport = (): Layer.Layer<Transport, never, OutboxReader> =>
   outboxTransport({ name: "memory", capabilities: { needsRelay: false } })
 
 /**
@@ -49,7 +49,7 @@ const memoryBrokerLayer = (broker: MemoryOutbox): Layer.Layer<Transport> =>
     Effect.gen(function* () {
       const inner = yield* Transport
       // The application's outbox (not the broker's own store), when the bus provides one.
-      const outbox = yield* Effect.serviceOption(OutboxStore)
+      const outbox = yield* Effect.serviceOption(OutboxReader)
       let state = stored.get(broker)
       if (state === undefined) {
         state = { sent: new Set(), meta: new Map() }

@@ -1,9 +1,15 @@
-import { type Cause, Deferred, Effect, Layer, Metric, Queue, RcMap, Stream } from "effect"
+import { type Cause, Deferred, Effect, Layer, Metric, Option, Queue, RcMap, Stream } from "effect"
 import { capabilities as makeCapabilities, type TransportCapabilities } from "../contracts/Capabilities.js"
-import { type Address, OutboxStore, replayedHeader } from "../contracts/OutboxStore.js"
+import {
+  type Address,
+  DeadLetterStore,
+  GroupStore,
+  OutboxReader,
+  replayedHeader,
+} from "../contracts/OutboxStore.js"
 import { type Delivery, type GroupRequest, type SubscribeRequest, Transport } from "../contracts/Transport.js"
 import type { DeliveredEvent } from "../envelope/Envelope.js"
-import { type BusError, type CursorInvalid, TransportFailure } from "../errors/BusError.js"
+import { type BusError, ConfigError, type CursorInvalid, TransportFailure } from "../errors/BusError.js"
 import { checkCursorAddress, splitCursor } from "../flip/flip.js"
 import { catchUpReads, inboxSkipped } from "../metrics/metrics.js"
 import { checkAddress, checkName } from "../names/Name.js"
@@ -21,7 +27,7 @@ import {
 import { checkStartCursor, headWithRetry, readFeed } from "./feedCursor.js"
 
 /**
- * A transport that delivers straight from an {@link OutboxStore}: Postgres
+ * A transport that delivers straight from the outbox ({@link OutboxReader}): Postgres
  * LISTEN/NOTIFY and the in-memory transport are both this, over their own stores.
  *
  * Per address and process there is one shared *feed*: it reads the outbox from its
@@ -102,14 +108,27 @@ const emptySet: ReadonlySet<string> = new Set()
  */
 export const outboxFeedStats = feedStatsOf
 
-/** Builds a {@link Transport} over the {@link OutboxStore} in context. */
+/**
+ * Builds a {@link Transport} over the {@link OutboxReader} in context. Consumer groups use
+ * the {@link GroupStore} and {@link DeadLetterStore} when the outbox provides them; an
+ * outbox of a writer and a reader only gets a transport with `consumerGroups: false`, whose
+ * `consume` fails with `ConfigError`.
+ */
 export const outboxTransport = (
   options: OutboxTransportOptions,
-): Layer.Layer<Transport, never, OutboxStore> =>
+): Layer.Layer<Transport, never, OutboxReader> =>
   Layer.effect(
     Transport,
     Effect.gen(function* () {
-      const store = yield* OutboxStore
+      const store = yield* OutboxReader
+      const groups = yield* Effect.serviceOption(GroupStore)
+      const letters = yield* Effect.serviceOption(DeadLetterStore)
+      // Groups keep their position in the GroupStore and park what they give up on in the
+      // DeadLetterStore: without both, this transport declares none (the suite skips them).
+      const groupStores =
+        Option.isSome(groups) && Option.isSome(letters)
+          ? { groups: groups.value, letters: letters.value }
+          : undefined
       const pageSize = options.pageSize ?? 500
       const feedWindow = Math.max(1, options.feedWindow ?? defaultFeedWindow)
       const catchUpCounter = Metric.withAttributes(catchUpReads, { transport: options.name })
@@ -357,12 +376,18 @@ export const outboxTransport = (
       const group = (request: GroupRequest): Stream.Stream<Delivery, BusError> =>
         Stream.unwrap(
           Effect.gen(function* () {
+            if (groupStores === undefined) {
+              return yield* new ConfigError({
+                message: `consume needs an outbox with a GroupStore and a DeadLetterStore; the ${store.name} outbox provides neither (it serves subscribe only)`,
+              })
+            }
+            const { groups, letters } = groupStores
             const address = yield* checkAddress(request)
             const groupName = yield* checkName("group", request.group)
             const key = { ...address, group: groupName }
             // One member of a group reads the outbox at a time, in order: the group's
             // position is a single cursor, and it only moves past acknowledged events.
-            const claim = yield* store.claimGroup(address, groupName)
+            const claim = yield* groups.claimGroup(address, groupName)
             const deliveries = yield* Queue.bounded<Delivery, BusError | Cause.Done>(1)
             const deliver = (event: DeliveredEvent) =>
               Effect.gen(function* () {
@@ -378,7 +403,7 @@ export const outboxTransport = (
                       .pipe(Effect.andThen(Deferred.succeed(settled, "done"))),
                     retry: (delayMs) => Deferred.succeed(settled, delayMs).pipe(Effect.asVoid),
                     deadLetter: (reason) =>
-                      store
+                      letters
                         .deadLetter({
                           event,
                           reason,
@@ -413,7 +438,7 @@ export const outboxTransport = (
                   (page.live && !page.events.some((e) => e.headers[replayedHeader] !== undefined)) ||
                   ids.length === 0
                     ? emptySet
-                    : yield* store
+                    : yield* groups
                         .handled(key, ids)
                         .pipe(Effect.retry({ schedule: readRetry, while: retryable }))
                 let skippedCursor: string | undefined
@@ -444,7 +469,10 @@ export const outboxTransport = (
         message: `${options.name} delivers straight from the outbox; it takes no relay`,
       })
       const service = Transport.of({
-        capabilities: makeCapabilities(options.name, options.capabilities),
+        capabilities: makeCapabilities(options.name, {
+          ...options.capabilities,
+          ...(groupStores === undefined ? { consumerGroups: false } : {}),
+        }),
         // While the address has a feed, "now" is the feed's position after a read that began
         // after this call: concurrent callers (SSE clients connecting together) share that
         // read, and the cursor is a mark the feed knows, so subscribing from it costs no read.
@@ -470,7 +498,8 @@ export const outboxTransport = (
           ),
         subscribe,
         group,
-        deadLetters: (limit) => store.deadLetters(limit),
+        deadLetters: (limit) =>
+          Option.isSome(letters) ? letters.value.deadLetters(limit) : Effect.succeed([]),
         send: () => Effect.fail(noRelay),
         sendAll: (items) => Effect.succeed(items.length === 0 ? { sent: 0 } : { sent: 0, error: noRelay }),
       })

@@ -1,5 +1,5 @@
 import { Effect } from "effect"
-import type { Address, OutboxPage, OutboxStore } from "../contracts/OutboxStore.js"
+import type { Address, OutboxPage, OutboxReader } from "../contracts/OutboxStore.js"
 import { type BusError, CursorInvalid } from "../errors/BusError.js"
 import { cappedBackoff } from "../schedule/backoff.js"
 
@@ -26,7 +26,7 @@ const transient = {
 
 /** The head of `address`, retrying transient failures (a subscription started during an outage waits for the store). */
 export const headWithRetry = (
-  store: OutboxStore["Service"],
+  store: OutboxReader["Service"],
   address: Address,
 ): Effect.Effect<string, BusError> => store.head(address).pipe(Effect.retry(transient))
 
@@ -35,7 +35,7 @@ export const headWithRetry = (
  * transient failures. `now` and `beginning` are always accepted.
  */
 export const checkStartCursor = (
-  store: OutboxStore["Service"],
+  store: OutboxReader["Service"],
   address: Address,
   start: string,
 ): Effect.Effect<void, BusError> =>
@@ -50,7 +50,7 @@ export type FeedRead =
 
 /** Reads the feed's next page; a refused feed cursor is re-anchored at the current head. */
 export const readFeed = (
-  store: OutboxStore["Service"],
+  store: OutboxReader["Service"],
   address: Address,
   cursor: string,
   pageSize: number,

@@ -6,7 +6,7 @@ import {
   checkData,
   isChannel,
 } from "../channel/Channel.js"
-import { OutboxStore } from "../contracts/OutboxStore.js"
+import { OutboxWriter } from "../contracts/OutboxStore.js"
 import { Transport } from "../contracts/Transport.js"
 import {
   buildEnvelope,
@@ -94,11 +94,11 @@ export class Publisher extends Context.Service<
   /** The publisher over the outbox and transport in context. */
   static readonly layer = (
     options: PublisherOptions = {},
-  ): Layer.Layer<Publisher, never, OutboxStore | Transport> =>
+  ): Layer.Layer<Publisher, never, OutboxWriter | Transport> =>
     Layer.effect(
       Publisher,
       Effect.gen(function* () {
-        const store = yield* OutboxStore
+        const store = yield* OutboxWriter
         const transport = yield* Transport
         const maxPayloadBytes = Math.min(
           options.maxPayloadBytes ?? defaultMaxPayloadBytes,

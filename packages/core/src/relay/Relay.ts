@@ -2,7 +2,9 @@ import { randomUUID } from "node:crypto"
 import { Deferred, Effect, Exit, Fiber, Metric, Stream } from "effect"
 import {
   type Address,
-  OutboxStore,
+  DeadLetterStore,
+  OutboxReader,
+  OutboxRelay,
   type RelayClaim,
   type RelayedEvent,
   type RelayState,
@@ -41,6 +43,12 @@ import { markRepaired, type ResendSignal, repairedOnClaim, resendSignalOf } from
  *
  * @module
  */
+
+/**
+ * What the relay needs of the outbox and the broker: the outbox's relay log, its reader
+ * (whether a cursor covers a row) and its dead letters (a poison event), and the transport.
+ */
+export type RelayServices = OutboxRelay | OutboxReader | DeadLetterStore | Transport
 
 /** Options of {@link runRelay} and {@link relayBatch}. */
 export interface RelayOptions {
@@ -174,7 +182,7 @@ const rewindOnLoss = (
 /** Sends rows in order per address (addresses in parallel); parks what the broker refuses for good. */
 const forward = (o: Resolved, s: PartitionState, rows: ReadonlyArray<RelayedEvent>) =>
   Effect.gen(function* () {
-    const store = yield* OutboxStore
+    const letters = yield* DeadLetterStore
     const transport = yield* Transport
     if (rows.length === 0)
       return {
@@ -262,7 +270,7 @@ const forward = (o: Resolved, s: PartitionState, rows: ReadonlyArray<RelayedEven
               return
             }
             // Refused for good: park it and go on with the rows behind it.
-            yield* store.deadLetter({
+            yield* letters.deadLetter({
               event: row.event,
               reason: describe(error),
               source: "relay",
@@ -312,14 +320,15 @@ interface Round {
  */
 const logRound = (o: Resolved, partition: number, s: PartitionState) =>
   Effect.gen(function* () {
-    const store = yield* OutboxStore
-    const page = yield* store.relay.read(partition, s.position, o.batchSize)
+    const relay = yield* OutboxRelay
+    const reader = yield* OutboxReader
+    const page = yield* relay.read(partition, s.position, o.batchSize)
     const todo =
       s.ahead.size === 0
         ? page.rows
         : page.rows.filter((row) => {
             const ahead = s.ahead.get(keyOf(row.event))
-            return ahead === undefined || store.covers(ahead, row.position) !== true
+            return ahead === undefined || reader.covers(ahead, row.position) !== true
           })
     const outcome = yield* forward(o, s, todo)
     const ok = outcome.failed === 0
@@ -361,8 +370,9 @@ const logRound = (o: Resolved, partition: number, s: PartitionState) =>
  */
 const fairnessRound = (o: Resolved, partition: number, s: PartitionState) =>
   Effect.gen(function* () {
-    const store = yield* OutboxStore
-    const pending = yield* store.relay.pending(partition, s.position, s.resumeAt, o.fairnessAddresses)
+    const relay = yield* OutboxRelay
+    const reader = yield* OutboxReader
+    const pending = yield* relay.pending(partition, s.position, s.resumeAt, o.fairnessAddresses)
     s.resumeAt = pending.complete ? undefined : pending.addresses[pending.addresses.length - 1]
     // A round stays about one batch in size, so it ends (and its position is stored) soon.
     const rowsEach = Math.max(
@@ -383,13 +393,13 @@ const fairnessRound = (o: Resolved, partition: number, s: PartitionState) =>
           const key = keyOf(address)
           const from = s.ahead.get(key)
           if (from === undefined && s.ahead.size >= maxAhead) return
-          const page = yield* store.relay.read(partition, from ?? s.position, rowsEach, address)
+          const page = yield* relay.read(partition, from ?? s.position, rowsEach, address)
           read += page.rows.length
           // Rows a log round sent since this address's own position was stored.
           const todo =
             from === undefined
               ? page.rows
-              : page.rows.filter((r) => store.covers(s.position, r.position) !== true)
+              : page.rows.filter((r) => reader.covers(s.position, r.position) !== true)
           const outcome = yield* forward(o, s, todo)
           forwarded += outcome.forwarded
           parked += outcome.parked
@@ -415,7 +425,7 @@ interface Signal {
 }
 
 const makeSignal = Effect.gen(function* () {
-  const store = yield* OutboxStore
+  const relay = yield* OutboxRelay
   const gates = new Map<number, Deferred.Deferred<void>>()
   // Every wake-up is kept until its partition's relay takes it, so one that comes in the
   // middle of a round (not waiting) makes the next wait return at once instead of sleeping
@@ -450,7 +460,7 @@ const makeSignal = Effect.gen(function* () {
     return missed.delete(partition) || any
   }
   // A failing wake-up stream must not end the wake-ups: retry it after a pause.
-  yield* store.relay.wakeups.pipe(
+  yield* relay.wakeups.pipe(
     Stream.runForEach((partition) => Effect.sync(() => fire(partition))),
     Effect.catch(() => Effect.sleep(1_000)),
     Effect.forever,
@@ -610,15 +620,15 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
  * stopped renewing its lease, gives extra ones back when relays join, and relays each
  * partition it holds in its own fiber.
  */
-export const runRelay = (options: RelayOptions = {}): Effect.Effect<never, never, OutboxStore | Transport> =>
+export const runRelay = (options: RelayOptions = {}): Effect.Effect<never, never, RelayServices> =>
   Effect.scoped(
     Effect.gen(function* () {
       const o = resolve(options)
-      const store = yield* OutboxStore
+      const relay = yield* OutboxRelay
       const signal = yield* makeSignal
       const held = new Map<number, { readonly fiber: Fiber.Fiber<void, never>; stop: boolean }>()
-      const all = o.partitions ?? Array.from({ length: store.relay.partitions }, (_, i) => i)
-      const context = yield* Effect.context<OutboxStore | Transport>()
+      const all = o.partitions ?? Array.from({ length: relay.partitions }, (_, i) => i)
+      const context = yield* Effect.context<RelayServices>()
       // Gives a partition back: its relay finishes the round in progress and stores its
       // position (bounded by the lease), then the lease ends at once for the next owner.
       const release = (partition: number, graceMs: number) =>
@@ -632,7 +642,7 @@ export const runRelay = (options: RelayOptions = {}): Effect.Effect<never, never
               Effect.catch(() => Fiber.interrupt(entry.fiber)),
             )
           }
-          yield* store.relay.release(partition, o.owner).pipe(Effect.ignore)
+          yield* relay.release(partition, o.owner).pipe(Effect.ignore)
         })
       // Closing the bus does not wait for rounds: what was sent and not stored is sent again
       // by the next owner and dropped by the broker.
@@ -641,7 +651,7 @@ export const runRelay = (options: RelayOptions = {}): Effect.Effect<never, never
         Effect.forEach([...held.keys()], (p) => release(p, 0), {
           concurrency: "unbounded",
           discard: true,
-        }).pipe(Effect.andThen(store.relay.heartbeat(o.owner, 0).pipe(Effect.ignore))),
+        }).pipe(Effect.andThen(relay.heartbeat(o.owner, 0).pipe(Effect.ignore))),
       )
       let backoffMs = 0
       for (;;) {
@@ -650,16 +660,16 @@ export const runRelay = (options: RelayOptions = {}): Effect.Effect<never, never
             for (const [partition, entry] of held) {
               if (entry.fiber.pollUnsafe() !== undefined) held.delete(partition)
             }
-            const live = yield* store.relay.heartbeat(o.owner, o.leaseMs)
+            const live = yield* relay.heartbeat(o.owner, o.leaseMs)
             const share = o.partitions !== undefined ? all.length : Math.ceil(all.length / Math.max(1, live))
             // Give back what is over the share, so a relay that joins gets partitions.
             for (const partition of [...held.keys()].slice(share)) yield* release(partition, o.leaseMs * 3)
             if (held.size >= share) return
-            const taken = new Set(yield* store.relay.heldByOthers(o.owner))
+            const taken = new Set(yield* relay.heldByOthers(o.owner))
             for (const partition of all) {
               if (held.size >= share) break
               if (held.has(partition) || taken.has(partition)) continue
-              const claim = yield* store.relay.claim(partition, o.owner, o.leaseMs)
+              const claim = yield* relay.claim(partition, o.owner, o.leaseMs)
               if (claim === undefined) continue
               const entry = { stop: false } as { fiber: Fiber.Fiber<void, never>; stop: boolean }
               const fiber = yield* runPartition(o, claim, signal, () => entry.stop).pipe(
@@ -682,7 +692,7 @@ export const runRelay = (options: RelayOptions = {}): Effect.Effect<never, never
         yield* Effect.sleep(backoffMs > 0 ? backoffMs * (0.5 + Math.random()) : o.leaseMs / 3)
       }
     }),
-  ) as Effect.Effect<never, never, OutboxStore | Transport>
+  ) as Effect.Effect<never, never, RelayServices>
 
 /**
  * Relays every partition once, until each has nothing more to read or a send failed: for
@@ -691,17 +701,17 @@ export const runRelay = (options: RelayOptions = {}): Effect.Effect<never, never
  */
 export const relayBatch = (
   options: RelayOptions = {},
-): Effect.Effect<RelayBatchResult, BusError, OutboxStore | Transport> =>
+): Effect.Effect<RelayBatchResult, BusError, RelayServices> =>
   Effect.gen(function* () {
     const o = resolve(options)
-    const store = yield* OutboxStore
+    const relay = yield* OutboxRelay
     let read = 0
     let forwarded = 0
     let failed = 0
     let parked = 0
-    const all = o.partitions ?? Array.from({ length: store.relay.partitions }, (_, i) => i)
+    const all = o.partitions ?? Array.from({ length: relay.partitions }, (_, i) => i)
     for (const partition of all) {
-      const claim = yield* store.relay.claim(partition, o.owner, o.leaseMs)
+      const claim = yield* relay.claim(partition, o.owner, o.leaseMs)
       if (claim === undefined) continue
       const s = stateOf(claim)
       const resend = resendSignalOf(yield* Transport)
@@ -715,7 +725,7 @@ export const relayBatch = (
         if (round.changed) yield* claim.commit(toStored(s))
         if (!round.more || round.failed > 0) break
       }
-      yield* store.relay.release(partition, o.owner)
+      yield* relay.release(partition, o.owner)
     }
     return { read, forwarded, failed, parked }
   }).pipe(Effect.withSpan("bus.relay.batch"))

@@ -10,7 +10,7 @@ import {
   type OnInvalidEvent,
 } from "../channel/Channel.js"
 import type { StartPosition } from "../contracts/Cursor.js"
-import { type Address, type GroupKey, OutboxStore } from "../contracts/OutboxStore.js"
+import { type Address, type GroupKey, GroupStore, OutboxReader } from "../contracts/OutboxStore.js"
 import type { Delivery } from "../contracts/Transport.js"
 import { Transport } from "../contracts/Transport.js"
 import type { DeliveredEvent } from "../envelope/Envelope.js"
@@ -134,13 +134,20 @@ export class Subscriber extends Context.Service<
     ) => Effect.Effect<void, BusError, R>
   }
 >()("@bus/core/Subscriber") {
-  /** The subscriber over the transport (and, when present, the outbox) in context. */
+  /**
+   * The subscriber over the transport in context. Consumer groups on a broker also use the
+   * outbox's {@link OutboxReader} and {@link GroupStore} when present (the group's inbox
+   * across a flip, membership for groups across tenants).
+   */
   static readonly layer: Layer.Layer<Subscriber, never, Transport> = Layer.effect(
     Subscriber,
     Effect.gen(function* () {
       const transport = yield* Transport
-      const storeOption = yield* Effect.serviceOption(OutboxStore)
-      const store = Option.getOrUndefined(storeOption)
+      const reader = Option.getOrUndefined(yield* Effect.serviceOption(OutboxReader))
+      const groupStore = Option.getOrUndefined(yield* Effect.serviceOption(GroupStore))
+      // The inbox across transports needs both: where the group stood, and what a cursor covers.
+      const store =
+        reader !== undefined && groupStore !== undefined ? { reader, groups: groupStore } : undefined
       const system = transport.capabilities.name
       const delivered = Metric.withAttributes(eventsDelivered, { transport: system })
       const lag = Metric.withAttributes(deliveryLag, { transport: system })
@@ -225,10 +232,10 @@ export class Subscriber extends Context.Service<
           // Where the group stood on the outbox transports, and "now" as this member starts:
           // read lazily, only by transports whose deliveries the loop checks itself.
           let bounds: { readonly groupCursor: string | undefined; readonly start: string } | undefined
-          const boundsOf = (s: OutboxStore["Service"]) =>
+          const boundsOf = (s: NonNullable<typeof store>) =>
             bounds !== undefined
               ? Effect.succeed(bounds)
-              : Effect.all([s.groupCursor(key), s.head(address)]).pipe(
+              : Effect.all([s.groups.groupCursor(key), s.reader.head(address)]).pipe(
                   Effect.retry(transient),
                   Effect.map(([groupCursor, start]) => {
                     bounds = { groupCursor, start }
@@ -244,12 +251,13 @@ export class Subscriber extends Context.Service<
               const b = yield* boundsOf(store)
               if (position !== undefined) {
                 // Covered by the group's outbox cursor: handled before a flip to this broker.
-                if (b.groupCursor !== undefined && store.covers(b.groupCursor, position) === true) return true
+                if (b.groupCursor !== undefined && store.reader.covers(b.groupCursor, position) === true)
+                  return true
                 // Committed after this member started and delivered for the first time: no
                 // earlier member can have handled it, so no lookup is needed.
-                if (delivery.attempt <= 1 && store.covers(b.start, position) === false) return false
+                if (delivery.attempt <= 1 && store.reader.covers(b.start, position) === false) return false
               }
-              const found = yield* store.handled(key, [event.id]).pipe(Effect.retry(transient))
+              const found = yield* store.groups.handled(key, [event.id]).pipe(Effect.retry(transient))
               return found.has(event.id)
             })
           }
@@ -257,7 +265,7 @@ export class Subscriber extends Context.Service<
           const mark = (delivery: Delivery) =>
             delivery.inbox === true || store === undefined
               ? Effect.void
-              : store.markHandled(key, [delivery.event.id]).pipe(Effect.retry(transient))
+              : store.groups.markHandled(key, [delivery.event.id]).pipe(Effect.retry(transient))
 
           // An ack lost to a dropped connection is retried rather than ending the consumer;
           // if the consumer dies anyway, the event is redelivered and deduplicated.
@@ -373,10 +381,10 @@ export class Subscriber extends Context.Service<
           }
           const channel = yield* checkName("channel", channelName(request.channel))
           const group = yield* checkName("group", request.group)
-          const members = store?.members
+          const members = groupStore?.members
           if (members === undefined) {
             return yield* new ConfigError({
-              message: `consume with tenant "*" (a consumer group across tenants) needs an outbox store with group membership (the Postgres or in-memory outbox); ${store === undefined ? "this bus has no outbox store" : `the outbox store ${store.name} has none`}`,
+              message: `consume with tenant "*" (a consumer group across tenants) needs an outbox store with group membership (the Postgres or in-memory outbox); ${groupStore === undefined ? "this bus's outbox has no GroupStore" : `the outbox store ${reader?.name ?? ""} has none`}`,
             })
           }
           return yield* consumeAllTenants(

@@ -1,5 +1,13 @@
 import { type BusError, ConfigError, CursorInvalid } from "@bus/core"
-import { type Address, checkAddress, type Envelope, OutboxStore } from "@bus/core/adapter"
+import {
+  type Address,
+  type CompleteOutbox,
+  checkAddress,
+  type Envelope,
+  type OutboxServices,
+  outboxContext,
+  partsOf,
+} from "@bus/core/adapter"
 import { Cause, Context, Effect, Exit, Fiber, Layer, PubSub, Scope, Stream } from "effect"
 import pg from "pg"
 import { transportName } from "../errors.js"
@@ -39,7 +47,7 @@ import { makeRelayQueries } from "./relayQueries.js"
 import { makeRetentionJob, type RetentionStatus } from "./retention.js"
 
 /**
- * The Postgres implementation of the core {@link OutboxStore}: transactional append,
+ * The Postgres implementation of the core outbox contract (every service of it): transactional append,
  * snapshot-safe reads, wake-ups from one LISTEN connection with a fallback poll, the
  * relay's partitioned log, consumer-group positions, dead letters and retention.
  *
@@ -62,11 +70,8 @@ export const builtinAdapters = [
   postgresJsAdapter,
 ] as const
 
-/** The core outbox contract, as a type an interface can extend. */
-export type OutboxStoreService = OutboxStore["Service"]
-
-/** The Postgres outbox: the core contract plus what only Postgres has. */
-export interface PostgresOutboxService extends OutboxStoreService {
+/** The Postgres outbox: every service of the core outbox contract plus what only Postgres has. */
+export interface PostgresOutboxService extends CompleteOutbox {
   /** Schema of the outbox tables. */
   readonly schema: string
   /** The outbox epoch at start (cursors carry it; see `rotateEpoch`). */
@@ -428,15 +433,17 @@ export const makePostgresOutboxStore = (
   })
 
 /**
- * Layer providing the Postgres outbox both as the core {@link OutboxStore} and as
- * {@link PostgresOutbox}. Connections, the listener and the poll live as long as the layer.
+ * One layer providing the Postgres outbox as every service of the core outbox contract
+ * (`OutboxWriter`, `OutboxReader`, `OutboxRelay`, `GroupStore`, `DeadLetterStore`,
+ * `OutboxRetention`) and as {@link PostgresOutbox}, as Effect's `PgClient` layer provides
+ * `PgClient | SqlClient`. Connections, the listener and the poll live as long as the layer.
  */
 export const postgresOutboxLayer = (
   options: PostgresOutboxOptions,
-): Layer.Layer<OutboxStore | PostgresOutbox, BusError> =>
+): Layer.Layer<OutboxServices | PostgresOutbox, BusError> =>
   Layer.effectContext(
     Effect.map(makePostgresOutboxStore(options), (service) =>
-      Context.make(OutboxStore, service).pipe(Context.add(PostgresOutbox, service)),
+      outboxContext(partsOf(service)).pipe(Context.add(PostgresOutbox, service)),
     ),
   )
 

@@ -171,7 +171,7 @@ export const makeQueries = (S: string): OutboxQueries => ({
   // driver (Prisma, Effect's own protocol, Kysely, …) binds them the same way.
   notify: `SELECT count(*)::int AS notified FROM (SELECT pg_notify(n.v->>0, n.v->>1) FROM jsonb_array_elements($1::text::jsonb) AS n(v)) x`,
 
-  // A group's letter goes into its inbox in the same statement (see OutboxStore.deadLetter):
+  // A group's letter goes into its inbox in the same statement (see DeadLetterStore.deadLetter):
   // a replay removes both in one transaction, so it never runs between the two writes.
   deadLetter: `
 WITH d AS (
