@@ -54,6 +54,18 @@ export interface RelayOptions {
   readonly maxAttempts?: number
   /** Longest wait between reads of an idle partition: the safety net behind wake-ups (default 1 s). */
   readonly maxIdleMs?: number
+  /**
+   * Least time between two stores of a partition's position while it keeps moving (default
+   * 50 ms). A position that moved is stored at once when the last store is older than this,
+   * else when this much time has passed, also if the partition goes idle meanwhile. A relay
+   * that dies re-sends at most what it forwarded in this time (the broker drops the repeats).
+   */
+  readonly storeIntervalMs?: number
+  /**
+   * Pause after a wake-up before the partition is read (default 1 ms): an append signals
+   * before its transaction commits, so a read at once would usually find nothing yet.
+   */
+  readonly wakeGraceMs?: number
   /** Addresses sent to at once within a batch; events of one address are always sent in order (default 8). */
   readonly concurrency?: number
   /** Least time between two fairness rounds of a partition that is behind (default 100 ms). */
@@ -82,6 +94,8 @@ const resolve = (options: RelayOptions) => ({
   leaseMs: Math.max(100, options.leaseMs ?? 5_000),
   maxAttempts: Math.max(1, options.maxAttempts ?? 10),
   maxIdleMs: Math.max(1, options.maxIdleMs ?? 1_000),
+  storeIntervalMs: Math.max(0, options.storeIntervalMs ?? 50),
+  wakeGraceMs: Math.max(0, options.wakeGraceMs ?? 1),
   concurrency: Math.max(1, options.concurrency ?? 8),
   fairnessIntervalMs: Math.max(0, options.fairnessIntervalMs ?? 100),
   fairnessAddresses: Math.max(1, options.fairnessAddresses ?? 256),
@@ -476,8 +490,15 @@ const makeSignal = Effect.gen(function* () {
  * Wake-ups. Producers in broker mode send no NOTIFY inside their transaction; the store
  * signals the partitions of its own appends at once (`relay.wakeups`), and other processes'
  * through a NOTIFY outside any producer transaction where the store offers one. The append
- * is not committed yet when the signal arrives, so after a wake-up that finds nothing the
- * relay looks again 2, 4, 8 and 16 ms later before it falls back to waiting.
+ * is not committed yet when the signal arrives, so the relay reads `wakeGraceMs` after it,
+ * and after a wake-up that finds nothing it looks again 2, 4, 8 and 16 ms later before it
+ * falls back to waiting.
+ *
+ * Positions. A round that moved the position marks it to be stored; it is stored at once
+ * when the last store is older than `storeIntervalMs`, else when that interval is up (the
+ * idle wait is cut short for it), and when the partition stops. At a steady trickle of
+ * events a round forwards a few rows, so a store per round would cost the database about
+ * one UPDATE per event; stored this way it costs at most one per interval per partition.
  */
 const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: () => boolean) =>
   Effect.scoped(
@@ -493,6 +514,9 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
       let idleMs = 0
       let burst = 0
       let backoffMs = 0
+      /** The position moved since it was last stored; when it was last stored. */
+      let dirty = false
+      let storedAt = 0
       // The lease is renewed beside the rounds, so a long round (a slow broker) never lets
       // it run out under a relay that is still sending.
       let lost = false
@@ -518,6 +542,23 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
         committing = undefined
         return f === undefined ? Effect.succeed(true) : Fiber.join(f)
       })
+      /** Stores the position (after the store in flight); false when the lease was lost. */
+      const store = Effect.gen(function* () {
+        if (!(yield* settle)) return false
+        dirty = false
+        storedAt = Date.now()
+        committing = yield* Effect.forkScoped(claim.commit(toStored(s)))
+        return true
+      })
+      const storeDue = () => dirty && Date.now() - storedAt >= o.storeIntervalMs
+      // A partition interrupted (the bus closing) with its position not stored yet stores it,
+      // bounded, so the next owner re-sends as little as possible. Added first, it runs after
+      // the scope's forked stores were interrupted, and stores the newest position.
+      yield* Effect.addFinalizer(() =>
+        dirty
+          ? claim.commit(toStored(s)).pipe(Effect.timeout(Math.min(1_000, o.leaseMs)), Effect.ignore)
+          : Effect.void,
+      )
       // A partition handed to another relay stops between rounds, its position stored, so the
       // next owner resends nothing.
       while (!stopping()) {
@@ -554,12 +595,14 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
           continue
         }
         const round = exit.value
-        if (round.changed) {
-          if (!(yield* settle)) {
+        if (round.changed) dirty = true
+        // After a failure the rows served ahead of the position are stored at once: the
+        // backoff that follows may be long.
+        if (storeDue() || (dirty && (round.unavailable || round.failed > 0))) {
+          if (!(yield* store)) {
             yield* Effect.logWarning(`relay: lost partition ${partition} to another relay`)
             return
           }
-          committing = yield* Effect.forkScoped(claim.commit(toStored(s)))
         }
         if (round.unavailable || round.failed > 0) {
           // The position could not move (a broker outage, or a row refused with a retryable
@@ -582,23 +625,44 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
           }
         }
         if (round.more) continue
+        // Caught up. Not read again at once: appends signalled during the round wake the
+        // relay (after the grace their commits need), so at a steady trickle a round reads
+        // what committed meanwhile instead of one event and then nothing. Rows whose append
+        // signalled before the read and committed after it are looked for 2, 4, 8 and 16 ms
+        // later, as after a wake-up that found nothing.
         if (round.read > 0) {
           idleMs = 0
-          burst = 0
-          continue
+          burst = 2
         }
-        // Nothing to read. After a wake-up, look again soon: the append that signalled may
-        // commit a moment later.
         if (burst > 0 && burst <= 16) {
-          yield* Effect.sleep(burst)
-          burst *= 2
+          if (yield* signal.wait(partition, burst)) {
+            burst = 2
+            if (o.wakeGraceMs > 0) yield* Effect.sleep(o.wakeGraceMs)
+          } else burst *= 2
           continue
         }
         idleMs = Math.min(o.maxIdleMs, Math.max(10, idleMs * 2))
-        const woke = yield* signal.wait(partition, idleMs)
-        // A commit usually follows its append within a millisecond or two.
-        burst = woke ? 2 : 0
-        if (woke) idleMs = 0
+        // A position not stored yet is stored when its interval is up, idle or not.
+        const waitMs = dirty
+          ? Math.max(1, Math.min(idleMs, o.storeIntervalMs - (Date.now() - storedAt)))
+          : idleMs
+        const woke = yield* signal.wait(partition, waitMs)
+        if (woke) {
+          // A commit usually follows its append within a millisecond or two.
+          burst = 2
+          idleMs = 0
+          if (o.wakeGraceMs > 0) yield* Effect.sleep(o.wakeGraceMs)
+        } else {
+          burst = 0
+          if (storeDue() && !(yield* store)) {
+            yield* Effect.logWarning(`relay: lost partition ${partition} to another relay`)
+            return
+          }
+        }
+      }
+      if (dirty && !(yield* store)) {
+        yield* Effect.logWarning(`relay: lost partition ${partition} to another relay`)
+        return
       }
       if (!(yield* settle)) yield* Effect.logWarning(`relay: lost partition ${partition} to another relay`)
     }),
