@@ -5,6 +5,7 @@ import {
   OutboxStore,
   type RelayClaim,
   type RelayedEvent,
+  type RelayPage,
   type RelayState,
 } from "../contracts/OutboxStore.js"
 import { Transport } from "../contracts/Transport.js"
@@ -318,16 +319,42 @@ interface Round {
   /** The page was full: more rows wait right now. */
   readonly more: boolean
   readonly changed: boolean
+  /** The next page, already being read from the position this round stored (log rounds of a partition behind). */
+  readonly prefetch?: Prefetch | undefined
+}
+
+/** A page read ahead while the round before it was still sending. */
+interface Prefetch {
+  /** The position it was read after: it is used only if the partition is still there. */
+  readonly after: string
+  readonly fiber: Fiber.Fiber<RelayPage, BusError>
 }
 
 /**
  * A log round: the next page of the partition after its position, minus what fairness
  * rounds already sent. The position moves only when every row of the page went through.
  */
-const logRound = (o: Resolved, partition: number, s: PartitionState) =>
+const logRound = (o: Resolved, partition: number, s: PartitionState, prefetched?: Prefetch) =>
   Effect.gen(function* () {
     const store = yield* OutboxStore
-    const page = yield* store.relay.read(partition, s.position, o.batchSize)
+    let page: RelayPage
+    if (prefetched !== undefined && prefetched.after === s.position)
+      page = yield* Fiber.join(prefetched.fiber)
+    else {
+      if (prefetched !== undefined) yield* Fiber.interrupt(prefetched.fiber)
+      page = yield* store.relay.read(partition, s.position, o.batchSize)
+    }
+    // A partition that is behind reads its next page while this one is sent, so the relay's
+    // rate is bounded by the slower of the two, not by their sum. The read is taken only if
+    // every row of this page went through (the position then is `page.next`).
+    const ahead: Prefetch | undefined = page.more
+      ? {
+          after: page.next,
+          fiber: yield* Effect.forkChild(store.relay.read(partition, page.next, o.batchSize), {
+            startImmediately: true,
+          }),
+        }
+      : undefined
     const todo =
       s.ahead.size === 0
         ? page.rows
@@ -360,11 +387,17 @@ const logRound = (o: Resolved, partition: number, s: PartitionState) =>
         }
       }
     }
+    let prefetch = ahead
+    if (!ok && ahead !== undefined) {
+      yield* Fiber.interrupt(ahead.fiber)
+      prefetch = undefined
+    }
     return {
       read: page.rows.length,
       ...outcome,
       more: page.more,
       changed: (ok && page.rows.length > 0) || served,
+      prefetch,
     } satisfies Round
   })
 
@@ -517,6 +550,7 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
       /** The position moved since it was last stored; when it was last stored. */
       let dirty = false
       let storedAt = 0
+      let prefetch: Prefetch | undefined
       // The lease is renewed beside the rounds, so a long round (a slow broker) never lets
       // it run out under a relay that is still sending.
       let lost = false
@@ -569,7 +603,8 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
         const exit = yield* Effect.exit(
           Effect.gen(function* () {
             if ((yield* rewindOnLoss(resend, seen, s, claim)) !== undefined) resent = 0
-            const log = yield* logRound(o, partition, s)
+            const log = yield* logRound(o, partition, s, prefetch)
+            prefetch = log.prefetch
             let round: Round = log
             if (log.more && !log.unavailable && Date.now() - s.lastFairness >= o.fairnessIntervalMs) {
               s.lastFairness = Date.now()
@@ -586,6 +621,8 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
           }),
         )
         if (Exit.isFailure(exit)) {
+          if (prefetch !== undefined) yield* Fiber.interrupt(prefetch.fiber)
+          prefetch = undefined
           backoffMs = Math.min(o.maxIdleMs * 5, Math.max(backoffMs * 2, 100))
           yield* Effect.logWarning(
             `relay: partition ${partition} failed; retrying in ${backoffMs} ms`,
@@ -660,6 +697,7 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
           }
         }
       }
+      if (prefetch !== undefined) yield* Fiber.interrupt(prefetch.fiber)
       if (dirty && !(yield* store)) {
         yield* Effect.logWarning(`relay: lost partition ${partition} to another relay`)
         return
@@ -770,8 +808,10 @@ export const relayBatch = (
       const s = stateOf(claim)
       const resend = resendSignalOf(yield* Transport)
       yield* rewindOnLoss(resend, { generation: repairedOnClaim(resend, partition) }, s, claim)
+      let prefetch: Prefetch | undefined
       for (;;) {
-        const round = yield* logRound(o, partition, s)
+        const round = yield* logRound(o, partition, s, prefetch)
+        prefetch = round.prefetch
         read += round.read
         forwarded += round.forwarded
         failed += round.failed
@@ -779,6 +819,7 @@ export const relayBatch = (
         if (round.changed) yield* claim.commit(toStored(s))
         if (!round.more || round.failed > 0) break
       }
+      if (prefetch !== undefined) yield* Fiber.interrupt(prefetch.fiber)
       yield* store.relay.release(partition, o.owner)
     }
     return { read, forwarded, failed, parked }
