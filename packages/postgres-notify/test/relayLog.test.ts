@@ -279,7 +279,7 @@ describe("positions", () => {
         const page = await run(s.relay.read(partition, String(stored!.position), 100))
         return page.rows.length === 0 ? true : undefined
       }, 5_000)
-      const [{ n }] = (await rows(
+      const [{ n } = { n: 0 }] = (await rows(
         `SELECT count(*)::int AS n FROM "${schema}".position_stores WHERE partition = $1`,
         [partition],
       )) as Array<{ n: number }>
