@@ -538,6 +538,7 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
     Effect.gen(function* () {
       const s = stateOf(claim)
       const partition = claim.partition
+      const lostWarning = Effect.logWarning(`relay: lost partition ${partition} to another relay`)
       const resend = resendSignalOf(yield* Transport)
       // A loss reported shortly before this relay took the partition (a stream the transport
       // had to create at start) is acted on too; an older one was its previous holder's.
@@ -597,7 +598,7 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
       // next owner resends nothing.
       while (!stopping()) {
         if (lost) {
-          yield* Effect.logWarning(`relay: lost partition ${partition} to another relay`)
+          yield* lostWarning
           return
         }
         const exit = yield* Effect.exit(
@@ -637,7 +638,7 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
         // backoff that follows may be long.
         if (storeDue() || (dirty && (round.unavailable || round.failed > 0))) {
           if (!(yield* store)) {
-            yield* Effect.logWarning(`relay: lost partition ${partition} to another relay`)
+            yield* lostWarning
             return
           }
         }
@@ -692,17 +693,17 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
         } else {
           burst = 0
           if (storeDue() && !(yield* store)) {
-            yield* Effect.logWarning(`relay: lost partition ${partition} to another relay`)
+            yield* lostWarning
             return
           }
         }
       }
       if (prefetch !== undefined) yield* Fiber.interrupt(prefetch.fiber)
       if (dirty && !(yield* store)) {
-        yield* Effect.logWarning(`relay: lost partition ${partition} to another relay`)
+        yield* lostWarning
         return
       }
-      if (!(yield* settle)) yield* Effect.logWarning(`relay: lost partition ${partition} to another relay`)
+      if (!(yield* settle)) yield* lostWarning
     }),
   )
 
