@@ -5,7 +5,6 @@ import {
   Exit,
   Fiber,
   type ManagedRuntime,
-  Metric,
   ManagedRuntime as Runtime,
   Scope,
   Stream,
@@ -28,7 +27,7 @@ import { type DeadLetter, OutboxStore } from "../contracts/OutboxStore.js"
 import { Transport } from "../contracts/Transport.js"
 import type { DeliveredEvent } from "../envelope/Envelope.js"
 import { BusClosed, type BusError } from "../errors/BusError.js"
-import { deliveryLag, eventsDelivered } from "../metrics/metrics.js"
+import { deliveryLag, eventsDelivered, withMetricAttributes } from "../metrics/metrics.js"
 import { checkAddress } from "../names/Name.js"
 import { ageOf } from "../observability/telemetry.js"
 import { type FeedCursor, feedCursorOf } from "../outbox-transport/feed.js"
@@ -223,8 +222,11 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
   const openCursor = feedCursorOf(transportService)
   const metricContext =
     openCursor !== undefined ? await runtime.runPromise(Effect.context<never>()) : undefined
-  const delivered = Metric.withAttributes(eventsDelivered, { transport: capabilities.name })
-  const lag = Metric.withAttributes(deliveryLag, { transport: capabilities.name })
+  // The delivery metrics' attributes are bound to the context once, not per update.
+  const deliveryContext =
+    metricContext !== undefined
+      ? withMetricAttributes(metricContext, { transport: capabilities.name })
+      : undefined
   /** Pages whose delivery lag was recorded (weak: a page lives as long as the log or a reader holds it). */
   const lagRecorded = new WeakSet<ReadonlyArray<DeliveredEvent>>()
 
@@ -326,13 +328,13 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
     const done: IteratorResult<DeliveredEvent> = { done: true, value: undefined }
     /** Counts a page taken and, once per process, its delivery lag. */
     const record = (events: ReadonlyArray<DeliveredEvent>) => {
-      delivered.updateUnsafe(events.length, context)
+      eventsDelivered.updateUnsafe(events.length, context)
       // A page of the shared log is the same array for every local subscriber: its lag is
       // recorded once per process (by whoever takes it first), not once per subscriber.
       if (!lagRecorded.has(events)) {
         lagRecorded.add(events)
         const now = Date.now()
-        for (const event of events) lag.updateUnsafe(ageOf(event, now), context)
+        for (const event of events) deliveryLag.updateUnsafe(ageOf(event, now), context)
       }
     }
     /** Hands over the next event of `page` (there is one). */
@@ -509,8 +511,8 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
   const subscribe = (request: SubscribeOptions<ChannelRef>): Subscription => {
     ensureOpen()
     if (request.signal?.aborted === true) return abortedSubscription()
-    if (openCursor !== undefined && metricContext !== undefined)
-      return subscribeByCursor(request, openCursor, metricContext)
+    if (openCursor !== undefined && deliveryContext !== undefined)
+      return subscribeByCursor(request, openCursor, deliveryContext)
     const address = { tenant: request.tenant, channel: channelName(request.channel) }
     const queue = new EventQueue<DeliveredEvent>(iteratorBuffer)
     const onInvalid = onInvalidOf(request)
