@@ -380,7 +380,14 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
       const waiter = parked
       if (waiter === undefined) return
       if (closed || feedCursor === undefined) return unpark(done)
-      const r = pollNow(feedCursor)
+      let r: ReturnType<typeof pollNow>
+      try {
+        r = pollNow(feedCursor)
+      } catch {
+        // This runs inside the log's wake-up pass: a throw must not reach the log (and the
+        // other subscribers it wakes). `fill` polls again and ends this subscription with it.
+        r = "slow"
+      }
       if (r === "wait") cancelWait = feedCursor.onAppend(onWake)
       else if (r === "slow") {
         parked = undefined
