@@ -148,10 +148,11 @@ const committedAfterHead = (
   /** Events stamped before the anchor that a read begun after they arrived did not find after the head: dropped. */
   const before = new Set<string>()
   // A read covers every event received before it began (the relay sends an event only after
-  // it committed). `asked` orders questions and reads; `covered` is the start of the last read done.
+  // it committed). `asked` orders questions and reads; `covered` is the start of the last
+  // read done. One read at a time; every question waiting for it resumes when it ends.
   let asked = 0
   let covered = 0
-  const reads = Semaphore.makeUnsafe(1)
+  let reading: { readonly done: Deferred.Deferred<void> } | undefined
   const read = retryWhileRetryable(
     Effect.gen(function* () {
       for (;;) {
@@ -175,36 +176,44 @@ const committedAfterHead = (
       ),
     ),
   )
-  /** Waits for a read begun after question `since` (joining one that others wait for). */
-  const readSince = (since: number) =>
-    reads.withPermit(
-      Effect.suspend(() => {
-        if (covered > since) return Effect.void
-        const started = ++asked
-        return Effect.andThen(
-          read,
-          Effect.sync(() => {
-            covered = started
-          }),
-        )
-      }),
+  /** Starts a read; it ends (done or interrupted with the subscription that runs it) by waking its waiters. */
+  const startRead = Effect.suspend(() => {
+    const started = ++asked
+    const done = Deferred.makeUnsafe<void>()
+    reading = { done }
+    return read.pipe(
+      Effect.andThen(
+        Effect.sync(() => {
+          covered = started
+        }),
+      ),
+      Effect.ensuring(
+        Effect.sync(() => {
+          if (reading?.done === done) reading = undefined
+          Deferred.doneUnsafe(done, Exit.void)
+        }),
+      ),
     )
+  })
+  /** Whether the outbox has `id` after the head, for a question asked at `since`. */
+  const decide = (id: string, since: number): Effect.Effect<boolean> =>
+    Effect.suspend(() => {
+      if (unreadable || after.has(id)) return Effect.succeed(true)
+      if (before.has(id)) return Effect.succeed(false)
+      if (covered > since) {
+        before.add(id)
+        return Effect.succeed(false)
+      }
+      // A read under way may have begun before the question: wait for it, then look again.
+      const wait = reading !== undefined ? Deferred.await(reading.done) : startRead
+      return Effect.andThen(wait, decide(id, since))
+    })
   return {
     now: (item) => {
       if (unreadable || item.at > anchor.at || after.has(item.event!.id)) return true
       return before.has(item.event!.id) ? false : undefined
     },
-    later: (item) =>
-      Effect.suspend(() => {
-        const id = item.event!.id
-        return readSince(++asked).pipe(
-          Effect.map(() => {
-            if (unreadable || after.has(id)) return true
-            before.add(id)
-            return false
-          }),
-        )
-      }),
+    later: (item) => Effect.suspend(() => decide(item.event!.id, ++asked)),
     // Events after the anchor's time are all kept: a page of only those needs no look at each.
     keepsAll: (page) => unreadable || page.minAt > anchor.at,
   }
