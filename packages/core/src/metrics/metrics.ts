@@ -64,12 +64,13 @@ export const assignedAddresses = Metric.gauge("bus_group_assigned_addresses", {
  *
  * @example
  * ```ts
- * import { Effect, Metric } from "effect"
- * import { eventsDelivered, withMetricAttributes } from "./metrics.js"
+ * import { Metrics } from "@bus/core/adapter"
+ * import { type Context, Effect } from "effect"
  *
- * const program = Effect.contextWith((context: import("effect").Context.Context<never>) => {
- *   const delivery = withMetricAttributes(context, { transport: "memory" })
- *   eventsDelivered.updateUnsafe(3, delivery)
+ * const program = Effect.contextWith((context: Context.Context<never>) => {
+ *   const delivery = Metrics.withMetricAttributes(context, { transport: "memory" })
+ *   Metrics.eventsDelivered.updateUnsafe(3, delivery)
+ *   return Effect.void
  * })
  * ```
  */
