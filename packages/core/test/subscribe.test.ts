@@ -382,4 +382,38 @@ describe("subscribe: the Promise facade", () => {
       await bus.close()
     }
   })
+
+  it("next() called again before the last one settled gets the following event, in order, none lost; close() ends a next() that waits", async () => {
+    const outbox = memoryOutbox()
+    const bus = await createBus({ outbox, env: false })
+    try {
+      const sub = bus.subscribe(address)
+      await sub.ready
+      const it = sub[Symbol.asyncIterator]()
+      // Four calls at once, before anything is committed: they wait on the log in call order.
+      const pending = [it.next(), it.next(), it.next(), it.next()]
+      await outbox.transaction((tx) =>
+        bus.publish(
+          tx,
+          [0, 1].map((i) => ({ ...address, type: "t", data: { i } })),
+        ),
+      )
+      await outbox.transaction((tx) =>
+        bus.publish(
+          tx,
+          [2, 3].map((i) => ({ ...address, type: "t", data: { i } })),
+        ),
+      )
+      const got = await Promise.all(pending)
+      expect(got.map((r) => (r.done ? "done" : (r.value.data as { i: number }).i))).toEqual([0, 1, 2, 3])
+      expect(sub.cursor).toBe((got[3]!.value as DeliveredEvent).cursor)
+      // Nothing more committed: this call waits on the log until the subscription closes.
+      const waiting = it.next()
+      await sub.close()
+      expect(await waiting).toEqual({ done: true, value: undefined })
+      expect(await it.next()).toEqual({ done: true, value: undefined })
+    } finally {
+      await bus.close()
+    }
+  })
 })

@@ -129,6 +129,12 @@ const coalesce = <A>(
  * one is delivered only if the outbox has it after the head (read from there on, as far
  * as needed, keeping only such older events). If the outbox cannot answer for good (the
  * head was pruned), events are delivered rather than risk losing one.
+ *
+ * One per head cursor and process, shared by every subscription anchored there (see
+ * `useHeadScan`): the subscribers started in one burst share one head, so a relay backlog
+ * costs one outbox read for all of them, not one per subscriber. What it learns is a fact
+ * about the outbox that holds for each of them (an event is after the head or not), so it
+ * is kept: both sets hold only events stamped before the anchor's time, which stop coming.
  */
 const committedAfterHead = (
   store: OutboxReader["Service"],
@@ -137,8 +143,17 @@ const committedAfterHead = (
 ): Classify => {
   let cursor = anchor.outboxHead
   let unreadable = false
+  /** Events stamped before the anchor that the outbox holds after the head: delivered. */
   const after = new Set<string>()
-  const scan = retryWhileRetryable(
+  /** Events stamped before the anchor that a read begun after they arrived did not find after the head: dropped. */
+  const before = new Set<string>()
+  // A read covers every event received before it began (the relay sends an event only after
+  // it committed). `asked` orders questions and reads; `covered` is the start of the last
+  // read done. One read at a time; every question waiting for it resumes when it ends.
+  let asked = 0
+  let covered = 0
+  let reading: { readonly done: Deferred.Deferred<void> } | undefined
+  const read = retryWhileRetryable(
     Effect.gen(function* () {
       for (;;) {
         const page = yield* store.read(address, cursor, 500)
@@ -161,9 +176,44 @@ const committedAfterHead = (
       ),
     ),
   )
+  /** Starts a read; it ends (done or interrupted with the subscription that runs it) by waking its waiters. */
+  const startRead = Effect.suspend(() => {
+    const started = ++asked
+    const done = Deferred.makeUnsafe<void>()
+    reading = { done }
+    return read.pipe(
+      Effect.andThen(
+        Effect.sync(() => {
+          covered = started
+        }),
+      ),
+      Effect.ensuring(
+        Effect.sync(() => {
+          if (reading?.done === done) reading = undefined
+          Deferred.doneUnsafe(done, Exit.void)
+        }),
+      ),
+    )
+  })
+  /** Whether the outbox has `id` after the head, for a question asked at `since`. */
+  const decide = (id: string, since: number): Effect.Effect<boolean> =>
+    Effect.suspend(() => {
+      if (unreadable || after.has(id)) return Effect.succeed(true)
+      if (before.has(id)) return Effect.succeed(false)
+      if (covered > since) {
+        before.add(id)
+        return Effect.succeed(false)
+      }
+      // A read under way may have begun before the question: wait for it, then look again.
+      const wait = reading !== undefined ? Deferred.await(reading.done) : startRead
+      return Effect.andThen(wait, decide(id, since))
+    })
   return {
-    now: (item) => (unreadable || item.at > anchor.at || after.delete(item.event!.id) ? true : undefined),
-    later: (item) => scan.pipe(Effect.map(() => unreadable || after.delete(item.event!.id))),
+    now: (item) => {
+      if (unreadable || item.at > anchor.at || after.has(item.event!.id)) return true
+      return before.has(item.event!.id) ? false : undefined
+    },
+    later: (item) => Effect.suspend(() => decide(item.event!.id, ++asked)),
     // Events after the anchor's time are all kept: a page of only those needs no look at each.
     keepsAll: (page) => unreadable || page.minAt > anchor.at,
   }
@@ -173,6 +223,8 @@ const committedAfterHead = (
 interface Start {
   readonly seq: number
   readonly classify?: Classify
+  /** A head cursor's anchor: its filter is the shared {@link committedAfterHead} (`useHeadScan`). */
+  readonly anchor?: { readonly at: number; readonly outboxHead: string }
   /**
    * The outbox cursor covering everything before the start, if known: where the subscription
    * resumes if the stream is lost before it delivered anything ("beginning" from the start).
@@ -220,6 +272,11 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
           retryWhileRetryable(
             (deps.store as Option.Some<OutboxReader["Service"]>).value.head(outboxHeads.get(key)!),
             "outbox head",
+          ).pipe(
+            // The anchor's time is taken once the head is read, so an event stamped after it
+            // surely committed after the head; and once per request, so the subscribers of
+            // one burst share one anchor (and one `committedAfterHead`).
+            Effect.map((outboxHead) => ({ outboxHead, at: Date.now() })),
           ),
         )
 
@@ -237,7 +294,8 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
         if (outboxHead === undefined) return encodeCursor(last_seq, place)
         const key = keyOf(address)
         outboxHeads.set(key, address)
-        return encodeHeadCursor(place, last_seq, Date.now(), yield* outboxHead(key))
+        const anchor = yield* outboxHead(key)
+        return encodeHeadCursor(place, last_seq, anchor.at, anchor.outboxHead)
       })
 
     /**
@@ -302,12 +360,9 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
             message: `cursor ${from} points into a stream ${deps.o.streamName} that no longer exists (deleted or lost with the server's store; the stream now was created ${current.created}) and carries no outbox position to resume from; resume from "beginning" or "now"`,
           })
         }
-        const classify =
-          parsed.anchor !== undefined && Option.isSome(deps.store)
-            ? committedAfterHead(deps.store.value, address, parsed.anchor)
-            : undefined
+        const anchor = parsed.anchor !== undefined && Option.isSome(deps.store) ? parsed.anchor : undefined
         const base = {
-          ...(classify ? { classify } : {}),
+          ...(anchor ? { anchor } : {}),
           ...(frontier !== undefined ? { frontier } : {}),
           generation,
         }
@@ -341,6 +396,32 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
     // that all need one (a flood that dropped many slow readers) must not swamp the server's
     // API with requests that then time out.
     const catchUpPermits = Semaphore.makeUnsafe(catchUpConcurrency)
+    /** The {@link committedAfterHead} of each head cursor in use, shared by its subscriptions. */
+    const headScans = new Map<string, { readonly classify: Classify; refs: number }>()
+    /** The shared filter of a head cursor, held for the subscription's scope. */
+    const useHeadScan = (
+      address: Address,
+      anchor: { readonly at: number; readonly outboxHead: string },
+    ): Effect.Effect<Classify, never, Scope.Scope> => {
+      const key = `${keyOf(address)}\u0000${anchor.at}\u0000${anchor.outboxHead}`
+      return Effect.acquireRelease(
+        Effect.sync(() => {
+          let entry = headScans.get(key)
+          if (entry === undefined) {
+            const store = (deps.store as Option.Some<OutboxStore["Service"]>).value
+            entry = { classify: committedAfterHead(store, address, anchor), refs: 0 }
+            headScans.set(key, entry)
+          }
+          entry.refs++
+          return entry
+        }),
+        (entry) =>
+          Effect.sync(() => {
+            if (--entry.refs === 0 && headScans.get(key) === entry) headScans.delete(key)
+          }),
+      ).pipe(Effect.map((entry) => entry.classify))
+    }
+
     /** The earliest start asked for by the subscriptions about to create an address's feed. */
     const wanted = new Map<string, number>()
     /** The logs of the feeds that exist now (for `stats`). */
@@ -501,7 +582,7 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
         const key = keyOf(address)
         /** Last sequence handed on (or skipped): everything at or below it is done. */
         let last = start.seq - 1
-        let classify = start.classify
+        let classify = start.anchor !== undefined ? yield* useHeadScan(address, start.anchor) : start.classify
         /** The stream generation `last` counts in. */
         let generation = start.generation
         /** The last event handed on: its outbox frontier is where a lost stream resumes. */

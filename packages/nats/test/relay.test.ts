@@ -1,5 +1,7 @@
-import { createBus, type DeliveredEvent, memoryOutbox } from "@bus/core"
+import { type Bus, createBus, type DeliveredEvent, type MemoryOutbox, memoryOutbox } from "@bus/core"
+import { type Outbox, OutboxStore } from "@bus/core/adapter"
 import { type ServerHandle, startNats } from "@bus/test-infra"
+import { Effect, Layer } from "effect"
 import { afterAll, beforeAll, expect, it } from "vitest"
 import { nats } from "../src/index.js"
 import { KillableRelay, plainConnection, storedIds, uniqueName, waitFor } from "./support.js"
@@ -84,11 +86,25 @@ it("a relay killed mid-batch and restarted re-sends the batch: the stream stores
   }
 })
 
-it('"now" leaves out events committed before it that the relay sends later, and keeps everything committed after `ready`', async () => {
-  const outbox = memoryOutbox()
+/**
+ * A bus on NATS over `outbox` (as the bus sees it: `seen`, by default the same) whose relay
+ * is not running yet, and `publish`, which commits `n` events to one fresh address and
+ * returns their ids: events committed before `relay.start()` reach the stream late.
+ */
+const withLaggingRelay = async (
+  outbox: MemoryOutbox,
+  seen: Outbox,
+  fn: (s: {
+    readonly bus: Bus
+    readonly relay: KillableRelay
+    readonly tenant: string
+    readonly channel: string
+    readonly publish: (tx: string, n: number) => Promise<ReadonlyArray<string>>
+  }) => Promise<void>,
+) => {
   const relay = new KillableRelay(outbox, { servers: server.url }, { leaseMs: 1_000 })
   const bus = await createBus({
-    outbox,
+    outbox: seen,
     transport: { use: "nats", broker: nats({ servers: server.url }) },
     env: false,
     relay: false,
@@ -96,19 +112,31 @@ it('"now" leaves out events committed before it that the relay sends later, and 
   try {
     const tenant = uniqueName("t")
     const channel = uniqueName("c")
-    const publish = (tx: string, n: number) =>
-      outbox.transaction((t) =>
-        bus.publish(
-          t,
-          Array.from({ length: n }, (_, seq) => ({ tenant, channel, type: "now.test", data: { tx, seq } })),
-        ),
-      )
+    const publish = async (tx: string, n: number) => {
+      const inputs = Array.from({ length: n }, (_, seq) => ({
+        tenant,
+        channel,
+        type: "now.test",
+        data: { tx, seq },
+      }))
+      return (await outbox.transaction((t) => bus.publish(t, inputs))).ids
+    }
+    await fn({ bus, relay, tenant, channel, publish })
+  } finally {
+    await bus.close()
+    await relay.stop()
+  }
+}
+
+it('"now" leaves out events committed before it that the relay sends later, and keeps everything committed after `ready`', async () => {
+  const outbox = memoryOutbox()
+  await withLaggingRelay(outbox, outbox, async ({ bus, relay, tenant, channel, publish }) => {
     // Committed before subscribe(), still in the outbox: no relay runs yet.
-    const before = (await publish("before", 5)).ids
+    const before = await publish("before", 5)
     const sub = bus.subscribe({ tenant, channel, from: "now" })
     const start = await sub.ready
     expect(start).toMatch(/^nats2:[0-9a-f]{8}\.[0-9a-f]{8}\.\d+\+\d+\+/)
-    const after = (await publish("after", 5)).ids
+    const after = await publish("after", 5)
     const got: Array<DeliveredEvent> = []
     const reading = (async () => {
       for await (const e of sub) got.push(e)
@@ -116,7 +144,7 @@ it('"now" leaves out events committed before it that the relay sends later, and 
     // The relay now sends the old events first, then the new ones.
     await relay.start()
     await waitFor(() => after.every((id) => got.some((e) => e.id === id)), 15_000, "the events after ready")
-    const sentinel = (await publish("sentinel", 1)).ids[0]!
+    const sentinel = (await publish("sentinel", 1))[0]!
     await waitFor(() => got.some((e) => e.id === sentinel), 15_000, "the sentinel")
     console.log(
       `nats "now" with a lagging relay: before=${before.length} (delivered ${got.filter((e) => before.includes(e.id)).length}) after=${after.length} (delivered ${got.filter((e) => after.includes(e.id)).length})`,
@@ -132,8 +160,62 @@ it('"now" leaves out events committed before it that the relay sends later, and 
     expect(rest).toEqual([...after.slice(2), sentinel])
     await sub.close()
     await reading
-  } finally {
-    await bus.close()
-    await relay.stop()
+  })
+})
+
+it('1,000 subscribers from "now" in one burst while the relay lags: each leaves out what was committed before and gets everything after, and they share the outbox reads that tell the two apart (not one read each)', async () => {
+  const outbox = memoryOutbox()
+  // The outbox as the bus sees it, with its reads counted.
+  let reads = 0
+  const counted: Outbox = {
+    transport: outbox.transport,
+    layers: (choice) => {
+      const layers = outbox.layers(choice)
+      const store = Layer.effect(
+        OutboxStore,
+        Effect.map(OutboxStore, (s) =>
+          OutboxStore.of({
+            ...s,
+            read: (...args) => {
+              reads++
+              return s.read(...args)
+            },
+          }),
+        ),
+      ).pipe(Layer.provide(layers.outbox))
+      return { ...layers, outbox: store }
+    },
   }
+  await withLaggingRelay(outbox, counted, async ({ bus, relay, tenant, channel, publish }) => {
+    // Committed before the subscriptions, still in the outbox: no relay runs yet.
+    const before = await publish("before", 5)
+    const n = 1_000
+    const subs = Array.from({ length: n }, () => bus.subscribe({ tenant, channel, from: "now" }))
+    const got = subs.map(() => [] as Array<string>)
+    const reading = subs.map(async (sub, i) => {
+      for await (const e of sub) got[i]!.push(e.id)
+    })
+    await Promise.all(subs.map((s) => s.ready))
+    const after = await publish("after", 5)
+    const readsBefore = reads
+    // The relay now sends the old events first, then the new ones.
+    await relay.start()
+    await waitFor(
+      () => got.every((g) => g.length >= after.length),
+      30_000,
+      () => "every subscriber's events",
+    )
+    const sentinel = await publish("sentinel", 1)
+    await waitFor(() => got.every((g) => g.length >= after.length + 1), 30_000, "the sentinel everywhere")
+    const delivering = reads - readsBefore
+    console.log(
+      `nats "now" burst with a lagging relay: ${n} subscribers, ${before.length} events before and ${after.length} after; outbox reads while delivering: ${delivering}`,
+    )
+    for (const g of got) expect(g).toEqual([...after, ...sentinel])
+    // Telling the relay's backlog apart is shared by the subscribers of one head: a few reads
+    // for the burst, never one per subscriber.
+    expect(delivering).toBeLessThan(50)
+    await Promise.all(subs.map((s) => s.close()))
+    await Promise.all(reading)
+  })
 })

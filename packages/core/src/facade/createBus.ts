@@ -5,7 +5,6 @@ import {
   Exit,
   Fiber,
   type ManagedRuntime,
-  Metric,
   Option,
   ManagedRuntime as Runtime,
   Scope,
@@ -29,7 +28,7 @@ import { type DeadLetter, DeadLetterStore, type OutboxCore } from "../contracts/
 import { Transport } from "../contracts/Transport.js"
 import type { DeliveredEvent } from "../envelope/Envelope.js"
 import { BusClosed, type BusError } from "../errors/BusError.js"
-import { deliveryLag, eventsDelivered } from "../metrics/metrics.js"
+import { deliveryLag, eventsDelivered, withMetricAttributes } from "../metrics/metrics.js"
 import { checkAddress } from "../names/Name.js"
 import { ageOf } from "../observability/telemetry.js"
 import { type FeedCursor, feedCursorOf } from "../outbox-transport/feed.js"
@@ -224,8 +223,11 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
   const openCursor = feedCursorOf(transportService)
   const metricContext =
     openCursor !== undefined ? await runtime.runPromise(Effect.context<never>()) : undefined
-  const delivered = Metric.withAttributes(eventsDelivered, { transport: capabilities.name })
-  const lag = Metric.withAttributes(deliveryLag, { transport: capabilities.name })
+  // The delivery metrics' attributes are bound to the context once, not per update.
+  const deliveryContext =
+    metricContext !== undefined
+      ? withMetricAttributes(metricContext, { transport: capabilities.name })
+      : undefined
   /** Pages whose delivery lag was recorded (weak: a page lives as long as the log or a reader holds it). */
   const lagRecorded = new WeakSet<ReadonlyArray<DeliveredEvent>>()
 
@@ -305,7 +307,12 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
           else reject(Cause.squash(exit.cause))
         }),
     )
-    const ready = opened.then((o) => o.start)
+    /** The cursor once open: the iterator's fast path polls it without awaiting `opened`. */
+    let feedCursor: FeedCursor | undefined
+    const ready = opened.then((o) => {
+      feedCursor = o.feedCursor
+      return o.start
+    })
     // Only for callers who await it; an unobserved start failure also ends the iterator.
     ready.catch(() => {})
     const runStep = (effect: Effect.Effect<unknown, BusError>) =>
@@ -320,6 +327,81 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
         })
       })
     const done: IteratorResult<DeliveredEvent> = { done: true, value: undefined }
+    /** Counts a page taken and, once per process, its delivery lag. */
+    const record = (events: ReadonlyArray<DeliveredEvent>) => {
+      eventsDelivered.updateUnsafe(events.length, context)
+      // A page of the shared log is the same array for every local subscriber: its lag is
+      // recorded once per process (by whoever takes it first), not once per subscriber.
+      if (!lagRecorded.has(events)) {
+        lagRecorded.add(events)
+        const now = Date.now()
+        for (const event of events) deliveryLag.updateUnsafe(ageOf(event, now), context)
+      }
+    }
+    /** Hands over the next event of `page` (there is one). */
+    const take = (): IteratorResult<DeliveredEvent> => {
+      const event = page[at++] as DeliveredEvent
+      cursor = event.cursor
+      return { done: false, value: event }
+    }
+    /**
+     * The fast path of an untyped subscription in the shared log: the next event when the
+     * log has a page for it, `"wait"` when it has none yet, `"slow"` when the cursor needs a
+     * step (a join, a catch-up read, a failure), which `fill` runs.
+     */
+    const pollNow = (fc: FeedCursor): IteratorResult<DeliveredEvent> | "wait" | "slow" => {
+      for (;;) {
+        const found = fc.poll()
+        if (found === "wait") return "wait"
+        if (found === "step") return "slow"
+        const events = found.events
+        record(events)
+        if (events.length === 0) continue
+        page = events
+        at = 0
+        return take()
+      }
+    }
+    /** The `next()` that did not settle at once (parked or slow): a call made meanwhile waits for it. */
+    let inflight: Promise<IteratorResult<DeliveredEvent>> | undefined
+    /** A `next()` parked until the log appends (the fast path's only wait). */
+    let parked:
+      | {
+          readonly resolve: (
+            r: IteratorResult<DeliveredEvent> | Promise<IteratorResult<DeliveredEvent>>,
+          ) => void
+        }
+      | undefined
+    /**
+     * The log appended: the parked `next()` takes the new page at once, in the log's own
+     * wake-up pass (no promise or fiber between the append and the hand-off).
+     */
+    const onWake = () => {
+      cancelWait = undefined
+      const waiter = parked
+      if (waiter === undefined) return
+      if (closed || feedCursor === undefined) return unpark(done)
+      let r: ReturnType<typeof pollNow>
+      try {
+        r = pollNow(feedCursor)
+      } catch {
+        // This runs inside the log's wake-up pass: a throw must not reach the log (and the
+        // other subscribers it wakes). `fill` polls again and ends this subscription with it.
+        r = "slow"
+      }
+      if (r === "wait") cancelWait = feedCursor.onAppend(onWake)
+      else if (r === "slow") {
+        parked = undefined
+        waiter.resolve(runSlow())
+      } else unpark(r)
+    }
+    /** Settles the parked `next()` with `r`. */
+    const unpark = (r: IteratorResult<DeliveredEvent>) => {
+      const waiter = parked
+      parked = undefined
+      inflight = undefined
+      waiter?.resolve(r)
+    }
     /** Fills `page` with the next page; false once closed. */
     const fill = async (): Promise<boolean> => {
       const { feedCursor } = await opened
@@ -338,14 +420,7 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
         const next = found === "step" ? ((await runStep(feedCursor.step)) as typeof found | undefined) : found
         if (next === undefined || typeof next === "string") continue
         const events = next.events
-        delivered.updateUnsafe(events.length, context)
-        // A page of the shared log is the same array for every local subscriber: its lag is
-        // recorded once per process (by whoever takes it first), not once per subscriber.
-        if (!lagRecorded.has(events)) {
-          lagRecorded.add(events)
-          const now = Date.now()
-          for (const event of events) lag.updateUnsafe(ageOf(event, now), context)
-        }
+        record(events)
         // A typed channel's events are checked here, as the page is taken (an async schema
         // is awaited); those that fail go to `onInvalid` and are not yielded.
         const kept = typed === undefined ? events : await checkPage(typed, events, onInvalid)
@@ -365,9 +440,58 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
       at = 0
       cancelWait?.()
       wake?.()
+      unpark(done)
       await Effect.runPromise(Fiber.interrupt(opening))
       if (step !== undefined) await Effect.runPromise(Fiber.interrupt(step))
       await runtime.runPromise(Scope.close(scope, Exit.void)).catch(() => {})
+    }
+    /** `next()` through `fill`: the start, a step of the cursor, a typed channel's check. */
+    const slowNext = async (): Promise<IteratorResult<DeliveredEvent>> => {
+      if (failure !== undefined) throw failure.error
+      if (closed) return done
+      if (at >= page.length) {
+        let more: boolean
+        try {
+          more = await fill()
+        } catch (error) {
+          // Closed by its owner while starting: a clean end, not an error.
+          if (closed) return done
+          // A subscription that cannot go on (an invalid cursor, a feed failed for good)
+          // ends with its error, for this and every later call; it releases its feed.
+          failure = { error }
+          await close()
+          throw error
+        }
+        if (!more) return done
+      }
+      return take()
+    }
+    const settled = () => {
+      inflight = undefined
+    }
+    const runSlow = (): Promise<IteratorResult<DeliveredEvent>> => {
+      const p = slowNext()
+      inflight = p
+      p.then(settled, settled)
+      return p
+    }
+    // A delivery on the shared log costs an index check and a resolved promise: no async
+    // function, no fiber; only the start, a cursor step and typed channels go through `fill`.
+    const next = (): Promise<IteratorResult<DeliveredEvent>> => {
+      if (inflight !== undefined) return inflight.then(next, next)
+      if (failure !== undefined) return Promise.reject(failure.error)
+      if (closed) return Promise.resolve(done)
+      if (at < page.length) return Promise.resolve(take())
+      const fc = feedCursor
+      if (fc === undefined || typed !== undefined) return runSlow()
+      const r = pollNow(fc)
+      if (r === "slow") return runSlow()
+      if (r !== "wait") return Promise.resolve(r)
+      inflight = new Promise((resolve) => {
+        parked = { resolve }
+        cancelWait = fc.onAppend(onWake)
+      })
+      return inflight
     }
     const subscription: Subscription = {
       ready,
@@ -380,28 +504,7 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
       close,
       [Symbol.asyncDispose]: close,
       [Symbol.asyncIterator]: () => ({
-        next: async () => {
-          if (failure !== undefined) throw failure.error
-          if (closed) return done
-          if (at >= page.length) {
-            let more: boolean
-            try {
-              more = await fill()
-            } catch (error) {
-              // Closed by its owner while starting: a clean end, not an error.
-              if (closed) return done
-              // A subscription that cannot go on (an invalid cursor, a feed failed for good)
-              // ends with its error, for this and every later call; it releases its feed.
-              failure = { error }
-              await close()
-              throw error
-            }
-            if (!more) return done
-          }
-          const event = page[at++] as DeliveredEvent
-          cursor = event.cursor
-          return { done: false, value: event }
-        },
+        next,
         return: async () => {
           await close()
           return done
@@ -416,8 +519,8 @@ export const createBus = async (options: BusOptions): Promise<Bus> => {
   const subscribe = (request: SubscribeOptions<ChannelRef>): Subscription => {
     ensureOpen()
     if (request.signal?.aborted === true) return abortedSubscription()
-    if (openCursor !== undefined && metricContext !== undefined)
-      return subscribeByCursor(request, openCursor, metricContext)
+    if (openCursor !== undefined && deliveryContext !== undefined)
+      return subscribeByCursor(request, openCursor, deliveryContext)
     const address = { tenant: request.tenant, channel: channelName(request.channel) }
     const queue = new EventQueue<DeliveredEvent>(iteratorBuffer)
     const onInvalid = onInvalidOf(request)

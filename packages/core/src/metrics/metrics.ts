@@ -1,4 +1,4 @@
-import { Metric } from "effect"
+import { Context, Metric } from "effect"
 
 /**
  * The bus's metrics, recorded through Effect's Metric module so any Effect metrics
@@ -55,3 +55,30 @@ export const inboxSkipped = Metric.counter("bus_inbox_skipped", {
 export const assignedAddresses = Metric.gauge("bus_group_assigned_addresses", {
   description: "addresses a member of a consumer group across tenants runs now",
 })
+
+/**
+ * `context` with `attributes` added to the metric attributes it carries, built once: a
+ * metric updated with it records the same series as `Metric.withAttributes(metric,
+ * attributes)` does, without the new context `withAttributes` builds on every update. For
+ * the delivery path, which updates once per page and subscriber.
+ *
+ * @example
+ * ```ts
+ * import { Metrics } from "@bus/core/adapter"
+ * import { type Context, Effect } from "effect"
+ *
+ * const program = Effect.contextWith((context: Context.Context<never>) => {
+ *   const delivery = Metrics.withMetricAttributes(context, { transport: "memory" })
+ *   Metrics.eventsDelivered.updateUnsafe(3, delivery)
+ *   return Effect.void
+ * })
+ * ```
+ */
+export const withMetricAttributes = <R>(
+  context: Context.Context<R>,
+  attributes: Readonly<Record<string, string>>,
+): Context.Context<R> => {
+  const current = Context.get(context, Metric.CurrentMetricAttributes)
+  const base = Array.isArray(current) ? Object.fromEntries(current) : current
+  return Context.add(context, Metric.CurrentMetricAttributes, { ...base, ...attributes })
+}

@@ -21,6 +21,7 @@ import {
   eventsDelivered,
   handlerRetries,
   inboxSkipped,
+  withMetricAttributes,
 } from "../metrics/metrics.js"
 import { allTenants, checkAddress, checkName } from "../names/Name.js"
 import { ageOf, messageAttributes, messagingAttributes, producerLinks } from "../observability/telemetry.js"
@@ -157,19 +158,28 @@ export class Subscriber extends Context.Service<
         const channel = request.channel
         const events = Stream.unwrap(
           checkAddress({ tenant: request.tenant, channel: channelName(channel) }).pipe(
-            Effect.map((address) =>
-              transport.subscribe({ ...address, from: request.from ?? "now" }).pipe(
+            Effect.map((address) => {
+              // The metrics' attributes bound to the stream's context once (again only if
+              // that context changes): `withAttributes` builds a context on every update.
+              let context: Context.Context<never> | undefined
+              let bound: Context.Context<never> = Context.empty()
+              return transport.subscribe({ ...address, from: request.from ?? "now" }).pipe(
                 // Once per chunk (a page shared by every subscriber of the address), not
                 // one effect per event: this runs for every subscriber.
                 Stream.mapArrayEffect((events) =>
-                  Effect.contextWith((context: Context.Context<never>) => {
-                    delivered.updateUnsafe(events.length, context)
-                    for (const event of events) lag.updateUnsafe(ageOf(event), context)
+                  Effect.contextWith((current: Context.Context<never>) => {
+                    if (current !== context) {
+                      context = current
+                      bound = withMetricAttributes(current, { transport: system })
+                    }
+                    eventsDelivered.updateUnsafe(events.length, bound)
+                    const now = Date.now()
+                    for (const event of events) deliveryLag.updateUnsafe(ageOf(event, now), bound)
                     return Effect.succeed(events)
                   }),
                 ),
-              ),
-            ),
+              )
+            }),
           ),
         )
         if (!isChannel(channel)) return events
