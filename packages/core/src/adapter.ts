@@ -7,6 +7,10 @@
  * @packageDocumentation
  */
 
+export { type Anchor, type AnchoredFilter, anchoredFilter, outboxHeads } from "./broker/anchor.js"
+export { coalesce } from "./broker/coalesce.js"
+export { prepareSends } from "./broker/prepare.js"
+export { brokerRetry, type RetryOptions, retryWhileRetryable } from "./broker/retry.js"
 export { resolveSelection, TransportSelection } from "./bus/busLayer.js"
 export type {
   AnyChannel,

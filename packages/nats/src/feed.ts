@@ -1,5 +1,5 @@
 import { BusClosed, type BusError, type DeliveredEvent, TransportUnavailable } from "@bus/core"
-import { type Address, addressTag, FeedLog } from "@bus/core/adapter"
+import { type Address, addressTag, FeedLog, retryWhileRetryable } from "@bus/core/adapter"
 import { DeliverPolicy, type JsMsg } from "@nats-io/jetstream"
 import { Cause, Effect, Fiber } from "effect"
 import { toBusError } from "./errors.js"
@@ -243,28 +243,25 @@ export const runFeed = (
       }),
     )
 
-    const loop = Effect.gen(function* () {
-      let failures = 0
-      for (;;) {
-        const before = received
-        const exit = yield* Effect.exit(once)
-        flush()
-        if (received > before) failures = 0
-        if (exit._tag === "Success") continue
-        const busError = toBusError(Cause.squash(exit.cause), `subscription feed on ${subject}`)
-        if (!busError.retryable) return yield* Effect.fail(busError)
-        if (deps.conn.closed()) {
-          return yield* new BusClosed({
-            message: `nats: the connection is closed; subscriptions on ${subject} end`,
-          })
-        }
-        failures++
-        // A consumer that cannot be made may mean a lost stream: have it checked now.
-        yield* deps.watch.check(`feed on ${subject}: ${busError.message}`)
-        if (failures > 1) yield* Effect.logWarning(`nats: feed on ${subject} restarts: ${busError.message}`)
-        yield* Effect.sleep(Math.min(5_000, 50 * 2 ** Math.min(failures, 7)))
+    // One consumer per turn. A failed turn is retried on core's schedule; a turn that read
+    // something before it failed counts as a success, so the backoff starts again.
+    const turn = Effect.gen(function* () {
+      const before = received
+      const exit = yield* Effect.exit(once)
+      flush()
+      if (exit._tag === "Success" || received > before) return
+      const busError = toBusError(Cause.squash(exit.cause), `subscription feed on ${subject}`)
+      if (!busError.retryable) return yield* Effect.fail(busError)
+      if (deps.conn.closed()) {
+        return yield* new BusClosed({
+          message: `nats: the connection is closed; subscriptions on ${subject} end`,
+        })
       }
+      // A consumer that cannot be made may mean a lost stream: have it checked now.
+      yield* deps.watch.check(`feed on ${subject}: ${busError.message}`)
+      return yield* Effect.fail(busError)
     })
+    const loop = Effect.forever(retryWhileRetryable(turn, `nats: feed on ${subject}`))
 
     // Out of the map first (a later subscription, or one told "replaced", starts a new feed),
     // then the log ends, in one uninterruptible step: ending the feed may close its scope.

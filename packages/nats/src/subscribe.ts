@@ -1,8 +1,11 @@
-import { BusClosed, type BusError, CursorInvalid, type DeliveredEvent } from "@bus/core"
+import { type BusError, CursorInvalid, type DeliveredEvent } from "@bus/core"
 import {
   type Address,
+  type Anchor,
   addressTag,
+  anchoredFilter,
   checkAddress,
+  coalesce,
   type FeedCursor,
   type FeedLog,
   type FeedPage,
@@ -13,6 +16,8 @@ import {
   type OpenFeedCursor,
   type OutboxStore,
   outboxCursorOf,
+  outboxHeads,
+  retryWhileRetryable,
   type SubscribeRequest,
   splitCursor,
 } from "@bus/core/adapter"
@@ -24,7 +29,7 @@ import {
   type StreamState,
 } from "@nats-io/jetstream"
 import type { MsgHdrs } from "@nats-io/transport-node"
-import { Cause, Deferred, Effect, Exit, Option, Queue, RcMap, Scope, Semaphore, Stream } from "effect"
+import { Cause, Effect, Exit, Option, Queue, RcMap, Scope, Semaphore, Stream } from "effect"
 import type { ConnectionWatch } from "./connection.js"
 import { type CursorPlace, encodeCursor, encodeHeadCursor, parseCursor } from "./cursor.js"
 import { toBusError } from "./errors.js"
@@ -32,7 +37,7 @@ import { type Feed, type Item, type PageMeta, runFeed } from "./feed.js"
 import type { ResolvedOptions } from "./options.js"
 import type { StreamWatch } from "./streamWatch.js"
 import { subjectOf } from "./subjects.js"
-import { decodeMessage, positionOfMessage, retryWhileRetryable } from "./wire.js"
+import { decodeMessage, positionOfMessage } from "./wire.js"
 
 /**
  * Subscriptions share one feed per address and process (see `feed.ts`): one ordered
@@ -80,92 +85,16 @@ interface Classify {
 }
 
 /**
- * Coalesces concurrent requests per key: the callers that ask while a request is queued
- * share it. The request is sent on the next turn of the event loop, after every caller of
- * the current burst asked, so its answer is never older than any caller's call (what a
- * head or a cursor check needs); requests already sent are never joined.
+ * A subscription from a head cursor: above its sequence the stream may still bring events
+ * committed before the outbox head (the relay's backlog when the head was taken). Core's
+ * anchored filter tells them apart, per page when it can (see `anchoredFilter`).
  */
-const coalesce = <A>(
-  scope: Scope.Scope,
-  run: (key: string) => Effect.Effect<A, BusError>,
-): ((key: string) => Effect.Effect<A, BusError>) => {
-  const queued = new Map<string, Deferred.Deferred<A, BusError>>()
-  const nextTurn = Effect.callback<void>((resume) => {
-    const t = setImmediate(() => resume(Effect.void))
-    return Effect.sync(() => clearImmediate(t))
-  })
-  return (key) =>
-    Effect.suspend(() => {
-      const waiting = queued.get(key)
-      if (waiting !== undefined) return Deferred.await(waiting)
-      const deferred = Deferred.makeUnsafe<A, BusError>()
-      queued.set(key, deferred)
-      const request = nextTurn.pipe(
-        Effect.andThen(
-          Effect.sync(() => {
-            queued.delete(key)
-          }),
-        ),
-        Effect.andThen(Effect.exit(run(key))),
-        Effect.flatMap((exit) => Deferred.done(deferred, exit)),
-        Effect.onInterrupt(() =>
-          Effect.sync(() => {
-            if (queued.get(key) === deferred) queued.delete(key)
-            Deferred.doneUnsafe(
-              deferred,
-              Exit.fail(new BusClosed({ message: "nats: the transport is closing" })),
-            )
-          }),
-        ),
-      )
-      return Effect.forkIn(request, scope).pipe(Effect.andThen(Deferred.await(deferred)))
-    })
-}
-
-/**
- * A subscription from a head cursor: above its sequence the stream may still bring
- * events committed before the outbox head (the relay's backlog when the head was taken).
- * An event published after the head was taken committed after it: delivered. An older
- * one is delivered only if the outbox has it after the head (read from there on, as far
- * as needed, keeping only such older events). If the outbox cannot answer for good (the
- * head was pruned), events are delivered rather than risk losing one.
- */
-const committedAfterHead = (
-  store: OutboxStore["Service"],
-  address: Address,
-  anchor: { readonly at: number; readonly outboxHead: string },
-): Classify => {
-  let cursor = anchor.outboxHead
-  let unreadable = false
-  const after = new Set<string>()
-  const scan = retryWhileRetryable(
-    Effect.gen(function* () {
-      for (;;) {
-        const page = yield* store.read(address, cursor, 500)
-        for (const e of page.events) if (!(Date.parse(e.time) > anchor.at)) after.add(e.id)
-        cursor = page.next
-        if (!page.more) return
-      }
-    }),
-    "outbox read for a head cursor",
-  ).pipe(
-    Effect.catch((e: BusError) =>
-      Effect.logWarning(
-        `nats: cannot tell events committed before a head cursor apart (${e.message}); delivering them`,
-      ).pipe(
-        Effect.andThen(
-          Effect.sync(() => {
-            unreadable = true
-          }),
-        ),
-      ),
-    ),
-  )
+const committedAfterHead = (store: OutboxStore["Service"], address: Address, anchor: Anchor): Classify => {
+  const filter = anchoredFilter(store, address, anchor, 500, "nats")
   return {
-    now: (item) => (unreadable || item.at > anchor.at || after.delete(item.event!.id) ? true : undefined),
-    later: (item) => scan.pipe(Effect.map(() => unreadable || after.delete(item.event!.id))),
-    // Events after the anchor's time are all kept: a page of only those needs no look at each.
-    keepsAll: (page) => unreadable || page.minAt > anchor.at,
+    now: (item) => filter.now(item.event!.id, item.at),
+    later: (item) => filter.later(item.event!.id),
+    keepsAll: (page) => filter.keepsAll(page.minAt),
   }
 }
 
@@ -203,25 +132,20 @@ export interface Subscribe {
 export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, never, Scope.Scope> =>
   Effect.gen(function* () {
     const scope = yield* Effect.scope
-    const streamState = coalesce(scope, () =>
-      retryWhileRetryable(
-        Effect.tryPromise({
-          try: () => deps.jsm.streams.info(deps.o.streamName),
-          catch: (e) => toBusError(e, `stream info ${deps.o.streamName}`),
-        }),
-        "stream info",
-      ).pipe(Effect.map((info): StreamState => info.state)),
+    const streamState = coalesce(
+      scope,
+      () =>
+        retryWhileRetryable(
+          Effect.tryPromise({
+            try: () => deps.jsm.streams.info(deps.o.streamName),
+            catch: (e) => toBusError(e, `stream info ${deps.o.streamName}`),
+          }),
+          "nats: stream info",
+        ).pipe(Effect.map((info): StreamState => info.state)),
+      closing,
     )
     const state = streamState("")
-    const outboxHeads = new Map<string, Address>()
-    const outboxHead = Option.isNone(deps.store)
-      ? undefined
-      : coalesce(scope, (key) =>
-          retryWhileRetryable(
-            (deps.store as Option.Some<OutboxStore["Service"]>).value.head(outboxHeads.get(key)!),
-            "outbox head",
-          ),
-        )
+    const outboxHead = outboxHeads(scope, deps.store, "nats")
 
     /**
      * `head`: the stream's last sequence and, with an outbox, the outbox's head taken right
@@ -235,9 +159,7 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
         const { last_seq } = yield* state
         const place: CursorPlace = { address: addressTag(address), stream: deps.watch.current().id }
         if (outboxHead === undefined) return encodeCursor(last_seq, place)
-        const key = keyOf(address)
-        outboxHeads.set(key, address)
-        return encodeHeadCursor(place, last_seq, Date.now(), yield* outboxHead(key))
+        return encodeHeadCursor(place, last_seq, Date.now(), yield* outboxHead(address))
       })
 
     /**
@@ -422,7 +344,7 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
                 } as MsgRequest),
               catch: (e) => toBusError(e, `read ${subject} from ${s}`),
             }),
-            `catch-up read on ${subject}`,
+            `nats: catch-up read on ${subject}`,
           )
         for (let reads = 0; ; reads++) {
           if (seq > upTo) return
@@ -482,7 +404,7 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
               }
             }),
           ),
-          `catch-up on ${subject}`,
+          `nats: catch-up on ${subject}`,
         )
       })
 
@@ -743,6 +665,9 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
 
     return { head, subscribe, checkStart, openCursor, stats }
   })
+
+/** Why a request still waiting when the transport closes fails (`BusClosed`). */
+const closing = "nats: the transport is closing"
 
 /** Catch-ups reading the stream at once, per process. */
 const catchUpConcurrency = 8
