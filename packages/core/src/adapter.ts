@@ -133,3 +133,4 @@ export {
 } from "./relay/resend.js"
 export { backoffDelay, cappedBackoff } from "./schedule/backoff.js"
 export type { ConsumeRequest, Handler, SubscribeInput } from "./subscriber/Subscriber.js"
+export { feedStream } from "./broker/feedStream.js"

@@ -10,8 +10,8 @@ import {
   type FeedLog,
   type FeedPage,
   type FeedStats,
+  feedStream,
   flipCursorExpired,
-  nextFeedPage,
   notCoveredBy,
   type OpenFeedCursor,
   type OutboxStore,
@@ -29,7 +29,7 @@ import {
   type StreamState,
 } from "@nats-io/jetstream"
 import type { MsgHdrs } from "@nats-io/transport-node"
-import { Cause, Effect, Exit, Option, Queue, RcMap, Scope, Semaphore, Stream } from "effect"
+import { Cause, Effect, Exit, Option, Queue, RcMap, Scope, Semaphore, type Stream } from "effect"
 import type { ConnectionWatch } from "./connection.js"
 import { type CursorPlace, encodeCursor, encodeHeadCursor, parseCursor } from "./cursor.js"
 import { toBusError } from "./errors.js"
@@ -643,19 +643,7 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
       })
 
     const subscribe = (request: SubscribeRequest): Stream.Stream<DeliveredEvent, BusError> =>
-      Stream.unwrap(
-        Effect.map(openCursor(request, request.from ?? "now"), (cursor) =>
-          // Each chunk is the page itself: the log's shared array, not a copy.
-          Stream.fromPull(
-            Effect.succeed(
-              Effect.map(
-                nextFeedPage(cursor),
-                (page) => page.events as readonly [DeliveredEvent, ...Array<DeliveredEvent>],
-              ),
-            ),
-          ),
-        ),
-      )
+      feedStream(openCursor(request, request.from ?? "now"))
 
     const stats = () => {
       const out = new Map<string, FeedStats>()
