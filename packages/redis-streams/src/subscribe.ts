@@ -5,7 +5,6 @@ import {
   addressTag,
   anchoredFilter,
   checkAddress,
-  coalesce,
   defaultDedupeWindow,
   defaultFeedWindow,
   type FeedCursor,
@@ -475,40 +474,45 @@ export const makeSubscribe = (
     const outboxHead = outboxHeads(layerScope, store, "redis-streams")
 
     /**
-     * The cursor "now" means: the stream's last id and, with an outbox at hand, the time
-     * and the outbox head, so that a subscription from it can leave out events committed
-     * before it that the relay had not sent yet. Read once per address for the
-     * subscriptions that ask in one turn of the event loop, after the last of them asked.
+     * The cursor "now" means: the stream's last id and, with an outbox at hand, the time of
+     * the call and the outbox head, so that a subscription from it can leave out events
+     * committed before it that the relay had not sent yet.
+     *
+     * The stream's position is read by each call, at once: the read is on the wire before
+     * the fiber first waits, so before any send the caller makes afterwards (a read shared
+     * with later callers would be older than their calls and miss what landed in between).
+     * It costs Redis one script call. The outbox head, which costs a pooled connection of
+     * the outbox, is read once per address for the calls of one turn of the event loop
+     * (core `outboxHeads`): a thousand subscriptions from "now" started together no longer
+     * exhaust the outbox's pool. An event committed between a call and that read is older
+     * than the head but published after the call's time: the anchor keeps it.
      */
-    const headOf = coalesce(
-      layerScope,
-      (key) =>
-        Effect.gen(function* () {
-          const address = addressOf(key)
-          const keys = channelKeys(config.keyPrefix, address)
-          const { stream } = keys
-          const startedAt = Date.now()
-          const anchor =
+    const head = (request: Address): Effect.Effect<string, BusError> =>
+      Effect.gen(function* () {
+        const address = yield* checkAddress(request)
+        const keys = channelKeys(config.keyPrefix, address)
+        const { stream } = keys
+        const calledAt = Date.now()
+        const [last, identity, anchor] = yield* Effect.all(
+          [
+            Effect.map(positionOfStream(stream), (p) => p.last),
+            identityOf(keys),
             outboxHead === undefined
-              ? undefined
-              : yield* outboxHead(address).pipe(
+              ? Effect.undefined
+              : outboxHead(address).pipe(
                   Effect.catch((error: BusError) =>
                     Effect.logWarning(
                       `redis-streams: no outbox head for "now" on ${stream}; events the relay has not sent yet may be delivered`,
                       error.message,
                     ).pipe(Effect.as(undefined)),
                   ),
-                )
-          const last = (yield* positionOfStream(stream)).last
-          const binding: CursorBinding = { tag: addressTag(address), identity: yield* identityOf(keys) }
-          return anchor !== undefined
-            ? toHeadCursor(last, binding, startedAt, anchor)
-            : toCursor(last, binding)
-        }),
-      "redis-streams: the transport is closing",
-    )
-    const head = (request: Address): Effect.Effect<string, BusError> =>
-      Effect.flatMap(checkAddress(request), (address) => headOf(keyOf(address)))
+                ),
+          ],
+          { concurrency: "unbounded" },
+        )
+        const binding: CursorBinding = { tag: addressTag(address), identity }
+        return anchor !== undefined ? toHeadCursor(last, binding, calledAt, anchor) : toCursor(last, binding)
+      })
 
     /**
      * Checks a start position and says where to start: the checks `ready` waits for (a
@@ -631,6 +635,8 @@ export const makeSubscribe = (
         )
           wanted.set(key, { identity: s.identity, id: s.start })
         const feed = yield* RcMap.get(feeds, key)
+        // Read by the lookup that made the feed; a feed that already existed leaves it here.
+        wanted.delete(key)
 
         // What the subscription has delivered: the stream identity and entry id, and the
         // outbox frontier of its last event (where it re-reads from after a loss).

@@ -52,7 +52,9 @@ export const outboxHeads = (
 
 /**
  * Tells, per message above an anchored cursor's broker position, whether it committed after
- * the anchor: a message published after the anchor's time did; an older one (a relay's
+ * the anchor: a message published at or after the anchor's time did (the same millisecond
+ * counts: the head is read a moment after the call that fixed the time, and keeping one
+ * event too many is safe where dropping one is not); an older one (a relay's
  * backlog, or a transaction that was open across the anchor) did only if the outbox has it
  * after the anchor's head. The outbox is read for such messages only, from where the last
  * read stopped, as far as needed.
@@ -86,7 +88,7 @@ export const anchoredFilter = (
     Effect.gen(function* () {
       for (;;) {
         const page = yield* store.read(address, cursor, pageSize)
-        for (const e of page.events) if (!(Date.parse(e.time) > anchor.at)) after.add(e.id)
+        for (const e of page.events) if (!(Date.parse(e.time) >= anchor.at)) after.add(e.id)
         cursor = page.next
         if (!page.more) return
       }
@@ -106,8 +108,8 @@ export const anchoredFilter = (
     ),
   )
   return {
-    now: (id, at) => (unreadable || at > anchor.at || after.delete(id) ? true : undefined),
+    now: (id, at) => (unreadable || at >= anchor.at || after.delete(id) ? true : undefined),
     later: (id) => scan.pipe(Effect.map(() => unreadable || after.delete(id))),
-    keepsAll: (minAt) => unreadable || minAt > anchor.at,
+    keepsAll: (minAt) => unreadable || minAt >= anchor.at,
   }
 }
