@@ -134,3 +134,4 @@ export {
 export { backoffDelay, cappedBackoff } from "./schedule/backoff.js"
 export type { ConsumeRequest, Handler, SubscribeInput } from "./subscriber/Subscriber.js"
 export { feedStream } from "./broker/feedStream.js"
+export { type GateItem, type GatePage, PositionGate } from "./broker/gate.js"

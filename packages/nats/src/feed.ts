@@ -1,5 +1,12 @@
 import { BusClosed, type BusError, type DeliveredEvent, TransportUnavailable } from "@bus/core"
-import { type Address, addressTag, FeedLog, retryWhileRetryable } from "@bus/core/adapter"
+import {
+  type Address,
+  addressTag,
+  FeedLog,
+  type GateItem,
+  type GatePage,
+  retryWhileRetryable,
+} from "@bus/core/adapter"
 import { DeliverPolicy, type JsMsg } from "@nats-io/jetstream"
 import { Cause, Effect, Fiber } from "effect"
 import { toBusError } from "./errors.js"
@@ -36,27 +43,14 @@ import { decodeMessage, positionOfMessage } from "./wire.js"
  * @module
  */
 
-/** One stream message of the feed's subject. */
-export interface Item {
-  readonly seq: number
-  /** The decoded event; undefined for a malformed message (skipped, but it still moves positions). */
-  readonly event: DeliveredEvent | undefined
-  /** The outbox position the relay stored with it (cursors across a flip). */
-  readonly position: string | undefined
-  /** `event.time` in ms, parsed once for every subscriber's "now" filter. */
-  readonly at: number
-}
+/** One stream message of the feed's subject (core `GateItem`; `pos` is its stream sequence). */
+export type Item = GateItem<number>
 
-/** What the feed knows of one page of its log. */
-export interface PageMeta {
-  /** Every message of the subject from `from` to `to` is in the page (or was malformed and skipped). */
-  readonly from: number
-  readonly to: number
-  /** The page's items, one per event, in the same order. */
-  readonly items: ReadonlyArray<Item>
-  /** The earliest event time of the page (ms): a head cursor's filter is one compare per page. */
-  readonly minAt: number
-}
+/**
+ * What the feed knows of one page of its log (core `GatePage`): every message of the subject
+ * after sequence `from` up to `to` is in the page (or was malformed and skipped).
+ */
+export type PageMeta = GatePage<number, Item>
 
 /** One address's feed, as its subscribers see it. */
 export interface Feed {
@@ -108,8 +102,8 @@ export const runFeed = (
       if (pending.length === 0) return
       const batch = pending
       pending = []
-      const from = position + 1
-      position = batch[batch.length - 1]!.seq
+      const from = position
+      position = batch[batch.length - 1]!.pos
       const items: Array<Item> = []
       const events: Array<DeliveredEvent> = []
       let minAt = Number.POSITIVE_INFINITY
@@ -134,7 +128,7 @@ export const runFeed = (
         const meta = metas.get(page.events)!
         if (meta.to < seq) return i + 1
         found = i
-        if (meta.from <= seq) return i
+        if (meta.from < seq) return i
       }
       // No page kept covers `seq`: only a log that never had a page still covers it from its start.
       return found === undefined && seq > startAfter ? log.end : undefined
@@ -150,11 +144,11 @@ export const runFeed = (
         if (decoded._tag === "Failure") {
           const reason = Cause.squash(decoded.cause)
           yield* Effect.logWarning(`nats: skipped malformed message ${subject}#${seq}: ${String(reason)}`)
-          pending.push({ seq, event: undefined, position: undefined, at: 0 })
+          pending.push({ pos: seq, event: undefined, position: undefined, at: 0 })
           return
         }
         const event = decoded.value
-        pending.push({ seq, event, position: positionOfMessage(m.headers), at: Date.parse(event.time) })
+        pending.push({ pos: seq, event, position: positionOfMessage(m.headers), at: Date.parse(event.time) })
       })
 
     const once = Effect.scoped(

@@ -1,7 +1,7 @@
 import { type BusError, CursorInvalid, type DeliveredEvent } from "@bus/core"
 import {
   type Address,
-  type Anchor,
+  type AnchoredFilter,
   addressTag,
   anchoredFilter,
   checkAddress,
@@ -17,6 +17,7 @@ import {
   type OutboxStore,
   outboxCursorOf,
   outboxHeads,
+  PositionGate,
   retryWhileRetryable,
   type SubscribeRequest,
   splitCursor,
@@ -33,7 +34,7 @@ import { Cause, Effect, Exit, Option, Queue, RcMap, Scope, Semaphore, type Strea
 import type { ConnectionWatch } from "./connection.js"
 import { type CursorPlace, encodeCursor, encodeHeadCursor, parseCursor } from "./cursor.js"
 import { toBusError } from "./errors.js"
-import { type Feed, type Item, type PageMeta, runFeed } from "./feed.js"
+import { type Feed, type Item, runFeed } from "./feed.js"
 import type { ResolvedOptions } from "./options.js"
 import type { StreamWatch } from "./streamWatch.js"
 import { subjectOf } from "./subjects.js"
@@ -71,37 +72,13 @@ export interface SubscribeDeps {
   readonly watch: StreamWatch
 }
 
-/**
- * Decides, per stream message, whether a subscription delivers it: from a head cursor, or
- * from an outbox cursor after a flip (by the outbox position the relay stored with it).
- * `now` answers at once when it can (true / false), or returns undefined and `later` asks
- * the outbox: the common case costs no effect per subscriber and event.
- */
-interface Classify {
-  readonly now: (item: Item) => boolean | undefined
-  readonly later: (item: Item) => Effect.Effect<boolean, BusError>
-  /** True when every item of a log page is kept (one check per page instead of one per event). */
-  readonly keepsAll?: (page: PageMeta) => boolean
-}
-
-/**
- * A subscription from a head cursor: above its sequence the stream may still bring events
- * committed before the outbox head (the relay's backlog when the head was taken). Core's
- * anchored filter tells them apart, per page when it can (see `anchoredFilter`).
- */
-const committedAfterHead = (store: OutboxStore["Service"], address: Address, anchor: Anchor): Classify => {
-  const filter = anchoredFilter(store, address, anchor, 500, "nats")
-  return {
-    now: (item) => filter.now(item.event!.id, item.at),
-    later: (item) => filter.later(item.event!.id),
-    keepsAll: (page) => filter.keepsAll(page.minAt),
-  }
-}
-
-/** Where a subscription starts: the first stream sequence it may deliver, and its filter. */
+/** Where a subscription starts: the first stream sequence it may deliver, and its filters (core's gate). */
 interface Start {
   readonly seq: number
-  readonly classify?: Classify
+  /** After a flip: keeps the stream messages an outbox cursor does not cover (by their stored position). */
+  readonly keep?: (position: string | undefined) => boolean
+  /** A head cursor over an outbox: keeps what committed after it (core `anchoredFilter`). */
+  readonly filter?: AnchoredFilter
   /**
    * The outbox cursor covering everything before the start, if known: where the subscription
    * resumes if the stream is lost before it delivered anything ("beginning" from the start).
@@ -111,12 +88,6 @@ interface Start {
   readonly generation: number
   /** For "now": the head cursor it was resolved to (what the subscription reports as its start). */
   readonly head?: string
-}
-
-/** A filter keeping the stream messages an outbox cursor does not cover (by their stored position). */
-const byOutboxCursor = (store: OutboxStore["Service"], cursor: string): Classify => {
-  const keep = notCoveredBy(store, cursor)
-  return { now: (item) => keep(item.position), later: () => Effect.succeed(false) }
 }
 
 /** `head`, `subscribe` and `checkStart` of the NATS transport, and its feed cursors (core `attachFeedCursor`). */
@@ -181,7 +152,7 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
         if (s.first_seq > 1 || s.num_deleted > 0) {
           return yield* flipCursorExpired(from, `stream ${deps.o.streamName}`)
         }
-        return { seq: 1, classify: byOutboxCursor(store, outboxCursor), frontier: outboxCursor, generation }
+        return { seq: 1, keep: notCoveredBy(store, outboxCursor), frontier: outboxCursor, generation }
       })
 
     /** Resolves `from` to a start sequence (and, for a head cursor over an outbox, a classifier). */
@@ -224,12 +195,15 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
             message: `cursor ${from} points into a stream ${deps.o.streamName} that no longer exists (deleted or lost with the server's store; the stream now was created ${current.created}) and carries no outbox position to resume from; resume from "beginning" or "now"`,
           })
         }
-        const classify =
+        // Above a head cursor's sequence the stream may still bring events committed before
+        // the outbox head (the relay's backlog when the head was taken): core's anchored
+        // filter tells them apart, per page when it can.
+        const filter =
           parsed.anchor !== undefined && Option.isSome(deps.store)
-            ? committedAfterHead(deps.store.value, address, parsed.anchor)
+            ? anchoredFilter(deps.store.value, address, parsed.anchor, 500, "nats")
             : undefined
         const base = {
-          ...(classify ? { classify } : {}),
+          ...(filter ? { filter } : {}),
           ...(frontier !== undefined ? { frontier } : {}),
           generation,
         }
@@ -322,14 +296,14 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
               (decoded): Effect.Effect<Item> =>
                 decoded._tag === "Success"
                   ? Effect.succeed({
-                      seq: s,
+                      pos: s,
                       event: decoded.value,
                       position: positionOfMessage(headers),
                       at: Date.parse(decoded.value.time),
                     })
                   : Effect.logWarning(
                       `nats: skipped malformed message ${subject}#${s}: ${String(Cause.squash(decoded.cause))}`,
-                    ).pipe(Effect.as({ seq: s, event: undefined, position: undefined, at: 0 })),
+                    ).pipe(Effect.as({ pos: s, event: undefined, position: undefined, at: 0 })),
             ),
           )
         const getNext = (s: number) =>
@@ -421,91 +395,32 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
         const start = yield* resolveStart(address, from)
         const scope = yield* Effect.scope
         const key = keyOf(address)
-        /** Last sequence handed on (or skipped): everything at or below it is done. */
-        let last = start.seq - 1
-        let classify = start.classify
-        /** The stream generation `last` counts in. */
+        /** What it delivered: the last sequence handed on (or skipped), its filters, its last event (core's gate). */
+        const gate = new PositionGate<number, Item>((x, y) => x - y, start.seq - 1, start.keep, start.filter)
+        /** The stream generation `gate.last` counts in. */
         let generation = start.generation
-        /** The last event handed on: its outbox frontier is where a lost stream resumes. */
-        let lastEvent: DeliveredEvent | undefined
         let feed: Feed | undefined
         let feedScope: Scope.Closeable | undefined
         /** Log index of the next page; -1 while not in the log. */
         let index = -1
         /** Why the log ended for this subscriber (the feed failed, or its stream was lost). */
         let ended: BusError | undefined
-        /** Items of a page behind one the filter must ask the outbox about (in `step`). */
-        let held: ReadonlyArray<Item> | undefined
         /** A catch-up read of the stream in progress, and the sequence it reads up to. */
         let catching:
           | { readonly queue: Queue.Queue<Item, BusError | Cause.Done>; readonly upTo: number }
           | undefined
 
-        /**
-         * What of `items` this subscriber delivers: those above `last` that its filter keeps,
-         * `shared` itself when that is all of them. Stops at an item the filter must ask the
-         * outbox about: the rest is `held` for `step`.
-         */
-        const admit = (
-          items: ReadonlyArray<Item>,
-          shared?: ReadonlyArray<DeliveredEvent>,
-        ): ReadonlyArray<DeliveredEvent> => {
-          let out: Array<DeliveredEvent> | undefined = shared === undefined ? [] : undefined
-          for (let i = 0; i < items.length; i++) {
-            const item = items[i]!
-            let keep: boolean | undefined = item.seq > last && item.event !== undefined
-            if (keep && classify !== undefined) keep = classify.now(item)
-            if (keep === undefined) {
-              held = items.slice(i)
-              return out ?? shared!.slice(0, i)
-            }
-            if (item.seq > last) last = item.seq
-            if (keep) {
-              lastEvent = item.event
-              out?.push(item.event!)
-            } else out ??= shared!.slice(0, i)
-          }
-          return out ?? shared!
-        }
-
-        /** Delivers the held items, asking the outbox where the filter cannot tell at once. */
-        const admitHeld = Effect.gen(function* () {
-          const items = held!
-          held = undefined
-          const out: Array<DeliveredEvent> = []
-          for (const item of items) {
-            if (item.seq <= last) continue
-            last = item.seq
-            if (item.event === undefined) continue
-            const keep = classify?.now(item) ?? (classify === undefined ? true : yield* classify.later(item))
-            if (keep) {
-              out.push(item.event)
-              lastEvent = item.event
-            }
-          }
-          return out
-        })
-
         const poll = (): FeedPage | "wait" | "step" => {
-          if (index < 0 || held !== undefined || ended !== undefined) return "step"
+          if (index < 0 || gate.held !== undefined || ended !== undefined) return "step"
           const log = feed!.log
           for (;;) {
             const found = log.take(index)
             switch (found._tag) {
               case "page": {
                 index++
-                const meta = feed!.meta(found.events)
-                if (meta.to <= last) continue
-                if (meta.from > last && (classify === undefined || classify.keepsAll?.(meta) === true)) {
-                  // The common case: the whole shared page, no per-event work.
-                  last = meta.to
-                  lastEvent = found.events[found.events.length - 1]
-                  return { events: found.events, live: true }
-                }
-                const events = admit(meta.items, found.events)
-                if (held === undefined && meta.to > last) last = meta.to
+                const events = gate.page(feed!.meta(found.events), found.events)
                 if (events.length > 0) return { events, live: true }
-                if (held !== undefined) return "step"
+                if (gate.held !== undefined) return "step"
                 continue
               }
               case "wait":
@@ -525,7 +440,7 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
         const useFeed = Effect.gen(function* () {
           if (feedScope !== undefined) yield* Scope.close(feedScope, Exit.void)
           feedScope = yield* Scope.fork(scope)
-          wanted.set(key, Math.min(wanted.get(key) ?? Number.POSITIVE_INFINITY, last + 1))
+          wanted.set(key, Math.min(wanted.get(key) ?? Number.POSITIVE_INFINITY, gate.last + 1))
           feed = yield* RcMap.get(feeds, key).pipe(Scope.provide(feedScope))
           return feed
         })
@@ -546,10 +461,12 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
          * `CursorInvalid`, never a silent skip.
          */
         const resume = Effect.gen(function* () {
+          const lastEvent = gate.lastItem?.event
           const frontier = lastEvent !== undefined ? splitCursor(lastEvent.cursor).frontier : start.frontier
           const lostAt = lastEvent?.cursor ?? from
           generation = deps.watch.current().generation
-          if (frontier === "beginning") classify = undefined
+          gate.filter = undefined
+          if (frontier === "beginning") gate.keep = undefined
           else if (frontier === undefined || Option.isNone(deps.store)) {
             return yield* new CursorInvalid({
               cursor: lostAt,
@@ -559,9 +476,9 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
           } else {
             // The outbox still holds what follows the frontier (its retention), or this fails.
             yield* deps.store.value.read(address, frontier, 1)
-            classify = byOutboxCursor(deps.store.value, frontier)
+            gate.keep = notCoveredBy(deps.store.value, frontier)
           }
-          last = 0
+          gate.last = 0
           yield* Effect.logWarning(
             `nats: stream ${deps.o.streamName} was lost under a subscription of ${subject} (at ${lostAt}); it resumes on the new stream after outbox position ${frontier}`,
           )
@@ -573,7 +490,9 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
             const queue = yield* Queue.bounded<Item, BusError | Cause.Done>(catchUpBuffer)
             const seen = generation
             yield* catchUpPermits
-              .withPermit(catchUp(address, subject, last + 1, upTo, (items) => Queue.offerAll(queue, items)))
+              .withPermit(
+                catchUp(address, subject, gate.last + 1, upTo, (items) => Queue.offerAll(queue, items)),
+              )
               .pipe(
                 // A catch-up on a lost stream would retry for ever: stop it at the change.
                 Effect.raceFirst(deps.watch.changedSince(seen)),
@@ -586,8 +505,8 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
 
         const step: Effect.Effect<FeedPage | undefined, BusError> = Effect.suspend(() =>
           Effect.gen(function* () {
-            if (held !== undefined) {
-              const events = yield* admitHeld
+            if (gate.held !== undefined) {
+              const events = yield* gate.admitHeld
               return events.length > 0 ? { events, live: index >= 0 } : undefined
             }
             if (ended !== undefined) {
@@ -604,14 +523,15 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
             if (catching !== undefined) {
               const taken = yield* Effect.exit(Queue.takeAll(catching.queue))
               if (taken._tag === "Success") {
-                const events = admit(taken.value)
+                const events = gate.admit(taken.value)
                 return events.length > 0 ? { events, live: false } : undefined
               }
               const error = Cause.squash(taken.cause)
               if (!Cause.isDone(error)) return yield* Effect.fail(error as BusError)
               // Read to the end: nothing of the subject up to `upTo` is left (or the stream
               // was lost, which the next step sees).
-              if (deps.watch.current().generation === generation && catching.upTo > last) last = catching.upTo
+              if (deps.watch.current().generation === generation && catching.upTo > gate.last)
+                gate.last = catching.upTo
               catching = undefined
               return undefined
             }
@@ -627,7 +547,7 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
               return yield* Effect.fail(f.log.failure)
             // In the log from `last` on: no read. Otherwise read the stream up to where the
             // feed stands, then look again (the log has moved on meanwhile).
-            const at = f.indexFor(last + 1)
+            const at = f.indexFor(gate.last + 1)
             if (at !== undefined) index = at
             else yield* startCatchUp(f.position())
             return undefined

@@ -13,11 +13,14 @@ import {
   type FeedStats,
   feedStream,
   flipCursorExpired,
+  type GateItem,
+  type GatePage,
   notCoveredBy,
   type OpenFeedCursor,
   type OutboxStore,
   outboxCursorOf,
   outboxHeads,
+  PositionGate,
   type SubscribeRequest,
 } from "@bus/core/adapter"
 import { Effect, Option, RcMap, type Scope, type Stream } from "effect"
@@ -80,27 +83,16 @@ import { positionScript } from "./scripts.js"
  * @module
  */
 
-/** An entry read from a stream: its id, its event, its outbox position and frontier, and its time. */
-interface Item {
-  readonly id: StreamId
+/** An entry read from a stream (`pos`: its id), with the outbox frontier the relay stored with it. */
+interface Item extends GateItem<StreamId> {
   readonly event: DeliveredEvent
-  readonly position: string | undefined
   readonly frontier: string | undefined
-  /** `event.time` in ms, parsed once for every subscriber's "now" filter. */
-  readonly at: number
 }
 
-/** What the feed knows of one page of its log. */
-interface PageMeta {
+/** What the feed knows of one page of its log (core `GatePage`: entries after `from` up to `to`). */
+interface PageMeta extends GatePage<StreamId, Item> {
   /** The stream identity the page was read under. */
   readonly identity: string
-  /** Every entry after `from` up to `to` is in the page (or was malformed, or a repeat, and left out). */
-  readonly from: StreamId
-  readonly to: StreamId
-  /** The page's items, one per event, in the same order. */
-  readonly items: ReadonlyArray<Item>
-  /** The earliest event time of the page (ms): the "now" filter is one compare per page. */
-  readonly minAt: number
   /** A loss page (no events): the stream lost its data; identity `from` became `to`. */
   readonly lost?: { readonly from: string; readonly to: string }
 }
@@ -185,7 +177,7 @@ const decodeItems = (
       const event = yield* decodeOrSkip(address, stream, entry, binding)
       if (event === undefined || seen?.repeat(event.id) === true) continue
       items.push({
-        id: entry.id,
+        pos: entry.id,
         event,
         position: positionOf(entry),
         frontier: frontierOf(entry),
@@ -638,19 +630,20 @@ export const makeSubscribe = (
         // Read by the lookup that made the feed; a feed that already existed leaves it here.
         wanted.delete(key)
 
-        // What the subscription has delivered: the stream identity and entry id, and the
-        // outbox frontier of its last event (where it re-reads from after a loss).
+        // What the subscription has delivered: the stream identity, and its entry id and
+        // filters (core's gate); the outbox frontier of its last event is where it re-reads
+        // the outbox from after a loss (`frontierBase` until it delivered one).
         let identity = s.identity
-        let last = s.start
-        let frontier = s.frontier
-        let keep = s.keep
+        const gate = new PositionGate<StreamId, Item>(compareStreamIds, s.start, s.keep, s.nowFilter)
+        let frontierBase = s.frontier
+        // An event relayed without its outbox frontier (sent by hand) leaves the subscription
+        // unable to say what it delivered: a later loss is then a reset.
+        const frontier = () => (gate.lastItem !== undefined ? gate.lastItem.frontier : frontierBase)
         const filter = s.nowFilter
         /** Log index of the next page; -1 while not in the log. */
         let index = -1
         /** Why the log ended for this subscriber. */
         let ended: BusError | undefined
-        /** Items of a page behind one the "now" filter must ask the outbox about (in `step`). */
-        let held: ReadonlyArray<Item> | undefined
         /** A re-read of the outbox after a loss, to the stream of identity `to`. */
         let recovering:
           | { readonly to: string; after: string; read: number; readonly startedAt: number }
@@ -658,57 +651,9 @@ export const makeSubscribe = (
         /** Event ids of a catch-up read (a re-sent event has an entry of its own); dropped on joining the log. */
         let catchUpSeen: RecentIds | undefined
 
-        /**
-         * What of `items` this subscriber delivers: those after `last` that its filters keep,
-         * `shared` itself when that is all of them. Stops at an item the "now" filter must ask
-         * the outbox about: the rest is `held` for `step`.
-         */
-        const admit = (
-          items: ReadonlyArray<Item>,
-          shared?: ReadonlyArray<DeliveredEvent>,
-        ): ReadonlyArray<DeliveredEvent> => {
-          let out: Array<DeliveredEvent> | undefined = shared === undefined ? [] : undefined
-          for (let i = 0; i < items.length; i++) {
-            const item = items[i]!
-            const after = compareStreamIds(item.id, last) > 0
-            let take: boolean | undefined = after && (keep === undefined || keep(item.position))
-            if (take && filter !== undefined) take = filter.now(item.event.id, item.at)
-            if (take === undefined) {
-              held = items.slice(i)
-              return out ?? shared!.slice(0, i)
-            }
-            if (after) last = item.id
-            if (take) {
-              // An event relayed without its outbox frontier (sent by hand) leaves the
-              // subscription unable to say what it delivered: a later loss is then a reset.
-              frontier = item.frontier
-              out?.push(item.event)
-            } else out ??= shared!.slice(0, i)
-          }
-          return out ?? shared!
-        }
-
-        /** Delivers the held items, asking the outbox where the "now" filter cannot tell at once. */
-        const admitHeld = Effect.gen(function* () {
-          const items = held!
-          held = undefined
-          const out: Array<DeliveredEvent> = []
-          for (const item of items) {
-            if (compareStreamIds(item.id, last) <= 0) continue
-            last = item.id
-            if (keep !== undefined && !keep(item.position)) continue
-            if (filter !== undefined && filter.now(item.event.id, item.at) === undefined) {
-              if (!(yield* filter.later(item.event.id))) continue
-            }
-            frontier = item.frontier
-            out.push(item.event)
-          }
-          return out
-        })
-
         /** Starts the re-read of the outbox after the stream lost its data (identity `to` now). */
         const lost = (to: string): Effect.Effect<void, BusError> =>
-          Option.isNone(store) || frontier === undefined
+          Option.isNone(store) || frontier() === undefined
             ? Effect.fail(
                 new CursorInvalid({
                   cursor: from,
@@ -717,7 +662,7 @@ export const makeSubscribe = (
                 }),
               )
             : Effect.sync(() => {
-                recovering = { to, after: frontier!, read: 0, startedAt: Date.now() }
+                recovering = { to, after: frontier()!, read: 0, startedAt: Date.now() }
               })
 
         /** One page of the outbox re-read; at its end the subscription goes on with the new stream from its start. */
@@ -735,9 +680,10 @@ export const makeSubscribe = (
               `redis-streams: subscription of ${stream} recovered from the loss (identity ${identity} → ${r.to}): ${r.read} event(s) after its last one re-read from the outbox in ${Date.now() - r.startedAt} ms`,
             )
             identity = r.to
-            last = "0-0"
-            keep = notCoveredBy(outbox, page.next)
-            frontier = page.next
+            gate.last = "0-0"
+            gate.keep = notCoveredBy(outbox, page.next)
+            gate.lastItem = undefined
+            frontierBase = page.next
             recovering = undefined
           }
           if (filter === undefined) return page.events
@@ -748,7 +694,7 @@ export const makeSubscribe = (
         })
 
         const poll = (): FeedPage | "wait" | "step" => {
-          if (index < 0 || held !== undefined || ended !== undefined || recovering !== undefined)
+          if (index < 0 || gate.held !== undefined || ended !== undefined || recovering !== undefined)
             return "step"
           const log = feed.log
           for (;;) {
@@ -764,22 +710,10 @@ export const makeSubscribe = (
                   return "step"
                 }
                 // Entries of another stream (the old one's, queued before the feed noticed its loss).
-                if (meta.identity !== identity || compareStreamIds(meta.to, last) <= 0) continue
-                if (
-                  compareStreamIds(meta.from, last) >= 0 &&
-                  keep === undefined &&
-                  (filter === undefined || filter.keepsAll(meta.minAt))
-                ) {
-                  // The common case: the whole shared page, no per-event work.
-                  last = meta.to
-                  if (found.events.length === 0) continue
-                  frontier = meta.items[meta.items.length - 1]!.frontier
-                  return { events: found.events, live: true }
-                }
-                const events = admit(meta.items, found.events)
-                if (held === undefined && compareStreamIds(meta.to, last) > 0) last = meta.to
+                if (meta.identity !== identity) continue
+                const events = gate.page(meta, found.events)
                 if (events.length > 0) return { events, live: true }
-                if (held !== undefined) return "step"
+                if (gate.held !== undefined) return "step"
                 continue
               }
               case "wait":
@@ -797,8 +731,8 @@ export const makeSubscribe = (
 
         const step: Effect.Effect<FeedPage | undefined, BusError> = Effect.suspend(() =>
           Effect.gen(function* () {
-            if (held !== undefined) {
-              const events = yield* admitHeld
+            if (gate.held !== undefined) {
+              const events = yield* gate.admitHeld
               return events.length > 0 ? { events, live: index >= 0 } : undefined
             }
             if (ended !== undefined) return yield* Effect.fail(ended)
@@ -815,14 +749,14 @@ export const makeSubscribe = (
             // In the log from `last` on: no read. Otherwise read a page of the stream after
             // `last`, then look again (the log has moved on meanwhile).
             const end = feed.log.end
-            const at = feed.indexFor(identity, last)
+            const at = feed.indexFor(identity, gate.last)
             if (at !== undefined) {
               index = at
               catchUpSeen = undefined
               return undefined
             }
             catchUpSeen ??= new RecentIds(defaultDedupeWindow)
-            const page = yield* readPage(address, keys, last, catchUpSeen)
+            const page = yield* readPage(address, keys, gate.last, catchUpSeen)
             if (page.identity !== identity) {
               // A stream that replaced the one this subscription read from.
               yield* lost(page.identity)
@@ -835,8 +769,8 @@ export const makeSubscribe = (
               catchUpSeen = undefined
               return undefined
             }
-            const events = admit(page.items)
-            if (held === undefined && compareStreamIds(page.last, last) > 0) last = page.last
+            const events = gate.admit(page.items)
+            if (gate.held === undefined && compareStreamIds(page.last, gate.last) > 0) gate.last = page.last
             return events.length > 0 ? { events, live: false } : undefined
           }),
         )

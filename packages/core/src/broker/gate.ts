@@ -1,0 +1,126 @@
+import { Effect } from "effect"
+import type { DeliveredEvent } from "../envelope/Envelope.js"
+import type { AnchoredFilter } from "./anchor.js"
+
+/**
+ * What a broker subscriber does with the pages of its address's shared log (core
+ * `FeedLog`) and of its own catch-up reads: it delivers what lies after the broker position
+ * it has delivered up to (a JetStream sequence, a Redis entry id) and what its filters keep,
+ * and hands the shared page itself over when that is all of it. Both brokers' subscribers
+ * are a {@link PositionGate} plus what differs: how they catch up, and what a lost stream
+ * means.
+ *
+ * @module
+ */
+
+/** A broker message as a gate sees it. */
+export interface GateItem<P> {
+  /** Its broker position (positions only grow along an address). */
+  readonly pos: P
+  /** The decoded event; `undefined` for a malformed message (skipped, but it still moves the position). */
+  readonly event: DeliveredEvent | undefined
+  /** The outbox position the relay stored with it (cursors across a flip). */
+  readonly position: string | undefined
+  /** `event.time` in ms, parsed once for every subscriber's "now" filter. */
+  readonly at: number
+}
+
+/** What a feed knows of one page of its log. */
+export interface GatePage<P, I extends GateItem<P>> {
+  /** Every message after `from` up to `to` is in the page (or was left out: malformed, a repeat). */
+  readonly from: P
+  readonly to: P
+  /** The page's items, one per event of the page, in the same order. */
+  readonly items: ReadonlyArray<I>
+  /** The earliest event time of the page (ms): the "now" filter is one compare per page. */
+  readonly minAt: number
+}
+
+/**
+ * A subscriber's position and filters (see the module comment). `keep` drops messages an
+ * outbox cursor covers (after a flip, or after a recovery); `filter` is an anchored "now"
+ * cursor's. Where the filter must ask the outbox, the rest of the page is `held` and
+ * {@link PositionGate.admitHeld} delivers it.
+ */
+export class PositionGate<P, I extends GateItem<P>> {
+  /** Items behind one the "now" filter must ask the outbox about. */
+  held: ReadonlyArray<I> | undefined
+  /** The last item handed on (its outbox frontier is where a subscriber resumes after a loss). */
+  lastItem: I | undefined
+
+  constructor(
+    readonly compare: (a: P, b: P) => number,
+    /** Position delivered up to (or skipped): everything at or below it is done. */
+    public last: P,
+    public keep: ((position: string | undefined) => boolean) | undefined,
+    public filter: AnchoredFilter | undefined,
+  ) {}
+
+  /**
+   * What of a shared log page this subscriber delivers: the page's own array when that is
+   * all of it (the common case: one compare, no per-event work), `[]` when nothing (check
+   * {@link PositionGate.held}).
+   */
+  page(meta: GatePage<P, I>, events: ReadonlyArray<DeliveredEvent>): ReadonlyArray<DeliveredEvent> {
+    if (this.compare(meta.to, this.last) <= 0) return []
+    if (
+      this.compare(meta.from, this.last) >= 0 &&
+      this.keep === undefined &&
+      (this.filter === undefined || this.filter.keepsAll(meta.minAt))
+    ) {
+      this.last = meta.to
+      if (meta.items.length > 0) this.lastItem = meta.items[meta.items.length - 1]
+      return events
+    }
+    const out = this.admit(meta.items, events)
+    if (this.held === undefined && this.compare(meta.to, this.last) > 0) this.last = meta.to
+    return out
+  }
+
+  /**
+   * What of `items` this subscriber delivers: those after `last` that its filters keep,
+   * `shared` itself when that is all of them. Stops at an item the "now" filter must ask
+   * the outbox about: the rest is {@link PositionGate.held}.
+   */
+  admit(items: ReadonlyArray<I>, shared?: ReadonlyArray<DeliveredEvent>): ReadonlyArray<DeliveredEvent> {
+    let out: Array<DeliveredEvent> | undefined = shared === undefined ? [] : undefined
+    for (let i = 0; i < items.length; i++) {
+      const item = items[i]!
+      const after = this.compare(item.pos, this.last) > 0
+      let take: boolean | undefined =
+        after && item.event !== undefined && (this.keep === undefined || this.keep(item.position))
+      if (take && this.filter !== undefined) take = this.filter.now(item.event!.id, item.at)
+      if (take === undefined) {
+        this.held = items.slice(i)
+        return out ?? shared!.slice(0, i)
+      }
+      if (after) this.last = item.pos
+      if (take) {
+        this.lastItem = item
+        out?.push(item.event!)
+      } else out ??= shared!.slice(0, i)
+    }
+    return out ?? shared!
+  }
+
+  /** Delivers the held items, asking the outbox where the "now" filter cannot tell at once. */
+  readonly admitHeld: Effect.Effect<Array<DeliveredEvent>> = Effect.suspend(() => {
+    const gate = this
+    const items = gate.held ?? []
+    gate.held = undefined
+    return Effect.gen(function* () {
+      const out: Array<DeliveredEvent> = []
+      for (const item of items) {
+        if (gate.compare(item.pos, gate.last) <= 0) continue
+        gate.last = item.pos
+        if (item.event === undefined || (gate.keep !== undefined && !gate.keep(item.position))) continue
+        if (gate.filter !== undefined && gate.filter.now(item.event.id, item.at) === undefined) {
+          if (!(yield* gate.filter.later(item.event.id))) continue
+        }
+        gate.lastItem = item
+        out.push(item.event)
+      }
+      return out
+    })
+  })
+}
