@@ -9,6 +9,8 @@
 
 export { type Anchor, type AnchoredFilter, anchoredFilter, outboxHeads } from "./broker/anchor.js"
 export { coalesce } from "./broker/coalesce.js"
+export { feedStream } from "./broker/feedStream.js"
+export { type GateItem, type GatePage, type LogPlace, PositionGate, pollLog } from "./broker/gate.js"
 export { prepareSends } from "./broker/prepare.js"
 export { brokerRetry, type RetryOptions, retryWhileRetryable } from "./broker/retry.js"
 export { resolveSelection, TransportSelection } from "./bus/busLayer.js"
@@ -133,5 +135,3 @@ export {
 } from "./relay/resend.js"
 export { backoffDelay, cappedBackoff } from "./schedule/backoff.js"
 export type { ConsumeRequest, Handler, SubscribeInput } from "./subscriber/Subscriber.js"
-export { feedStream } from "./broker/feedStream.js"
-export { type GateItem, type GatePage, PositionGate } from "./broker/gate.js"

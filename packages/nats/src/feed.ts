@@ -237,13 +237,14 @@ export const runFeed = (
       }),
     )
 
-    // One consumer per turn. A failed turn is retried on core's schedule; a turn that read
-    // something before it failed counts as a success, so the backoff starts again.
+    // One consumer per turn; a failed turn is retried on core's schedule. Every failure has
+    // the stream checked before the next consumer is made (see `once`); a turn that read
+    // something before it failed ends as a success after that, so the backoff starts again.
     const turn = Effect.gen(function* () {
       const before = received
       const exit = yield* Effect.exit(once)
       flush()
-      if (exit._tag === "Success" || received > before) return
+      if (exit._tag === "Success") return
       const busError = toBusError(Cause.squash(exit.cause), `subscription feed on ${subject}`)
       if (!busError.retryable) return yield* Effect.fail(busError)
       if (deps.conn.closed()) {
@@ -251,9 +252,10 @@ export const runFeed = (
           message: `nats: the connection is closed; subscriptions on ${subject} end`,
         })
       }
-      // A consumer that cannot be made may mean a lost stream: have it checked now.
+      // A consumer that cannot be made, or one deleted under the feed, may mean a lost stream:
+      // have it checked now.
       yield* deps.watch.check(`feed on ${subject}: ${busError.message}`)
-      return yield* Effect.fail(busError)
+      if (received === before) return yield* Effect.fail(busError)
     })
     const loop = Effect.forever(retryWhileRetryable(turn, `nats: feed on ${subject}`))
 

@@ -12,12 +12,14 @@ import {
   type FeedStats,
   feedStream,
   flipCursorExpired,
+  type LogPlace,
   notCoveredBy,
   type OpenFeedCursor,
   type OutboxStore,
   outboxCursorOf,
   outboxHeads,
   PositionGate,
+  pollLog,
   retryWhileRetryable,
   type SubscribeRequest,
   splitCursor,
@@ -401,39 +403,20 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
         let generation = start.generation
         let feed: Feed | undefined
         let feedScope: Scope.Closeable | undefined
-        /** Log index of the next page; -1 while not in the log. */
-        let index = -1
-        /** Why the log ended for this subscriber (the feed failed, or its stream was lost). */
-        let ended: BusError | undefined
+        /** Its place in the log (the log ends for it when the feed fails, or its stream is lost). */
+        const place: LogPlace = { index: -1, ended: undefined }
         /** A catch-up read of the stream in progress, and the sequence it reads up to. */
         let catching:
           | { readonly queue: Queue.Queue<Item, BusError | Cause.Done>; readonly upTo: number }
           | undefined
 
         const poll = (): FeedPage | "wait" | "step" => {
-          if (index < 0 || gate.held !== undefined || ended !== undefined) return "step"
-          const log = feed!.log
-          for (;;) {
-            const found = log.take(index)
-            switch (found._tag) {
-              case "page": {
-                index++
-                const events = gate.page(feed!.meta(found.events), found.events)
-                if (events.length > 0) return { events, live: true }
-                if (gate.held !== undefined) return "step"
-                continue
-              }
-              case "wait":
-                return "wait"
-              case "lagged":
-                // Fell out of the window: nothing was kept for it; it reads the stream from `last`.
-                index = -1
-                return "step"
-              case "failed":
-                ended = found.error
-                return "step"
-            }
-          }
+          if (place.index < 0 || gate.held !== undefined || place.ended !== undefined) return "step"
+          const f = feed!
+          return pollLog(f.log, place, (events) => {
+            const out = gate.page(f.meta(events), events)
+            return out.length === 0 && gate.held !== undefined ? "step" : out
+          })
         }
 
         /** The address's feed on the stream as it is now, held until the next one. */
@@ -446,7 +429,7 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
         })
         const leaveFeed = Effect.suspend(() => {
           feed = undefined
-          index = -1
+          place.index = -1
           const closing = feedScope
           feedScope = undefined
           return closing === undefined ? Effect.void : Scope.close(closing, Exit.void)
@@ -507,12 +490,12 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
           Effect.gen(function* () {
             if (gate.held !== undefined) {
               const events = yield* gate.admitHeld
-              return events.length > 0 ? { events, live: index >= 0 } : undefined
+              return events.length > 0 ? { events, live: place.index >= 0 } : undefined
             }
-            if (ended !== undefined) {
+            if (place.ended !== undefined) {
               // Only a lost stream is resumed from; any other end of the feed ends the subscription.
-              if (ended !== feed?.replaced) return yield* Effect.fail(ended)
-              ended = undefined
+              if (place.ended !== feed?.replaced) return yield* Effect.fail(place.ended)
+              place.ended = undefined
               yield* leaveFeed
             }
             if (deps.watch.current().generation !== generation) {
@@ -548,7 +531,7 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
             // In the log from `last` on: no read. Otherwise read the stream up to where the
             // feed stands, then look again (the log has moved on meanwhile).
             const at = f.indexFor(gate.last + 1)
-            if (at !== undefined) index = at
+            if (at !== undefined) place.index = at
             else yield* startCatchUp(f.position())
             return undefined
           }),

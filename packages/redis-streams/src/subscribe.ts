@@ -15,12 +15,14 @@ import {
   flipCursorExpired,
   type GateItem,
   type GatePage,
+  type LogPlace,
   notCoveredBy,
   type OpenFeedCursor,
   type OutboxStore,
   outboxCursorOf,
   outboxHeads,
   PositionGate,
+  pollLog,
   type SubscribeRequest,
 } from "@bus/core/adapter"
 import { Effect, Option, RcMap, type Scope, type Stream } from "effect"
@@ -640,10 +642,8 @@ export const makeSubscribe = (
         // unable to say what it delivered: a later loss is then a reset.
         const frontier = () => (gate.lastItem !== undefined ? gate.lastItem.frontier : frontierBase)
         const filter = s.nowFilter
-        /** Log index of the next page; -1 while not in the log. */
-        let index = -1
-        /** Why the log ended for this subscriber. */
-        let ended: BusError | undefined
+        /** Its place in the log. */
+        const place: LogPlace = { index: -1, ended: undefined }
         /** A re-read of the outbox after a loss, to the stream of identity `to`. */
         let recovering:
           | { readonly to: string; after: string; read: number; readonly startedAt: number }
@@ -694,55 +694,42 @@ export const makeSubscribe = (
         })
 
         const poll = (): FeedPage | "wait" | "step" => {
-          if (index < 0 || gate.held !== undefined || ended !== undefined || recovering !== undefined)
+          if (
+            place.index < 0 ||
+            gate.held !== undefined ||
+            place.ended !== undefined ||
+            recovering !== undefined
+          )
             return "step"
-          const log = feed.log
-          for (;;) {
-            const found = log.take(index)
-            switch (found._tag) {
-              case "page": {
-                index++
-                const meta = feed.meta(found.events)
-                if (meta.lost !== undefined) {
-                  if (meta.lost.from !== identity) continue
-                  // The stream lost its data under this subscription: `step` re-reads the outbox.
-                  index = -1
-                  return "step"
-                }
-                // Entries of another stream (the old one's, queued before the feed noticed its loss).
-                if (meta.identity !== identity) continue
-                const events = gate.page(meta, found.events)
-                if (events.length > 0) return { events, live: true }
-                if (gate.held !== undefined) return "step"
-                continue
-              }
-              case "wait":
-                return "wait"
-              case "lagged":
-                // Fell out of the window: nothing was kept for it; it reads the stream from `last`.
-                index = -1
-                return "step"
-              case "failed":
-                ended = found.error
-                return "step"
+          return pollLog(feed.log, place, (events) => {
+            const meta = feed.meta(events)
+            if (meta.lost !== undefined) {
+              if (meta.lost.from !== identity) return undefined
+              // The stream lost its data under this subscription: `step` re-reads the outbox.
+              place.index = -1
+              return "step"
             }
-          }
+            // Entries of another stream (the old one's, queued before the feed noticed its loss).
+            if (meta.identity !== identity) return undefined
+            const out = gate.page(meta, events)
+            return out.length === 0 && gate.held !== undefined ? "step" : out
+          })
         }
 
         const step: Effect.Effect<FeedPage | undefined, BusError> = Effect.suspend(() =>
           Effect.gen(function* () {
             if (gate.held !== undefined) {
               const events = yield* gate.admitHeld
-              return events.length > 0 ? { events, live: index >= 0 } : undefined
+              return events.length > 0 ? { events, live: place.index >= 0 } : undefined
             }
-            if (ended !== undefined) return yield* Effect.fail(ended)
+            if (place.ended !== undefined) return yield* Effect.fail(place.ended)
             if (recovering !== undefined) {
               const events = yield* recoverPage
               return events.length > 0 ? { events, live: false } : undefined
             }
             if (feed.log.failure !== undefined) return yield* Effect.fail(feed.log.failure)
             // A loss the log shows no more (or that happened before this subscription joined).
-            if (identity !== feed.identity() && index < 0) {
+            if (identity !== feed.identity() && place.index < 0) {
               yield* lost(feed.identity())
               return undefined
             }
@@ -751,7 +738,7 @@ export const makeSubscribe = (
             const end = feed.log.end
             const at = feed.indexFor(identity, gate.last)
             if (at !== undefined) {
-              index = at
+              place.index = at
               catchUpSeen = undefined
               return undefined
             }
@@ -765,7 +752,7 @@ export const makeSubscribe = (
             if (page.last === undefined) {
               // Nothing after `last` in the stream: whatever comes next, the feed appends after
               // the log's end as it was before this read.
-              index = end
+              place.index = end
               catchUpSeen = undefined
               return undefined
             }

@@ -1,5 +1,7 @@
 import { Effect } from "effect"
 import type { DeliveredEvent } from "../envelope/Envelope.js"
+import type { BusError } from "../errors/BusError.js"
+import type { FeedLog, FeedPage } from "../outbox-transport/feed.js"
 import type { AnchoredFilter } from "./anchor.js"
 
 /**
@@ -123,4 +125,46 @@ export class PositionGate<P, I extends GateItem<P>> {
       return out
     })
   })
+}
+
+/** Where a subscriber is in its address's log: the next page's index (-1 while not in the log), and why the log ended for it. */
+export interface LogPlace {
+  index: number
+  ended: BusError | undefined
+}
+
+/**
+ * A broker subscriber's `poll` over its address's {@link FeedLog} (core `FeedCursor`): takes
+ * the pages from `place.index` on and hands each to `onPage`, which says what to deliver of
+ * it, `"step"` (the subscriber must do something first: ask the outbox, recover), or
+ * `undefined` (nothing of it: the next page). A subscriber that fell out of the log's window
+ * leaves it (index -1: it reads from its own position in `step`); a log that ended is
+ * remembered in `place.ended` for `step`.
+ */
+export const pollLog = (
+  log: FeedLog,
+  place: LogPlace,
+  onPage: (events: ReadonlyArray<DeliveredEvent>) => ReadonlyArray<DeliveredEvent> | "step" | undefined,
+): FeedPage | "wait" | "step" => {
+  for (;;) {
+    const found = log.take(place.index)
+    switch (found._tag) {
+      case "page": {
+        place.index++
+        const out = onPage(found.events)
+        if (out === "step") return "step"
+        if (out !== undefined && out.length > 0) return { events: out, live: true }
+        continue
+      }
+      case "wait":
+        return "wait"
+      case "lagged":
+        // Fell out of the window: nothing was kept for it; it reads from its own position.
+        place.index = -1
+        return "step"
+      case "failed":
+        place.ended = found.error
+        return "step"
+    }
+  }
 }
