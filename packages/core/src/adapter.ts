@@ -10,7 +10,17 @@
 export { type Anchor, type AnchoredFilter, anchoredFilter, outboxHeads } from "./broker/anchor.js"
 export { coalesce } from "./broker/coalesce.js"
 export { feedStream } from "./broker/feedStream.js"
-export { type GateItem, type GatePage, type LogPlace, PositionGate, pollLog } from "./broker/gate.js"
+export {
+  addressKey,
+  addressOfKey,
+  feedLogStats,
+  type GateItem,
+  type GatePage,
+  indexAfter,
+  type LogPlace,
+  PositionGate,
+  pollLog,
+} from "./broker/gate.js"
 export { prepareSends } from "./broker/prepare.js"
 export { brokerRetry, type RetryOptions, retryWhileRetryable } from "./broker/retry.js"
 export { resolveSelection, TransportSelection } from "./bus/busLayer.js"

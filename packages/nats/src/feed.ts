@@ -5,6 +5,7 @@ import {
   FeedLog,
   type GateItem,
   type GatePage,
+  indexAfter,
   retryWhileRetryable,
 } from "@bus/core/adapter"
 import { DeliverPolicy, type JsMsg } from "@nats-io/jetstream"
@@ -118,21 +119,15 @@ export const runFeed = (
       log.append(events)
     }
 
-    const indexFor = (seq: number): number | undefined => {
-      if (seq > position) return log.end
-      // Newest first: a subscriber joining just behind the feed finds its page at once.
-      let found: number | undefined
-      for (let i = log.end - 1; ; i--) {
-        const page = log.take(i)
-        if (page._tag !== "page") break
-        const meta = metas.get(page.events)!
-        if (meta.to < seq) return i + 1
-        found = i
-        if (meta.from < seq) return i
-      }
-      // No page kept covers `seq`: only a log that never had a page still covers it from its start.
-      return found === undefined && seq > startAfter ? log.end : undefined
-    }
+    const indexFor = (seq: number): number | undefined =>
+      indexAfter(
+        log,
+        (x: number, y: number) => x - y,
+        seq - 1,
+        position,
+        startAfter,
+        (page) => metas.get(page),
+      )
 
     const onMessage = (m: JsMsg) =>
       Effect.gen(function* () {

@@ -2,6 +2,8 @@ import { type BusError, CursorInvalid, type DeliveredEvent } from "@bus/core"
 import {
   type Address,
   type AnchoredFilter,
+  addressKey,
+  addressOfKey,
   addressTag,
   anchoredFilter,
   checkAddress,
@@ -10,6 +12,7 @@ import {
   type FeedLog,
   type FeedPage,
   type FeedStats,
+  feedLogStats,
   feedStream,
   flipCursorExpired,
   type LogPlace,
@@ -548,11 +551,7 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
     const subscribe = (request: SubscribeRequest): Stream.Stream<DeliveredEvent, BusError> =>
       feedStream(openCursor(request, request.from ?? "now"))
 
-    const stats = () => {
-      const out = new Map<string, FeedStats>()
-      for (const [key, log] of logs) out.set(key.replace("\u0000", "/"), log.stats())
-      return out
-    }
+    const stats = () => feedLogStats(logs)
 
     return { head, subscribe, checkStart, openCursor, stats }
   })
@@ -572,8 +571,5 @@ const catchUpBuffer = 256
 /** Single reads of a catch-up before it pages through a temporary consumer instead. */
 const directReads = 16
 
-const keyOf = (a: Address): string => `${a.tenant}\u0000${a.channel}`
-const addressOf = (key: string): Address => {
-  const [tenant = "", channel = ""] = key.split("\u0000")
-  return { tenant, channel }
-}
+const keyOf = addressKey
+const addressOf = addressOfKey

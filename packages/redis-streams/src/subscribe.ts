@@ -2,6 +2,8 @@ import { type BusError, CursorInvalid, type DeliveredEvent } from "@bus/core"
 import {
   type Address,
   type AnchoredFilter,
+  addressKey,
+  addressOfKey,
   addressTag,
   anchoredFilter,
   checkAddress,
@@ -11,10 +13,12 @@ import {
   FeedLog,
   type FeedPage,
   type FeedStats,
+  feedLogStats,
   feedStream,
   flipCursorExpired,
   type GateItem,
   type GatePage,
+  indexAfter,
   type LogPlace,
   notCoveredBy,
   type OpenFeedCursor,
@@ -115,11 +119,8 @@ interface Wanted {
   readonly id: StreamId
 }
 
-const keyOf = (a: Address): string => `${a.tenant}\u0000${a.channel}`
-const addressOf = (key: string): Address => {
-  const [tenant = "", channel = ""] = key.split("\u0000")
-  return { tenant, channel }
-}
+const keyOf = addressKey
+const addressOf = addressOfKey
 
 /** How recent (by its entry id's time) a start may be for a new feed to start there, serving its first subscribers from memory. */
 const feedStartWindowMs = 10_000
@@ -403,28 +404,21 @@ export const makeSubscribe = (
             Effect.forkScoped,
           )
 
-          const indexFor = (at: string, after: StreamId): number | undefined => {
-            if (at !== identity) return undefined
-            if (compareStreamIds(after, position) >= 0) return log.end
-            // Newest first: a subscriber joining just behind the feed finds its page at once.
-            let found: number | undefined
-            for (let i = log.end - 1; ; i--) {
-              const page = log.take(i)
-              if (page._tag !== "page") break
-              const meta = metas.get(page.events)!
-              // Pages before a loss are of another stream.
-              if (meta.lost !== undefined || meta.identity !== at) break
-              if (compareStreamIds(meta.to, after) <= 0) return i + 1
-              found = i
-              if (compareStreamIds(meta.from, after) <= 0) return i
-            }
-            // No page kept covers `after`: only a log that never had a page still covers it from its start.
-            return found === undefined &&
-              startAfter.identity === at &&
-              compareStreamIds(after, startAfter.id) >= 0
-              ? log.end
-              : undefined
-          }
+          const indexFor = (at: string, after: StreamId): number | undefined =>
+            at !== identity
+              ? undefined
+              : indexAfter(
+                  log,
+                  compareStreamIds,
+                  after,
+                  position,
+                  startAfter.identity === at ? startAfter.id : undefined,
+                  (page) => {
+                    const meta = metas.get(page)!
+                    // Pages before a loss are of another stream.
+                    return meta.lost !== undefined || meta.identity !== at ? undefined : meta
+                  },
+                )
 
           logs.set(key, log)
           yield* Effect.addFinalizer(() =>
@@ -773,11 +767,7 @@ export const makeSubscribe = (
     const subscribe = (request: SubscribeRequest): Stream.Stream<DeliveredEvent, BusError> =>
       feedStream(openCursor(request, request.from ?? "now"))
 
-    const stats = () => {
-      const out = new Map<string, FeedStats>()
-      for (const [key, log] of logs) out.set(key.replace("\u0000", "/"), log.stats())
-      return out
-    }
+    const stats = () => feedLogStats(logs)
 
     return { head, checkStart, subscribe, openCursor, stats }
   })

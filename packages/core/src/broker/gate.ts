@@ -1,7 +1,8 @@
 import { Effect } from "effect"
+import type { Address } from "../contracts/OutboxStore.js"
 import type { DeliveredEvent } from "../envelope/Envelope.js"
 import type { BusError } from "../errors/BusError.js"
-import type { FeedLog, FeedPage } from "../outbox-transport/feed.js"
+import type { FeedLog, FeedPage, FeedStats } from "../outbox-transport/feed.js"
 import type { AnchoredFilter } from "./anchor.js"
 
 /**
@@ -167,4 +168,53 @@ export const pollLog = (
         return "step"
     }
   }
+}
+
+/**
+ * The log index where a subscriber that has everything up to `after` joins a broker feed's
+ * log: the log's end when `after` is at or past the feed's `position`; else the kept page
+ * that holds what follows `after`, looked for newest first (a subscriber just behind the
+ * feed finds it at once); else `undefined` (the log no longer holds it all: the subscriber
+ * reads from the broker first). `pageOf` gives a page's bounds, or `undefined` where the
+ * search must stop (a page of another stream). `startAfter`, when given, is where the feed
+ * started: a log with no page yet still covers everything after it.
+ */
+export const indexAfter = <P>(
+  log: FeedLog,
+  compare: (a: P, b: P) => number,
+  after: P,
+  position: P,
+  startAfter: P | undefined,
+  pageOf: (events: ReadonlyArray<DeliveredEvent>) => { readonly from: P; readonly to: P } | undefined,
+): number | undefined => {
+  if (compare(after, position) >= 0) return log.end
+  let found: number | undefined
+  for (let i = log.end - 1; ; i--) {
+    const page = log.take(i)
+    if (page._tag !== "page") break
+    const bounds = pageOf(page.events)
+    if (bounds === undefined) break
+    if (compare(bounds.to, after) <= 0) return i + 1
+    found = i
+    if (compare(bounds.from, after) <= 0) return i
+  }
+  return found === undefined && startAfter !== undefined && compare(after, startAfter) >= 0
+    ? log.end
+    : undefined
+}
+
+/** The key of an address in a broker's per-address maps (checked names never hold NUL). */
+export const addressKey = (a: Address): string => `${a.tenant}\u0000${a.channel}`
+
+/** The address of an {@link addressKey}. */
+export const addressOfKey = (key: string): Address => {
+  const [tenant = "", channel = ""] = key.split("\u0000")
+  return { tenant, channel }
+}
+
+/** The `stats` a broker attaches with `attachFeedCursor`: each live log's {@link FeedStats}, by `tenant/channel`. */
+export const feedLogStats = (logs: ReadonlyMap<string, FeedLog>): ReadonlyMap<string, FeedStats> => {
+  const out = new Map<string, FeedStats>()
+  for (const [key, log] of logs) out.set(key.replace("\u0000", "/"), log.stats())
+  return out
 }
