@@ -9,7 +9,7 @@
 
 export { type Anchor, type AnchoredFilter, anchoredFilter, outboxHeads } from "./broker/anchor.js"
 export { coalesce } from "./broker/coalesce.js"
-export { feedStream } from "./broker/feedStream.js"
+export { type BrokerSubscribe, feedStream } from "./broker/feedStream.js"
 export {
   addressKey,
   addressOfKey,

@@ -6,12 +6,12 @@ import {
   addressOfKey,
   addressTag,
   anchoredFilter,
+  type BrokerSubscribe,
   checkAddress,
   coalesce,
   type FeedCursor,
   type FeedLog,
   type FeedPage,
-  type FeedStats,
   feedLogStats,
   feedStream,
   flipCursorExpired,
@@ -95,17 +95,8 @@ interface Start {
   readonly head?: string
 }
 
-/** `head`, `subscribe` and `checkStart` of the NATS transport, and its feed cursors (core `attachFeedCursor`). */
-export interface Subscribe {
-  readonly head: (address: Address) => Effect.Effect<string, BusError>
-  readonly checkStart: (address: Address, from: string) => Effect.Effect<void, BusError>
-  readonly subscribe: (request: SubscribeRequest) => Stream.Stream<DeliveredEvent, BusError>
-  readonly openCursor: OpenFeedCursor
-  readonly stats: () => ReadonlyMap<string, FeedStats>
-}
-
 /** `head` and `subscribe` of the NATS transport; the feeds live in the caller's (the layer's) scope. */
-export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, never, Scope.Scope> =>
+export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<BrokerSubscribe, never, Scope.Scope> =>
   Effect.gen(function* () {
     const scope = yield* Effect.scope
     const streamState = coalesce(

@@ -6,13 +6,13 @@ import {
   addressOfKey,
   addressTag,
   anchoredFilter,
+  type BrokerSubscribe,
   checkAddress,
   defaultDedupeWindow,
   defaultFeedWindow,
   type FeedCursor,
   FeedLog,
   type FeedPage,
-  type FeedStats,
   feedLogStats,
   feedStream,
   flipCursorExpired,
@@ -224,21 +224,12 @@ interface Start {
   readonly head?: string
 }
 
-/** `head`, `checkStart` and `subscribe` of the Redis transport, and its feed cursors (core `attachFeedCursor`). */
-export interface Subscribe {
-  readonly head: (address: Address) => Effect.Effect<string, BusError>
-  readonly checkStart: (address: Address, from: string) => Effect.Effect<void, BusError>
-  readonly subscribe: (request: SubscribeRequest) => Stream.Stream<DeliveredEvent, BusError>
-  readonly openCursor: OpenFeedCursor
-  readonly stats: () => ReadonlyMap<string, FeedStats>
-}
-
 /** Builds the subscription side; the feeds live in the caller's (the layer's) scope. */
 export const makeSubscribe = (
   main: Client,
   config: ResolvedOptions,
   store: Option.Option<OutboxStore["Service"]>,
-): Effect.Effect<Subscribe, never, Scope.Scope> =>
+): Effect.Effect<BrokerSubscribe, never, Scope.Scope> =>
   Effect.gen(function* () {
     const layerScope = yield* Effect.scope
     const identityOf = (keys: ChannelKeys, known?: string, rotate = false) =>

@@ -3,9 +3,9 @@ import { feedStatsOf, Transport } from "@bus/core/adapter"
 import { postgresOutbox, postgresOutboxOf } from "@bus/postgres-notify"
 import { type PostgresHandle, type ServerHandle, startPostgres, startRedis } from "@bus/test-infra"
 import { Effect } from "effect"
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { redisStreams } from "../src/index.js"
-import { uniqueAddress, waitFor } from "./support.js"
+import { captureLogs, uniqueAddress, waitFor } from "./support.js"
 
 /**
  * Fan-out in one process over a Postgres outbox (issue 18): a thousand subscriptions from
@@ -29,19 +29,7 @@ afterAll(async () => {
 })
 
 /** Log lines of the SDK, captured from the default logger (console.log). */
-let logs: Array<string> = []
-beforeEach(() => {
-  logs = []
-  const log = console.log.bind(console)
-  vi.spyOn(console, "log").mockImplementation((...args: Array<unknown>) => {
-    const line = args.map(String).join(" ")
-    if (line.includes("redis-streams:") || line.includes("outbox")) logs.push(line)
-    log(...args)
-  })
-})
-afterEach(() => {
-  vi.restoreAllMocks()
-})
+const captured = captureLogs("redis-streams:", "outbox")
 
 const subscribers = 1_000
 
@@ -100,7 +88,7 @@ describe("fan-out: many subscriptions from now on one address", () => {
       )
       for (const got of received) expect(got.map((e) => e.id)).toEqual(ids)
 
-      const poolTimeouts = logs.filter((l) =>
+      const poolTimeouts = captured.lines.filter((l) =>
         /timeout exceeded when trying to connect|outbox head failed/.test(l),
       )
       expect(poolTimeouts, `ready after ${readyMs} ms`).toEqual([])
