@@ -55,6 +55,41 @@ describe("coalesce", () => {
       ),
     )
 
+    // In flight: the first call reads at once (before it returns to the event loop); the
+    // calls made while it runs share it; a call after it answered reads again.
+    const inFlight: Array<number> = []
+    let answer: (() => void) | undefined
+    await Effect.runPromise(
+      Effect.scoped(
+        Effect.gen(function* () {
+          const scope = yield* Effect.scope
+          const head = coalesce(
+            scope,
+            () =>
+              Effect.sync(() => inFlight.push(Date.now())).pipe(
+                Effect.andThen(
+                  Effect.callback<void>((resume) => {
+                    answer = () => resume(Effect.void)
+                  }),
+                ),
+              ),
+            "closing",
+            "inFlight",
+          )
+          const first = yield* Effect.forkChild(head("a"), { startImmediately: true })
+          expect(inFlight).toHaveLength(1)
+          const joined = yield* Effect.forkChild(head("a"), { startImmediately: true })
+          expect(inFlight).toHaveLength(1)
+          answer!()
+          yield* Fiber.join(first)
+          yield* Fiber.join(joined)
+          yield* Effect.forkChild(head("a"), { startImmediately: true })
+          expect(inFlight).toHaveLength(2)
+          answer!()
+        }),
+      ),
+    )
+
     const scope = Scope.makeUnsafe()
     const never = coalesce(scope, () => Effect.never, "the transport is closing")
     const waiting = Effect.runFork(never("x"))

@@ -461,10 +461,9 @@ export const makeSubscribe = (
      * the fiber first waits, so before any send the caller makes afterwards (a read shared
      * with later callers would be older than their calls and miss what landed in between).
      * It costs Redis one script call. The outbox head, which costs a pooled connection of
-     * the outbox, is read once per address for the calls of one turn of the event loop
-     * (core `outboxHeads`): a thousand subscriptions from "now" started together no longer
-     * exhaust the outbox's pool. An event committed between a call and that read is older
-     * than the head but published after the call's time: the anchor keeps it.
+     * the outbox, is read at once by the first call and shared by the calls made until it
+     * answers (core `outboxHeads`): a thousand subscriptions from "now" started together no
+     * longer exhaust the outbox's pool.
      */
     const head = (request: Address): Effect.Effect<string, BusError> =>
       Effect.gen(function* () {

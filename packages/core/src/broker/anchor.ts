@@ -27,9 +27,11 @@ export interface Anchor {
 
 /**
  * The outbox head of an address, for anchored "now" cursors: retried while the outbox
- * fails for a moment, and coalesced per address (see `coalesce`), so the subscriptions
- * started in one burst share one read and one pooled connection. `undefined` without an
- * outbox.
+ * fails for a moment, and coalesced per address (see `coalesce`, `"inFlight"`): the first
+ * call reads it at once, in the call, and the calls made until it answers share that read
+ * and its pooled connection. A call that joins gets a head a little older than its call:
+ * its subscription may deliver an event committed just before it, never miss one committed
+ * after. `undefined` without an outbox.
  */
 export const outboxHeads = (
   scope: Scope.Scope,
@@ -46,15 +48,14 @@ export const outboxHeads = (
       return retryWhileRetryable(outbox.head({ tenant, channel }), `${what}: reading the outbox head`)
     },
     `${what}: the transport is closing`,
+    "inFlight",
   )
   return (address) => read(`${address.tenant}\u0000${address.channel}`)
 }
 
 /**
  * Tells, per message above an anchored cursor's broker position, whether it committed after
- * the anchor: a message published at or after the anchor's time did (the same millisecond
- * counts: the head is read a moment after the call that fixed the time, and keeping one
- * event too many is safe where dropping one is not); an older one (a relay's
+ * the anchor: a message published after the anchor's time did; an older one (a relay's
  * backlog, or a transaction that was open across the anchor) did only if the outbox has it
  * after the anchor's head. The outbox is read for such messages only, from where the last
  * read stopped, as far as needed.
@@ -88,7 +89,7 @@ export const anchoredFilter = (
     Effect.gen(function* () {
       for (;;) {
         const page = yield* store.read(address, cursor, pageSize)
-        for (const e of page.events) if (!(Date.parse(e.time) >= anchor.at)) after.add(e.id)
+        for (const e of page.events) if (!(Date.parse(e.time) > anchor.at)) after.add(e.id)
         cursor = page.next
         if (!page.more) return
       }
@@ -108,8 +109,8 @@ export const anchoredFilter = (
     ),
   )
   return {
-    now: (id, at) => (unreadable || at >= anchor.at || after.delete(id) ? true : undefined),
+    now: (id, at) => (unreadable || at > anchor.at || after.delete(id) ? true : undefined),
     later: (id) => scan.pipe(Effect.map(() => unreadable || after.delete(id))),
-    keepsAll: (minAt) => unreadable || minAt >= anchor.at,
+    keepsAll: (minAt) => unreadable || minAt > anchor.at,
   }
 }

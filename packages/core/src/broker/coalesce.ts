@@ -3,11 +3,15 @@ import { BusClosed, type BusError } from "../errors/BusError.js"
 
 /**
  * Coalesces concurrent requests per key: the callers that ask while a request is queued
- * share it. The request is sent on the next turn of the event loop, after every caller of
- * the current burst asked, so its answer is never older than any caller's call (what a
- * head or a cursor check needs); requests already sent are never joined. A burst of ten
- * thousand subscriptions from "now" on one address thus reads the broker's and the
- * outbox's head once, not ten thousand times (which exhausted the outbox's pool).
+ * share it. A burst of ten thousand subscriptions from "now" on one address thus reads a
+ * head once, not ten thousand times (which exhausted the outbox's pool).
+ *
+ * By default (`"nextTurn"`) the request is sent on the next turn of the event loop, after
+ * every caller of the current burst asked, so its answer is never older than any caller's
+ * call; requests already sent are never joined. With `"inFlight"` the first caller's request
+ * starts at once, in its call, and the callers that ask until it answers join it: the answer
+ * may be older than a joiner's call, never newer than the first caller's (what an anchored
+ * outbox head needs: an older head delivers more, never less).
  *
  * The requests run in `scope` (the transport's): closing it fails those still waiting with
  * `BusClosed` (`closing` is its message).
@@ -29,6 +33,7 @@ export const coalesce = <A>(
   scope: Scope.Scope,
   run: (key: string) => Effect.Effect<A, BusError>,
   closing: string,
+  mode: "nextTurn" | "inFlight" = "nextTurn",
 ): ((key: string) => Effect.Effect<A, BusError>) => {
   const queued = new Map<string, Deferred.Deferred<A, BusError>>()
   const nextTurn = Effect.callback<void>((resume) => {
@@ -41,13 +46,12 @@ export const coalesce = <A>(
       if (waiting !== undefined) return Deferred.await(waiting)
       const deferred = Deferred.makeUnsafe<A, BusError>()
       queued.set(key, deferred)
-      const request = nextTurn.pipe(
-        Effect.andThen(
-          Effect.sync(() => {
-            queued.delete(key)
-          }),
-        ),
+      const leave = Effect.sync(() => {
+        if (queued.get(key) === deferred) queued.delete(key)
+      })
+      const request = (mode === "nextTurn" ? Effect.andThen(nextTurn, leave) : Effect.void).pipe(
         Effect.andThen(Effect.exit(run(key))),
+        Effect.tap(() => (mode === "inFlight" ? leave : Effect.void)),
         Effect.flatMap((exit) => Deferred.done(deferred, exit)),
         Effect.onInterrupt(() =>
           Effect.sync(() => {
@@ -56,6 +60,8 @@ export const coalesce = <A>(
           }),
         ),
       )
-      return Effect.forkIn(request, scope).pipe(Effect.andThen(Deferred.await(deferred)))
+      return Effect.forkIn(request, scope, { startImmediately: mode === "inFlight" }).pipe(
+        Effect.andThen(Deferred.await(deferred)),
+      )
     })
 }
