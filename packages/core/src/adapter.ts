@@ -8,6 +8,28 @@
  * @packageDocumentation
  */
 
+export {
+  type Anchor,
+  type AnchoredFilter,
+  anchoredFilter,
+  outboxHeads,
+  sharedAnchoredFilters,
+} from "./broker/anchor.js"
+export { coalesce } from "./broker/coalesce.js"
+export { type BrokerSubscribe, feedStream } from "./broker/feedStream.js"
+export {
+  addressKey,
+  addressOfKey,
+  feedLogStats,
+  type GateItem,
+  type GatePage,
+  indexAfter,
+  type LogPlace,
+  PositionGate,
+  pollLog,
+} from "./broker/gate.js"
+export { prepareSends } from "./broker/prepare.js"
+export { brokerRetry, type RetryOptions, retryWhileRetryable } from "./broker/retry.js"
 export { resolveSelection, TransportSelection } from "./bus/busLayer.js"
 export type {
   AnyChannel,

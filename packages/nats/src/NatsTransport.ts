@@ -6,15 +6,17 @@ import {
   checkAddress,
   type Envelope,
   OutboxReader,
+  prepareSends,
+  type RetryOptions,
+  retryWhileRetryable,
   type SendItem,
   type SendMeta,
   type SendOutcome,
   Transport,
-  validateName,
 } from "@bus/core/adapter"
 import { type JetStreamClient, jetstream, jetstreamManager } from "@nats-io/jetstream"
 import { connect, type MsgHdrs } from "@nats-io/transport-node"
-import { Cause, Effect, Layer } from "effect"
+import { Effect, Layer } from "effect"
 import { type AckMux, type AckResult, makeAckMux, type Publish, type Stored } from "./ackMux.js"
 
 const isStored = (r: AckResult | undefined): r is Stored => r !== undefined && !(r instanceof Error)
@@ -97,14 +99,6 @@ const openConnection = (options: NatsTransportOptions) =>
       }),
   )
 
-/** Why an event's address is not valid, or `undefined` (synchronous: checked per run, not per event through an Effect). */
-const badAddress = (event: Envelope): BusError | undefined => {
-  const tenant = validateName("tenant", event.tenant)
-  if (typeof tenant !== "string") return tenant
-  const channel = validateName("channel", event.channel)
-  return typeof channel !== "string" ? channel : undefined
-}
-
 /** `send`: one JetStream publish with `Nats-Msg-Id` = event id; `sendAll`: a pipelined run of them. */
 const makeSend = (
   conn: ConnectionWatch,
@@ -114,6 +108,16 @@ const makeSend = (
   serverMaxPayload: number,
   watch: StreamWatch,
 ) => {
+  /**
+   * A stream leader election or a reconnect takes seconds: a send rides it out on core's
+   * schedule rather than burning the relay's attempts (a re-send is harmless: the stream
+   * drops it by id), until the connection is closed or the budget is spent.
+   */
+  const sendRetry = (started: number): RetryOptions => ({
+    initial: "25 millis",
+    max: "1 second",
+    giveUp: () => conn.closed() || Date.now() - started > sendRetryBudgetMs,
+  })
   /** The highest sequence an ack reported, on the stream of `generation`. */
   const highestSeq = { seq: 0, generation: watch.current().generation }
   const send = (event: Envelope, meta?: SendMeta): Effect.Effect<void, BusError> =>
@@ -124,48 +128,34 @@ const makeSend = (
       const total = payload.byteLength + headerBytes(event, meta)
       if (total > serverMaxPayload) return yield* overMaxPayload(event, total, serverMaxPayload)
       const headers = traceHeadersOf(event, meta)
-      const started = Date.now()
-      for (let attempt = 1; ; attempt++) {
-        const exit = yield* Effect.exit(
-          Effect.tryPromise({
-            try: () =>
-              js.publish(subject, payload, {
-                msgID: event.id,
-                timeout: o.requestTimeoutMs,
-                ...(headers === undefined ? {} : { headers }),
-              }),
-            catch: (e) => toBusError(e, `publish ${event.id} to ${subject}`),
-          }).pipe(
-            Effect.raceFirst(
-              // A publish in flight when the connection dropped may never be answered: send it again.
-              conn.nextReconnect.pipe(
-                Effect.andThen(
-                  Effect.fail(
-                    new TransportUnavailable({
-                      transport: "nats",
-                      message: `nats: reconnected while publishing ${event.id}`,
-                    }),
-                  ),
-                ),
+      const published = Effect.tryPromise({
+        try: () =>
+          js.publish(subject, payload, {
+            msgID: event.id,
+            timeout: o.requestTimeoutMs,
+            ...(headers === undefined ? {} : { headers }),
+          }),
+        catch: (e) => toBusError(e, `publish ${event.id} to ${subject}`),
+      }).pipe(
+        Effect.raceFirst(
+          // A publish in flight when the connection dropped may never be answered: send it again.
+          conn.nextReconnect.pipe(
+            Effect.andThen(
+              Effect.fail(
+                new TransportUnavailable({
+                  transport: "nats",
+                  message: `nats: reconnected while publishing ${event.id}`,
+                }),
               ),
             ),
           ),
+        ),
+      )
+      const ack = yield* retryWhileRetryable(published, `nats: publish ${event.id}`, sendRetry(Date.now()))
+      if (ack.stream !== o.streamName) {
+        yield* Effect.logWarning(
+          `nats: ${subject} is stored by stream ${ack.stream}, not ${o.streamName}; subscriptions read ${o.streamName}`,
         )
-        if (exit._tag === "Success") {
-          if (exit.value.stream !== o.streamName) {
-            yield* Effect.logWarning(
-              `nats: ${subject} is stored by stream ${exit.value.stream}, not ${o.streamName}; subscriptions read ${o.streamName}`,
-            )
-          }
-          return
-        }
-        const busError = toBusError(Cause.squash(exit.cause), `publish ${event.id}`)
-        // A stream leader election or a reconnect takes seconds; ride it out here rather than
-        // burning the relay's attempts (a re-send is harmless: the stream drops it by id).
-        if (!busError.retryable || conn.closed() || Date.now() - started > sendRetryBudgetMs) {
-          return yield* Effect.fail(busError)
-        }
-        yield* Effect.sleep(Math.min(1_000, 25 * 2 ** attempt))
       }
     })
   /**
@@ -184,7 +174,6 @@ const makeSend = (
   ): Effect.Effect<SendOutcome> =>
     Effect.gen(function* () {
       let done = 0
-      const started = Date.now()
       // The stream this run goes to: after a loss the relay rewinds first (streamWatch.ts), so
       // that the new stream gets the outbox in order; a retry must not go ahead of it.
       const generation = watch.current().generation
@@ -192,36 +181,22 @@ const makeSend = (
         highestSeq.generation = generation
         highestSeq.seq = 0
       }
-      for (let attempt = 1; ; attempt++) {
-        const prepared: Array<Publish> = []
-        let invalid: BusError | undefined
-        // A run is usually one address: its names are checked and its subject built once.
-        let tenant: string | undefined
-        let channel: string | undefined
-        let subject = ""
-        for (let i = done; i < items.length; i++) {
-          const { event, meta } = items[i]!
-          if (event.tenant !== tenant || event.channel !== channel) {
-            const bad = badAddress(event)
-            if (bad !== undefined) {
-              invalid = bad
-              break
-            }
-            tenant = event.tenant
-            channel = event.channel
-            subject = subjectOf(o.prefix, { tenant, channel })
-          }
-          const payload = encodeEnvelope(event)
-          const block = publishHeaderBlock(event, meta)
-          const total = payload.byteLength + block.byteLength
-          if (total > serverMaxPayload) {
-            invalid = overMaxPayload(event, total, serverMaxPayload)
-            break
-          }
-          // `nc.publish` only encodes the headers it is given: hand it the block built once.
-          const headers = { encode: () => block } as unknown as MsgHdrs
-          prepared.push({ subject, payload, id: event.id, headers })
-        }
+      const retry = sendRetry(Date.now())
+      const attempt: Effect.Effect<SendOutcome, BusError> = Effect.gen(function* () {
+        const { prepared, invalid } = prepareSends(
+          items,
+          done,
+          (address) => subjectOf(o.prefix, address),
+          ({ event, meta }, subject): Publish | BusError => {
+            const payload = encodeEnvelope(event)
+            const block = publishHeaderBlock(event, meta)
+            const total = payload.byteLength + block.byteLength
+            if (total > serverMaxPayload) return overMaxPayload(event, total, serverMaxPayload)
+            // `nc.publish` only encodes the headers it is given: hand it the block built once.
+            const headers = { encode: () => block } as unknown as MsgHdrs
+            return { subject, payload, id: event.id, headers }
+          },
+        )
         let prefix = 0
         let foreign: string | undefined
         let regressed = false
@@ -292,13 +267,11 @@ const makeSend = (
             }
           }
         }
-        // A stream leader election or a reconnect takes seconds; ride it out here rather than
-        // burning the relay's attempts (a re-send is harmless: the stream drops it by id).
-        if (!busError.retryable || conn.closed() || Date.now() - started > sendRetryBudgetMs) {
-          return { sent: done, error: busError }
-        }
-        yield* Effect.sleep(Math.min(1_000, 25 * 2 ** attempt))
-      }
+        return yield* Effect.fail(busError)
+      })
+      return yield* retryWhileRetryable(attempt, "nats: publish run", retry).pipe(
+        Effect.catch((error: BusError) => Effect.succeed({ sent: done, error })),
+      )
     })
   return { send, sendAll }
 }

@@ -1,5 +1,13 @@
 import { BusClosed, type BusError, type DeliveredEvent, TransportUnavailable } from "@bus/core"
-import { type Address, addressTag, FeedLog } from "@bus/core/adapter"
+import {
+  type Address,
+  addressTag,
+  FeedLog,
+  type GateItem,
+  type GatePage,
+  indexAfter,
+  retryWhileRetryable,
+} from "@bus/core/adapter"
 import { DeliverPolicy, type JsMsg } from "@nats-io/jetstream"
 import { Cause, Effect, Fiber } from "effect"
 import { toBusError } from "./errors.js"
@@ -36,27 +44,14 @@ import { decodeMessage, positionOfMessage } from "./wire.js"
  * @module
  */
 
-/** One stream message of the feed's subject. */
-export interface Item {
-  readonly seq: number
-  /** The decoded event; undefined for a malformed message (skipped, but it still moves positions). */
-  readonly event: DeliveredEvent | undefined
-  /** The outbox position the relay stored with it (cursors across a flip). */
-  readonly position: string | undefined
-  /** `event.time` in ms, parsed once for every subscriber's "now" filter. */
-  readonly at: number
-}
+/** One stream message of the feed's subject (core `GateItem`; `pos` is its stream sequence). */
+export type Item = GateItem<number>
 
-/** What the feed knows of one page of its log. */
-export interface PageMeta {
-  /** Every message of the subject from `from` to `to` is in the page (or was malformed and skipped). */
-  readonly from: number
-  readonly to: number
-  /** The page's items, one per event, in the same order. */
-  readonly items: ReadonlyArray<Item>
-  /** The earliest event time of the page (ms): a head cursor's filter is one compare per page. */
-  readonly minAt: number
-}
+/**
+ * What the feed knows of one page of its log (core `GatePage`): every message of the subject
+ * after sequence `from` up to `to` is in the page (or was malformed and skipped).
+ */
+export type PageMeta = GatePage<number, Item>
 
 /** One address's feed, as its subscribers see it. */
 export interface Feed {
@@ -108,8 +103,8 @@ export const runFeed = (
       if (pending.length === 0) return
       const batch = pending
       pending = []
-      const from = position + 1
-      position = batch[batch.length - 1]!.seq
+      const from = position
+      position = batch[batch.length - 1]!.pos
       const items: Array<Item> = []
       const events: Array<DeliveredEvent> = []
       let minAt = Number.POSITIVE_INFINITY
@@ -124,21 +119,15 @@ export const runFeed = (
       log.append(events)
     }
 
-    const indexFor = (seq: number): number | undefined => {
-      if (seq > position) return log.end
-      // Newest first: a subscriber joining just behind the feed finds its page at once.
-      let found: number | undefined
-      for (let i = log.end - 1; ; i--) {
-        const page = log.take(i)
-        if (page._tag !== "page") break
-        const meta = metas.get(page.events)!
-        if (meta.to < seq) return i + 1
-        found = i
-        if (meta.from <= seq) return i
-      }
-      // No page kept covers `seq`: only a log that never had a page still covers it from its start.
-      return found === undefined && seq > startAfter ? log.end : undefined
-    }
+    const indexFor = (seq: number): number | undefined =>
+      indexAfter(
+        log,
+        (x: number, y: number) => x - y,
+        seq - 1,
+        position,
+        startAfter,
+        (page) => metas.get(page),
+      )
 
     const onMessage = (m: JsMsg) =>
       Effect.gen(function* () {
@@ -150,11 +139,11 @@ export const runFeed = (
         if (decoded._tag === "Failure") {
           const reason = Cause.squash(decoded.cause)
           yield* Effect.logWarning(`nats: skipped malformed message ${subject}#${seq}: ${String(reason)}`)
-          pending.push({ seq, event: undefined, position: undefined, at: 0 })
+          pending.push({ pos: seq, event: undefined, position: undefined, at: 0 })
           return
         }
         const event = decoded.value
-        pending.push({ seq, event, position: positionOfMessage(m.headers), at: Date.parse(event.time) })
+        pending.push({ pos: seq, event, position: positionOfMessage(m.headers), at: Date.parse(event.time) })
       })
 
     const once = Effect.scoped(
@@ -243,28 +232,27 @@ export const runFeed = (
       }),
     )
 
-    const loop = Effect.gen(function* () {
-      let failures = 0
-      for (;;) {
-        const before = received
-        const exit = yield* Effect.exit(once)
-        flush()
-        if (received > before) failures = 0
-        if (exit._tag === "Success") continue
-        const busError = toBusError(Cause.squash(exit.cause), `subscription feed on ${subject}`)
-        if (!busError.retryable) return yield* Effect.fail(busError)
-        if (deps.conn.closed()) {
-          return yield* new BusClosed({
-            message: `nats: the connection is closed; subscriptions on ${subject} end`,
-          })
-        }
-        failures++
-        // A consumer that cannot be made may mean a lost stream: have it checked now.
-        yield* deps.watch.check(`feed on ${subject}: ${busError.message}`)
-        if (failures > 1) yield* Effect.logWarning(`nats: feed on ${subject} restarts: ${busError.message}`)
-        yield* Effect.sleep(Math.min(5_000, 50 * 2 ** Math.min(failures, 7)))
+    // One consumer per turn; a failed turn is retried on core's schedule. Every failure has
+    // the stream checked before the next consumer is made (see `once`); a turn that read
+    // something before it failed ends as a success after that, so the backoff starts again.
+    const turn = Effect.gen(function* () {
+      const before = received
+      const exit = yield* Effect.exit(once)
+      flush()
+      if (exit._tag === "Success") return
+      const busError = toBusError(Cause.squash(exit.cause), `subscription feed on ${subject}`)
+      if (!busError.retryable) return yield* Effect.fail(busError)
+      if (deps.conn.closed()) {
+        return yield* new BusClosed({
+          message: `nats: the connection is closed; subscriptions on ${subject} end`,
+        })
       }
+      // A consumer that cannot be made, or one deleted under the feed, may mean a lost stream:
+      // have it checked now.
+      yield* deps.watch.check(`feed on ${subject}: ${busError.message}`)
+      if (received === before) return yield* Effect.fail(busError)
     })
+    const loop = Effect.forever(retryWhileRetryable(turn, `nats: feed on ${subject}`))
 
     // Out of the map first (a later subscription, or one told "replaced", starts a new feed),
     // then the log ends, in one uninterruptible step: ending the feed may close its scope.

@@ -1,5 +1,12 @@
 import { BusClosed, type BusError, ConfigError, type DeliveredEvent } from "@bus/core"
-import { addressTag, checkAddress, type Delivery, type GroupRequest, validateName } from "@bus/core/adapter"
+import {
+  addressTag,
+  checkAddress,
+  type Delivery,
+  type GroupRequest,
+  retryWhileRetryable,
+  validateName,
+} from "@bus/core/adapter"
 import {
   AckPolicy,
   type Consumer,
@@ -19,7 +26,7 @@ import { toBusError } from "./errors.js"
 import type { ResolvedOptions } from "./options.js"
 import type { StreamWatch } from "./streamWatch.js"
 import { deadLetterSubjectOf, durableName, subjectOf } from "./subjects.js"
-import { decodeMessage, positionOfMessage, retryWhileRetryable } from "./wire.js"
+import { decodeMessage, positionOfMessage } from "./wire.js"
 
 /**
  * Consumer groups: one durable JetStream consumer per (tenant, channel, group) with
@@ -191,7 +198,7 @@ export const makeGroup =
           maxInFlight,
           description: `@bus group ${group} of ${address.tenant}/${address.channel}`,
         }
-        let consumer = yield* retryWhileRetryable(ensureConsumer(deps, spec), `consumer ${durable}`)
+        let consumer = yield* retryWhileRetryable(ensureConsumer(deps, spec), `nats: consumer ${durable}`)
         /** The stream generation `consumer` was made on: a lost stream took the consumer with it. */
         let generation = deps.watch.current().generation
         const tag = addressTag(address)
@@ -362,46 +369,47 @@ export const makeGroup =
           }
         }).pipe(Effect.delay(heartbeatMs), Effect.forever, Effect.forkScoped)
 
-        yield* Effect.gen(function* () {
-          let failures = 0
-          for (;;) {
-            while (free <= 0) yield* Queue.take(waker)
-            if (deps.watch.current().generation !== generation) {
-              // The stream was lost (streamWatch.ts): the durable consumer went with it. The one
-              // made on the new stream delivers what the relay resends from the outbox; the
-              // consume loop skips what the group had handled (its inbox and window).
-              generation = deps.watch.current().generation
-              yield* Effect.logWarning(
-                `nats: group ${group} on ${subject}: the stream was lost; its consumer is made again on the new stream`,
-              )
-              consumer = yield* retryWhileRetryable(ensureConsumer(deps, spec), `consumer ${durable}`)
-            }
-            const n = free
-            free = 0
-            const started = Date.now()
-            const exit = yield* Effect.exit(pull(n))
-            if (exit._tag === "Success") {
-              failures = 0
-              // A pull that ended at once with nothing (cut short by a reconnect, or a server
-              // status) is renewed after a breath rather than in a tight loop.
-              if (exit.value === 0 && Date.now() - started < 100) yield* Effect.sleep(100)
-              continue
-            }
-            const error = toBusError(Cause.squash(exit.cause), `group ${group} on ${subject}`)
-            if (deps.conn.closed()) {
-              return yield* new BusClosed({ message: `nats: the connection is closed; group ${group} ends` })
-            }
-            if (!error.retryable) return yield* Effect.fail(error)
-            // A missing consumer or stream may be a lost stream: have it checked now, not at the next tick.
-            yield* deps.watch.check(`group ${group}: ${error.message}`)
-            failures++
-            if (failures > 1)
-              yield* Effect.logWarning(`nats: group ${group} on ${subject}: ${error.message}; retrying`)
-            yield* Effect.sleep(Math.min(5_000, 50 * 2 ** Math.min(failures, 7)))
-            // The consumer may be gone (deleted, or lost with a server's state): make sure it exists.
-            consumer = yield* retryWhileRetryable(ensureConsumer(deps, spec), `consumer ${durable}`)
+        // One pull per turn; a failed turn is retried on core's schedule (its count starts
+        // again after every turn that went through).
+        let reensure = false
+        const turn = Effect.gen(function* () {
+          while (free <= 0) yield* Queue.take(waker)
+          if (deps.watch.current().generation !== generation) {
+            // The stream was lost (streamWatch.ts): the durable consumer went with it. The one
+            // made on the new stream delivers what the relay resends from the outbox; the
+            // consume loop skips what the group had handled (its inbox and window).
+            generation = deps.watch.current().generation
+            yield* Effect.logWarning(
+              `nats: group ${group} on ${subject}: the stream was lost; its consumer is made again on the new stream`,
+            )
+            consumer = yield* retryWhileRetryable(ensureConsumer(deps, spec), `nats: consumer ${durable}`)
           }
-        }).pipe(
+          if (reensure) {
+            // The consumer may be gone (deleted, or lost with a server's state): make sure it exists.
+            consumer = yield* retryWhileRetryable(ensureConsumer(deps, spec), `nats: consumer ${durable}`)
+            reensure = false
+          }
+          const n = free
+          free = 0
+          const started = Date.now()
+          const exit = yield* Effect.exit(pull(n))
+          if (exit._tag === "Success") {
+            // A pull that ended at once with nothing (cut short by a reconnect, or a server
+            // status) is renewed after a breath rather than in a tight loop.
+            if (exit.value === 0 && Date.now() - started < 100) yield* Effect.sleep(100)
+            return
+          }
+          const error = toBusError(Cause.squash(exit.cause), `group ${group} on ${subject}`)
+          if (deps.conn.closed()) {
+            return yield* new BusClosed({ message: `nats: the connection is closed; group ${group} ends` })
+          }
+          if (!error.retryable) return yield* Effect.fail(error)
+          // A missing consumer or stream may be a lost stream: have it checked now, not at the next tick.
+          yield* deps.watch.check(`group ${group}: ${error.message}`)
+          reensure = true
+          return yield* Effect.fail(error)
+        })
+        yield* Effect.forever(retryWhileRetryable(turn, `nats: group ${group} on ${subject}`)).pipe(
           Effect.catchCause((cause) => Queue.failCause(deliveries, cause)),
           Effect.forkScoped,
         )

@@ -1,19 +1,30 @@
-import { BusClosed, type BusError, CursorInvalid, type DeliveredEvent } from "@bus/core"
+import { type BusError, CursorInvalid, type DeliveredEvent } from "@bus/core"
 import {
   type Address,
+  type Anchor,
+  addressKey,
+  addressOfKey,
   addressTag,
+  type BrokerSubscribe,
   checkAddress,
+  coalesce,
   type FeedCursor,
   type FeedLog,
   type FeedPage,
-  type FeedStats,
+  feedLogStats,
+  feedStream,
   flipCursorExpired,
-  nextFeedPage,
+  type LogPlace,
   notCoveredBy,
   type OpenFeedCursor,
   type OutboxReader,
   outboxCursorOf,
+  outboxHeads,
+  PositionGate,
+  pollLog,
+  retryWhileRetryable,
   type SubscribeRequest,
+  sharedAnchoredFilters,
   splitCursor,
 } from "@bus/core/adapter"
 import {
@@ -24,15 +35,15 @@ import {
   type StreamState,
 } from "@nats-io/jetstream"
 import type { MsgHdrs } from "@nats-io/transport-node"
-import { Cause, Deferred, Effect, Exit, Option, Queue, RcMap, Scope, Semaphore, Stream } from "effect"
+import { Cause, Effect, Exit, Option, Queue, RcMap, Scope, Semaphore, type Stream } from "effect"
 import type { ConnectionWatch } from "./connection.js"
 import { type CursorPlace, encodeCursor, encodeHeadCursor, parseCursor } from "./cursor.js"
 import { toBusError } from "./errors.js"
-import { type Feed, type Item, type PageMeta, runFeed } from "./feed.js"
+import { type Feed, type Item, runFeed } from "./feed.js"
 import type { ResolvedOptions } from "./options.js"
 import type { StreamWatch } from "./streamWatch.js"
 import { subjectOf } from "./subjects.js"
-import { decodeMessage, positionOfMessage, retryWhileRetryable } from "./wire.js"
+import { decodeMessage, positionOfMessage } from "./wire.js"
 
 /**
  * Subscriptions share one feed per address and process (see `feed.ts`): one ordered
@@ -66,165 +77,13 @@ export interface SubscribeDeps {
   readonly watch: StreamWatch
 }
 
-/**
- * Decides, per stream message, whether a subscription delivers it: from a head cursor, or
- * from an outbox cursor after a flip (by the outbox position the relay stored with it).
- * `now` answers at once when it can (true / false), or returns undefined and `later` asks
- * the outbox: the common case costs no effect per subscriber and event.
- */
-interface Classify {
-  readonly now: (item: Item) => boolean | undefined
-  readonly later: (item: Item) => Effect.Effect<boolean, BusError>
-  /** True when every item of a log page is kept (one check per page instead of one per event). */
-  readonly keepsAll?: (page: PageMeta) => boolean
-}
-
-/**
- * Coalesces concurrent requests per key: the callers that ask while a request is queued
- * share it. The request is sent on the next turn of the event loop, after every caller of
- * the current burst asked, so its answer is never older than any caller's call (what a
- * head or a cursor check needs); requests already sent are never joined.
- */
-const coalesce = <A>(
-  scope: Scope.Scope,
-  run: (key: string) => Effect.Effect<A, BusError>,
-): ((key: string) => Effect.Effect<A, BusError>) => {
-  const queued = new Map<string, Deferred.Deferred<A, BusError>>()
-  const nextTurn = Effect.callback<void>((resume) => {
-    const t = setImmediate(() => resume(Effect.void))
-    return Effect.sync(() => clearImmediate(t))
-  })
-  return (key) =>
-    Effect.suspend(() => {
-      const waiting = queued.get(key)
-      if (waiting !== undefined) return Deferred.await(waiting)
-      const deferred = Deferred.makeUnsafe<A, BusError>()
-      queued.set(key, deferred)
-      const request = nextTurn.pipe(
-        Effect.andThen(
-          Effect.sync(() => {
-            queued.delete(key)
-          }),
-        ),
-        Effect.andThen(Effect.exit(run(key))),
-        Effect.flatMap((exit) => Deferred.done(deferred, exit)),
-        Effect.onInterrupt(() =>
-          Effect.sync(() => {
-            if (queued.get(key) === deferred) queued.delete(key)
-            Deferred.doneUnsafe(
-              deferred,
-              Exit.fail(new BusClosed({ message: "nats: the transport is closing" })),
-            )
-          }),
-        ),
-      )
-      return Effect.forkIn(request, scope).pipe(Effect.andThen(Deferred.await(deferred)))
-    })
-}
-
-/**
- * A subscription from a head cursor: above its sequence the stream may still bring
- * events committed before the outbox head (the relay's backlog when the head was taken).
- * An event published after the head was taken committed after it: delivered. An older
- * one is delivered only if the outbox has it after the head (read from there on, as far
- * as needed, keeping only such older events). If the outbox cannot answer for good (the
- * head was pruned), events are delivered rather than risk losing one.
- *
- * One per head cursor and process, shared by every subscription anchored there (see
- * `useHeadScan`): the subscribers started in one burst share one head, so a relay backlog
- * costs one outbox read for all of them, not one per subscriber. What it learns is a fact
- * about the outbox that holds for each of them (an event is after the head or not), so it
- * is kept: both sets hold only events stamped before the anchor's time, which stop coming.
- */
-const committedAfterHead = (
-  store: OutboxReader["Service"],
-  address: Address,
-  anchor: { readonly at: number; readonly outboxHead: string },
-): Classify => {
-  let cursor = anchor.outboxHead
-  let unreadable = false
-  /** Events stamped before the anchor that the outbox holds after the head: delivered. */
-  const after = new Set<string>()
-  /** Events stamped before the anchor that a read begun after they arrived did not find after the head: dropped. */
-  const before = new Set<string>()
-  // A read covers every event received before it began (the relay sends an event only after
-  // it committed). `asked` orders questions and reads; `covered` is the start of the last
-  // read done. One read at a time; every question waiting for it resumes when it ends.
-  let asked = 0
-  let covered = 0
-  let reading: { readonly done: Deferred.Deferred<void> } | undefined
-  const read = retryWhileRetryable(
-    Effect.gen(function* () {
-      for (;;) {
-        const page = yield* store.read(address, cursor, 500)
-        for (const e of page.events) if (!(Date.parse(e.time) > anchor.at)) after.add(e.id)
-        cursor = page.next
-        if (!page.more) return
-      }
-    }),
-    "outbox read for a head cursor",
-  ).pipe(
-    Effect.catch((e: BusError) =>
-      Effect.logWarning(
-        `nats: cannot tell events committed before a head cursor apart (${e.message}); delivering them`,
-      ).pipe(
-        Effect.andThen(
-          Effect.sync(() => {
-            unreadable = true
-          }),
-        ),
-      ),
-    ),
-  )
-  /** Starts a read; it ends (done or interrupted with the subscription that runs it) by waking its waiters. */
-  const startRead = Effect.suspend(() => {
-    const started = ++asked
-    const done = Deferred.makeUnsafe<void>()
-    reading = { done }
-    return read.pipe(
-      Effect.andThen(
-        Effect.sync(() => {
-          covered = started
-        }),
-      ),
-      Effect.ensuring(
-        Effect.sync(() => {
-          if (reading?.done === done) reading = undefined
-          Deferred.doneUnsafe(done, Exit.void)
-        }),
-      ),
-    )
-  })
-  /** Whether the outbox has `id` after the head, for a question asked at `since`. */
-  const decide = (id: string, since: number): Effect.Effect<boolean> =>
-    Effect.suspend(() => {
-      if (unreadable || after.has(id)) return Effect.succeed(true)
-      if (before.has(id)) return Effect.succeed(false)
-      if (covered > since) {
-        before.add(id)
-        return Effect.succeed(false)
-      }
-      // A read under way may have begun before the question: wait for it, then look again.
-      const wait = reading !== undefined ? Deferred.await(reading.done) : startRead
-      return Effect.andThen(wait, decide(id, since))
-    })
-  return {
-    now: (item) => {
-      if (unreadable || item.at > anchor.at || after.has(item.event!.id)) return true
-      return before.has(item.event!.id) ? false : undefined
-    },
-    later: (item) => Effect.suspend(() => decide(item.event!.id, ++asked)),
-    // Events after the anchor's time are all kept: a page of only those needs no look at each.
-    keepsAll: (page) => unreadable || page.minAt > anchor.at,
-  }
-}
-
-/** Where a subscription starts: the first stream sequence it may deliver, and its filter. */
+/** Where a subscription starts: the first stream sequence it may deliver, and its filters (core's gate). */
 interface Start {
   readonly seq: number
-  readonly classify?: Classify
-  /** A head cursor's anchor: its filter is the shared {@link committedAfterHead} (`useHeadScan`). */
-  readonly anchor?: { readonly at: number; readonly outboxHead: string }
+  /** After a flip: keeps the stream messages an outbox cursor does not cover (by their stored position). */
+  readonly keep?: (position: string | undefined) => boolean
+  /** A head cursor's anchor over an outbox: its filter keeps what committed after it (core `sharedAnchoredFilters`). */
+  readonly anchor?: Anchor
   /**
    * The outbox cursor covering everything before the start, if known: where the subscription
    * resumes if the stream is lost before it delivered anything ("beginning" from the start).
@@ -236,49 +95,24 @@ interface Start {
   readonly head?: string
 }
 
-/** A filter keeping the stream messages an outbox cursor does not cover (by their stored position). */
-const byOutboxCursor = (store: OutboxReader["Service"], cursor: string): Classify => {
-  const keep = notCoveredBy(store, cursor)
-  return { now: (item) => keep(item.position), later: () => Effect.succeed(false) }
-}
-
-/** `head`, `subscribe` and `checkStart` of the NATS transport, and its feed cursors (core `attachFeedCursor`). */
-export interface Subscribe {
-  readonly head: (address: Address) => Effect.Effect<string, BusError>
-  readonly checkStart: (address: Address, from: string) => Effect.Effect<void, BusError>
-  readonly subscribe: (request: SubscribeRequest) => Stream.Stream<DeliveredEvent, BusError>
-  readonly openCursor: OpenFeedCursor
-  readonly stats: () => ReadonlyMap<string, FeedStats>
-}
-
 /** `head` and `subscribe` of the NATS transport; the feeds live in the caller's (the layer's) scope. */
-export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, never, Scope.Scope> =>
+export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<BrokerSubscribe, never, Scope.Scope> =>
   Effect.gen(function* () {
     const scope = yield* Effect.scope
-    const streamState = coalesce(scope, () =>
-      retryWhileRetryable(
-        Effect.tryPromise({
-          try: () => deps.jsm.streams.info(deps.o.streamName),
-          catch: (e) => toBusError(e, `stream info ${deps.o.streamName}`),
-        }),
-        "stream info",
-      ).pipe(Effect.map((info): StreamState => info.state)),
+    const streamState = coalesce(
+      scope,
+      () =>
+        retryWhileRetryable(
+          Effect.tryPromise({
+            try: () => deps.jsm.streams.info(deps.o.streamName),
+            catch: (e) => toBusError(e, `stream info ${deps.o.streamName}`),
+          }),
+          "nats: stream info",
+        ).pipe(Effect.map((info): StreamState => info.state)),
+      closing,
     )
     const state = streamState("")
-    const outboxHeads = new Map<string, Address>()
-    const outboxHead = Option.isNone(deps.store)
-      ? undefined
-      : coalesce(scope, (key) =>
-          retryWhileRetryable(
-            (deps.store as Option.Some<OutboxReader["Service"]>).value.head(outboxHeads.get(key)!),
-            "outbox head",
-          ).pipe(
-            // The anchor's time is taken once the head is read, so an event stamped after it
-            // surely committed after the head; and once per request, so the subscribers of
-            // one burst share one anchor (and one `committedAfterHead`).
-            Effect.map((outboxHead) => ({ outboxHead, at: Date.now() })),
-          ),
-        )
+    const outboxHead = outboxHeads(scope, deps.store, "nats")
 
     /**
      * `head`: the stream's last sequence and, with an outbox, the outbox's head taken right
@@ -292,9 +126,7 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
         const { last_seq } = yield* state
         const place: CursorPlace = { address: addressTag(address), stream: deps.watch.current().id }
         if (outboxHead === undefined) return encodeCursor(last_seq, place)
-        const key = keyOf(address)
-        outboxHeads.set(key, address)
-        const anchor = yield* outboxHead(key)
+        const anchor = yield* outboxHead(address)
         return encodeHeadCursor(place, last_seq, anchor.at, anchor.outboxHead)
       })
 
@@ -317,7 +149,7 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
         if (s.first_seq > 1 || s.num_deleted > 0) {
           return yield* flipCursorExpired(from, `stream ${deps.o.streamName}`)
         }
-        return { seq: 1, classify: byOutboxCursor(store, outboxCursor), frontier: outboxCursor, generation }
+        return { seq: 1, keep: notCoveredBy(store, outboxCursor), frontier: outboxCursor, generation }
       })
 
     /** Resolves `from` to a start sequence (and, for a head cursor over an outbox, a classifier). */
@@ -360,6 +192,9 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
             message: `cursor ${from} points into a stream ${deps.o.streamName} that no longer exists (deleted or lost with the server's store; the stream now was created ${current.created}) and carries no outbox position to resume from; resume from "beginning" or "now"`,
           })
         }
+        // Above a head cursor's sequence the stream may still bring events committed before
+        // the outbox head (the relay's backlog when the head was taken): core's anchored
+        // filter tells them apart, per page when it can.
         const anchor = parsed.anchor !== undefined && Option.isSome(deps.store) ? parsed.anchor : undefined
         const base = {
           ...(anchor ? { anchor } : {}),
@@ -396,31 +231,10 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
     // that all need one (a flood that dropped many slow readers) must not swamp the server's
     // API with requests that then time out.
     const catchUpPermits = Semaphore.makeUnsafe(catchUpConcurrency)
-    /** The {@link committedAfterHead} of each head cursor in use, shared by its subscriptions. */
-    const headScans = new Map<string, { readonly classify: Classify; refs: number }>()
-    /** The shared filter of a head cursor, held for the subscription's scope. */
-    const useHeadScan = (
-      address: Address,
-      anchor: { readonly at: number; readonly outboxHead: string },
-    ): Effect.Effect<Classify, never, Scope.Scope> => {
-      const key = `${keyOf(address)}\u0000${anchor.at}\u0000${anchor.outboxHead}`
-      return Effect.acquireRelease(
-        Effect.sync(() => {
-          let entry = headScans.get(key)
-          if (entry === undefined) {
-            const store = (deps.store as Option.Some<OutboxStore["Service"]>).value
-            entry = { classify: committedAfterHead(store, address, anchor), refs: 0 }
-            headScans.set(key, entry)
-          }
-          entry.refs++
-          return entry
-        }),
-        (entry) =>
-          Effect.sync(() => {
-            if (--entry.refs === 0 && headScans.get(key) === entry) headScans.delete(key)
-          }),
-      ).pipe(Effect.map((entry) => entry.classify))
-    }
+    /** The anchored filter of each head cursor in use, shared by its subscriptions (core). */
+    const headFilters = Option.isSome(deps.store)
+      ? sharedAnchoredFilters(deps.store.value, 500, "nats")
+      : undefined
 
     /** The earliest start asked for by the subscriptions about to create an address's feed. */
     const wanted = new Map<string, number>()
@@ -481,14 +295,14 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
               (decoded): Effect.Effect<Item> =>
                 decoded._tag === "Success"
                   ? Effect.succeed({
-                      seq: s,
+                      pos: s,
                       event: decoded.value,
                       position: positionOfMessage(headers),
                       at: Date.parse(decoded.value.time),
                     })
                   : Effect.logWarning(
                       `nats: skipped malformed message ${subject}#${s}: ${String(Cause.squash(decoded.cause))}`,
-                    ).pipe(Effect.as({ seq: s, event: undefined, position: undefined, at: 0 })),
+                    ).pipe(Effect.as({ pos: s, event: undefined, position: undefined, at: 0 })),
             ),
           )
         const getNext = (s: number) =>
@@ -503,7 +317,7 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
                 } as MsgRequest),
               catch: (e) => toBusError(e, `read ${subject} from ${s}`),
             }),
-            `catch-up read on ${subject}`,
+            `nats: catch-up read on ${subject}`,
           )
         for (let reads = 0; ; reads++) {
           if (seq > upTo) return
@@ -563,7 +377,7 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
               }
             }),
           ),
-          `catch-up on ${subject}`,
+          `nats: catch-up on ${subject}`,
         )
       })
 
@@ -580,117 +394,43 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
         const start = yield* resolveStart(address, from)
         const scope = yield* Effect.scope
         const key = keyOf(address)
-        /** Last sequence handed on (or skipped): everything at or below it is done. */
-        let last = start.seq - 1
-        let classify = start.anchor !== undefined ? yield* useHeadScan(address, start.anchor) : start.classify
-        /** The stream generation `last` counts in. */
+        /** What it delivered: the last sequence handed on (or skipped), its filters, its last event (core's gate). */
+        const filter =
+          start.anchor !== undefined && headFilters !== undefined
+            ? yield* headFilters(address, start.anchor)
+            : undefined
+        const gate = new PositionGate<number, Item>((x, y) => x - y, start.seq - 1, start.keep, filter)
+        /** The stream generation `gate.last` counts in. */
         let generation = start.generation
-        /** The last event handed on: its outbox frontier is where a lost stream resumes. */
-        let lastEvent: DeliveredEvent | undefined
         let feed: Feed | undefined
         let feedScope: Scope.Closeable | undefined
-        /** Log index of the next page; -1 while not in the log. */
-        let index = -1
-        /** Why the log ended for this subscriber (the feed failed, or its stream was lost). */
-        let ended: BusError | undefined
-        /** Items of a page behind one the filter must ask the outbox about (in `step`). */
-        let held: ReadonlyArray<Item> | undefined
+        /** Its place in the log (the log ends for it when the feed fails, or its stream is lost). */
+        const place: LogPlace = { index: -1, ended: undefined }
         /** A catch-up read of the stream in progress, and the sequence it reads up to. */
         let catching:
           | { readonly queue: Queue.Queue<Item, BusError | Cause.Done>; readonly upTo: number }
           | undefined
 
-        /**
-         * What of `items` this subscriber delivers: those above `last` that its filter keeps,
-         * `shared` itself when that is all of them. Stops at an item the filter must ask the
-         * outbox about: the rest is `held` for `step`.
-         */
-        const admit = (
-          items: ReadonlyArray<Item>,
-          shared?: ReadonlyArray<DeliveredEvent>,
-        ): ReadonlyArray<DeliveredEvent> => {
-          let out: Array<DeliveredEvent> | undefined = shared === undefined ? [] : undefined
-          for (let i = 0; i < items.length; i++) {
-            const item = items[i]!
-            let keep: boolean | undefined = item.seq > last && item.event !== undefined
-            if (keep && classify !== undefined) keep = classify.now(item)
-            if (keep === undefined) {
-              held = items.slice(i)
-              return out ?? shared!.slice(0, i)
-            }
-            if (item.seq > last) last = item.seq
-            if (keep) {
-              lastEvent = item.event
-              out?.push(item.event!)
-            } else out ??= shared!.slice(0, i)
-          }
-          return out ?? shared!
-        }
-
-        /** Delivers the held items, asking the outbox where the filter cannot tell at once. */
-        const admitHeld = Effect.gen(function* () {
-          const items = held!
-          held = undefined
-          const out: Array<DeliveredEvent> = []
-          for (const item of items) {
-            if (item.seq <= last) continue
-            last = item.seq
-            if (item.event === undefined) continue
-            const keep = classify?.now(item) ?? (classify === undefined ? true : yield* classify.later(item))
-            if (keep) {
-              out.push(item.event)
-              lastEvent = item.event
-            }
-          }
-          return out
-        })
-
         const poll = (): FeedPage | "wait" | "step" => {
-          if (index < 0 || held !== undefined || ended !== undefined) return "step"
-          const log = feed!.log
-          for (;;) {
-            const found = log.take(index)
-            switch (found._tag) {
-              case "page": {
-                index++
-                const meta = feed!.meta(found.events)
-                if (meta.to <= last) continue
-                if (meta.from > last && (classify === undefined || classify.keepsAll?.(meta) === true)) {
-                  // The common case: the whole shared page, no per-event work.
-                  last = meta.to
-                  lastEvent = found.events[found.events.length - 1]
-                  return { events: found.events, live: true }
-                }
-                const events = admit(meta.items, found.events)
-                if (held === undefined && meta.to > last) last = meta.to
-                if (events.length > 0) return { events, live: true }
-                if (held !== undefined) return "step"
-                continue
-              }
-              case "wait":
-                return "wait"
-              case "lagged":
-                // Fell out of the window: nothing was kept for it; it reads the stream from `last`.
-                index = -1
-                return "step"
-              case "failed":
-                ended = found.error
-                return "step"
-            }
-          }
+          if (place.index < 0 || gate.held !== undefined || place.ended !== undefined) return "step"
+          const f = feed!
+          return pollLog(f.log, place, (events) => {
+            const out = gate.page(f.meta(events), events)
+            return out.length === 0 && gate.held !== undefined ? "step" : out
+          })
         }
 
         /** The address's feed on the stream as it is now, held until the next one. */
         const useFeed = Effect.gen(function* () {
           if (feedScope !== undefined) yield* Scope.close(feedScope, Exit.void)
           feedScope = yield* Scope.fork(scope)
-          wanted.set(key, Math.min(wanted.get(key) ?? Number.POSITIVE_INFINITY, last + 1))
+          wanted.set(key, Math.min(wanted.get(key) ?? Number.POSITIVE_INFINITY, gate.last + 1))
           feed = yield* RcMap.get(feeds, key).pipe(Scope.provide(feedScope))
           return feed
         })
         const leaveFeed = Effect.suspend(() => {
           feed = undefined
-          index = -1
+          place.index = -1
           const closing = feedScope
           feedScope = undefined
           return closing === undefined ? Effect.void : Scope.close(closing, Exit.void)
@@ -705,10 +445,12 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
          * `CursorInvalid`, never a silent skip.
          */
         const resume = Effect.gen(function* () {
+          const lastEvent = gate.lastItem?.event
           const frontier = lastEvent !== undefined ? splitCursor(lastEvent.cursor).frontier : start.frontier
           const lostAt = lastEvent?.cursor ?? from
           generation = deps.watch.current().generation
-          if (frontier === "beginning") classify = undefined
+          gate.filter = undefined
+          if (frontier === "beginning") gate.keep = undefined
           else if (frontier === undefined || Option.isNone(deps.store)) {
             return yield* new CursorInvalid({
               cursor: lostAt,
@@ -718,9 +460,9 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
           } else {
             // The outbox still holds what follows the frontier (its retention), or this fails.
             yield* deps.store.value.read(address, frontier, 1)
-            classify = byOutboxCursor(deps.store.value, frontier)
+            gate.keep = notCoveredBy(deps.store.value, frontier)
           }
-          last = 0
+          gate.last = 0
           yield* Effect.logWarning(
             `nats: stream ${deps.o.streamName} was lost under a subscription of ${subject} (at ${lostAt}); it resumes on the new stream after outbox position ${frontier}`,
           )
@@ -732,7 +474,9 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
             const queue = yield* Queue.bounded<Item, BusError | Cause.Done>(catchUpBuffer)
             const seen = generation
             yield* catchUpPermits
-              .withPermit(catchUp(address, subject, last + 1, upTo, (items) => Queue.offerAll(queue, items)))
+              .withPermit(
+                catchUp(address, subject, gate.last + 1, upTo, (items) => Queue.offerAll(queue, items)),
+              )
               .pipe(
                 // A catch-up on a lost stream would retry for ever: stop it at the change.
                 Effect.raceFirst(deps.watch.changedSince(seen)),
@@ -745,14 +489,14 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
 
         const step: Effect.Effect<FeedPage | undefined, BusError> = Effect.suspend(() =>
           Effect.gen(function* () {
-            if (held !== undefined) {
-              const events = yield* admitHeld
-              return events.length > 0 ? { events, live: index >= 0 } : undefined
+            if (gate.held !== undefined) {
+              const events = yield* gate.admitHeld
+              return events.length > 0 ? { events, live: place.index >= 0 } : undefined
             }
-            if (ended !== undefined) {
+            if (place.ended !== undefined) {
               // Only a lost stream is resumed from; any other end of the feed ends the subscription.
-              if (ended !== feed?.replaced) return yield* Effect.fail(ended)
-              ended = undefined
+              if (place.ended !== feed?.replaced) return yield* Effect.fail(place.ended)
+              place.ended = undefined
               yield* leaveFeed
             }
             if (deps.watch.current().generation !== generation) {
@@ -763,14 +507,15 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
             if (catching !== undefined) {
               const taken = yield* Effect.exit(Queue.takeAll(catching.queue))
               if (taken._tag === "Success") {
-                const events = admit(taken.value)
+                const events = gate.admit(taken.value)
                 return events.length > 0 ? { events, live: false } : undefined
               }
               const error = Cause.squash(taken.cause)
               if (!Cause.isDone(error)) return yield* Effect.fail(error as BusError)
               // Read to the end: nothing of the subject up to `upTo` is left (or the stream
               // was lost, which the next step sees).
-              if (deps.watch.current().generation === generation && catching.upTo > last) last = catching.upTo
+              if (deps.watch.current().generation === generation && catching.upTo > gate.last)
+                gate.last = catching.upTo
               catching = undefined
               return undefined
             }
@@ -786,8 +531,8 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
               return yield* Effect.fail(f.log.failure)
             // In the log from `last` on: no read. Otherwise read the stream up to where the
             // feed stands, then look again (the log has moved on meanwhile).
-            const at = f.indexFor(last + 1)
-            if (at !== undefined) index = at
+            const at = f.indexFor(gate.last + 1)
+            if (at !== undefined) place.index = at
             else yield* startCatchUp(f.position())
             return undefined
           }),
@@ -802,28 +547,15 @@ export const makeSubscribe = (deps: SubscribeDeps): Effect.Effect<Subscribe, nev
       })
 
     const subscribe = (request: SubscribeRequest): Stream.Stream<DeliveredEvent, BusError> =>
-      Stream.unwrap(
-        Effect.map(openCursor(request, request.from ?? "now"), (cursor) =>
-          // Each chunk is the page itself: the log's shared array, not a copy.
-          Stream.fromPull(
-            Effect.succeed(
-              Effect.map(
-                nextFeedPage(cursor),
-                (page) => page.events as readonly [DeliveredEvent, ...Array<DeliveredEvent>],
-              ),
-            ),
-          ),
-        ),
-      )
+      feedStream(openCursor(request, request.from ?? "now"))
 
-    const stats = () => {
-      const out = new Map<string, FeedStats>()
-      for (const [key, log] of logs) out.set(key.replace("\u0000", "/"), log.stats())
-      return out
-    }
+    const stats = () => feedLogStats(logs)
 
     return { head, subscribe, checkStart, openCursor, stats }
   })
+
+/** Why a request still waiting when the transport closes fails (`BusClosed`). */
+const closing = "nats: the transport is closing"
 
 /** Catch-ups reading the stream at once, per process. */
 const catchUpConcurrency = 8
@@ -837,8 +569,5 @@ const catchUpBuffer = 256
 /** Single reads of a catch-up before it pages through a temporary consumer instead. */
 const directReads = 16
 
-const keyOf = (a: Address): string => `${a.tenant}\u0000${a.channel}`
-const addressOf = (key: string): Address => {
-  const [tenant = "", channel = ""] = key.split("\u0000")
-  return { tenant, channel }
-}
+const keyOf = addressKey
+const addressOf = addressOfKey

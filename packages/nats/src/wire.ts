@@ -1,7 +1,6 @@
-import type { BusError, DeliveredEvent } from "@bus/core"
+import type { DeliveredEvent } from "@bus/core"
 import {
   type Address,
-  cappedBackoff,
   decodeEnvelope,
   type Envelope,
   envelopeToJson,
@@ -135,25 +134,4 @@ export const decodeMessage = (
       ...envelope,
       cursor: withFrontier(encodeCursor(seq, place), headers?.get(frontierHeader) || undefined, envelope),
     }
-  })
-
-/** Retries `effect` with capped, jittered backoff for as long as its error is retryable. */
-export const retryWhileRetryable = <A, R>(
-  effect: Effect.Effect<A, BusError, R>,
-  what: string,
-  max: `${number} millis` | `${number} seconds` = "5 seconds",
-): Effect.Effect<A, BusError, R> =>
-  Effect.suspend(() => {
-    let failures = 0
-    return effect.pipe(
-      Effect.tapError((e) => {
-        if (!e.retryable) return Effect.void
-        failures++
-        // Quiet for a blip; loud when it lasts (about 5 s, then every ~2 minutes).
-        return failures === 5 || failures % 30 === 0
-          ? Effect.logWarning(`nats: ${what} keeps failing (${failures} attempts), retrying: ${e.message}`)
-          : Effect.logDebug(`nats: ${what} failed, retrying: ${e.message}`)
-      }),
-      Effect.retry({ schedule: cappedBackoff("50 millis", max), while: (e) => e.retryable }),
-    )
   })

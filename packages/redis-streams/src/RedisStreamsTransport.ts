@@ -1,16 +1,17 @@
 import { type BusError, ConfigError, PayloadTooLarge, TransportUnavailable } from "@bus/core"
 import {
+  attachFeedCursor,
   capabilities,
   checkAddress,
   defaultMaxPayloadBytes,
   type Envelope,
   OutboxReader,
   OutboxRelay,
+  prepareSends,
   type SendItem,
   type SendMeta,
   type SendOutcome,
   Transport,
-  validateName,
 } from "@bus/core/adapter"
 import { Cause, Effect, Layer } from "effect"
 import { Cluster, Redis } from "ioredis"
@@ -110,7 +111,7 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
       const store = yield* Effect.serviceOption(OutboxReader)
       const relay = yield* Effect.serviceOption(OutboxRelay)
       const mainLosses = yield* connectionLosses(main)
-      const { head, checkStart, subscribe } = yield* makeSubscribe(main, config, store)
+      const { head, checkStart, subscribe, openCursor, stats } = yield* makeSubscribe(main, config, store)
       const maxLen = config.maxLen ?? 0
 
       const send = (event: Envelope, meta?: SendMeta): Effect.Effect<void, BusError> =>
@@ -118,14 +119,8 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
           const address = yield* checkAddress(event)
           const keys = channelKeys(config.keyPrefix, address)
           const entry = encodeEntry(event)
-          const bytes = Buffer.byteLength(entry.envelope, "utf8")
-          if (bytes > redisStreamsCapabilities.maxPayloadBytes) {
-            return yield* new PayloadTooLarge({
-              bytes,
-              limit: redisStreamsCapabilities.maxPayloadBytes,
-              message: `event ${event.id} is ${bytes} bytes encoded; redis-streams carries at most ${redisStreamsCapabilities.maxPayloadBytes}`,
-            })
-          }
+          const tooLarge = overLimit(event, entry.envelope)
+          if (tooLarge !== undefined) return yield* tooLarge
           yield* runScriptReplicated(
             sender,
             sendScript,
@@ -162,8 +157,23 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
           let done = 0
           let withEval = false
           for (let reloads = 0; ; reloads++) {
+            const { prepared, invalid } = prepareSends(
+              items,
+              done,
+              (address) => channelKeys(config.keyPrefix, address),
+              ({ event, meta }, keys) => {
+                const entry = encodeEntry(event)
+                const tooLarge = overLimit(event, entry.envelope)
+                if (tooLarge !== undefined) return tooLarge
+                return {
+                  stream: keys.stream,
+                  dedupe: keys.dedupe(event.id),
+                  fields: [entry.id, entry.envelope, meta?.position ?? "", meta?.frontier ?? ""] as const,
+                }
+              },
+            )
+            // Up to `eventsPerCall` events of one stream per call of the batch script.
             const calls: Array<{ readonly count: number; readonly argv: Array<string | number> }> = []
-            let invalid: BusError | undefined
             let stream: string | undefined
             let call: { count: number; argv: Array<string | number>; dedupes: Array<string> } | undefined
             const close = () => {
@@ -174,41 +184,15 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
               })
               call = undefined
             }
-            // A run is usually one address: its names are checked and its keys built once.
-            let tenant: string | undefined
-            let channel: string | undefined
-            let keys: ReturnType<typeof channelKeys> | undefined
-            for (let i = done; i < items.length; i++) {
-              const { event, meta } = items[i]!
-              if (keys === undefined || event.tenant !== tenant || event.channel !== channel) {
-                const t = validateName("tenant", event.tenant)
-                const c = typeof t === "string" ? validateName("channel", event.channel) : t
-                if (typeof t !== "string" || typeof c !== "string") {
-                  invalid = typeof t !== "string" ? t : (c as BusError)
-                  break
-                }
-                tenant = t
-                channel = c
-                keys = channelKeys(config.keyPrefix, { tenant, channel })
-              }
-              const entry = encodeEntry(event)
-              const bytes = Buffer.byteLength(entry.envelope, "utf8")
-              if (bytes > redisStreamsCapabilities.maxPayloadBytes) {
-                invalid = new PayloadTooLarge({
-                  bytes,
-                  limit: redisStreamsCapabilities.maxPayloadBytes,
-                  message: `event ${event.id} is ${bytes} bytes encoded; redis-streams carries at most ${redisStreamsCapabilities.maxPayloadBytes}`,
-                })
-                break
-              }
-              if (call !== undefined && (keys.stream !== stream || call.count >= eventsPerCall)) close()
+            for (const p of prepared) {
+              if (call !== undefined && (p.stream !== stream || call.count >= eventsPerCall)) close()
               if (call === undefined) {
-                stream = keys.stream
+                stream = p.stream
                 call = { count: 0, argv: [config.dedupeTtlMs, maxLen], dedupes: [] }
               }
               call.count++
-              call.dedupes.push(keys.dedupe(event.id))
-              call.argv.push(entry.id, entry.envelope, meta?.position ?? "", meta?.frontier ?? "")
+              call.dedupes.push(p.dedupe)
+              call.argv.push(...p.fields)
             }
             close()
             if (calls.length === 0)
@@ -330,18 +314,36 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
           return out
         })
 
-      return Transport.of({
-        capabilities: redisStreamsCapabilities,
-        head,
-        checkStart,
-        subscribe,
-        group: (request) => groupMember({ main, config, mainLosses, store, relay, sendAll }, request),
-        send,
-        sendAll,
-        deadLetters: (limit) => listDeadLetters(main, config.keyPrefix, limit),
-      })
+      // The Promise facade pulls subscriptions straight from the feeds' logs (subscribe.ts).
+      return attachFeedCursor(
+        Transport.of({
+          capabilities: redisStreamsCapabilities,
+          head,
+          checkStart,
+          subscribe,
+          group: (request) => groupMember({ main, config, mainLosses, store, relay, sendAll }, request),
+          send,
+          sendAll,
+          deadLetters: (limit) => listDeadLetters(main, config.keyPrefix, limit),
+        }),
+        openCursor,
+        stats,
+      )
     }),
   )
+
+/** `PayloadTooLarge` for an event whose encoded envelope is over what the transport carries. */
+const overLimit = (event: Envelope, envelope: string): PayloadTooLarge | undefined => {
+  const bytes = Buffer.byteLength(envelope, "utf8")
+  const limit = redisStreamsCapabilities.maxPayloadBytes
+  return bytes > limit
+    ? new PayloadTooLarge({
+        bytes,
+        limit,
+        message: `event ${event.id} is ${bytes} bytes encoded; redis-streams carries at most ${limit}`,
+      })
+    : undefined
+}
 
 /** The shared client: one server, or a cluster client discovering the nodes from the seeds. */
 const openClient = (config: ResolvedOptions): Client => {

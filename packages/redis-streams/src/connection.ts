@@ -1,5 +1,5 @@
 import { type BusError, ConfigError, isBusError, TransportFailure, TransportUnavailable } from "@bus/core"
-import { backoffDelay, Metrics } from "@bus/core/adapter"
+import { Metrics, type RetryOptions, retryWhileRetryable } from "@bus/core/adapter"
 import { Effect, Metric, type Scope } from "effect"
 import type { Cluster, Redis } from "ioredis"
 import type { ChannelKeys } from "./keys.js"
@@ -170,34 +170,14 @@ export const runScriptReplicated = (
         return ran[1]
       })
 
-/** Delay before retry `failures` (1-based) of a transient failure: 50 ms doubling to 2 s, with jitter. */
-export const transientDelay = (failures: number): number => {
-  const base = backoffDelay(failures, 50, 2_000)
-  return Math.round(base / 2 + Math.random() * (base / 2))
-}
+/** Redis fails over in seconds: its retries wait at most 2 s (core's schedule, jittered). */
+const transient: RetryOptions = { max: "2 seconds" }
 
-/** Retries `effect` while it fails with a retryable error, with capped backoff, for ever. */
+/** Retries `effect` while it fails with a retryable error, on core's schedule, for ever. */
 export const retryTransient = <A, R>(
   effect: Effect.Effect<A, BusError, R>,
   what: string,
-): Effect.Effect<A, BusError, R> =>
-  Effect.gen(function* () {
-    for (let failures = 1; ; failures++) {
-      const result = yield* effect.pipe(
-        Effect.map((value) => ({ ok: true as const, value })),
-        Effect.catch((error: BusError) => Effect.succeed({ ok: false as const, error })),
-      )
-      if (result.ok) return result.value
-      if (!result.error.retryable) return yield* Effect.fail(result.error)
-      if (failures === 1 || failures % 20 === 0) {
-        yield* Effect.logWarning(
-          `redis-streams: ${what} failed (attempt ${failures}); retrying`,
-          result.error.message,
-        )
-      }
-      yield* Effect.sleep(transientDelay(failures))
-    }
-  })
+): Effect.Effect<A, BusError, R> => retryWhileRetryable(effect, `redis-streams: ${what}`, transient)
 
 /**
  * A connection this transport owns, duplicated from `base` (same server, credentials and

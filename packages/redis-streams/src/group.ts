@@ -26,7 +26,6 @@ import {
   replyMarginMs,
   retryTransient,
   runScript,
-  transientDelay,
 } from "./connection.js"
 import { type ChannelKeys, channelKeys, compareStreamIds, type StreamId } from "./keys.js"
 import type { ResolvedOptions } from "./options.js"
@@ -555,50 +554,34 @@ export const groupMember = (ctx: GroupContext, request: GroupRequest): Stream.St
         }).pipe(Effect.ensuring(Effect.suspend(() => Semaphore.release(permits, Math.max(0, slots - used)))))
       })
 
-      const readLoop = Effect.gen(function* () {
-        let failures = 0
-        let recover = true
-        let seenLosses = lossCount()
-        for (;;) {
-          const error = yield* Effect.gen(function* () {
-            if (lossCount() !== seenLosses) recover = true
-            if (recover && pendingLoss === undefined) yield* checkTail
-            if (pendingLoss !== undefined) {
-              const loss = pendingLoss
-              yield* recoverLoss(loss)
-              if (pendingLoss === loss) pendingLoss = undefined
-              recover = true
-            }
-            if (recover) {
-              seenLosses = lossCount()
-              yield* recoverOwnPending
-              recover = false
-            }
-            yield* readRound
-          }).pipe(
-            Effect.as(undefined),
-            Effect.catch((e: BusError) => Effect.succeed(e)),
-          )
-          if (error === undefined) {
-            failures = 0
-            continue
-          }
+      // One round per turn. A failed turn is retried on core's schedule (its count starts
+      // again after every round that went through); every failure makes the next round
+      // recover first (its own pending entries, the stream's tail).
+      let recover = true
+      let seenLosses = lossCount()
+      const round = Effect.gen(function* () {
+        if (lossCount() !== seenLosses) recover = true
+        if (recover && pendingLoss === undefined) yield* checkTail
+        if (pendingLoss !== undefined) {
+          const loss = pendingLoss
+          yield* recoverLoss(loss)
+          if (pendingLoss === loss) pendingLoss = undefined
           recover = true
-          if (isNoGroup(error)) {
-            yield* retryTransient(groupGone, "re-creating the group")
-            continue
-          }
-          if (!error.retryable) return yield* Effect.fail(error)
-          failures++
-          if (failures === 1 || failures % 20 === 0) {
-            yield* Effect.logWarning(
-              `redis-streams: group ${group} read on ${stream} failed; retrying`,
-              error.message,
-            )
-          }
-          yield* Effect.sleep(transientDelay(failures))
         }
-      })
+        if (recover) {
+          seenLosses = lossCount()
+          yield* recoverOwnPending
+          recover = false
+        }
+        yield* readRound
+      }).pipe(
+        Effect.catch((error: BusError) => {
+          recover = true
+          // A group deleted under its members: made again, and the next round goes on at once.
+          return isNoGroup(error) ? retryTransient(groupGone, "re-creating the group") : Effect.fail(error)
+        }),
+      )
+      const readLoop = Effect.forever(retryTransient(round, `group ${group} read on ${stream}`))
 
       /** Renews held entries so no other member claims them, and deletes long-idle empty consumers. */
       const maintenance = Effect.gen(function* () {

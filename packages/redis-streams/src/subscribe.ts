@@ -1,16 +1,35 @@
 import { type BusError, CursorInvalid, type DeliveredEvent } from "@bus/core"
 import {
   type Address,
+  type Anchor,
+  addressKey,
+  addressOfKey,
   addressTag,
+  type BrokerSubscribe,
   checkAddress,
-  dedupeById,
+  defaultDedupeWindow,
+  defaultFeedWindow,
+  type FeedCursor,
+  FeedLog,
+  type FeedPage,
+  feedLogStats,
+  feedStream,
   flipCursorExpired,
+  type GateItem,
+  type GatePage,
+  indexAfter,
+  type LogPlace,
   notCoveredBy,
+  type OpenFeedCursor,
   type OutboxReader,
   outboxCursorOf,
+  outboxHeads,
+  PositionGate,
+  pollLog,
   type SubscribeRequest,
+  sharedAnchoredFilters,
 } from "@bus/core/adapter"
-import { Effect, Option, PubSub, RcMap, type Scope, Stream } from "effect"
+import { Effect, Option, RcMap, type Scope, type Stream } from "effect"
 import { decodeOrSkip, frontierOf, positionOf } from "./codec.js"
 import {
   type Client,
@@ -23,7 +42,6 @@ import {
   replyMarginMs,
   retryTransient,
   runScript,
-  transientDelay,
 } from "./connection.js"
 import {
   type ChannelKeys,
@@ -40,42 +58,74 @@ import { streamIdentity } from "./recovery.js"
 import { positionScript } from "./scripts.js"
 
 /**
- * Subscriptions: one shared *feed* per tenant channel and process reads the stream live
- * with `XREAD BLOCK` on a connection of its own and fans entries out in memory, so a
- * hundred subscribers of one channel cost one blocking connection, not a hundred. A new
- * subscriber joins the feed first, then catches up from its own cursor with `XRANGE` on
- * the shared connection; entries seen on both paths are dropped by stream id (ids only
- * grow), so the hand-over has no gap and no duplicate.
+ * Subscriptions share one *feed* per tenant channel and process, as on NATS and the outbox
+ * transports: the feed reads the stream live with `XREAD BLOCK` on a connection of its own,
+ * decodes each entry once, and appends each read, once, as one page of core's `FeedLog`,
+ * which every local subscriber of the channel reads by index. A subscriber is a core
+ * `FeedCursor` (attached to the transport with `attachFeedCursor`): the Promise facade pulls
+ * it with no fiber, stream or queue per subscription, and the Effect `Stream` of `subscribe`
+ * reads the same cursor. A thousand subscribers of one channel cost one blocking connection,
+ * one decode per entry and one page per read; a subscriber's own cost per page is a position
+ * check and a hand-off of the shared array.
+ *
+ * A subscriber's state is the stream identity and entry id it has delivered up to (and the
+ * outbox frontier of its last event). It joins the log at the page after that id, or, when
+ * the log no longer holds it, first reads the stream from it (`XRANGE`, a page per pull) and
+ * looks again; entries at or below its id are dropped, so the seam has no gap and no
+ * duplicate. A subscriber that falls out of the log's window holds nothing and resumes the
+ * same way. The feed drops an event id it appended within the last `defaultDedupeWindow`
+ * entries (a re-send after the dedupe TTL, or after a recovery, gets a new entry).
+ *
+ * When the stream loses its data (a restart without persistence, FLUSHALL, a DEL, a failover
+ * to a replica that was behind), the feed appends a *loss* page and goes on with the new
+ * stream from its start; each subscriber, when it reaches that page (or finds the stream
+ * changed under its own cursor), re-reads what it had not delivered from the outbox, then
+ * goes on with the new stream, skipping what that read covered.
+ *
+ * "now" is the stream's last id with, over an outbox, core's anchor (`anchoredFilter`); the
+ * head is read once per address per burst of subscriptions (`coalesce`), so ten thousand
+ * subscriptions started together cost one read of the stream and one of the outbox.
  *
  * @module
  */
 
-/** An entry read from a stream: its id, its event unless it was malformed, and its outbox position and frontier. */
-interface Item {
-  readonly id: StreamId
-  readonly event: DeliveredEvent | undefined
-  readonly position: string | undefined
+/** An entry read from a stream (`pos`: its id), with the outbox frontier the relay stored with it. */
+interface Item extends GateItem<StreamId> {
+  readonly event: DeliveredEvent
   readonly frontier: string | undefined
 }
 
-/** Entries read from the stream while it had identity `identity`. */
-interface Batch {
+/** What the feed knows of one page of its log (core `GatePage`: entries after `from` up to `to`). */
+interface PageMeta extends GatePage<StreamId, Item> {
+  /** The stream identity the page was read under. */
   readonly identity: string
-  readonly items: ReadonlyArray<Item>
+  /** A loss page (no events): the stream lost its data; identity `from` became `to`. */
+  readonly lost?: { readonly from: string; readonly to: string }
 }
 
-/** The feed saw the stream lose its data: its identity went from `from` to `to`. */
-interface Lost {
-  readonly lost: { readonly from: string; readonly to: string }
+/** One address's feed, as its subscribers see it. */
+interface Feed {
+  readonly log: FeedLog
+  readonly meta: (page: ReadonlyArray<DeliveredEvent>) => PageMeta
+  /** The stream identity the feed reads now. */
+  readonly identity: () => string
+  /** The log index where what follows entry `after` of stream `identity` begins, or undefined when the log no longer holds it all. */
+  readonly indexFor: (identity: string, after: StreamId) => number | undefined
 }
 
-type FeedMessage = Batch | Lost | BusError
-
-const keyOf = (a: Address): string => `${a.tenant}\u0000${a.channel}`
-const addressOf = (key: string): Address => {
-  const [tenant = "", channel = ""] = key.split("\u0000")
-  return { tenant, channel }
+/** A start the subscriptions about to create a feed asked for. */
+interface Wanted {
+  readonly identity: string
+  readonly id: StreamId
 }
+
+const keyOf = addressKey
+const addressOf = addressOfKey
+
+/** How recent (by its entry id's time) a start may be for a new feed to start there, serving its first subscribers from memory. */
+const feedStartWindowMs = 10_000
+
+const idTime = (id: StreamId): number => Number(id.slice(0, id.indexOf("-")))
 
 /** Where a stream stands (see `positionScript`). */
 export interface StreamPosition {
@@ -112,68 +162,45 @@ export const entriesLostAfter = (position: StreamPosition, cursor: StreamId): bo
   (position.trimmed && compareStreamIds(cursor, position.first) < 0) ||
   compareStreamIds(position.maxDeleted, cursor) > 0
 
-const decodeAll = (
+/**
+ * The items of `entries`, decoded once (a malformed entry is logged and left out): only
+ * entries after `after` and, with `seen`, not repeats of an event id `seen` holds (then
+ * added to it).
+ */
+const decodeItems = (
   address: Address,
   stream: string,
   entries: ReadonlyArray<RawEntry>,
   binding: CursorBinding,
+  seen?: RecentIds,
 ) =>
-  Effect.forEach(entries, (entry) =>
-    decodeOrSkip(address, stream, entry, binding).pipe(
-      Effect.map(
-        (event): Item => ({
-          id: entry.id,
-          event,
-          position: positionOf(entry),
-          frontier: frontierOf(entry),
-        }),
-      ),
-    ),
-  )
-
-/** The outbox and its head cursor when a "now" subscription started. */
-interface OutboxHead {
-  readonly store: OutboxReader["Service"]
-  readonly cursor: string
-}
-
-/**
- * "now" on a relayed transport: the stream position when the subscription started is not
- * enough, because events committed just before may still be on their way through the
- * relay. An event the stream delivers after that position is kept when it was published
- * after the subscription started (its `time`), and otherwise only when the outbox read
- * after the head taken at the start holds it, i.e. it committed after the start. The
- * outbox is read only for such early-published events (a relay's backlog, or a
- * transaction that was open across the start), from where the last check stopped.
- * A producer clock ahead of this one can let an event committed just before the start
- * through; nothing committed after the start is dropped.
- */
-const committedAfter = (
-  address: Address,
-  head: OutboxHead,
-  startedAt: number,
-  pageSize: number,
-): ((event: DeliveredEvent) => Effect.Effect<boolean>) => {
-  let cursor = head.cursor
-  /** Ids of early-published events found in the outbox after the head and not yet delivered. */
-  const after = new Set<string>()
-  const scan = Effect.gen(function* () {
-    for (;;) {
-      const page = yield* retryTransient(head.store.read(address, cursor, pageSize), "reading the outbox")
-      for (const e of page.events) if (!(Date.parse(e.time) > startedAt)) after.add(e.id)
-      cursor = page.next
-      if (!page.more) return
+  Effect.gen(function* () {
+    const items: Array<Item> = []
+    for (const entry of entries) {
+      const event = yield* decodeOrSkip(address, stream, entry, binding)
+      if (event === undefined || seen?.repeat(event.id) === true) continue
+      items.push({
+        pos: entry.id,
+        event,
+        position: positionOf(entry),
+        frontier: frontierOf(entry),
+        at: Date.parse(event.time),
+      })
     }
+    return items
   })
-  return (event) =>
-    Effect.suspend(() => {
-      if (Date.parse(event.time) > startedAt || after.delete(event.id)) return Effect.succeed(true)
-      return scan.pipe(
-        Effect.map(() => after.delete(event.id)),
-        // The outbox cannot tell (a pruned head, an error): deliver rather than risk a loss.
-        Effect.catch(() => Effect.succeed(true)),
-      )
-    })
+
+/** The last `window` event ids seen, oldest dropped first: a repeat is an id still among them. */
+class RecentIds {
+  readonly #ids = new Set<string>()
+  constructor(readonly window: number) {}
+  /** True if `id` was seen; otherwise remembers it. */
+  repeat(id: string): boolean {
+    if (this.#ids.has(id)) return true
+    this.#ids.add(id)
+    if (this.#ids.size > this.window) this.#ids.delete(this.#ids.values().next().value!)
+    return false
+  }
 }
 
 /** Where a subscription starts, once its start position was checked. */
@@ -191,38 +218,41 @@ interface Start {
    */
   readonly frontier: string | undefined
   readonly keep?: ((position: string | undefined) => boolean) | undefined
-  readonly nowFilter?: ((event: DeliveredEvent) => Effect.Effect<boolean>) | undefined
+  /** For an anchored ("now") cursor over an outbox: its anchor (the filter of which entries committed after it is shared, core `sharedAnchoredFilters`). */
+  readonly anchor?: Anchor | undefined
+  /** For "now": the head cursor it was resolved to (what the subscription reports as its start). */
+  readonly head?: string
 }
 
-/** Builds the subscribe function; the feeds live in the caller's (the layer's) scope. */
+/** Builds the subscription side; the feeds live in the caller's (the layer's) scope. */
 export const makeSubscribe = (
   main: Client,
   config: ResolvedOptions,
   store: Option.Option<OutboxReader["Service"]>,
-): Effect.Effect<
-  {
-    readonly head: (address: Address) => Effect.Effect<string, BusError>
-    readonly checkStart: (address: Address, from: string) => Effect.Effect<void, BusError>
-    readonly subscribe: (request: SubscribeRequest) => Stream.Stream<DeliveredEvent, BusError>
-  },
-  never,
-  Scope.Scope
-> =>
+): Effect.Effect<BrokerSubscribe, never, Scope.Scope> =>
   Effect.gen(function* () {
+    const layerScope = yield* Effect.scope
     const identityOf = (keys: ChannelKeys, known?: string, rotate = false) =>
       retryTransient(streamIdentity(main, keys, known, rotate), "reading the stream identity")
+    const positionOfStream = (stream: string) =>
+      retryTransient(streamPosition(main, stream), "reading the stream position")
+
+    /** The earliest start asked for by the subscriptions about to create an address's feed. */
+    const wanted = new Map<string, Wanted>()
+    /** The logs of the feeds that exist now (for `stats`). */
+    const logs = new Map<string, FeedLog>()
 
     /**
      * The live feed of one address. Every read is followed, in the same round trip, by a
      * look at the stream's identity key and at whether the stream exists: when the identity
      * is gone or changed, or the stream vanished, the stream lost its data (a restart
-     * without persistence, FLUSHALL, a DEL). The feed then says so (a `Lost` message, and a
+     * without persistence, FLUSHALL, a DEL). The feed then says so (a loss page, and a
      * warning in the log), starts over at the beginning of the new stream, and every
      * subscription re-reads what it missed from the outbox. Detection takes at most one
      * read: the next entry appended, or `blockMs` when nothing is.
      */
-    const feeds = yield* RcMap.make({
-      lookup: (key: string) =>
+    const feeds: RcMap.RcMap<string, Feed, BusError> = yield* RcMap.make({
+      lookup: (key: string): Effect.Effect<Feed, BusError, Scope.Scope> =>
         Effect.gen(function* () {
           const address = addressOf(key)
           const keys = channelKeys(config.keyPrefix, address)
@@ -230,11 +260,51 @@ export const makeSubscribe = (
           const tag = addressTag(address)
           const conn = yield* ownedConnection(main, `${config.connectionName}-feed`)
           const losses = yield* connectionLosses(conn)
-          const pubsub = yield* Effect.acquireRelease(PubSub.unbounded<FeedMessage>(), PubSub.shutdown)
+          const log = new FeedLog(defaultFeedWindow)
+          const metas = new WeakMap<ReadonlyArray<DeliveredEvent>, PageMeta>()
+          const seen = new RecentIds(defaultDedupeWindow)
           let identity = yield* identityOf(keys)
-          let position = (yield* retryTransient(streamPosition(main, stream), "reading the stream position"))
-            .last
+          const last = (yield* positionOfStream(stream)).last
+          // Start where the first subscribers need it when that is recent: the subscriptions
+          // of one burst (whose heads were read a moment before) then find their start in the
+          // log and read nothing. A start further back (a replay) is left to that subscriber's
+          // own catch-up, so live readers do not wait for it.
+          const want = wanted.get(key)
+          wanted.delete(key)
+          let position =
+            want !== undefined &&
+            want.identity === identity &&
+            compareStreamIds(want.id, last) < 0 &&
+            idTime(want.id) >= Date.now() - feedStartWindowMs
+              ? want.id
+              : last
+          const startAfter = { identity, id: position }
           let existed = false
+
+          const append = (meta: PageMeta, events: ReadonlyArray<DeliveredEvent>) => {
+            metas.set(events, meta)
+            log.append(events)
+          }
+          /** The stream lost its data and has identity `next` now: a loss page, and the feed starts the new stream from its start. */
+          const lose = (next: string) => {
+            const lostFrom = identity
+            identity = next
+            position = "0-0"
+            existed = false
+            if (next === lostFrom) return
+            append(
+              {
+                identity: next,
+                from: "0-0",
+                to: "0-0",
+                items: [],
+                minAt: Number.POSITIVE_INFINITY,
+                lost: { from: lostFrom, to: next },
+              },
+              [],
+            )
+          }
+
           const readOnce = Effect.suspend(() =>
             readWithIdentity(
               "XREAD",
@@ -244,29 +314,31 @@ export const makeSubscribe = (
               config.blockMs + replyMarginMs,
             ),
           ).pipe(
-            Effect.flatMap(({ reply, identity: seen, exists }) =>
+            Effect.flatMap(({ reply, identity: now, exists }) =>
               Effect.gen(function* () {
                 const vanished = existed && !exists
-                if (seen !== identity || vanished) {
+                if (now !== identity || vanished) {
                   // The entries of this read may be of the new stream or the last of the old
-                  // one: subscriptions re-read both from the outbox, so none is published.
-                  const next = yield* identityOf(keys, identity, seen === identity)
-                  const from = identity
+                  // one: subscriptions re-read both from the outbox, so none is appended.
+                  const next = yield* identityOf(keys, identity, now === identity)
                   yield* Effect.logWarning(
-                    `redis-streams: stream ${stream} lost its data (${vanished ? "the stream was deleted" : seen === null ? "its identity key is gone: Redis restarted without persistence or was flushed" : "its identity changed"}; identity ${from} → ${next}); the last entry this process read was ${position}; subscriptions re-read what they had not delivered from the outbox`,
+                    `redis-streams: stream ${stream} lost its data (${vanished ? "the stream was deleted" : now === null ? "its identity key is gone: Redis restarted without persistence or was flushed" : "its identity changed"}; identity ${identity} → ${next}); the last entry this process read was ${position}; subscriptions re-read what they had not delivered from the outbox`,
                   )
-                  identity = next
-                  position = "0-0"
-                  existed = false
-                  yield* PubSub.publish(pubsub, { lost: { from, to: next } })
+                  lose(next)
                   return
                 }
                 existed = exists
                 const entries = parseReadReply(reply)
                 if (entries.length === 0) return
+                const from = position
                 position = entries[entries.length - 1]!.id
-                const items = yield* decodeAll(address, stream, entries, { tag, identity })
-                yield* PubSub.publish(pubsub, { identity, items })
+                const items = yield* decodeItems(address, stream, entries, { tag, identity }, seen)
+                let minAt = Number.POSITIVE_INFINITY
+                for (const item of items) if (item.at < minAt) minAt = item.at
+                append(
+                  { identity, from, to: position, items, minAt },
+                  items.map((item) => item.event),
+                )
               }),
             ),
           )
@@ -284,55 +356,73 @@ export const makeSubscribe = (
             // A stream that is gone entirely is the identity check's case (it reports it as such).
             if (at.last === "0-0" || compareStreamIds(at.last, position) >= 0) return
             const next = yield* streamIdentity(main, keys, identity, true)
-            const from = identity
             yield* Effect.logWarning(
-              `redis-streams: stream ${stream} lost its newest entries (it ends at ${at.last}, this process had read up to ${position}: a failover to a replica that was behind); identity ${from} → ${next}; subscriptions re-read what they had not delivered from the outbox`,
+              `redis-streams: stream ${stream} lost its newest entries (it ends at ${at.last}, this process had read up to ${position}: a failover to a replica that was behind); identity ${identity} → ${next}; subscriptions re-read what they had not delivered from the outbox`,
             )
-            identity = next
-            position = "0-0"
-            existed = false
-            if (next !== from) yield* PubSub.publish(pubsub, { lost: { from, to: next } })
+            lose(next)
           })
-          // Transient failures (a killed connection, a restarting server, a failover) are
-          // retried for ever from the same position; ioredis reconnects underneath.
-          yield* Effect.gen(function* () {
-            let failures = 0
-            let seenLosses = losses.count
-            for (;;) {
-              // A read the cluster client re-sent to the new master after a failover does not
-              // fail: a dropped node connection counts as a failure here.
-              const dropped = losses.count !== seenLosses
-              seenLosses = losses.count
-              const error = yield* (
-                failures > 0 || dropped ? Effect.andThen(checkTail, readOnce) : readOnce
-              ).pipe(
-                Effect.as(undefined),
-                Effect.catch((e: BusError) => Effect.succeed(e)),
-              )
-              if (error === undefined) {
-                failures = 0
-                continue
-              }
-              if (!error.retryable) return yield* Effect.fail(error)
-              failures++
-              if (failures === 1 || failures % 20 === 0) {
-                yield* Effect.logWarning(
-                  `redis-streams: live read of ${stream} failed; retrying`,
-                  error.message,
-                )
-              }
-              yield* Effect.sleep(transientDelay(failures))
-            }
-          }).pipe(
-            Effect.catch((error: BusError) => PubSub.publish(pubsub, error)),
+          // One read per turn. Transient failures (a killed connection, a restarting server, a
+          // failover) are retried on core's schedule from the same position; ioredis
+          // reconnects underneath. A read the cluster client re-sent to the new master after a
+          // failover does not fail: a dropped node connection counts as a failure here, and
+          // the turn after a failure checks the stream's tail first.
+          let failed = false
+          let seenLosses = losses.count
+          const turn = Effect.suspend(() => {
+            const dropped = losses.count !== seenLosses
+            seenLosses = losses.count
+            return (failed || dropped ? Effect.andThen(checkTail, readOnce) : readOnce).pipe(
+              Effect.tap(() =>
+                Effect.sync(() => {
+                  failed = false
+                }),
+              ),
+              Effect.tapError(() =>
+                Effect.sync(() => {
+                  failed = true
+                }),
+              ),
+            )
+          })
+          yield* Effect.forever(retryTransient(turn, `live read of ${stream}`)).pipe(
+            // A feed that failed for good is not handed to later subscriptions: they start a
+            // new one. Out of the map first, then the log ends, in one step.
+            Effect.catch((error: BusError) =>
+              Effect.uninterruptible(
+                RcMap.invalidate(feeds, key).pipe(Effect.andThen(Effect.sync(() => log.fail(error)))),
+              ),
+            ),
             Effect.forkScoped,
           )
-          return { pubsub }
+
+          const indexFor = (at: string, after: StreamId): number | undefined =>
+            at !== identity
+              ? undefined
+              : indexAfter(
+                  log,
+                  compareStreamIds,
+                  after,
+                  position,
+                  startAfter.identity === at ? startAfter.id : undefined,
+                  (page) => {
+                    const meta = metas.get(page)!
+                    // Pages before a loss are of another stream.
+                    return meta.lost !== undefined || meta.identity !== at ? undefined : meta
+                  },
+                )
+
+          logs.set(key, log)
+          yield* Effect.addFinalizer(() =>
+            Effect.sync(() => {
+              if (logs.get(key) === log) logs.delete(key)
+            }),
+          )
+          return { log, meta: (page) => metas.get(page)!, identity: () => identity, indexFor } satisfies Feed
         }),
     })
 
     /** One catch-up page after `after`, with the identity of the stream it came from. */
-    const readPage = (address: Address, keys: ChannelKeys, after: StreamId) =>
+    const readPage = (address: Address, keys: ChannelKeys, after: StreamId, seen: RecentIds) =>
       retryTransient(
         readWithIdentity(
           "XRANGE",
@@ -347,46 +437,63 @@ export const makeSubscribe = (
           Effect.gen(function* () {
             // A missing identity key: the stream was lost a moment ago; take the new one.
             const current = identity ?? (yield* identityOf(keys))
-            const items = yield* decodeAll(address, keys.stream, parseEntries(reply), {
-              tag: addressTag(address),
-              identity: current,
-            })
-            return { identity: current, items } satisfies Batch
+            const entries = parseEntries(reply)
+            const items = yield* decodeItems(
+              address,
+              keys.stream,
+              entries,
+              { tag: addressTag(address), identity: current },
+              seen,
+            )
+            return { identity: current, items, last: entries.at(-1)?.id }
           }),
         ),
       )
 
+    const outboxHead = outboxHeads(layerScope, store, "redis-streams")
+    /** The anchored filter of each "now" cursor in use, shared by its subscriptions (core). */
+    const headFilters = Option.isSome(store)
+      ? sharedAnchoredFilters(store.value, config.pageSize, "redis-streams")
+      : undefined
+
     /**
-     * The cursor "now" means: the stream's last id and, with an outbox at hand, the time
-     * and the outbox head, so that a subscription from it can leave out events committed
-     * before it that the relay had not sent yet. Everything up to the position read runs
-     * before a subscribe() call returns (fibers start synchronously up to their first
-     * wait): the time, the outbox head when the outbox answers at once, and the position
-     * read is on the wire before any send the caller makes afterwards.
+     * The cursor "now" means: the stream's last id and, with an outbox at hand, an anchor
+     * (the outbox head and the time it was read), so that a subscription from it can leave
+     * out events committed before it that the relay had not sent yet.
+     *
+     * The stream's position is read by each call, at once: the read is on the wire before
+     * the fiber first waits, so before any send the caller makes afterwards (a read shared
+     * with later callers would be older than their calls and miss what landed in between).
+     * It costs Redis one script call. The outbox head, which costs a pooled connection of
+     * the outbox, is read at once by the first call and shared by the calls made until it
+     * answers (core `outboxHeads`): a thousand subscriptions from "now" started together no
+     * longer exhaust the outbox's pool.
      */
     const head = (request: Address): Effect.Effect<string, BusError> =>
       Effect.gen(function* () {
         const address = yield* checkAddress(request)
         const keys = channelKeys(config.keyPrefix, address)
         const { stream } = keys
-        const startedAt = Date.now()
-        const outboxHead = yield* Option.match(store, {
-          onNone: () => Effect.succeed(Option.none<string>()),
-          onSome: (s) =>
-            retryTransient(s.head(address), "reading the outbox head").pipe(
-              Effect.map(Option.some),
-              Effect.catch((error: BusError) =>
-                Effect.logWarning(
-                  `redis-streams: no outbox head for "now" on ${stream}; events the relay has not sent yet may be delivered`,
-                  error.message,
-                ).pipe(Effect.as(Option.none<string>())),
-              ),
-            ),
-        })
-        const last = (yield* retryTransient(streamPosition(main, stream), "reading the stream position")).last
-        const binding: CursorBinding = { tag: addressTag(address), identity: yield* identityOf(keys) }
-        return Option.isSome(outboxHead)
-          ? toHeadCursor(last, binding, startedAt, outboxHead.value)
+        const [last, identity, anchor] = yield* Effect.all(
+          [
+            Effect.map(positionOfStream(stream), (p) => p.last),
+            identityOf(keys),
+            outboxHead === undefined
+              ? Effect.undefined
+              : outboxHead(address).pipe(
+                  Effect.catch((error: BusError) =>
+                    Effect.logWarning(
+                      `redis-streams: no outbox head for "now" on ${stream}; events the relay has not sent yet may be delivered`,
+                      error.message,
+                    ).pipe(Effect.as(undefined)),
+                  ),
+                ),
+          ],
+          { concurrency: "unbounded" },
+        )
+        const binding: CursorBinding = { tag: addressTag(address), identity }
+        return anchor !== undefined
+          ? toHeadCursor(last, binding, anchor.at, anchor.outboxHead)
           : toCursor(last, binding)
       })
 
@@ -411,10 +518,11 @@ export const makeSubscribe = (
         // After a flip: an outbox cursor (or another broker's cursor with its outbox
         // frontier). The stream holds every event the relay forwarded, each with its outbox
         // position: read it from the start and skip exactly what the cursor covers.
-        const parsed = from === "now" ? parseCursor(yield* head(address)) : parseCursor(from)
+        const headCursor = from === "now" ? yield* head(address) : undefined
+        const parsed = parseCursor(headCursor ?? from)
         const outboxCursor = parsed instanceof CursorInvalid ? outboxCursorOf(store, from) : undefined
         if (outboxCursor !== undefined && Option.isSome(store)) {
-          const position = yield* retryTransient(streamPosition(main, stream), "reading the stream position")
+          const position = yield* positionOfStream(stream)
           if (position.trimmed || position.maxDeleted !== "0-0") {
             return yield* flipCursorExpired(from, `stream ${stream}`)
           }
@@ -439,14 +547,9 @@ export const makeSubscribe = (
         const frontier =
           parsed.frontier ??
           (parsed.anchor !== undefined && Option.isSome(store) ? parsed.anchor.outboxHead : undefined)
-        const nowFilter =
+        const anchor: Anchor | undefined =
           parsed.anchor !== undefined && Option.isSome(store)
-            ? committedAfter(
-                address,
-                { store: store.value, cursor: parsed.anchor.outboxHead },
-                parsed.anchor.startedAt,
-                config.pageSize,
-              )
+            ? { at: parsed.anchor.startedAt, outboxHead: parsed.anchor.outboxHead }
             : undefined
         if (parsed.binding !== undefined && parsed.binding.identity !== current) {
           // The stream this cursor was read from is gone. With the outbox frontier the cursor
@@ -459,10 +562,10 @@ export const makeSubscribe = (
               message: `cursor ${JSON.stringify(from)} points into a stream ${stream} that Redis lost (identity ${parsed.binding.identity}, now ${current}: restarted without persistence, or flushed), and it carries no outbox position to recover from; resume from "beginning" or "now"`,
             })
           }
-          return { start: "0-0", identity: parsed.binding.identity, current, frontier, nowFilter }
+          return { start: "0-0", identity: parsed.binding.identity, current, frontier, anchor }
         }
         if (from !== "now") {
-          const position = yield* retryTransient(streamPosition(main, stream), "reading the stream position")
+          const position = yield* positionOfStream(stream)
           if (entriesLostAfter(position, parsed.id)) {
             return yield* new CursorInvalid({
               cursor: from,
@@ -471,7 +574,14 @@ export const makeSubscribe = (
             })
           }
         }
-        return { start: parsed.id, identity: current, current, frontier, nowFilter }
+        return {
+          start: parsed.id,
+          identity: current,
+          current,
+          frontier,
+          anchor,
+          ...(headCursor !== undefined ? { head: headCursor } : {}),
+        }
       })
 
     const checkStart = (request: Address, from: string): Effect.Effect<void, BusError> =>
@@ -480,129 +590,176 @@ export const makeSubscribe = (
         Effect.asVoid,
       )
 
-    const subscribe = (request: SubscribeRequest): Stream.Stream<DeliveredEvent, BusError> =>
-      Stream.unwrap(
-        Effect.gen(function* () {
-          const address = yield* checkAddress(request)
-          const keys = channelKeys(config.keyPrefix, address)
-          const { stream } = keys
-          const from = request.from ?? "now"
-          const s = yield* resolveStart(address, from)
-          const feed = yield* RcMap.get(feeds, keyOf(address))
-          // Join the live feed before catching up, so nothing appended in between is missed.
-          const subscription = yield* PubSub.subscribe(feed.pubsub)
+    /**
+     * A subscriber's place in the address's feed after `from` (see the module comment): what
+     * it delivered is a stream identity and entry id; it is in the feed's log at `index`, or
+     * reads the stream up to the log first, or re-reads the outbox after a loss. Its filters
+     * (an outbox cursor's after a flip, an anchored "now" cursor's) apply per page, or per
+     * item only where the page needs it.
+     */
+    const openCursor: OpenFeedCursor = (request, from) =>
+      Effect.gen(function* () {
+        const address = yield* checkAddress(request)
+        const keys = channelKeys(config.keyPrefix, address)
+        const { stream } = keys
+        const key = keyOf(address)
+        const s = yield* resolveStart(address, from)
+        // Join the feed before reading anything: nothing appended meanwhile is missed.
+        const earliest = wanted.get(key)
+        if (
+          earliest === undefined ||
+          (earliest.identity === s.identity && compareStreamIds(s.start, earliest.id) < 0)
+        )
+          wanted.set(key, { identity: s.identity, id: s.start })
+        const feed = yield* RcMap.get(feeds, key)
+        // Read by the lookup that made the feed; a feed that already existed leaves it here.
+        wanted.delete(key)
 
-          // What the subscription has delivered: the stream identity and entry id, and the
-          // outbox frontier of its last event (where it re-reads from after a loss).
-          let identity = s.identity
-          let last = s.start
-          let frontier = s.frontier
-          let keep = s.keep
+        // What the subscription has delivered: the stream identity, and its entry id and
+        // filters (core's gate); the outbox frontier of its last event is where it re-reads
+        // the outbox from after a loss (`frontierBase` until it delivered one).
+        let identity = s.identity
+        const filter =
+          s.anchor !== undefined && headFilters !== undefined
+            ? yield* headFilters(address, s.anchor)
+            : undefined
+        const gate = new PositionGate<StreamId, Item>(compareStreamIds, s.start, s.keep, filter)
+        let frontierBase = s.frontier
+        // An event relayed without its outbox frontier (sent by hand) leaves the subscription
+        // unable to say what it delivered: a later loss is then a reset.
+        const frontier = () => (gate.lastItem !== undefined ? gate.lastItem.frontier : frontierBase)
+        /** Its place in the log. */
+        const place: LogPlace = { index: -1, ended: undefined }
+        /** A re-read of the outbox after a loss, to the stream of identity `to`. */
+        let recovering:
+          | { readonly to: string; after: string; read: number; readonly startedAt: number }
+          | undefined
+        /** Event ids of a catch-up read (a re-sent event has an entry of its own); dropped on joining the log. */
+        let catchUpSeen: RecentIds | undefined
 
-          const accept = (items: ReadonlyArray<Item>): Array<DeliveredEvent> => {
-            const out: Array<DeliveredEvent> = []
-            for (const item of items) {
-              if (compareStreamIds(item.id, last) <= 0) continue
-              last = item.id
-              if (item.event === undefined || (keep !== undefined && !keep(item.position))) continue
-              // An event relayed without its outbox frontier (sent by hand) leaves the
-              // subscription unable to say what it delivered: a later loss is then a reset.
-              frontier = item.frontier
-              out.push(item.event)
-            }
-            return out
-          }
+        /** Starts the re-read of the outbox after the stream lost its data (identity `to` now). */
+        const lost = (to: string): Effect.Effect<void, BusError> =>
+          Option.isNone(store) || frontier() === undefined
+            ? Effect.fail(
+                new CursorInvalid({
+                  cursor: from,
+                  reason: "expired",
+                  message: `Redis lost stream ${stream} (identity ${identity} → ${to}: restarted without persistence, or flushed) and this subscription cannot tell what it missed (${Option.isNone(store) ? "no outbox at hand" : "its last event carried no outbox position"}); resume from "beginning" or "now"`,
+                }),
+              )
+            : Effect.sync(() => {
+                recovering = { to, after: frontier()!, read: 0, startedAt: Date.now() }
+              })
 
-          /**
-           * The stream lost its data and now has identity `to`: delivers the events after the
-           * last delivered one from the outbox, up to its head, then goes on with the new
-           * stream from its start, skipping what the outbox read covered.
-           */
-          const recover = (to: string): Stream.Stream<DeliveredEvent, BusError> =>
-            Stream.unwrap(
-              Effect.gen(function* () {
-                const from_ = frontier
-                if (Option.isNone(store) || from_ === undefined) {
-                  return yield* new CursorInvalid({
-                    cursor: from,
-                    reason: "expired",
-                    message: `Redis lost stream ${stream} (identity ${identity} → ${to}: restarted without persistence, or flushed) and this subscription cannot tell what it missed (${Option.isNone(store) ? "no outbox at hand" : "its last event carried no outbox position"}); resume from "beginning" or "now"`,
-                  })
-                }
-                const outbox = store.value
-                const startedAt = Date.now()
-                let read = 0
-                return Stream.paginate(from_, (after) =>
-                  retryTransient(outbox.read(address, after, config.pageSize), "re-reading the outbox").pipe(
-                    Effect.flatMap((page) =>
-                      Effect.gen(function* () {
-                        read += page.events.length
-                        if (!page.more) {
-                          yield* Effect.logWarning(
-                            `redis-streams: subscription of ${stream} recovered from the loss (identity ${identity} → ${to}): ${read} event(s) after its last one re-read from the outbox in ${Date.now() - startedAt} ms`,
-                          )
-                          identity = to
-                          last = "0-0"
-                          keep = notCoveredBy(outbox, page.next)
-                          frontier = page.next
-                        }
-                        return [page.events, page.more ? Option.some(page.next) : Option.none()] as const
-                      }),
-                    ),
-                  ),
-                )
-              }),
+        /** One page of the outbox re-read; at its end the subscription goes on with the new stream from its start. */
+        const recoverPage = Effect.gen(function* () {
+          const r = recovering!
+          const outbox = (store as Option.Some<OutboxReader["Service"]>).value
+          const page = yield* retryTransient(
+            outbox.read(address, r.after, config.pageSize),
+            "re-reading the outbox",
+          )
+          r.read += page.events.length
+          r.after = page.next
+          if (!page.more) {
+            yield* Effect.logWarning(
+              `redis-streams: subscription of ${stream} recovered from the loss (identity ${identity} → ${r.to}): ${r.read} event(s) after its last one re-read from the outbox in ${Date.now() - r.startedAt} ms`,
             )
+            identity = r.to
+            gate.last = "0-0"
+            gate.keep = notCoveredBy(outbox, page.next)
+            gate.lastItem = undefined
+            frontierBase = page.next
+            recovering = undefined
+          }
+          if (filter === undefined) return page.events
+          const out: Array<DeliveredEvent> = []
+          for (const e of page.events)
+            if (filter.now(e.id, Date.parse(e.time)) === true || (yield* filter.later(e.id))) out.push(e)
+          return out
+        })
 
-          // Decided when the batch's turn comes (Stream.suspend), after a recovery before it
-          // has moved the subscription to the new stream.
-          const onBatch = (
-            batch: Batch | Lost,
-            catchingUp: boolean,
-          ): Stream.Stream<DeliveredEvent, BusError> =>
-            Stream.suspend(() => {
-              if ("lost" in batch) return batch.lost.from === identity ? recover(batch.lost.to) : Stream.empty
-              if (batch.identity === identity) return Stream.fromIterable(accept(batch.items))
-              // A catch-up page of a stream that replaced the one this subscription read from.
-              // Live entries of another identity are the old stream's, queued before the feed
-              // noticed the loss: the outbox read covered them.
-              if (catchingUp)
-                return Stream.concat(
-                  recover(batch.identity),
-                  Stream.suspend(() => Stream.fromIterable(accept(batch.items))),
-                )
-              return Stream.empty
-            })
-
-          const catchUp = Stream.paginate(s.start, (after) =>
-            readPage(address, keys, after).pipe(
-              Effect.map(
-                (batch) =>
-                  [
-                    [batch],
-                    batch.items.length >= config.pageSize
-                      ? Option.some(batch.items[batch.items.length - 1]!.id)
-                      : Option.none(),
-                  ] as const,
-              ),
-            ),
-          ).pipe(Stream.flatMap((batch) => onBatch(batch, true)))
-          const live = Stream.fromSubscription(subscription).pipe(
-            Stream.mapEffect((message) =>
-              "items" in message || "lost" in message
-                ? Effect.succeed(message as Batch | Lost)
-                : Effect.fail(message as BusError),
-            ),
-            Stream.flatMap((batch) => onBatch(batch, false)),
+        const poll = (): FeedPage | "wait" | "step" => {
+          if (
+            place.index < 0 ||
+            gate.held !== undefined ||
+            place.ended !== undefined ||
+            recovering !== undefined
           )
-          const events = Stream.concat(catchUp, live)
-          return (s.nowFilter === undefined ? events : Stream.filterEffect(events, s.nowFilter)).pipe(
-            // A re-sent event (after the dedupe TTL, or a recovery after data loss) gets a
-            // new entry; a subscription delivers each event id once.
-            dedupeById(),
-          )
-        }),
-      )
+            return "step"
+          return pollLog(feed.log, place, (events) => {
+            const meta = feed.meta(events)
+            if (meta.lost !== undefined) {
+              if (meta.lost.from !== identity) return undefined
+              // The stream lost its data under this subscription: `step` re-reads the outbox.
+              place.index = -1
+              return "step"
+            }
+            // Entries of another stream (the old one's, queued before the feed noticed its loss).
+            if (meta.identity !== identity) return undefined
+            const out = gate.page(meta, events)
+            return out.length === 0 && gate.held !== undefined ? "step" : out
+          })
+        }
 
-    return { head, checkStart, subscribe }
+        const step: Effect.Effect<FeedPage | undefined, BusError> = Effect.suspend(() =>
+          Effect.gen(function* () {
+            if (gate.held !== undefined) {
+              const events = yield* gate.admitHeld
+              return events.length > 0 ? { events, live: place.index >= 0 } : undefined
+            }
+            if (place.ended !== undefined) return yield* Effect.fail(place.ended)
+            if (recovering !== undefined) {
+              const events = yield* recoverPage
+              return events.length > 0 ? { events, live: false } : undefined
+            }
+            if (feed.log.failure !== undefined) return yield* Effect.fail(feed.log.failure)
+            // A loss the log shows no more (or that happened before this subscription joined).
+            if (identity !== feed.identity() && place.index < 0) {
+              yield* lost(feed.identity())
+              return undefined
+            }
+            // In the log from `last` on: no read. Otherwise read a page of the stream after
+            // `last`, then look again (the log has moved on meanwhile).
+            const end = feed.log.end
+            const at = feed.indexFor(identity, gate.last)
+            if (at !== undefined) {
+              place.index = at
+              catchUpSeen = undefined
+              return undefined
+            }
+            catchUpSeen ??= new RecentIds(defaultDedupeWindow)
+            const page = yield* readPage(address, keys, gate.last, catchUpSeen)
+            if (page.identity !== identity) {
+              // A stream that replaced the one this subscription read from.
+              yield* lost(page.identity)
+              return undefined
+            }
+            if (page.last === undefined) {
+              // Nothing after `last` in the stream: whatever comes next, the feed appends after
+              // the log's end as it was before this read.
+              place.index = end
+              catchUpSeen = undefined
+              return undefined
+            }
+            const events = gate.admit(page.items)
+            if (gate.held === undefined && compareStreamIds(page.last, gate.last) > 0) gate.last = page.last
+            return events.length > 0 ? { events, live: false } : undefined
+          }),
+        )
+
+        return {
+          start: s.head ?? from,
+          poll,
+          step,
+          onAppend: (wake: () => void) => feed.log.onAppend(wake),
+        } satisfies FeedCursor
+      })
+
+    const subscribe = (request: SubscribeRequest): Stream.Stream<DeliveredEvent, BusError> =>
+      feedStream(openCursor(request, request.from ?? "now"))
+
+    const stats = () => feedLogStats(logs)
+
+    return { head, checkStart, subscribe, openCursor, stats }
   })

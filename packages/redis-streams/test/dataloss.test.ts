@@ -3,11 +3,12 @@ import { type Bus, CursorInvalid, type DeliveredEvent, type MemoryOutbox, memory
 import { addressTag } from "@bus/core/adapter"
 import { type ServerHandle, startRedis } from "@bus/test-infra"
 import type { Redis } from "ioredis"
-import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from "vitest"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { channelKeys, toCursor } from "../src/adapter.js"
 import type { RedisStreamsOptions } from "../src/index.js"
 import {
   type Address,
+  captureLogs,
   orderViolations,
   publish,
   Resources,
@@ -37,19 +38,7 @@ afterAll(async () => {
 })
 
 /** Log lines of the transport, captured from the default logger (console.log). */
-let logs: Array<string> = []
-beforeEach(() => {
-  logs = []
-  const log = console.log.bind(console)
-  vi.spyOn(console, "log").mockImplementation((...args: Array<unknown>) => {
-    const line = args.map(String).join(" ")
-    if (line.includes("redis-streams:")) logs.push(line)
-    log(...args)
-  })
-})
-afterEach(() => {
-  vi.restoreAllMocks()
-})
+const captured = captureLogs("redis-streams:")
 
 const options = (): RedisStreamsOptions => ({ url: server.url, blockMs: 200, claimIdleMs: 2_000 })
 
@@ -159,9 +148,11 @@ describe("Redis loses its data while consumers run", () => {
         // Per transaction, the subscriber sees events in order.
         expect(orderViolations(sub.events)).toEqual([])
         // The log says what was lost and what was re-sent.
-        expect(logs.some((l) => l.includes(`stream ${keys.stream} lost its data`))).toBe(true)
+        expect(captured.lines.some((l) => l.includes(`stream ${keys.stream} lost its data`))).toBe(true)
         expect(
-          logs.some((l) => /group slow of .* recovered: \d+ event\(s\) re-sent from the outbox/.test(l)),
+          captured.lines.some((l) =>
+            /group slow of .* recovered: \d+ event\(s\) re-sent from the outbox/.test(l),
+          ),
         ).toBe(true)
       } finally {
         await r.close()
@@ -196,7 +187,7 @@ describe("a stream or a group deleted by hand", () => {
       const sent = [...first, ...second]
       await waitFor(() => handled.hasAll(sent) && sub.hasAll(sent), 30_000, "everything after the DEL")
       expect(
-        logs.some(
+        captured.lines.some(
           (l) => l.includes("the stream was deleted") || l.includes(`stream ${keys.stream} lost its data`),
         ),
       ).toBe(true)
@@ -208,7 +199,10 @@ describe("a stream or a group deleted by hand", () => {
       const all = [...sent, ...third]
       await waitFor(() => handled.hasAll(all) && sub.hasAll(all), 30_000, "everything after XGROUP DESTROY")
       await waitFor(
-        () => logs.some((l) => l.includes("group g of") && l.includes("was deleted while its stream stayed")),
+        () =>
+          captured.lines.some(
+            (l) => l.includes("group g of") && l.includes("was deleted while its stream stayed"),
+          ),
         10_000,
         "the log line of the deleted group",
       )

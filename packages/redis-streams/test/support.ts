@@ -10,6 +10,7 @@ import {
 } from "@bus/core/adapter"
 import { Effect, type Layer } from "effect"
 import { Redis } from "ioredis"
+import { afterEach, beforeEach, vi } from "vitest"
 import type { RedisStreamsOptions } from "../src/index.js"
 import { redisStreams } from "../src/index.js"
 
@@ -140,4 +141,26 @@ export const killableStore = (
       dead = true
     },
   }
+}
+
+/**
+ * The SDK's log lines that contain one of `marks`, captured from the default logger
+ * (console.log) for each test of the file (call at the top level of a test file); the lines
+ * still go to the console.
+ */
+export const captureLogs = (...marks: ReadonlyArray<string>): { readonly lines: Array<string> } => {
+  const captured = { lines: [] as Array<string> }
+  beforeEach(() => {
+    captured.lines = []
+    const log = console.log.bind(console)
+    vi.spyOn(console, "log").mockImplementation((...args: Array<unknown>) => {
+      const line = args.map(String).join(" ")
+      if (marks.some((m) => line.includes(m))) captured.lines.push(line)
+      log(...args)
+    })
+  })
+  afterEach(() => {
+    vi.restoreAllMocks()
+  })
+  return captured
 }

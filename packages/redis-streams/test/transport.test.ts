@@ -406,7 +406,8 @@ describe("subscribe", () => {
       await waitFor(
         () => all.hasAll(second) && rest.hasAll(second) && now.hasAll(second),
         10_000,
-        "the second batch everywhere",
+        () =>
+          `all ${all.events.length} ${String(all.error)} rest ${rest.events.length} ${String(rest.error)} now ${now.events.length} ${String(now.error)}`,
       )
       expect(all.events.map((e) => e.id)).toEqual([...first, ...second])
       expect(rest.events.map((e) => e.id)).toEqual([...first.slice(3), ...second])
