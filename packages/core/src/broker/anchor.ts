@@ -27,14 +27,13 @@ export interface Anchor {
 
 /**
  * The outbox head of an address, for anchored "now" cursors, as an {@link Anchor}: retried
- * while the outbox fails for a moment, and coalesced per address (see `coalesce`,
- * `"inFlight"`): the first call reads it at once, in the call, and the calls made until it
- * answers share that read, its pooled connection and its anchor. The anchor's time is taken
- * once the head is read, so an event stamped after it surely committed after the head; and
- * once per read, so the subscriptions of one burst share one anchor, and with it one filter
- * ({@link sharedAnchoredFilters}). A call that joins gets a head a little older than its
- * call: its subscription may deliver an event committed just before it, never miss one
- * committed after. `undefined` without an outbox.
+ * while the outbox fails for a moment, and coalesced per address (see `coalesce`): the calls
+ * of one turn of the event loop share one read, sent after the last of them, so the head is
+ * never older than a call. The anchor's time is taken once the head is read, so an event
+ * stamped after it surely committed after the head; and once per read, so the subscriptions
+ * of one burst share one anchor, and with it one filter ({@link sharedAnchoredFilters}): a
+ * thousand subscriptions from "now" started together read the head once and the relay's
+ * backlog once. `undefined` without an outbox.
  */
 export const outboxHeads = (
   scope: Scope.Scope,
@@ -53,7 +52,6 @@ export const outboxHeads = (
       )
     },
     `${what}: the transport is closing`,
-    "inFlight",
   )
   return (address) => read(`${address.tenant}\u0000${address.channel}`)
 }
