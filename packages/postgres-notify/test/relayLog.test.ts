@@ -245,59 +245,6 @@ describe("wake-ups without the commit lock", () => {
   })
 })
 
-describe("positions", () => {
-  it("at a steady trickle a partition's position is stored about once per storeIntervalMs, not once per round, and it is stored when the partition goes idle", async () => {
-    const { s, schema } = await store(undefined, { notify: "none" })
-    // Every store of a moved position, recorded by the database itself (plain SQL, outside the SDK).
-    await rows(
-      `CREATE TABLE "${schema}".position_stores (partition int, at timestamptz DEFAULT clock_timestamp())`,
-    )
-    await rows(`CREATE FUNCTION "${schema}".log_store() RETURNS trigger LANGUAGE plpgsql AS $$
-      BEGIN INSERT INTO "${schema}".position_stores (partition) VALUES (NEW.partition); RETURN NEW; END $$`)
-    await rows(`CREATE TRIGGER log_store AFTER UPDATE ON "${schema}".relay_partitions FOR EACH ROW
-      WHEN (NEW.position IS DISTINCT FROM OLD.position) EXECUTE FUNCTION "${schema}".log_store()`)
-    const b = broker(s)
-    const relay = startRelay(b, { owner: "r", storeIntervalMs: 300, maxIdleMs: 50 })
-    try {
-      // 40 transactions of one event, 15 ms apart: woken by each append, the relay forwards
-      // them in many small rounds.
-      const sent: Array<Envelope> = []
-      const started = Date.now()
-      for (let i = 0; i < 40; i++) {
-        const e = event("acme", "trickle", { i })
-        sent.push(e)
-        await inTransaction(db.pool, (tx) => run(s.append(tx, [e])))
-        await new Promise((r) => setTimeout(r, 15))
-      }
-      await eventually(() => (sent.every((e) => relayedIds(b).includes(e.id)) ? true : undefined), 10_000)
-      const elapsed = Date.now() - started
-      const partition = await run(s.relay.partitionOf({ tenant: "acme", channel: "trickle" }))
-      // Idle now: the last position is stored within the interval, and it covers every row.
-      await eventually(async () => {
-        const [stored] = await rows(
-          `SELECT position FROM "${schema}".relay_partitions WHERE partition = $1`,
-          [partition],
-        )
-        const page = await run(s.relay.read(partition, String(stored!.position), 100))
-        return page.rows.length === 0 ? true : undefined
-      }, 5_000)
-      const [{ n } = { n: 0 }] = (await rows(
-        `SELECT count(*)::int AS n FROM "${schema}".position_stores WHERE partition = $1`,
-        [partition],
-      )) as Array<{ n: number }>
-      // One store per interval over the trickle, plus the first and the idle one; a store per
-      // round would be about one per transaction.
-      expect(n).toBeGreaterThanOrEqual(1)
-      expect(n).toBeLessThanOrEqual(Math.ceil(elapsed / 300) + 2)
-      expect(n).toBeLessThan(20)
-      // Each event reached the broker once, in order.
-      expect(relayedIds(b).filter((id) => sent.some((e) => e.id === id))).toEqual(sent.map((e) => e.id))
-    } finally {
-      await relay.stop()
-    }
-  })
-})
-
 describe("partitions", () => {
   it("the process computes an address's partition exactly as relay_partition() in the database", async () => {
     const { s, schema } = await store()

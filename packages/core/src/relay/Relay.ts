@@ -7,7 +7,6 @@ import {
   OutboxRelay,
   type RelayClaim,
   type RelayedEvent,
-  type RelayPage,
   type RelayState,
 } from "../contracts/OutboxStore.js"
 import { Transport } from "../contracts/Transport.js"
@@ -63,18 +62,6 @@ export interface RelayOptions {
   readonly maxAttempts?: number
   /** Longest wait between reads of an idle partition: the safety net behind wake-ups (default 1 s). */
   readonly maxIdleMs?: number
-  /**
-   * Least time between two stores of a partition's position while it keeps moving (default
-   * 50 ms). A position that moved is stored at once when the last store is older than this,
-   * else when this much time has passed, also if the partition goes idle meanwhile. A relay
-   * that dies re-sends at most what it forwarded in this time (the broker drops the repeats).
-   */
-  readonly storeIntervalMs?: number
-  /**
-   * Pause after a wake-up before the partition is read (default 1 ms): an append signals
-   * before its transaction commits, so a read at once would usually find nothing yet.
-   */
-  readonly wakeGraceMs?: number
   /** Addresses sent to at once within a batch; events of one address are always sent in order (default 8). */
   readonly concurrency?: number
   /** Least time between two fairness rounds of a partition that is behind (default 100 ms). */
@@ -103,8 +90,6 @@ const resolve = (options: RelayOptions) => ({
   leaseMs: Math.max(100, options.leaseMs ?? 5_000),
   maxAttempts: Math.max(1, options.maxAttempts ?? 10),
   maxIdleMs: Math.max(1, options.maxIdleMs ?? 1_000),
-  storeIntervalMs: Math.max(0, options.storeIntervalMs ?? 50),
-  wakeGraceMs: Math.max(0, options.wakeGraceMs ?? 1),
   concurrency: Math.max(1, options.concurrency ?? 8),
   fairnessIntervalMs: Math.max(0, options.fairnessIntervalMs ?? 100),
   fairnessAddresses: Math.max(1, options.fairnessAddresses ?? 256),
@@ -327,43 +312,17 @@ interface Round {
   /** The page was full: more rows wait right now. */
   readonly more: boolean
   readonly changed: boolean
-  /** The next page, already being read from the position this round stored (log rounds of a partition behind). */
-  readonly prefetch?: Prefetch | undefined
-}
-
-/** A page read ahead while the round before it was still sending. */
-interface Prefetch {
-  /** The position it was read after: it is used only if the partition is still there. */
-  readonly after: string
-  readonly fiber: Fiber.Fiber<RelayPage, BusError>
 }
 
 /**
  * A log round: the next page of the partition after its position, minus what fairness
  * rounds already sent. The position moves only when every row of the page went through.
  */
-const logRound = (o: Resolved, partition: number, s: PartitionState, prefetched?: Prefetch) =>
+const logRound = (o: Resolved, partition: number, s: PartitionState) =>
   Effect.gen(function* () {
     const relay = yield* OutboxRelay
     const reader = yield* OutboxReader
-    let page: RelayPage
-    if (prefetched !== undefined && prefetched.after === s.position)
-      page = yield* Fiber.join(prefetched.fiber)
-    else {
-      if (prefetched !== undefined) yield* Fiber.interrupt(prefetched.fiber)
-      page = yield* relay.read(partition, s.position, o.batchSize)
-    }
-    // A partition that is behind reads its next page while this one is sent, so the relay's
-    // rate is bounded by the slower of the two, not by their sum. The read is taken only if
-    // every row of this page went through (the position then is `page.next`).
-    const ahead: Prefetch | undefined = page.more
-      ? {
-          after: page.next,
-          fiber: yield* Effect.forkChild(relay.read(partition, page.next, o.batchSize), {
-            startImmediately: true,
-          }),
-        }
-      : undefined
+    const page = yield* relay.read(partition, s.position, o.batchSize)
     const todo =
       s.ahead.size === 0
         ? page.rows
@@ -396,17 +355,11 @@ const logRound = (o: Resolved, partition: number, s: PartitionState, prefetched?
         }
       }
     }
-    let prefetch = ahead
-    if (!ok && ahead !== undefined) {
-      yield* Fiber.interrupt(ahead.fiber)
-      prefetch = undefined
-    }
     return {
       read: page.rows.length,
       ...outcome,
       more: page.more,
       changed: (ok && page.rows.length > 0) || served,
-      prefetch,
     } satisfies Round
   })
 
@@ -533,22 +486,14 @@ const makeSignal = Effect.gen(function* () {
  * Wake-ups. Producers in broker mode send no NOTIFY inside their transaction; the store
  * signals the partitions of its own appends at once (`relay.wakeups`), and other processes'
  * through a NOTIFY outside any producer transaction where the store offers one. The append
- * is not committed yet when the signal arrives, so the relay reads `wakeGraceMs` after it,
- * and after a wake-up that finds nothing it looks again 2, 4, 8 and 16 ms later before it
- * falls back to waiting.
- *
- * Positions. A round that moved the position marks it to be stored; it is stored at once
- * when the last store is older than `storeIntervalMs`, else when that interval is up (the
- * idle wait is cut short for it), and when the partition stops. At a steady trickle of
- * events a round forwards a few rows, so a store per round would cost the database about
- * one UPDATE per event; stored this way it costs at most one per interval per partition.
+ * is not committed yet when the signal arrives, so after a wake-up that finds nothing the
+ * relay looks again 2, 4, 8 and 16 ms later before it falls back to waiting.
  */
 const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: () => boolean) =>
   Effect.scoped(
     Effect.gen(function* () {
       const s = stateOf(claim)
       const partition = claim.partition
-      const lostWarning = Effect.logWarning(`relay: lost partition ${partition} to another relay`)
       const resend = resendSignalOf(yield* Transport)
       // A loss reported shortly before this relay took the partition (a stream the transport
       // had to create at start) is acted on too; an older one was its previous holder's.
@@ -558,10 +503,6 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
       let idleMs = 0
       let burst = 0
       let backoffMs = 0
-      /** The position moved since it was last stored; when it was last stored. */
-      let dirty = false
-      let storedAt = 0
-      let prefetch: Prefetch | undefined
       // The lease is renewed beside the rounds, so a long round (a slow broker) never lets
       // it run out under a relay that is still sending.
       let lost = false
@@ -587,35 +528,17 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
         committing = undefined
         return f === undefined ? Effect.succeed(true) : Fiber.join(f)
       })
-      /** Stores the position (after the store in flight); false when the lease was lost. */
-      const store = Effect.gen(function* () {
-        if (!(yield* settle)) return false
-        dirty = false
-        storedAt = Date.now()
-        committing = yield* Effect.forkScoped(claim.commit(toStored(s)))
-        return true
-      })
-      const storeDue = () => dirty && Date.now() - storedAt >= o.storeIntervalMs
-      // A partition interrupted (the bus closing) with its position not stored yet stores it,
-      // bounded, so the next owner re-sends as little as possible. Added first, it runs after
-      // the scope's forked stores were interrupted, and stores the newest position.
-      yield* Effect.addFinalizer(() =>
-        dirty
-          ? claim.commit(toStored(s)).pipe(Effect.timeout(Math.min(1_000, o.leaseMs)), Effect.ignore)
-          : Effect.void,
-      )
       // A partition handed to another relay stops between rounds, its position stored, so the
       // next owner resends nothing.
       while (!stopping()) {
         if (lost) {
-          yield* lostWarning
+          yield* Effect.logWarning(`relay: lost partition ${partition} to another relay`)
           return
         }
         const exit = yield* Effect.exit(
           Effect.gen(function* () {
             if ((yield* rewindOnLoss(resend, seen, s, claim)) !== undefined) resent = 0
-            const log = yield* logRound(o, partition, s, prefetch)
-            prefetch = log.prefetch
+            const log = yield* logRound(o, partition, s)
             let round: Round = log
             if (log.more && !log.unavailable && Date.now() - s.lastFairness >= o.fairnessIntervalMs) {
               s.lastFairness = Date.now()
@@ -632,8 +555,6 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
           }),
         )
         if (Exit.isFailure(exit)) {
-          if (prefetch !== undefined) yield* Fiber.interrupt(prefetch.fiber)
-          prefetch = undefined
           backoffMs = Math.min(o.maxIdleMs * 5, Math.max(backoffMs * 2, 100))
           yield* Effect.logWarning(
             `relay: partition ${partition} failed; retrying in ${backoffMs} ms`,
@@ -643,14 +564,12 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
           continue
         }
         const round = exit.value
-        if (round.changed) dirty = true
-        // After a failure the rows served ahead of the position are stored at once: the
-        // backoff that follows may be long.
-        if (storeDue() || (dirty && (round.unavailable || round.failed > 0))) {
-          if (!(yield* store)) {
-            yield* lostWarning
+        if (round.changed) {
+          if (!(yield* settle)) {
+            yield* Effect.logWarning(`relay: lost partition ${partition} to another relay`)
             return
           }
+          committing = yield* Effect.forkScoped(claim.commit(toStored(s)))
         }
         if (round.unavailable || round.failed > 0) {
           // The position could not move (a broker outage, or a row refused with a retryable
@@ -673,47 +592,25 @@ const runPartition = (o: Resolved, claim: RelayClaim, signal: Signal, stopping: 
           }
         }
         if (round.more) continue
-        // Caught up. Not read again at once: appends signalled during the round wake the
-        // relay (after the grace their commits need), so at a steady trickle a round reads
-        // what committed meanwhile instead of one event and then nothing. Rows whose append
-        // signalled before the read and committed after it are looked for 2, 4, 8 and 16 ms
-        // later, as after a wake-up that found nothing.
         if (round.read > 0) {
           idleMs = 0
-          burst = 2
+          burst = 0
+          continue
         }
+        // Nothing to read. After a wake-up, look again soon: the append that signalled may
+        // commit a moment later.
         if (burst > 0 && burst <= 16) {
-          if (yield* signal.wait(partition, burst)) {
-            burst = 2
-            if (o.wakeGraceMs > 0) yield* Effect.sleep(o.wakeGraceMs)
-          } else burst *= 2
+          yield* Effect.sleep(burst)
+          burst *= 2
           continue
         }
         idleMs = Math.min(o.maxIdleMs, Math.max(10, idleMs * 2))
-        // A position not stored yet is stored when its interval is up, idle or not.
-        const waitMs = dirty
-          ? Math.max(1, Math.min(idleMs, o.storeIntervalMs - (Date.now() - storedAt)))
-          : idleMs
-        const woke = yield* signal.wait(partition, waitMs)
-        if (woke) {
-          // A commit usually follows its append within a millisecond or two.
-          burst = 2
-          idleMs = 0
-          if (o.wakeGraceMs > 0) yield* Effect.sleep(o.wakeGraceMs)
-        } else {
-          burst = 0
-          if (storeDue() && !(yield* store)) {
-            yield* lostWarning
-            return
-          }
-        }
+        const woke = yield* signal.wait(partition, idleMs)
+        // A commit usually follows its append within a millisecond or two.
+        burst = woke ? 2 : 0
+        if (woke) idleMs = 0
       }
-      if (prefetch !== undefined) yield* Fiber.interrupt(prefetch.fiber)
-      if (dirty && !(yield* store)) {
-        yield* lostWarning
-        return
-      }
-      if (!(yield* settle)) yield* lostWarning
+      if (!(yield* settle)) yield* Effect.logWarning(`relay: lost partition ${partition} to another relay`)
     }),
   )
 
@@ -819,10 +716,8 @@ export const relayBatch = (
       const s = stateOf(claim)
       const resend = resendSignalOf(yield* Transport)
       yield* rewindOnLoss(resend, { generation: repairedOnClaim(resend, partition) }, s, claim)
-      let prefetch: Prefetch | undefined
       for (;;) {
-        const round = yield* logRound(o, partition, s, prefetch)
-        prefetch = round.prefetch
+        const round = yield* logRound(o, partition, s)
         read += round.read
         forwarded += round.forwarded
         failed += round.failed
@@ -830,7 +725,6 @@ export const relayBatch = (
         if (round.changed) yield* claim.commit(toStored(s))
         if (!round.more || round.failed > 0) break
       }
-      if (prefetch !== undefined) yield* Fiber.interrupt(prefetch.fiber)
       yield* relay.release(partition, o.owner)
     }
     return { read, forwarded, failed, parked }
