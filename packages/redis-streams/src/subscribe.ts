@@ -450,7 +450,7 @@ export const makeSubscribe = (
         ),
       )
 
-    const outboxHead = outboxHeads(layerScope, store, "redis-streams")
+    const outboxHead = outboxHeads(layerScope, store, "redis-streams", "inFlight")
     /** The anchored filter of each "now" cursor in use, shared by its subscriptions (core). */
     const headFilters = Option.isSome(store)
       ? sharedAnchoredFilters(store.value, config.pageSize, "redis-streams")

@@ -27,18 +27,24 @@ export interface Anchor {
 
 /**
  * The outbox head of an address, for anchored "now" cursors, as an {@link Anchor}: retried
- * while the outbox fails for a moment, and coalesced per address (see `coalesce`): the calls
- * of one turn of the event loop share one read, sent after the last of them, so the head is
- * never older than a call. The anchor's time is taken once the head is read, so an event
- * stamped after it surely committed after the head; and once per read, so the subscriptions
- * of one burst share one anchor, and with it one filter ({@link sharedAnchoredFilters}): a
- * thousand subscriptions from "now" started together read the head once and the relay's
- * backlog once. `undefined` without an outbox.
+ * while the outbox fails for a moment, and coalesced per address (see `coalesce`). With
+ * `"nextTurn"` the calls of one turn of the event loop share one read, sent after the last
+ * of them, so the head is never older than a call. With `"inFlight"` the first call reads it
+ * at once, in the call (before anything its caller does next), and the calls made until it
+ * answers join that read: their head is a little older than their call, so their
+ * subscriptions may deliver an event committed just before, never miss one committed after.
+ *
+ * The anchor's time is taken once the head is read, so an event stamped after it surely
+ * committed after the head; and once per read, so the subscriptions sharing a read share one
+ * anchor, and with it one filter ({@link sharedAnchoredFilters}): a thousand subscriptions
+ * from "now" started together read the head and the relay's backlog a few times, not a
+ * thousand. `undefined` without an outbox.
  */
 export const outboxHeads = (
   scope: Scope.Scope,
   store: Option.Option<OutboxReader["Service"]>,
   what: string,
+  mode: "nextTurn" | "inFlight" = "nextTurn",
 ): ((address: Address) => Effect.Effect<Anchor, BusError>) | undefined => {
   if (Option.isNone(store)) return undefined
   const outbox = store.value
@@ -52,6 +58,7 @@ export const outboxHeads = (
       )
     },
     `${what}: the transport is closing`,
+    mode,
   )
   return (address) => read(`${address.tenant}\u0000${address.channel}`)
 }
