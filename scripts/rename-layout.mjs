@@ -138,7 +138,18 @@ const MAP = {
     ["redis-cluster.test.ts", "redisCluster.test.ts"],
     ["server-process.test.ts", "serverProcess.test.ts"],
   ],
-  "benchmarks/src/targets": [["relay-process.ts", "relayProcess.ts"]],
+  "benchmarks/src": [
+    // the suite: which scenarios there are, their reports, and the report frame over all of
+    // them. Above scenarios/ and report/, so that neither imports what imports it
+    ["scenarios/index.ts", "suite/scenarios.ts"],
+    ["scenarios/reports.ts", "suite/reports.ts"],
+    ["report/markdown.ts", "suite/markdown.ts"],
+    ["report/summary.ts", "suite/summary.ts"],
+    // drives a target's pipe: a scenario's tool, next to the scenario context (harness/ is
+    // below targets/, and targets/pipe.ts uses harness/types.ts)
+    ["harness/delivery.ts", "scenarios/delivery.ts"],
+    ["targets/relay-process.ts", "targets/relayProcess.ts"],
+  ],
 }
 
 // Files that stay where they are, in folders files move out of or into.
@@ -201,7 +212,25 @@ const KEEP = {
     "wire.ts",
   ],
   "test-infra/src/servers": ["types.ts"],
+  "benchmarks/src": ["cli.ts", "main.ts"],
   "benchmarks/src/targets": ["pipe.ts", "poll.ts", "raw.ts", "sdk.ts", "sse.ts"],
+  "benchmarks/src/scenarios": ["context.ts"],
+  "benchmarks/src/report": ["format.ts", "svg.ts"],
+  "benchmarks/src/harness": [
+    "blocks.ts",
+    "cpu.ts",
+    "env.ts",
+    "histogram.ts",
+    "machine.ts",
+    "memory.ts",
+    "pg.ts",
+    "profile.ts",
+    "progress.ts",
+    "schedule.ts",
+    "sdklog.ts",
+    "stats.ts",
+    "types.ts",
+  ],
 }
 
 // Test folders are not guarded (a new test file elsewhere stays valid where it is; the
@@ -434,9 +463,13 @@ const mapDocToken = (token) => {
     if (p.from === body) prefix = ""
     else if (p.from.endsWith(`/${body}`)) prefix = p.from.slice(0, p.from.length - body.length)
     else continue
-    if (!body.includes("/") && !isDir && basenameCount.get(body) !== 1) continue
+    // a bare file name is rewritten only when the name itself changed and only one file had it
+    if (!body.includes("/") && !isDir && (basenameCount.get(body) !== 1 || posix.basename(p.to) === body))
+      continue
     // the new path written from the same folder down, or in full when it left that folder
-    const out = p.to.startsWith(prefix) ? p.to.slice(prefix.length) : p.to
+    let out = p.to.startsWith(prefix) ? p.to.slice(prefix.length) : p.to
+    // `outbox/cursor.ts` -> `src/cursor.ts`, not a bare `cursor.ts` that loses its place
+    if (body.includes("/") && !out.includes("/")) out = `${posix.basename(prefix)}/${out}`
     results.add(out + (isDir ? "/" : ""))
   }
   if (results.size > 1) {
@@ -514,5 +547,12 @@ for (const p of todo) {
     rmdirSync(dir)
     dir = posix.dirname(dir)
   }
+}
+// Rewritten specifiers can leave an import list out of the order biome keeps (CI runs
+// `biome check`): let the repo's own biome sort and format the files this run wrote.
+const biome = "node_modules/.bin/biome"
+const written = [...edits.keys()].filter((p) => /\.(ts|tsx|mts|json|md)$/.test(p))
+if (existsSync(biome) && written.length > 0) {
+  execFileSync(biome, ["check", "--write", "--no-errors-on-unmatched", ...written], { stdio: "inherit" })
 }
 console.log(`rename-layout: moved ${todo.length} file(s), rewrote ${changed.length} file(s)`)
