@@ -14,9 +14,10 @@
 
 // ---------------------------------------------------------------------------------------------
 // The mapping. Each block: a base folder, then [from, to] relative to it. A file listed in KEEP
-// stays where it is. Every .ts file directly in a folder that appears as a `from` folder in MAP
-// must be listed (in MAP or KEEP): a new file there stops the script, so that nobody's new file
-// is left behind in a folder that no longer means what it did.
+// stays where it is. Until a folder's moves are done, every .ts file directly in it must be
+// listed (in MAP or KEEP), and a folder the layout dissolves must stay empty for good: a file
+// there stops the script, so that nobody's new file is left behind in a folder that no longer
+// means what it did.
 // ---------------------------------------------------------------------------------------------
 const MAP = {
   "packages/core/src": [
@@ -313,27 +314,32 @@ for (const p of pairs) {
   if (p.state === "both") fail(`both ${p.from} and ${p.to} exist; merge them by hand, then re-run`)
 }
 
-// ---- guard: no unknown file in a folder files move out of or into ----
-const guarded = new Set()
-for (const p of pairs) {
-  guarded.add(posix.dirname(p.from))
-  guarded.add(posix.dirname(p.to))
-}
-for (const dir of Object.keys(KEEP)) guarded.add(dir)
-const known = new Set([...pairs.flatMap((p) => [p.from, p.to])])
+// ---- guard: no file left behind ----
+// A folder the layout dissolves must be empty, always: a file there (a branch written against
+// the old layout, merged later) would keep the old architecture alive. A folder that stays
+// but loses or gains files is checked against MAP and KEEP only while its moves are still to
+// be done; once applied, new files there are ordinary new files.
+const dirsOf = (p) => [posix.dirname(p.from), posix.dirname(p.to)]
+const living = new Set([...Object.keys(KEEP), ...pairs.map((p) => posix.dirname(p.to))])
+const dissolved = new Set(pairs.map((p) => posix.dirname(p.from)).filter((d) => !living.has(d)))
+const pending = new Set(pairs.filter((p) => p.state === "todo").flatMap(dirsOf))
+const known = new Set(pairs.flatMap((p) => [p.from, p.to]))
 for (const [dir, files] of Object.entries(KEEP)) {
   for (const f of files) {
     const path = `${dir}/${f}`
     known.add(path)
-    if (!exists(path)) fail(`expected file is gone: ${path} (KEEP); update KEEP`)
+    if (pending.has(dir) && !exists(path)) fail(`expected file is gone: ${path} (KEEP); update KEEP`)
   }
 }
-for (const dir of guarded) {
+for (const dir of new Set([...dissolved, ...pending])) {
   if (UNGUARDED.has(dir) || !existsSync(dir)) continue
   for (const name of readdirSync(dir)) {
     const path = `${dir}/${name}`
     if (!/\.(ts|tsx|mts)$/.test(name) || !statSync(path).isFile()) continue
-    if (!known.has(path)) fail(`new file in a reorganised folder: ${path}; add it to MAP or KEEP`)
+    if (dissolved.has(dir) && !bySource.has(path))
+      fail(`${dir}/ is gone in the new layout, but has ${name}: add it to MAP`)
+    else if (!dissolved.has(dir) && !known.has(path))
+      fail(`new file in a reorganised folder: ${path}; add it to MAP or KEEP`)
   }
 }
 
