@@ -35,6 +35,12 @@ const MAP = {
     ["contracts/OutboxStore.ts", "contracts/outboxStore.ts"],
     ["contracts/Transport.ts", "contracts/transport.ts"],
     ["contracts/Wiring.ts", "contracts/wiring.ts"],
+    ["contracts/DeadLetterStore.ts", "contracts/deadLetterStore.ts"],
+    ["contracts/GroupStore.ts", "contracts/groupStore.ts"],
+    ["contracts/OutboxReader.ts", "contracts/outboxReader.ts"],
+    ["contracts/OutboxRetention.ts", "contracts/outboxRetention.ts"],
+    ["contracts/OutboxWriter.ts", "contracts/outboxWriter.ts"],
+    ["contracts/RelayLog.ts", "contracts/relayLog.ts"],
     // the bus, written once over the contracts
     ["bus/busLayer.ts", "bus/busLayer.ts"],
     ["publisher/Publisher.ts", "bus/publisher.ts"],

@@ -5,7 +5,7 @@ export default defineConfig({
   // so it must not drag the server code (and pg) in with it.
   entry: {
     index: "src/index.ts",
-    "global-setup": "src/servers/global-setup.ts",
+    "global-setup": "src/process/globalSetup.ts",
   },
   format: ["esm"],
   dts: true,

@@ -5,7 +5,7 @@ export default defineConfig({
     include: ["test/**/*.test.ts"],
     pool: "forks",
     // Reaps servers a crashed worker left behind; other packages use the built "@bus/test-infra/global-setup".
-    globalSetup: ["./src/servers/global-setup.ts"],
+    globalSetup: ["./src/process/globalSetup.ts"],
     testTimeout: 60_000,
     hookTimeout: 120_000,
   },

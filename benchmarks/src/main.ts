@@ -14,9 +14,9 @@ import { fullProfile, quickProfile } from "./harness/profile.js"
 import { Progress } from "./harness/progress.js"
 import { ConsoleCapture } from "./harness/sdklog.js"
 import type { RunResult, ScenarioResult, TransportId } from "./harness/types.js"
-import { renderReport } from "./report/markdown.js"
 import { ScenarioContext } from "./scenarios/context.js"
-import { scenarios } from "./scenarios/index.js"
+import { renderReport } from "./suite/markdown.js"
+import { scenarios } from "./suite/scenarios.js"
 import { loadBroker, sdkPipe } from "./targets/sdk.js"
 
 const here = dirname(fileURLToPath(import.meta.url))

@@ -1,15 +1,15 @@
 import { describe, expect, it } from "vitest"
 import { CliError, parseArgs, scenarioIds } from "../src/cli.js"
 import { describeMetrics, roundOrder, summarize } from "../src/harness/blocks.js"
-import { backlogGrowth } from "../src/harness/delivery.js"
 import { LatencyHistogram } from "../src/harness/histogram.js"
 import { firstMeasuredIndex, runClosedLoop, runOpenLoop, scheduleOffsets } from "../src/harness/schedule.js"
 import { median, quantile, ratio, spread } from "../src/harness/stats.js"
 import type { MachineFacts, RunResult } from "../src/harness/types.js"
-import { renderReport } from "../src/report/markdown.js"
 import { barChart, linearTicks, lineChart, logTicks } from "../src/report/svg.js"
+import { backlogGrowth } from "../src/scenarios/delivery.js"
 import { analyseKnee, kneeOf } from "../src/scenarios/knee/measure.js"
 import { analyseRelay } from "../src/scenarios/relay/measure.js"
+import { renderReport } from "../src/suite/markdown.js"
 
 describe("LatencyHistogram", () => {
   it("gives the percentiles of known data within HdrHistogram's precision", () => {

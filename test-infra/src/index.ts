@@ -7,32 +7,32 @@
  * @packageDocumentation
  */
 
-export { rejectionOf } from "./rejection.js"
 export {
   type BlackholeProxy,
   type BlackholeProxyOptions,
   startBlackholeProxy,
   viaProxy,
-} from "./servers/blackhole-proxy.js"
-export { MissingBinaryError } from "./servers/find-executable.js"
-export { freePort } from "./servers/free-port.js"
-export { NATS_URL_ENV, startNats } from "./servers/nats.js"
-export { NATS_CLUSTER_URL_ENV, startNatsCluster } from "./servers/nats-cluster.js"
-export { pauseFor } from "./servers/pause-for.js"
-export { PG_URL_ENV, startPostgres } from "./servers/postgres.js"
-export { PG_OS_USER_ENV } from "./servers/postgres-os-user.js"
+} from "./net/blackholeProxy.js"
+export { freePort } from "./net/freePort.js"
+export { MissingBinaryError } from "./process/findExecutable.js"
+export { RUN_DIR_ENV } from "./process/runDir.js"
+export { ServerStartError } from "./process/serverStartError.js"
 export {
   type ProcessEntry,
   parseProcStat,
   processTree,
   processTreeCpuMs,
   readProcessTable,
-} from "./servers/process-table.js"
-export { REDIS_URL_ENV, startRedis } from "./servers/redis.js"
-export { REDIS_CLUSTER_URL_ENV, startRedisCluster } from "./servers/redis-cluster.js"
-export { RUN_DIR_ENV } from "./servers/run-dir.js"
-export { resolveServerMode, SERVER_MODE_ENV, type TestServerMode } from "./servers/server-mode.js"
-export { ServerStartError } from "./servers/server-start-error.js"
+} from "./process/table.js"
+export { rejectionOf } from "./rejection.js"
+export { NATS_CLUSTER_URL_ENV, startNatsCluster } from "./servers/nats/cluster.js"
+export { NATS_URL_ENV, startNats } from "./servers/nats/server.js"
+export { pauseFor } from "./servers/pauseFor.js"
+export { PG_OS_USER_ENV } from "./servers/postgres/osUser.js"
+export { PG_URL_ENV, startPostgres } from "./servers/postgres/server.js"
+export { REDIS_CLUSTER_URL_ENV, startRedisCluster } from "./servers/redis/cluster.js"
+export { REDIS_URL_ENV, startRedis } from "./servers/redis/server.js"
+export { resolveServerMode, SERVER_MODE_ENV, type TestServerMode } from "./servers/serverMode.js"
 export type {
   NatsClusterHandle,
   PostgresHandle,

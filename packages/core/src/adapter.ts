@@ -30,26 +30,29 @@ export {
 } from "./broker/gate.js"
 export { prepareSends } from "./broker/prepare.js"
 export { brokerRetry, type RetryOptions, retryWhileRetryable } from "./broker/retry.js"
+export { backoffDelay, cappedBackoff } from "./bus/backoff.js"
 export { resolveSelection, TransportSelection } from "./bus/busLayer.js"
-export type {
-  AnyChannel,
-  ChannelEventInput,
-  ChannelRef,
-  EventSchemas,
-  OnInvalidEvent,
-  StandardSchemaV1,
-} from "./channel/Channel.js"
+export type { PublisherOptions, PublishInput, PublishReceipt } from "./bus/publisher.js"
 export {
-  type BrokerName,
-  defaultNotifyRateThreshold,
-  type SelectionConfig,
-  selectionFromEnv,
-  selectTransport,
-  type TransportChoice,
-  type TransportName,
-} from "./config/BusConfig.js"
-export { capabilities, defaultCapabilities, type TransportCapabilities } from "./contracts/Capabilities.js"
-export { addressTag, isSymbolicStart, type StartPosition } from "./contracts/Cursor.js"
+  type RelayBatchResult,
+  type RelayOptions,
+  type RelayServices,
+  relayBatch,
+  runRelay,
+} from "./bus/relay.js"
+export {
+  attachResendSignal,
+  type BrokerLoss,
+  makeResendSignal,
+  markRepaired,
+  type ResendSignal,
+  repairedOnClaim,
+  resendClaimGraceMs,
+  resendSignalOf,
+} from "./bus/resend.js"
+export type { ConsumeRequest, Handler, SubscribeInput } from "./bus/subscriber.js"
+export { capabilities, defaultCapabilities, type TransportCapabilities } from "./contracts/capabilities.js"
+export { addressTag, isSymbolicStart, type StartPosition } from "./contracts/cursor.js"
 export {
   type Address,
   type CompleteOutbox,
@@ -81,7 +84,7 @@ export {
   type RelayState,
   replayedHeader,
   requireComplete,
-} from "./contracts/OutboxStore.js"
+} from "./contracts/outboxStore.js"
 export {
   type Delivery,
   type GroupRequest,
@@ -91,23 +94,8 @@ export {
   type SubscribeRequest,
   sendEach,
   Transport,
-} from "./contracts/Transport.js"
-export { type Broker, broker, type Outbox, type OutboxLayers } from "./contracts/Wiring.js"
-export { type CloudEvent, fromCloudEvent, toCloudEvent } from "./envelope/CloudEvent.js"
-export {
-  claimFreshId,
-  decodeEnvelope,
-  defaultMaxPayloadBytes,
-  type EncodedEnvelope,
-  type Envelope,
-  EnvelopeSchema,
-  encodedEnvelope,
-  encodedSize,
-  envelopeToJson,
-  type Json,
-  makeEnvelope,
-} from "./envelope/Envelope.js"
-export { isUuidv7, uuidv7 } from "./envelope/uuidv7.js"
+} from "./contracts/transport.js"
+export { type Broker, broker, type Outbox, type OutboxLayers } from "./contracts/wiring.js"
 export { iteratorBuffer, type SubscribeOptions } from "./facade/createBus.js"
 export {
   checkCursorAddress,
@@ -121,10 +109,42 @@ export {
   withFrontier,
 } from "./flip/flip.js"
 export { isOutboxFrontier } from "./flip/frontier.js"
-export { MemoryOutbox, MemoryTransaction } from "./memory/MemoryOutbox.js"
-export { memoryBroker, memoryTransport } from "./memory/memoryTransports.js"
-export * as Metrics from "./metrics/metrics.js"
-export { allTenants, checkAddress, maxNameLength, type NameField, validateName } from "./names/Name.js"
+export { MemoryOutbox, MemoryTransaction } from "./memory/store.js"
+export { memoryBroker, memoryTransport } from "./memory/transport.js"
+export type {
+  AnyChannel,
+  ChannelEventInput,
+  ChannelRef,
+  EventSchemas,
+  OnInvalidEvent,
+  StandardSchemaV1,
+} from "./model/channel.js"
+export { type CloudEvent, fromCloudEvent, toCloudEvent } from "./model/cloudEvent.js"
+export {
+  type BrokerName,
+  defaultNotifyRateThreshold,
+  type SelectionConfig,
+  selectionFromEnv,
+  selectTransport,
+  type TransportChoice,
+  type TransportName,
+} from "./model/config.js"
+export {
+  claimFreshId,
+  decodeEnvelope,
+  defaultMaxPayloadBytes,
+  type EncodedEnvelope,
+  type Envelope,
+  EnvelopeSchema,
+  encodedEnvelope,
+  encodedSize,
+  envelopeToJson,
+  type Json,
+  makeEnvelope,
+} from "./model/envelope.js"
+export { allTenants, checkAddress, maxNameLength, type NameField, validateName } from "./model/name.js"
+export { isUuidv7, uuidv7 } from "./model/uuidv7.js"
+export * as Metrics from "./observability/metrics.js"
 export {
   ageOf,
   destinationOf,
@@ -135,7 +155,7 @@ export {
   producerSpanOf,
   traceparentOf,
 } from "./observability/telemetry.js"
-export { dedupeById, defaultDedupeWindow } from "./outbox-transport/dedupe.js"
+export { dedupeById, defaultDedupeWindow } from "./outboxTransport/dedupe.js"
 export {
   attachFeedCursor,
   type FeedCursor,
@@ -147,30 +167,10 @@ export {
   nextFeedPage,
   type OpenFeedCursor,
   type Take,
-} from "./outbox-transport/feed.js"
+} from "./outboxTransport/feed.js"
 export {
   defaultFeedWindow,
   type OutboxTransportOptions,
   outboxFeedStats,
   outboxTransport,
-} from "./outbox-transport/OutboxTransport.js"
-export type { PublisherOptions, PublishInput, PublishReceipt } from "./publisher/Publisher.js"
-export {
-  type RelayBatchResult,
-  type RelayOptions,
-  type RelayServices,
-  relayBatch,
-  runRelay,
-} from "./relay/Relay.js"
-export {
-  attachResendSignal,
-  type BrokerLoss,
-  makeResendSignal,
-  markRepaired,
-  type ResendSignal,
-  repairedOnClaim,
-  resendClaimGraceMs,
-  resendSignalOf,
-} from "./relay/resend.js"
-export { backoffDelay, cappedBackoff } from "./schedule/backoff.js"
-export type { ConsumeRequest, Handler, SubscribeInput } from "./subscriber/Subscriber.js"
+} from "./outboxTransport/transport.js"

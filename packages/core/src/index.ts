@@ -21,8 +21,19 @@
  */
 
 export { type BusOptions, busLayer, type TransportOptions } from "./bus/busLayer.js"
-export { type Channel, type ChannelEvent, defineChannel } from "./channel/Channel.js"
-export type { DeliveredEvent, EventInput } from "./envelope/Envelope.js"
+export { Publisher } from "./bus/publisher.js"
+export { Subscriber } from "./bus/subscriber.js"
+export {
+  type Bus,
+  type ConsumeHandler,
+  type ConsumeOptions,
+  type Consumer,
+  createBus,
+  type Subscription,
+} from "./facade/createBus.js"
+export { type MemoryOutbox, memoryOutbox } from "./memory/store.js"
+export { type Channel, type ChannelEvent, defineChannel } from "./model/channel.js"
+export type { DeliveredEvent, EventInput } from "./model/envelope.js"
 export {
   BusClosed,
   type BusError,
@@ -35,15 +46,4 @@ export {
   PayloadTooLarge,
   TransportFailure,
   TransportUnavailable,
-} from "./errors/BusError.js"
-export {
-  type Bus,
-  type ConsumeHandler,
-  type ConsumeOptions,
-  type Consumer,
-  createBus,
-  type Subscription,
-} from "./facade/createBus.js"
-export { type MemoryOutbox, memoryOutbox } from "./memory/MemoryOutbox.js"
-export { Publisher } from "./publisher/Publisher.js"
-export { Subscriber } from "./subscriber/Subscriber.js"
+} from "./model/errors.js"

@@ -8,12 +8,12 @@
 
 export { decodeCursor, encodeCursor } from "./cursor.js"
 export type { DeadLetterRecord } from "./deadLetters.js"
-export { natsTransport } from "./NatsTransport.js"
-export { defaultDuplicateWindowMs } from "./options.js"
 export {
   deadLetterStreamName,
   deadLetterSubjectOf,
   defaultStreamName,
   durableName,
   subjectOf,
-} from "./subjects.js"
+} from "./names.js"
+export { defaultDuplicateWindowMs } from "./options.js"
+export { natsTransport } from "./transport.js"

@@ -23,9 +23,9 @@ import { nanos } from "@nats-io/transport-node"
 import { Cause, Effect, Queue, Stream } from "effect"
 import type { ConnectionWatch } from "./connection.js"
 import { toBusError } from "./errors.js"
+import { deadLetterSubjectOf, durableName, subjectOf } from "./names.js"
 import type { ResolvedOptions } from "./options.js"
 import type { StreamWatch } from "./streamWatch.js"
-import { deadLetterSubjectOf, durableName, subjectOf } from "./subjects.js"
 import { decodeMessage, positionOfMessage } from "./wire.js"
 
 /**

@@ -6,5 +6,5 @@
  * @packageDocumentation
  */
 
-export { nats } from "./broker.js"
 export type { NatsStreamOptions, NatsTransportOptions } from "./options.js"
+export { nats } from "./wiring.js"

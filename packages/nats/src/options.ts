@@ -1,6 +1,6 @@
 import { ConfigError } from "@bus/core"
 import type { NatsConnection, NodeConnectionOptions } from "@nats-io/transport-node"
-import { deadLetterStreamName, defaultStreamName, validatePrefix, validateStreamName } from "./subjects.js"
+import { deadLetterStreamName, defaultStreamName, validatePrefix, validateStreamName } from "./names.js"
 
 /**
  * Options of {@link natsTransport} and their defaults.

@@ -11,8 +11,8 @@ import {
 import { millis, nanos } from "@nats-io/transport-node"
 import { Effect } from "effect"
 import { toBusError } from "./errors.js"
+import { deadLetterStreamSubject, streamSubject } from "./names.js"
 import type { ResolvedOptions } from "./options.js"
-import { deadLetterStreamSubject, streamSubject } from "./subjects.js"
 
 /**
  * Creates the event stream and the dead-letter stream, or adopts them when they exist.

@@ -40,9 +40,9 @@ import type { ConnectionWatch } from "./connection.js"
 import { type CursorPlace, encodeCursor, encodeHeadCursor, parseCursor } from "./cursor.js"
 import { toBusError } from "./errors.js"
 import { type Feed, type Item, runFeed } from "./feed.js"
+import { subjectOf } from "./names.js"
 import type { ResolvedOptions } from "./options.js"
 import type { StreamWatch } from "./streamWatch.js"
-import { subjectOf } from "./subjects.js"
 import { decodeMessage, positionOfMessage } from "./wire.js"
 
 /**

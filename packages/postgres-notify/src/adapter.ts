@@ -8,14 +8,6 @@
  * @packageDocumentation
  */
 
-export { isConnectionError, toBusError, transportName } from "./errors.js"
-export type { NotifyBatcher, TransactionOptions } from "./outbox/batched.js"
-export {
-  addressChannel,
-  decodePayload,
-  encodePayload,
-  relayChannel,
-} from "./outbox/channels.js"
 export {
   type Cursor,
   decodeCursor,
@@ -26,18 +18,17 @@ export {
   type Position,
   parsePgSnapshot,
   type Snapshot,
-} from "./outbox/cursor.js"
-export { invalidEventIds, type ReplayResult, replayDeadLetters } from "./outbox/deadLetters.js"
-export type { PostgresOutboxOptions } from "./outbox/options.js"
+} from "./cursor.js"
+export { invalidEventIds, type ReplayResult, replayDeadLetters } from "./deadLetters.js"
+export { isConnectionError, toBusError, transportName } from "./errors.js"
 export {
-  builtinAdapters,
-  createPostgresOutboxStore,
-  makePostgresOutboxStore,
-  PostgresOutbox,
-  type PostgresOutboxHandle,
-  postgresOutboxLayer,
-  relayWakeupAddress,
-} from "./outbox/PostgresOutboxStore.js"
+  addressChannel,
+  decodePayload,
+  encodePayload,
+  relayChannel,
+} from "./names.js"
+export type { PostgresOutboxOptions } from "./options.js"
+export type { NotifyBatcher, TransactionOptions } from "./outbox/batched.js"
 export { maxPageSize } from "./outbox/read.js"
 export {
   defaultRetentionIntervalMs,
@@ -55,3 +46,12 @@ export { ensureInTransaction, isPgClient, isPgPool, pgAdapter } from "./sql/adap
 export { isPostgresJs, postgresJsAdapter } from "./sql/adapters/postgresjs.js"
 export { isPrisma, prismaAdapter } from "./sql/adapters/prisma.js"
 export type { QueryResultLike, SqlExecutor } from "./sql/executor.js"
+export {
+  builtinAdapters,
+  createPostgresOutboxStore,
+  makePostgresOutboxStore,
+  PostgresOutbox,
+  type PostgresOutboxHandle,
+  postgresOutboxLayer,
+  relayWakeupAddress,
+} from "./store.js"

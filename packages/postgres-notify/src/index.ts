@@ -9,9 +9,9 @@
 
 export type { NotifyHealth } from "./listener/health.js"
 export type { NotifyMode } from "./outbox/append.js"
-export type { PostgresOutboxService } from "./outbox/PostgresOutboxStore.js"
 export type { RetentionOptions } from "./outbox/retention.js"
-export { type PostgresOptions, postgresOutbox, postgresOutboxOf } from "./postgres.js"
 export type { PressureOptions, PressureSnapshot } from "./pressure/monitor.js"
 export { type MigrateOptions, type MigrateResult, migrate } from "./schema/migrate.js"
 export type { TransactionAdapter } from "./sql/adapter.js"
+export type { PostgresOutboxService } from "./store.js"
+export { type PostgresOptions, postgresOutbox, postgresOutboxOf } from "./wiring.js"

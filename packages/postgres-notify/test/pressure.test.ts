@@ -11,7 +11,7 @@ import {
 } from "../src/adapter.js"
 import type { PostgresOutboxService } from "../src/index.js"
 import { type NotifyMode, postgresOutbox, postgresOutboxOf } from "../src/index.js"
-import { notifyModeFor } from "../src/postgres.js"
+import { notifyModeFor } from "../src/wiring.js"
 import { event, eventually, inTransaction, startDb, type TestDb } from "./support/db.js"
 import { failure, run } from "./support/run.js"
 

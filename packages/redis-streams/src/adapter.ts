@@ -21,6 +21,6 @@ export {
   type StreamId,
   toCursor,
   toHeadCursor,
-} from "./keys.js"
-export { redisStreamsCapabilities, redisStreamsTransport } from "./RedisStreamsTransport.js"
+} from "./names.js"
 export { resendAfter } from "./recovery.js"
+export { redisStreamsCapabilities, redisStreamsTransport } from "./transport.js"

@@ -2,7 +2,7 @@ import { type BusError, ConfigError, isBusError, TransportFailure, TransportUnav
 import { Metrics, type RetryOptions, retryWhileRetryable } from "@bus/core/adapter"
 import { Effect, Metric, type Scope } from "effect"
 import type { Cluster, Redis } from "ioredis"
-import type { ChannelKeys } from "./keys.js"
+import type { ChannelKeys } from "./names.js"
 import type { LuaScript } from "./scripts.js"
 
 /**

@@ -2,7 +2,7 @@ import type { BusError } from "@bus/core"
 import { type DeadLetter, decodeEnvelope } from "@bus/core/adapter"
 import { Effect } from "effect"
 import { type Client, command, fieldOf, parseEntries, type RawEntry } from "./connection.js"
-import { deadLetterIndexKey } from "./keys.js"
+import { deadLetterIndexKey } from "./names.js"
 
 /**
  * Reading dead letters back: every dead-letter stream the consumer groups wrote to is

@@ -13,7 +13,6 @@ import {
   validateName,
 } from "@bus/core/adapter"
 import { type Cause, Effect, Option, Queue, Semaphore, Stream } from "effect"
-import { decodeEntry, positionOf } from "./codec.js"
 import {
   type Client,
   command,
@@ -27,7 +26,7 @@ import {
   retryTransient,
   runScript,
 } from "./connection.js"
-import { type ChannelKeys, channelKeys, compareStreamIds, type StreamId } from "./keys.js"
+import { type ChannelKeys, channelKeys, compareStreamIds, type StreamId } from "./names.js"
 import type { ResolvedOptions } from "./options.js"
 import { resendAfter, streamIdentity } from "./recovery.js"
 import {
@@ -40,6 +39,7 @@ import {
   touchScript,
 } from "./scripts.js"
 import { streamPosition } from "./subscribe.js"
+import { decodeEntry, positionOf } from "./wire.js"
 
 /**
  * Consumer groups on Redis Streams.

@@ -7,6 +7,6 @@
  * @packageDocumentation
  */
 
-export { redisStreams } from "./broker.js"
 export type { RedisClusterOptions, RedisStreamsOptions } from "./options.js"
 export { type ResendOptions, type ResendResult, resendFromOutbox } from "./recovery.js"
+export { redisStreams } from "./wiring.js"

@@ -1,7 +1,7 @@
 import { ConfigError } from "@bus/core"
 import type { Cluster, ClusterOptions, Redis } from "ioredis"
 import type { ReplicaAck } from "./connection.js"
-import { defaultKeyPrefix } from "./keys.js"
+import { defaultKeyPrefix } from "./names.js"
 
 /** Options of `redisStreamsTransport`. */
 export interface RedisStreamsOptions {

@@ -10,7 +10,7 @@ import {
 } from "@bus/core/adapter"
 import { Effect } from "effect"
 import { type Client, runScript } from "./connection.js"
-import { type ChannelKeys, newIdentity } from "./keys.js"
+import { type ChannelKeys, newIdentity } from "./names.js"
 import { identityScript } from "./scripts.js"
 
 /**

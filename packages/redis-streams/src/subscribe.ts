@@ -30,7 +30,6 @@ import {
   sharedAnchoredFilters,
 } from "@bus/core/adapter"
 import { Effect, Option, RcMap, type Scope, type Stream } from "effect"
-import { decodeOrSkip, frontierOf, positionOf } from "./codec.js"
 import {
   type Client,
   connectionLosses,
@@ -52,10 +51,11 @@ import {
   type StreamId,
   toCursor,
   toHeadCursor,
-} from "./keys.js"
+} from "./names.js"
 import type { ResolvedOptions } from "./options.js"
 import { streamIdentity } from "./recovery.js"
 import { positionScript } from "./scripts.js"
+import { decodeOrSkip, frontierOf, positionOf } from "./wire.js"
 
 /**
  * Subscriptions share one *feed* per tenant channel and process, as on NATS and the outbox

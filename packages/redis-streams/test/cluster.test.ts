@@ -4,7 +4,7 @@ import type { Cluster } from "ioredis"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { channelKeys } from "../src/adapter.js"
 import type { RedisStreamsOptions } from "../src/index.js"
-import { clusterAdmin, onNode, replicaOf } from "./cluster-support.js"
+import { clusterAdmin, onNode, replicaOf } from "./clusterSupport.js"
 import { orderViolations, publish, Resources, Tally, txEvents, uniqueAddress, waitFor } from "./support.js"
 
 /**

@@ -1,7 +1,7 @@
 import { admit, type HttpRefusal, type StreamPlan } from "./access.js"
 import { type ResolvedSseOptions, resolveOptions, type SseOptions } from "./options.js"
-import { SseSession } from "./SseSession.js"
 import { type HeadFn, headOf, type SseSource, type SubscribeFn, subscribeOf } from "./source.js"
+import { SseSession } from "./sseSession.js"
 import { sseHeaders } from "./wire.js"
 
 /**

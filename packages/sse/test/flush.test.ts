@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { resolveOptions } from "../src/options.js"
-import { SseSession, type SseSink } from "../src/SseSession.js"
+import { SseSession, type SseSink } from "../src/sseSession.js"
 import { startBus, type TestBus, waitFor } from "./support.js"
 
 /** A sink that records each write (a `writeAll` is one write of several chunks). */

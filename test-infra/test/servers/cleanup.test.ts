@@ -4,10 +4,10 @@ import { tmpdir } from "node:os"
 import { basename, join } from "node:path"
 import { fileURLToPath } from "node:url"
 import { afterEach, describe, expect, it, vi } from "vitest"
-import setupTestRun from "../../src/servers/global-setup.js"
-import { isSameProcessAlive, type ProcessEntry, processTree } from "../../src/servers/process-table.js"
-import { killTreeSync } from "../../src/servers/process-tree.js"
-import { type OwnerRecord, RUN_DIR_ENV, readOwnerRecords } from "../../src/servers/run-dir.js"
+import setupTestRun from "../../src/process/globalSetup.js"
+import { type OwnerRecord, RUN_DIR_ENV, readOwnerRecords } from "../../src/process/runDir.js"
+import { isSameProcessAlive, type ProcessEntry, processTree } from "../../src/process/table.js"
+import { killTreeSync } from "../../src/process/tree.js"
 
 const FIXTURE = fileURLToPath(new URL("./fixtures/start-servers.mjs", import.meta.url))
 

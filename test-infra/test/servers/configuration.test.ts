@@ -13,7 +13,7 @@ import {
   startPostgres,
   startRedis,
 } from "../../src/index.js"
-import { redisAnswersPing } from "../../src/servers/redis-ping.js"
+import { redisAnswersPing } from "../../src/servers/redis/ping.js"
 
 /** Sets environment variables for one test; `afterEach` puts the old values back. */
 const saved = new Map<string, string | undefined>()

@@ -1,7 +1,6 @@
 import type { Subscription } from "@bus/core"
 import type pg from "pg"
 import { type Arm, runInterleaved, summarize } from "../../harness/blocks.js"
-import { runDeliveryBlock } from "../../harness/delivery.js"
 import { type BenchEnv, withClient } from "../../harness/env.js"
 import { fmtNum } from "../../harness/progress.js"
 import type { BlockRecord, TransportId } from "../../harness/types.js"
@@ -9,6 +8,7 @@ import { type Pipe, PRIMER, readiness, sleep, tenant } from "../../targets/pipe.
 import { ensurePollSchema, pollPipe, startPollers } from "../../targets/poll.js"
 import { openSdkBus, type SdkBus, sdkPipe, subscribeMany } from "../../targets/sdk.js"
 import type { Scenario, ScenarioContext } from "../context.js"
+import { runDeliveryBlock } from "../delivery.js"
 
 /**
  * 4. Database load: how many statements the database runs for idle subscribers, and per

@@ -1,10 +1,10 @@
 import { type Arm, runInterleaved, type summarize } from "../../harness/blocks.js"
-import { runDeliveryBlock } from "../../harness/delivery.js"
 import { settledHeap } from "../../harness/memory.js"
 import type { BlockRecord, TransportId } from "../../harness/types.js"
 import type { OnReceive, Pipe, Session } from "../../targets/pipe.js"
 import { runSseFanout } from "../../targets/sse.js"
 import type { Scenario } from "../context.js"
+import { runDeliveryBlock } from "../delivery.js"
 
 /**
  * A pipe whose first `open` really subscribes and whose later ones reuse those

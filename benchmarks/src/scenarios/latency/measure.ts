@@ -1,8 +1,8 @@
 import { type Arm, runInterleaved } from "../../harness/blocks.js"
-import { runDeliveryBlock } from "../../harness/delivery.js"
 import { ratio } from "../../harness/stats.js"
 import type { Pipe } from "../../targets/pipe.js"
 import type { Scenario } from "../context.js"
+import { runDeliveryBlock } from "../delivery.js"
 import { deliveryArm } from "../throughput/measure.js"
 
 /** 2. Latency commit → handler at fixed open-loop rates. */

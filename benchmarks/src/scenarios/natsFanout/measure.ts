@@ -1,9 +1,9 @@
 import { type Arm, runInterleaved, type summarize } from "../../harness/blocks.js"
-import { runDeliveryBlock } from "../../harness/delivery.js"
 import { settledHeap } from "../../harness/memory.js"
 import type { BlockRecord } from "../../harness/types.js"
 import { tenant } from "../../targets/pipe.js"
 import type { Scenario } from "../context.js"
+import { runDeliveryBlock } from "../delivery.js"
 
 /** Issue 18's target: 10,000 subscribers of one address set up within this (ms). */
 export const natsSetupTargetMs = 5_000

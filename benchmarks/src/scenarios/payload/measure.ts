@@ -1,7 +1,7 @@
 import { type Arm, runInterleaved } from "../../harness/blocks.js"
-import { runDeliveryBlock } from "../../harness/delivery.js"
 import type { Pipe } from "../../targets/pipe.js"
 import type { Scenario } from "../context.js"
+import { runDeliveryBlock } from "../delivery.js"
 
 /** 6. Payload size: the same open-loop rate with events of 64 B to 64 KB. */
 export const payload: Scenario = {

@@ -24,7 +24,7 @@ import type { Scenario } from "../context.js"
 const tenants = 64
 const payloadPad = "x".repeat(216)
 const here = fileURLToPath(new URL(".", import.meta.url))
-const relayProcess = fileURLToPath(new URL("../../targets/relay-process.ts", import.meta.url))
+const relayProcess = fileURLToPath(new URL("../../targets/relayProcess.ts", import.meta.url))
 
 interface Relay {
   readonly child: ChildProcess

@@ -1,6 +1,6 @@
 import { Deferred, Effect, Exit, Option, type Scope } from "effect"
-import type { Address, OutboxReader } from "../contracts/OutboxStore.js"
-import type { BusError } from "../errors/BusError.js"
+import type { Address, OutboxReader } from "../contracts/outboxStore.js"
+import type { BusError } from "../model/errors.js"
 import { coalesce } from "./coalesce.js"
 import { retryWhileRetryable } from "./retry.js"
 

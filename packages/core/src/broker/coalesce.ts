@@ -1,5 +1,5 @@
 import { Deferred, Effect, Exit, type Scope } from "effect"
-import { BusClosed, type BusError } from "../errors/BusError.js"
+import { BusClosed, type BusError } from "../model/errors.js"
 
 /**
  * Coalesces concurrent requests per key: the callers that ask while a request is queued

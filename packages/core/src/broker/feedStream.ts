@@ -1,14 +1,14 @@
 import { Effect, type Scope, Stream } from "effect"
-import type { Address } from "../contracts/OutboxStore.js"
-import type { SubscribeRequest } from "../contracts/Transport.js"
-import type { DeliveredEvent } from "../envelope/Envelope.js"
-import type { BusError } from "../errors/BusError.js"
+import type { Address } from "../contracts/outboxStore.js"
+import type { SubscribeRequest } from "../contracts/transport.js"
+import type { DeliveredEvent } from "../model/envelope.js"
+import type { BusError } from "../model/errors.js"
 import {
   type FeedCursor,
   type FeedStats,
   nextFeedPage,
   type OpenFeedCursor,
-} from "../outbox-transport/feed.js"
+} from "../outboxTransport/feed.js"
 
 /**
  * A broker's subscription side: the transport's `head`, `checkStart` and `subscribe`, and

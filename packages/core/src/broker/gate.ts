@@ -1,8 +1,8 @@
 import { Effect } from "effect"
-import type { Address } from "../contracts/OutboxStore.js"
-import type { DeliveredEvent } from "../envelope/Envelope.js"
-import type { BusError } from "../errors/BusError.js"
-import type { FeedLog, FeedPage, FeedStats } from "../outbox-transport/feed.js"
+import type { Address } from "../contracts/outboxStore.js"
+import type { DeliveredEvent } from "../model/envelope.js"
+import type { BusError } from "../model/errors.js"
+import type { FeedLog, FeedPage, FeedStats } from "../outboxTransport/feed.js"
 import type { AnchoredFilter } from "./anchor.js"
 
 /**

@@ -1,7 +1,7 @@
-import type { Address } from "../contracts/OutboxStore.js"
-import type { SendItem } from "../contracts/Transport.js"
-import { type BusError, isBusError } from "../errors/BusError.js"
-import { validateName } from "../names/Name.js"
+import type { Address } from "../contracts/outboxStore.js"
+import type { SendItem } from "../contracts/transport.js"
+import { type BusError, isBusError } from "../model/errors.js"
+import { validateName } from "../model/name.js"
 
 /**
  * The send-preparation loop of a broker's `sendAll`: from `from` on, each item made into

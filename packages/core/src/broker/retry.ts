@@ -1,6 +1,6 @@
 import { type Duration, Effect, type Schedule } from "effect"
-import type { BusError } from "../errors/BusError.js"
-import { cappedBackoff } from "../schedule/backoff.js"
+import { cappedBackoff } from "../bus/backoff.js"
+import type { BusError } from "../model/errors.js"
 
 /**
  * The one retry rhythm of the brokers: every call to a broker or to the outbox that may fail

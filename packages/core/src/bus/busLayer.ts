@@ -1,18 +1,18 @@
 import { Context, Effect, Layer } from "effect"
+import { checkComplete, type OutboxCore, requireComplete } from "../contracts/outboxStore.js"
+import { Transport } from "../contracts/transport.js"
+import type { Broker, Outbox } from "../contracts/wiring.js"
 import {
   type SelectionConfig,
   selectionFromEnv,
   selectTransport,
   type TransportChoice,
   type TransportName,
-} from "../config/BusConfig.js"
-import { checkComplete, type OutboxCore, requireComplete } from "../contracts/OutboxStore.js"
-import { Transport } from "../contracts/Transport.js"
-import type { Broker, Outbox } from "../contracts/Wiring.js"
-import { type BusError, ConfigError } from "../errors/BusError.js"
-import { Publisher } from "../publisher/Publisher.js"
-import { type RelayOptions, runRelay } from "../relay/Relay.js"
-import { Subscriber } from "../subscriber/Subscriber.js"
+} from "../model/config.js"
+import { type BusError, ConfigError } from "../model/errors.js"
+import { Publisher } from "./publisher.js"
+import { type RelayOptions, runRelay } from "./relay.js"
+import { Subscriber } from "./subscriber.js"
 
 /**
  * The whole bus as one Effect Layer: outbox, the selected transport, publisher,

@@ -10,7 +10,14 @@ import {
   Scope,
   Stream,
 } from "effect"
+import { cappedBackoff } from "../bus/backoff.js"
 import { type BusOptions, busLayer, TransportSelection } from "../bus/busLayer.js"
+import { Publisher, type PublishInput, type PublishReceipt } from "../bus/publisher.js"
+import { type ConsumeRequest, Subscriber } from "../bus/subscriber.js"
+import type { TransportCapabilities } from "../contracts/capabilities.js"
+import type { StartPosition } from "../contracts/cursor.js"
+import { type DeadLetter, DeadLetterStore, type OutboxCore } from "../contracts/outboxStore.js"
+import { Transport } from "../contracts/transport.js"
 import {
   type AnyChannel,
   type ChannelEvent,
@@ -20,22 +27,15 @@ import {
   invalidEventWarning,
   isChannel,
   type OnInvalidEvent,
-} from "../channel/Channel.js"
-import type { TransportChoice } from "../config/BusConfig.js"
-import type { TransportCapabilities } from "../contracts/Capabilities.js"
-import type { StartPosition } from "../contracts/Cursor.js"
-import { type DeadLetter, DeadLetterStore, type OutboxCore } from "../contracts/OutboxStore.js"
-import { Transport } from "../contracts/Transport.js"
-import type { DeliveredEvent } from "../envelope/Envelope.js"
-import { BusClosed, type BusError } from "../errors/BusError.js"
-import { deliveryLag, eventsDelivered, withMetricAttributes } from "../metrics/metrics.js"
-import { checkAddress } from "../names/Name.js"
+} from "../model/channel.js"
+import type { TransportChoice } from "../model/config.js"
+import type { DeliveredEvent } from "../model/envelope.js"
+import { BusClosed, type BusError } from "../model/errors.js"
+import { checkAddress } from "../model/name.js"
+import { deliveryLag, eventsDelivered, withMetricAttributes } from "../observability/metrics.js"
 import { ageOf } from "../observability/telemetry.js"
-import { type FeedCursor, feedCursorOf } from "../outbox-transport/feed.js"
-import { Publisher, type PublishInput, type PublishReceipt } from "../publisher/Publisher.js"
-import { cappedBackoff } from "../schedule/backoff.js"
-import { type ConsumeRequest, Subscriber } from "../subscriber/Subscriber.js"
-import { EventQueue } from "./EventQueue.js"
+import { type FeedCursor, feedCursorOf } from "../outboxTransport/feed.js"
+import { EventQueue } from "./eventQueue.js"
 
 /**
  * The Promise / AsyncIterable face of the bus, for applications that do not use Effect.

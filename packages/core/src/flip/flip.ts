@@ -1,7 +1,7 @@
 import { Option } from "effect"
-import { addressTag } from "../contracts/Cursor.js"
-import type { Address, OutboxReader } from "../contracts/OutboxStore.js"
-import { CursorInvalid } from "../errors/BusError.js"
+import { addressTag } from "../contracts/cursor.js"
+import type { Address, OutboxReader } from "../contracts/outboxStore.js"
+import { CursorInvalid } from "../model/errors.js"
 
 /**
  * Cursors across a transport flip (docs/flip.md).

@@ -1,6 +1,6 @@
 import { Tracer } from "effect"
-import type { Address } from "../contracts/OutboxStore.js"
-import type { Envelope } from "../envelope/Envelope.js"
+import type { Address } from "../contracts/outboxStore.js"
+import type { Envelope } from "../model/envelope.js"
 
 /**
  * Tracing conventions of the bus: span names and attributes after the OpenTelemetry

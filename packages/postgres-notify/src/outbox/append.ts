@@ -1,9 +1,9 @@
 import { type BusError, InvalidEvent, NotInTransaction } from "@bus/core"
 import { type Address, claimFreshId, decodeEnvelope, type Envelope, encodedEnvelope } from "@bus/core/adapter"
 import { Effect } from "effect"
+import { addressChannel, encodePayload, relayChannel, relayPayload } from "../names.js"
 import type { TransactionAdapter } from "../sql/adapter.js"
 import { runPrepared, runQuery, type SqlExecutor, type Statement } from "../sql/executor.js"
-import { addressChannel, encodePayload, relayChannel, relayPayload } from "./channels.js"
 import type { AppendStatements } from "./queries.js"
 
 /**

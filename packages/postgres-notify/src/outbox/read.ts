@@ -1,7 +1,6 @@
 import { type BusError, CursorInvalid, type DeliveredEvent } from "@bus/core"
 import { type Address, addressTag, checkAddress, type Json, type OutboxPage } from "@bus/core/adapter"
 import { Effect } from "effect"
-import { runPrepared, runQuery, type SqlExecutor } from "../sql/executor.js"
 import {
   type Cursor,
   checkCursorAddress,
@@ -14,7 +13,8 @@ import {
   pagingCursors,
   parsePgSnapshot,
   readParams,
-} from "./cursor.js"
+} from "../cursor.js"
+import { runPrepared, runQuery, type SqlExecutor } from "../sql/executor.js"
 import type { OutboxQueries } from "./queries.js"
 
 /**

@@ -11,7 +11,6 @@ import {
   type RelayState,
 } from "@bus/core/adapter"
 import { Effect } from "effect"
-import { runPrepared, runQuery, type SqlExecutor } from "../sql/executor.js"
 import {
   type Cursor,
   decodeCursor,
@@ -24,7 +23,8 @@ import {
   readParams,
   type Snapshot,
   xipParam,
-} from "./cursor.js"
+} from "../cursor.js"
+import { runPrepared, runQuery, type SqlExecutor } from "../sql/executor.js"
 import { relayPartitionOf } from "./hashtext.js"
 import { compactEpoch, maxPageSize } from "./read.js"
 import type { RelayQueries } from "./relayQueries.js"

@@ -10,7 +10,7 @@
  * @module
  */
 
-import { relayChannel } from "../outbox/channels.js"
+import { relayChannel } from "../names.js"
 
 /** One schema migration. */
 export interface Migration {
