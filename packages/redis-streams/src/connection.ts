@@ -1,17 +1,16 @@
-import { type BusError, ConfigError, isBusError, TransportFailure, TransportUnavailable } from "@bus/core"
+import { type BusError, TransportFailure, TransportUnavailable } from "@bus/core"
 import { Metrics, type RetryOptions, retryWhileRetryable } from "@bus/core/adapter"
 import { Effect, Metric, type Scope } from "effect"
 import type { Cluster, Redis } from "ioredis"
+import { toBusError, transportName } from "./errors.js"
 import type { ChannelKeys } from "./names.js"
 import type { LuaScript } from "./scripts.js"
 
 /**
- * Connections, commands and error mapping of the Redis Streams transport.
+ * Connections and commands of the Redis Streams transport (its errors: errors.ts).
  *
  * @module
  */
-
-export const transportName = "redis-streams"
 
 /** A client of one Redis server, or of a Redis Cluster (commands routed by key slot). */
 export type Client = Redis | Cluster
@@ -19,61 +18,6 @@ export type Client = Redis | Cluster
 /** True for an ioredis `Cluster`. */
 export const isCluster = (client: Client): client is Cluster =>
   (client as { isCluster?: boolean }).isCluster === true
-
-/**
- * Reply errors after which the same command can succeed later: the server is loading,
- * busy with a script, out of memory, a replica, or a cluster is failing over or moved a slot.
- */
-const retryableReplies = new Set([
-  // A cluster's slot moved (a failover, a resharding): sent again once the slot map is refreshed.
-  "MOVED",
-  "ASK",
-  // A node without the script (a promoted replica, a restart): sent again, with EVAL.
-  "NOSCRIPT",
-  "LOADING",
-  "BUSY",
-  "TRYAGAIN",
-  "CLUSTERDOWN",
-  "MASTERDOWN",
-  "OOM",
-  "READONLY",
-  "NOREPLICAS",
-  "UNBLOCKED",
-])
-
-/** Reply errors that only a configuration change fixes: no or wrong credentials, an ACL that forbids the command. */
-const configReplies = new Set(["NOAUTH", "WRONGPASS", "NOPERM"])
-
-const isReplyError = (error: unknown): error is Error =>
-  error instanceof Error && (error.name === "ReplyError" || error.constructor?.name === "ReplyError")
-
-/**
- * Maps what ioredis throws to the bus error family: credential and ACL replies to
- * `ConfigError`, other reply errors to `TransportFailure` (retryable for the transient
- * ones), the rest (refused, reset, timed out) to `TransportUnavailable`.
- */
-export const toBusError = (error: unknown, what: string): BusError => {
-  if (isBusError(error)) return error
-  const message = error instanceof Error ? error.message : String(error)
-  if (isReplyError(error)) {
-    const code = message.split(" ", 1)[0] ?? ""
-    if (configReplies.has(code)) {
-      return new ConfigError({
-        message: `${what}: ${message} (check the password or ACL user the bus connects with)`,
-      })
-    }
-    return new TransportFailure({
-      transport: transportName,
-      retryable: retryableReplies.has(code),
-      message: `${what}: ${message}`,
-      cause: error,
-    })
-  }
-  return new TransportUnavailable({ transport: transportName, message: `${what}: ${message}`, cause: error })
-}
-
-/** True when the error says the consumer group (or its stream) does not exist. */
-export const isNoGroup = (error: BusError): boolean => error.message.includes("NOGROUP")
 
 /**
  * A pipeline on a cluster client goes to the node its keys' slot maps to, and ioredis

@@ -17,7 +17,6 @@ import {
   type Client,
   command,
   connectionLosses,
-  isNoGroup,
   ownedConnection,
   parseReadReply,
   type RawEntry,
@@ -26,6 +25,7 @@ import {
   retryTransient,
   runScript,
 } from "./connection.js"
+import { isNoGroup } from "./errors.js"
 import { type ChannelKeys, channelKeys, compareStreamIds, type StreamId } from "./names.js"
 import type { ResolvedOptions } from "./options.js"
 import { resendAfter, streamIdentity } from "./recovery.js"

@@ -25,10 +25,9 @@ import {
   ownedConnection,
   refreshOnMoved,
   runScriptReplicated,
-  toBusError,
-  transportName,
 } from "./connection.js"
 import { listDeadLetters } from "./deadLetters.js"
+import { toBusError, transportName } from "./errors.js"
 import { groupMember } from "./group.js"
 import { channelKeys } from "./names.js"
 import { type RedisStreamsOptions, type ResolvedOptions, replicaAck, resolveOptions } from "./options.js"

@@ -2,7 +2,7 @@ import { isBusError } from "@bus/core"
 import { freePort, rejectionOf, type ServerHandle, startRedis } from "@bus/test-infra"
 import { Redis } from "ioredis"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { toBusError } from "../src/connection.js"
+import { toBusError } from "../src/errors.js"
 import { uniqueName } from "./support.js"
 
 /**
