@@ -65,10 +65,8 @@ const inversions = (order: ReadonlyArray<number>): Array<string> =>
 describe("relay: two relays over one outbox", () => {
   it("forward 2,000 events: broker subscribers see each exactly once and the backlog reaches 0", async () => {
     const { outbox, brokerOutbox, sends, store, provide } = setup({
-      // A millisecond per send, so the work outlasts the first rebalance (a heartbeat tick):
-      // the relay that started first claimed every partition, and hands the second its share
-      // only at its next tick; a backlog drained before that would leave the second idle.
-      before: () => Effect.sleep(1),
+      // A yield per send, so the two relays really interleave.
+      before: () => Effect.yieldNow,
     })
     const channels = Array.from({ length: 40 }, (_, k) => `ch-${k}`)
     const published: Array<Envelope> = []
