@@ -72,20 +72,33 @@ describe("relay: two relays over one outbox", () => {
     const published: Array<Envelope> = []
     // Transactions of 1 to 5 events, spread over forty channels (more than one batch covers,
     // so each relay always finds work).
-    for (let n = 0; published.length < 2_000; n++) {
-      const size = Math.min(1 + (n % 5), 2_000 - published.length)
-      const batch = Array.from(
-        { length: size },
-        (_, k) => events("t", channels[(n + k) % channels.length]!, 1, published.length + k)[0]!,
-      )
-      outbox.commitBatch(batch)
-      published.push(...batch)
+    const commitUpTo = (total: number) => {
+      for (let n = published.length; published.length < total; n++) {
+        const size = Math.min(1 + (n % 5), total - published.length)
+        const batch = Array.from(
+          { length: size },
+          (_, k) => events("t", channels[(n + k) % channels.length]!, 1, published.length + k)[0]!,
+        )
+        outbox.commitBatch(batch)
+        published.push(...batch)
+      }
     }
+    commitUpTo(1_000)
     await provide(
       Effect.gen(function* () {
         const subscribers = yield* Effect.forEach(channels, (c) => brokerSubscriber("t", c))
         const r1 = yield* runRelay({ owner: "relay-1", batchSize: 20, leaseMs: 1_000 }).pipe(Effect.forkChild)
         const r2 = yield* runRelay({ owner: "relay-2", batchSize: 20, leaseMs: 1_000 }).pipe(Effect.forkChild)
+        // The relay that heartbeats first claims every partition and hands the other its share
+        // at a later tick; on a fast machine the first half may be gone by then. The second
+        // half is committed once both hold partitions, so both relay while the other does.
+        yield* waitFor(
+          () =>
+            (store.claimsBy.get("relay-1")?.size ?? 0) > 0 && (store.claimsBy.get("relay-2")?.size ?? 0) > 0,
+          10_000,
+          "both relays holding partitions",
+        )
+        commitUpTo(2_000)
         yield* waitForEffect(backlogIsZero, 20_000, "backlog 0")
         const seen = () => subscribers.flatMap((s) => s.items)
         yield* waitFor(() => seen().length >= 2_000, 10_000, "2,000 events at the broker's subscribers")
