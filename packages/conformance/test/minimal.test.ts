@@ -2,7 +2,7 @@ import { type Bus, createBus } from "@bus/core"
 import { memoryBroker } from "@bus/core/adapter"
 import { afterAll, describe, expect, it } from "vitest"
 import { runConformanceSuite } from "../src/index.js"
-import { ExampleOutbox } from "./example-outbox.js"
+import { ExampleOutbox } from "./exampleOutbox.js"
 
 // A new database's first step (docs/new-transport.md): an outbox of a writer and a reader
 // only. Its transport declares no consumer groups, so the suite runs everything else —
