@@ -102,4 +102,57 @@ describe("replayDeadLetters", () => {
     })
     await expect(replayDeadLetters({ pool: db.pool, schema }, ["nope"])).rejects.toThrow(/not event ids/)
   }, 150_000)
+
+  it("hands a replayed event to a subscriber that read the original in its catch-up, while the feed is live", async () => {
+    // The catch-up of a subscriber that joins a live feed remembers the ids it read (the
+    // seam), to skip them when the feed's pages repeat them. A replay brings an event back
+    // with its id: the seam must not take it for the catch-up's copy. The order is forced:
+    // the original is read by the catch-up, the feed stays live, then the replay commits.
+    const schema = await db.freshSchema()
+    const bus = await openBus(schema)
+    const orders = { tenant: "acme", channel: "orders" }
+    const billing: Array<string> = []
+    let broken = true
+    const c1 = bus.consume({ ...orders, group: "billing", maxAttempts: 1 }, (e) => {
+      if (broken) throw new Error("card service down")
+      billing.push(e.id)
+    })
+    closers.push(() => c1.close())
+    // A live subscriber keeps the address's feed open the whole time (from the beginning of
+    // a fresh schema: it cannot start after the publish below).
+    const early = bus.subscribe({ ...orders, from: "beginning" })
+    closers.push(() => early.close())
+    const earlyIds: Array<string> = []
+    const earlyDone = (async () => {
+      for await (const e of early) earlyIds.push(e.id)
+    })()
+    const { ids } = await inTransaction(db.pool, (c) =>
+      bus.publish(c, { ...orders, type: "order.paid", data: { n: 0 } }),
+    )
+    const id = ids[0]!
+    await eventually(async () => {
+      const { rows } = await db.pool.query(`SELECT 1 FROM ${schema}.dead_letters WHERE event_id = $1`, [id])
+      return rows.length === 1 && earlyIds.length === 1 ? true : undefined
+    }, 20_000)
+    // Joins the live feed after the original: its catch-up (from the beginning) reads it.
+    const late = bus.subscribe({ ...orders, from: "beginning" })
+    closers.push(() => late.close())
+    const lateIds: Array<string> = []
+    const lateDone = (async () => {
+      for await (const e of late) lateIds.push(e.id)
+    })()
+    await eventually(() => (lateIds.length === 1 ? true : undefined), 20_000)
+    broken = false
+    const result = await replayDeadLetters({ pool: db.pool, schema }, [id])
+    expect(result.replayed.map((r) => r.id)).toEqual([id])
+    await eventually(() => (billing.length === 1 && earlyIds.length === 2 ? true : undefined), 20_000)
+    // Without a fresh event after it, only the replay can end the late subscriber's wait.
+    await eventually(() => (lateIds.length === 2 ? true : undefined), 20_000)
+    expect(lateIds).toEqual([id, id])
+    expect(earlyIds).toEqual([id, id])
+    expect(billing).toEqual([id])
+    await early.close()
+    await late.close()
+    await Promise.all([earlyDone, lateDone])
+  }, 90_000)
 })
