@@ -43,10 +43,10 @@ import { checkStartCursor, headWithRetry, readFeed } from "./feedCursor.js"
  * dropped at that seam only, by id: they are a prefix of the log from the join index on,
  * so the first log event the catch-up did not read ends the seam. An id alone does not name
  * one row: a replayed dead letter comes back with its id at a new position, so the seam
- * also compares its replay mark ({@link seamKey}). A subscriber that falls
- * out of the log's window (it stopped pulling) holds nothing: it reads the outbox from its
- * own cursor again and rejoins, so nothing is buffered for it without bound and nothing is
- * skipped or repeated.
+ * also compares its replay mark ({@link seamKey}). A subscriber that falls out of the log's
+ * window (it stopped pulling) holds nothing: it reads the outbox from its own cursor again
+ * and rejoins, so nothing is buffered for it without bound and nothing is skipped or
+ * repeated.
  *
  * @module
  */
@@ -265,8 +265,7 @@ export const outboxTransport = (
        * A subscriber's place in an address's pages after `from`: catch-up pages read from
        * the store, then the shared log's pages (see the module comment). Its state is its
        * cursor, its log index and, only between a join and the seam, the events (by
-       * {@link seamKey}) the catch-up
-       * read after joining.
+       * {@link seamKey}) the catch-up read after joining.
        */
       const openCursor: OpenFeedCursor = (address, from, joinNow = false) =>
         Effect.gen(function* () {
