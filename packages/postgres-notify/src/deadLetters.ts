@@ -49,7 +49,7 @@ export const invalidEventIds = (ids: ReadonlyArray<string>): Array<string> =>
  * ```ts
  * import { replayDeadLetters } from "@bus/postgres-notify/adapter"
  * import { replayedHeader } from "@bus/core/adapter"
-import pg from "pg"
+ * import pg from "pg"
  *
  * const pool = new pg.Pool({ connectionString: process.env.DATABASE_URL })
  * const { replayed, missing } = await replayDeadLetters({ pool }, ["0192f3c4-5d6e-7f80-9a1b-2c3d4e5f6a7b"])

@@ -102,4 +102,66 @@ describe("replayDeadLetters", () => {
     })
     await expect(replayDeadLetters({ pool: db.pool, schema }, ["nope"])).rejects.toThrow(/not event ids/)
   }, 150_000)
+
+  it("hands a replayed event to a group member and a subscriber that read the original in their catch-up, while the feed is live", async () => {
+    // A member or subscriber that joins a live feed remembers the events its catch-up read
+    // (the seam), to skip them when the feed's pages repeat them. A replay brings an event
+    // back with its id: the seam must not take it for the catch-up's copy. The order is
+    // forced: the feed holds the original before either joins, their catch-ups read it, no
+    // other event follows, then the replay commits.
+    const schema = await db.freshSchema()
+    const bus = await openBus(schema)
+    const orders = { tenant: "acme", channel: "orders" }
+    const publish = async (n: number) =>
+      (await inTransaction(db.pool, (c) => bus.publish(c, { ...orders, type: "order.paid", data: { n } })))
+        .ids[0]!
+    const collect = (from: string) => {
+      const sub = bus.subscribe({ ...orders, from })
+      closers.push(() => sub.close())
+      const ids: Array<string> = []
+      const done = (async () => {
+        for await (const e of sub) ids.push(e.id)
+      })()
+      return { ids, close: () => sub.close().then(() => done) }
+    }
+    // Keeps the address's feed live the whole time (from the beginning of a fresh schema: it
+    // cannot start after the publishes below).
+    const early = collect("beginning")
+    // The group's position is set before the event: its next member catches up over it.
+    const billing: Array<string> = []
+    const c0 = bus.consume({ ...orders, group: "billing" }, (e) => {
+      billing.push(e.id)
+    })
+    closers.push(() => c0.close())
+    const warm = await publish(0)
+    await eventually(() => (billing.length === 1 ? true : undefined), 20_000)
+    await c0.close()
+    const id = await publish(1)
+    await eventually(() => (early.ids.length === 2 ? true : undefined), 20_000)
+    let broken = true
+    const c1 = bus.consume({ ...orders, group: "billing", maxAttempts: 1 }, (e) => {
+      if (broken) throw new Error("card service down")
+      billing.push(e.id)
+    })
+    closers.push(() => c1.close())
+    await eventually(async () => {
+      const { rows } = await db.pool.query(`SELECT 1 FROM ${schema}.dead_letters WHERE event_id = $1`, [id])
+      return rows.length === 1 ? true : undefined
+    }, 20_000)
+    const late = collect("beginning")
+    await eventually(() => (late.ids.length === 2 ? true : undefined), 20_000)
+    broken = false
+    const result = await replayDeadLetters({ pool: db.pool, schema }, [id])
+    expect(result.replayed.map((r) => r.id)).toEqual([id])
+    await eventually(() => (early.ids.length === 3 ? true : undefined), 20_000)
+    // With no event after it, only the replay itself can reach them.
+    await eventually(() => (billing.length === 2 ? true : undefined), 20_000)
+    await eventually(() => (late.ids.length === 3 ? true : undefined), 20_000)
+    expect(billing).toEqual([warm, id])
+    expect(late.ids).toEqual([warm, id, id])
+    expect(early.ids).toEqual([warm, id, id])
+    await c1.close()
+    await early.close()
+    await late.close()
+  }, 90_000)
 })

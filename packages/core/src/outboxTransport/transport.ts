@@ -41,13 +41,30 @@ import { checkStartCursor, headWithRetry, readFeed } from "./feedCursor.js"
  * so the log holds nothing committed before its start), then catches up from its own
  * cursor, then takes the log's pages. Events the catch-up and the log both hold are
  * dropped at that seam only, by id: they are a prefix of the log from the join index on,
- * so the first log event the catch-up did not read ends the seam. A subscriber that falls
- * out of the log's window (it stopped pulling) holds nothing: it reads the outbox from its
- * own cursor again and rejoins, so nothing is buffered for it without bound and nothing is
- * skipped or repeated.
+ * so the first log event the catch-up did not read ends the seam. An id alone does not name
+ * one row: a replayed dead letter comes back with its id at a new position, so the seam
+ * also compares its replay mark ({@link seamKey}). A subscriber that falls out of the log's
+ * window (it stopped pulling) holds nothing: it reads the outbox from its own cursor again
+ * and rejoins, so nothing is buffered for it without bound and nothing is skipped or
+ * repeated.
  *
  * @module
  */
+
+/**
+ * What the seam compares: an event's id and its replay mark. A replay re-inserts the event
+ * with its id and a fresh `bus-replayed-at` header (the old row goes in the same
+ * transaction), so a catch-up that read the original and a live page that brings the replay
+ * hold the same id: by id alone the seam took the replay for the copy it had read, and a
+ * subscriber that joined around the original never received the replay (nor did a group
+ * member, which then never handed it to the group that gave up on it). Each replay stamps
+ * its own time, so two rows of one id differ here unless two replays of it ran in the same
+ * millisecond, which needs the first replay delivered and dead-lettered again in between.
+ */
+const seamKey = (event: DeliveredEvent): string => {
+  const replayed = event.headers[replayedHeader]
+  return replayed === undefined ? event.id : `${event.id}\u0000${replayed}`
+}
 
 /** Options of {@link outboxTransport}. */
 export interface OutboxTransportOptions {
@@ -247,8 +264,8 @@ export const outboxTransport = (
       /**
        * A subscriber's place in an address's pages after `from`: catch-up pages read from
        * the store, then the shared log's pages (see the module comment). Its state is its
-       * cursor, its log index and, only between a join and the seam, the ids the catch-up
-       * read after joining.
+       * cursor, its log index and, only between a join and the seam, the events (by
+       * {@link seamKey}) the catch-up read after joining.
        */
       const openCursor: OpenFeedCursor = (address, from, joinNow = false) =>
         Effect.gen(function* () {
@@ -296,7 +313,7 @@ export const outboxTransport = (
               yield* Metric.update(catchUpCounter, 1)
               cursor = page.next
               if (seam !== undefined && !seamFull) {
-                for (const event of page.events) seam.add(event.id)
+                for (const event of page.events) seam.add(seamKey(event))
                 seamFull = seam.size > feedWindow
               }
               if (!page.more) {
@@ -325,9 +342,9 @@ export const outboxTransport = (
                     const read = seam
                     // Already delivered by the catch-up: skip; the first event it did not
                     // read ends the seam (the overlap is a prefix of the log).
-                    if (events.every((e) => read.has(e.id))) continue
+                    if (events.every((e) => read.has(seamKey(e)))) continue
                     seam = undefined
-                    events = events.filter((e) => !read.has(e.id))
+                    events = events.filter((e) => !read.has(seamKey(e)))
                   }
                   cursor = events[events.length - 1]!.cursor
                   return { events, live: true }
