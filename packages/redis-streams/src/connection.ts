@@ -131,6 +131,8 @@ export const runScriptReplicated = (
         let { ran, waited } = await attempt("EVALSHA")
         if (ran[0] instanceof Error && ran[0].message.startsWith("NOSCRIPT"))
           ({ ran, waited } = await attempt("EVAL"))
+        // A write that went to the wrong node (or a replica) is retried on a fresh slot map.
+        refreshOnMoved(conn, [ran[0], waited?.[0]])
         if (ran[0]) throw ran[0]
         if (strict) {
           if (waited?.[0]) throw waitFailed(`${script.name} script`, waited[0], ack)
