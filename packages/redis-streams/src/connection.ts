@@ -29,7 +29,11 @@ export const isCluster = (client: Client): client is Cluster =>
 export const refreshOnMoved = (conn: Client, errors: ReadonlyArray<unknown>): void => {
   if (!isCluster(conn)) return
   for (const error of errors) {
-    if (error instanceof Error && /^(MOVED|ASK|CLUSTERDOWN) /.test(error.message)) {
+    // READONLY, or WAIT refused as on a replica: the write went to a replica, the map is stale.
+    if (
+      error instanceof Error &&
+      /^(MOVED|ASK|CLUSTERDOWN|READONLY) |used with replica/.test(error.message)
+    ) {
       conn.refreshSlotsCache()
       return
     }
@@ -76,6 +80,28 @@ export const notReplicated = (what: string, acked: unknown, ack: ReplicaAck): Tr
   })
 
 /**
+ * The error of a write whose `WAIT` itself failed, so nothing says the write is anywhere:
+ * unconfirmed, hence retryable like {@link notReplicated}, whatever WAIT's own reply was.
+ * The case that made this necessary: right after its connections were killed, the cluster
+ * client has no connection to a slot's master and sends the pipeline to a node it still
+ * has, which may be that master's replica (its connection is READONLY, so the script runs
+ * there and its XADD is refused with READONLY, which the script reports as its result), and
+ * WAIT answers "ERR WAIT cannot be used with replica instances". Judged as a reply of its
+ * own that ERR is permanent, and the relay parked a committed event that only needed
+ * sending again. Only a credential or ACL refusal (`ConfigError`) stays what it is.
+ */
+export const waitFailed = (what: string, error: unknown, ack: ReplicaAck): BusError => {
+  const mapped = toBusError(error, `${what}: WAIT`)
+  if (mapped._tag === "ConfigError") return mapped
+  return new TransportFailure({
+    transport: transportName,
+    retryable: true,
+    message: `${mapped.message}; the write is unconfirmed (${ack.minReplicas} replica acknowledgement(s) required), not counted as sent, it is sent again`,
+    cause: error,
+  })
+}
+
+/**
  * {@link runScript} followed, on the same node connection, by `WAIT`: the script's writes
  * reach `ack.minReplicas` replicas before it resolves. With `strict`, fewer acknowledgements
  * fail it with a retryable error; otherwise they are ignored (best effort).
@@ -105,9 +131,11 @@ export const runScriptReplicated = (
         let { ran, waited } = await attempt("EVALSHA")
         if (ran[0] instanceof Error && ran[0].message.startsWith("NOSCRIPT"))
           ({ ran, waited } = await attempt("EVAL"))
+        // A write that went to the wrong node (or a replica) is retried on a fresh slot map.
+        refreshOnMoved(conn, [ran[0], waited?.[0]])
         if (ran[0]) throw ran[0]
         if (strict) {
-          if (waited?.[0]) throw waited[0]
+          if (waited?.[0]) throw waitFailed(`${script.name} script`, waited[0], ack)
           if (Number(waited?.[1]) < ack.minReplicas)
             throw notReplicated(`${script.name} script`, waited?.[1], ack)
         }

@@ -25,6 +25,7 @@ import {
   ownedConnection,
   refreshOnMoved,
   runScriptReplicated,
+  waitFailed,
 } from "./connection.js"
 import { listDeadLetters } from "./deadLetters.js"
 import { toBusError, transportName } from "./errors.js"
@@ -277,6 +278,7 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
             else indexes.push(index)
           })
           const out: Array<[Error | null, unknown]> = argvs.map(() => [new Error("no reply"), null])
+          const waitErrors: Array<Error> = []
           await Promise.all(
             [...byStream.values()].map(async (indexes) => {
               const pipeline = sender.pipeline()
@@ -301,15 +303,15 @@ export const redisStreamsTransport = (options: RedisStreamsOptions = {}): Layer.
               const waited = replies[indexes.length]
               const acked = waited?.[0] ? 0 : Number(waited?.[1])
               if (acked >= ack.minReplicas) return
-              const failed = waited?.[0] ?? notReplicated(`${sendBatchScript.name} script`, acked, ack)
-              // Calls that failed on their own keep their error; the rest are unconfirmed.
+              const what = `${sendBatchScript.name} script`
+              const failed = waited?.[0] ? waitFailed(what, waited[0], ack) : notReplicated(what, acked, ack)
+              // Calls that failed on their own keep their error; the rest are unconfirmed
+              // (retryable, never WAIT's own reply judged as permanent: see waitFailed).
               for (const index of indexes) if (out[index]![0] === null) out[index] = [failed, null]
+              if (waited?.[0]) waitErrors.push(waited[0])
             }),
           )
-          refreshOnMoved(
-            sender,
-            out.map(([error]) => error),
-          )
+          refreshOnMoved(sender, [...out.map(([error]) => error), ...waitErrors])
           return out
         })
 

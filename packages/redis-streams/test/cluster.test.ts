@@ -1,8 +1,10 @@
 import { type DeliveredEvent, memoryOutbox } from "@bus/core"
+import { makeEnvelope, type SendItem, type SendOutcome, Transport } from "@bus/core/adapter"
 import { type RedisClusterHandle, startRedisCluster } from "@bus/test-infra"
+import { Effect, ManagedRuntime } from "effect"
 import type { Cluster } from "ioredis"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { channelKeys } from "../src/adapter.js"
+import { channelKeys, redisStreamsTransport } from "../src/adapter.js"
 import type { RedisStreamsOptions } from "../src/index.js"
 import { clusterAdmin, onNode, replicaOf } from "./clusterSupport.js"
 import { orderViolations, publish, Resources, Tally, txEvents, uniqueAddress, waitFor } from "./support.js"
@@ -171,3 +173,103 @@ describe("a master failed over to a replica that lacks its newest entries", () =
     }
   }, 240_000)
 })
+
+describe("the client's connections killed: a batch that reaches the slot's replica", () => {
+  /**
+   * The cluster client drops a node whose connection ended and, until its slot map is
+   * refreshed, sends a write to any node it still has: with every master's connection killed,
+   * one of the replicas (their connections, opened lazily, were never used, so there was
+   * nothing to kill). A replica's connection is READONLY, so on the replica of the slot's
+   * master the batch script runs (its XADD refused with READONLY, which the script returns as
+   * its result) and WAIT answers "ERR WAIT cannot be used with replica instances". That once
+   * came back as a permanent failure and the relay parked a committed event (conformanceCluster,
+   * "kill connections", 1 of 610 missing). Here the relay's loop runs by hand, one batch per
+   * stream for 15 streams side by side (as a relay's partitions do; each batch reports its own
+   * pipeline's failure, and about a third land on their master's replica): the rest is sent
+   * again after every outcome, a permanent error fails the test, and what an outcome counts as
+   * sent must already be in its stream (read by a client of our own).
+   */
+  it("is not counted, fails retryably and is sent again: every event in its stream once, in order, none parked", async () => {
+    const r = new Resources()
+    try {
+      const runtime = ManagedRuntime.make(redisStreamsTransport(options(1)))
+      r.defer(() => runtime.dispose())
+      const addresses = Array.from({ length: 15 }, () => uniqueAddress())
+      const streams = addresses.map((a) => channelKeys("bus", a).stream)
+      const step = (a: (typeof addresses)[number], i: number): SendItem => ({
+        event: Effect.runSync(makeEnvelope({ ...a, type: "test.step", data: { i } })),
+        meta: { position: `mem1:abcdefab:${i + 1}`, frontier: `mem1:abcdefab:${i}` },
+      })
+      const expected = new Map(streams.map((stream) => [stream, [] as Array<string>]))
+      const outcomes: Array<SendOutcome> = []
+      /** The relay's loop over one batch: the rest sent again until all is; what is counted must be stored. */
+      const relayBatch = async (items: ReadonlyArray<SendItem>) => {
+        for (let done = 0, turns = 0; done < items.length; turns++) {
+          if (turns === 50)
+            throw new Error(`no progress: ${JSON.stringify(outcomes.map((o) => o.error?.message))}`)
+          if (turns > 0) await new Promise((resolve) => setTimeout(resolve, 100))
+          const outcome = await runtime.runPromise(Transport.use((t) => t.sendAll(items.slice(done))))
+          outcomes.push(outcome)
+          if (outcome.error !== undefined && !outcome.error.retryable) {
+            throw new Error(`a permanent error, the relay would park the event: ${outcome.error.message}`)
+          }
+          for (const { event } of items.slice(done, done + outcome.sent)) {
+            expected.get(channelKeys("bus", event).stream)!.push(event.id)
+          }
+          done += outcome.sent
+          for (const stream of new Set(items.map(({ event }) => channelKeys("bus", event).stream))) {
+            expect(await streamIds(stream), "what sendAll counts as sent is in the stream").toEqual(
+              expected.get(stream),
+            )
+          }
+        }
+      }
+      // Every master has a connection of the client (a stream on each), and its slot map,
+      // refreshed every 5 s, lists the replicas.
+      await relayBatch(addresses.map((a) => step(a, 0)))
+      await new Promise((resolve) => setTimeout(resolve, 5_500))
+      const writeRefusals = () => replicaWriteRefusals(cluster)
+      const refusedBefore = await writeRefusals()
+      const rounds = 6
+      for (let round = 0; round < rounds; round++) {
+        const roles = await cluster.roles()
+        await Promise.all(
+          roles.map((role, index) =>
+            role === "master"
+              ? onNode(cluster, index, (node) => node.call("CLIENT", "KILL", "TYPE", "normal"))
+              : undefined,
+          ),
+        )
+        // Long enough for the client to see the connections end, shorter than its slot refresh.
+        await new Promise((resolve) => setTimeout(resolve, 200))
+        await Promise.all(addresses.map((a) => relayBatch([1, 2].map((i) => step(a, round * 2 + i)))))
+      }
+      const refused = (await writeRefusals()) - refusedBefore
+      const reported = outcomes.filter((o) => o.error?.message.includes("used with replica")).length
+      console.log(
+        `redis cluster, master connections killed ${rounds} times: ${outcomes.length} sendAll calls; a write refused on its slot's replica ${refused} times (replicas' INFO errorstats), ${reported} of them the outcome's error (WAIT refused there, retryable)`,
+      )
+      // The case happened (else the test proves nothing): batches reached their slot's replica.
+      expect(refused).toBeGreaterThan(0)
+      for (const stream of streams) expect(await streamIds(stream)).toEqual(expected.get(stream))
+      expect([...expected.values()].flat()).toHaveLength(15 * (1 + 2 * rounds))
+    } finally {
+      await r.close()
+    }
+  }, 120_000)
+})
+
+/**
+ * How many writes the replicas refused so far (their READONLY error count): a script that ran
+ * on the replica of its slot's master, the others answer MOVED before running it.
+ */
+const replicaWriteRefusals = async (cluster: RedisClusterHandle): Promise<number> => {
+  const roles = await cluster.roles()
+  let refused = 0
+  for (const [index, role] of roles.entries()) {
+    if (role !== "replica") continue
+    const info = await onNode(cluster, index, (node) => node.info("errorstats"))
+    refused += Number(/errorstat_READONLY:count=(\d+)/.exec(info)?.[1] ?? 0)
+  }
+  return refused
+}
