@@ -2,6 +2,7 @@ import { Deferred, Effect, Exit, Option, type Scope } from "effect"
 import type { Address, OutboxReader } from "../contracts/outboxStore.js"
 import type { BusError } from "../model/errors.js"
 import { coalesce } from "./coalesce.js"
+import { addressKey, addressOfKey } from "./gate.js"
 import { retryWhileRetryable } from "./retry.js"
 
 /**
@@ -48,19 +49,16 @@ export const outboxHeads = (
 ): ((address: Address) => Effect.Effect<Anchor, BusError>) | undefined => {
   if (Option.isNone(store)) return undefined
   const outbox = store.value
-  // Checked names never hold NUL: the key is the address, and it is read back from it.
   const read = coalesce(
     scope,
-    (key) => {
-      const [tenant = "", channel = ""] = key.split("\u0000")
-      return retryWhileRetryable(outbox.head({ tenant, channel }), `${what}: reading the outbox head`).pipe(
+    (key) =>
+      retryWhileRetryable(outbox.head(addressOfKey(key)), `${what}: reading the outbox head`).pipe(
         Effect.map((outboxHead): Anchor => ({ outboxHead, at: Date.now() })),
-      )
-    },
+      ),
     `${what}: the transport is closing`,
     mode,
   )
-  return (address) => read(`${address.tenant}\u0000${address.channel}`)
+  return (address) => read(addressKey(address))
 }
 
 /**
@@ -185,7 +183,7 @@ export const sharedAnchoredFilters = (
 ): ((address: Address, anchor: Anchor) => Effect.Effect<AnchoredFilter, never, Scope.Scope>) => {
   const filters = new Map<string, { readonly filter: AnchoredFilter; refs: number }>()
   return (address, anchor) => {
-    const key = `${address.tenant}\u0000${address.channel}\u0000${anchor.at}\u0000${anchor.outboxHead}`
+    const key = `${addressKey(address)}\u0000${anchor.at}\u0000${anchor.outboxHead}`
     return Effect.acquireRelease(
       Effect.sync(() => {
         let entry = filters.get(key)
