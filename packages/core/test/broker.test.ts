@@ -1,4 +1,5 @@
-import { BusClosed, type DeliveredEvent, TransportUnavailable } from "@bus/core"
+import { Effect, Exit, Fiber, Scope } from "effect"
+import { describe, expect, it } from "vitest"
 import {
   anchoredFilter,
   coalesce,
@@ -11,9 +12,8 @@ import {
   pollLog,
   prepareSends,
   retryWhileRetryable,
-} from "@bus/core/adapter"
-import { Effect, Exit, Fiber, Scope } from "effect"
-import { describe, expect, it } from "vitest"
+} from "../src/adapter.js"
+import { BusClosed, type DeliveredEvent, TransportUnavailable } from "../src/index.js"
 
 /**
  * The broker helpers of `@bus/core/adapter` (src/broker/): what NATS and Redis Streams share.
