@@ -14,7 +14,7 @@ import type { Scenario } from "../context.js"
 /**
  * 10. Relay scaling (issue 16): does adding application processes add relay throughput?
  * The same backlog, spread over every relay partition, is drained by 1, 2 and 3 relay
- * processes (separate OS processes, `targets/relay-process.ts`, each a bus whose only work
+ * processes (separate OS processes, `targets/relayProcess.ts`, each a bus whose only work
  * is its in-process relay) sharing the outbox's partitions as a fleet would. The processes
  * start, agree on their shares (watched in `relay_partitions`), and only then is the backlog
  * committed, in one plain-SQL transaction from outside the SDK; the harness counts the
@@ -221,7 +221,7 @@ export const relayScaling: Scenario = {
       id: relayScaling.id,
       title: relayScaling.title,
       method: [
-        `Per broker and relay-process count K (${p.processes.join(", ")}): a fresh outbox schema; K relay processes (separate OS processes, \`benchmarks/src/targets/relay-process.ts\`: a bus over that schema whose only work is its in-process relay, default relay options, each its own owner) start and the harness waits until \`relay_partitions\` shows every partition held by K live owners; then ${p.events.toLocaleString("en")} events (data ≈ 256 B) over ${tenants} addresses (so every partition has work) are committed in one plain-SQL transaction from outside the SDK.`,
+        `Per broker and relay-process count K (${p.processes.join(", ")}): a fresh outbox schema; K relay processes (separate OS processes, \`benchmarks/src/targets/relayProcess.ts\`: a bus over that schema whose only work is its in-process relay, default relay options, each its own owner) start and the harness waits until \`relay_partitions\` shows every partition held by K live owners; then ${p.events.toLocaleString("en")} events (data ≈ 256 B) over ${tenants} addresses (so every partition has work) are committed in one plain-SQL transaction from outside the SDK.`,
         "Forwarding rate: events on the broker (JetStream stream message count; Redis: XLEN summed over the addresses, polled every ~20 ms) between 10 % and 90 % of the backlog, divided by the time between. Relay CPU: the K processes' CPU time (`/proc`) over the drain, per forwarded event; Postgres CPU likewise for the server's process tree.",
         "Every process shares the machine's 2 cores with Postgres and the broker: the figure says how much more one machine gets from more processes, and what one relay process costs per event, the unit docs/scaling.md builds on.",
       ],
